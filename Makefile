@@ -1,0 +1,65 @@
+# cfsboot entry points. `make setup` then `make test` on a fresh Debian machine.
+SHELL := /bin/bash
+.DEFAULT_GOAL := test
+
+PYTHON ?= python3
+VENV ?= .venv
+CACHE ?= /var/cache/cfsboot
+PY := $(VENV)/bin/python
+export CFSBOOT_CACHE := $(CACHE)
+export CFSBOOT_REFTOOLS := $(CACHE)/reftools-bin
+export CFSBOOT_COMPOSEFS_ASSETS := $(CACHE)/composefs-assets
+
+APT_PACKAGES := \
+	python3 python3-venv python3-dev gcc make git \
+	mmdebstrap debian-archive-keyring arch-test \
+	shellcheck fsverity erofs-utils e2fsprogs util-linux \
+	mtools dosfstools fdisk skopeo zstd cpio \
+	qemu-system-x86 qemu-utils ovmf hyperfine
+
+.PHONY: setup apt venv reftools test unit lint vm-test bench freeze install-dracut-module clean
+
+setup: apt venv reftools
+
+apt:
+	@if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_PACKAGES); \
+	else \
+		echo "not root: skipping apt-get install of: $(APT_PACKAGES)"; \
+	fi
+
+venv:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+
+reftools:
+	bash tests/reftools/build.sh $(CACHE)
+
+test: lint
+	$(PY) -m pytest -q tests
+
+unit:
+	$(PY) -m pytest -q tests/unit
+
+lint:
+	$(VENV)/bin/ruff check stager setup-root tests vm-tests bench
+	$(VENV)/bin/ruff format --check stager setup-root tests vm-tests bench
+	$(VENV)/bin/mypy stager/cfsboot setup-root/setuproot
+	shellcheck dracut-module/*/*.sh tests/reftools/*.sh .ci/run $(wildcard vm-tests/*.sh bench/*.sh)
+
+vm-test:
+	$(PY) -m pytest -q -m vm vm-tests
+
+bench:
+	$(PY) bench/run.py
+
+freeze:
+	$(PY) setup-root/freeze.py
+
+install-dracut-module:
+	$(MAKE) -C dracut-module install DESTDIR=$(DESTDIR)
+
+clean:
+	rm -rf $(VENV) build dist .mypy_cache .ruff_cache .pytest_cache

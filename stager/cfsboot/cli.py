@@ -1,0 +1,79 @@
+"""The `cfsboot` command line: argparse with one-line errors and no tracebacks."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from cfsboot import __version__
+from cfsboot.errors import CfsbootError
+
+# Modules under cfsboot.commands that add subcommands, in --help order.
+COMMAND_MODULES = (
+    "fsverity",
+    "repo",
+    "composefs",
+)
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line, not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: {message} (see --help)\n")
+        sys.exit(2)
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="cfsboot",
+        description="Boot Linux from OCI container images through composefs.",
+    )
+    parser.add_argument("--version", action="version", version=f"cfsboot {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show debug logs and tracebacks (CFSBOOT_DEBUG=1)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
+    sub.required = True
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f"cfsboot.commands.{name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get("CFSBOOT_DEBUG") == "1"
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s: %(message)s",
+    )
+    func: Handler = args.func
+    try:
+        return func(args)
+    except CfsbootError as e:
+        if debug:
+            raise
+        sys.stderr.write(f"cfsboot: {e}\n")
+        return e.exit_code
+    except OSError as e:
+        if debug:
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        sys.stderr.write(f"cfsboot: {e.strerror or e}{where}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("cfsboot: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,4 @@
+"""CLI subcommands. Each module here has `register(subparsers)`.
+
+A command handler takes the parsed namespace and returns the exit code.
+"""

@@ -1,0 +1,9 @@
+"""`cfsboot repo …` (placeholder registration; filled in by the fs-verity work)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sub.add_parser("repo", help="fs-verity digests and enabling")

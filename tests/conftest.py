@@ -73,5 +73,6 @@ def _probe(argv: list[str]) -> bool:
 @pytest.fixture(scope="session")
 def can_mount() -> None:
     """Skip (or fail in CI) unless we can mount tmpfs in a private mount namespace."""
-    if not _probe(["unshare", "-m", "--propagation", "private", "mount", "-t", "tmpfs", "t", "/mnt"]):
+    probe = ["unshare", "-m", "--propagation", "private", "mount", "-t", "tmpfs", "t", "/mnt"]
+    if not _probe(probe):
         _missing("cannot mount in a private mount namespace (needs root and unshare)")

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
+
+from setuproot.record import record
 
 # Repository layout, relative to the physical root (`/sysroot` in the initramfs).
 REPO_DIR = "composefs"
@@ -75,7 +76,7 @@ class KargError(ValueError):
     """A composefs karg that is present but malformed."""
 
 
-@dataclass(frozen=True)
+@record
 class ComposefsKarg:
     """What the kernel command line asks setup-root to mount."""
 

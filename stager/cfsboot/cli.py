@@ -17,7 +17,9 @@ from cfsboot.errors import CfsbootError
 COMMAND_MODULES = (
     "fsverity",
     "repo",
-    "composefs",
+    "mkcomposefs",
+    "composefs_info",
+    "image",
 )
 
 Handler = Callable[[argparse.Namespace], int]

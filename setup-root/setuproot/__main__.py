@@ -1,0 +1,7 @@
+"""`python -m setuproot`."""
+
+import sys
+
+from setuproot.main import main
+
+sys.exit(main())

@@ -1,9 +1,0 @@
-"""`cfsboot mkcomposefs and composefs-info` (placeholder registration; filled in by the fs-verity work)."""
-
-from __future__ import annotations
-
-import argparse
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    sub.add_parser("mkcomposefs", help="fs-verity digests and enabling")

@@ -1,0 +1,259 @@
+"""Partition and format an install target: a block device or a disk image file.
+
+GPT with an ESP (FAT32, 1 GiB by default, as bootc's composefs backend) and a
+root partition typed with the Discoverable Partitions Specification's root
+UUID for the architecture, so systemd-gpt-auto-generator can find it without
+`root=`. The root filesystem is ext4 with `-O verity`.
+
+Filesystems are made at byte offsets into the whole target (`mkfs.ext4 -E
+offset=`, `mkfs.vfat --offset`), never through partition device nodes: image
+files have none, and loop devices on this kind of host get none either (no
+udev). The ESP is then written with mtools (cfsboot.esp.MtoolsEsp), never mounted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cfsboot.errors import die
+from cfsboot.run import run
+
+MiB = 1 << 20
+GiB = 1 << 30
+DEFAULT_ESP_SIZE = 1 * GiB  # bootc's size for the composefs backend (room for several UKIs)
+BIOS_BOOT_SIZE = 1 * MiB
+ESP_LABEL = "EFI-SYSTEM"
+ROOT_LABEL = "root"
+# ext4 fs-verity needs the block size to equal the page size before Linux 6.3; mke2fs
+# would pick 1 KiB blocks for a small root.
+ROOT_BLOCK_SIZE = 4096
+
+# GPT partition type UUIDs (UEFI spec "GPT Partition Entry"; Discoverable Partitions Spec).
+ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+BIOS_BOOT_TYPE = "21686148-6449-6E6F-744E-656564454649"
+# platform.machine() -> the DPS "root partition" type for that architecture.
+ROOT_TYPES = {
+    "x86_64": "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
+    "amd64": "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
+    "aarch64": "B921B045-1DF0-41C3-AF44-4C6F280D3FAE",
+    "arm64": "B921B045-1DF0-41C3-AF44-4C6F280D3FAE",
+    "i386": "44479540-F297-41B2-9AF7-D131D5F0458A",
+    "i686": "44479540-F297-41B2-9AF7-D131D5F0458A",
+    "armv7l": "69DAD710-2CE4-4E3C-B16C-21A1D49ABED3",
+    "riscv64": "72EC70A6-CF74-40E6-BD49-4BDA08E8F224",
+    "ppc64le": "C31C45E6-3F39-412E-80FB-4809C4980599",
+    "ppc64": "912ADE1D-A839-4913-8964-A10EEE08FBD2",
+    "s390x": "5EEAD9A9-FE09-4A1E-A1D7-520D00531306",
+    "loongarch64": "77055800-792C-4F94-B39A-98C91B762BB6",
+}
+
+
+def root_type(arch: str | None = None) -> str:
+    """The DPS root partition type UUID for `arch` (default: this machine)."""
+    machine = arch or platform.machine()
+    found = ROOT_TYPES.get(machine)
+    if found is None:
+        die(
+            f"no Discoverable Partitions root type known for architecture {machine}",
+            hint=f"known: {', '.join(sorted(ROOT_TYPES))}",
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class DiskPlan:
+    """What to create; sizes in bytes, whole MiB (sfdisk aligns partitions to 1 MiB)."""
+
+    esp_size: int = DEFAULT_ESP_SIZE
+    root_size: int | None = None  # None: the rest of the disk
+    arch: str = field(default_factory=platform.machine)
+    bios_boot: bool = False  # a BIOS boot partition first, for GRUB on legacy BIOS
+    esp_label: str = ESP_LABEL
+    root_label: str = ROOT_LABEL
+
+    def sfdisk_script(self) -> str:
+        for what, size in (("ESP", self.esp_size), ("root", self.root_size)):
+            if size is not None and (size <= 0 or size % MiB):
+                die(f"{what} size {size} is not a positive whole number of MiB")
+        lines = ["label: gpt"]
+        if self.bios_boot:
+            lines.append(
+                f'size={BIOS_BOOT_SIZE // MiB}MiB, type={BIOS_BOOT_TYPE}, name="BIOS-BOOT"'
+            )
+        lines.append(f'size={self.esp_size // MiB}MiB, type={ESP_TYPE}, name="{self.esp_label}"')
+        root_size = f"size={self.root_size // MiB}MiB, " if self.root_size else ""
+        lines.append(f'{root_size}type={root_type(self.arch)}, name="{self.root_label}"')
+        return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Partition:
+    number: int
+    start: int  # bytes from the start of the target
+    size: int  # bytes
+    type_uuid: str
+    uuid: str  # PARTUUID
+    name: str
+
+
+@dataclass(frozen=True)
+class DiskLayout:
+    """A GPT as sfdisk reads it back."""
+
+    target: Path
+    sector_size: int
+    disk_uuid: str
+    partitions: tuple[Partition, ...]
+
+    def by_type(self, type_uuid: str) -> Partition:
+        for p in self.partitions:
+            if p.type_uuid.upper() == type_uuid.upper():
+                return p
+        die(f"{self.target} has no partition of type {type_uuid}")
+
+    @property
+    def esp(self) -> Partition:
+        return self.by_type(ESP_TYPE)
+
+    def root(self, arch: str | None = None) -> Partition:
+        return self.by_type(root_type(arch))
+
+
+@dataclass(frozen=True)
+class Disk:
+    """A partitioned and formatted target, with what boot entries and GRUB need to find things."""
+
+    layout: DiskLayout
+    esp: Partition
+    root: Partition
+    esp_volume_id: str  # FAT volume serial as blkid/GRUB print it: "ABCD-1234"
+    root_fs_uuid: str
+
+
+def read_layout(target: Path) -> DiskLayout:
+    """The partition table of `target` (`sfdisk --json`)."""
+    out = run(["sfdisk", "--json", target], capture=True).stdout
+    try:
+        table = json.loads(out)["partitiontable"]
+        sector = int(table.get("sectorsize", 512))
+        parts = tuple(
+            Partition(
+                number=i,
+                start=int(p["start"]) * sector,
+                size=int(p["size"]) * sector,
+                type_uuid=str(p["type"]).upper(),
+                uuid=str(p.get("uuid", "")).upper(),
+                name=str(p.get("name", "")),
+            )
+            for i, p in enumerate(table.get("partitions", []), start=1)
+        )
+        if table.get("label") != "gpt":
+            die(f"{target} has a {table.get('label')} partition table, not GPT")
+        return DiskLayout(target, sector, str(table.get("id", "")).upper(), parts)
+    except (KeyError, TypeError, ValueError) as e:
+        die(f"cannot read the partition table of {target}: unexpected sfdisk output ({e})")
+
+
+def partition(target: Path, plan: DiskPlan) -> DiskLayout:
+    """Write a new GPT to `target`, wiping old signatures, and read it back."""
+    run(
+        [
+            "sfdisk",
+            "--quiet",
+            "--wipe",
+            "always",
+            "--wipe-partitions",
+            "always",
+            target,
+        ],
+        input=plan.sfdisk_script().encode(),
+    )
+    return read_layout(target)
+
+
+def format_esp(layout: DiskLayout, part: Partition, *, label: str, volume_id: str) -> None:
+    """FAT32 at the partition's offset; `volume_id` is 8 hex digits (the serial)."""
+    run(
+        [
+            "mkfs.vfat",
+            "-F",
+            "32",
+            "-n",
+            label,
+            "-i",
+            volume_id,
+            # --offset counts logical sectors (as sfdisk's), the block count 1 KiB units.
+            "--offset",
+            str(part.start // layout.sector_size),
+            layout.target,
+            str(part.size // 1024),
+        ],
+        capture=True,  # its banner on stdout is noise in cfsboot's output
+    )
+
+
+def format_root(
+    layout: DiskLayout, part: Partition, *, label: str, fs_uuid: str, verity: bool = True
+) -> None:
+    """ext4 (with the verity feature) at the partition's offset, sized to the partition."""
+    blocks = part.size // ROOT_BLOCK_SIZE
+    run(
+        [
+            "mkfs.ext4",
+            "-q",
+            # A regular file, or a whole disk that already holds a partition table.
+            "-F",
+            "-b",
+            str(ROOT_BLOCK_SIZE),
+            "-L",
+            label,
+            "-U",
+            fs_uuid,
+            *(["-O", "verity"] if verity else []),
+            # nodiscard: discarding through an offset is not what we want on an image file.
+            "-E",
+            f"offset={part.start},nodiscard",
+            layout.target,
+            f"{blocks * ROOT_BLOCK_SIZE // 1024}k",
+        ]
+    )
+
+
+def create_disk(
+    target: Path,
+    plan: DiskPlan | None = None,
+    *,
+    root_fs_uuid: str | None = None,
+    esp_volume_id: str | None = None,
+) -> Disk:
+    """Partition `target` and make both filesystems; everything on it is lost."""
+    plan = plan or DiskPlan()
+    if not target.exists():
+        die(f"{target} does not exist", hint="create an image file first (truncate -s 10G FILE)")
+    volume_id = (esp_volume_id or secrets.token_hex(4)).upper()
+    if len(volume_id) != 8 or any(c not in "0123456789ABCDEF" for c in volume_id):
+        die(f"invalid FAT volume id {esp_volume_id!r}: expected 8 hex digits")
+    try:
+        fs_uuid = str(uuid.UUID(root_fs_uuid)) if root_fs_uuid else str(uuid.uuid4())
+    except ValueError:
+        die(f"invalid filesystem UUID {root_fs_uuid!r}")
+    layout = partition(target, plan)
+    esp, root = layout.esp, layout.root(plan.arch)
+    format_esp(layout, esp, label=plan.esp_label, volume_id=volume_id)
+    format_root(layout, root, label=plan.root_label, fs_uuid=fs_uuid)
+    return Disk(layout, esp, root, f"{volume_id[:4]}-{volume_id[4:]}", fs_uuid)
+
+
+def create_image_file(path: Path, size: int) -> None:
+    """A sparse image file of `size` bytes (an existing file is resized, its data kept)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)

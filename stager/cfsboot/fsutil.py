@@ -1,0 +1,71 @@
+"""Durable file publishing: temp name in the same directory, fsync, rename, fsync the directory."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+# Leftovers of an interrupted write carry this marker, so a cleanup can find them.
+TEMP_MARKER = ".cfsboot-tmp-"
+
+
+def temp_name(final_name: str) -> str:
+    """A unique hidden name next to `final_name` for writing before the rename."""
+    return f".{final_name}{TEMP_MARKER}{secrets.token_hex(6)}"
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """fsync a directory so that entries created or renamed in it are durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(target: Path, mode: int | None, fill: Callable[[int], None]) -> None:
+    tmp = target.parent / temp_name(target.name)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            if mode is not None:
+                os.fchmod(fd, mode)
+            fill(fd)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(target.parent)
+
+
+def write_file_atomic(path: str | os.PathLike[str], data: bytes, mode: int | None = 0o644) -> None:
+    """Replace `path` with `data` so that a crash leaves the old or the new file, never half.
+
+    `mode` is applied with fchmod (independent of the umask); None keeps the
+    filesystem's default, for filesystems without modes such as vfat.
+    """
+
+    def fill(fd: int) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+
+    _publish(Path(path), mode, fill)
+
+
+def copy_file_atomic(
+    src: str | os.PathLike[str], dst: str | os.PathLike[str], mode: int | None = 0o644
+) -> None:
+    """Like write_file_atomic, with the contents streamed from the file `src` (kernels, UKIs)."""
+
+    def fill(fd: int) -> None:
+        with open(src, "rb") as fsrc, os.fdopen(os.dup(fd), "wb") as fdst:
+            shutil.copyfileobj(fsrc, fdst, 1 << 20)
+
+    _publish(Path(dst), mode, fill)

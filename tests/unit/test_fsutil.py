@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cfsboot import fsutil
+from cfsboot.fsutil import TEMP_MARKER, copy_file_atomic, write_file_atomic
+
+
+def test_write_replaces_with_mode_and_leaves_nothing_else(tmp_path: Path) -> None:
+    target = tmp_path / "f"
+    target.write_bytes(b"old")
+    old_umask = os.umask(0o077)
+    try:
+        write_file_atomic(target, b"new", 0o644)
+    finally:
+        os.umask(old_umask)
+    assert target.read_bytes() == b"new"
+    assert target.stat().st_mode & 0o7777 == 0o644
+    assert os.listdir(tmp_path) == ["f"]
+    write_file_atomic(target, b"", None)
+    assert target.read_bytes() == b""
+
+
+def test_copy_streams_from_a_file(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(3 << 20))
+    copy_file_atomic(src, tmp_path / "dst", 0o600)
+    assert (tmp_path / "dst").read_bytes() == src.read_bytes()
+    assert (tmp_path / "dst").stat().st_mode & 0o777 == 0o600
+
+
+def test_order_fsync_file_then_rename_then_fsync_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        events.append("fsync dir" if os.path.isdir(path) else f"fsync {Path(path).name[:3]}")
+        real_fsync(fd)
+
+    def rename(src: str, dst: str) -> None:
+        events.append("rename")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    write_file_atomic(tmp_path / "f", b"x")
+    assert events == ["fsync .f.", "rename", "fsync dir"]
+
+
+def test_failure_removes_the_temp_file_and_keeps_the_old(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "f"
+    target.write_bytes(b"old")
+
+    def broken_fsync(fd: int) -> None:
+        raise OSError(5, "I/O error")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="I/O error"):
+        write_file_atomic(target, b"new")
+    assert os.listdir(tmp_path) == ["f"]
+    assert target.read_bytes() == b"old"
+
+
+def test_temp_names_are_hidden_and_marked() -> None:
+    name = fsutil.temp_name("x.conf")
+    assert name.startswith(".x.conf" + TEMP_MARKER) and not name.endswith(".conf")

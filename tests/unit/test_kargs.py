@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cfsboot.bootentries.kargs import (
+    KARGS_D,
+    install_kargs,
+    load_kargs_d,
+    rust_arch,
+    set_composefs_karg,
+    split_kargs,
+    upgrade_kargs,
+)
+from cfsboot.errors import CfsbootError
+from setuproot.contract import ComposefsKarg, HashAlg
+
+OLD = ComposefsKarg("aa" * 64, HashAlg.SHA512, False)
+NEW = ComposefsKarg("bb" * 64, HashAlg.SHA512, True)
+
+
+def _kargs_d(root: Path, files: dict[str, str]) -> None:
+    d = root / KARGS_D
+    d.mkdir(parents=True)
+    for name, text in files.items():
+        (d / name).write_text(text)
+
+
+def test_load_in_lexical_order_with_arch_match(tmp_path: Path) -> None:
+    _kargs_d(
+        tmp_path,
+        {
+            "20-console.toml": 'kargs = ["console=ttyS0,115200", "quiet splash"]\n',
+            "10-first.toml": 'kargs = ["mitigations=auto,nosmt"]\n',
+            "30-arm.toml": 'kargs = ["arm=1"]\nmatch-architectures = ["aarch64"]\n',
+            "31-x86.toml": 'kargs = ["x86=1"]\nmatch-architectures = ["x86_64", "aarch64"]\n',
+            "40-quoted.toml": "kargs = ['foo=\"a b\"']\n",
+            "README": "not toml",
+            "50-empty.toml": "kargs = []\n",
+        },
+    )
+    assert load_kargs_d(tmp_path, arch="x86_64") == [
+        "mitigations=auto,nosmt",
+        "console=ttyS0,115200",
+        "quiet",
+        "splash",
+        "x86=1",
+        'foo="a b"',
+    ]
+    assert load_kargs_d(tmp_path, arch="aarch64")[3:5] == ["splash", "arm=1"]
+    assert load_kargs_d(tmp_path / "none") == []
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('kargs = ["a"]\nextra = 1\n', "unknown key 'extra'"),
+        ('kargs = "a"\n', "'kargs' must be a list of strings"),
+        ("match-architectures = []\n", "'kargs' must be a list of strings"),
+        ('kargs = ["a"]\nmatch-architectures = "x86_64"\n', "'match-architectures' must be"),
+        ("kargs = [\n", "invalid TOML"),
+    ],
+)
+def test_bad_files_are_one_clear_error(tmp_path: Path, text: str, message: str) -> None:
+    _kargs_d(tmp_path, {"bad.toml": text})
+    with pytest.raises(CfsbootError) as e:
+        load_kargs_d(tmp_path, arch="x86_64")
+    assert str(e.value).startswith(f"{KARGS_D}/bad.toml: ")
+    assert message in str(e.value)
+
+
+def test_rust_arch_names() -> None:
+    assert [rust_arch(m) for m in ("x86_64", "arm64", "ppc64le", "i686", "mips")] == [
+        "x86_64",
+        "aarch64",
+        "powerpc64",
+        "x86",
+        "mips",
+    ]
+
+
+def test_split_keeps_quotes() -> None:
+    assert split_kargs(' a  b="c d"\te ') == ["a", 'b="c d"', "e"]
+
+
+def test_install_kargs_order_and_composefs_replacement() -> None:
+    got = install_kargs(
+        install=["rw", f"composefs={OLD.digest}", "console=ttyS0"],
+        composefs=NEW,
+        kargs_d=["quiet", "rw", f"composefs.digest=v1-sha512-12:{OLD.digest}"],
+    )
+    assert got == ["rw", "console=ttyS0", f"composefs=?{NEW.digest}", "quiet"]
+
+
+def test_set_composefs_karg_keeps_position() -> None:
+    args = ["a", f"composefs={OLD.digest}", "b", f"composefs.digest=v1-sha512-12:{OLD.digest}"]
+    assert set_composefs_karg(args, NEW) == ["a", f"composefs=?{NEW.digest}", "b"]
+    assert set_composefs_karg(["a"], OLD) == ["a", f"composefs={OLD.digest}"]
+
+
+def test_upgrade_applies_kargs_d_difference() -> None:
+    current = ["rw", "console=ttyS0", f"composefs={OLD.digest}", "old=1", "both=1", "admin=1"]
+    got = upgrade_kargs(
+        current, old_kargs_d=["old=1", "both=1"], new_kargs_d=["both=1", "new=1"], composefs=NEW
+    )
+    assert got == ["rw", "console=ttyS0", f"composefs=?{NEW.digest}", "both=1", "admin=1", "new=1"]

@@ -1,0 +1,138 @@
+"""`cfsboot image …` commands, and other transports through skopeo."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from oci_support import base_layer, layout
+
+from cfsboot.cli import main
+from cfsboot.errors import CfsbootError
+from cfsboot.oci import skopeo
+from cfsboot.oci.build import Entry, build_layout
+from cfsboot.oci.import_ import Progress, import_image
+from cfsboot.repository import Repository
+
+LAYERS = [
+    [
+        *base_layer(),
+        Entry("usr/lib/modules", "dir"),
+        Entry("usr/lib/modules/6.1.0", "dir"),
+        Entry("usr/lib/modules/6.1.0/vmlinuz", data=b"K" * 5000),
+        Entry("usr/bin/app", data=b"a" * 1000),
+    ]
+]
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_import_list_inspect_compute_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ref = layout(tmp_path / "img", LAYERS)
+    repo = str(tmp_path / "repo")
+    rc, out, err = _run(
+        capsys, "image", "import", ref, "--repo", repo, "--init", "--hash", "sha256"
+    )
+    assert (rc, err) == (0, "")  # not a terminal: no progress display
+    digest = out.strip()
+    assert len(digest) == 64 and Repository.open(repo).has_image(digest)
+
+    rc, out, _ = _run(capsys, "image", "compute-id", ref, "--hash", "sha256")
+    assert (rc, out) == (0, digest + "\n")
+
+    rc, out, _ = _run(capsys, "image", "import", ref, "--repo", repo, "--tag", "os/v1", "--quiet")
+    assert (rc, out) == (0, digest + "\n")
+
+    rc, out, _ = _run(capsys, "image", "list", "--repo", repo, "--json")
+    rows = json.loads(out)
+    assert [(r["tag"], r["image"], r["reference"]) for r in rows] == [
+        (ref.replace("/", "%2F"), digest, ref),
+        ("os/v1", digest, ref),
+    ]
+    rc, out, _ = _run(capsys, "image", "list", "--repo", repo)
+    assert out.splitlines()[1].startswith(f"os/v1\t{digest}\tsha256:")
+
+    for what in (digest, "os/v1", ref):
+        rc, out, _ = _run(capsys, "image", "inspect", what, "--repo", repo, "--json")
+        info = json.loads(out)
+        assert info["image"] == digest
+        assert info["boot"]["kernels"][0]["vmlinuz"]["path"] == "/usr/lib/modules/6.1.0/vmlinuz"
+        assert info["objects"] == 2 and info["objects_size"] >= 6000
+        assert info["config"]["architecture"] == "amd64"
+    rc, out, _ = _run(capsys, "image", "inspect", "os/v1", "--repo", repo)
+    assert "kernel 6.1.0: /usr/lib/modules/6.1.0/vmlinuz initramfs -" in out
+
+    rc, _, err = _run(capsys, "image", "inspect", "nope", "--repo", repo)
+    assert (rc, err) == (1, f"cfsboot: no image tagged 'nope' in {repo}; see cfsboot image list\n")
+
+
+def test_missing_repository_and_bad_tag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ref = layout(tmp_path / "img", LAYERS)
+    rc, _, err = _run(capsys, "image", "import", ref, "--repo", str(tmp_path / "none"))
+    assert rc == 1
+    assert err.startswith(f"cfsboot: no composefs repository at {tmp_path}/none")
+    Repository.init(tmp_path / "repo", insecure=True)
+    rc, _, err = _run(
+        capsys, "image", "import", ref, "--repo", str(tmp_path / "repo"), "--tag", "a/../b"
+    )
+    assert (rc, err) == (1, "cfsboot: invalid tag name 'a/../b'; use names like NAME or DIR/NAME\n")
+
+
+def test_bad_reference(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = _run(capsys, "image", "compute-id", "quay.io/x:1")
+    assert rc == 1
+    assert err.startswith("cfsboot: image reference 'quay.io/x:1' has no known transport; use oci:")
+
+
+def test_progress_on_a_terminal(tmp_path: Path) -> None:
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Tty()
+    ref = layout(tmp_path / "img", LAYERS)
+    import_image(ref, None, progress=Progress(True, out))
+    text = out.getvalue()
+    assert "layer 1/1 " in text and "MB/s" in text and "building the boot image" in text
+    assert text.endswith("\r\x1b[K")
+
+
+def test_skopeo_transports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+
+    def fake_run(argv: Sequence[str], **kw: Any) -> None:
+        calls.append(list(argv))
+        arch = argv[2] if argv[1] == "--override-arch" else "amd64"
+        dest = argv[-1].removeprefix("oci:").rsplit(":", 1)[0]
+        build_layout(Path(dest), [LAYERS[0]], tag="image", arch=arch)
+
+    monkeypatch.setattr(skopeo, "run", fake_run)
+    direct = import_image(layout(tmp_path / "img", LAYERS), None).image_digest
+    via = import_image("docker://registry.example/os:1", None, arch="arm64")
+    assert via.image_digest == direct
+    import_image("containers-storage:localhost/os:1", None)
+    import_image("dir:/srv/os", None)
+    assert [c[:-1] for c in calls] == [
+        ["skopeo", "--override-arch", "arm64", "copy", "--quiet", "docker://registry.example/os:1"],
+        ["skopeo", "copy", "--quiet", "containers-storage:localhost/os:1"],
+        ["skopeo", "copy", "--quiet", "dir:/srv/os"],
+    ]
+    for c in calls:
+        assert c[-1].startswith("oci:/var/tmp/cfsboot-pull-") and c[-1].endswith(":image")
+        assert not Path(c[-1][4:].rsplit(":", 1)[0]).exists()  # the temporary copy is gone
+
+
+def test_missing_skopeo(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(CfsbootError) as e:
+        import_image("docker://registry.example/os:1", None)
+    assert str(e.value) == "skopeo not found; apt-get install skopeo"

@@ -1,0 +1,274 @@
+"""Importing OCI images: the rules of layer application, sources, and the golden tree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from oci_support import base_layer, count_objects, layout, make_repo
+
+from cfsboot import dumpfile
+from cfsboot.erofs.writer import build_image
+from cfsboot.errors import CfsbootError
+from cfsboot.fsverity import digest_bytes
+from cfsboot.oci.build import (
+    Compression,
+    Entry,
+    Layout,
+    tar_chunks,
+    write_docker_archive,
+    write_oci_archive,
+)
+from cfsboot.oci.import_ import import_image
+from cfsboot.oci.layout import host_arch
+from cfsboot.transform import XattrFilter
+from conftest import RefTools
+from setuproot.contract import HashAlg
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+T = 1700000000
+
+
+def rich_layers() -> list[list[Entry]]:
+    """Two layers exercising every rule: the golden image."""
+    long_dir = "usr/share/" + "d" * 120
+    lower = [
+        *base_layer(T),
+        Entry("usr/bin/tool", data=b"#!/bin/sh\n" + b"echo tool\n" * 20, mode=0o755, mtime=T),
+        Entry("usr/bin/tool-link", "hardlink", linkname="usr/bin/tool", mode=0o755, mtime=T),
+        Entry("usr/bin/sh", "symlink", linkname="/bin/dash", mtime=T, mode=0o777),
+        Entry(
+            "usr/bin/ping",
+            data=b"p" * 100,
+            mode=0o755,
+            mtime=T,
+            xattrs={
+                "security.capability": b"\x01\x00\x00\x02" + b"\x00" * 16,
+                "security.selinux": b"system_u:object_r:bin_t:s0\x00",
+                "user.note": b"kept only in keep-user mode",
+            },
+        ),
+        Entry("usr/lib/small", data=b"tiny", mtime=T, uid=1000, gid=1000),
+        Entry("usr/lib/empty", data=b"", mtime=T),
+        Entry("usr/lib/modules", "dir", mtime=T),
+        Entry("usr/lib/modules/6.1.0", "dir", mtime=T),
+        Entry("usr/lib/modules/6.1.0/vmlinuz", data=b"K" * 4097, mtime=T),
+        Entry("usr/lib/modules/6.1.0/initramfs.img", data=b"I" * 5000, mtime=T),
+        Entry("usr/lib/bootc", "dir", mtime=T),
+        Entry("usr/lib/bootc/kargs.d", "dir", mtime=T),
+        Entry("usr/lib/bootc/kargs.d/10-test.toml", data=b'kargs = ["quiet"]\n', mtime=T),
+        Entry(long_dir, "dir", mtime=T),
+        Entry(long_dir + "/" + "f" * 200, data=b"long name content " * 5, mtime=T),
+        Entry("etc/old", data=b"old config", mtime=T),
+        Entry("etc/gone-dir", "dir", mtime=T),
+        Entry("etc/gone-dir/file", data=b"x", mtime=T),
+        Entry("etc/opaque", "dir", mtime=T),
+        Entry("etc/opaque/lower", data=b"hidden by opaque", mtime=T),
+        Entry("dev", "dir", mtime=T),
+        Entry("dev/null", "char", 0o666, major=1, minor=3, mtime=T),
+        Entry("dev/sda", "block", 0o660, major=8, minor=0, mtime=T, gid=6),
+        Entry("dev/initctl", "fifo", 0o600, mtime=T),
+        Entry("run/lock", "dir", mtime=T),
+        Entry("run/lock/stale", data=b"pid", mtime=T),
+        Entry("boot/EFI", "dir", mtime=T),
+        Entry("boot/EFI/Linux", "dir", mtime=T),
+        Entry("boot/EFI/Linux/test.efi", data=b"MZ" + b"u" * 200, mtime=T),
+        Entry("sysroot/ostree", "dir", mtime=T),
+    ]
+    upper = [
+        Entry("etc/.wh.old", mtime=T),
+        Entry("etc/.wh.gone-dir", mtime=T),
+        Entry("etc/opaque", "dir", 0o700, mtime=T + 1),
+        Entry("etc/opaque/.wh..wh..opq", mtime=T + 1),
+        Entry("etc/opaque/upper", data=b"visible", mtime=T + 1),
+        Entry("etc/old", data=b"recreated in the same layer as its whiteout", mtime=T + 1),
+        Entry("usr", "dir", 0o755, mtime=T + 5, mtime_nsec=250000000),
+        Entry("usr/lib/small", data=b"replaced", mtime=T + 2),
+    ]
+    return [lower, upper]
+
+
+def test_golden_tree(tmp_path: Path) -> None:
+    ref = layout(tmp_path / "img", rich_layers())
+    result = import_image(ref, None, algorithm=HashAlg.SHA256)
+    assert result.tree is not None
+    dump = dumpfile.dumps(result.tree)
+    golden = (DATA / "oci_golden.dump").read_bytes()
+    assert dump == golden
+    # The digest is that of the V1 image of exactly this tree.
+    image = build_image(dumpfile.parse(golden), min_version=1)
+    assert result.image_digest == digest_bytes(image, HashAlg.SHA256).hex()
+    boot = result.boot
+    assert [k.version for k in boot.kernels] == ["6.1.0"]
+    assert boot.kernels[0].vmlinuz.path == "/usr/lib/modules/6.1.0/vmlinuz"
+    assert boot.kernels[0].initramfs is not None
+    assert [u.path for u in boot.ukis] == ["/boot/EFI/Linux/test.efi"]
+    assert [(k.path, k.content) for k in boot.kargs] == [
+        ("/usr/lib/bootc/kargs.d/10-test.toml", b'kargs = ["quiet"]\n')
+    ]
+
+
+@pytest.mark.conformance
+def test_golden_digest_matches_c_mkcomposefs(reftools: RefTools) -> None:
+    """C mkcomposefs --min-version=1 of the golden dump has the digest cfsboot computes."""
+    out = reftools.run(
+        "mkcomposefs",
+        "--from-file",
+        "--min-version=1",
+        "--print-digest-only",
+        DATA / "oci_golden.dump",
+    )
+    assert out.decode().strip() == (DATA / "oci_golden.sha256-id").read_text().strip()
+
+
+def test_keep_user_xattrs(tmp_path: Path) -> None:
+    ref = layout(tmp_path / "img", rich_layers())
+    result = import_image(ref, None, algorithm=HashAlg.SHA256, xattrs=XattrFilter.KEEP_USER)
+    assert result.tree is not None
+    ping = result.tree.children[b"usr"].children[b"bin"].children[b"ping"]  # type: ignore[index]
+    assert sorted(ping.xattrs) == [b"security.capability", b"user.note"]
+
+
+@pytest.mark.parametrize("compression", list(Compression))
+def test_compressions_give_the_same_image(tmp_path: Path, compression: Compression) -> None:
+    ref = layout(tmp_path / "img", rich_layers(), compression)
+    digest = import_image(ref, None, algorithm=HashAlg.SHA256).image_digest
+    golden = (DATA / "oci_golden.sha256-id").read_text().strip()
+    assert digest == golden
+
+
+@pytest.mark.parametrize("compression", [Compression.GZIP, Compression.ZSTD])
+def test_multi_frame_layers(tmp_path: Path, compression: Compression) -> None:
+    """Concatenated gzip members / zstd frames (zstd:chunked layers are many frames)."""
+    import dataclasses
+    import gzip
+    import hashlib
+
+    import zstandard
+
+    tar = b"".join(tar_chunks(rich_layers()[0]))
+    half = len(tar) // 2
+    if compression is Compression.GZIP:
+        blob = gzip.compress(tar[:half], mtime=0) + gzip.compress(tar[half:], mtime=0)
+    else:
+        z = zstandard.ZstdCompressor()
+        blob = z.compress(tar[:half]) + z.compress(tar[half:])
+    out = Layout(tmp_path / "img")
+    desc = out.add_blob(blob, compression.media_type)
+    desc = dataclasses.replace(desc, diff_id="sha256:" + hashlib.sha256(tar).hexdigest())
+    out.add_image([desc])
+    whole = layout(tmp_path / "whole", [rich_layers()[0]])
+    expected = import_image(whole, None, algorithm=HashAlg.SHA256).image_digest
+    assert (
+        import_image(f"oci:{tmp_path}/img", None, algorithm=HashAlg.SHA256).image_digest == expected
+    )
+
+
+def test_import_equals_compute_id(tmp_path: Path) -> None:
+    ref = layout(tmp_path / "img", rich_layers())
+    for alg in HashAlg:
+        repo = make_repo(tmp_path / f"repo-{alg}", alg)
+        imported = import_image(ref, repo)
+        assert imported.image_digest == import_image(ref, None, algorithm=alg).image_digest
+        assert repo.has_image(imported.image_digest)
+        tag = "oci:" + f"{tmp_path}/img".replace("/", "%2F")
+        assert repo.tags() == {tag: imported.image_digest}
+
+
+def test_archives_give_the_same_image(tmp_path: Path) -> None:
+    golden = (DATA / "oci_golden.sha256-id").read_text().strip()
+    layout(tmp_path / "img", rich_layers())
+    write_oci_archive(tmp_path / "img", tmp_path / "img.tar")
+    assert import_image(f"oci-archive:{tmp_path}/img.tar", None, algorithm=HashAlg.SHA256)
+    r = import_image(f"oci-archive:{tmp_path}/img.tar:latest", None, algorithm=HashAlg.SHA256)
+    assert r.image_digest == golden
+    write_docker_archive(tmp_path / "docker.tar", rich_layers(), repo_tag="test:1")
+    r = import_image(f"docker-archive:{tmp_path}/docker.tar", None, algorithm=HashAlg.SHA256)
+    assert r.image_digest == golden
+    r = import_image(f"docker-archive:{tmp_path}/docker.tar:test:1", None, algorithm=HashAlg.SHA256)
+    assert r.image_digest == golden
+
+
+def _arch_layout(path: Path) -> Layout:
+    out = Layout(path)
+    manifests = []
+    for arch in ("amd64", "arm64"):
+        layer = [*base_layer(), Entry("usr/arch", data=arch.encode() * 30)]
+        desc = out.add_layer(tar_chunks(layer), Compression.GZIP)
+        manifests.append(out.add_image([desc], arch=arch, tag=None))
+    out.add_image_index(manifests, "latest")
+    return out
+
+
+def test_multi_arch_index(tmp_path: Path) -> None:
+    _arch_layout(tmp_path / "img")
+    ref = f"oci:{tmp_path}/img:latest"
+    results = {
+        a: import_image(ref, None, algorithm=HashAlg.SHA256, arch=a) for a in ("amd64", "arm64")
+    }
+    for arch, r in results.items():
+        assert r.tree is not None and r.tree.children is not None
+        usr = r.tree.children[b"usr"].children
+        assert usr is not None
+        assert usr[b"arch"].digest == digest_bytes(arch.encode() * 30, HashAlg.SHA256)
+    assert results["amd64"].manifest_digest != results["arm64"].manifest_digest
+    default = import_image(ref, None, algorithm=HashAlg.SHA256)
+    assert default.image_digest == results[host_arch()].image_digest
+    with pytest.raises(CfsbootError, match=r"no image for architecture s390x .*amd64, arm64"):
+        import_image(ref, None, arch="s390x")
+
+
+def test_two_layers_then_a_third_reads_only_the_new_layer(tmp_path: Path) -> None:
+    l1 = [*base_layer(), *(Entry(f"usr/lib/f{i}", data=bytes([i]) * 1000) for i in range(20))]
+    l2 = [Entry("usr/bin/app", data=b"app" * 100, mode=0o755)]
+    l3 = [Entry("usr/lib/f3", data=b"changed" * 100)]
+    v1 = layout(tmp_path / "v1", [l1, l2])
+    repo = make_repo(tmp_path / "repo")
+    r1 = import_image(v1, repo, tag="app")
+    assert (r1.layers_read, r1.layers_reused, r1.objects_written) == (2, 0, 21)
+    before = count_objects(repo)
+    v2 = layout(tmp_path / "v2", [l1, l2, l3])
+    # The shared layers' blobs are gone from v2: proof that they are not read again.
+    for layer in r1.layers:
+        assert layer.digest is not None
+        (tmp_path / "v2" / "blobs" / "sha256" / layer.digest[7:]).unlink()
+    r2 = import_image(v2, repo, tag="app")
+    assert (r2.layers_read, r2.layers_reused, r2.objects_written) == (1, 2, 1)
+    # New objects: the changed file, the layer record, manifest, config, image, image info.
+    assert count_objects(repo) - before == 6
+    assert repo.tags() == {"app": r2.image_digest}
+    assert r2.image_digest != r1.image_digest
+
+
+def test_removed_objects_force_a_reread(tmp_path: Path) -> None:
+    ref = layout(tmp_path / "img", [[*base_layer(), Entry("usr/big", data=b"b" * 500)]])
+    repo = make_repo(tmp_path / "repo")
+    r1 = import_image(ref, repo)
+    obj = next(
+        p for p in (repo.path / "objects").rglob("*") if p.is_file() and p.stat().st_size == 500
+    )
+    obj.unlink()
+    r2 = import_image(ref, repo)
+    assert (r2.layers_read, r2.objects_written) == (1, 1)
+    assert r2.image_digest == r1.image_digest and obj.exists()
+
+
+def test_hardlink_to_a_lower_layer_file(tmp_path: Path) -> None:
+    ref = layout(
+        tmp_path / "img",
+        [
+            [*base_layer(), Entry("usr/a", data=b"a" * 100)],
+            [Entry("usr/b", "hardlink", linkname="usr/a")],
+        ],
+    )
+    tree = import_image(ref, None, algorithm=HashAlg.SHA256).tree
+    assert tree is not None and tree.children is not None
+    usr = tree.children[b"usr"].children
+    assert usr is not None and usr[b"a"] is usr[b"b"] and usr[b"a"].nlink == 2
+
+
+def test_missing_parents_are_created(tmp_path: Path) -> None:
+    ref = layout(tmp_path / "img", [[Entry("usr/deep/er/file", data=b"x")]])
+    tree = import_image(ref, None, algorithm=HashAlg.SHA256).tree
+    assert tree is not None
+    assert b"/usr/deep/er 0 40755 2 0 0 0 0.0" in dumpfile.dumps(tree)

@@ -1,0 +1,66 @@
+"""Fixtures for the VM tests (`make vm-test`: pytest -m vm vm-tests)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import images
+import qemu
+import testos
+
+IN_CI = os.environ.get("CI") == "true"
+SESSION_STAMP = time.strftime("%Y%m%d-%H%M%S")
+
+
+def _missing(reason: str) -> None:
+    """Skip where a tool is absent; CI machines must have it, so fail there."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI must have it: is `make setup` complete?)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def vm_tools() -> None:
+    for tool, package in [
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("qemu-img", "qemu-utils"),
+        ("mmdebstrap", "mmdebstrap"),
+        ("mkfs.ext4", "e2fsprogs"),
+        ("mkfs.vfat", "dosfstools"),
+        ("mcopy", "mtools"),
+        ("sfdisk", "fdisk"),
+    ]:
+        if shutil.which(tool) is None:
+            _missing(f"{tool} not found (apt-get install {package})")
+    if os.geteuid() != 0:
+        _missing("VM tests build images with chroot and mounts: run them as root")
+
+
+@pytest.fixture(scope="session")
+def base_rootfs(vm_tools: None) -> Path:
+    cache = Path(os.environ.get("CFSBOOT_CACHE", "/var/cache/cfsboot"))
+    return testos.ensure_base_rootfs(cache)
+
+
+@pytest.fixture(scope="session")
+def ext4_guest(
+    base_rootfs: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[images.Ext4Guest]:
+    workdir = tmp_path_factory.mktemp("ext4-guest")
+    yield images.build_ext4_guest(workdir, base_rootfs)
+    # Disk images are big (pytest keeps 3 sessions of tmp dirs); the logs stay in results.
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def results_dir(request: pytest.FixtureRequest) -> Path:
+    """Per-test directory that keeps the serial log, verdict file and QEMU argv."""
+    path: Path = qemu.results_root() / SESSION_STAMP / str(request.node.name)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

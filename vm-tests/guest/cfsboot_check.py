@@ -1,0 +1,102 @@
+#!/usr/bin/python3
+"""Guest side of the VM tests: run scenarios, report verdicts, power off.
+
+Protocol on /dev/virtio-ports/cfsboot.verdict (one line each, read by qemu.py):
+  BEGIN name            a scenario started
+  DATA name key value   a measurement (scenario stdout lines "DATA key value")
+  PASS name             the scenario exited 0
+  FAIL name: reason     it did not (reason: its last output line and exit code)
+  DONE                  all scenarios ran; poweroff follows
+"""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import TextIO
+
+PORT = "/dev/virtio-ports/cfsboot.verdict"
+SCENARIOS = "/usr/lib/cfsboot-check/scenarios"
+SCENARIO_TIMEOUT = 900
+
+
+def cmdline() -> dict[str, str]:
+    with open("/proc/cmdline") as f:
+        words = f.read().split()
+    return dict(w.partition("=")[::2] for w in words)
+
+
+def open_port() -> TextIO | None:
+    # udev creates the symlink once virtio_console has probed the port.
+    for _ in range(600):
+        if os.path.exists(PORT):
+            return open(PORT, "w", buffering=1)
+        time.sleep(0.1)
+    print(f"cfsboot-check: {PORT} did not appear; verdicts go to the console only")
+    return None
+
+
+def report(port: TextIO | None, line: str) -> None:
+    print(f"cfsboot-check: {line}", flush=True)
+    if port is not None:
+        port.write(line + "\n")
+        port.flush()
+
+
+def run_scenario(port: TextIO | None, name: str) -> None:
+    report(port, f"BEGIN {name}")
+    script = os.path.join(SCENARIOS, name)
+    if "/" in name or not os.access(script, os.X_OK):
+        report(port, f"FAIL {name}: no such scenario {script}")
+        return
+    env = dict(os.environ, CFSBOOT_CHECK_NAME=name)
+    last = ""
+    try:
+        proc = subprocess.Popen(
+            [script],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            text=True,
+            errors="replace",
+        )
+        assert proc.stdout is not None
+        # A hung scenario is killed so that the guest still reports and powers off.
+        watchdog = threading.Timer(SCENARIO_TIMEOUT, proc.kill)
+        watchdog.start()
+        for raw in proc.stdout:
+            line = raw.rstrip("\n")
+            print(f"[{name}] {line}", flush=True)
+            if line.startswith("DATA ") and line[5:].strip():
+                report(port, f"DATA {name} {line[5:].strip()}")
+            elif line.strip():
+                last = line.strip()
+        code = proc.wait()
+        watchdog.cancel()
+    except OSError as exc:
+        report(port, f"FAIL {name}: cannot run {script}: {exc}")
+        return
+    if code == 0:
+        report(port, f"PASS {name}")
+    else:
+        report(port, f"FAIL {name}: exit code {code}: {last}")
+
+
+def main() -> int:
+    args = cmdline()
+    names = [n for n in args.get("cfsboot.check", "").split(",") if n]
+    port = open_port()
+    for name in names:
+        run_scenario(port, name)
+    report(port, "DONE")
+    if port is not None:
+        port.close()
+    os.sync()
+    if args.get("cfsboot.check.poweroff", "1") != "0":
+        subprocess.run(["systemctl", "--no-block", "poweroff"], check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -48,6 +48,11 @@ PACKAGES = (
     "dosfstools",
     "mtools",
     "zstd",
+    # The stager runs in the guest (python3 + its one non-stdlib dependency), pulls
+    # with skopeo, and writes GRUB entries for the GRUB variant of the install.
+    "python3-zstandard",
+    "skopeo",
+    "grub-efi-amd64-bin",
 )
 # Not in trixie: the C tools are only for debugging inside the guest.
 SID_PACKAGES = ("composefs", "libcomposefs1")

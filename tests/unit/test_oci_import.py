@@ -272,3 +272,55 @@ def test_missing_parents_are_created(tmp_path: Path) -> None:
     tree = import_image(ref, None, algorithm=HashAlg.SHA256).tree
     assert tree is not None
     assert b"/usr/deep/er 0 40755 2 0 0 0 0.0" in dumpfile.dumps(tree)
+
+
+@pytest.mark.parametrize("compression", list(Compression))
+def test_layers_are_streamed_not_held_in_memory(tmp_path: Path, compression: Compression) -> None:
+    """A 64 MiB file (zeros: gzip inflates them 1000:1) goes through a few MiB of memory."""
+    import tracemalloc
+
+    size = 64 << 20
+    big = tmp_path / "big"
+    with open(big, "wb") as f:
+        f.truncate(size)
+    ref = layout(tmp_path / "img", [[*base_layer(), Entry("usr/big", source=big)]], compression)
+    repo = make_repo(tmp_path / "repo")
+    tracemalloc.start()
+    try:
+        result = import_image(ref, repo)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result.objects_written == 1 and result.bytes_written == size
+    assert peak < size // 4, f"peak {peak / 2**20:.1f} MiB for a {size >> 20} MiB layer"
+
+
+def test_symlinks_are_stored_not_followed(tmp_path: Path) -> None:
+    """Targets pointing anywhere (outside the root, at missing files) are kept verbatim, and
+    a later entry through a symlinked directory is refused rather than followed."""
+    links = {
+        "usr/up": "../../../../etc/shadow",
+        "usr/abs": "/etc/passwd",
+        "usr/dangling": "nothing/here",
+        "usr/self": "self",
+    }
+    ref = layout(
+        tmp_path / "img",
+        [[*base_layer(), *(Entry(p, "symlink", linkname=t, mode=0o777) for p, t in links.items())]],
+    )
+    tree = import_image(ref, None, algorithm=HashAlg.SHA256).tree
+    assert tree is not None and tree.children is not None
+    usr = tree.children[b"usr"].children
+    assert usr is not None
+    for path, target in links.items():
+        node = usr[path.split("/")[1].encode()]
+        assert node.is_symlink() and node.payload == target.encode() and node.size == len(target)
+    through = layout(
+        tmp_path / "through",
+        [
+            [*base_layer(), Entry("usr/etc", "symlink", linkname="/etc")],
+            [Entry("usr/etc/passwd", data=b"x")],
+        ],
+    )
+    with pytest.raises(CfsbootError, match="a parent is not a directory"):
+        import_image(through, None, algorithm=HashAlg.SHA256)

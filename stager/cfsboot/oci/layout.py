@@ -150,41 +150,60 @@ class _Prefixed(io.RawIOBase):
 
 
 class _Gunzip(io.RawIOBase):
-    """gzip decompression across concatenated members; trailing junk is corruption."""
+    """gzip decompression across concatenated members; trailing junk is corruption.
+
+    Output is bounded by the caller's buffer (zlib's max_length): a layer of
+    highly compressible data (sparse files, zeros) never inflates in memory.
+    """
+
+    GZIP_MAGIC = b"\x1f\x8b"
 
     def __init__(self, raw: BinaryIO) -> None:
         self.raw = raw
         self.d = zlib.decompressobj(31)
-        self.buf = b""
+        self.pending = b""  # compressed input not yet given to (or consumed by) zlib
         self.eof = False
 
     def readable(self) -> bool:
         return True
 
+    def _more(self) -> bool:
+        chunk = self.raw.read(1 << 18)
+        self.pending += chunk
+        return bool(chunk)
+
+    def _next_member(self) -> bool:
+        """After a member's end: start the next one; False at the end of the blob."""
+        while len(self.pending) < len(self.GZIP_MAGIC) and self._more():
+            pass
+        if not self.pending:
+            return False
+        if self.pending.startswith(self.GZIP_MAGIC):
+            self.d = zlib.decompressobj(31)
+            return True
+        if self.pending.strip(b"\0"):
+            die("corrupt layer: data after the gzip stream")
+        self.pending = b""  # zero padding after the last member (some tools write it)
+        return self._more() and self._next_member()
+
     def readinto(self, b: Any) -> int:
-        while not self.buf and not self.eof:
-            chunk = self.raw.read(1 << 18)
+        want = len(b)
+        while not self.eof and want:
+            if self.d.eof and not self._next_member():
+                self.eof = True
+                break
+            if not self.pending and not self._more():
+                die("corrupt layer: gzip stream is truncated")
             try:
-                if not chunk:
-                    if not self.d.eof:
-                        die("corrupt layer: gzip stream is truncated")
-                    self.eof = True
-                    break
-                self.buf = self.d.decompress(chunk)
-                while self.d.eof and self.d.unused_data:
-                    rest = self.d.unused_data
-                    if rest[:2] != b"\x1f\x8b":
-                        if rest.strip(b"\0"):
-                            die("corrupt layer: data after the gzip stream")
-                        break
-                    self.d = zlib.decompressobj(31)
-                    self.buf += self.d.decompress(rest)
+                out = self.d.decompress(self.pending, want)
             except zlib.error as e:
                 die(f"corrupt layer: gzip: {e}")
-        n = min(len(b), len(self.buf))
-        b[:n] = self.buf[:n]
-        self.buf = self.buf[n:]
-        return n
+            self.pending = self.d.unused_data if self.d.eof else self.d.unconsumed_tail
+            if out:
+                n = len(out)
+                b[:n] = out
+                return n
+        return 0
 
 
 class _Unzstd(io.RawIOBase):

@@ -136,3 +136,56 @@ def test_missing_skopeo(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(CfsbootError) as e:
         import_image("docker://registry.example/os:1", None)
     assert str(e.value) == "skopeo not found; apt-get install skopeo"
+
+
+def test_registry_without_tls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--src-tls-verify=false reaches a plain-HTTP registry (the VM test's local one); without
+    the option skopeo decides (registries.conf `insecure = true`), and its settings get through."""
+    calls: list[tuple[list[str], dict[str, str]]] = []
+
+    def fake_run(argv: Sequence[str], **kw: Any) -> None:
+        calls.append((list(argv), dict(kw.get("env") or {})))
+        build_layout(Path(argv[-1].removeprefix("oci:").rsplit(":", 1)[0]), LAYERS, tag="image")
+
+    monkeypatch.setattr(skopeo, "run", fake_run)
+    monkeypatch.setenv("CONTAINERS_REGISTRIES_CONF", "/etc/cfsboot-test/registries.conf")
+    monkeypatch.setenv("SOME_SECRET", "not for skopeo")
+    ref = "docker://localhost:5000/os:1"
+    rc, out, err = _run(capsys, "image", "compute-id", ref, "--src-tls-verify=false")
+    assert (rc, err) == (0, "") and len(out.strip()) == 128
+    rc, _, _ = _run(capsys, "image", "compute-id", ref, "--src-tls-verify", "TRUE")
+    rc, _, _ = _run(capsys, "image", "compute-id", ref)
+    argvs = [argv[:-1] for argv, _ in calls]
+    assert argvs == [
+        ["skopeo", "copy", "--quiet", "--src-tls-verify=false", "docker://localhost:5000/os:1"],
+        ["skopeo", "copy", "--quiet", "--src-tls-verify=true", "docker://localhost:5000/os:1"],
+        ["skopeo", "copy", "--quiet", "docker://localhost:5000/os:1"],
+    ]
+    assert all(
+        env == {"CONTAINERS_REGISTRIES_CONF": "/etc/cfsboot-test/registries.conf"}
+        for _, env in calls
+    )
+    with pytest.raises(SystemExit) as exc:
+        main(["image", "import", ref, "--src-tls-verify=no"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "expected true or false, not 'no'" in err
+
+
+def test_quiet_on_a_terminal_and_default_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cfsboot.cli import build_parser
+
+    assert build_parser().parse_args(["image", "list"]).repo == "/sysroot/composefs"
+    assert build_parser().parse_args(["image", "import", "oci:x"]).repo == "/sysroot/composefs"
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    ref = layout(tmp_path / "img", LAYERS)
+    repo = str(tmp_path / "repo")
+    rc, out, err = _run(capsys, "image", "import", ref, "--repo", repo, "--init", "--quiet")
+    assert (rc, err) == (0, "") and len(out.strip()) == 128
+    rc, out, err = _run(capsys, "image", "import", ref, "--repo", repo)
+    assert rc == 0 and "layer 1/1 " in err  # progress on a terminal without --quiet
+    assert "0 layers read, 1 already present, 0 new objects" in err

@@ -39,6 +39,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "--arch", help=f"architecture to pick from a multi-arch image (default {host_arch()})"
         )
         q.add_argument(
+            "--src-tls-verify",
+            type=tls_bool,
+            metavar="BOOL",
+            help="for registries (through skopeo): false allows plain HTTP and unverified"
+            " certificates (default: skopeo's, which honours registries.conf `insecure`)",
+        )
+        q.add_argument(
             "--xattrs",
             choices=[str(x) for x in XattrFilter],
             default=str(XattrFilter.ALLOWLIST),
@@ -78,6 +85,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     q.set_defaults(func=cmd_inspect)
 
 
+def tls_bool(text: str) -> bool:
+    """argparse type for skopeo-style booleans (`--src-tls-verify=false`)."""
+    value = {"true": True, "false": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+    return value
+
+
 def _open_repo(path: str, *, init: bool = False, alg: str = "sha512") -> Repository:
     if init and not os.path.exists(os.path.join(path, "meta.json")):
         return Repository.init(path, algorithm=HashAlg(alg))
@@ -94,6 +109,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         tag=args.tag,
         xattrs=XattrFilter(args.xattrs),
         progress=progress,
+        tls_verify=args.src_tls_verify,
     )
     if not args.quiet and sys.stderr.isatty():
         sys.stderr.write(
@@ -111,6 +127,7 @@ def cmd_compute_id(args: argparse.Namespace) -> int:
         algorithm=HashAlg(args.hash),
         arch=args.arch,
         xattrs=XattrFilter(args.xattrs),
+        tls_verify=args.src_tls_verify,
     )
     print(result.image_digest)
     return 0

@@ -86,9 +86,9 @@ def check_tag(name: str) -> None:
 class Progress:
     """A one-line progress display on a terminal; silent otherwise."""
 
-    def __init__(self, enabled: bool, out: TextIO = sys.stderr) -> None:
+    def __init__(self, enabled: bool, out: TextIO | None = None) -> None:
         self.enabled = enabled
-        self.out = out
+        self.out = out if out is not None else sys.stderr
         self.layer = 0
         self.layers = 0
         self.bytes = 0
@@ -339,14 +339,19 @@ class ImportResult:
 
 
 @contextmanager
-def opened(ref: ImageRef, arch: str | None) -> Iterator[OpenedImage]:
-    """Open a reference natively, or through `skopeo copy` into a temporary OCI layout."""
+def opened(
+    ref: ImageRef, arch: str | None, *, tls_verify: bool | None = None
+) -> Iterator[OpenedImage]:
+    """Open a reference natively, or through `skopeo copy` into a temporary OCI layout.
+
+    `tls_verify` is for skopeo's registries (None: skopeo's default and registries.conf).
+    """
     with ExitStack() as stack:
         if not ref.transport.native:
             tmp = stack.enter_context(
                 tempfile.TemporaryDirectory(prefix="cfsboot-pull-", dir="/var/tmp")
             )
-            ref = skopeo.copy_to_oci(ref, Path(tmp), arch=arch)
+            ref = skopeo.copy_to_oci(ref, Path(tmp), arch=arch, tls_verify=tls_verify)
         image = open_image(ref, arch=arch)
         stack.callback(image.close)
         yield image
@@ -371,18 +376,23 @@ def import_image(
     tag: str | None = None,
     xattrs: XattrFilter = XattrFilter.ALLOWLIST,
     progress: Progress | None = None,
+    tls_verify: bool | None = None,
 ) -> ImportResult:
-    """Import `reference` into `repo` (None: only compute the boot image digest)."""
+    """Import `reference` into `repo` (None: only compute the boot image digest).
+
+    `tls_verify` False lets skopeo reach a registry without TLS checks (see skopeo.copy_argv).
+    """
     ref = parse(reference)
     if repo is not None:
-        check_tag(tag if tag is not None else default_tag(reference))
+        if tag != "":
+            check_tag(tag if tag is not None else default_tag(reference))
     alg = repo.algorithm if repo is not None else (algorithm or HashAlg.SHA512)
     progress = progress or Progress(False)
     with ExitStack() as stack:
         stack.callback(progress.done)  # clear the progress line, also before an error message
         if repo is not None:
             stack.enter_context(repo.lock())
-        image = stack.enter_context(opened(ref, arch))
+        image = stack.enter_context(opened(ref, arch, tls_verify=tls_verify))
         result = ImportResult(
             "", image.manifest_digest, image.config_digest, reference, image.layers
         )
@@ -424,9 +434,10 @@ def import_image(
         repo.write_stream(f"cfsboot-config-{image.config_digest}", image.config)
         result.image_digest = repo.write_image(erofs)
         tag_name = tag if tag is not None else default_tag(reference)
-        info = result.info(xattrs, tag_name)
+        info = result.info(xattrs, tag_name or None)
         repo.write_stream(image_stream(result.image_digest), json.dumps(info, indent=1).encode())
-        repo.tag(tag_name, result.image_digest)
+        if tag_name:
+            repo.tag(tag_name, result.image_digest)
         return result
     raise AssertionError("unreachable")
 

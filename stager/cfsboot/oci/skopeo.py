@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from cfsboot.oci.reference import ImageRef, Transport
 from cfsboot.run import run
 
 LOCAL_TAG = "image"
+
+# What skopeo reads from the environment besides the defaults run() keeps: where the
+# registries.conf (e.g. `insecure = true` for a plain-HTTP registry) and credentials
+# are, and proxies. Everything else stays out, as for every command cfsboot runs.
+PASSED_ENV = (
+    "CONTAINERS_REGISTRIES_CONF",
+    "CONTAINERS_CONF",
+    "REGISTRY_AUTH_FILE",
+    "XDG_RUNTIME_DIR",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+)
 
 
 def source_spec(ref: ImageRef) -> str:
@@ -17,20 +34,31 @@ def source_spec(ref: ImageRef) -> str:
     return f"{ref.transport}:{ref.path}"
 
 
-def copy_to_oci(ref: ImageRef, dest: Path, *, arch: str | None = None) -> ImageRef:
-    """Copy `ref` into the OCI layout `dest` and return a reference to the copy.
+def copy_argv(
+    ref: ImageRef, dest: Path, *, arch: str | None = None, tls_verify: bool | None = None
+) -> list[str]:
+    """The `skopeo copy` command line that copies `ref` into the OCI layout `dest`.
 
     skopeo picks the host's architecture from a multi-arch image unless told
     otherwise (--override-arch is a global option, so it precedes `copy`).
+    `tls_verify` None leaves TLS to skopeo and registries.conf (where a registry
+    can be marked `insecure = true`); False reaches a registry over plain HTTP
+    or with an untrusted certificate.
     """
     argv = ["skopeo"]
     if arch is not None:
         argv += ["--override-arch", arch]
-    argv += [
-        "copy",
-        "--quiet",
-        source_spec(ref),
-        f"oci:{dest}:{LOCAL_TAG}",
-    ]
-    run(argv)
+    argv += ["copy", "--quiet"]
+    if tls_verify is not None:
+        argv.append(f"--src-tls-verify={'true' if tls_verify else 'false'}")
+    argv += [source_spec(ref), f"oci:{dest}:{LOCAL_TAG}"]
+    return argv
+
+
+def copy_to_oci(
+    ref: ImageRef, dest: Path, *, arch: str | None = None, tls_verify: bool | None = None
+) -> ImageRef:
+    """Copy `ref` into the OCI layout `dest` and return a reference to the copy."""
+    env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+    run(copy_argv(ref, dest, arch=arch, tls_verify=tls_verify), env=env)
     return ImageRef(Transport.OCI, str(dest), LOCAL_TAG)

@@ -14,7 +14,7 @@ CACHE = Path(os.environ.get("CFSBOOT_CACHE", "/var/cache/cfsboot"))
 IN_CI = os.environ.get("CI") == "true"
 
 
-def _missing(reason: str) -> None:
+def missing_capability(reason: str) -> None:
     """Skip where a capability is truly absent; in CI the machine has it, so fail loudly."""
     if IN_CI:
         pytest.fail(f"{reason} (CI must have it: is `make setup` complete?)")
@@ -49,7 +49,7 @@ class RefTools:
 def reftools() -> RefTools:
     bindir = Path(os.environ.get("CFSBOOT_REFTOOLS", CACHE / "reftools-bin"))
     if not (bindir / "mkcomposefs").exists():
-        _missing(f"reference C tools not found in {bindir} (run `make setup`)")
+        missing_capability(f"reference C tools not found in {bindir} (run `make setup`)")
     return RefTools(bindir)
 
 
@@ -57,7 +57,7 @@ def reftools() -> RefTools:
 def composefs_assets() -> Path:
     path = Path(os.environ.get("CFSBOOT_COMPOSEFS_ASSETS", CACHE / "composefs-assets"))
     if not (path / "special.dump").exists():
-        _missing(f"C composefs test assets not found in {path} (run `make setup`)")
+        missing_capability(f"C composefs test assets not found in {path} (run `make setup`)")
     return path
 
 
@@ -75,4 +75,4 @@ def can_mount() -> None:
     """Skip (or fail in CI) unless we can mount tmpfs in a private mount namespace."""
     probe = ["unshare", "-m", "--propagation", "private", "mount", "-t", "tmpfs", "t", "/mnt"]
     if not _probe(probe):
-        _missing("cannot mount in a private mount namespace (needs root and unshare)")
+        missing_capability("cannot mount in a private mount namespace (needs root and unshare)")

@@ -449,36 +449,88 @@ def test_bad_config_refused(sysroot: Sysroot, tmp_path: Path) -> None:
     )
 
 
-def test_undeployed_image_refused(sysroot: Sysroot, tmp_path: Path) -> None:
+# The host kernel has no fs-verity, so the kernel's answer to FS_IOC_MEASURE_VERITY is
+# replaced (in the setup-root process only) to show the other two verdicts on real mounts.
+MEASURED = """
+import sys
+from setuproot import mount, verity
+from setuproot.contract import HashAlg
+
+answer = sys.argv.pop(1)
+
+def measure(fd, *, path=None):
+    if answer == "none":
+        raise verity.NoVerity(61, "FS_IOC_MEASURE_VERITY: the file has no fs-verity", path)
+    return HashAlg.SHA512, bytes(64)
+
+mount.measure_verity = measure
+from setuproot.main import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize(
+    ("karg", "before", "measured", "code", "message"),
+    [
+        pytest.param(
+            "composefs={a}",
+            "",
+            "zeros",
+            6,
+            "composefs image {m}/composefs/images/{a} has the wrong fs-verity digest:"
+            " expected sha512:{a}, found sha512:{zeros}",
+            id="wrong-digest",
+        ),
+        pytest.param(
+            "composefs={a}",
+            "",
+            "none",
+            5,
+            "composefs image {m}/composefs/images/{a} has no fs-verity digest;"
+            " boot with composefs=?{a} to allow it",
+            id="no-verity",
+        ),
+        pytest.param(
+            "composefs=?{a}",
+            'rm -r "$M/state/deploy/{a}"',
+            None,
+            8,
+            "deployment state {m}/state/deploy/{a} is missing (was {a12}... deployed?)",
+            id="undeployed",
+        ),
+        pytest.param(
+            "composefs=?{a}",
+            'mount -o remount,ro "$M"',
+            None,
+            8,
+            "cannot create {m}/state/deploy/{a}/etc: the filesystem is read-only"
+            " (the physical root must be mounted rw: boot with `rw`)",
+            id="read-only-physical-root",
+        ),
+        pytest.param(
+            "composefs=?{a}",
+            'rm "$M/composefs/images/{a}"; head -c 8192 /dev/zero > "$M/composefs/images/{a}"',
+            None,
+            1,
+            "cannot mount composefs image {m}/composefs/images/{a}: not a valid EROFS image",
+            id="not-erofs",
+        ),
+    ],
+)
+def test_refused_with_its_message(
+    sysroot: Sysroot,
+    tmp_path: Path,
+    karg: str,
+    before: str,
+    measured: str | None,
+    code: int,
+    message: str,
+) -> None:
     a = sysroot.digests["a"]
-    b = boot(
-        sysroot,
-        tmp_path,
-        f"composefs=?{a}",
-        before=f'rm -r "$M/state/deploy/{a}"',
-    )
-    line = _refused(b, tmp_path, 8)
-    assert f"deployment state {tmp_path}/mnt/state/deploy/{a} is missing" in line
-
-
-def test_readonly_physical_root_refused(sysroot: Sysroot, tmp_path: Path) -> None:
-    b = boot(
-        sysroot,
-        tmp_path,
-        f"composefs=?{sysroot.digests['a']}",
-        before='mount -o remount,ro "$M"',
-    )
-    line = _refused(b, tmp_path, 8)
-    assert "the filesystem is read-only" in line and "boot with `rw`" in line
-
-
-def test_not_an_erofs_image_refused(sysroot: Sysroot, tmp_path: Path) -> None:
-    a = sysroot.digests["a"]
-    b = boot(
-        sysroot,
-        tmp_path,
-        f"composefs=?{a}",
-        before=f'rm "$M/composefs/images/{a}"; head -c 8192 /dev/zero > "$M/composefs/images/{a}"',
-    )
-    line = _refused(b, tmp_path, 1)
-    assert "not a valid EROFS image" in line
+    fmt = {"a": a, "a12": a[:12], "m": str(tmp_path / "mnt"), "zeros": "00" * 64}
+    program: tuple[str, ...] = (sys.executable, "-m", "setuproot")
+    if measured is not None:
+        program = (sys.executable, "-c", MEASURED, measured)
+    b = boot(sysroot, tmp_path, karg.format(**fmt), before=before.format(**fmt), program=program)
+    line = _refused(b, tmp_path, code)
+    assert line.startswith(f"cfsboot-setup-root: {message.format(**fmt)}")

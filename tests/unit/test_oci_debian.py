@@ -13,6 +13,7 @@ from cfsboot.oci.build import Compression, build_layout
 from cfsboot.oci.import_ import import_image
 from cfsboot.srctree import tree_from_directory
 from cfsboot.transform import transform_for_boot, transform_for_oci
+from conftest import missing_capability
 from setuproot.contract import HashAlg
 
 ROOTFS = Path(os.environ.get("CFSBOOT_CACHE", "/var/cache/cfsboot")) / "reftools"
@@ -21,9 +22,7 @@ ROOTFS = Path(os.environ.get("CFSBOOT_CACHE", "/var/cache/cfsboot")) / "reftools
 @pytest.fixture(scope="module")
 def debian_image(tmp_path_factory: pytest.TempPathFactory) -> str:
     if not (ROOTFS / "usr" / "bin").is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{ROOTFS} is missing (CI must have it: is `make setup` complete?)")
-        pytest.skip(f"Debian rootfs {ROOTFS} not found (run `make setup`)")
+        missing_capability(f"Debian rootfs {ROOTFS} not found (run `make setup`)")
     path = tmp_path_factory.mktemp("debian") / "img"
     build_layout(path, [ROOTFS], compression=Compression.ZSTD)
     return f"oci:{path}"

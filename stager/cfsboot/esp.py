@@ -21,11 +21,18 @@ old or the new contents under the name, never a mix:
   in lower case (`vmlinuz`, `initrd`, `grubx64.efi`) is stored as its upper-case
   short name; FAT, firmware and boot loaders compare names case-insensitively,
   and so must callers that compare listed names.
+
+`exchange(a, b)` swaps two names of one directory in one step, the way bootc
+switches `loader/entries.staged` with `loader/entries`: renameat2(RENAME_EXCHANGE)
+on a mounted filesystem (Linux's vfat has it since 6.0); for an image that mtools
+writes, a direct edit of the FAT directory (cfsboot.fat). Neither falls back to a
+non-atomic swap.
 """
 
 from __future__ import annotations
 
 import abc
+import errno
 import os
 import shutil
 import tempfile
@@ -33,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISDIR
 
-from cfsboot import fsutil
+from cfsboot import fat, fsutil, syscalls
 from cfsboot.errors import CfsbootError
 from cfsboot.run import run
 
@@ -108,6 +115,16 @@ class Esp(abc.ABC):
     def stat(self, path: str) -> EspEntry | None:
         """The entry at `path`, or None if nothing is there. The root is a directory."""
 
+    @abc.abstractmethod
+    def exchange(self, a: str, b: str) -> None:
+        """Swap what two existing names (files or directories) of one directory point to.
+
+        Atomic and durable: a crash leaves `a` with its old or its new contents,
+        never neither. Through mtools, `b` may go missing in a crash (see
+        cfsboot.fat), so pass the name that must always exist as `a`
+        (`loader/entries`) and the staged one as `b`.
+        """
+
     def exists(self, path: str) -> bool:
         return self.stat(path) is not None
 
@@ -173,6 +190,20 @@ class Esp(abc.ABC):
                 self.remove(_join(directory, leftover))
                 done.append(f"removed {_join(directory, leftover)}")
         return done
+
+    def _exchange_names(self, a: str, b: str) -> tuple[str, str, str]:
+        """(parent, name of a, name of b) for an exchange, after checking both exist."""
+        pa, pb = split_path(a), split_path(b)
+        if not pa or not pb:
+            raise EspError("cannot exchange the ESP root")
+        if pa[:-1] != pb[:-1]:
+            raise EspError(f"cannot exchange {a} and {b} on the ESP: not in the same directory")
+        if pa == pb:
+            raise EspError(f"cannot exchange {a} with itself on the ESP")
+        for p in (a, b):
+            if self.stat(p) is None:
+                raise EspError(f"cannot exchange {a} and {b} on the ESP: {p} does not exist")
+        return "/".join(pa[:-1]), pa[-1], pb[-1]
 
     def _parent_of(self, path: str) -> tuple[str, str]:
         parts = split_path(path)
@@ -257,6 +288,22 @@ class DirEsp(Esp):
         fsutil.fsync_dir(d.parent)
         if s.parent != d.parent:
             fsutil.fsync_dir(s.parent)
+
+    def exchange(self, a: str, b: str) -> None:
+        parent, _, _ = self._exchange_names(a, b)
+        try:
+            syscalls.renameat2(self._abs(a), self._abs(b), syscalls.RENAME_EXCHANGE)
+        except OSError as e:
+            if e.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise EspError(
+                    f"cannot exchange {a} and {b} on the ESP ({self.root}) atomically: "
+                    f"the filesystem does not support RENAME_EXCHANGE ({e.strerror})",
+                    hint="vfat supports it from Linux 6.0 on",
+                ) from None
+            raise EspError(
+                f"cannot exchange {a} and {b} on the ESP ({self.root}): {e.strerror}"
+            ) from None
+        fsutil.fsync_dir(self._abs(parent))
 
 
 class MtoolsEsp(Esp):
@@ -387,3 +434,13 @@ class MtoolsEsp(Esp):
             raise EspError(f"cannot rename {src} to {dst} on the ESP: {dst} exists")
         self._mtools("mmove", self._m(src), self._m(dst))
         self._sync()
+
+    def exchange(self, a: str, b: str) -> None:
+        parent, name_a, name_b = self._exchange_names(a, b)
+        try:
+            with fat.FatFs.open(self.image, self.offset) as fs:
+                fs.exchange(split_path(parent), name_a, name_b)
+        except fat.FatError as e:
+            raise EspError(
+                f"cannot exchange {a} and {b} on the ESP ({self.drive}): {e.message}", hint=e.hint
+            ) from None

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 from cfsboot import esp as esp_mod
-from cfsboot import fsutil
+from cfsboot import fsutil, syscalls
 from cfsboot.esp import DirEsp, Esp, EspEntry, EspError, MtoolsEsp
 from cfsboot.run import run as real_run
 
@@ -209,3 +210,123 @@ def test_dir_esp_file_mode(tmp_path: Path) -> None:
     esp.write("x", b"1")
     assert (tmp_path / "x").stat().st_mode & 0o777 == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["x"]
+
+
+def test_exchange_directories_and_files(esp: Esp) -> None:
+    esp.mkdir("loader/entries")
+    esp.mkdir("loader/entries.staged")
+    esp.write("loader/entries/bootc_debian-13-1.conf", b"old 1")
+    esp.write("loader/entries/bootc_debian-12-0.conf", b"old 0")
+    esp.write("loader/entries.staged/bootc_debian-14-1.conf", b"new 1")
+    esp.write("loader/entries.staged/bootc_debian-13-0.conf", b"new 0")
+    esp.write("loader/grub.cfg", b"menu old")
+    esp.write("loader/grub.cfg.staged", b"menu new" * 200)
+    esp.exchange("loader/entries", "loader/entries.staged")
+    esp.exchange("loader/grub.cfg", "loader/grub.cfg.staged")
+    assert esp.listdir("loader/entries") == [
+        EspEntry("bootc_debian-13-0.conf", False),
+        EspEntry("bootc_debian-14-1.conf", False),
+    ]
+    assert esp.read("loader/entries/bootc_debian-14-1.conf") == b"new 1"
+    assert esp.read("loader/entries.staged/bootc_debian-12-0.conf") == b"old 0"
+    assert esp.read("loader/grub.cfg") == b"menu new" * 200
+    assert esp.read("loader/grub.cfg.staged") == b"menu old"
+    # A directory and a file swap kinds.
+    esp.exchange("loader/entries.staged", "loader/grub.cfg.staged")
+    assert esp.stat("loader/entries.staged") == EspEntry("entries.staged", False)
+    assert esp.read("loader/entries.staged") == b"menu old"
+    assert esp.read("loader/grub.cfg.staged/bootc_debian-13-1.conf") == b"old 1"
+    assert esp.recover() == []
+
+
+def test_exchange_refusals(esp: Esp) -> None:
+    esp.mkdir("loader/entries")
+    esp.mkdir("other")
+    with pytest.raises(
+        EspError,
+        match=r"^cannot exchange loader/entries and loader/entries.staged on the ESP: "
+        r"loader/entries.staged does not exist$",
+    ):
+        esp.exchange("loader/entries", "loader/entries.staged")
+    with pytest.raises(EspError, match="^cannot exchange loader/entries and other on the ESP: not"):
+        esp.exchange("loader/entries", "other")
+    with pytest.raises(EspError, match="^cannot exchange loader/entries with itself on the ESP$"):
+        esp.exchange("loader/entries", "/loader//entries/")
+    with pytest.raises(EspError, match="^cannot exchange the ESP root$"):
+        esp.exchange("", "other")
+    with pytest.raises(EspError, match="'.' and '..' are not allowed"):
+        esp.exchange("loader/../other", "loader/entries")
+
+
+def test_dir_esp_exchange_is_renameat2_exchange_then_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "loader/entries").mkdir(parents=True)
+    (tmp_path / "loader/entries.staged").mkdir()
+    calls: list[tuple[str, ...]] = []
+    real_renameat2, real_fsync_dir = syscalls.renameat2, fsutil.fsync_dir
+
+    def renameat2(old: Path, new: Path, flags: int) -> None:
+        calls.append(("renameat2", str(old), str(new), str(flags)))
+        real_renameat2(old, new, flags)
+
+    def fsync_dir(path: Path) -> None:
+        calls.append(("fsync_dir", str(path)))
+        real_fsync_dir(path)
+
+    monkeypatch.setattr(syscalls, "renameat2", renameat2)
+    monkeypatch.setattr(fsutil, "fsync_dir", fsync_dir)
+    (tmp_path / "loader/entries/a.conf").write_bytes(b"a")
+    DirEsp(tmp_path).exchange("loader/entries", "loader/entries.staged")
+    assert calls == [
+        ("renameat2", f"{tmp_path}/loader/entries", f"{tmp_path}/loader/entries.staged", "2"),
+        ("fsync_dir", f"{tmp_path}/loader"),
+    ]
+    assert os.listdir(tmp_path / "loader/entries.staged") == ["a.conf"]
+    assert os.listdir(tmp_path / "loader/entries") == []
+
+
+@pytest.mark.parametrize("err", [errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP])
+def test_dir_esp_exchange_without_fs_support_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, err: int
+) -> None:
+    (tmp_path / "a").write_bytes(b"a")
+    (tmp_path / "b").write_bytes(b"b")
+
+    def unsupported(old: Path, new: Path, flags: int) -> None:
+        raise OSError(err, f"renameat2: {os.strerror(err)}", str(old), None, str(new))
+
+    monkeypatch.setattr(syscalls, "renameat2", unsupported)
+    with pytest.raises(EspError) as exc:
+        DirEsp(tmp_path).exchange("a", "b")
+    assert str(exc.value) == (
+        f"cannot exchange a and b on the ESP ({tmp_path}) atomically: the filesystem does not "
+        f"support RENAME_EXCHANGE (renameat2: {os.strerror(err)}); "
+        "vfat supports it from Linux 6.0 on"
+    )
+    # No non-atomic fallback happened.
+    assert ((tmp_path / "a").read_bytes(), (tmp_path / "b").read_bytes()) == (b"a", b"b")
+
+
+@pytest.mark.parametrize("via", ["glibc", "syscall"])
+def test_renameat2_exchange_and_errors(tmp_path: Path, via: str) -> None:
+    if via == "syscall" and os.uname().machine != "x86_64":
+        pytest.skip("checks the x86_64 number, 316 (<asm/unistd_64.h>)")
+    impl = syscalls.libc_renameat2() if via == "glibc" else syscalls.syscall_renameat2("x86_64")
+    assert impl is not None  # glibc >= 2.28 has the wrapper
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"A")
+    b.mkdir()
+    assert impl(syscalls.AT_FDCWD, bytes(a), syscalls.AT_FDCWD, bytes(b), 2) == 0
+    assert b.read_bytes() == b"A" and a.is_dir()
+    # The public wrapper: errno becomes OSError carrying both paths.
+    with pytest.raises(OSError) as exc:
+        syscalls.renameat2(a, tmp_path / "missing", syscalls.RENAME_EXCHANGE)
+    assert (exc.value.errno, exc.value.filename, exc.value.filename2) == (
+        errno.ENOENT,
+        str(a),
+        str(tmp_path / "missing"),
+    )
+    assert str(exc.value).startswith("[Errno 2] renameat2: No such file or directory: ")
+    syscalls.renameat2(b, tmp_path / "c", syscalls.RENAME_NOREPLACE)
+    assert (tmp_path / "c").read_bytes() == b"A"

@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "mkcomposefs",
     "composefs_info",
     "image",
+    "deploy",
 )
 
 Handler = Callable[[argparse.Namespace], int]

@@ -1,0 +1,286 @@
+"""`cfsboot install|switch|upgrade|finalize-staged|rollback|status|gc`: the deployment lifecycle."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from cfsboot import deploy, disk, gc, install, status
+from cfsboot.bootloader import Bootloader, BootloaderKind, detect
+from cfsboot.errors import die
+from cfsboot.espfind import open_esp
+from cfsboot.oci.layout import host_arch
+from cfsboot.run import run
+from cfsboot.sysroot import Sysroot
+from setuproot.contract import DEFAULT_SYSROOT, HashAlg
+
+log = logging.getLogger(__name__)
+
+
+def _sysroot_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--sysroot",
+        default=DEFAULT_SYSROOT,
+        help=f"the physical root filesystem (default {DEFAULT_SYSROOT})",
+    )
+    p.add_argument(
+        "--esp",
+        help="the ESP: a directory, a disk image or device with a GPT, or FILE@OFFSET"
+        " (default: found from the disk holding the physical root)",
+    )
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        help="where the staged-deployment marker lives (default /run on the booted system)",
+    )
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("install", help="install a new system from an image")
+    isub = p.add_subparsers(dest="install_command", metavar="SUBCOMMAND", parser_class=type(p))
+    isub.required = True
+    for name, help_text in (
+        ("to-disk", "partition and format a disk (or image file) and install onto it"),
+        ("to-filesystem", "install onto a mounted, empty root filesystem"),
+    ):
+        q = isub.add_parser(name, help=help_text)
+        q.add_argument("imgref", metavar="IMGREF")
+        q.add_argument("target", metavar="DEVICE|IMAGEFILE" if name == "to-disk" else "DIR")
+        q.add_argument("--karg", action="append", default=[], help="a kernel argument (repeat)")
+        q.add_argument(
+            "--bootloader",
+            choices=[str(k) for k in BootloaderKind],
+            default=str(BootloaderKind.SYSTEMD_BOOT),
+        )
+        q.add_argument(
+            "--insecure",
+            action="store_true",
+            help="do not require fs-verity (the karg becomes composefs=?DIGEST)",
+        )
+        q.add_argument("--hash", choices=[a.value for a in HashAlg], default="sha512")
+        q.add_argument("--boot-timeout", type=int, help="boot menu timeout in seconds")
+        q.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+        if name == "to-disk":
+            q.add_argument("--filesystem", choices=["ext4"], default="ext4")
+            q.add_argument("--root-size", help="size of the root partition (default: the rest)")
+            q.add_argument("--root-label", default="root", help="root filesystem label")
+            q.add_argument(
+                "--size",
+                help="create (or grow) IMAGEFILE to this size first (e.g. 8G)",
+            )
+            q.set_defaults(func=cmd_install_to_disk)
+        else:
+            q.add_argument("--esp", help="the mounted ESP (directory)")
+            q.add_argument("--boot", help="alias of --esp (the ESP mounted at /boot)")
+            q.add_argument("--root-karg", help="e.g. root=UUID=... (default: none)")
+            q.set_defaults(func=cmd_install_to_filesystem)
+
+    for name, help_text in (
+        ("switch", "stage another image to boot next"),
+        ("upgrade", "stage the newest version of the booted image"),
+    ):
+        q = sub.add_parser(name, help=help_text)
+        if name == "switch":
+            q.add_argument("imgref", metavar="IMGREF")
+        else:
+            q.add_argument("--check", action="store_true", help="only say if there is an update")
+        _sysroot_options(q)
+        q.add_argument("--karg", action="append", default=[], help="add a kernel argument")
+        q.add_argument("--apply", action="store_true", help="reboot when done")
+        q.add_argument(
+            "--download-only",
+            action="store_true",
+            help="stage it, but do not finalize it at shutdown",
+        )
+        q.add_argument("--arch", help=f"from a multi-arch image (default {host_arch()})")
+        q.add_argument("--quiet", "-q", action="store_true")
+        q.set_defaults(func=cmd_switch if name == "switch" else cmd_upgrade)
+
+    q = sub.add_parser("finalize-staged", help="make the staged deployment the default (shutdown)")
+    _sysroot_options(q)
+    q.set_defaults(func=cmd_finalize)
+
+    q = sub.add_parser("rollback", help="make the previous deployment the default")
+    _sysroot_options(q)
+    q.add_argument("--apply", action="store_true", help="reboot when done")
+    q.set_defaults(func=cmd_rollback)
+
+    q = sub.add_parser("status", help="show the deployments")
+    _sysroot_options(q)
+    fmt = q.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="bootc's BootcHost as JSON")
+    fmt.add_argument("--yaml", action="store_true", help="bootc's BootcHost as YAML")
+    q.set_defaults(func=cmd_status)
+
+    q = sub.add_parser("gc", help="remove deployments and data nothing needs")
+    _sysroot_options(q)
+    q.add_argument("--dry-run", action="store_true", help="only say what would go")
+    q.add_argument("--keep", type=int, default=0, help="keep this many more older deployments")
+    q.set_defaults(func=cmd_gc)
+
+
+@contextmanager
+def _opened(
+    args: argparse.Namespace, *, write: bool = True
+) -> Iterator[tuple[Sysroot, Bootloader]]:
+    sysroot = Sysroot(args.sysroot, run_dir=args.run_dir)
+    with open_esp(sysroot.path, args.esp) as esp:
+        bl = detect(esp)
+        if not write:
+            yield sysroot, bl
+            return
+        with sysroot.repo.lock():
+            done = bl.recover()
+            for line in done:
+                log.info("ESP: %s", line)
+            yield sysroot, bl
+
+
+def _reboot(apply: bool) -> None:
+    if apply:
+        run(["systemctl", "reboot"])
+
+
+# -- install -------------------------------------------------------------------------------
+
+
+def _install_options(args: argparse.Namespace) -> install.InstallOptions:
+    return install.InstallOptions(
+        bootloader=BootloaderKind(args.bootloader),
+        kargs=tuple(args.karg),
+        insecure=args.insecure,
+        algorithm=HashAlg(args.hash),
+        root_karg=getattr(args, "root_karg", None),
+        boot_timeout=args.boot_timeout,
+        quiet=args.quiet or not sys.stderr.isatty(),
+    )
+
+
+def _report_install(done: install.Installed) -> None:
+    mode = "fs-verity enforced" if done.secure else "fs-verity NOT enforced (composefs=?)"
+    sys.stderr.write(f"installed {done.entry} ({mode})\n")
+    print(done.digest)
+
+
+def cmd_install_to_disk(args: argparse.Namespace) -> int:
+    target = Path(args.target)
+    if args.size:
+        disk.create_image_file(target, install.parse_size(args.size))
+    root_size = install.parse_size(args.root_size) if args.root_size else None
+    done = install.to_disk(
+        args.imgref, target, _install_options(args), root_size=root_size, root_label=args.root_label
+    )
+    _report_install(done)
+    return 0
+
+
+def cmd_install_to_filesystem(args: argparse.Namespace) -> int:
+    esp_dir = args.esp or args.boot
+    if not esp_dir:
+        die("install to-filesystem needs --esp DIR (or --boot DIR)")
+    with open_esp(Path(args.target), esp_dir) as esp:
+        done = install.to_filesystem(args.imgref, Path(args.target), esp, _install_options(args))
+    _report_install(done)
+    return 0
+
+
+# -- switch / upgrade --------------------------------------------------------------------
+
+
+def _stage(args: argparse.Namespace, sysroot: Sysroot, bl: Bootloader, imgref: str) -> int:
+    target = deploy.import_target(
+        sysroot, imgref, quiet=args.quiet or not sys.stderr.isatty(), arch=args.arch
+    )
+    result = deploy.stage(
+        sysroot, bl, target, extra_kargs=args.karg, download_only=args.download_only
+    )
+    sys.stderr.write(f"{result.message}\n")
+    print(result.digest)
+    return 0
+
+
+def cmd_switch(args: argparse.Namespace) -> int:
+    with _opened(args) as (sysroot, bl):
+        rc = _stage(args, sysroot, bl, args.imgref)
+    _reboot(args.apply)
+    return rc
+
+
+def _followed_image(sysroot: Sysroot, bl: Bootloader) -> str:
+    """The image reference upgrade follows: the staged deployment's, else the booted one's."""
+    staged = sysroot.staged()
+    for depl in (staged.depl_id if staged else None, deploy.current_deployment(sysroot, bl)):
+        if depl is None:
+            continue
+        origin = sysroot.origin(depl)
+        if origin is not None:
+            return origin.image
+    die("the booted deployment has no origin (image reference) to upgrade from",
+        hint="use cfsboot switch IMGREF")  # fmt: skip
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    with _opened(args) as (sysroot, bl):
+        imgref = _followed_image(sysroot, bl)
+        if args.check:
+            target = deploy.import_target(sysroot, imgref, quiet=True, arch=args.arch)
+            current = deploy.current_deployment(sysroot, bl)
+            staged = sysroot.staged()
+            if target.digest in (current, staged.depl_id if staged else None):
+                print(f"no update: {imgref} is at {target.digest[:12]}…")
+            else:
+                print(f"update available: {imgref} -> {target.digest[:12]}…")
+                print(target.digest)
+            return 0
+        rc = _stage(args, sysroot, bl, imgref)
+    _reboot(args.apply)
+    return rc
+
+
+# -- finalize / rollback -----------------------------------------------------------------
+
+
+def cmd_finalize(args: argparse.Namespace) -> int:
+    sysroot = Sysroot(args.sysroot, run_dir=args.run_dir)
+    if sysroot.staged() is None:
+        log.info("no staged deployment")
+        return 0
+    with _opened(args) as (sysroot, bl):
+        msg = deploy.finalize(sysroot, bl)
+    sys.stderr.write(f"{msg}\n")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    with _opened(args) as (sysroot, bl):
+        msg = deploy.rollback(sysroot, bl)
+    sys.stderr.write(f"{msg}\n")
+    _reboot(args.apply)
+    return 0
+
+
+# -- status / gc -------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _opened(args, write=False) as (sysroot, bl):
+        doc = status.host_status(sysroot, bl)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    elif args.yaml or not sys.stdout.isatty():
+        print(status.to_yaml(doc))
+    else:
+        sys.stdout.write(status.human(doc))
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    with _opened(args) as (sysroot, bl):
+        report = gc.collect(sysroot, bl, keep=args.keep, dry_run=args.dry_run)
+    print(report.summary(dry_run=args.dry_run))
+    return 0

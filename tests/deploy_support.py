@@ -1,0 +1,88 @@
+"""Small OS-shaped OCI images for deployment tests: "kernel", initramfs, os-release, /etc, /var.
+
+Nothing here boots: the kernel and initramfs are files of recognisable bytes,
+and the systemd-boot / GRUB binaries are stand-ins, which is all install and
+the boot menu code look at.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from cfsboot.oci.build import Entry, build_layout
+
+KVER = "6.12.0-test"
+MTIME = 1700000000
+
+
+def _blob(label: str, size: int) -> bytes:
+    seed = hashlib.sha256(label.encode()).digest()
+    return (seed * (size // len(seed) + 1))[:size]
+
+
+def os_entries(
+    version: str,
+    *,
+    kernel: str = "k1",
+    etc: dict[str, bytes] | None = None,
+    extra: dict[str, bytes] | None = None,
+    kargs: str | None = 'kargs = ["console=ttyS0,115200"]\n',
+    etc_mode: str | None = None,
+    uki: bytes | None = None,
+) -> list[Entry]:
+    """One image's entries; `kernel` names the kernel+initramfs pair (same name: same bytes)."""
+    d = lambda p: Entry(p, "dir", mtime=MTIME)  # noqa: E731
+    f = lambda p, data, mode=0o644: Entry(p, "file", mode=mode, data=data, mtime=MTIME)  # noqa: E731
+    out = [
+        d("usr"),
+        d("usr/lib"),
+        d("usr/lib/modules"),
+        d(f"usr/lib/modules/{KVER}"),
+        f(f"usr/lib/modules/{KVER}/vmlinuz", _blob(f"vmlinuz-{kernel}", 150_000)),
+        f(f"usr/lib/modules/{KVER}/initramfs.img", _blob(f"initramfs-{kernel}", 90_000)),
+        f("usr/lib/os-release", f'ID=testos\nNAME="Test OS"\nVERSION_ID={version}\n'.encode()),
+        d("usr/lib/systemd"),
+        d("usr/lib/systemd/boot"),
+        d("usr/lib/systemd/boot/efi"),
+        f("usr/lib/systemd/boot/efi/systemd-bootx64.efi", _blob("systemd-boot", 100_000)),
+        d("usr/lib/grub"),
+        d("usr/lib/grub/x86_64-efi"),
+        d("usr/lib/grub/x86_64-efi/monolithic"),
+        f("usr/lib/grub/x86_64-efi/monolithic/grubx64.efi", _blob("grub", 120_000)),
+        d("usr/share"),
+        f("usr/share/version", (version * 40).encode()),
+        d("etc"),
+        f("etc/hostname", b"testos\n"),
+        f("etc/os-release-version", version.encode() + b"\n"),
+        d("var"),
+        d("var/lib"),
+        f("var/lib/seeded", b"from the image\n"),
+        d("run"),
+        d("boot"),
+        d("sysroot"),
+    ]
+    if kargs is not None:
+        out += [
+            d("usr/lib/bootc"),
+            d("usr/lib/bootc/kargs.d"),
+            f("usr/lib/bootc/kargs.d/10-test.toml", kargs.encode()),
+        ]
+    if etc_mode is not None:
+        out += [
+            d("usr/lib/composefs"),
+            f("usr/lib/composefs/setup-root-conf.toml", f'[etc]\nmount = "{etc_mode}"\n'.encode()),
+        ]
+    if uki is not None:
+        out += [d("boot/EFI"), d("boot/EFI/Linux"), f("boot/EFI/Linux/test.efi", uki)]
+    for path, data in (etc or {}).items():
+        out.append(f(f"etc/{path}", data))
+    for path, data in (extra or {}).items():
+        out.append(f(path, data))
+    return out
+
+
+def os_image(path: Path, version: str, **kw: object) -> str:
+    """An OCI layout with one OS image; returns its IMGREF."""
+    build_layout(path, [os_entries(version, **kw)])  # type: ignore[arg-type]
+    return f"oci:{path}:latest"

@@ -1,0 +1,251 @@
+"""The deployment lifecycle on a disk image made by `cfsboot install to-disk`.
+
+install -> switch -> finalize -> status -> rollback -> gc, with the root
+filesystem loop-mounted at its offset in the image and the ESP read through
+mtools (this host cannot mount vfat), exactly as an admin would run it
+against an offline disk. Every step asserts the files on the ESP, the state
+directories, the order of the boot entries and the status JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from deploy_support import os_image
+
+from cfsboot.bootentries.bls import BLSEntry
+from cfsboot.disk import read_layout
+from cfsboot.oci.import_ import import_image
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("can_mount")]
+
+CFSBOOT = [sys.executable, "-m", "cfsboot.cli"]
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": f"{REPO_ROOT / 'stager'}:{REPO_ROOT / 'setup-root'}"}
+MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+
+
+def cfsboot(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [*CFSBOOT, *map(str, args)], capture_output=True, text=True, env=ENV, check=False
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"cfsboot {' '.join(map(str, args))}: {proc.stderr}")
+    return proc
+
+
+@dataclass
+class Machine:
+    disk: Path
+    root: Path  # the root filesystem, loop-mounted
+    run: Path  # run directory (the staged marker)
+    esp_offset: int
+
+    def cfs(self, *args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return cfsboot(*args, "--sysroot", self.root, "--run-dir", self.run, check=check)
+
+    def _m(self, tool: str, *args: str) -> str:
+        proc = subprocess.run(
+            [tool, "-i", f"{self.disk}@@{self.esp_offset}", *args],
+            capture_output=True,
+            env=MTOOLS_ENV,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise FileNotFoundError(f"{tool} {args}: {proc.stderr.decode()}")
+        return proc.stdout.decode("latin-1")
+
+    def ls(self, path: str) -> list[str]:
+        try:
+            out = self._m("mdir", "-b", f"::/{path}")
+        except FileNotFoundError:
+            return []
+        return sorted(line.rstrip("/").rsplit("/", 1)[-1] for line in out.splitlines() if line)
+
+    def read(self, path: str) -> str:
+        return self._m("mtype", f"::/{path}")
+
+    def entries(self, staged: bool = False) -> list[tuple[str, BLSEntry]]:
+        d = "loader/entries.staged" if staged else "loader/entries"
+        return [(n, BLSEntry.parse(self.read(f"{d}/{n}"))) for n in self.ls(d)]
+
+    def menu(self) -> list[str]:
+        """Deployments in systemd-boot's order (sort-key ascending)."""
+        ents = sorted(self.entries(), key=lambda e: e[1].sort_key or "")
+        return [e.deployment() or "?" for _, e in ents]
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(self.cfs("status", "--json").stdout)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    base = tmp_path_factory.mktemp("images")
+    return {
+        "v1": os_image(base / "v1", "1"),
+        "v2": os_image(base / "v2", "2", etc={"added-by-v2": b"new file of v2\n"}),
+        "v3": os_image(base / "v3", "3", kernel="k3"),
+    }
+
+
+def _digest(ref: str) -> str:
+    return import_image(ref, None).image_digest
+
+
+@pytest.fixture
+def machine(tmp_path: Path, images: dict[str, str]) -> Iterator[Machine]:
+    disk = tmp_path / "disk.img"
+    cfsboot("install", "to-disk", images["v1"], disk, "--size", "3G", "--karg", "quiet", "-q")
+    layout = read_layout(disk)
+    root_part = layout.partitions[1]
+    mnt = tmp_path / "root"
+    mnt.mkdir()
+    subprocess.run(
+        [
+            "mount",
+            "-o",
+            f"loop,offset={root_part.start},sizelimit={root_part.size}",
+            disk,
+            mnt,
+        ],
+        check=True,
+    )
+    try:
+        yield Machine(disk, mnt, tmp_path / "run", layout.esp.start)
+    finally:
+        subprocess.run(["umount", mnt], check=True)
+
+
+def test_install_writes_loader_entry_state_and_shared_var(
+    machine: Machine, images: dict[str, str]
+) -> None:
+    d1 = _digest(images["v1"])
+    assert machine.ls("EFI/BOOT") == ["BOOTX64.EFI"]
+    assert "systemd-bootx64.efi" in machine.ls("EFI/systemd")
+    assert machine.read("loader/loader.conf") == "timeout 5\n"
+    [(name, entry)] = machine.entries()
+    assert name == "bootc_testos-1-0.conf"
+    kdir = f"/EFI/Linux/bootc_composefs-{d1}"
+    assert entry.title == "Test OS" and entry.version == "1"
+    assert entry.linux == f"{kdir}/vmlinuz" and entry.initrd == (f"{kdir}/initrd",)
+    assert entry.sort_key == "bootc-testos-0"
+    opts = entry.cmdline.split()
+    assert opts[0].startswith("root=UUID=") and opts[1:3] == ["rw", "quiet"]
+    # No fs-verity on this host: an insecure repository, composefs=? (kargs.d after it).
+    assert opts[3:] == [f"composefs=?{d1}", "console=ttyS0,115200"]
+    state = machine.root / "state/deploy" / d1
+    assert os.readlink(state / "var") == "../../os/default/var"
+    assert (state / "var/lib/seeded").read_text() == "from the image\n"
+    assert sorted(os.listdir(state / "etc")) == ["upper", "work"]
+    origin = (state / f"{d1}.origin").read_text()
+    assert "container-image-reference = ostree-unverified-image:oci:" in origin
+    assert "boot_type = bls" in origin
+    assert (machine.root / "composefs/images" / d1).is_symlink()
+    assert (machine.root / "composefs/images/refs/deploy" / d1).is_symlink()
+
+
+def test_switch_finalize_rollback_gc(machine: Machine, images: dict[str, str]) -> None:
+    d1, d2, d3 = (_digest(images[v]) for v in ("v1", "v2", "v3"))
+    upper1 = machine.root / "state/deploy" / d1 / "etc/upper"
+    (upper1 / "local.conf").write_text("a local change\n")
+
+    out = machine.cfs("switch", images["v2"], "-q")
+    assert out.stdout.strip() == d2
+    assert "it boots next" in out.stderr
+    # Staged: the live menu is unchanged, the staged one has v2 first, then v1.
+    assert machine.menu() == [d1]
+    staged = sorted(machine.entries(staged=True), key=lambda e: e[1].sort_key or "")
+    assert [n for n, _ in staged] == ["bootc_testos-2-1.conf", "bootc_testos-1-0.conf"]
+    assert [e.deployment() for _, e in staged] == [d2, d1]
+    # Same kernel and initrd: v2 boots v1's copy instead of a second one.
+    assert staged[0][1].linux == staged[1][1].linux
+    assert machine.ls("EFI/Linux") == [f"bootc_composefs-{d1}"]
+    marker = json.loads((machine.run / "composefs/staged-deployment").read_text())
+    assert marker == {"depl_id": d2, "finalization_locked": False}
+    st = machine.status()
+    assert st["status"]["staged"]["composefs"]["verity"] == d2
+    assert st["status"]["booted"]["composefs"]["verity"] == d1
+
+    again = machine.cfs("switch", images["v2"], "-q")
+    assert "already staged" in again.stderr
+
+    machine.cfs("finalize-staged")
+    assert machine.menu() == [d2, d1]
+    assert machine.ls("loader") == ["entries", "loader.conf"]
+    assert not (machine.run / "composefs/staged-deployment").exists()
+    upper2 = machine.root / "state/deploy" / d2 / "etc/upper"
+    assert (upper2 / "local.conf").read_text() == "a local change\n"
+
+    st = machine.status()
+    assert st["apiVersion"] == "org.containers.bootc/v1" and st["kind"] == "BootcHost"
+    s = st["status"]
+    assert s["staged"] is None
+    assert s["booted"]["composefs"]["verity"] == d2
+    assert s["rollback"]["composefs"]["verity"] == d1
+    assert s["booted"]["composefs"]["bootType"] == "Bls"
+    assert s["booted"]["composefs"]["missingVerityAllowed"] is True
+    assert s["booted"]["image"]["image"]["transport"] == "oci"
+    assert s["booted"]["image"]["architecture"] == "amd64"
+    assert s["booted"]["image"]["imageDigest"].startswith("sha256:")
+    assert st["spec"]["bootOrder"] == "default"
+
+    assert "already booted" in machine.cfs("switch", images["v2"], "-q").stderr
+
+    machine.cfs("rollback")
+    assert machine.menu() == [d1, d2]
+    machine.cfs("rollback")
+    assert machine.menu() == [d2, d1]
+
+    machine.cfs("switch", images["v3"], "-q")
+    machine.cfs("finalize-staged")
+    assert machine.menu() == [d3, d2, d1]
+    assert machine.ls("EFI/Linux") == sorted([f"bootc_composefs-{d1}", f"bootc_composefs-{d3}"])
+
+    dry = machine.cfs("gc", "--dry-run").stdout
+    assert "would remove 1 deployment(s)" in dry
+    assert machine.menu() == [d3, d2, d1]
+    assert (machine.root / "state/deploy" / d1).exists()
+
+    machine.cfs("gc")
+    assert machine.menu() == [d3, d2]
+    assert not (machine.root / "state/deploy" / d1).exists()
+    assert not (machine.root / "composefs/images" / d1).exists()
+    # v2 still boots the kernel directory named after v1: it stays.
+    assert machine.ls("EFI/Linux") == sorted([f"bootc_composefs-{d1}", f"bootc_composefs-{d3}"])
+    assert "would remove 0 deployment(s)" in machine.cfs("gc", "--dry-run").stdout
+
+    machine.cfs("rollback")  # v2 default, v3 rollback
+    machine.cfs("gc", "--keep", "0")
+    assert machine.menu() == [d2, d3]
+
+
+def test_rollback_needs_two_entries(machine: Machine) -> None:
+    out = machine.cfs("rollback", check=False)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        "cfsboot: there is no rollback deployment (the boot menu has only one cfsboot entry)"
+    ]
+
+
+def test_rollback_drops_a_staged_deployment(machine: Machine, images: dict[str, str]) -> None:
+    d1, d2, d3 = (_digest(images[v]) for v in ("v1", "v2", "v3"))
+    machine.cfs("switch", images["v2"], "-q")
+    machine.cfs("finalize-staged")
+    machine.cfs("switch", images["v3"], "-q")
+    out = machine.cfs("rollback")
+    assert "dropped the staged deployment" in out.stderr
+    assert machine.menu() == [d1, d2]
+    assert machine.ls("loader") == ["entries", "loader.conf"]
+    assert machine.cfs("finalize-staged").returncode == 0  # nothing staged any more
+    assert machine.menu() == [d1, d2]
+    # The dropped deployment's leftovers go with the next gc.
+    machine.cfs("gc")
+    assert not (machine.root / "state/deploy" / d3).exists()

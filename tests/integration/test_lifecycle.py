@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploy_support import os_image
 
 from cfsboot.bootentries.bls import BLSEntry
 from cfsboot.disk import read_layout
 from cfsboot.oci.import_ import import_image
+from deploy_support import os_image
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("can_mount")]
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from cfsboot.errors import CfsbootError
-from cfsboot.tree import Inode, walk
+from cfsboot.tree import FILE_TYPES, Inode, walk
 
 # Limits of libcomposefs (lcfs-writer.h, lcfs-internal.h) and of the EROFS inode fields.
 INLINE_CONTENT_MAX = 5000  # LCFS_INLINE_CONTENT_MAX
@@ -29,17 +29,6 @@ MAX_CHUNKS = 1024  # LCFS_MAX_NONINLINE_CHUNKS: external files are one block of 
 U32_MAX = 0xFFFFFFFF
 U64_MAX = (1 << 64) - 1
 S64_MIN, S64_MAX = -(1 << 63), (1 << 63) - 1
-VALID_TYPES = frozenset(
-    (
-        stat.S_IFREG,
-        stat.S_IFDIR,
-        stat.S_IFLNK,
-        stat.S_IFBLK,
-        stat.S_IFCHR,
-        stat.S_IFSOCK,
-        stat.S_IFIFO,
-    )
-)
 DIGEST_HEX_LENGTHS = (64, 128)  # sha256 (what C knows) and sha512 (our repositories)
 
 
@@ -351,7 +340,7 @@ class _Parser:
         if mode > 0o177777:
             raise _LineError(f"mode {mode:o} does not fit in 16 bits")
         ftype = stat.S_IFMT(mode)
-        if ftype not in VALID_TYPES:
+        if ftype not in FILE_TYPES:
             raise _LineError(f"invalid file type in mode {mode:o}")
 
         if path == b"/":

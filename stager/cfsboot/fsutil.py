@@ -26,7 +26,13 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def _publish(target: Path, mode: int | None, fill: Callable[[int], None]) -> None:
+def _publish(
+    target: Path,
+    mode: int | None,
+    fill: Callable[[int], None],
+    seal: Callable[[Path], None] | None = None,
+) -> None:
+    """Write through `fill` under a temp name, fsync, `seal(temp path)`, rename, fsync the dir."""
     tmp = target.parent / temp_name(target.name)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
@@ -37,6 +43,8 @@ def _publish(target: Path, mode: int | None, fill: Callable[[int], None]) -> Non
             os.fsync(fd)
         finally:
             os.close(fd)
+        if seal is not None:
+            seal(tmp)  # e.g. enable fs-verity: no writable descriptor may be open
         os.rename(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -44,11 +52,18 @@ def _publish(target: Path, mode: int | None, fill: Callable[[int], None]) -> Non
     fsync_dir(target.parent)
 
 
-def write_file_atomic(path: str | os.PathLike[str], data: bytes, mode: int | None = 0o644) -> None:
+def write_file_atomic(
+    path: str | os.PathLike[str],
+    data: bytes,
+    mode: int | None = 0o644,
+    *,
+    seal: Callable[[Path], None] | None = None,
+) -> None:
     """Replace `path` with `data` so that a crash leaves the old or the new file, never half.
 
     `mode` is applied with fchmod (independent of the umask); None keeps the
-    filesystem's default, for filesystems without modes such as vfat.
+    filesystem's default, for filesystems without modes such as vfat. `seal`
+    is called with the synced temporary file just before it gets its name.
     """
 
     def fill(fd: int) -> None:
@@ -56,7 +71,7 @@ def write_file_atomic(path: str | os.PathLike[str], data: bytes, mode: int | Non
         while view:
             view = view[os.write(fd, view) :]
 
-    _publish(Path(path), mode, fill)
+    _publish(Path(path), mode, fill, seal)
 
 
 def copy_file_atomic(

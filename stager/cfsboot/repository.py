@@ -395,28 +395,19 @@ def _write_meta(root: Path, alg: HashAlg) -> None:
 
 def _write_meta_with_verity(root: Path, alg: HashAlg) -> bool:
     """Write meta.json with fs-verity enabled before it gets its name; False if unsupported."""
-    final = root / REPO_META
-    tmp = root / temp_name(REPO_META)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            os.fchmod(fd, 0o644)
-            os.write(fd, meta_json(alg))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    secure = True
+
+    def seal(tmp: Path) -> None:
+        nonlocal secure
         ro = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            enable_verity(ro, alg, path=str(final))
-            secure = True
+            enable_verity(ro, alg, path=str(root / REPO_META))
         except VerityUnsupported:
             secure = False
         finally:
             os.close(ro)
-        os.rename(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    write_file_atomic(root / REPO_META, meta_json(alg), mode=0o644, seal=seal)
     return secure
 
 

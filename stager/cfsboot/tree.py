@@ -10,6 +10,19 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+# The file types a composefs tree (dumpfile, EROFS image) can hold.
+FILE_TYPES = frozenset(
+    (
+        stat.S_IFREG,
+        stat.S_IFDIR,
+        stat.S_IFLNK,
+        stat.S_IFBLK,
+        stat.S_IFCHR,
+        stat.S_IFSOCK,
+        stat.S_IFIFO,
+    )
+)
+
 
 @dataclass(eq=False, slots=True)
 class Inode:

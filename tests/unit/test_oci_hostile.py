@@ -94,6 +94,12 @@ def _longer_blob(p: Path) -> None:
     blob.write_bytes(blob.read_bytes() + b"\0" * 512)
 
 
+def _huge_index(p: Path) -> None:
+    _image(p, [[*base_layer(), *BIG]])
+    index = p / "index.json"
+    index.write_bytes(index.read_bytes() + b" " * (4 << 20))
+
+
 GOOD_TAR = tar_bytes([*base_layer(), Entry("usr/x", data=b"x" * 2000)])
 BAD_CHECKSUM = bytearray(GOOD_TAR)
 BAD_CHECKSUM[512 * 3 + 5] ^= 0x20
@@ -154,6 +160,10 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
         "absurd size",
     ),
     "truncated-blob": (_truncated_blob, "is truncated"),
+    "absurd-index": (
+        _huge_index,
+        r"index.json in .* is absurdly large \(\d+ bytes, limit 4194304\)",
+    ),
     "longer-blob": (_longer_blob, "larger than its declared"),
     "missing-layer": (_missing("layer"), r"layer sha256:[0-9a-f]{64} is missing from"),
     "missing-config": (_missing("config"), r"config sha256:[0-9a-f]{64} is missing from"),

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from cfsboot.errors import die
@@ -84,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.buffer.write(image)
             sys.stdout.buffer.flush()
         else:
-            write_file_atomic(Path(args.image), image)
+            from cfsboot.fsutil import write_file_atomic
+
+            write_file_atomic(args.image, image)
     if args.print_digest or args.print_digest_only:
         sys.stdout.write(digest_bytes(image).hex() + "\n")
         sys.stdout.flush()
@@ -112,27 +112,3 @@ def _load(args: argparse.Namespace) -> tuple[Inode, list[bytes]]:
         die(f"{src} is not a directory", hint="use --from-file for a dumpfile")
     root: Inode = tree_from_directory(src, digest_store=args.digest_store, use_epoch=args.use_epoch)
     return root, []
-
-
-def write_file_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temp file in the same directory, fsynced, renamed."""
-    directory = path.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)

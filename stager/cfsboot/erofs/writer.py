@@ -21,19 +21,8 @@ from collections.abc import Iterable, Iterator
 
 from cfsboot.erofs import format as fmt
 from cfsboot.erofs.layout import Node, lay_out_and_emit
-from cfsboot.tree import Inode, lookup, split_path
+from cfsboot.tree import FILE_TYPES, Inode, lookup, split_path
 
-_VALID_TYPES = frozenset(
-    (
-        stat.S_IFREG,
-        stat.S_IFDIR,
-        stat.S_IFLNK,
-        stat.S_IFBLK,
-        stat.S_IFCHR,
-        stat.S_IFSOCK,
-        stat.S_IFIFO,
-    )
-)
 _OVERLAY_PREFIX = fmt.OVERLAY_PREFIX
 _OVERLAY_PREFIX_LEN = len(_OVERLAY_PREFIX)
 _HEX = "0123456789abcdef"
@@ -149,7 +138,7 @@ def _link_keys(root: Inode, link_paths: Iterable[bytes]) -> set[tuple[int, bytes
 def _new_node(inode: Inode, parent: Node | None) -> Node:
     mode = inode.mode
     ftype = mode & 0o170000
-    if ftype not in _VALID_TYPES:
+    if ftype not in FILE_TYPES:
         raise ValueError(f"invalid file type in mode {mode:o}")
     if (inode.uid | inode.gid | inode.nlink | inode.mtime_nsec | inode.rdev) >> 32 or (
         inode.uid | inode.gid | inode.nlink | inode.mtime_nsec | inode.rdev

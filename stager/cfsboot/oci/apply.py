@@ -11,7 +11,6 @@ whiteouts and opaque markers against the lower tree, then its entries.
 
 from __future__ import annotations
 
-import enum
 import json
 import stat
 from collections.abc import Iterable
@@ -21,6 +20,7 @@ from typing import Any
 import zstandard
 
 from cfsboot.errors import CfsbootError
+from cfsboot.oci.tar import Kind
 from cfsboot.tree import Inode, lookup, split_path
 
 WHITEOUT_PREFIX = b".wh."
@@ -32,16 +32,8 @@ class LayerError(CfsbootError):
     """A layer whose entries cannot be applied (hostile or inconsistent)."""
 
 
-class Op(enum.StrEnum):
-    FILE = "file"
-    DIR = "dir"
-    SYMLINK = "symlink"
-    HARDLINK = "hardlink"
-    CHAR = "char"
-    BLOCK = "block"
-    FIFO = "fifo"
-    WHITEOUT = "whiteout"  # path names what to remove from lower layers
-    OPAQUE = "opaque"  # path names the directory whose lower contents are hidden
+# A record entry's operation: a tar member's kind, or one of the two OCI whiteouts.
+Op = Kind
 
 
 _IFMT = {

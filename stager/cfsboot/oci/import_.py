@@ -39,7 +39,6 @@ from cfsboot.errors import CfsbootError, die
 from cfsboot.oci import skopeo, tar
 from cfsboot.oci.apply import (
     LayerRecord,
-    Op,
     RecordBuilder,
     RecordEntry,
     build_tree,
@@ -267,7 +266,7 @@ def _record_entry(entry: tar.TarEntry, data: tar.EntryData, sink: ObjectSink) ->
         else:
             digest = sink.store(data, entry.size)
     return RecordEntry(
-        op=Op(str(entry.kind)),
+        op=entry.kind,
         path=entry.path,
         mode=entry.mode,
         uid=entry.uid,

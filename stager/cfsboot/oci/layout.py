@@ -309,6 +309,18 @@ def _read_blob(src: BlobSource, desc: dict[str, Any], limit: int, what: str) -> 
     return bytes(data) if data else b""
 
 
+def _read_member(src: BlobSource, name: str, limit: int, missing: str) -> bytes:
+    """A small file of the layout (index.json, manifest.json, a docker-archive config)."""
+    opened = src.open(name)
+    if opened is None:
+        die(missing)
+    f, size = opened
+    with f:
+        if size > limit:
+            die(f"{name} in {src.where} is absurdly large ({size} bytes, limit {limit})")
+        return f.read()
+
+
 def _json(data: bytes, what: str) -> dict[str, Any]:
     try:
         obj = json.loads(data)
@@ -404,14 +416,10 @@ def _pick(
 
 
 def _open_oci(src: BlobSource, tag: str | None, arch: str | None) -> OpenedImage:
-    opened = src.open("index.json")
-    if opened is None:
-        die(f"{src.where} is not an OCI image layout (no index.json)")
-    f, size = opened
-    with f:
-        if size > MAX_MANIFEST:
-            die(f"index.json in {src.where} is absurdly large ({size} bytes)")
-        index = _json(f.read(), f"index.json in {src.where}")
+    data = _read_member(
+        src, "index.json", MAX_MANIFEST, f"{src.where} is not an OCI image layout (no index.json)"
+    )
+    index = _json(data, f"index.json in {src.where}")
     descs = index.get("manifests")
     if not isinstance(descs, list) or not descs:
         die(f"index.json in {src.where} lists no images")
@@ -478,17 +486,16 @@ def _check_arch(image: OpenedImage, arch: str | None) -> None:
 
 
 def _open_docker_archive(src: BlobSource, tag: str | None, arch: str | None) -> OpenedImage:
-    opened = src.open("manifest.json")
-    if opened is None:
-        die(f"{src.where} is not a docker-archive (no manifest.json)")
-    f, size = opened
-    with f:
-        if size > MAX_MANIFEST:
-            die(f"manifest.json in {src.where} is absurdly large")
-        try:
-            entries = json.loads(f.read())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            die(f"manifest.json in {src.where} is not valid JSON ({e})")
+    data = _read_member(
+        src,
+        "manifest.json",
+        MAX_MANIFEST,
+        f"{src.where} is not a docker-archive (no manifest.json)",
+    )
+    try:
+        entries = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        die(f"manifest.json in {src.where} is not valid JSON ({e})")
     if (
         not isinstance(entries, list)
         or not entries
@@ -513,14 +520,9 @@ def _open_docker_archive(src: BlobSource, tag: str | None, arch: str | None) -> 
     cfg_name, layer_names = entry.get("Config"), entry.get("Layers")
     if not isinstance(cfg_name, str) or not isinstance(layer_names, list):
         die(f"manifest.json in {src.where} is malformed")
-    copened = src.open(cfg_name)
-    if copened is None:
-        die(f"config {cfg_name} is missing from {src.where}")
-    cf, csize = copened
-    with cf:
-        if csize > MAX_CONFIG:
-            die(f"config {cfg_name} is absurdly large")
-        config = cf.read()
+    config = _read_member(
+        src, cfg_name, MAX_CONFIG, f"config {cfg_name} is missing from {src.where}"
+    )
     config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
     m = re.search(r"([0-9a-f]{64})(\.json)?$", cfg_name)
     if m and m.group(1) != config_digest[7:]:

@@ -19,7 +19,7 @@ import os
 import struct
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import BinaryIO
 
 from cfsboot.errors import CfsbootError
@@ -45,6 +45,8 @@ class TarError(CfsbootError):
 
 
 class Kind(enum.StrEnum):
+    """What a layer entry is; also the operation of a layer record entry (oci/apply.py)."""
+
     FILE = "file"
     DIR = "dir"
     SYMLINK = "symlink"
@@ -52,6 +54,9 @@ class Kind(enum.StrEnum):
     CHAR = "char"
     BLOCK = "block"
     FIFO = "fifo"
+    # No typeflag gives these two: apply.whiteout_of() reads them from OCI whiteout names.
+    WHITEOUT = "whiteout"  # the path names what to remove from lower layers
+    OPAQUE = "opaque"  # the path names the directory whose lower contents are hidden
 
 
 _TYPEFLAGS = {
@@ -345,7 +350,7 @@ def entries(stream: BinaryIO) -> Iterator[tuple[TarEntry, EntryData]]:
             minor = _parse_number(devminor, "devminor")
             if major > 0xFFFFFFF or minor > 0xFFFFFFF:
                 raise TarError(f"tar member {entry.path!r} has an absurd device number")
-            entry = _with_rdev(entry, os.makedev(major, minor))
+            entry = replace(entry, rdev=os.makedev(major, minor))
         # Only regular files carry data: like Go's and Python's readers, a size field on a
         # link, directory or device is not followed by data.
         body = EntryData(src, entry.size)
@@ -358,22 +363,6 @@ def _gnu_long(data: bytes, what: str) -> bytes:
     if b"\0" in value:
         raise TarError(f"GNU long {what} contains a NUL byte")
     return value
-
-
-def _with_rdev(entry: TarEntry, rdev: int) -> TarEntry:
-    return TarEntry(
-        path=entry.path,
-        kind=entry.kind,
-        mode=entry.mode,
-        uid=entry.uid,
-        gid=entry.gid,
-        mtime=entry.mtime,
-        mtime_nsec=entry.mtime_nsec,
-        size=entry.size,
-        linkname=entry.linkname,
-        rdev=rdev,
-        xattrs=entry.xattrs,
-    )
 
 
 def _make_entry(

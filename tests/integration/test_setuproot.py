@@ -405,6 +405,21 @@ def test_bind_etc(sysroot: Sysroot, tmp_path: Path) -> None:
     assert f"{m}/var" not in b.mounts
 
 
+def test_no_etc_mount_leaves_the_images_read_only_etc(sysroot: Sysroot, tmp_path: Path) -> None:
+    conf = tmp_path / "conf.toml"
+    conf.write_text('[etc]\nmount = "none"\n')
+    m = str(tmp_path / "mnt")
+    b = boot(
+        sysroot,
+        tmp_path,
+        f"composefs=?{sysroot.digests['a']}",
+        args=("--config", str(conf)),
+        after='cat "$M/etc/hostname"; touch "$M/etc/x" 2>/dev/null || echo ETC-RO',
+    )
+    assert (b.rc, b.stdout, b.stderr) == (0, "cfsboot-test\nETC-RO\n", "")
+    assert f"{m}/etc" not in b.mounts and f"{m}/var" in b.mounts
+
+
 def _refused(b: Boot, tmp_path: Path, code: int) -> str:
     assert b.rc == code, b.stderr
     # Nothing was touched: /sysroot is still the physical root, with nothing on top.

@@ -163,13 +163,20 @@ def boot(
     cmdline: str,
     *,
     args: tuple[str, ...] = (),
+    config: str | None = None,
     before: str = "",
     after: str = "",
     program: tuple[str, ...] = (sys.executable, "-m", "setuproot"),
 ) -> Boot:
-    """Mount the physical root at $M in a private namespace, run setup-root, then `after`."""
+    """Mount the physical root at $M in a private namespace, run setup-root, then `after`.
+
+    `config`: the text of a config file to give with --config (tmp_path/conf.toml).
+    """
     mnt = tmp_path / "mnt"
     mnt.mkdir(exist_ok=True)
+    if config is not None:
+        (tmp_path / "conf.toml").write_text(config)
+        args = (*args, "--config", str(tmp_path / "conf.toml"))
     argv = [
         *program,
         "--sysroot",
@@ -375,28 +382,24 @@ def test_old_kernel_paths_loop_device_and_lowerdir_string(sysroot: Sysroot, tmp_
 
 
 def test_transient_etc_and_root(sysroot: Sysroot, tmp_path: Path) -> None:
-    conf = tmp_path / "conf.toml"
-    conf.write_text("[root]\ntransient = true\n[etc]\ntransient = true\n")
+    config = "[root]\ntransient = true\n[etc]\ntransient = true\n"
     a = sysroot.digests["a"]
-    args = ("--config", str(conf))
     after = 'cat "$M/etc/hostname"; echo x > "$M/etc/hostname"; touch "$M/usr/new" && echo ROOT-RW'
-    first = boot(sysroot, tmp_path, f"composefs=?{a}", args=args, after=after)
+    first = boot(sysroot, tmp_path, f"composefs=?{a}", config=config, after=after)
     assert first.rc == 0, first.stderr
     assert first.mounts[str(tmp_path / "mnt")]["source"] == f"transient:composefs:{a}"
-    second = boot(sysroot, tmp_path, f"composefs=?{a}", args=args, after=after)
+    second = boot(sysroot, tmp_path, f"composefs=?{a}", config=config, after=after)
     assert second.stdout == first.stdout == "cfsboot-test\nROOT-RW\n"
 
 
 def test_bind_etc(sysroot: Sysroot, tmp_path: Path) -> None:
-    conf = tmp_path / "conf.toml"
-    conf.write_text('[etc]\nmount = "bind"\n[var]\nmount = "none"\n')
     a = sysroot.digests["a"]
     m = str(tmp_path / "mnt")
     b = boot(
         sysroot,
         tmp_path,
         f"composefs=?{a}",
-        args=("--config", str(conf)),
+        config='[etc]\nmount = "bind"\n[var]\nmount = "none"\n',
         before=f'mkdir "$M/state/deploy/{a}/etc"; echo copied > "$M/state/deploy/{a}/etc/hostname"',
         after='cat "$M/etc/hostname"',
     )
@@ -406,14 +409,12 @@ def test_bind_etc(sysroot: Sysroot, tmp_path: Path) -> None:
 
 
 def test_no_etc_mount_leaves_the_images_read_only_etc(sysroot: Sysroot, tmp_path: Path) -> None:
-    conf = tmp_path / "conf.toml"
-    conf.write_text('[etc]\nmount = "none"\n')
     m = str(tmp_path / "mnt")
     b = boot(
         sysroot,
         tmp_path,
         f"composefs=?{sysroot.digests['a']}",
-        args=("--config", str(conf)),
+        config='[etc]\nmount = "none"\n',
         after='cat "$M/etc/hostname"; touch "$M/etc/x" 2>/dev/null || echo ETC-RO',
     )
     assert (b.rc, b.stdout, b.stderr) == (0, "cfsboot-test\nETC-RO\n", "")
@@ -449,17 +450,12 @@ def test_bad_karg_refused(sysroot: Sysroot, tmp_path: Path) -> None:
 
 
 def test_bad_config_refused(sysroot: Sysroot, tmp_path: Path) -> None:
-    conf = tmp_path / "conf.toml"
-    conf.write_text('[etc]\nmount = "copy"\n')
     b = boot(
-        sysroot,
-        tmp_path,
-        f"composefs=?{sysroot.digests['a']}",
-        args=("--config", str(conf)),
+        sysroot, tmp_path, f"composefs=?{sysroot.digests['a']}", config='[etc]\nmount = "copy"\n'
     )
     line = _refused(b, tmp_path, 3)
     assert line == (
-        f"cfsboot-setup-root: {conf}: etc.mount must be one of"
+        f"cfsboot-setup-root: {tmp_path / 'conf.toml'}: etc.mount must be one of"
         " overlay | bind | transient | none, not 'copy'"
     )
 

@@ -15,7 +15,7 @@ APT_PACKAGES := \
 	mmdebstrap debian-archive-keyring arch-test \
 	shellcheck fsverity erofs-utils e2fsprogs util-linux \
 	mtools dosfstools fdisk skopeo zstd cpio \
-	qemu-system-x86 qemu-utils ovmf hyperfine docker-registry
+	qemu-system-x86 qemu-utils ovmf hyperfine docker-registry systemd-boot-efi
 
 .PHONY: setup apt venv reftools test unit lint vm-test bench freeze install-dracut-module clean
 

@@ -315,8 +315,6 @@ def deploy_first(
     """The first deployment of a new system: state, shared var, boot files, the menu."""
     karg = composefs_karg(sysroot, target.digest)
     kargs_d = imagefiles.kargs_d(sysroot.repo, target.boot)
-    if target.boot.ukis and install_args:
-        die("kernel arguments cannot be added to a UKI (its command line is sealed)")
     options = install_kargs(install=install_args, composefs=karg, kargs_d=kargs_d)
     origin = Origin(target.reference, BootType.BLS, None, target.manifest_digest)
     entry, digest = build_entry(sysroot, bl, target, options=options, menu=[])

@@ -105,6 +105,8 @@ def to_filesystem(imgref: str, root: Path, esp: Esp, opts: InstallOptions) -> In
     sysroot.__dict__["repo"] = repo  # the cached property: the repository just made
     with repo.lock():
         target = deploy.import_target(sysroot, imgref, quiet=opts.quiet)
+        if target.boot.ukis and opts.kargs:
+            die("kernel arguments cannot be added to a UKI (its command line is sealed)")
         bl = _install_loader(esp, sysroot, target, opts)
         args = [*([opts.root_karg] if opts.root_karg else []), "rw", *opts.kargs]
         entry = deploy.deploy_first(sysroot, bl, target, install_args=args)

@@ -22,7 +22,7 @@ from setuproot.contract import DEFAULT_SYSROOT, HashAlg
 log = logging.getLogger(__name__)
 
 
-def _sysroot_options(p: argparse.ArgumentParser) -> None:
+def sysroot_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sysroot",
         default=DEFAULT_SYSROOT,
@@ -89,7 +89,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             q.add_argument("imgref", metavar="IMGREF")
         else:
             q.add_argument("--check", action="store_true", help="only say if there is an update")
-        _sysroot_options(q)
+        sysroot_options(q)
         q.add_argument("--karg", action="append", default=[], help="add a kernel argument")
         q.add_argument("--apply", action="store_true", help="reboot when done")
         q.add_argument(
@@ -102,30 +102,30 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         q.set_defaults(func=cmd_switch if name == "switch" else cmd_upgrade)
 
     q = sub.add_parser("finalize-staged", help="make the staged deployment the default (shutdown)")
-    _sysroot_options(q)
+    sysroot_options(q)
     q.set_defaults(func=cmd_finalize)
 
     q = sub.add_parser("rollback", help="make the previous deployment the default")
-    _sysroot_options(q)
+    sysroot_options(q)
     q.add_argument("--apply", action="store_true", help="reboot when done")
     q.set_defaults(func=cmd_rollback)
 
     q = sub.add_parser("status", help="show the deployments")
-    _sysroot_options(q)
+    sysroot_options(q)
     fmt = q.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="bootc's BootcHost as JSON")
     fmt.add_argument("--yaml", action="store_true", help="bootc's BootcHost as YAML")
     q.set_defaults(func=cmd_status)
 
     q = sub.add_parser("gc", help="remove deployments and data nothing needs")
-    _sysroot_options(q)
+    sysroot_options(q)
     q.add_argument("--dry-run", action="store_true", help="only say what would go")
     q.add_argument("--keep", type=int, default=0, help="keep this many more older deployments")
     q.set_defaults(func=cmd_gc)
 
 
 @contextmanager
-def _opened(
+def opened(
     args: argparse.Namespace, *, write: bool = True
 ) -> Iterator[tuple[Sysroot, Bootloader]]:
     sysroot = Sysroot(args.sysroot, run_dir=args.run_dir)
@@ -205,7 +205,7 @@ def _stage(args: argparse.Namespace, sysroot: Sysroot, bl: Bootloader, imgref: s
 
 
 def cmd_switch(args: argparse.Namespace) -> int:
-    with _opened(args) as (sysroot, bl):
+    with opened(args) as (sysroot, bl):
         rc = _stage(args, sysroot, bl, args.imgref)
     _reboot(args.apply)
     return rc
@@ -225,7 +225,7 @@ def _followed_image(sysroot: Sysroot, bl: Bootloader) -> str:
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
-    with _opened(args) as (sysroot, bl):
+    with opened(args) as (sysroot, bl):
         imgref = _followed_image(sysroot, bl)
         if args.check:
             target = deploy.import_target(sysroot, imgref, quiet=True, arch=args.arch)
@@ -250,14 +250,14 @@ def cmd_finalize(args: argparse.Namespace) -> int:
     if sysroot.staged() is None:
         log.info("no staged deployment")
         return 0
-    with _opened(args) as (sysroot, bl):
+    with opened(args) as (sysroot, bl):
         msg = deploy.finalize(sysroot, bl)
     sys.stderr.write(f"{msg}\n")
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    with _opened(args) as (sysroot, bl):
+    with opened(args) as (sysroot, bl):
         msg = deploy.rollback(sysroot, bl)
     sys.stderr.write(f"{msg}\n")
     _reboot(args.apply)
@@ -268,7 +268,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    with _opened(args, write=False) as (sysroot, bl):
+    with opened(args, write=False) as (sysroot, bl):
         doc = status.host_status(sysroot, bl)
     if args.json:
         print(json.dumps(doc, indent=2))
@@ -280,7 +280,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    with _opened(args) as (sysroot, bl):
+    with opened(args) as (sysroot, bl):
         report = gc.collect(sysroot, bl, keep=args.keep, dry_run=args.dry_run)
     print(report.summary(dry_run=args.dry_run))
     return 0

@@ -1,4 +1,4 @@
-"""`cfsboot fsverity digest|measure|enable`: fs-verity digests, like the `fsverity` tool."""
+"""`cfsboot fsverity digest|measure|enable|enable-repo`: fs-verity digests, like `fsverity`."""
 
 from __future__ import annotations
 
@@ -40,6 +40,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _hash_alg_option(e)
     e.add_argument("files", nargs="+", metavar="FILE")
     e.set_defaults(func=enable)
+
+    from cfsboot.commands.deploy import sysroot_options
+
+    r = cmds.add_parser(
+        "enable-repo",
+        help="enable fs-verity on every object of an insecure repository and require it at boot",
+    )
+    sysroot_options(r)
+    r.set_defaults(func=enable_repo)
 
 
 def _hash_alg_option(p: argparse.ArgumentParser) -> None:
@@ -118,4 +127,14 @@ def enable(args: argparse.Namespace) -> int:
             die(f"cannot enable fs-verity on {path}: {e.strerror}")
         finally:
             os.close(fd)
+    return 0
+
+
+def enable_repo(args: argparse.Namespace) -> int:
+    from cfsboot.commands.deploy import opened
+    from cfsboot.veritymigrate import enable_repo as run_enable
+
+    with opened(args) as (sysroot, bl):
+        report = run_enable(sysroot, bl)
+    sys.stdout.write(report.summary() + "\n")
     return 0

@@ -1,0 +1,265 @@
+"""Lifecycle variants on `install to-filesystem` (root and ESP as plain directories).
+
+GRUB's generated menu, UKIs, bind-mode /etc with its three-way merge and the
+conflict check at staging time, upgrade, other systems' entries on the ESP,
+and the refusals users can hit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cfsboot.bootentries import bls
+from cfsboot.bootentries.grub import GrubMenu
+from cfsboot.oci.build import build_layout
+from cfsboot.oci.import_ import import_image
+from deploy_support import make_pe, os_entries, os_image
+
+pytestmark = [pytest.mark.integration]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": f"{REPO_ROOT / 'stager'}:{REPO_ROOT / 'setup-root'}"}
+
+
+def cfsboot(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "cfsboot.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"cfsboot {' '.join(map(str, args))}: {proc.stderr}")
+    return proc
+
+
+def digest(ref: str) -> str:
+    return import_image(ref, None).image_digest
+
+
+@dataclass
+class System:
+    root: Path
+    esp: Path
+    run: Path
+
+    def cfs(self, *args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+        opts = ["--sysroot", self.root, "--esp", self.esp, "--run-dir", self.run]
+        return cfsboot(*args, *opts, check=check)
+
+    def entries(self) -> list[bls.EntryFile]:
+        d = self.esp / "loader/entries"
+        files = [(p.name, p.read_text()) for p in sorted(d.iterdir())]
+        return bls.sort_entries(bls.parse_entries(files))
+
+    def menu(self) -> list[str]:
+        return [e.entry.deployment() or e.name for e in self.entries()]
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(self.cfs("status", "--json").stdout)
+
+
+def install(tmp: Path, imgref: str, *extra: str) -> System:
+    root, esp = tmp / "root", tmp / "esp"
+    root.mkdir(parents=True)
+    esp.mkdir()
+    cfsboot("install", "to-filesystem", imgref, root, "--esp", esp, "-q", *extra)
+    return System(root, esp, tmp / "run")
+
+
+@pytest.fixture(scope="module")
+def refs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    base = tmp_path_factory.mktemp("img")
+    bind = {"etc_mode": "bind"}
+    return {
+        "v1": os_image(base / "v1", "1"),
+        "v2": os_image(base / "v2", "2", kernel="k2"),
+        "b1": os_image(base / "b1", "1", etc={"app.conf": b"default 1\n"}, **bind),
+        "b2": os_image(
+            base / "b2",
+            "2",
+            etc={"app.conf": b"default 2\n", "fresh.conf": b"new in 2\n"},
+            **bind,
+        ),
+        # /etc/conf.d becomes a file in b3: a locally added dir there cannot be merged.
+        "b3": os_image(base / "b3", "3", etc={"conf.d": b"now a file\n"}, **bind),
+    }
+
+
+@pytest.fixture
+def tmp(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
+
+
+def test_grub_menu_lifecycle(tmp: Path, refs: dict[str, str]) -> None:
+    sys_ = install(tmp, refs["v1"], "--bootloader", "grub", "--boot-timeout", "0")
+    d1, d2 = digest(refs["v1"]), digest(refs["v2"])
+    assert (sys_.esp / "EFI/BOOT/BOOTX64.EFI").read_bytes().startswith(b"")
+    assert not (sys_.esp / "loader").exists()
+    text = (sys_.esp / "EFI/BOOT/grub.cfg").read_text()
+    menu = GrubMenu.parse(text)
+    assert menu.timeout == 0
+    assert [e.deployment for e in menu.entries] == [d1]
+    assert f"set default=cfsboot-{d1}" in text
+    e = menu.entries[0]
+    assert e.linux == f"/EFI/Linux/bootc_composefs-{d1}/vmlinuz"
+    assert f"composefs=?{d1}" in e.options
+
+    sys_.cfs("switch", refs["v2"], "-q")
+    staged = GrubMenu.parse((sys_.esp / "EFI/BOOT/grub.cfg.staged").read_text())
+    assert [e.deployment for e in staged.entries] == [d2, d1]
+    assert [e.deployment for e in GrubMenu.parse(text).entries] == [d1]
+    sys_.cfs("finalize-staged")
+    live = GrubMenu.parse((sys_.esp / "EFI/BOOT/grub.cfg").read_text())
+    assert [e.deployment for e in live.entries] == [d2, d1]
+    assert not (sys_.esp / "EFI/BOOT/grub.cfg.staged").exists()
+    assert sorted(os.listdir(sys_.esp / "EFI/Linux")) == sorted(
+        [f"bootc_composefs-{d1}", f"bootc_composefs-{d2}"]
+    )
+    assert sys_.status()["status"]["booted"]["composefs"]["bootloader"] == "grub"
+    sys_.cfs("rollback")
+    live = GrubMenu.parse((sys_.esp / "EFI/BOOT/grub.cfg").read_text())
+    assert [e.deployment for e in live.entries] == [d1, d2]
+
+
+def _uki_image(path: Path, version: str, *, sealed: str | None = None) -> str:
+    """An image whose UKI seals composefs=?DIGEST of the image itself (or `sealed`)."""
+    plain = path.with_name(path.name + "-plain")
+    ref_plain = os_image(plain, version, kargs=None)
+    d = sealed or digest(ref_plain)
+    osrel = f'NAME="UKI OS"\nPRETTY_NAME="UKI OS {version}"\nVERSION_ID={version}\n'
+    uki = make_pe(
+        [
+            (b".osrel", osrel.encode()),
+            (b".cmdline", f"rw composefs=?{d} console=ttyS0".encode()),
+            (b".linux", b"KERNEL" + version.encode() * 1000),
+            (b".initrd", b"INITRD" + version.encode() * 500),
+        ]
+    )
+    build_layout(path, [os_entries(version, kargs=None, uki=uki)])
+    return f"oci:{path}:latest"
+
+
+def test_uki_entries(tmp: Path) -> None:
+    u1 = _uki_image(tmp / "u1", "1")
+    u2 = _uki_image(tmp / "u2", "2")
+    d1, d2 = digest(u1), digest(u2)
+    # /boot is emptied in the boot image: the UKI does not change the digest it seals.
+    assert d1 == digest(f"oci:{tmp / 'u1-plain'}:latest")
+    sys_ = install(tmp / "s", u1)
+    [e] = sys_.entries()
+    assert e.entry.efi == f"/EFI/Linux/bootc/bootc_composefs-{d1}.efi"
+    assert e.entry.title == "UKI OS 1 1" and not e.entry.options
+    assert (sys_.esp / e.entry.efi.lstrip("/")).read_bytes()[:2] == b"MZ"
+    sys_.cfs("switch", u2, "-q")
+    sys_.cfs("finalize-staged")
+    assert sys_.menu() == [d2, d1]
+    st = sys_.status()["status"]
+    assert st["booted"]["composefs"]["bootType"] == "Uki"
+    assert st["booted"]["composefs"]["missingVerityAllowed"] is True
+
+    bad = _uki_image(tmp / "bad", "3", sealed="ab" * 64)
+    out = sys_.cfs("switch", bad, "-q", check=False)
+    assert out.returncode == 1
+    assert "the UKI has the wrong composefs= digest" in out.stderr
+    assert not (sys_.esp / "loader/entries.staged").exists()
+    out = sys_.cfs("switch", u1, "--karg", "quiet", "-q", check=False)
+    assert out.returncode == 1
+
+
+def test_bind_mode_three_way_merge(tmp: Path, refs: dict[str, str]) -> None:
+    sys_ = install(tmp, refs["b1"])
+    d1, d2 = digest(refs["b1"]), digest(refs["b2"])
+    etc1 = sys_.root / "state/deploy" / d1 / "etc"
+    # A full copy of the image's /etc (bootc's layout).
+    assert (etc1 / "app.conf").read_text() == "default 1\n"
+    assert (etc1 / "hostname").read_text() == "testos\n"
+    (etc1 / "local.conf").write_text("mine\n")  # added locally
+    (etc1 / "hostname").write_text("my-host\n")  # changed locally
+    (etc1 / "os-release-version").unlink()  # deleted locally
+    sys_.cfs("switch", refs["b2"], "-q")
+    etc2 = sys_.root / "state/deploy" / d2 / "etc"
+    assert (etc2 / "hostname").read_text() == "testos\n"  # pristine until finalize
+    sys_.cfs("finalize-staged")
+    assert (etc2 / "local.conf").read_text() == "mine\n"
+    assert (etc2 / "hostname").read_text() == "my-host\n"
+    assert not (etc2 / "os-release-version").exists()
+    assert (etc2 / "app.conf").read_text() == "default 2\n"  # untouched: the new default
+    assert (etc2 / "fresh.conf").read_text() == "new in 2\n"
+
+
+def test_unmergeable_etc_is_refused_at_staging(tmp: Path, refs: dict[str, str]) -> None:
+    sys_ = install(tmp, refs["b1"])
+    d1, d3 = digest(refs["b1"]), digest(refs["b3"])
+    (sys_.root / "state/deploy" / d1 / "etc/conf.d").mkdir()
+    (sys_.root / "state/deploy" / d1 / "etc/conf.d/x.conf").write_text("local\n")
+    out = sys_.cfs("switch", refs["b3"], "-q", check=False)
+    assert out.returncode == 1
+    [line] = out.stderr.strip().splitlines()
+    assert line.startswith("cfsboot: local changes to /etc conflict with the new image:")
+    assert "conf.d" in line and "nothing was staged" in line
+    assert not (sys_.root / "state/deploy" / d3).exists()
+    assert not (sys_.esp / "loader/entries.staged").exists()
+    assert not (sys_.run / "composefs/staged-deployment").exists()
+    assert sys_.menu() == [d1]
+
+
+def test_upgrade_follows_the_reference(tmp: Path) -> None:
+    img = tmp / "img"
+    ref = os_image(img, "1")
+    sys_ = install(tmp / "s", ref)
+    d1 = digest(ref)
+    out = sys_.cfs("upgrade", "--check")
+    assert out.stdout.startswith("no update")
+    assert "already booted" in sys_.cfs("upgrade", "-q").stderr
+    # A new version under the same reference.
+    shutil.rmtree(img)
+    os_image(img, "2")
+    d2 = digest(ref)
+    out = sys_.cfs("upgrade", "--check")
+    assert out.stdout.splitlines() == [f"update available: {ref} -> {d2[:12]}…", d2]
+    sys_.cfs("upgrade", "-q")
+    sys_.cfs("finalize-staged")
+    assert sys_.menu() == [d2, d1]
+
+
+def test_foreign_entries_are_kept(tmp: Path, refs: dict[str, str]) -> None:
+    sys_ = install(tmp, refs["v1"])
+    d1, d2 = digest(refs["v1"]), digest(refs["v2"])
+    other = sys_.esp / "loader/entries/other-os.conf"
+    other.write_text("title Other OS\nlinux /other/vmlinuz\nsort-key zzz\n")
+    sys_.cfs("switch", refs["v2"], "-q")
+    sys_.cfs("finalize-staged")
+    assert other.read_text().startswith("title Other OS")
+    assert sys_.menu() == [d2, d1, "other-os.conf"]
+    sys_.cfs("rollback")
+    assert sys_.menu() == [d1, d2, "other-os.conf"]
+    sys_.cfs("gc")
+    assert other.exists()
+
+
+def test_refusals(tmp: Path, refs: dict[str, str]) -> None:
+    sys_ = install(tmp, refs["v1"])
+    again = cfsboot(
+        "install", "to-filesystem", refs["v1"], sys_.root, "--esp", sys_.esp, check=False
+    )
+    assert again.returncode == 1 and "already has a composefs repository" in again.stderr
+    out = sys_.cfs("fsverity", "enable-repo", check=False)
+    # This host's kernel has no fs-verity: the repository cannot be made secure here.
+    assert out.returncode == 1
+    assert "does not support fs-verity" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    missing = sys_.cfs("switch", f"oci:{tmp}/nope:latest", "-q", check=False)
+    assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in missing.stderr

@@ -1,0 +1,66 @@
+"""`cfsboot`'s wrapper: expected failures are one line and an exit code; --debug shows more."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from cfsboot import cli
+from cfsboot.commands import fsverity
+from cfsboot.errors import die
+
+
+def _failing(exc: BaseException) -> object:
+    def digest(args: argparse.Namespace) -> int:
+        raise exc
+
+    return digest
+
+
+@pytest.mark.parametrize(
+    ("exc", "rc", "line"),
+    [
+        (OSError(2, "No such file or directory", "/x"), 1, "No such file or directory: /x"),
+        (KeyboardInterrupt(), 130, "interrupted"),
+    ],
+)
+def test_expected_failures_are_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    exc: BaseException,
+    rc: int,
+    line: str,
+) -> None:
+    monkeypatch.setattr(fsverity, "digest", _failing(exc))
+    assert cli.main(["fsverity", "digest", "f"]) == rc
+    assert capsys.readouterr().err == f"cfsboot: {line}\n"
+
+
+def test_die_sets_the_exit_code(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def digest(args: argparse.Namespace) -> int:
+        die("what went wrong", hint="what to do", exit_code=4)
+
+    monkeypatch.setattr(fsverity, "digest", digest)
+    assert cli.main(["fsverity", "digest", "f"]) == 4
+    assert capsys.readouterr().err == "cfsboot: what went wrong; what to do\n"
+
+
+def test_debug_shows_the_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fsverity, "digest", _failing(OSError(5, "I/O error")))
+    with pytest.raises(OSError):
+        cli.main(["--debug", "fsverity", "digest", "f"])
+    monkeypatch.setenv("CFSBOOT_DEBUG", "1")
+    with pytest.raises(OSError):
+        cli.main(["fsverity", "digest", "f"])
+
+
+def test_argument_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["no-such-command"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cfsboot: argument COMMAND: invalid choice: 'no-such-command'")
+    assert err.endswith(" (see --help)\n") and err.count("\n") == 1

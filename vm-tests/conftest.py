@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 import images
+import osimage
 import qemu
+import registry
 import testos
 
 IN_CI = os.environ.get("CI") == "true"
@@ -42,10 +44,36 @@ def vm_tools() -> None:
         _missing("VM tests build images with chroot and mounts: run them as root")
 
 
+CACHE = Path(os.environ.get("CFSBOOT_CACHE", "/var/cache/cfsboot"))
+
+
 @pytest.fixture(scope="session")
 def base_rootfs(vm_tools: None) -> Path:
-    cache = Path(os.environ.get("CFSBOOT_CACHE", "/var/cache/cfsboot"))
-    return testos.ensure_base_rootfs(cache)
+    return testos.ensure_base_rootfs(CACHE)
+
+
+@pytest.fixture(scope="session")
+def test_os(base_rootfs: Path) -> dict[str, osimage.OsImage]:
+    """Every variant of the test OS as an OCI layout (osimage.py), from the same sources."""
+    return osimage.ensure_images(tuple(osimage.VARIANTS), CACHE)
+
+
+@pytest.fixture(scope="session")
+def local_registry(
+    vm_tools: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[registry.Registry]:
+    """docker-registry on 127.0.0.1:5000 (10.0.2.2:5000 for guests), empty at the start."""
+    for tool, package in [("docker-registry", "docker-registry"), ("skopeo", "skopeo")]:
+        if shutil.which(tool) is None:
+            _missing(f"{tool} not found (apt-get install {package})")
+    with registry.running(tmp_path_factory.mktemp("registry")) as reg:
+        yield reg
+
+
+@pytest.fixture(scope="session")
+def registry_v2(local_registry: registry.Registry, test_os: dict[str, osimage.OsImage]) -> str:
+    """The v2 test OS pushed as docker://127.0.0.1:5000/cfsboot/testos:v2; its digest."""
+    return local_registry.push(test_os["v2"].layout, "v2")
 
 
 @pytest.fixture(scope="session")

@@ -64,20 +64,21 @@ def write_layer(layer: Path, files: Mapping[str, FileSpec], symlinks: Mapping[st
 
 
 def check_unit_files(
-    target: str = "multi-user.target",
+    target: str = "multi-user.target", guest: Path = GUEST
 ) -> tuple[dict[str, FileSpec], dict[str, str]]:
     """The guest check framework (unit, runner, scenarios) as image files and symlinks.
 
-    target: the unit runs after it (and is pulled in by it).
+    target: the unit runs after it (and is pulled in by it); guest: where the
+    framework's sources are (this tree's vm-tests/guest by default).
     """
-    unit = (GUEST / "cfsboot-check.service").read_text()
+    unit = (guest / "cfsboot-check.service").read_text()
     if target != "multi-user.target":
         unit = unit.replace("multi-user.target", target)
     files = {
         "/usr/lib/systemd/system/cfsboot-check.service": FileSpec(unit.encode()),
-        "/usr/lib/cfsboot-check/cfsboot-check": FileSpec(GUEST / "cfsboot_check.py", 0o755),
+        "/usr/lib/cfsboot-check/cfsboot-check": FileSpec(guest / "cfsboot_check.py", 0o755),
     }
-    for script in sorted((GUEST / "scenarios").iterdir()):
+    for script in sorted((guest / "scenarios").iterdir()):
         files[f"/usr/lib/cfsboot-check/scenarios/{script.name}"] = FileSpec(script, 0o755)
     links = {
         f"/etc/systemd/system/{target}.wants/cfsboot-check.service": (
@@ -134,8 +135,12 @@ def ext4_root_image(
     symlinks: Mapping[str, str] | None = None,
     size_mib: int = 2048,
     label: str = "cfsroot",
+    layers: Sequence[Path] = (),
 ) -> Path:
-    """An ext4 (with the verity feature) image of rootfs plus files; rootfs is not modified."""
+    """An ext4 (with the verity feature) image of rootfs plus files; rootfs is not modified.
+
+    layers: read-only trees between the files and rootfs (the first one on top).
+    """
     output.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="cfsboot-img.", dir=output.parent) as tmp:
         layer = Path(tmp) / "layer"
@@ -147,7 +152,7 @@ def ext4_root_image(
             [
                 "unshare", "--mount", "--propagation", "private",
                 "sh", "-c", _MKFS_FROM_OVERLAY, "mkfs-from-overlay",
-                str(layer), str(rootfs), str(merged),
+                str(layer), ":".join(str(p) for p in (*layers, rootfs)), str(merged),
                 *mkfs_ext4_argv(str(merged), output, size_mib, label),
             ]
         )  # fmt: skip

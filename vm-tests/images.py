@@ -27,6 +27,10 @@ MASKED = {"/etc/systemd/system/getty-static.service": "/dev/null"}
 # systemd-gpt-auto-generator would automount the ESP, and the fsck of it
 # took 35 s of the UEFI boot under TCG; the root is found by label anyway.
 NO_GPT_AUTO = "systemd.gpt_auto=0"
+# QEMU fw_cfg items the guest check runner reads (guest/cfsboot_check.py): the host
+# picks a boot's scenarios without touching boot entries (cfsboot writes those).
+FW_CFG_CHECK = "opt/cfsboot/check"
+FW_CFG_POWEROFF = "opt/cfsboot/check.poweroff"
 
 
 def cmdline(checks: tuple[str, ...], extra: str = "") -> str:
@@ -37,6 +41,16 @@ def cmdline(checks: tuple[str, ...], extra: str = "") -> str:
     if extra:
         words.append(extra)
     return " ".join(words)
+
+
+def fw_cfg_checks(checks: tuple[str, ...], *, poweroff: bool = True) -> tuple[tuple[str, str], ...]:
+    """fw_cfg items that run the named scenarios (they take precedence over cfsboot.check=)."""
+    if not checks:
+        return ()
+    items = [(FW_CFG_CHECK, ",".join(checks))]
+    if not poweroff:
+        items.append((FW_CFG_POWEROFF, "0"))
+    return tuple(items)
 
 
 @dataclass(frozen=True)
@@ -77,9 +91,15 @@ def direct_config(
     checks: tuple[str, ...],
     *,
     extra_cmdline: str = "",
+    fw_cfg: tuple[str, ...] = (),
+    network: bool = False,
     timeout: float = 300,
 ) -> qemu.VmConfig:
-    """Direct kernel boot of guest through a fresh qcow2 overlay of its image."""
+    """Direct kernel boot of guest through a fresh qcow2 overlay of its image.
+
+    checks go on the kernel command line, fw_cfg scenarios through QEMU fw_cfg;
+    network: a NIC on QEMU user networking.
+    """
     overlay.unlink(missing_ok=True)
     disk = qemu.create_overlay(guest.image, overlay)
     return qemu.VmConfig(
@@ -88,6 +108,8 @@ def direct_config(
         kernel=guest.kernel,
         initrd=guest.initrd,
         append=cmdline(checks, extra_cmdline),
+        fw_cfg=fw_cfg_checks(fw_cfg),
+        network=network,
         timeout=timeout,
     )
 
@@ -137,3 +159,33 @@ def uefi_config(guest: UefiGuest, overlay: Path, *, timeout: float = 300) -> qem
     overlay.unlink(missing_ok=True)
     disk = qemu.create_overlay(guest.disk, overlay)
     return qemu.VmConfig(disks=(disk,), mode=qemu.BootMode.UEFI, timeout=timeout)
+
+
+def disk_config(
+    disk: Path,
+    overlay: Path | None,
+    checks: tuple[str, ...],
+    *,
+    poweroff: bool = True,
+    network: bool = False,
+    timeout: float = 300,
+) -> qemu.VmConfig:
+    """UEFI boot of a whole disk (e.g. from `cfsboot install to-disk`), scenarios via fw_cfg.
+
+    overlay: a fresh qcow2 overlay to boot through (disk stays as it is), or None to
+    boot disk itself, so that what the guest changes stays for the next boot.
+    """
+    if overlay is not None:
+        overlay.unlink(missing_ok=True)
+        booted = qemu.create_overlay(disk, overlay)
+    else:
+        booted = qemu.Disk(
+            disk, qemu.DiskFormat.QCOW2 if disk.suffix == ".qcow2" else qemu.DiskFormat.RAW
+        )
+    return qemu.VmConfig(
+        disks=(booted,),
+        mode=qemu.BootMode.UEFI,
+        fw_cfg=fw_cfg_checks(checks, poweroff=poweroff),
+        network=network,
+        timeout=timeout,
+    )

@@ -28,6 +28,8 @@ GUEST_VERDICT_PATH = f"/dev/virtio-ports/{VERDICT_PORT}"
 LOG_TAIL_LINES = 50
 # Console lines after which waiting for the timeout would only waste minutes.
 STOP_ON = ("You are in emergency mode", "Give root password for maintenance")
+# FW_CFG_MAX_FILE_PATH (56) in QEMU's include/standard-headers/linux/qemu_fw_cfg.h, minus the NUL.
+FW_CFG_MAX_NAME = 55
 
 
 class BootMode(enum.StrEnum):
@@ -60,6 +62,12 @@ class VmConfig:
     timeout: float = 300.0
     ovmf_code: Path = OVMF_CODE
     ovmf_vars_template: Path = OVMF_VARS
+    # (name, string) items the guest reads from /sys/firmware/qemu_fw_cfg/by_name/NAME/raw;
+    # names start with "opt/" (QEMU's rule for user items).
+    fw_cfg: tuple[tuple[str, str], ...] = ()
+    # A virtio NIC on QEMU user networking: the guest gets 10.0.2.15 by DHCP and
+    # reaches the host's 127.0.0.1 as 10.0.2.2.
+    network: bool = False
     extra_args: tuple[str, ...] = ()
 
 
@@ -171,8 +179,19 @@ def qemu_argv(
             "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={config.ovmf_code}",
             "-drive", f"if=pflash,format=raw,unit=1,file={ovmf_vars}",
         ]  # fmt: skip
+    for name, value in config.fw_cfg:
+        argv += ["-fw_cfg", fw_cfg_option(name, value)]
+    if config.network:
+        argv += ["-nic", "user,model=virtio-net-pci"]
     argv += list(config.extra_args)
     return argv
+
+
+def fw_cfg_option(name: str, value: str) -> str:
+    """The -fw_cfg option for a string item (QEMU's option syntax doubles commas)."""
+    if not name.startswith("opt/") or "," in name or len(name) > FW_CFG_MAX_NAME:
+        raise ValueError(f"bad fw_cfg item name {name!r} (opt/..., no commas, at most 55 bytes)")
+    return f"name={name},string={value.replace(',', ',,')}"
 
 
 def overlay_argv(base: Path, overlay: Path, base_format: DiskFormat = DiskFormat.RAW) -> list[str]:

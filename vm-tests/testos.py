@@ -227,10 +227,20 @@ exec chroot "$merged" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=
 
 
 def run_in_overlay(
-    rootfs: Path, argv: Sequence[str], *, upper: Path, timeout: float = 600
+    rootfs: Path,
+    argv: Sequence[str],
+    *,
+    upper: Path,
+    layers: Sequence[Path] = (),
+    timeout: float = 600,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run argv chrooted in an overlay of rootfs; changes land in upper, rootfs stays pristine."""
+    """Run argv chrooted in an overlay of rootfs; changes land in upper, rootfs stays pristine.
+
+    layers: read-only directories stacked above rootfs (the first one on top), e.g. the
+    files an OCI image adds to the base; they stay unchanged too.
+    """
     upper.mkdir(parents=True, exist_ok=True)
+    lower = ":".join(str(p) for p in (*layers, rootfs))
     with tempfile.TemporaryDirectory(prefix="cfsboot-ovl.", dir=upper.parent) as scratch:
         work = Path(scratch) / "work"
         merged = Path(scratch) / "merged"
@@ -245,7 +255,7 @@ def run_in_overlay(
             "-c",
             _OVERLAY_CHROOT,
             "overlay-chroot",
-            str(rootfs),
+            lower,
             str(upper),
             str(work),
             str(merged),
@@ -269,11 +279,14 @@ def build_initramfs(
     *,
     extra_args: Sequence[str] = (),
     add_files: dict[str, Path] | None = None,
+    layers: Sequence[Path] = (),
 ) -> Path:
     """Build a trimmed initramfs with dracut inside an overlay of rootfs; write it to output.
 
     add_files maps absolute paths inside the image (e.g. a dracut module under
-    /usr/lib/dracut/modules.d/) to host files or directories copied there first.
+    /usr/lib/dracut/modules.d/) to host files or directories copied there first;
+    layers are read-only trees stacked above rootfs (see run_in_overlay). output
+    must not be inside one of them.
     """
     kver = kernel_version(rootfs)
     with tempfile.TemporaryDirectory(prefix="cfsboot-initrd.", dir=output.parent) as tmp:
@@ -288,7 +301,7 @@ def build_initramfs(
                 shutil.copy2(src, target)
         # Written under /var/tmp: /tmp is a tmpfs inside the namespace, gone on exit.
         inner = "/var/tmp/cfsboot-initramfs.img"
-        run_in_overlay(rootfs, dracut_argv(kver, inner, extra_args), upper=upper)
+        run_in_overlay(rootfs, dracut_argv(kver, inner, extra_args), upper=upper, layers=layers)
         built = upper / inner.lstrip("/")
         tmp_out = output.with_name(f".{output.name}.tmp")
         shutil.copyfile(built, tmp_out)

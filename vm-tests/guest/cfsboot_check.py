@@ -7,6 +7,11 @@ Protocol on /dev/virtio-ports/cfsboot.verdict (one line each, read by qemu.py):
   PASS name             the scenario exited 0
   FAIL name: reason     it did not (reason: its last output line and exit code)
   DONE                  all scenarios ran; poweroff follows
+
+Settings come from QEMU fw_cfg items opt/cfsboot/NAME (per boot, chosen by the host
+without touching boot entries) or else from the kernel argument cfsboot.NAME:
+  check            scenario names, separated by commas (or spaces)
+  check.poweroff   0: keep the guest running after the scenarios
 """
 
 import os
@@ -19,12 +24,43 @@ from typing import TextIO
 PORT = "/dev/virtio-ports/cfsboot.verdict"
 SCENARIOS = "/usr/lib/cfsboot-check/scenarios"
 SCENARIO_TIMEOUT = 900
+FW_CFG_BY_NAME = "/sys/firmware/qemu_fw_cfg/by_name"
+FW_CFG_PREFIX = "opt/cfsboot/"
+KARG_PREFIX = "cfsboot."
 
 
-def cmdline() -> dict[str, str]:
-    with open("/proc/cmdline") as f:
-        words = f.read().split()
-    return dict(w.partition("=")[::2] for w in words)
+def cmdline(text: str | None = None) -> dict[str, str]:
+    if text is None:
+        with open("/proc/cmdline") as f:
+            text = f.read()
+    return dict(w.partition("=")[::2] for w in text.split())
+
+
+def load_fw_cfg() -> None:
+    """qemu_fw_cfg is a module in Debian's kernel (CONFIG_FW_CFG_SYSFS=m)."""
+    if not os.path.isdir(FW_CFG_BY_NAME):
+        subprocess.run(["modprobe", "qemu_fw_cfg"], capture_output=True, check=False)
+
+
+def fw_cfg(name: str, by_name: str = FW_CFG_BY_NAME) -> str | None:
+    """The fw_cfg item opt/cfsboot/NAME, or None if QEMU was not given one."""
+    try:
+        with open(os.path.join(by_name, FW_CFG_PREFIX + name, "raw"), "rb") as f:
+            return f.read().decode(errors="replace").strip("\0 \n")
+    except FileNotFoundError:
+        return None
+
+
+def setting(name: str, default: str, args: dict[str, str], by_name: str = FW_CFG_BY_NAME) -> str:
+    """fw_cfg first (it is per boot), then the kernel command line, then the default."""
+    value = fw_cfg(name, by_name)
+    if value is not None:
+        return value
+    return args.get(KARG_PREFIX + name, default)
+
+
+def scenario_names(value: str) -> list[str]:
+    return [n for n in value.replace(",", " ").split() if n]
 
 
 def open_port() -> TextIO | None:
@@ -85,7 +121,8 @@ def run_scenario(port: TextIO | None, name: str) -> None:
 
 def main() -> int:
     args = cmdline()
-    names = [n for n in args.get("cfsboot.check", "").split(",") if n]
+    load_fw_cfg()
+    names = scenario_names(setting("check", "", args))
     port = open_port()
     for name in names:
         run_scenario(port, name)
@@ -93,7 +130,7 @@ def main() -> int:
     if port is not None:
         port.close()
     os.sync()
-    if args.get("cfsboot.check.poweroff", "1") != "0":
+    if setting("check.poweroff", "1", args) != "0":
         subprocess.run(["systemctl", "--no-block", "poweroff"], check=False)
     return 0
 

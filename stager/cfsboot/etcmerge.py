@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cfsboot.errors import CfsbootError, die
-from cfsboot.fsutil import fsync_dir, temp_name
+from cfsboot.fsutil import TEMP_MARKER, fsync_dir, temp_name
 from cfsboot.objectstore import copy_fd, syncfs
 
 ROOT = "."  # the relative path of the /etc directory itself
@@ -411,6 +411,9 @@ def merge(
     if conflicts:
         raise EtcMergeConflict(conflicts)
 
+    # Files an interrupted earlier run left under temporary names are not the admin's.
+    for rel in (r for r in nt if TEMP_MARKER in os.path.basename(r) and r not in ct):
+        _remove(_join(n, rel))
     for rel in changes.removed:
         # Only what the scan reached without passing a symlink: below a symlink in the new
         # image is somewhere else entirely. Below an already removed directory is gone.
@@ -616,6 +619,9 @@ def carry_upper(
     if plan.conflicts:
         raise EtcMergeConflict(plan.conflicts)
 
+    for stale in target.parent.iterdir():
+        if stale.name.startswith(f".{target.name}{TEMP_MARKER}"):
+            shutil.rmtree(stale)  # what an interrupted earlier carry left
     tmp = target.parent / temp_name(target.name)
     os.mkdir(tmp, 0o700)
     try:

@@ -27,6 +27,7 @@ from cfsboot.etcmerge import (
     find_upper_conflicts,
     merge,
 )
+from cfsboot.fsutil import TEMP_MARKER
 
 Snap = dict[str, tuple[Any, ...]]
 MTIME = 1_600_000_000_123_456_789
@@ -266,6 +267,17 @@ def test_merge_is_idempotent(trees: tuple[Path, Path, Path]) -> None:
     assert snapshot(new, mtimes=True) == once
 
 
+def test_leftovers_of_an_interrupted_merge_are_cleaned(trees: tuple[Path, Path, Path]) -> None:
+    pristine, current, new = trees
+    (current / "motd").write_text("local\n")
+    (new / f".motd{TEMP_MARKER}0123456789ab").write_text("half\n")
+    (current / f".kept{TEMP_MARKER}0123456789ab").write_text("the admin's own\n")
+    merge(pristine, current, new)
+    assert sorted(p for p in os.listdir(new) if TEMP_MARKER in p) == [
+        f".kept{TEMP_MARKER}0123456789ab"
+    ]
+
+
 # --- overlay mode without privileges (whiteouts and opaque dirs: integration) ---------------
 
 
@@ -326,6 +338,16 @@ def test_upper_changes_are_carried_with_metadata(layers: tuple[Path, Path, Path,
     for rel in ("ssh/sshd_config", "added.d", "added.d/x.conf", "link", "pipe"):
         assert got[rel] == old[rel], rel
     assert got["ssh"][0] == "drwxr-x---"  # the new image's metadata, not the copy-up's
+
+
+def test_leftovers_of_an_interrupted_carry_are_cleaned(
+    layers: tuple[Path, Path, Path, Path],
+) -> None:
+    old_upper, old_lower, new_lower, new_upper = layers
+    stale = new_upper.parent / f".new_upper{TEMP_MARKER}0123456789ab"
+    (stale / "half").mkdir(parents=True)
+    carry_upper(old_upper, old_lower, new_lower, new_upper)
+    assert not stale.exists() and new_upper.is_dir()
 
 
 def test_new_upper_must_be_empty(layers: tuple[Path, Path, Path, Path]) -> None:

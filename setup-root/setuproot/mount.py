@@ -198,16 +198,23 @@ class Executor:
         try:
             os.mkdir(op.path, op.mode)
         except FileExistsError:
+            # Made by the stager already; it must still be writable (an upper dir, say).
+            if os.statvfs(op.path).f_flag & os.ST_RDONLY:
+                raise self._read_only(op.path) from None
             return
         except OSError as e:
             if e.errno == errno.EROFS:
-                raise SetupError(
-                    f"cannot create {op.path}: the filesystem is read-only"
-                    " (the physical root must be mounted rw: boot with `rw`)",
-                    ExitCode.STATE,
-                ) from None
+                raise self._read_only(op.path) from None
             raise self._fail(f"cannot create {op.path}", e, ExitCode.STATE) from None
         os.chmod(op.path, op.mode)  # exactly this mode, whatever the umask
+
+    @staticmethod
+    def _read_only(path: str) -> SetupError:
+        return SetupError(
+            f"cannot use {path}: the filesystem is read-only"
+            " (the physical root must be mounted rw: boot with `rw`)",
+            ExitCode.STATE,
+        )
 
     def _fsopen(self, fstype: str) -> int:
         try:

@@ -50,19 +50,44 @@ def _write_tree(root: Path, version: str) -> None:
     (root / "usr/bin/hello").chmod(0o755)
     (root / "usr/share/big").write_bytes(BIG)
     (root / "usr/share/version").write_text(version * 40 + "\n")
+    (root / "var/from-install").write_text("shared var\n")
+    # What install and switch need to write boot entries (nothing boots them here).
+    kdir = root / "usr/lib/modules/6.12.0-test"
+    kdir.mkdir(parents=True)
+    (kdir / "vmlinuz").write_bytes(b"kernel " * 1000)
+    (kdir / "initramfs.img").write_bytes(b"initramfs " * 1000)
+    efi = root / "usr/lib/systemd/boot/efi"
+    efi.mkdir(parents=True)
+    (efi / "systemd-bootx64.efi").write_bytes(b"systemd-boot " * 1000)
 
 
 def _build_with_stager(physical: Path, sources: dict[str, Path]) -> tuple[dict[str, str], HashAlg]:
-    from cfsboot.erofs.writer import build_image
-    from cfsboot.repository import Repository
-    from cfsboot.srctree import tree_from_directory
+    """`install to-filesystem` the first tree, `switch` + `finalize-staged` to the second."""
+    from cfsboot import deploy
+    from cfsboot.bootloader import SystemdBoot
+    from cfsboot.esp import DirEsp
+    from cfsboot.install import InstallOptions, to_filesystem
+    from cfsboot.oci.build import build_layout
+    from cfsboot.sysroot import Sysroot as StagerSysroot
 
-    repo = Repository.init(physical / "composefs", insecure=True)
-    digests = {}
+    esp = DirEsp(physical.parent / "esp")
+    esp.root.mkdir()
+    refs = {}
     for name, src in sources.items():
-        tree = tree_from_directory(src, digest_store=repo.path / "objects", alg=repo.algorithm)
-        digests[name] = repo.write_image(build_image(tree))
-    return digests, repo.algorithm
+        build_layout(physical.parent / f"oci-{name}", [src])
+        refs[name] = f"oci:{physical.parent / f'oci-{name}'}:latest"
+    first, *rest = sources
+    digests = {
+        first: to_filesystem(refs[first], physical, esp, InstallOptions(insecure=True)).digest
+    }
+    stager = StagerSysroot(physical, run_dir=physical.parent / "run")
+    bl = SystemdBoot(esp)
+    for name in rest:
+        target = deploy.import_target(stager, refs[name])
+        assert deploy.stage(stager, bl, target).staged
+        deploy.finalize(stager, bl)
+        digests[name] = target.digest
+    return digests, stager.repo.algorithm
 
 
 def _build_with_mkcomposefs(
@@ -107,12 +132,12 @@ def _make_sysroot(base: Path, builder: str) -> Sysroot:
         digests, alg = _build_with_stager(physical, sources)
     else:
         digests, alg = _build_with_mkcomposefs(physical, sources)
-    (physical / "state/os/default/var").mkdir(parents=True)
-    (physical / "state/os/default/var/from-install").write_text("shared var\n")
-    for digest in digests.values():
-        d = physical / "state/deploy" / digest
-        d.mkdir(parents=True)
-        (d / "var").symlink_to(DEPLOY_VAR_LINK_TARGET)
+        (physical / "state/os/default/var").mkdir(parents=True)
+        (physical / "state/os/default/var/from-install").write_text("shared var\n")
+        for digest in digests.values():
+            d = physical / "state/deploy" / digest
+            d.mkdir(parents=True)
+            (d / "var").symlink_to(DEPLOY_VAR_LINK_TARGET)
     image = base / "physical.ext4"
     subprocess.run(
         ["mkfs.ext4", "-q", "-F", "-d", str(physical), str(image), "64M"],
@@ -124,7 +149,8 @@ def _make_sysroot(base: Path, builder: str) -> Sysroot:
 
 @pytest.fixture(scope="module")
 def sysroot_template(tmp_path_factory: pytest.TempPathFactory) -> Sysroot:
-    """Two deployments made with the stager (sha512 repository, insecure: no fs-verity here)."""
+    """Two deployments made by the stager (install, switch, finalize; sha512, insecure: no
+    fs-verity here)."""
     return _make_sysroot(tmp_path_factory.mktemp("sysroot"), "stager")
 
 
@@ -514,7 +540,7 @@ sys.exit(main())
             'mount -o remount,ro "$M"',
             None,
             8,
-            "cannot create {m}/state/deploy/{a}/etc: the filesystem is read-only"
+            "cannot use {m}/state/deploy/{a}/etc: the filesystem is read-only"
             " (the physical root must be mounted rw: boot with `rw`)",
             id="read-only-physical-root",
         ),

@@ -1,11 +1,11 @@
 """The test OS as OCI image layouts (variants v1, v2, uki), cached.
 
-Each layout has two layers, the second and third only small:
+Each layout has two layers (uki three), all but the first small:
 
 1. the base rootfs (``testos.ensure_base_rootfs``, /dev emptied as in any
    container image): the same blob, hence the same bytes, in every variant, so
    importing v2 after v1 reads one layer only;
-2. what makes it a cfsboot test OS: the stager (``cfsboot`` and ``setuproot``
+2. what makes it a cfsboot test OS (``oslayer.py``): the stager (``cfsboot`` and ``setuproot``
    in python3's dist-packages, ``/usr/bin/cfsboot``) and its systemd units, the
    dracut module with a freshly frozen setup-root, the kernel and a dracut
    initramfs at /usr/lib/modules/KVER/{vmlinuz,initramfs.img}, the guest check
@@ -33,7 +33,6 @@ import hashlib
 import json
 import os
 import shutil
-import stat
 import subprocess
 import sys
 import tarfile
@@ -49,25 +48,18 @@ import zstandard
 
 import diskimage
 import images
+import oslayer
 import testos
 from cfsboot.bootentries.uki import read_uki
 from cfsboot.oci import build
+from oslayer import KARGS, ROOT_LABEL, Variant
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 # Bump when the recipe changes in a way the hashed inputs below do not show.
 RECIPE_VERSION = "1"
 COMPRESSION = build.Compression.ZSTD
-# mtime of every file the cfsboot layer adds: the same inputs give the same layer bytes.
-EPOCH = 1_735_689_600  # 2025-01-01
-ROOT_LABEL = images.ROOT_LABEL
-# The kernel arguments of the test OS, for kargs.d (boot entries written by
-# `cfsboot install`) and for the UKI's sealed command line. systemd.gpt_auto=0:
-# see images.NO_GPT_AUTO.
-KARGS = ("rw", "console=ttyS0,115200", "quiet", "panic=-1", images.NO_GPT_AUTO)
 UKI_CMDLINE_ROOT = f"root=LABEL={ROOT_LABEL}"
-KARGS_FILE = "/usr/lib/bootc/kargs.d/10-cfsboot-testos.toml"
-STAGER_UNITS = REPO / "stager" / "systemd"
 # Hashed into the cache key: everything that ends up in the cfsboot layer, and how.
 SOURCES = (
     "stager/cfsboot",
@@ -76,27 +68,14 @@ SOURCES = (
     "dracut-module",
     "vm-tests/guest",
     "vm-tests/osimage.py",
+    "vm-tests/oslayer.py",
     "vm-tests/testos.py",
     "vm-tests/diskimage.py",
     "vm-tests/images.py",
 )
-REGISTRY = "10.0.2.2:5000"  # the host's registry as the guest sees it (registry.py)
-DIST_PACKAGES = "/usr/lib/python3/dist-packages"
-UNIT_SUFFIXES = (".service", ".socket", ".timer", ".path", ".target", ".mount")
 # Kept in the cache (the newest, counting the current one); older ones are removed.
 KEEP_BUILDS = 4
 KEEP_BASE_LAYERS = 2
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One test OS image: what distinguishes it from the others."""
-
-    name: str
-    version_id: str  # /usr/lib/os-release VERSION_ID
-    # /usr/lib/composefs/setup-root-conf.toml (None: absent, setup-root's defaults)
-    setup_root_conf: str | None = None
-    uki_of: str | None = None  # a UKI layer over this variant's layers
 
 
 VARIANTS: dict[str, Variant] = {
@@ -146,16 +125,9 @@ def _files_under(path: Path) -> Iterator[Path]:
     if not path.is_dir():
         return
     for p in sorted(path.rglob("*")):
-        if _skipped(p.relative_to(path)) or not p.is_file():
+        if oslayer.skipped(p.relative_to(path)) or not p.is_file():
             continue
         yield p
-
-
-def _skipped(rel: Path) -> bool:
-    """Build and cache litter that is not part of the sources."""
-    return any(part == "__pycache__" or part.startswith(".") for part in rel.parts) or (
-        rel.suffix == ".pyc"
-    )
 
 
 def cache_key(rootfs_key: str | None = None, repo: Path = REPO) -> str:
@@ -236,7 +208,7 @@ class _Inputs:
         """setup-root, frozen once: its zip carries timestamps, and v1 and v2 must only
         differ where the recipe says they do."""
         if self._frozen is None:
-            self._frozen = freeze_setup_root(self.frozen_dir, self.src)
+            self._frozen = oslayer.freeze_setup_root(self.frozen_dir, self.src)
         return self._frozen
 
 
@@ -346,267 +318,6 @@ def _link_blob(src: Path, layout: Path, digest: str) -> None:
         shutil.copyfile(src, dest)
 
 
-# ---------------------------------------------------------------------------
-# the cfsboot layer
-
-
-@dataclass(frozen=True)
-class Link:
-    target: str
-
-
-Content = bytes | Path | Link
-
-
-def layer_files(
-    variant: Variant, rootfs: Path, guest: Path = diskimage.GUEST
-) -> dict[str, tuple[Content, int]]:
-    """Everything the cfsboot layer adds, except the stager, dracut module and boot files.
-
-    Keys are absolute image paths; values (content, mode), content a host file,
-    bytes, or a Link (symlink target).
-    """
-    files: dict[str, tuple[Content, int]] = {}
-    for path, spec in diskimage.test_os_files(rootfs, ROOT_LABEL).items():
-        files[path] = (spec.content, spec.mode)
-    # The composefs root is set up by the initramfs; an fstab entry for / would remount it.
-    files["/etc/fstab"] = (b"# Empty: the initramfs (cfsboot setup-root) mounts the root.\n", 0o644)
-    check_files, check_links = diskimage.check_unit_files(guest=guest)
-    for path, spec in check_files.items():
-        files[path] = (spec.content, spec.mode)
-    for path, target in {**check_links, **images.MASKED}.items():
-        files[path] = (Link(target), 0o777)
-    files["/etc/systemd/network/80-cfsboot-test-dhcp.network"] = (
-        b"# QEMU user networking (-nic user): DHCP on every wired NIC.\n"
-        b"[Match]\nName=en* eth*\n\n[Network]\nDHCP=ipv4\n",
-        0o644,
-    )
-    # networkd only (no wait-online, which would delay any boot that pulls in
-    # network-online.target without a NIC: scenarios wait for the network themselves).
-    for unit in ("systemd-networkd.service", "systemd-networkd.socket"):
-        for path, target in enable_links(unit, _unit_text(rootfs, unit)).items():
-            files[path] = (Link(target), 0o777)
-    files["/etc/containers/registries.conf.d/50-cfsboot-test-registry.conf"] = (
-        f"# The host's test registry (vm-tests/registry.py) speaks plain HTTP.\n"
-        f'[[registry]]\nlocation = "{REGISTRY}"\ninsecure = true\n'.encode(),
-        0o644,
-    )
-    kargs = ", ".join(f'"{k}"' for k in KARGS)
-    files[KARGS_FILE] = (f"kargs = [{kargs}]\n".encode(), 0o644)
-    files["/usr/lib/os-release"] = (os_release(rootfs, variant).encode(), 0o644)
-    files["/usr/share/cfsboot-test/version"] = (f"{variant.name}\n".encode(), 0o644)
-    # /etc: one file that changes, one that does not, one in each version only, for
-    # the /etc merge of an upgrade.
-    etc = "/etc/cfsboot-test"
-    files[f"{etc}/version"] = (f"{variant.name}\n".encode(), 0o644)
-    files[f"{etc}/unchanged"] = (b"the same in every variant\n", 0o644)
-    files[f"{etc}/only-{variant.name}"] = (f"only in {variant.name}\n".encode(), 0o644)
-    if variant.setup_root_conf is not None:
-        files["/usr/lib/composefs/setup-root-conf.toml"] = (
-            variant.setup_root_conf.encode(),
-            0o644,
-        )
-    return files
-
-
-def os_release(rootfs: Path, variant: Variant) -> str:
-    """Debian's os-release with the variant's VERSION_ID (ID stays debian)."""
-    lines = []
-    for line in (rootfs / "usr/lib/os-release").read_text().splitlines():
-        key = line.partition("=")[0]
-        if key == "VERSION_ID":
-            line = f'VERSION_ID="{variant.version_id}"'
-        elif key == "PRETTY_NAME":
-            line = f'PRETTY_NAME="Debian GNU/Linux {variant.version_id} (cfsboot test OS)"'
-        elif key in ("IMAGE_ID", "IMAGE_VERSION"):
-            continue
-        lines.append(line)
-    lines += ["IMAGE_ID=cfsboot-testos", f"IMAGE_VERSION={variant.name}"]
-    return "\n".join(lines) + "\n"
-
-
-def _unit_text(rootfs: Path, unit: str) -> str:
-    return (rootfs / "usr/lib/systemd/system" / unit).read_text()
-
-
-def install_section(text: str) -> dict[str, list[str]]:
-    """The [Install] section of a unit file: key -> values (space-separated lists joined)."""
-    out: dict[str, list[str]] = {}
-    section = ""
-    pending = ""
-    for raw in text.splitlines():
-        line = pending + raw.strip()
-        pending = ""
-        if line.endswith("\\"):
-            pending = line[:-1] + " "
-            continue
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            section = line[1:-1]
-            continue
-        if section != "Install" or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        if value.strip():
-            out.setdefault(key.strip(), []).extend(value.split())
-        else:
-            out.pop(key.strip(), None)  # an empty assignment resets the list
-    return out
-
-
-def enable_links(unit: str, text: str, unit_dir: str = "/usr/lib/systemd/system") -> dict[str, str]:
-    """The symlinks `systemctl enable unit` makes (WantedBy, RequiredBy, UpheldBy, Alias).
-
-    Also= is not followed: the caller enables what it wants. A template is enabled
-    with its DefaultInstance (and not at all without one).
-    """
-    install = install_section(text)
-    name = unit
-    if "@." in unit:
-        instance = (install.get("DefaultInstance") or [""])[-1]
-        if not instance:
-            return {}
-        name = unit.replace("@.", f"@{instance}.")
-    target = f"{unit_dir}/{unit}"
-    links: dict[str, str] = {}
-    for key, suffix in (("WantedBy", "wants"), ("RequiredBy", "requires"), ("UpheldBy", "upholds")):
-        for dep in install.get(key, []):
-            links[f"/etc/systemd/system/{dep}.{suffix}/{name}"] = target
-    for alias in install.get("Alias", []):
-        links[f"/etc/systemd/system/{alias}"] = target
-    return links
-
-
-def stager_units(units_dir: Path = STAGER_UNITS) -> dict[str, tuple[Content, int]]:
-    """The stager's systemd units, installed and enabled as their [Install] sections say."""
-    files: dict[str, tuple[Content, int]] = {}
-    if not units_dir.is_dir():
-        return files
-    for path in sorted(units_dir.iterdir()):
-        if not path.is_file() or path.suffix not in UNIT_SUFFIXES:
-            continue
-        files[f"/usr/lib/systemd/system/{path.name}"] = (path, 0o644)
-        for link, target in enable_links(path.name, path.read_text()).items():
-            files[link] = (Link(target), 0o777)
-    return files
-
-
-LAUNCHER = """#!/usr/bin/python3
-# cfsboot, the stager (installed by vm-tests/osimage.py from the source tree).
-import sys
-
-from cfsboot.cli import main
-
-sys.exit(main())
-"""
-
-
-def write_tree(layer: Path, files: Mapping[str, tuple[Content, int]], rootfs: Path) -> None:
-    """Materialise files under layer; a file that replaces one of rootfs keeps its owner."""
-    for dest, (content, mode) in sorted(files.items()):
-        target = layer / dest.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.is_symlink() or target.exists():
-            target.unlink()
-        if isinstance(content, Link):
-            target.symlink_to(content.target)
-            continue
-        if isinstance(content, Path):
-            shutil.copyfile(content, target)
-        else:
-            target.write_bytes(content)
-        os.chmod(target, mode)
-        try:
-            st = os.lstat(rootfs / dest.lstrip("/"))
-        except FileNotFoundError:
-            continue
-        os.chown(target, st.st_uid, st.st_gid)
-
-
-def copy_package(src: Path, dest: Path) -> None:
-    """A pure-Python package without byte code: dirs 0755, files 0644."""
-    for path in sorted(src.rglob("*")):
-        rel = path.relative_to(src)
-        if _skipped(rel):
-            continue
-        target = dest / rel
-        if path.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-        elif path.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
-            os.chmod(target, 0o644)
-
-
-def freeze_setup_root(out: Path, src: Path = REPO) -> Path:
-    """A freshly frozen setup-root (setup-root/freeze.py); returns its directory."""
-    _run([sys.executable, str(src / "setup-root" / "freeze.py"), "--out", str(out)])
-    return out / "cfsboot-setup-root"
-
-
-def install_dracut_module(layer: Path, frozen: Path, src: Path = REPO) -> None:
-    _run(
-        [
-            "make",
-            "-s",
-            "-C",
-            str(src / "dracut-module"),
-            "install",
-            f"DESTDIR={layer}",
-            f"FROZEN={frozen}",
-        ]
-    )
-
-
-def normalise(layer: Path, rootfs: Path) -> None:
-    """Directories that exist in rootfs keep its metadata; everything new gets EPOCH.
-
-    So the layer changes nothing but what it adds, and the same inputs give the same
-    bytes (the UKI layer relies on it: /boot's own metadata is part of the digest).
-    """
-    for dirpath, dirnames, filenames in os.walk(layer):
-        for name in [*dirnames, *filenames]:
-            path = Path(dirpath) / name
-            rel = path.relative_to(layer)
-            base = rootfs / rel
-            st = os.lstat(path)
-            if stat.S_ISDIR(st.st_mode) and base.is_dir() and not base.is_symlink():
-                bst = os.lstat(base)
-                os.chown(path, bst.st_uid, bst.st_gid)
-                os.chmod(path, stat.S_IMODE(bst.st_mode))
-                os.utime(path, ns=(bst.st_atime_ns, bst.st_mtime_ns))
-            else:
-                os.utime(path, (EPOCH, EPOCH), follow_symlinks=False)
-
-
-def build_cfsboot_layer(
-    variant: Variant, rootfs: Path, layer: Path, scratch: Path, frozen: Path, src: Path = REPO
-) -> None:
-    """Fill layer (an empty directory) with the cfsboot layer of variant, from sources src.
-
-    frozen: the frozen setup-root directory (freeze_setup_root).
-    """
-    kver = testos.kernel_version(rootfs)
-    site = layer / DIST_PACKAGES.lstrip("/")
-    copy_package(src / "stager" / "cfsboot", site / "cfsboot")
-    copy_package(src / "setup-root" / "setuproot", site / "setuproot")
-    files = layer_files(variant, rootfs, src / "vm-tests" / "guest")
-    files["/usr/bin/cfsboot"] = (LAUNCHER.encode(), 0o755)
-    files.update(stager_units(src / "stager" / "systemd"))
-    modules = f"/usr/lib/modules/{kver}"
-    files[f"{modules}/vmlinuz"] = (testos.kernel_image(rootfs), 0o644)
-    write_tree(layer, files, rootfs)
-    install_dracut_module(layer, frozen, src)
-    # dracut runs over rootfs + this layer: it sees the module and the config file.
-    initrd = testos.build_initramfs(
-        rootfs, scratch / "initramfs.img", extra_args=("--add", "cfsboot"), layers=(layer,)
-    )
-    shutil.move(initrd, layer / modules.lstrip("/") / "initramfs.img")
-    os.chmod(layer / modules.lstrip("/") / "initramfs.img", 0o644)
-    normalise(layer, rootfs)
-
-
 def _build(variant: Variant, inputs: _Inputs) -> OsImage:
     rootfs, top, src = inputs.rootfs, inputs.top, inputs.src
     started = time.monotonic()
@@ -618,7 +329,7 @@ def _build(variant: Variant, inputs: _Inputs) -> OsImage:
         layer = scratch / "layer"
         layer.mkdir()
         t = time.monotonic()
-        build_cfsboot_layer(variant, rootfs, layer, scratch, inputs.frozen(), src)
+        oslayer.build_cfsboot_layer(variant, rootfs, layer, scratch, inputs.frozen(), src)
         timings["cfsboot_layer"] = time.monotonic() - t
         t = time.monotonic()
         out = scratch / "layout"
@@ -651,11 +362,20 @@ def _publish(
     started: float,
     timings: dict[str, float],
     src: Path,
+    expect_id: str | None = None,
 ) -> OsImage:
-    """Compute the image's digest, write VARIANT.json, rename the layout into place."""
+    """Compute the image's digest, write VARIANT.json, rename the layout into place.
+
+    expect_id: the digest it must have (else nothing is published).
+    """
     t = time.monotonic()
     image_id = compute_id(f"oci:{out}:{variant.name}", src=src)
     timings["compute_id"] = time.monotonic() - t
+    if expect_id is not None and image_id != expect_id:
+        raise RuntimeError(
+            f"{variant.name}: the boot image digest is {image_id}, expected {expect_id}"
+            " (an added layer changed more than /boot?)"
+        )
     index = json.loads((out / "index.json").read_text())
     info = {
         "variant": variant.name,
@@ -724,7 +444,7 @@ def _build_uki(variant: Variant, base: OsImage, inputs: _Inputs) -> OsImage:
         shutil.move(upper / inner.lstrip("/"), dest)
         os.chmod(dest, 0o644)
         read_uki(dest).check_composefs(base.image_id)  # what ukify sealed is what we asked
-        normalise(layer, rootfs)
+        oslayer.normalise(layer, rootfs)
         t = time.monotonic()
         out = scratch / "layout"
         layout = build.Layout(out)
@@ -734,15 +454,10 @@ def _build_uki(variant: Variant, base: OsImage, inputs: _Inputs) -> OsImage:
         uki = layout.add_layer(build.tar_chunks(build.entries_from_directory(layer)), COMPRESSION)
         layout.add_image([*descs, uki], config=image_config(variant), tag=variant.name)
         timings["pack"] = time.monotonic() - t
-        image = _publish(variant, out, top, rootfs, [*descs, uki], started, timings, src)
-    if image.image_id != base.image_id:
-        shutil.rmtree(image.layout)
-        (top / f"{variant.name}.json").unlink()
-        raise RuntimeError(
-            f"the UKI layer changed the boot image digest ({base.image_id} -> {image.image_id}):"
-            " it must only add files under /boot"
+        # /boot is emptied in the boot image: the UKI layer must leave the digest as it is.
+        return _publish(
+            variant, out, top, rootfs, [*descs, uki], started, timings, src, base.image_id
         )
-    return image
 
 
 def _descriptor(d: Mapping[str, Any]) -> build.Descriptor:

@@ -19,6 +19,7 @@ import pytest
 import diskimage
 import images
 import osimage
+import oslayer
 import qemu
 import registry
 from cfsboot.bootentries.uki import read_uki
@@ -38,7 +39,7 @@ Alias=dbus-org.freedesktop.network1.service
 
 
 def test_enable_links_follow_the_install_section() -> None:
-    links = osimage.enable_links("systemd-networkd.service", NETWORKD_INSTALL)
+    links = oslayer.enable_links("systemd-networkd.service", NETWORKD_INSTALL)
     target = "/usr/lib/systemd/system/systemd-networkd.service"
     assert links == {
         "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service": target,
@@ -51,29 +52,29 @@ def test_enable_links_lists_resets_and_templates() -> None:
         "[Install]\nWantedBy=a.target b.target\nWantedBy=\nWantedBy=c.target\n"
         "RequiredBy=d.target\nDefaultInstance=x\n"
     )
-    assert osimage.enable_links("foo@.service", text) == {
+    assert oslayer.enable_links("foo@.service", text) == {
         "/etc/systemd/system/c.target.wants/foo@x.service": "/usr/lib/systemd/system/foo@.service",
         "/etc/systemd/system/d.target.requires/foo@x.service": (
             "/usr/lib/systemd/system/foo@.service"
         ),
     }
-    assert osimage.enable_links("bar@.service", "[Install]\nWantedBy=a.target\n") == {}
-    assert osimage.enable_links("plain.service", "[Service]\nExecStart=/bin/true\n") == {}
+    assert oslayer.enable_links("bar@.service", "[Install]\nWantedBy=a.target\n") == {}
+    assert oslayer.enable_links("plain.service", "[Service]\nExecStart=/bin/true\n") == {}
 
 
 def test_stager_units_installed_and_enabled(tmp_path: Path) -> None:
     (tmp_path / "a.service").write_text("[Service]\nExecStart=/bin/true\n")
     (tmp_path / "b.service").write_text("[Install]\nWantedBy=multi-user.target\n")
     (tmp_path / "README").write_text("not a unit")
-    files = osimage.stager_units(tmp_path)
+    files = oslayer.stager_units(tmp_path)
     assert sorted(files) == [
         "/etc/systemd/system/multi-user.target.wants/b.service",
         "/usr/lib/systemd/system/a.service",
         "/usr/lib/systemd/system/b.service",
     ]
     link = files["/etc/systemd/system/multi-user.target.wants/b.service"][0]
-    assert link == osimage.Link("/usr/lib/systemd/system/b.service")
-    assert osimage.stager_units(tmp_path / "absent") == {}
+    assert link == oslayer.Link("/usr/lib/systemd/system/b.service")
+    assert oslayer.stager_units(tmp_path / "absent") == {}
 
 
 def test_os_release_of_a_variant(tmp_path: Path) -> None:
@@ -81,7 +82,7 @@ def test_os_release_of_a_variant(tmp_path: Path) -> None:
     (tmp_path / "usr/lib/os-release").write_text(
         'PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nVERSION_ID="13"\nID=debian\n'
     )
-    text = osimage.os_release(tmp_path, osimage.VARIANTS["v2"])
+    text = oslayer.os_release(tmp_path, osimage.VARIANTS["v2"])
     fields = dict(line.split("=", 1) for line in text.splitlines())
     assert fields["ID"] == "debian"
     assert fields["VERSION_ID"] == '"13.2"'
@@ -245,7 +246,7 @@ def test_v1_and_v2_differ_where_intended(
         "cfsboot-check.service",
         "systemd-networkd.service",
     }
-    for unit in sorted((osimage.REPO / "stager/systemd").glob("*.service")):
+    for unit in sorted((oslayer.REPO / "stager/systemd").glob("*.service")):
         assert (tree / "usr/lib/systemd/system" / unit.name).read_bytes() == unit.read_bytes()
     shadow = (tree / "etc/shadow").read_text().splitlines()
     assert any(line.startswith("root::") for line in shadow)
@@ -285,7 +286,7 @@ def test_import_v1_then_v2_reads_one_layer(
     assert kernel["vmlinuz"]["path"] == f"/usr/lib/modules/{kver}/vmlinuz"
     assert kernel["initramfs"]["path"] == f"/usr/lib/modules/{kver}/initramfs.img"
     assert info["boot"]["ukis"] == []
-    assert [k["path"] for k in info["boot"]["kargs"]] == [osimage.KARGS_FILE]
+    assert [k["path"] for k in info["boot"]["kargs"]] == [oslayer.KARGS_FILE]
     print(
         f"\nimport v1: {v1_seconds:.1f} s ({first.objects_written} objects, "
         f"{first.bytes_written / 1e6:.0f} MB); v2 after v1: {v2_seconds:.1f} s "

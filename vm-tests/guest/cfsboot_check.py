@@ -86,7 +86,8 @@ def run_scenario(port: TextIO | None, name: str) -> None:
     if "/" in name or not os.access(script, os.X_OK):
         report(port, f"FAIL {name}: no such scenario {script}")
         return
-    env = dict(os.environ, CFSBOOT_CHECK_NAME=name)
+    # Unbuffered: a Python scenario's lines reach the console as they are printed.
+    env = dict(os.environ, CFSBOOT_CHECK_NAME=name, PYTHONUNBUFFERED="1")
     last = ""
     try:
         proc = subprocess.Popen(

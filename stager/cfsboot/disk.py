@@ -13,10 +13,10 @@ udev). The ESP is then written with mtools (cfsboot.esp.MtoolsEsp), never mounte
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import secrets
+import struct
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,28 +136,67 @@ class Disk:
     root_fs_uuid: str
 
 
-def read_layout(target: Path) -> DiskLayout:
-    """The partition table of `target` (`sfdisk --json`)."""
-    out = run(["sfdisk", "--json", target], capture=True).stdout
+# UEFI spec, "GPT Header": signature, revision, header size, header CRC32, reserved,
+# my LBA, alternate LBA, first usable LBA, last usable LBA, disk GUID, partition entry
+# LBA, number of entries, size of an entry, entries CRC32.
+GPT_HEADER = struct.Struct("<8sIIII QQQQ 16s QIII")
+GPT_SIGNATURE = b"EFI PART"
+# UEFI spec, "GPT Partition Entry": type GUID, unique GUID, first LBA, last LBA
+# (inclusive), attributes, name (36 UTF-16LE code units).
+GPT_ENTRY = struct.Struct("<16s16sQQQ72s")
+MAX_GPT_ENTRIES = 1024
+
+
+def _sector_sizes(target: Path) -> tuple[int, ...]:
+    """Logical sector sizes to try: the device's own, else 512 then 4096 (image files)."""
     try:
-        table = json.loads(out)["partitiontable"]
-        sector = int(table.get("sectorsize", 512))
-        parts = tuple(
+        name = os.path.realpath(target).rsplit("/", 1)[-1]
+        with open(f"/sys/class/block/{name}/queue/logical_block_size") as f:
+            return (int(f.read()),)
+    except (OSError, ValueError):
+        return (512, 4096)
+
+
+def read_layout(target: Path) -> DiskLayout:
+    """The GPT of a disk or disk image, read directly (no tool needed on a booted system)."""
+    try:
+        with open(target, "rb") as f:
+            for sector in _sector_sizes(target):
+                f.seek(sector)
+                raw = f.read(GPT_HEADER.size)
+                if len(raw) == GPT_HEADER.size and raw.startswith(GPT_SIGNATURE):
+                    break
+            else:
+                die(f"{target} has no GPT partition table")
+            hdr = GPT_HEADER.unpack(raw)
+            disk_guid, entries_lba, count, entry_size = hdr[9], hdr[10], hdr[11], hdr[12]
+            if entry_size < GPT_ENTRY.size or count > MAX_GPT_ENTRIES:
+                die(f"{target}: damaged GPT header (entry size {entry_size}, {count} entries)")
+            f.seek(entries_lba * sector)
+            table = f.read(count * entry_size)
+    except OSError as e:
+        die(f"cannot read the partition table of {target}: {e.strerror}")
+    parts = []
+    number = 0
+    for i in range(count):
+        chunk = table[i * entry_size : i * entry_size + GPT_ENTRY.size]
+        if len(chunk) < GPT_ENTRY.size:
+            break
+        type_b, uniq_b, first, last, _attrs, name_b = GPT_ENTRY.unpack(chunk)
+        number = i + 1
+        if type_b == bytes(16):
+            continue
+        parts.append(
             Partition(
-                number=i,
-                start=int(p["start"]) * sector,
-                size=int(p["size"]) * sector,
-                type_uuid=str(p["type"]).upper(),
-                uuid=str(p.get("uuid", "")).upper(),
-                name=str(p.get("name", "")),
+                number=number,
+                start=first * sector,
+                size=(last - first + 1) * sector,
+                type_uuid=str(uuid.UUID(bytes_le=type_b)).upper(),
+                uuid=str(uuid.UUID(bytes_le=uniq_b)).upper(),
+                name=name_b.decode("utf-16-le", errors="replace").split("\0", 1)[0],
             )
-            for i, p in enumerate(table.get("partitions", []), start=1)
         )
-        if table.get("label") != "gpt":
-            die(f"{target} has a {table.get('label')} partition table, not GPT")
-        return DiskLayout(target, sector, str(table.get("id", "")).upper(), parts)
-    except (KeyError, TypeError, ValueError) as e:
-        die(f"cannot read the partition table of {target}: unexpected sfdisk output ({e})")
+    return DiskLayout(target, sector, str(uuid.UUID(bytes_le=disk_guid)).upper(), tuple(parts))
 
 
 def partition(target: Path, plan: DiskPlan) -> DiskLayout:

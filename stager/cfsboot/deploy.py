@@ -19,7 +19,9 @@ staged menu, exchange.
 
 A crash before 7 leaves the old menu (and, after a reboot, no marker: the
 staged deployment is simply not there any more; its leftovers are collected
-by the next switch or by gc). After 7 the new menu is complete.
+by the next switch or by gc). After 7 the new menu is complete. A finalize
+killed without a reboot (the marker kept) can be run again: before 7 it redoes
+6 onto an emptied upper dir, after 7 only the cleanup is left.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -43,7 +46,7 @@ from cfsboot.bootentries.uki import read_uki
 from cfsboot.bootloader import MAX_ENTRIES, Bootloader, MenuEntry
 from cfsboot.bootscan import BootResources
 from cfsboot.errors import CfsbootError, die
-from cfsboot.fsutil import fsync_dir
+from cfsboot.fsutil import TEMP_MARKER, fsync_dir, temp_name
 from cfsboot.oci.import_ import Progress, import_image, read_image_info
 from cfsboot.oci.reference import parse as parse_ref
 from cfsboot.origin import BootType, Origin
@@ -133,6 +136,23 @@ def _remove_tree(path: Path) -> None:
         path.unlink(missing_ok=True)
     elif path.exists():
         shutil.rmtree(path)
+
+
+# Temporary names of state being written or removed (write_state, remove_state) and of
+# the /etc views (_etc_views): a crash leaves them behind, gc removes them.
+_STATE_TEMP_RE = re.compile(r"\.[0-9a-f]{16}\.(?:tmp|del)-[0-9]+")
+ETC_VIEWS_PREFIX = ".cfsboot-etc-"
+
+
+def state_leftovers(sysroot: Sysroot) -> list[Path]:
+    """What interrupted state writes and removals left: temporary state dirs, /etc views."""
+    try:
+        names = sorted(os.listdir(sysroot.deploy_root))
+    except FileNotFoundError:
+        names = []
+    out = [sysroot.deploy_root / n for n in names if _STATE_TEMP_RE.fullmatch(n)]
+    out += sorted(p for p in sysroot.path.glob(f"{ETC_VIEWS_PREFIX}*") if p.is_dir())
+    return out
 
 
 def write_state(sysroot: Sysroot, target: Target, origin: Origin, *, init_var: bool) -> None:
@@ -342,7 +362,7 @@ def current_deployment(sysroot: Sysroot, bl: Bootloader) -> str | None:
 def _etc_views(sysroot: Sysroot, old: Target, new: Target) -> Iterator[tuple[Path, Path]]:
     """Temporary copies of the pristine /etc of the old and of the new image."""
     objects = sysroot.repo.path / "objects"
-    with tempfile.TemporaryDirectory(prefix=".cfsboot-etc-", dir=sysroot.path) as tmp:
+    with tempfile.TemporaryDirectory(prefix=ETC_VIEWS_PREFIX, dir=sysroot.path) as tmp:
         views = []
         for name, t in (("old", old), ("new", new)):
             dest = Path(tmp) / name
@@ -395,7 +415,26 @@ def merge_etc(sysroot: Sysroot, old: Target, new: Target) -> etcmerge.MergeRepor
     with _etc_views(sysroot, old, new) as (old_etc, new_etc):
         if mode is EtcMount.BIND:
             return etcmerge.merge(old_etc, old_state, new_state)
+        _reset_upper(new_state / "upper")
         return etcmerge.carry_upper(old_state / "upper", old_etc, new_etc, new_state / "upper")
+
+
+def _reset_upper(upper: Path) -> None:
+    """Empty a staged deployment's upper dir that an interrupted finalize already filled.
+
+    A staged deployment has never been booted: its upper dir holds nothing but an
+    earlier carry of the booted deployment's changes, which is carried again (the
+    booted /etc may have changed since). Moved aside first, so the name is never
+    seen half-emptied; an interrupted carry's temporary directory goes too.
+    """
+    for leftover in upper.parent.glob(f".{upper.name}{TEMP_MARKER}*"):
+        _remove_tree(leftover)
+    if not upper.is_dir() or not any(upper.iterdir()):
+        return
+    doomed = upper.with_name(temp_name(upper.name))
+    upper.rename(doomed)
+    fsync_dir(upper.parent)
+    _remove_tree(doomed)
 
 
 @dataclass(frozen=True)
@@ -469,6 +508,13 @@ def finalize(sysroot: Sysroot, bl: Bootloader) -> str:
     if staged.finalization_locked:
         return f"staged deployment {staged.depl_id[:12]}… is download-only: not finalized"
     d = staged.depl_id
+    live = bl.menu()
+    if live and live[0].deployment == d:
+        # An earlier finalize was killed after the exchange (7) and before the marker went
+        # (8): the staged deployment is the default already; finish what it left.
+        bl.discard_staged()
+        sysroot.clear_staged()
+        return f"deployment {d[:12]}… is now the default"
     menu = bl.menu(staged=True)
     if not menu or menu[0].deployment != d or not sysroot.deploy_dir(d).is_dir():
         raise DeployError(

@@ -13,8 +13,10 @@ Order (each step leaves a bootable, consistent system if the power goes):
   3. boot files no entry of the live or staged menu points at;
   4. their deployment tags;
   5. unreferenced image and stream names, then unreferenced objects.
-Interrupted runs (state directories without an entry, staging leftovers in
-objects/) are collected too. The booted deployment is never removed.
+Interrupted runs (state directories without an entry, temporary state and
+/etc-view directories, staging leftovers in objects/, temporary image and
+stream links that were never renamed) are collected too. The booted
+deployment is never removed.
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cfsboot.bootloader import Bootloader, MenuEntry
-from cfsboot.deploy import DEPLOY_TAG_PREFIX, current_deployment, deployment_tag, remove_state
+from cfsboot.deploy import (
+    DEPLOY_TAG_PREFIX,
+    current_deployment,
+    deployment_tag,
+    remove_state,
+    state_leftovers,
+)
+from cfsboot.fsutil import TEMP_MARKER
 from cfsboot.imagefiles import image_tree
 from cfsboot.objectstore import STAGING_PREFIX
 from cfsboot.oci.apply import LayerRecord
@@ -51,6 +60,7 @@ class GcReport:
     objects: int = 0
     object_bytes: int = 0
     skipped: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)  # of interrupted runs
 
     def summary(self, *, dry_run: bool) -> str:
         verb = "would remove" if dry_run else "removed"
@@ -62,6 +72,8 @@ class GcReport:
             f"{len(self.streams)} stream(s)",
             f"{self.objects} object(s) ({mib:.1f} MiB)",
         ]
+        if self.leftovers:
+            parts.append(f"{len(self.leftovers)} leftover(s) of interrupted runs")
         text = f"gc {verb} " + ", ".join(parts)
         for s in self.skipped:
             text += f"\n  note: {s}"
@@ -119,6 +131,10 @@ def collect(sysroot: Sysroot, bl: Bootloader, *, keep: int = 0, dry_run: bool = 
     for depl in (m.deployment for m in live):
         if depl not in referenced and depl not in report.deployments:
             report.deployments.append(depl)
+    for leftover in state_leftovers(sysroot):
+        report.leftovers.append(leftover.name)
+        if not dry_run:
+            shutil.rmtree(leftover)
 
     artifacts = {m.artifact.lower() for m in (*new_live, *staged_menu)}
     for path in bl.artifacts():
@@ -192,6 +208,13 @@ def _sweep_repository(
     for entry in sorted(os.scandir(stream_dir), key=lambda e: e.name):
         if entry.name == REFS_DIR or not entry.is_symlink():
             continue
+        if TEMP_MARKER in entry.name:
+            # A link a crash left under its temporary name (Repository._symlink): no
+            # stream, and not someone else's either (that would stop object collection).
+            report.leftovers.append(entry.name)
+            if not dry_run:
+                os.unlink(entry.path)
+            continue
         if not entry.name.startswith(OUR_STREAM_PREFIX):
             foreign.append(entry.name)
             continue
@@ -208,6 +231,11 @@ def _sweep_repository(
             report.images.append(image)
             if not dry_run:
                 os.unlink(repo.path / IMAGES_DIR / image)
+    for entry in os.scandir(repo.path / IMAGES_DIR):
+        if TEMP_MARKER in entry.name and entry.is_symlink():
+            report.leftovers.append(entry.name)
+            if not dry_run:
+                os.unlink(entry.path)
     if foreign:
         report.skipped.append(
             f"the repository holds {len(foreign)} stream(s) cfsboot did not write (e.g."

@@ -27,7 +27,12 @@ VERDICT_PORT = "cfsboot.verdict"
 GUEST_VERDICT_PATH = f"/dev/virtio-ports/{VERDICT_PORT}"
 LOG_TAIL_LINES = 50
 # Console lines after which waiting for the timeout would only waste minutes.
-STOP_ON = ("You are in emergency mode", "Give root password for maintenance")
+# systemd's and dracut's emergency shells.
+STOP_ON = (
+    "You are in emergency mode",
+    "Give root password for maintenance",
+    "Entering emergency mode",
+)
 # FW_CFG_MAX_FILE_PATH (56) in QEMU's include/standard-headers/linux/qemu_fw_cfg.h, minus the NUL.
 FW_CFG_MAX_NAME = 55
 
@@ -230,6 +235,8 @@ class BootResult:
     markers: dict[str, float]
     # The stop_on console pattern that made the harness kill the guest, if any.
     stopped_on: str | None = None
+    # When cut_power killed the guest (seconds since start), if it did.
+    power_cut_at: float | None = None
 
     def failure(self, message: str) -> VmError:
         return VmError(
@@ -243,7 +250,10 @@ class _Console:
     notes when watched markers appear and kills QEMU on a stop pattern."""
 
     def __init__(self, proc: subprocess.Popen[bytes], log_path: Path, started: float,
-                 watch: Sequence[str], stop_on: Sequence[str]) -> None:  # fmt: skip
+                 watch: Sequence[str], stop_on: Sequence[str],
+                 cut_power: tuple[str, float] | None = None) -> None:  # fmt: skip
+        self.cut_power = cut_power
+        self.power_cut_at: float | None = None
         self.proc = proc
         self.log_path = log_path
         self.started = started
@@ -267,6 +277,14 @@ class _Console:
                     if self.stopped_on is None and pattern in line:
                         self.stopped_on = pattern
                         self.proc.kill()
+                if self.cut_power and self.power_cut_at is None and self.cut_power[0] in line:
+                    self.power_cut_at = now + self.cut_power[1]
+                    threading.Timer(self.cut_power[1], self._cut).start()
+
+    def _cut(self) -> None:
+        """SIGKILL: the guest loses power with whatever it had not written yet."""
+        if self.proc.poll() is None:
+            self.proc.kill()
 
 
 def boot(
@@ -275,12 +293,15 @@ def boot(
     *,
     watch: Sequence[str] = (),
     stop_on: Sequence[str] = STOP_ON,
+    cut_power: tuple[str, float] | None = None,
 ) -> BootResult:
     """Boot the guest until it powers off (or the timeout kills it); never raises on verdicts.
 
     watch: console substrings whose first appearance is timed (BootResult.markers).
     stop_on: console substrings after which QEMU is killed at once (pass () when a
     test expects, say, emergency mode and wants to see what follows).
+    cut_power: (console substring, seconds): kill QEMU that long after the substring
+    first appears (a power cut at a chosen moment); BootResult.power_cut_at says when.
     """
     results_dir.mkdir(parents=True, exist_ok=True)
     serial_log = results_dir / "serial.log"
@@ -299,7 +320,7 @@ def boot(
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr_file
         )
-    console = _Console(proc, serial_log, started, watch, stop_on)
+    console = _Console(proc, serial_log, started, watch, stop_on, cut_power)
     pump = threading.Thread(target=console.pump, daemon=True)
     pump.start()
     exit_code: int | None
@@ -322,6 +343,7 @@ def boot(
         wall,
         console.markers,
         console.stopped_on,
+        console.power_cut_at,
     )
 
 

@@ -73,6 +73,7 @@ class Executor:
         self.tweaks = tweaks or Tweaks()
         self.handles: dict[str, int] = {}  # detached mounts by name, until attached
         self.image_fd = -1
+        self.image_path = ""  # images/HEX as the plan names it (what messages show)
         self.swapped = False  # /sysroot no longer holds the physical root
 
     @property
@@ -155,6 +156,7 @@ class Executor:
         digest = self.karg.digest
         try:
             self.image_fd = os.open(op.image, os.O_RDONLY | os.O_CLOEXEC)
+            self.image_path = op.image
         except FileNotFoundError:
             if not os.path.isdir(repo):
                 raise SetupError(
@@ -253,7 +255,7 @@ class Executor:
             os.close(mfd)
 
     def mount_erofs(self, op: MountErofs) -> None:
-        image = os.readlink(f"/proc/self/fd/{self.image_fd}")
+        image = self.image_path or os.readlink(f"/proc/self/fd/{self.image_fd}")
         loop_fd = -1
         fs = self._fsopen("erofs")
         try:
@@ -289,6 +291,13 @@ class Executor:
         self._attach_fd(mfd, op.at, "the EROFS image")
 
     def _erofs_error(self, image: str, e: OSError) -> SetupError:
+        if e.errno == errno.EIO and not self.karg.insecure:
+            # The digest matched, so the Merkle tree is the image's: its data does not.
+            return SetupError(
+                f"cannot mount composefs image {image}: its contents fail fs-verity"
+                " verification (modified on disk?)",
+                ExitCode.MOUNT_FAILED,
+            )
         if e.errno == errno.EINVAL:
             return SetupError(
                 f"cannot mount composefs image {image}: not a valid EROFS image ({e.strerror})",

@@ -247,9 +247,12 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
 
 def cmd_finalize(args: argparse.Namespace) -> int:
     sysroot = Sysroot(args.sysroot, run_dir=args.run_dir)
-    if sysroot.staged() is None:
+    staged = sysroot.staged()
+    if staged is None:
         log.info("no staged deployment")
         return 0
+    sys.stderr.write(f"finalizing the staged deployment {staged.depl_id[:12]}…\n")
+    sys.stderr.flush()
     with opened(args) as (sysroot, bl):
         msg = deploy.finalize(sysroot, bl)
     sys.stderr.write(f"{msg}\n")

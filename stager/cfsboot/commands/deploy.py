@@ -125,9 +125,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 @contextmanager
-def opened(
-    args: argparse.Namespace, *, write: bool = True
-) -> Iterator[tuple[Sysroot, Bootloader]]:
+def opened(args: argparse.Namespace, *, write: bool = True) -> Iterator[tuple[Sysroot, Bootloader]]:
     sysroot = Sysroot(args.sysroot, run_dir=args.run_dir)
     with open_esp(sysroot.path, args.esp) as esp:
         bl = detect(esp)

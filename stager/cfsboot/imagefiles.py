@@ -28,12 +28,7 @@ from setuproot.contract import SETUP_ROOT_CONFIG
 
 def image_tree(repo: Repository, digest: str) -> Inode:
     """The tree of the boot image `digest` as stored in the repository."""
-    fd = repo.open_object(digest)
-    try:
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return read_image(f.read())
-    finally:
-        os.close(fd)
+    return read_image(repo.read_object(digest))
 
 
 def node_bytes(repo: Repository, node: Inode) -> bytes:
@@ -42,13 +37,7 @@ def node_bytes(repo: Repository, node: Inode) -> bytes:
         return node.content
     if not node.size:
         return b""
-    hexd = _object_hex(node)
-    fd = repo.open_object(hexd)
-    try:
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read()
-    finally:
-        os.close(fd)
+    return repo.read_object(_object_hex(node))
 
 
 def _object_hex(node: Inode) -> str:
@@ -90,12 +79,7 @@ def bootfile_bytes(repo: Repository, f: BootFile) -> bytes:
         return f.content
     if f.digest is None:
         return b""
-    fd = repo.open_object(f.digest)
-    try:
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            return fh.read()
-    finally:
-        os.close(fd)
+    return repo.read_object(f.digest)
 
 
 def kargs_d(repo: Repository, boot: BootResources, *, arch: str | None = None) -> list[str]:

@@ -320,7 +320,10 @@ class Repository:
         except FileNotFoundError:
             return None
         parts = Path(target).parts
-        hexdigest = "".join(parts[-2:])
+        return self.read_object("".join(parts[-2:]))
+
+    def read_object(self, hexdigest: str) -> bytes:
+        """An object's whole content (checked by fs-verity in a secure repository)."""
         fd = self.open_object(hexdigest)
         try:
             with os.fdopen(fd, "rb", closefd=False) as f:

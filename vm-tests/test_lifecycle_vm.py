@@ -12,43 +12,24 @@ Scenarios 1-4 are marked `vmcore` (CI runs them on every submission).
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-import images
 import osimage
 import qemu
 import registry
+from installed import boot, booted_ok, install, new_overlay, secure_disk
 
 pytestmark = pytest.mark.vm
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CFSBOOT = [sys.executable, "-m", "cfsboot.cli"]
-ENV = {**os.environ, "PYTHONPATH": f"{REPO_ROOT / 'stager'}:{REPO_ROOT / 'setup-root'}"}
-EXPECT = "opt/cfsboot/expect"
-DISK_SIZE = "6G"
 # A file of the test OS nothing reads at boot: scenario 4 tampers with its object.
 TAMPER_PATH = "/usr/share/common-licenses/Apache-2.0"
 FINALIZE_MARKER = "finalizing the staged deployment"
-
-
-def cfsboot(*args: str | Path) -> str:
-    proc = subprocess.run(
-        [*CFSBOOT, *map(str, args)], capture_output=True, text=True, env=ENV, check=False
-    )
-    if proc.returncode != 0:
-        raise AssertionError(f"cfsboot {' '.join(map(str, args))}: {proc.stderr}")
-    return proc.stdout
 
 
 @dataclass(frozen=True)
@@ -58,39 +39,6 @@ class Installed:
     digests: dict[str, str]  # variant -> composefs digest
 
 
-def boot(
-    disk: Path,
-    results: Path,
-    checks: tuple[str, ...],
-    expect: dict[str, Any],
-    *,
-    network: bool = False,
-    overlay: Path | None = None,
-    timeout: float = 420,
-    **kw: Any,
-) -> qemu.BootResult:
-    config = images.disk_config(disk, overlay, checks, network=network, timeout=timeout)
-    fw = (*config.fw_cfg, (EXPECT, json.dumps(expect, separators=(",", ":"))))
-    config = dataclasses.replace(config, fw_cfg=fw)
-    result = qemu.boot(config, results, **kw)
-    print(f"\n{results.name}: {checks} in {result.wall_seconds:.0f} s")
-    return result
-
-
-def booted_ok(disk: Path, results: Path, checks: tuple[str, ...], expect: dict[str, Any],
-              **kw: Any) -> qemu.BootResult:  # fmt: skip
-    result = boot(disk, results, checks, expect, **kw)
-    qemu.check_passed(result, checks)
-    return result
-
-
-def new_overlay(base: Path, path: Path) -> Path:
-    path.unlink(missing_ok=True)
-    fmt = qemu.DiskFormat.QCOW2 if base.suffix == ".qcow2" else qemu.DiskFormat.RAW
-    qemu.create_overlay(base, path, fmt)
-    return path
-
-
 @pytest.fixture(scope="module")
 def installed(
     test_os: dict[str, osimage.OsImage],
@@ -98,19 +46,8 @@ def installed(
     results_dir_root: Path,
 ) -> Iterator[Installed]:
     work = tmp_path_factory.mktemp("installed")
-    disk = work / "disk.raw"
-    started = time.monotonic()
-    cfsboot(
-        "install", "to-disk", test_os["v1"].ref, disk,
-        "--size", DISK_SIZE,
-        "--root-label", images.ROOT_LABEL,
-        "--boot-timeout", "0",
-        "-q",
-    )  # fmt: skip
-    print(f"\ninstall to-disk: {time.monotonic() - started:.1f} s")
+    disk, secure = secure_disk(test_os["v1"], work, results_dir_root)
     digests = {name: img.image_id for name, img in test_os.items()}
-    secure = new_overlay(disk, work / "secure.qcow2")
-    booted_ok(secure, results_dir_root / "provision", ("provision",), {"v1": digests["v1"]})
     yield Installed(disk, secure, digests)
     for p in work.iterdir():
         p.unlink()
@@ -280,14 +217,7 @@ def test_6_grub(
     test_os: dict[str, osimage.OsImage], results_dir_root: Path, tmp_path: Path
 ) -> None:
     disk = tmp_path / "grub.raw"
-    cfsboot(
-        "install", "to-disk", test_os["v1"].ref, disk,
-        "--size", DISK_SIZE,
-        "--bootloader", "grub",
-        "--root-label", images.ROOT_LABEL,
-        "--boot-timeout", "0",
-        "-q",
-    )  # fmt: skip
+    install(test_os["v1"], disk, "--bootloader", "grub")
     booted_ok(disk, results_dir_root / "6-grub", ("grub-root",), {"booted": test_os["v1"].image_id})
 
 

@@ -23,6 +23,20 @@ COMMAND_MODULES = (
     "deploy",
 )
 
+# Which module defines each subcommand: a run imports only the module it needs
+# (the parser with every module is built for --help and for unknown commands).
+COMMANDS = {
+    "fsverity": "fsverity",
+    "repo": "repo",
+    "mkcomposefs": "mkcomposefs",
+    "composefs-info": "composefs_info",
+    "image": "image",
+    **{
+        c: "deploy"
+        for c in ("install", "switch", "upgrade", "finalize-staged", "rollback", "status", "gc")
+    },
+}
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -34,7 +48,8 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def build_parser() -> ArgumentParser:
+def build_parser(only: str | None = None) -> ArgumentParser:
+    """The whole parser, or (`only`: a subcommand name) one with just that module's commands."""
     parser = ArgumentParser(
         prog="cfsboot",
         description="Boot Linux from OCI container images through composefs.",
@@ -45,14 +60,17 @@ def build_parser() -> ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
     sub.required = True
-    for name in COMMAND_MODULES:
+    modules = [COMMANDS[only]] if only in COMMANDS else COMMAND_MODULES
+    for name in modules:
         module = importlib.import_module(f"cfsboot.commands.{name}")
         module.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(first if first in COMMANDS and "--help" not in argv[:1] else None)
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("CFSBOOT_DEBUG") == "1"
     logging.basicConfig(

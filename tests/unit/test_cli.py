@@ -64,3 +64,18 @@ def test_argument_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> Non
     err = capsys.readouterr().err
     assert err.startswith("cfsboot: argument COMMAND: invalid choice: 'no-such-command'")
     assert err.endswith(" (see --help)\n") and err.count("\n") == 1
+
+
+def test_every_subcommand_is_mapped_to_its_module() -> None:
+    """The lazy parser (cli.COMMANDS) knows every subcommand the full parser has."""
+    import argparse
+
+    from cfsboot import cli
+
+    full = cli.build_parser()
+    action = next(a for a in full._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(action.choices) == set(cli.COMMANDS)
+    for name, module in cli.COMMANDS.items():
+        only = cli.build_parser(name)
+        sub = next(a for a in only._actions if isinstance(a, argparse._SubParsersAction))
+        assert name in sub.choices, (name, module)

@@ -9,17 +9,20 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cfsboot import deploy, disk, gc, install, status
-from cfsboot.bootloader import Bootloader, BootloaderKind, detect
 from cfsboot.errors import die
-from cfsboot.espfind import open_esp
-from cfsboot.oci.layout import host_arch
-from cfsboot.run import run
-from cfsboot.sysroot import Sysroot
 from setuproot.contract import DEFAULT_SYSROOT, HashAlg
 
+if TYPE_CHECKING:
+    from cfsboot import install
+    from cfsboot.bootloader import Bootloader
+    from cfsboot.sysroot import Sysroot
+
+# The deployment modules are imported by the commands that use them: every
+# `cfsboot` run builds this parser, and most runs need none of them.
 log = logging.getLogger(__name__)
+BOOTLOADERS = ("systemd-boot", "grub")  # cfsboot.bootloader.BootloaderKind
 
 
 def sysroot_options(p: argparse.ArgumentParser) -> None:
@@ -54,8 +57,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         q.add_argument("--karg", action="append", default=[], help="a kernel argument (repeat)")
         q.add_argument(
             "--bootloader",
-            choices=[str(k) for k in BootloaderKind],
-            default=str(BootloaderKind.SYSTEMD_BOOT),
+            choices=BOOTLOADERS,
+            default=BOOTLOADERS[0],
         )
         q.add_argument(
             "--insecure",
@@ -97,7 +100,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             action="store_true",
             help="stage it, but do not finalize it at shutdown",
         )
-        q.add_argument("--arch", help=f"from a multi-arch image (default {host_arch()})")
+        q.add_argument("--arch", help="from a multi-arch image (default: this machine's)")
         q.add_argument("--quiet", "-q", action="store_true")
         q.set_defaults(func=cmd_switch if name == "switch" else cmd_upgrade)
 
@@ -126,6 +129,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 @contextmanager
 def opened(args: argparse.Namespace, *, write: bool = True) -> Iterator[tuple[Sysroot, Bootloader]]:
+    from cfsboot.bootloader import detect
+    from cfsboot.espfind import open_esp
+    from cfsboot.sysroot import Sysroot
+
     sysroot = Sysroot(args.sysroot, run_dir=args.run_dir)
     with open_esp(sysroot.path, args.esp) as esp:
         bl = detect(esp)
@@ -141,6 +148,8 @@ def opened(args: argparse.Namespace, *, write: bool = True) -> Iterator[tuple[Sy
 
 def _reboot(apply: bool) -> None:
     if apply:
+        from cfsboot.run import run
+
         run(["systemctl", "reboot"])
 
 
@@ -148,6 +157,9 @@ def _reboot(apply: bool) -> None:
 
 
 def _install_options(args: argparse.Namespace) -> install.InstallOptions:
+    from cfsboot import install
+    from cfsboot.bootloader import BootloaderKind
+
     return install.InstallOptions(
         bootloader=BootloaderKind(args.bootloader),
         kargs=tuple(args.karg),
@@ -166,6 +178,8 @@ def _report_install(done: install.Installed) -> None:
 
 
 def cmd_install_to_disk(args: argparse.Namespace) -> int:
+    from cfsboot import disk, install
+
     target = Path(args.target)
     if args.size:
         disk.create_image_file(target, install.parse_size(args.size))
@@ -178,6 +192,9 @@ def cmd_install_to_disk(args: argparse.Namespace) -> int:
 
 
 def cmd_install_to_filesystem(args: argparse.Namespace) -> int:
+    from cfsboot import install
+    from cfsboot.espfind import open_esp
+
     esp_dir = args.esp or args.boot
     if not esp_dir:
         die("install to-filesystem needs --esp DIR (or --boot DIR)")
@@ -191,6 +208,8 @@ def cmd_install_to_filesystem(args: argparse.Namespace) -> int:
 
 
 def _stage(args: argparse.Namespace, sysroot: Sysroot, bl: Bootloader, imgref: str) -> int:
+    from cfsboot import deploy
+
     target = deploy.import_target(
         sysroot, imgref, quiet=args.quiet or not sys.stderr.isatty(), arch=args.arch
     )
@@ -211,6 +230,8 @@ def cmd_switch(args: argparse.Namespace) -> int:
 
 def _followed_image(sysroot: Sysroot, bl: Bootloader) -> str:
     """The image reference upgrade follows: the staged deployment's, else the booted one's."""
+    from cfsboot import deploy
+
     staged = sysroot.staged()
     for depl in (staged.depl_id if staged else None, deploy.current_deployment(sysroot, bl)):
         if depl is None:
@@ -223,6 +244,8 @@ def _followed_image(sysroot: Sysroot, bl: Bootloader) -> str:
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
+    from cfsboot import deploy
+
     with opened(args) as (sysroot, bl):
         imgref = _followed_image(sysroot, bl)
         if args.check:
@@ -244,6 +267,9 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_finalize(args: argparse.Namespace) -> int:
+    from cfsboot import deploy
+    from cfsboot.sysroot import Sysroot
+
     sysroot = Sysroot(args.sysroot, run_dir=args.run_dir)
     staged = sysroot.staged()
     if staged is None:
@@ -258,6 +284,8 @@ def cmd_finalize(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
+    from cfsboot import deploy
+
     with opened(args) as (sysroot, bl):
         msg = deploy.rollback(sysroot, bl)
     sys.stderr.write(f"{msg}\n")
@@ -269,6 +297,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from cfsboot import status
+
     with opened(args, write=False) as (sysroot, bl):
         doc = status.host_status(sysroot, bl)
     if args.json:
@@ -281,6 +311,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
+    from cfsboot import gc
+
     with opened(args) as (sysroot, bl):
         report = gc.collect(sysroot, bl, keep=args.keep, dry_run=args.dry_run)
     print(report.summary(dry_run=args.dry_run))

@@ -295,3 +295,19 @@ def test_boot_kills_a_guest_at_the_timeout(
     assert result.exit_code is None
     with pytest.raises(qemu.VmError, match=r"did not power off within the timeout \(\d+ s\)"):
         qemu.check_passed(result, ["t"])
+
+
+def test_only_an_early_kernel_panic_is_booted_again(tmp_path: Path) -> None:
+    panic = "[   9.00] [    2.037287] Kernel panic - not syncing: Fatal exception in interrupt\n"
+    r = _result(tmp_path, None, "")
+    r.serial_log.write_text("[   1.00] booting\n" + panic)
+    assert qemu._early_panic(r)
+    late = "[  90.00] [   61.5] Kernel panic - not syncing: Attempted to kill init!\n"
+    r.serial_log.write_text(late)
+    assert not qemu._early_panic(r)
+    # Once a scenario began, the guest may have changed its disk: never again.
+    r2 = _result(tmp_path, None, "BEGIN a\n")
+    r2.serial_log.write_text(panic)
+    assert not qemu._early_panic(r2)
+    r.serial_log.write_text("[   1.00] all fine\n")
+    assert not qemu._early_panic(r)

@@ -3,6 +3,11 @@
 Every rule here reproduces a decision of the C writer, because the image digest is a
 compatibility contract: inode placement and padding, when an inode is compact, which
 xattrs are shared and in which order, when a tail is inlined, where data blocks go.
+
+The image is written in one pass over the inodes into a preallocated buffer. What depends
+on later inodes is patched in afterwards: directory entries (the nids of children placed
+later), the ids of shared xattrs (they count from the end of the inode table) and the block
+addresses of data blocks (they follow the shared xattrs).
 """
 
 from __future__ import annotations
@@ -10,7 +15,8 @@ from __future__ import annotations
 import stat
 from bisect import bisect_left
 from collections import Counter
-from itertools import accumulate, chain
+from itertools import accumulate
+from operator import attrgetter
 
 from cfsboot.erofs import format as fmt
 from cfsboot.erofs.xxhash import xxh32
@@ -26,17 +32,17 @@ _DIRENT_LEN = fmt.DIRENT.size
 _FT = {k: int(v) for k, v in fmt.FILE_TYPE_OF_MODE.items()}
 _NULL_BLOCK = fmt.CHUNK_ADDR.pack(fmt.NULL_ADDR) * (BLK // 4)
 _NULL_PTR = fmt.CHUNK_ADDR.pack(fmt.NULL_ADDR)
-_PACK_COMPACT = fmt.INODE_COMPACT.pack
-_PACK_EXTENDED = fmt.INODE_EXTENDED.pack
+_PACK_COMPACT = fmt.INODE_COMPACT.pack_into
+_PACK_EXTENDED = fmt.INODE_EXTENDED.pack_into
 _PACK_DIRENT = fmt.DIRENT.pack
 _PACK_XHDR = fmt.XATTR_IBODY_HEADER.pack
 _PACK_XENTRY = fmt.XATTR_ENTRY.pack
+_PACK_ID = fmt.XATTR_SHARED_ID.pack
+_PACK_U32 = fmt.CHUNK_ADDR.pack_into
 _FMT_COMPACT_PLAIN = fmt.i_format(fmt.DataLayout.FLAT_PLAIN, False)
 _FMT_COMPACT_INLINE = fmt.i_format(fmt.DataLayout.FLAT_INLINE, False)
 _FMT_COMPACT_CHUNK = fmt.i_format(fmt.DataLayout.CHUNK_BASED, False)
-_FMT_EXT_PLAIN = fmt.i_format(fmt.DataLayout.FLAT_PLAIN, True)
-_FMT_EXT_INLINE = fmt.i_format(fmt.DataLayout.FLAT_INLINE, True)
-_FMT_EXT_CHUNK = fmt.i_format(fmt.DataLayout.CHUNK_BASED, True)
+_EXTENDED = fmt.INODE_LAYOUT_EXTENDED
 _ZEROS = bytes(BLK)
 _IFREG = stat.S_IFREG
 # Largest size with a single chunk: chunks grow with the file up to 2**(12 + 31) bytes.
@@ -45,57 +51,36 @@ _IFDIR = stat.S_IFDIR
 _IFLNK = stat.S_IFLNK
 _IFCHR = stat.S_IFCHR
 _IFBLK = stat.S_IFBLK
+_IFIFO = stat.S_IFIFO
+_IFSOCK = stat.S_IFSOCK
+_I_U = 16  # offset of i_u in both inode layouts
+_METACOPY = fmt.XATTR_METACOPY
+_REDIRECT = fmt.XATTR_REDIRECT
 
 
-class Node:
-    """One inode of the image being built: a private, rewritten copy of an input `Inode`."""
+class Directory:
+    """A directory's entries: names in byte order and the inodes (indexes) they name."""
 
-    __slots__ = (
-        "src",
-        "parent",
-        "mode",
-        "uid",
-        "gid",
-        "mtime",
-        "mtime_nsec",
-        "nlink",
-        "size",
-        "rdev",
-        "xattrs",
-        "content",
-        "symlink",
-        "external",
-        "is_dir",
-        "is_whiteout",
-        "entries",
-        "nid",
-    )
+    __slots__ = ("parent", "names", "name_bytes", "first", "targets", "nlink")
 
-    def __init__(self, src: Inode | None, parent: Node | None) -> None:
-        self.src = src
-        self.parent = parent
-        if src is None:
-            self.mode = 0
-            self.uid = self.gid = self.mtime = self.mtime_nsec = self.size = self.rdev = 0
-            self.nlink = 1
-        else:
-            self.mode = src.mode
-            self.uid = src.uid
-            self.gid = src.gid
-            self.mtime = src.mtime
-            self.mtime_nsec = src.mtime_nsec
-            self.nlink = src.nlink
-            self.size = src.size
-            self.rdev = src.rdev
-        self.xattrs: dict[bytes, bytes] = {}
-        self.content: bytes | None = None
-        self.symlink: bytes | None = None
-        self.external = False
-        self.is_dir = False
-        self.is_whiteout = False
-        # (name, node, canonical): canonical is False for extra names of a hardlinked inode
-        self.entries: list[tuple[bytes, Node, bool]] = []
-        self.nid = 0
+    def __init__(
+        self,
+        parent: int,
+        names: list[bytes],
+        name_bytes: int,
+        first: int,
+        targets: list[int] | None,
+        nlink: int,
+    ) -> None:
+        self.parent = parent  # index of '..'
+        self.names = names
+        self.name_bytes = name_bytes  # sum of the name lengths
+        # Index of the first child placed in this directory; the children placed here
+        # follow it. `targets` is None when every entry is a child placed here (names[k]
+        # is inode first + k), else the index of each entry's inode (hardlinks).
+        self.first = first
+        self.targets = targets
+        self.nlink = nlink  # 2 + subdirectories, as lcfs_compute_tree counts
 
 
 def _xattr_index(key: bytes) -> tuple[int, bytes]:
@@ -123,12 +108,16 @@ class _XattrCodec:
             self._names[key] = got
         return got
 
+    def head(self, key: bytes, value_len: int) -> bytes:
+        """The start of an xattr entry: its header and name suffix (the value follows)."""
+        index, suffix, _ = self.name(key)
+        if value_len > _U16:
+            raise ValueError(f"xattr {key!r} value longer than 65535 bytes")
+        return _PACK_XENTRY(len(suffix), index, value_len) + suffix
+
     def entry(self, key: bytes, value: bytes) -> bytes:
         """An xattr entry, padded to 4 bytes."""
-        index, suffix, _ = self.name(key)
-        if len(value) > _U16:
-            raise ValueError(f"xattr {key!r} value longer than 65535 bytes")
-        raw = _PACK_XENTRY(len(suffix), index, len(value)) + suffix + value
+        raw = self.head(key, len(value)) + value
         pad = -len(raw) & 3
         return raw + _ZEROS[:pad] if pad else raw
 
@@ -142,56 +131,123 @@ def _chunking(size: int) -> tuple[int, int]:
     return chunkbits, (size + chunksize - 1) // chunksize
 
 
-# A block of directory entries: their names and their inodes, in name order.
-_Chunk = tuple[list[bytes], list[Node]]
-
-
-def _dir_chunks(n: Node) -> tuple[list[_Chunk], int]:
-    """The directory's entries ('.' and '..' included, name order) split into blocks, and
-    the byte size of the last one."""
-    parent = n.parent if n.parent is not None else n
-    names = [e[0] for e in n.entries]
-    nodes = [e[1] for e in n.entries]
+def _entries(index: int, d: Directory, nids: list[int], fts: list[int]) -> list[_Chunk]:
+    """The directory's entries ('.' and '..' included, name order) as blocks of (names,
+    nids, file types) that each fit in one block."""
+    names = list(d.names)
+    if d.targets is None:
+        end = d.first + len(names)
+        e_nids = nids[d.first : end]
+        e_fts = fts[d.first : end]
+    else:
+        e_nids = [nids[t] for t in d.targets]
+        e_fts = [fts[t] for t in d.targets]
     # entries are sorted by name; put "." and ".." where strcmp order puts them
-    i = bisect_left(names, b".")
-    names.insert(i, b".")
-    nodes.insert(i, n)
-    i = bisect_left(names, b"..")
-    names.insert(i, b"..")
-    nodes.insert(i, parent)
-    total = _DIRENT_LEN * len(names) + sum(map(len, names))
-    if total <= BLK:
-        return [(names, nodes)], total
+    for name, target in ((b".", index), (b"..", d.parent)):
+        i = bisect_left(names, name)
+        names.insert(i, name)
+        e_nids.insert(i, nids[target])
+        e_fts.insert(i, fts[target])
     chunks: list[_Chunk] = []
     start = 0
     used = 0
     for k, name in enumerate(names):
         ln = _DIRENT_LEN + len(name)
         if used + ln > BLK:
-            chunks.append((names[start:k], nodes[start:k]))
+            chunks.append((names[start:k], e_nids[start:k], e_fts[start:k]))
             start = k
             used = 0
         used += ln
-    chunks.append((names[start:], nodes[start:]))
-    return chunks, used
+    chunks.append((names[start:], e_nids[start:], e_fts[start:]))
+    return chunks
+
+
+def _dir_block_sizes(d: Directory) -> tuple[int, int]:
+    """(number of blocks of entries, byte size of the last one) of a directory."""
+    total = _DIRENT_LEN * (len(d.names) + 2) + d.name_bytes + 3
+    if total <= BLK:
+        return 1, total
+    names = list(d.names)
+    names.insert(bisect_left(names, b"."), b".")
+    names.insert(bisect_left(names, b".."), b"..")
+    count = 1
+    used = 0
+    for name in names:
+        ln = _DIRENT_LEN + len(name)
+        if used + ln > BLK:
+            count += 1
+            used = 0
+        used += ln
+    return count, used
+
+
+# A block of directory entries: names, nids and file types, in name order.
+_Chunk = tuple[list[bytes], list[int], list[int]]
 
 
 def _dirent_block(chunk: _Chunk) -> bytes:
-    names, nodes = chunk
-    ft = _FT
+    names, nids, fts = chunk
     offsets = accumulate(map(len, names), initial=_DIRENT_LEN * len(names))
-    dirents = [
-        _PACK_DIRENT(c.nid, off, ft.get(c.mode & _S_IFMT, 0))
-        for c, off in zip(nodes, offsets, strict=False)
-    ]
-    return b"".join(dirents) + b"".join(names)
+    return b"".join(map(_PACK_DIRENT, nids, offsets, fts)) + b"".join(names)
+
+
+_Items = tuple[tuple[bytes, bytes], ...]
 
 
 class _XattrPlan:
-    """Per distinct (name, value): shared or not, its encoded entry, its filter bit."""
+    """Which (name, value) pairs are shared, and the encoded xattrs of each distinct set.
 
-    def __init__(self, counts: Counter[tuple[bytes, bytes]]) -> None:
-        codec = _XattrCodec()
+    The nodes' xattr sets are numbered (`set_of`): most nodes share their set with many
+    others (the same SELinux label), so each set is encoded once. External files also
+    carry their own metacopy and redirect xattrs; those are counted here, and spliced
+    into the encoding of the file's set by `external()`.
+    """
+
+    def __init__(
+        self,
+        order: list[Inode],
+        final_xattrs: dict[int, dict[bytes, bytes]],
+        externals: list[Inode],
+    ) -> None:
+        codec = self.codec = _XattrCodec()
+        # Key of a node's set: its input xattrs as given (escaped later, once per set), or
+        # for rewritten nodes, (None, *final items).
+        keys: list[object] = list(map(tuple, map(dict.items, map(_get_xattrs, order))))
+        for index, xattrs in final_xattrs.items():
+            keys[index] = (None, *xattrs.items())
+        set_of = dict.fromkeys(keys, 0)
+        for sid, key in enumerate(set_of):
+            set_of[key] = sid
+        self.set_ids = set_ids = list(map(set_of.__getitem__, keys))
+        uses = Counter(set_ids)
+        self.sets: list[list[tuple[bytes, bytes]]] = []
+        counts: Counter[tuple[bytes, bytes]] = Counter()
+        for key, sid in set_of.items():
+            if isinstance(key, tuple) and key and key[0] is None:
+                items = sorted(key[1:])
+            else:
+                items = sorted(_escaped_items(key))  # type: ignore[arg-type]
+            self.sets.append(items)
+            n = uses[sid]
+            if n:
+                for kv in items:
+                    counts[kv] += n
+        # The metacopy and redirect values of external files: only they have these names
+        # (input `trusted.overlay.*` xattrs are escaped).
+        digest_uses = Counter([x.digest or b"" for x in externals])
+        payload_uses = Counter([x.payload for x in externals if x.payload])
+        for length in set(map(len, digest_uses)):
+            _metacopy(bytes(length))  # refuses digests of unknown sizes
+        # Only values used more than once matter for sharing.
+        self.shared_digests = {d for d, n in digest_uses.items() if n > 1}
+        self.shared_payloads = {p for p, n in payload_uses.items() if n > 1}
+        for digest in self.shared_digests:
+            counts[(_METACOPY, _metacopy(digest))] += digest_uses[digest]
+        for payload in self.shared_payloads:
+            counts[(_REDIRECT, b"/" + payload)] += payload_uses[payload]
+        self.counts = counts
+        self.has_acl = any(kv[0] in fmt.ACL_XATTRS for kv in counts)
+
         # Shared xattrs: every (name, value) used more than once, in descending order
         # (xattrs_ht_sort in lcfs-writer-erofs.c).
         shared = sorted(
@@ -208,126 +264,265 @@ class _XattrPlan:
             blob.append(e)
             off += len(e)
         self.shared_blob = b"".join(blob)
-        # kv -> (shared offset or -1, entry (None if shared), filter bit)
-        self.info: dict[tuple[bytes, bytes], tuple[int, bytes | None, int]] = {}
-        info = self.info
-        shared_get = self.shared_offset.get
-        name_of = codec.name
-        pack = _PACK_XENTRY
-        zeros = _ZEROS
-        for kv in counts:
-            key, value = kv
-            index, suffix, bit = name_of(key)
-            soff = shared_get(kv, -1)
-            if soff >= 0:
-                info[kv] = (soff, None, bit)
-                continue
-            if len(value) > _U16:
-                raise ValueError(f"xattr {key!r} value longer than 65535 bytes")
-            raw = pack(len(suffix), index, len(value)) + suffix + value
-            pad = -len(raw) & 3
-            info[kv] = (-1, raw + zeros[:pad] if pad else raw, bit)
-        self.codec = codec
+        _, _, self.metacopy_bit = codec.name(_METACOPY)
+        _, _, self.redirect_bit = codec.name(_REDIRECT)
+        self._external: dict[int, tuple[bytes, bytes, bytes, int, int]] = {}
+
+    def encode(
+        self, items: list[tuple[bytes, bytes]]
+    ) -> tuple[int, list[tuple[bytes, bytes]], list[tuple[bytes, list[bytes]]]]:
+        """(filter, shared pairs, inline entries by name) of sorted xattrs."""
+        shared_offset = self.shared_offset
+        name_of = self.codec.name
+        entry = self.codec.entry
+        shared: list[tuple[bytes, bytes]] = []
+        inline: list[tuple[bytes, list[bytes]]] = []
+        filt = 0
+        for kv in items:
+            filt |= name_of(kv[0])[2]
+            # composefs shares at most 128 xattrs of an inode, the rest is inline
+            if kv in shared_offset and len(shared) < fmt.XATTR_LONG_PREFIX:
+                shared.append(kv)
+            else:
+                inline.append((kv[0], [entry(*kv)]))
+        return fmt.XATTR_FILTER_DEFAULT & ~filt, shared, inline
+
+    def body(self, items: list[tuple[bytes, bytes]]) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        """The in-inode xattrs (header, shared ids as 0, entries) and the shared pairs."""
+        if not items:
+            return b"", []
+        filt, shared, inline = self.encode(items)
+        blob = b"".join([e for _, entries in inline for e in entries])
+        return _PACK_XHDR(filt, len(shared)) + bytes(4 * len(shared)) + blob, shared
+
+    def external(self, sid: int, redirect: bool) -> tuple[bytes, bytes, bytes, int, int]:
+        """For an external file whose metacopy and redirect xattrs are not shared: the
+        encoding of its set as (head, between, tail, number of shared ids, size of the set's
+        own inline entries); the metacopy entry goes after `head`, the redirect after
+        `between`. The head's filter counts the two names already."""
+        key = 2 * sid + redirect
+        got = self._external.get(key)
+        if got is None:
+            filt, shared, inline = self.encode(self.sets[sid])
+            filt &= ~self.metacopy_bit
+            if redirect:
+                filt &= ~self.redirect_bit
+            head = [e for name, entries in inline if name < _METACOPY for e in entries]
+            between = [
+                e for name, entries in inline if _METACOPY < name < _REDIRECT for e in entries
+            ]
+            tail = [e for name, entries in inline if name > _REDIRECT for e in entries]
+            own = sum(map(len, head + between + tail))
+            got = (
+                _PACK_XHDR(filt, len(shared)) + bytes(4 * len(shared)) + b"".join(head),
+                b"".join(between),
+                b"".join(tail),
+                len(shared),
+                own,
+            )
+            self._external[key] = got
+        return got
+
+    def full_items(self, x: Inode, sid: int) -> list[tuple[bytes, bytes]]:
+        """All xattrs of an external file, sorted."""
+        items = [kv for kv in self.sets[sid] if kv[0] not in (_METACOPY, _REDIRECT)]
+        items.append((_METACOPY, _metacopy(x.digest or b"")))
+        if x.payload:
+            items.append((_REDIRECT, b"/" + x.payload))
+        items.sort()
+        return items
 
 
-def lay_out_and_emit(nodes: list[Node], version: int) -> bytes:
-    """The image bytes for inodes in breadth-first order (nodes[0] is the root).
+_get_xattrs = attrgetter("xattrs")
 
-    Directory nlinks must be set already (2 + subdirectories, as lcfs_compute_tree does).
+
+def _escaped_items(items: _Items) -> list[tuple[bytes, bytes]]:
+    prefix = fmt.OVERLAY_PREFIX
+    escaped = fmt.OVERLAY_ESCAPED_PREFIX
+    n = len(prefix)
+    return [(escaped + k[n:] if k.startswith(prefix) else k, v) for k, v in items]
+
+
+def _metacopy(digest: bytes) -> bytes:
+    return fmt.metacopy_value(digest) if digest else b""
+
+
+def lay_out_and_emit(
+    order: list[Inode],
+    dirs: dict[int, Directory],
+    final_xattrs: dict[int, dict[bytes, bytes]],
+    version: int,
+) -> bytes:
+    """The image bytes for inodes in breadth-first order (order[0] is the root).
+
+    `final_xattrs` are the xattrs of the nodes the overlay rewrite changed (by index), as
+    they go into the image; every other node's are its input xattrs, escaped, plus the
+    metacopy and redirect xattrs of an external file.
     """
-    root = nodes[0]
-    min_sec, min_nsec = min([(n.mtime, n.mtime_nsec) for n in nodes])
-    sorted_xattrs: list[list[tuple[bytes, bytes]] | None] = [
-        sorted(n.xattrs.items()) if n.xattrs else None for n in nodes
-    ]
-    counts = Counter(chain.from_iterable(filter(None, sorted_xattrs)))
-    has_acl = any(kv[0] in fmt.ACL_XATTRS for kv in counts)
-    plan = _XattrPlan(counts)
-    info = plan.info
+    count = len(order)
+    min_sec = min([x.mtime for x in order])
+    min_nsec = min([x.mtime_nsec for x in order if x.mtime == min_sec])
+    externals = [x for x in order if x.mode & _S_IFMT == _IFREG and not x.content and x.size > 0]
+    plan = _XattrPlan(order, final_xattrs, externals)
+    set_ids = plan.set_ids
     shared_size = len(plan.shared_blob)
+    shared_digests = plan.shared_digests
+    shared_payloads = plan.shared_payloads
+    external_plan = plan.external
+    set_bodies: list[tuple[bytes, int, list[int] | None]] = []
+    set_shared: list[list[tuple[bytes, bytes]]] = []
+    for items in plan.sets:
+        body, shared = plan.body(items)
+        set_bodies.append((body, len(body) // 4 - 2 if body else 0, [] if shared else None))
+        set_shared.append(shared)
+    # Offsets of shared ids to patch once the inode table's end is known:
+    # per set (in set_bodies), and (offset, shared pairs) of other nodes.
+    id_patches: list[tuple[int, list[tuple[bytes, bytes]]]] = []
+    codec = plan.codec
+    metacopy_heads: dict[int, bytes] = {}
+    redirect_heads: dict[int, bytes] = {}
 
-    # Pass 1: place the inodes (compute_erofs_inodes).
-    count = len(nodes)
-    n_blocks_l = [0] * count
-    tail_l = [0] * count
-    ipad_l = [0] * count
-    compact_l = [False] * count
-    xattr_l: list[tuple[int, list[tuple[bytes, bytes]], bytes] | None] = [None] * count
-    chunk_l: dict[int, tuple[int, int]] = {}
-    dir_chunks: dict[int, list[_Chunk]] = {}
+    nids = [0] * count
+    fts = [0] * count
+    # Directories (index, offset of the inline entries or -1, first data block) and the
+    # block-owning inodes (offset, first data block, low 16 bits of i_u to keep or -1).
+    dir_fills: list[tuple[int, int, int]] = []
+    block_inodes: list[tuple[int, int, int]] = []
+    blocks: list[tuple[int, bytes]] = []  # data blocks of files and symlinks
     n_data_blocks = 0
+
     pos = fmt.SUPERBLOCK_OFFSET + fmt.SUPERBLOCK.size
-    max_shared = fmt.XATTR_LONG_PREFIX
-    for i, n in enumerate(nodes):
-        ftype = n.mode & _S_IFMT
-        n_blocks = 0
+    cap = pos + 128 * count + BLK
+    buf = bytearray(cap)
+    pack_compact = _PACK_COMPACT
+    pack_extended = _PACK_EXTENDED
+    ft_of = _FT
+    for i, x in enumerate(order):
+        mode = x.mode
+        ftype = mode & _S_IFMT
+        uid = x.uid
+        gid = x.gid
+        nlink = x.nlink
+        nsec = x.mtime_nsec
+        if (uid | gid | nlink | nsec | x.rdev) >> 32:
+            raise ValueError("uid, gid, nlink, rdev and mtime nsec must fit in 32 bits")
+        body, icount, patch = set_bodies[set_ids[i]]
+        own_shared = None  # shared pairs of a body not taken from set_bodies
         tail = 0
-        size = n.size
+        tail_bytes = b""
+        n_blocks = 0
+        i_u = 0
+        layout = 0  # FLAT_PLAIN, or FLAT_INLINE with a tail
+        block_data = b""
         if ftype == _IFREG:
-            if size > 0:
-                if n.content is not None:
+            size = x.size
+            content = x.content
+            if content:
+                size = len(content)
+                if size > fmt.INLINE_CONTENT_MAX:
+                    raise ValueError(
+                        f"inline content of {size} bytes exceeds {fmt.INLINE_CONTENT_MAX}"
+                    )
+                if size <= HALF_BLK:
+                    tail = size
+                    tail_bytes = content
+                else:
                     n_blocks, tail = divmod(size, BLK)
                     if tail > HALF_BLK:
                         n_blocks += 1
                         tail = 0
-                elif size <= _ONE_CHUNK_MAX:  # the common case, inlined: one chunk
+                    block_data = content[:BLK]
+                    tail_bytes = content[size - tail :] if tail else b""
+            elif size > 0:
+                layout = _FMT_COMPACT_CHUNK
+                if size <= _ONE_CHUNK_MAX:  # the common case: one chunk
                     bits = (size - 1).bit_length()
-                    chunk_l[i] = (bits if bits > fmt.BLOCK_BITS else fmt.BLOCK_BITS, 1)
+                    i_u = bits - fmt.BLOCK_BITS if bits > fmt.BLOCK_BITS else 0
                     tail = 4
+                    tail_bytes = _NULL_PTR
                 else:
-                    chunking = _chunking(size)
-                    if chunking[1] > fmt.MAX_NONINLINE_CHUNKS:
+                    bits, n_chunks = _chunking(size)
+                    if n_chunks > fmt.MAX_NONINLINE_CHUNKS:
                         raise ValueError(f"file of {size} bytes is too big for composefs")
-                    chunk_l[i] = chunking
-                    tail = chunking[1] * 4
+                    i_u = bits - fmt.BLOCK_BITS
+                    tail = 4 * n_chunks
+                    tail_bytes = _NULL_PTR * n_chunks
+                # The file's own metacopy and redirect xattrs join its set's.
+                digest = x.digest or b""
+                payload = x.payload
+                sid = set_ids[i]
+                if digest in shared_digests or payload in shared_payloads:
+                    body, shared = plan.body(plan.full_items(x, sid))
+                    icount = len(body) // 4 - 2
+                    patch = None
+                    own_shared = shared
+                else:
+                    head, between, after, n_shared, _ = external_plan(sid, bool(payload))
+                    mhead = metacopy_heads.get(len(digest))
+                    if mhead is None:
+                        value = _metacopy(digest)
+                        mhead = (
+                            codec.head(_METACOPY, len(value)) + value[: len(value) - len(digest)]
+                        )
+                        metacopy_heads[len(digest)] = mhead
+                    if payload:
+                        rhead = redirect_heads.get(len(payload))
+                        if rhead is None:
+                            rhead = codec.head(_REDIRECT, len(payload) + 1) + b"/"
+                            redirect_heads[len(payload)] = rhead
+                        pad = -(len(rhead) + len(payload)) & 3
+                        body = b"".join(
+                            (head, mhead, digest, between, rhead, payload, _ZEROS[:pad], after)
+                        )
+                    else:
+                        body = b"".join((head, mhead, digest, between, after))
+                    icount = len(body) // 4 - 2
+                    patch = set_bodies[sid][2]
         elif ftype == _IFDIR:
-            chunks, tail = _dir_chunks(n)
-            dir_chunks[i] = chunks
-            n_blocks = len(chunks) - 1
+            d = dirs[i]
+            nlink = d.nlink
+            n_dir_blocks, tail = _dir_block_sizes(d)
+            n_blocks = n_dir_blocks - 1
             if tail > HALF_BLK:
                 n_blocks += 1
                 tail = 0
             size = n_blocks * BLK + tail
         elif ftype == _IFLNK:
-            assert n.symlink is not None
-            tail = len(n.symlink)
+            symlink = x.payload
+            if not symlink:
+                raise ValueError("symlink with an empty target")
+            size = tail = len(symlink)
+            tail_bytes = symlink
+        elif ftype == _IFCHR or ftype == _IFBLK:
+            size = x.size
+            i_u = x.rdev
+        elif ftype == _IFIFO or ftype == _IFSOCK:
+            size = x.size
+        else:
+            raise ValueError(f"invalid file type in mode {mode:o}")
+        fts[i] = ft_of[ftype]
+
         compact = (
-            n.mtime == min_sec
-            and n.mtime_nsec == min_nsec
-            and n.nlink <= _U16
-            and n.uid <= _U16
-            and n.gid <= _U16
+            x.mtime == min_sec
+            and nsec == min_nsec
+            and nlink <= _U16
+            and uid <= _U16
+            and gid <= _U16
             and size <= _U32
         )
-        compact_l[i] = compact
-        non_tail = 32 if compact else 64
+        inode_size = 32 if compact else 64
+        non_tail = inode_size + len(body)
 
-        node_items = sorted_xattrs[i]
-        if node_items is not None:
-            shared_kvs: list[tuple[bytes, bytes]] = []
-            inline: list[bytes] = []
-            filt = 0
-            for kv in node_items:
-                soff, entry, bit = info[kv]
-                filt |= bit
-                if soff >= 0 and len(shared_kvs) < max_shared:
-                    shared_kvs.append(kv)
-                else:
-                    inline.append(entry if entry is not None else plan.codec.entry(*kv))
-            blob = b"".join(inline)
-            xattr_size = 12 + 4 * len(shared_kvs) + len(blob)
-            xattr_l[i] = (fmt.XATTR_FILTER_DEFAULT & ~filt, shared_kvs, blob)
-            non_tail += xattr_size
-
-        ppos = pos
         pos = (pos + 31) & ~31
         # Pad before the inode so that its inline tail does not cross a block boundary
         # (compute_erofs_inode_padding_for_tail).
         if ftype == _IFLNK:
             total = non_tail + tail
             if total >= BLK:
-                n_blocks += 1
+                n_blocks = 1
                 tail = 0
+                block_data = tail_bytes[:BLK]
+                tail_bytes = b""
             if pos // BLK != (pos + total - 1) // BLK:
                 pos = (pos + BLK - 1) & ~(BLK - 1)
         elif tail:
@@ -338,182 +533,139 @@ def lay_out_and_emit(nodes: list[Node], version: int) -> bytes:
                 if tail > remainder:
                     n_blocks += 1
                     tail = 0
+                    tail_bytes = b""
+                    if ftype == _IFREG:
+                        content = x.content
+                        block_data = content[:BLK] if content else _NULL_BLOCK
                     pos = (pos + BLK - 1) & ~(BLK - 1)
                 else:
                     pos += extra
-        ipad_l[i] = pos - ppos
+        if tail and not layout:
+            layout = _FMT_COMPACT_INLINE
+        end = pos + non_tail + tail
+        if end > cap:
+            buf += bytes(end - cap + cap // 2)
+            cap = len(buf)
+        nids[i] = pos >> 5
+
         if n_blocks:
-            n_blocks_l[i] = n_blocks
+            if ftype == _IFDIR:
+                dir_fills.append((i, pos + non_tail if tail else -1, n_data_blocks))
+            else:
+                # C writes only the first block here; more than one cannot happen (<= 5000 B).
+                assert n_blocks == 1
+                blocks.append((n_data_blocks, block_data))
+            block_inodes.append((pos, n_data_blocks, i_u if layout == _FMT_COMPACT_CHUNK else -1))
             n_data_blocks += n_blocks
-        tail_l[i] = tail
-        n.nid = pos >> 5
+        elif ftype == _IFDIR:
+            dir_fills.append((i, pos + non_tail, -1))
+        if compact:
+            pack_compact(
+                buf, pos, layout, icount, mode & _U16, nlink, size & _U32, 0, i_u, i, uid, gid
+            )
+        else:
+            pack_extended(
+                buf,
+                pos,
+                layout | _EXTENDED,
+                icount,
+                mode & _U16,
+                size,
+                i_u,
+                i,
+                uid,
+                gid,
+                x.mtime & _U64,
+                nsec,
+                nlink,
+            )
+        if body:
+            start = pos + inode_size
+            buf[start : start + len(body)] = body
+            if patch is not None:
+                patch.append(start + 12)
+            elif own_shared:
+                id_patches.append((start + 12, own_shared))
+        if tail_bytes:
+            start = pos + non_tail
+            buf[start : start + len(tail_bytes)] = tail_bytes
         pos += non_tail + tail
     inodes_end = (pos + 31) & ~31
 
     data_start = (inodes_end + shared_size + BLK - 1) & ~(BLK - 1)
-    xattr_base = inodes_end % BLK
-    shared_id = {
-        kv: fmt.XATTR_SHARED_ID.pack((xattr_base + off) // 4)
-        for kv, off in plan.shared_offset.items()
-    }
+    first_block = data_start // BLK
+    image_size = data_start + n_data_blocks * BLK
+    if len(buf) < image_size:
+        buf += bytes(image_size - len(buf))
+    del buf[image_size:]  # what follows the inode table is still zeros
+    buf[inodes_end : inodes_end + shared_size] = plan.shared_blob
 
-    # Pass 2: emit.
-    out: list[bytes] = []
-    put = out.append
-    header_flags = fmt.COMPOSEFS_FLAG_HAS_ACL if has_acl else 0
-    put(
-        fmt.COMPOSEFS_HEADER.pack(
-            fmt.COMPOSEFS_MAGIC, fmt.COMPOSEFS_HEADER_VERSION, header_flags, version
-        )
-    )
-    put(bytes(fmt.SUPERBLOCK_OFFSET - fmt.COMPOSEFS_HEADER.size))
-    if root.nid > _U16:
+    # Patch: shared xattr ids, block addresses, directory entries.
+    xattr_base = inodes_end % BLK
+    shared_offset = plan.shared_offset
+
+    def ids(shared: list[tuple[bytes, bytes]]) -> bytes:
+        return b"".join([_PACK_ID((xattr_base + shared_offset[kv]) // 4) for kv in shared])
+
+    for (_, _, offsets), shared in zip(set_bodies, set_shared, strict=True):
+        if offsets:
+            value = ids(shared)
+            n = len(value)
+            for off in offsets:
+                buf[off : off + n] = value
+    for off, shared in id_patches:
+        value = ids(shared)
+        buf[off : off + len(value)] = value
+    for off, block, low in block_inodes:
+        addr = first_block + block
+        _PACK_U32(buf, off + _I_U, addr if low < 0 else (addr & 0xFFFF0000) | low)
+    for block, data in blocks:
+        start = data_start + block * BLK
+        buf[start : start + len(data)] = data
+    for i, tail_off, block in dir_fills:
+        chunks = _entries(i, dirs[i], nids, fts)
+        if block >= 0:
+            start = data_start + block * BLK
+            for chunk in chunks[:-1] if tail_off >= 0 else chunks:
+                data = _dirent_block(chunk)
+                buf[start : start + len(data)] = data
+                start += BLK
+        if tail_off >= 0:
+            data = _dirent_block(chunks[-1])
+            buf[tail_off : tail_off + len(data)] = data
+
+    root_nid = nids[0]
+    if root_nid > _U16:
         raise ValueError("root inode placed beyond nid 65535")
-    put(
-        fmt.SUPERBLOCK.pack(
-            fmt.EROFS_MAGIC,
-            0,
-            fmt.FEATURE_COMPAT_MTIME | fmt.FEATURE_COMPAT_XATTR_FILTER,
-            fmt.BLOCK_BITS,
-            0,
-            root.nid,
-            count,
-            min_sec & _U64,
-            min_nsec,
-            data_start // BLK + n_data_blocks,
-            (fmt.SUPERBLOCK_OFFSET + fmt.SUPERBLOCK.size) // BLK,
-            inodes_end // BLK,
-            b"",
-            b"",
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-        )
+    header_flags = fmt.COMPOSEFS_FLAG_HAS_ACL if plan.has_acl else 0
+    fmt.COMPOSEFS_HEADER.pack_into(
+        buf, 0, fmt.COMPOSEFS_MAGIC, fmt.COMPOSEFS_HEADER_VERSION, header_flags, version
     )
-    current_end = data_start
-    data: list[bytes] = []
-    put_data = data.append
-    zeros = _ZEROS
-    for i, n in enumerate(nodes):
-        ipad = ipad_l[i]
-        if ipad:
-            put(zeros[:ipad])
-        ftype = n.mode & _S_IFMT
-        n_blocks = n_blocks_l[i]
-        tail = tail_l[i]
-        i_u = 0
-        tail_bytes = b""
-        size = 0
-        fmt_code = _FMT_COMPACT_INLINE if tail else _FMT_COMPACT_PLAIN
-        if ftype == _IFREG:
-            size = n.size
-            if n_blocks:
-                i_u = current_end // BLK
-                current_end += BLK * n_blocks
-                # C writes only the first block here; more than one cannot happen (<= 5000 B).
-                assert n_blocks == 1
-                content = n.content
-                if content is None:
-                    put_data(_NULL_BLOCK)
-                else:
-                    put_data(content[:BLK])
-                    if len(content) < BLK:
-                        put_data(zeros[: BLK - len(content)])
-            chunk_info = chunk_l.get(i)
-            if chunk_info is not None:
-                fmt_code = _FMT_COMPACT_CHUNK
-                # chunk_info overlays only the low 16 bits of the i_u union
-                i_u = (i_u & 0xFFFF0000) | (chunk_info[0] - fmt.BLOCK_BITS)
-                if tail:
-                    tail_bytes = _NULL_PTR * chunk_info[1]
-            elif tail:
-                assert n.content is not None
-                tail_bytes = n.content[size - tail :]
-        elif ftype == _IFDIR:
-            size = n_blocks * BLK + tail
-            chunks = dir_chunks[i]
-            if n_blocks:
-                i_u = current_end // BLK
-                current_end += BLK * n_blocks
-                for chunk in chunks[:n_blocks]:
-                    block = _dirent_block(chunk)
-                    put_data(block)
-                    put_data(zeros[: BLK - len(block)])
-            if tail:
-                tail_bytes = _dirent_block(chunks[-1])
-        elif ftype == _IFLNK:
-            symlink = n.symlink
-            assert symlink is not None
-            if n_blocks:
-                size = n.size
-                i_u = current_end // BLK
-                current_end += BLK * n_blocks
-                put_data(symlink[:BLK])
-                put_data(zeros[: BLK - min(len(symlink), BLK)])
-            else:
-                size = tail
-                tail_bytes = symlink
-        elif ftype == _IFCHR or ftype == _IFBLK:
-            i_u = n.rdev & _U32
-        xattr = xattr_l[i]
-        if xattr is not None:
-            icount = (4 * len(xattr[1]) + len(xattr[2])) // 4 + 1
-            if icount > _U16:
-                raise ValueError("too many xattrs on one inode")
-        else:
-            icount = 0
-        if compact_l[i]:
-            put(
-                _PACK_COMPACT(
-                    fmt_code,
-                    icount,
-                    n.mode & _U16,
-                    n.nlink & _U16,
-                    size & _U32,
-                    0,
-                    i_u,
-                    i,
-                    n.uid,
-                    n.gid,
-                )
-            )
-        else:
-            put(
-                _PACK_EXTENDED(
-                    fmt_code | 1,
-                    icount,
-                    n.mode & _U16,
-                    size,
-                    i_u,
-                    i,
-                    n.uid & _U32,
-                    n.gid & _U32,
-                    n.mtime & _U64,
-                    n.mtime_nsec,
-                    n.nlink & _U32,
-                )
-            )
-        if xattr is not None:
-            filt, shared_kvs, blob = xattr
-            put(_PACK_XHDR(filt, len(shared_kvs)))
-            if shared_kvs:
-                put(b"".join([shared_id[kv] for kv in shared_kvs]))
-            put(blob)
-        if tail_bytes:
-            put(tail_bytes)
-    # inodes end on a slot boundary, then the shared xattrs, then the data blocks
-    body = b"".join(out)
-    pad = inodes_end - len(body)
-    assert pad >= 0
-    image = b"".join(
-        [body, bytes(pad), plan.shared_blob, bytes(data_start - inodes_end - shared_size), *data]
+    fmt.SUPERBLOCK.pack_into(
+        buf,
+        fmt.SUPERBLOCK_OFFSET,
+        fmt.EROFS_MAGIC,
+        0,
+        fmt.FEATURE_COMPAT_MTIME | fmt.FEATURE_COMPAT_XATTR_FILTER,
+        fmt.BLOCK_BITS,
+        0,
+        root_nid,
+        count,
+        min_sec & _U64,
+        min_nsec,
+        first_block + n_data_blocks,
+        (fmt.SUPERBLOCK_OFFSET + fmt.SUPERBLOCK.size) // BLK,
+        inodes_end // BLK,
+        b"",
+        b"",
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
     )
-    assert len(image) == data_start + n_data_blocks * BLK, "layout and emission disagree"
-    assert current_end == len(image)
-    return image
+    return bytes(buf)

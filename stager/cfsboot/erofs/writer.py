@@ -3,13 +3,16 @@
 The steps mirror libcomposefs (lcfs-writer.c, lcfs-writer-erofs.c) so that the same tree gives
 the same bytes, and so the same fs-verity digest:
 
-1. prepare (`_prepare`): copy the tree into private `_Node`s (the input is never modified),
-   pick each hardlinked inode's canonical name (first in depth-first name order, which is how
-   a dumpfile names it), escape `trusted.overlay.*` xattrs, add the overlay metacopy/redirect
-   xattrs of external files, turn whiteouts into escaped regular files, mark the root opaque
-   and add the 256 `00`..`ff` whiteout stubs that hide the object store's fan-out directories;
-2. number the inodes breadth-first, children in name order (`_bfs`);
-3. lay out inodes, shared xattrs and data blocks (`layout.py`), then emit the bytes.
+1. number the inodes breadth-first, children in name order (`_walk`, lcfs_compute_tree), with
+   the 256 `00`..`ff` whiteout stubs in / that hide the object store's fan-out directories;
+   a hardlinked inode is numbered once, at its canonical name (`_place_hardlinks`);
+2. rewrite for overlayfs (`_rewrite_for_overlay`): escape `trusted.overlay.*` xattrs, turn
+   whiteouts into escaped regular files and mark the root opaque (the metacopy/redirect
+   xattrs of external files are added by the layout, which knows them from the inode);
+3. lay out inodes, shared xattrs and data blocks and emit the bytes (`layout.py`).
+
+The input tree is never modified: nodes whose metadata the rewrite changes are replaced by
+private copies in the inode order.
 """
 
 from __future__ import annotations
@@ -17,16 +20,21 @@ from __future__ import annotations
 import gc
 import stat
 import struct
-from collections.abc import Iterable, Iterator
+from bisect import bisect_left, bisect_right
+from collections import Counter
+from collections.abc import Iterable
 
 from cfsboot.erofs import format as fmt
-from cfsboot.erofs.layout import Node, lay_out_and_emit
-from cfsboot.tree import FILE_TYPES, Inode, lookup, split_path
+from cfsboot.erofs.layout import Directory, lay_out_and_emit
+from cfsboot.tree import Inode, lookup, split_path
 
 _OVERLAY_PREFIX = fmt.OVERLAY_PREFIX
 _OVERLAY_PREFIX_LEN = len(_OVERLAY_PREFIX)
 _HEX = "0123456789abcdef"
 _STUB_NAMES = tuple((_HEX[i >> 4] + _HEX[i & 15]).encode() for i in range(256))
+_IFMT = 0o170000
+_IFDIR = stat.S_IFDIR
+_IFCHR = stat.S_IFCHR
 
 
 def build_image(
@@ -57,12 +65,21 @@ def build_image(
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        nodes_root, has_whiteouts = _copy_tree(root, _link_keys(root, link_paths))
+        link_keys = _link_keys(root, link_paths)
+        order, dirs, stubs = _walk(root)
+        if link_keys or len(set(map(id, order))) != len(order):
+            order, dirs = _place_hardlinks(order, dirs, link_keys)
+        stub_ids = set(map(id, stubs))
+        whiteouts = [
+            i
+            for i, x in enumerate(order)
+            if x.mode & _IFMT == _IFCHR and x.rdev == 0 and id(x) not in stub_ids
+        ]
         version = min_version
-        if version < 1 <= max_version and has_whiteouts:
+        if version < 1 <= max_version and whiteouts:
             version = 1
-        _rewrite_for_overlay(nodes_root, version)
-        return lay_out_and_emit(_bfs(nodes_root), version)
+        final_xattrs = _rewrite_for_overlay(order, dirs, whiteouts, version)
+        return lay_out_and_emit(order, dirs, final_xattrs, version)
     except struct.error as e:  # a number that does not fit its on-disk field
         raise ValueError(f"value out of range for a composefs image: {e}") from None
     finally:
@@ -70,56 +87,63 @@ def build_image(
             gc.enable()
 
 
-def _copy_tree(root: Inode, link_keys: set[tuple[int, bytes]]) -> tuple[Node, bool]:
-    """Private nodes for the tree; a hardlinked inode becomes one node, placed at its first
-    name in depth-first name order that is not in `link_keys` ((id(parent), name) of the
-    dumpfile's '@' lines). Also: are there whiteouts?"""
-    rootn = _new_node(root, None)
-    node_of: dict[int, Node] = {id(root): rootn}
-    unplaced: set[int] = set()  # nodes only seen under '@' names so far
-    has_whiteouts = False
+def _walk(root: Inode) -> tuple[list[Inode], dict[int, Directory], list[Inode]]:
+    """Every name's inode in breadth-first order, children by name (a hardlinked inode is
+    there once per name), the directories by their index in that order, and the whiteout
+    stubs added to the root."""
     assert root.children is not None
-    stack: list[tuple[Node, Inode, Iterator[tuple[bytes, Inode]]]] = [
-        (rootn, root, iter(sorted(root.children.items())))
-    ]
-    while stack:
-        dn, dinode, it = stack[-1]
-        entries = dn.entries
-        for name, child in it:
-            cn = node_of.get(id(child))
-            is_link = bool(link_keys) and (id(dinode), name) in link_keys
-            if cn is not None:
-                if cn.is_dir:
-                    raise ValueError(f"directory hardlinked as {name!r}")
-                if is_link or id(cn) not in unplaced:
-                    entries.append((name, cn, False))
-                    continue
-                unplaced.discard(id(cn))
-                cn.parent = dn
-                entries.append((name, cn, True))
-                continue
-            if not name or len(name) > fmt.NAME_MAX or name in (b".", b"..") or b"/" in name:
-                raise ValueError(f"invalid file name {name!r}")
-            cn = _new_node(child, None if is_link else dn)
-            node_of[id(child)] = cn
-            if cn.is_whiteout:
-                has_whiteouts = True
-            if is_link:
-                if cn.is_dir:
-                    raise ValueError(f"directory hardlinked as {name!r}")
-                unplaced.add(id(cn))
-                entries.append((name, cn, False))
-                continue
-            entries.append((name, cn, True))
-            if cn.is_dir:
-                assert child.children is not None
-                stack.append((cn, child, iter(sorted(child.children.items()))))
-                break
-        else:
-            stack.pop()
-    if unplaced:
-        raise ValueError("a hardlinked inode has only '@' names (no hardlink target)")
-    return rootn, has_whiteouts
+    children = dict(root.children)
+    stubs = []
+    for name in _STUB_NAMES:
+        if name not in children:
+            stub = _stub(root)
+            children[name] = stub
+            stubs.append(stub)
+    order = [root]
+    dirs: dict[int, Directory] = {}
+    seen: set[int] = set()
+    # (directory, its index, its parent's index, its children)
+    queue: list[tuple[Inode, int, int, dict[bytes, Inode] | None]] = [(root, 0, 0, children)]
+    for node, index, parent, kids in queue:
+        if kids is None:
+            raise ValueError("directory without children mapping")
+        if id(node) in seen:
+            raise ValueError("directory hardlinked (reachable under two names)")
+        seen.add(id(node))
+        names = sorted(kids)
+        name_bytes = sum(map(len, names))
+        if names and (
+            b"" in kids
+            or b"." in kids
+            or b".." in kids
+            or max(map(len, names)) > fmt.NAME_MAX
+            or b"/" in b"".join(names)
+        ):
+            bad = next(n for n in names if not n or n in (b".", b"..") or len(n) > 255 or b"/" in n)
+            raise ValueError(f"invalid file name {bad!r}")
+        start = len(order)
+        order += map(kids.__getitem__, names)
+        subdirs = [
+            (c, start + j, index, c.children)
+            for j, c in enumerate(order[start:], start=0)
+            if c.mode & _IFMT == _IFDIR
+        ]
+        queue += subdirs
+        dirs[index] = Directory(parent, names, name_bytes, start, None, 2 + len(subdirs))
+    return order, dirs, stubs
+
+
+def _stub(root: Inode) -> Inode:
+    """A real whiteout 00..ff in /: it hides an object store fan-out directory in the overlay."""
+    selinux = root.xattrs.get(b"security.selinux")
+    return Inode(
+        mode=stat.S_IFCHR | 0o644,
+        uid=root.uid,
+        gid=root.gid,
+        mtime=root.mtime,
+        mtime_nsec=root.mtime_nsec,
+        xattrs={} if selinux is None else {b"security.selinux": selinux},
+    )
 
 
 def _link_keys(root: Inode, link_paths: Iterable[bytes]) -> set[tuple[int, bytes]]:
@@ -135,95 +159,147 @@ def _link_keys(root: Inode, link_paths: Iterable[bytes]) -> set[tuple[int, bytes
     return keys
 
 
-def _new_node(inode: Inode, parent: Node | None) -> Node:
-    mode = inode.mode
-    ftype = mode & 0o170000
-    if ftype not in FILE_TYPES:
-        raise ValueError(f"invalid file type in mode {mode:o}")
-    if (inode.uid | inode.gid | inode.nlink | inode.mtime_nsec | inode.rdev) >> 32 or (
-        inode.uid | inode.gid | inode.nlink | inode.mtime_nsec | inode.rdev
-    ) < 0:
-        raise ValueError("uid, gid, nlink, rdev and mtime nsec must fit in 32 bits")
-    n = Node(inode, parent)
-    if ftype == stat.S_IFDIR:
-        if inode.children is None:
-            raise ValueError("directory without children mapping")
-        n.is_dir = True
-    elif ftype == stat.S_IFREG:
-        content = inode.content
-        if content:
-            if len(content) > fmt.INLINE_CONTENT_MAX:
-                raise ValueError(
-                    f"inline content of {len(content)} bytes exceeds {fmt.INLINE_CONTENT_MAX}"
-                )
-            n.content = content
-            n.size = len(content)
-        else:
-            n.size = inode.size
-            if n.size > 0:
-                n.external = True
-    elif ftype == stat.S_IFLNK:
-        target = inode.payload
-        if not target:
-            raise ValueError("symlink with an empty target")
-        n.symlink = target
-        n.size = len(target)
-    else:
-        n.size = inode.size
-        if ftype == stat.S_IFCHR and inode.rdev == 0:
-            n.is_whiteout = True
-    return n
+def _place_hardlinks(
+    order: list[Inode], dirs: dict[int, Directory], link_keys: set[tuple[int, bytes]]
+) -> tuple[list[Inode], dict[int, Directory]]:
+    """Keep each hardlinked inode once in the order, at its canonical name: the first one in
+    depth-first name order that is not in `link_keys` ((id(parent), name) of the dumpfile's
+    '@' lines); its other names become directory entries that point there."""
+    dir_list = sorted(dirs.items())
+    starts = [d.first for _, d in dir_list]
+
+    def parent_of(pos: int) -> tuple[int, Directory]:
+        return dir_list[bisect_right(starts, pos) - 1]
+
+    def path_of(pos: int) -> list[bytes]:
+        comps = []
+        while pos:
+            index, d = parent_of(pos)
+            comps.append(d.names[pos - d.first])
+            pos = index
+        comps.reverse()
+        return comps
+
+    link_pos: set[int] = set()
+    if link_keys:
+        by_id = {id(order[index]): d for index, d in dir_list}
+        for parent_id, name in link_keys:
+            d = by_id.get(parent_id)
+            if d is None:
+                continue  # a directory reachable only through the links themselves
+            j = bisect_left(d.names, name)
+            if j < len(d.names) and d.names[j] == name:
+                link_pos.add(d.first + j)
+    for pos in link_pos:
+        if order[pos].mode & _IFMT == _IFDIR:
+            raise ValueError(f"directory hardlinked as {path_of(pos)[-1]!r}")
+    ids = list(map(id, order))
+    multi = {k for k, n in Counter(ids).items() if n > 1}
+    multi.update(ids[pos] for pos in link_pos)
+    names_of: dict[int, list[int]] = {}
+    for pos in [pos for pos, k in enumerate(ids) if k in multi]:
+        names_of.setdefault(ids[pos], []).append(pos)
+    canonical_of: dict[int, int] = {}  # position of a non-canonical name -> canonical position
+    for positions in names_of.values():
+        candidates = [pos for pos in positions if pos not in link_pos]
+        if not candidates:
+            raise ValueError("a hardlinked inode has only '@' names (no hardlink target)")
+        canonical = min(candidates, key=path_of) if len(candidates) > 1 else candidates[0]
+        for pos in positions:
+            if pos != canonical:
+                canonical_of[pos] = canonical
+    # Renumber without the non-canonical names.
+    removed = sorted(canonical_of)
+
+    def new_index(pos: int) -> int:
+        return pos - bisect_left(removed, pos)
+
+    new_order: list[Inode] = []
+    prev = 0
+    for pos in removed:
+        new_order += order[prev:pos]
+        prev = pos + 1
+    new_order += order[prev:]
+    new_dirs: dict[int, Directory] = {}
+    for index, d in dir_list:
+        first = d.first
+        end = first + len(d.names)
+        targets = None
+        if bisect_left(removed, end) != bisect_left(removed, first):
+            targets = [new_index(canonical_of.get(pos, pos)) for pos in range(first, end)]
+        new_dirs[new_index(index)] = Directory(
+            new_index(d.parent), d.names, d.name_bytes, new_index(first), targets, d.nlink
+        )
+    return new_order, new_dirs
 
 
-def _rewrite_for_overlay(rootn: Node, version: int) -> None:
-    """The xattrs overlayfs needs (lcfs-writer-erofs.c rewrite_tree_for_erofs)."""
+def _escaped(xattrs: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    """A copy of `xattrs` with user `trusted.overlay.*` xattrs escaped for overlayfs."""
+    return {
+        (
+            fmt.OVERLAY_ESCAPED_PREFIX + k[_OVERLAY_PREFIX_LEN:]
+            if k.startswith(_OVERLAY_PREFIX)
+            else k
+        ): v
+        for k, v in xattrs.items()
+    }
+
+
+def _rewrite_for_overlay(
+    order: list[Inode], dirs: dict[int, Directory], whiteouts: list[int], version: int
+) -> dict[int, dict[bytes, bytes]]:
+    """The xattrs overlayfs needs on whiteouts, their directories and the root
+    (lcfs-writer-erofs.c rewrite_tree_for_erofs); the nodes whose xattrs change are
+    replaced in `order` by private copies, and their final xattrs returned by index."""
+    final: dict[int, dict[bytes, bytes]] = {}
     budget: dict[int, int] = {}
-    stack = [rootn]
-    while stack:
-        n = stack.pop()
-        inode = n.src
-        assert inode is not None  # only the whiteout stubs have no source, added below
-        src = inode.xattrs
-        if src:
-            # Share the input's dict unless something changes it (copy on write below).
-            xattrs = src
-            for key in src:
-                if key.startswith(_OVERLAY_PREFIX):
-                    xattrs = {
-                        (
-                            fmt.OVERLAY_ESCAPED_PREFIX + k[_OVERLAY_PREFIX_LEN:]
-                            if k.startswith(_OVERLAY_PREFIX)
-                            else k
-                        ): v
-                        for k, v in src.items()
-                    }
-                    break
-            n.xattrs = xattrs
-        if n.external:
-            xattrs = dict(n.xattrs)
-            digest = inode.digest
-            xattrs[fmt.XATTR_METACOPY] = fmt.metacopy_value(digest) if digest else b""
-            payload = inode.payload
-            if payload:
-                xattrs[fmt.XATTR_REDIRECT] = b"/" + payload
-            n.xattrs = xattrs
-        elif n.is_whiteout:
-            n.mode = stat.S_IFREG | (n.mode & ~0o170000)
-            n.size = 0
-            parent = n.parent
-            assert parent is not None
-            _c_set_xattr(n, fmt.XATTR_ESCAPED_WHITEOUT, b"", budget)
-            _c_set_xattr(n, fmt.XATTR_USER_WHITEOUT, b"", budget)
-            _c_set_xattr(parent, fmt.XATTR_ESCAPED_WHITEOUTS, b"", budget)
-            _c_set_xattr(parent, fmt.XATTR_USER_WHITEOUTS, b"", budget)
+
+    def xattrs_of(index: int) -> dict[bytes, bytes]:
+        got = final.get(index)
+        if got is None:
+            got = final[index] = _escaped(order[index].xattrs)
+        return got
+
+    if whiteouts:
+        dir_list = sorted(dirs.items())
+        starts = [d.first for _, d in dir_list]
+        for w in whiteouts:
+            parent = dir_list[bisect_right(starts, w) - 1][0]
+            x = xattrs_of(w)
+            _c_set_xattr(x, fmt.XATTR_ESCAPED_WHITEOUT, b"", budget, w)
+            _c_set_xattr(x, fmt.XATTR_USER_WHITEOUT, b"", budget, w)
+            p = xattrs_of(parent)
+            _c_set_xattr(p, fmt.XATTR_ESCAPED_WHITEOUTS, b"", budget, parent)
+            _c_set_xattr(p, fmt.XATTR_USER_WHITEOUTS, b"", budget, parent)
             if version >= 1:
-                _c_set_xattr(parent, fmt.XATTR_ESCAPED_OPAQUE, b"x", budget)
-                _c_set_xattr(parent, fmt.XATTR_USER_OPAQUE, b"x", budget)
-        if n.is_dir:
-            stack.extend(c for _, c, canonical in n.entries if canonical)
-    rootn.xattrs = dict(rootn.xattrs)
-    rootn.xattrs[fmt.XATTR_OPAQUE] = b"y"
-    _add_whiteout_stubs(rootn)
+                _c_set_xattr(p, fmt.XATTR_ESCAPED_OPAQUE, b"x", budget, parent)
+                _c_set_xattr(p, fmt.XATTR_USER_OPAQUE, b"x", budget, parent)
+            src = order[w]
+            order[w] = Inode(
+                mode=stat.S_IFREG | (src.mode & ~_IFMT),
+                uid=src.uid,
+                gid=src.gid,
+                mtime=src.mtime,
+                mtime_nsec=src.mtime_nsec,
+                nlink=src.nlink,
+            )
+    xattrs_of(0)[fmt.XATTR_OPAQUE] = b"y"
+    for index in final:
+        if index not in dirs:
+            continue
+        src = order[index]
+        # A private copy: it keeps the input's children mapping (which is only read).
+        order[index] = Inode(
+            mode=src.mode,
+            uid=src.uid,
+            gid=src.gid,
+            mtime=src.mtime,
+            mtime_nsec=src.mtime_nsec,
+            nlink=src.nlink,
+            size=src.size,
+            children=src.children,
+        )
+    return final
 
 
 _XATTR_META = 4  # LCFS_INODE_XATTRMETA_SIZE
@@ -232,7 +308,9 @@ _EXTERNAL_XATTR_MAX = 0xFFFF // 2  # LCFS_INODE_EXTERNAL_XATTR_MAX
 _SIZE_T = (1 << 64) - 1
 
 
-def _c_set_xattr(n: Node, key: bytes, value: bytes, budget: dict[int, int]) -> None:
+def _c_set_xattr(
+    xattrs: dict[bytes, bytes], key: bytes, value: bytes, budget: dict[int, int], index: int
+) -> None:
     """Set an xattr the way lcfs_node_set_xattr() does on C's cloned tree, failing where it fails.
 
     C keeps a size_t estimate of each node's xattr space, and the deep clone made before
@@ -241,68 +319,23 @@ def _c_set_xattr(n: Node, key: bytes, value: bytes, budget: dict[int, int]) -> N
     e.g. a whiteout that carries a long `user.overlay.whiteout` value. Same input, same
     failure, instead of an image C would never produce.
     """
-    if n.src is not None and n.xattrs is n.src.xattrs:
-        n.xattrs = dict(n.xattrs)  # never change the input tree
-    used = budget.get(id(n), 0)
-    old = n.xattrs.pop(key, None)
+    used = budget.get(index, 0)
+    old = xattrs.pop(key, None)
     if old is not None:
-        if n.xattrs:
+        if xattrs:
             used = (used - (2 * _XATTR_META - 1) - len(key) - len(old)) & _SIZE_T
         else:
             used = 0
     entry = 2 * _XATTR_META - 1 + len(key) + len(value)
-    if not n.xattrs:
+    if not xattrs:
         entry += _XATTR_HEADER
     if ((used + entry) & _SIZE_T) > _EXTERNAL_XATTR_MAX:
         raise ValueError(
             f"xattr {key.decode(errors='replace')} does not fit "
             "(C mkcomposefs fails here with 'Numerical result out of range')"
         )
-    n.xattrs[key] = value
-    budget[id(n)] = used + entry
-
-
-def _add_whiteout_stubs(rootn: Node) -> None:
-    """Real whiteouts 00..ff in / hide the object store's fan-out directories in the overlay."""
-    existing = {name for name, _, _ in rootn.entries}
-    selinux = rootn.xattrs.get(b"security.selinux")
-    stubs: list[tuple[bytes, Node, bool]] = []
-    for name in _STUB_NAMES:
-        if name in existing:
-            continue
-        stub = Node(None, rootn)
-        stub.mode = stat.S_IFCHR | 0o644
-        stub.uid = rootn.uid
-        stub.gid = rootn.gid
-        stub.mtime = rootn.mtime
-        stub.mtime_nsec = rootn.mtime_nsec
-        if selinux is not None:
-            stub.xattrs = {b"security.selinux": selinux}
-        stubs.append((name, stub, True))
-    if stubs:
-        rootn.entries = sorted(rootn.entries + stubs, key=_entry_name)
-    # The stubs stay character devices 0/0: they are whiteouts for overlayfs, not escaped ones.
-
-
-def _entry_name(entry: tuple[bytes, Node, bool]) -> bytes:
-    return entry[0]
-
-
-def _bfs(rootn: Node) -> list[Node]:
-    """Inodes in breadth-first order, children by name (lcfs_compute_tree), and directory
-    nlinks fixed up to 2 + subdirectories as C does."""
-    queue = [rootn]
-    append = queue.append
-    for n in queue:
-        if n.is_dir:
-            nlink = 2
-            for _, c, canonical in n.entries:
-                if canonical:
-                    append(c)
-                if c.is_dir:
-                    nlink += 1
-            n.nlink = nlink
-    return queue
+    xattrs[key] = value
+    budget[index] = used + entry
 
 
 def dumpfile_link_paths(data: bytes) -> list[bytes]:

@@ -10,6 +10,7 @@ as C `composefs-info dump` prints the tree it loads from an image.
 
 from __future__ import annotations
 
+import binascii
 import re
 import stat
 from collections.abc import Callable
@@ -318,6 +319,34 @@ def _slow_fields(line: bytes) -> _Record:
     )
 
 
+# The fields MODE NLINK UID GID RDEV MTIME of a line, as parsed by `_meta`.
+_Meta = tuple[int, int, int, int, int, int, int]
+_MetaKey = tuple[bytes, bytes, bytes, bytes, bytes, bytes]
+
+
+def _meta(key: _MetaKey) -> _Meta | None:
+    """(mode, nlink, uid, gid, rdev, mtime, nsec) when these fields are well-formed and in
+    range for an inode that is not a hardlink line, else None (leaving the verdict to
+    `_Parser.line`)."""
+    mode_f, nlink_f, uid_f, gid_f, rdev_f, mtime_f = key
+    if not (mode_f.isdigit() and _OCTAL.match(mode_f)):
+        return None
+    mode = int(mode_f, 8)
+    if mode > 0o177777 or stat.S_IFMT(mode) not in FILE_TYPES:
+        return None
+    for f in (nlink_f, uid_f, gid_f, rdev_f):
+        if not f.isdigit() or int(f) > U32_MAX:
+            return None
+    m = _MTIME.match(mtime_f)
+    if m is None:
+        return None
+    mtime = int(m.group(1))
+    nsec = int(m.group(2))
+    if nsec > 999_999_999 or not S64_MIN <= mtime <= S64_MAX:
+        return None
+    return (mode, int(nlink_f), int(uid_f), int(gid_f), int(rdev_f), mtime, nsec)
+
+
 class _Parser:
     def __init__(self) -> None:
         self.root: Inode | None = None
@@ -326,6 +355,100 @@ class _Parser:
         # Hardlink lines: (lineno, parent, name, target path); resolved after the last line.
         self.links: list[tuple[int, Inode, bytes, bytes]] = []
         self.placeholders: dict[int, int] = {}  # id(placeholder) -> index in self.links
+        # Parsed fields by their text: in a dumpfile of an OS tree most lines repeat the
+        # same mode, ownership and mtime, and the same few xattr sections (SELinux labels).
+        self.metas: dict[_MetaKey, _Meta | None] = {}
+        self.xattr_sections: dict[bytes, dict[bytes, bytes]] = {}
+
+    def fast_line(self, line: bytes) -> bool:
+        """Add the inode of a common, well-formed line (a directory, a regular file or a
+        symlink without escapes in its path or payload); False, having changed nothing,
+        for any other line (which `line()` then parses or refuses)."""
+        fields = line.split(b" ", 11)
+        if len(fields) < 11:
+            return False
+        path = fields[0]
+        size_f = fields[1]
+        key = (fields[2], fields[3], fields[4], fields[5], fields[6], fields[7])
+        try:
+            meta = self.metas[key]
+        except KeyError:
+            meta = self.metas[key] = _meta(key)
+        if meta is None or not size_f.isdigit() or b"\\" in path or path[:1] != b"/":
+            return False
+        slash = path.rindex(b"/")
+        name = path[slash + 1 :]
+        parent = self.dirs.get(path[:slash] or b"/")
+        if parent is None or not name or name == b"." or name == b".." or len(name) > NAME_MAX:
+            return False
+        children = parent.children
+        assert children is not None
+        if name in children:
+            return False
+        mode, nlink, uid, gid, _, mtime, nsec = meta
+        size = int(size_f)
+        if size > U64_MAX:
+            return False
+        payload_f, content_f, digest_f = fields[8], fields[9], fields[10]
+        ftype = mode & 0o170000
+        payload = content = digest = None
+        sub: dict[bytes, Inode] | None = None
+        if ftype == stat.S_IFREG:
+            if content_f == b"-":  # an external file (or an empty one)
+                if digest_f != b"-":
+                    if len(digest_f) not in DIGEST_HEX_LENGTHS:
+                        return False
+                    try:
+                        digest = binascii.unhexlify(digest_f)
+                    except binascii.Error:
+                        return False
+                if payload_f != b"-" and payload_f:
+                    if b"\\" in payload_f or len(payload_f) >= PATH_MAX:
+                        return False
+                    payload = payload_f
+                if size == 0:
+                    if payload is not None or digest is not None:
+                        return False
+                elif size > MAX_EXTERNAL_SIZE:
+                    return False
+            else:  # inline content
+                if payload_f != b"-" or digest_f != b"-" or not 0 < size <= INLINE_CONTENT_MAX:
+                    return False
+                content = content_f
+                if b"\\" in content:
+                    try:
+                        content = unescape(content)
+                    except _EscapeError:
+                        return False
+                if len(content) != size:
+                    return False
+        elif ftype == stat.S_IFDIR:
+            if payload_f != b"-" or content_f != b"-" or digest_f != b"-":
+                return False
+            sub = {}
+        elif ftype == stat.S_IFLNK:
+            if content_f != b"-" or digest_f != b"-" or payload_f == b"-" or not payload_f:
+                return False
+            if b"\\" in payload_f or len(payload_f) >= PATH_MAX:
+                return False
+            payload = payload_f
+            size = len(payload)
+        else:
+            return False
+        xattrs = {}
+        if len(fields) == 12 and fields[11]:
+            section = fields[11]
+            parsed = self.xattr_sections.get(section)
+            if parsed is None:
+                parsed = self.xattr_sections[section] = self._xattrs(section)
+            xattrs = parsed.copy()
+        node = Inode(
+            mode, uid, gid, mtime, nsec, 0, nlink, size, xattrs, content, payload, digest, sub
+        )
+        children[name] = node
+        if sub is not None:
+            self.dirs[path] = node
+        return True
 
     def line(self, line: bytes) -> None:
         rec = _fast_fields(line) or _slow_fields(line)
@@ -392,7 +515,10 @@ class _Parser:
         node = Inode(mode=mode, uid=uid, gid=gid, mtime=mtime, mtime_nsec=nsec, nlink=nlink)
         self._content(node, ftype, size, rdev, payload_f, content_f, digest_f)
         if xattrs_f:
-            self._xattrs(node, xattrs_f)
+            parsed = self.xattr_sections.get(xattrs_f)
+            if parsed is None:
+                parsed = self.xattr_sections[xattrs_f] = self._xattrs(xattrs_f)
+            node.xattrs = parsed.copy()
         if parent is None:
             self.root = node
             self.dirs[b"/"] = node
@@ -478,11 +604,12 @@ class _Parser:
         node.digest = digest
 
     @staticmethod
-    def _xattrs(node: Inode, section: bytes) -> None:
+    def _xattrs(section: bytes) -> dict[bytes, bytes]:
+        """The xattrs of a line's KEY=VALUE section."""
         if len(section) > XATTR_LINE_MAX:
             raise _LineError(f"xattrs take more than {XATTR_LINE_MAX} bytes")
         budget = 12  # LCFS_XATTR_HEADER_SIZE
-        xattrs = node.xattrs
+        xattrs: dict[bytes, bytes] = {}
         items = section.split(b" ")
         if items[-1] == b"":
             items.pop()  # C tolerates one trailing space
@@ -507,6 +634,7 @@ class _Parser:
             if budget > XATTR_BUDGET:
                 raise _LineError(f"xattrs exceed the {XATTR_BUDGET}-byte limit of one inode")
             xattrs[key] = value
+        return xattrs
 
     def resolve_links(self) -> None:
         for index, (lineno, parent, name, target_path) in enumerate(self.links):
@@ -549,12 +677,14 @@ def parse(data: bytes | BinaryIO) -> Inode:
     parser = _Parser()
     nul = data.find(b"\0")
     nul_line = data.count(b"\n", 0, nul) + 1 if nul >= 0 else 0
+    fast_line = parser.fast_line
     for lineno, line in enumerate(lines, 1):
         if lineno == nul_line:
             raise DumpfileError(lineno, "embedded NUL byte")
-        parser.lineno = lineno
         try:
-            parser.line(line)
+            if not fast_line(line):
+                parser.lineno = lineno
+                parser.line(line)
         except _LineError as e:
             raise DumpfileError(lineno, str(e)) from None
     parser.resolve_links()

@@ -148,6 +148,8 @@ def _entries(index: int, d: Directory, nids: list[int], fts: list[int]) -> list[
         names.insert(i, name)
         e_nids.insert(i, nids[target])
         e_fts.insert(i, fts[target])
+    if _DIRENT_LEN * len(names) + d.name_bytes + 3 <= BLK:
+        return [(names, e_nids, e_fts)]
     chunks: list[_Chunk] = []
     start = 0
     used = 0
@@ -212,13 +214,13 @@ class _XattrPlan:
         codec = self.codec = _XattrCodec()
         # Key of a node's set: its input xattrs as given (escaped later, once per set), or
         # for rewritten nodes, (None, *final items).
-        keys: list[object] = list(map(tuple, map(dict.items, map(_get_xattrs, order))))
+        set_of: dict[object, int] = {}
+        number = set_of.setdefault
+        self.set_ids = set_ids = [
+            number(key, len(set_of)) for key in map(tuple, map(dict.items, map(_get_xattrs, order)))
+        ]
         for index, xattrs in final_xattrs.items():
-            keys[index] = (None, *xattrs.items())
-        set_of = dict.fromkeys(keys, 0)
-        for sid, key in enumerate(set_of):
-            set_of[key] = sid
-        self.set_ids = set_ids = list(map(set_of.__getitem__, keys))
+            set_ids[index] = number((None, *xattrs.items()), len(set_of))
         uses = Counter(set_ids)
         self.sets: list[list[tuple[bytes, bytes]]] = []
         counts: Counter[tuple[bytes, bytes]] = Counter()

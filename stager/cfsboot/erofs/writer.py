@@ -67,8 +67,9 @@ def build_image(
     try:
         link_keys = _link_keys(root, link_paths)
         order, dirs, stubs = _walk(root)
-        if link_keys or len(set(map(id, order))) != len(order):
-            order, dirs = _place_hardlinks(order, dirs, link_keys)
+        names = Counter(map(id, order))  # of each inode
+        if link_keys or len(names) != len(order):
+            order, dirs = _place_hardlinks(order, dirs, names, link_keys)
         stub_ids = set(map(id, stubs))
         whiteouts = [
             i
@@ -160,11 +161,15 @@ def _link_keys(root: Inode, link_paths: Iterable[bytes]) -> set[tuple[int, bytes
 
 
 def _place_hardlinks(
-    order: list[Inode], dirs: dict[int, Directory], link_keys: set[tuple[int, bytes]]
+    order: list[Inode],
+    dirs: dict[int, Directory],
+    names: Counter[int],
+    link_keys: set[tuple[int, bytes]],
 ) -> tuple[list[Inode], dict[int, Directory]]:
     """Keep each hardlinked inode once in the order, at its canonical name: the first one in
     depth-first name order that is not in `link_keys` ((id(parent), name) of the dumpfile's
-    '@' lines); its other names become directory entries that point there."""
+    '@' lines); its other names become directory entries that point there. `names` counts
+    the names of each inode (by id)."""
     dir_list = sorted(dirs.items())
     starts = [d.first for _, d in dir_list]
 
@@ -193,12 +198,11 @@ def _place_hardlinks(
     for pos in link_pos:
         if order[pos].mode & _IFMT == _IFDIR:
             raise ValueError(f"directory hardlinked as {path_of(pos)[-1]!r}")
-    ids = list(map(id, order))
-    multi = {k for k, n in Counter(ids).items() if n > 1}
-    multi.update(ids[pos] for pos in link_pos)
+    multi = {k for k, n in names.items() if n > 1}
+    multi.update(id(order[pos]) for pos in link_pos)
     names_of: dict[int, list[int]] = {}
-    for pos in [pos for pos, k in enumerate(ids) if k in multi]:
-        names_of.setdefault(ids[pos], []).append(pos)
+    for pos in [pos for pos, x in enumerate(order) if id(x) in multi]:
+        names_of.setdefault(id(order[pos]), []).append(pos)
     canonical_of: dict[int, int] = {}  # position of a non-canonical name -> canonical position
     for positions in names_of.values():
         candidates = [pos for pos in positions if pos not in link_pos]
@@ -340,13 +344,16 @@ def _c_set_xattr(
 
 def dumpfile_link_paths(data: bytes) -> list[bytes]:
     """The (unescaped) paths of a dumpfile's '@' hardlink lines, for `build_image`."""
-    if b" @" not in data:
-        return []
     from cfsboot.dumpfile import unescape
 
     paths = []
-    for line in data.split(b"\n"):
-        fields = line.split(b" ", 3)
-        if len(fields) > 2 and fields[2][:1] == b"@":
-            paths.append(unescape(fields[0]))
+    # A hardlink line's third field (MODE) starts with '@'. Spaces in fields are escaped,
+    # so every " @" starts a field; it is MODE if one space precedes it on its line.
+    at = data.find(b" @")
+    while at >= 0:
+        start = data.rfind(b"\n", 0, at) + 1
+        first = data.find(b" ", start, at)
+        if first >= 0 and data.find(b" ", first + 1, at) < 0:
+            paths.append(unescape(data[start:first]))
+        at = data.find(b" @", at + 1)
     return paths

@@ -241,6 +241,20 @@ def _mtimes() -> Inode:
     )
 
 
+def _special_sizes() -> Inode:
+    """Devices, fifos and sockets keep no size in the image, yet a size past 32 bits
+    still makes their inode extended (SIZE of their dumpfile lines)."""
+    return tree(
+        {
+            b"chr": Inode(mode=stat.S_IFCHR | 0o644, rdev=5, size=9),
+            b"blk": Inode(mode=stat.S_IFBLK | 0o644, rdev=7, size=1 << 33),
+            b"fifo": Inode(mode=stat.S_IFIFO | 0o644, size=4096),
+            b"sock": Inode(mode=stat.S_IFSOCK | 0o644, size=(1 << 32) - 1),
+            b"sock2": Inode(mode=stat.S_IFSOCK | 0o644, size=1 << 32),
+        }
+    )
+
+
 CASES: dict[str, Callable[[], Inode]] = {
     "every-type": _every_type,
     "long-names": _long_names,
@@ -252,6 +266,7 @@ CASES: dict[str, Callable[[], Inode]] = {
     "symlinks": _symlinks,
     "big-files": _big_files,
     "mtimes": _mtimes,
+    "special-sizes": _special_sizes,
 }
 
 

@@ -13,8 +13,10 @@ addresses of data blocks (they follow the shared xattrs).
 from __future__ import annotations
 
 import stat
+import struct
 from bisect import bisect_left
 from collections import Counter
+from collections.abc import Callable
 from itertools import accumulate
 from operator import attrgetter
 
@@ -32,8 +34,6 @@ _DIRENT_LEN = fmt.DIRENT.size
 _FT = {k: int(v) for k, v in fmt.FILE_TYPE_OF_MODE.items()}
 _NULL_BLOCK = fmt.CHUNK_ADDR.pack(fmt.NULL_ADDR) * (BLK // 4)
 _NULL_PTR = fmt.CHUNK_ADDR.pack(fmt.NULL_ADDR)
-_PACK_COMPACT = fmt.INODE_COMPACT.pack_into
-_PACK_EXTENDED = fmt.INODE_EXTENDED.pack_into
 _PACK_DIRENT = fmt.DIRENT.pack
 _PACK_XHDR = fmt.XATTR_IBODY_HEADER.pack
 _PACK_XENTRY = fmt.XATTR_ENTRY.pack
@@ -202,7 +202,7 @@ class _XattrPlan:
     The nodes' xattr sets are numbered (`set_of`): most nodes share their set with many
     others (the same SELinux label), so each set is encoded once. External files also
     carry their own metacopy and redirect xattrs; those are counted here, and spliced
-    into the encoding of the file's set by `external()`.
+    into the encoding of the file's set (`splice()`) unless they are shared.
     """
 
     def __init__(
@@ -247,7 +247,6 @@ class _XattrPlan:
             counts[(_METACOPY, _metacopy(digest))] += digest_uses[digest]
         for payload in self.shared_payloads:
             counts[(_REDIRECT, b"/" + payload)] += payload_uses[payload]
-        self.counts = counts
         self.has_acl = any(kv[0] in fmt.ACL_XATTRS for kv in counts)
 
         # Shared xattrs: every (name, value) used more than once, in descending order
@@ -268,17 +267,16 @@ class _XattrPlan:
         self.shared_blob = b"".join(blob)
         _, _, self.metacopy_bit = codec.name(_METACOPY)
         _, _, self.redirect_bit = codec.name(_REDIRECT)
-        self._external: dict[int, tuple[bytes, bytes, bytes, int, int]] = {}
 
     def encode(
         self, items: list[tuple[bytes, bytes]]
-    ) -> tuple[int, list[tuple[bytes, bytes]], list[tuple[bytes, list[bytes]]]]:
-        """(filter, shared pairs, inline entries by name) of sorted xattrs."""
+    ) -> tuple[int, list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
+        """(filter, shared pairs, (name, inline entry) pairs) of sorted xattrs."""
         shared_offset = self.shared_offset
         name_of = self.codec.name
         entry = self.codec.entry
         shared: list[tuple[bytes, bytes]] = []
-        inline: list[tuple[bytes, list[bytes]]] = []
+        inline: list[tuple[bytes, bytes]] = []
         filt = 0
         for kv in items:
             filt |= name_of(kv[0])[2]
@@ -286,7 +284,7 @@ class _XattrPlan:
             if kv in shared_offset and len(shared) < fmt.XATTR_LONG_PREFIX:
                 shared.append(kv)
             else:
-                inline.append((kv[0], [entry(*kv)]))
+                inline.append((kv[0], entry(*kv)))
         return fmt.XATTR_FILTER_DEFAULT & ~filt, shared, inline
 
     def body(self, items: list[tuple[bytes, bytes]]) -> tuple[bytes, list[tuple[bytes, bytes]]]:
@@ -294,36 +292,34 @@ class _XattrPlan:
         if not items:
             return b"", []
         filt, shared, inline = self.encode(items)
-        blob = b"".join([e for _, entries in inline for e in entries])
+        blob = b"".join([e for _, e in inline])
         return _PACK_XHDR(filt, len(shared)) + bytes(4 * len(shared)) + blob, shared
 
-    def external(self, sid: int, redirect: bool) -> tuple[bytes, bytes, bytes, int, int]:
-        """For an external file whose metacopy and redirect xattrs are not shared: the
-        encoding of its set as (head, between, tail, number of shared ids, size of the set's
-        own inline entries); the metacopy entry goes after `head`, the redirect after
-        `between`. The head's filter counts the two names already."""
-        key = 2 * sid + redirect
-        got = self._external.get(key)
-        if got is None:
-            filt, shared, inline = self.encode(self.sets[sid])
-            filt &= ~self.metacopy_bit
-            if redirect:
-                filt &= ~self.redirect_bit
-            head = [e for name, entries in inline if name < _METACOPY for e in entries]
-            between = [
-                e for name, entries in inline if _METACOPY < name < _REDIRECT for e in entries
-            ]
-            tail = [e for name, entries in inline if name > _REDIRECT for e in entries]
-            own = sum(map(len, head + between + tail))
-            got = (
-                _PACK_XHDR(filt, len(shared)) + bytes(4 * len(shared)) + b"".join(head),
-                b"".join(between),
-                b"".join(tail),
-                len(shared),
-                own,
-            )
-            self._external[key] = got
-        return got
+    def splice(
+        self, sid: int, digest_len: int, payload_len: int
+    ) -> tuple[bytes, bytes, bytes, int]:
+        """How an external file's xattrs are encoded when its metacopy and redirect are
+        not shared: (before, middle, after, i_xattr_icount) such that they are
+        before + digest + middle + payload + after (no redirect if payload_len is 0)."""
+        filt, shared, inline = self.encode(self.sets[sid])
+        # The set's inline entries around the two: the names sort as
+        # ... < trusted.overlay.metacopy < (escaped trusted.overlay.overlay.*) < redirect < ...
+        head = b"".join([e for name, e in inline if name < _METACOPY])
+        between = b"".join([e for name, e in inline if _METACOPY < name < _REDIRECT])
+        tail = b"".join([e for name, e in inline if name > _REDIRECT])
+        metacopy = _metacopy(bytes(digest_len))
+        before = self.codec.head(_METACOPY, len(metacopy)) + metacopy[: len(metacopy) - digest_len]
+        filt &= ~self.metacopy_bit
+        middle = between
+        after = tail
+        if payload_len:
+            filt &= ~self.redirect_bit
+            redirect = self.codec.head(_REDIRECT, payload_len + 1) + b"/"
+            middle += redirect
+            after = _ZEROS[: -(len(redirect) + payload_len) & 3] + tail
+        before = _PACK_XHDR(filt, len(shared)) + bytes(4 * len(shared)) + head + before
+        size = len(before) + digest_len + len(middle) + payload_len + len(after)
+        return before, middle, after, size // 4 - 2
 
     def full_items(self, x: Inode, sid: int) -> list[tuple[bytes, bytes]]:
         """All xattrs of an external file, sorted."""
@@ -370,7 +366,6 @@ def lay_out_and_emit(
     shared_size = len(plan.shared_blob)
     shared_digests = plan.shared_digests
     shared_payloads = plan.shared_payloads
-    external_plan = plan.external
     set_bodies: list[tuple[bytes, int, list[int] | None]] = []
     set_shared: list[list[tuple[bytes, bytes]]] = []
     for items in plan.sets:
@@ -380,9 +375,9 @@ def lay_out_and_emit(
     # Offsets of shared ids to patch once the inode table's end is known:
     # per set (in set_bodies), and (offset, shared pairs) of other nodes.
     id_patches: list[tuple[int, list[tuple[bytes, bytes]]]] = []
-    codec = plan.codec
-    metacopy_heads: dict[int, bytes] = {}
-    redirect_heads: dict[int, bytes] = {}
+    # (set, digest length, payload length) of external files -> `_XattrPlan.splice()`
+    # and the set's list of id offsets to patch
+    splices: dict[tuple[int, int, int], tuple[bytes, bytes, bytes, int, list[int] | None]] = {}
 
     nids = [0] * count
     fts = [0] * count
@@ -396,8 +391,8 @@ def lay_out_and_emit(
     pos = fmt.SUPERBLOCK_OFFSET + fmt.SUPERBLOCK.size
     cap = pos + 128 * count + BLK
     buf = bytearray(cap)
-    pack_compact = _PACK_COMPACT
-    pack_extended = _PACK_EXTENDED
+    # pack_into of an inode, its xattrs and its inline tail, by their shape
+    packers: dict[int, Callable[..., None]] = {}
     ft_of = _FT
     for i, x in enumerate(order):
         mode = x.mode
@@ -416,6 +411,7 @@ def lay_out_and_emit(
         i_u = 0
         layout = 0  # FLAT_PLAIN, or FLAT_INLINE with a tail
         block_data = b""
+        size_u32 = True
         if ftype == _IFREG:
             size = x.size
             content = x.content
@@ -459,27 +455,15 @@ def lay_out_and_emit(
                     patch = None
                     own_shared = shared
                 else:
-                    head, between, after, n_shared, _ = external_plan(sid, bool(payload))
-                    mhead = metacopy_heads.get(len(digest))
-                    if mhead is None:
-                        value = _metacopy(digest)
-                        mhead = (
-                            codec.head(_METACOPY, len(value)) + value[: len(value) - len(digest)]
-                        )
-                        metacopy_heads[len(digest)] = mhead
-                    if payload:
-                        rhead = redirect_heads.get(len(payload))
-                        if rhead is None:
-                            rhead = codec.head(_REDIRECT, len(payload) + 1) + b"/"
-                            redirect_heads[len(payload)] = rhead
-                        pad = -(len(rhead) + len(payload)) & 3
-                        body = b"".join(
-                            (head, mhead, digest, between, rhead, payload, _ZEROS[:pad], after)
-                        )
-                    else:
-                        body = b"".join((head, mhead, digest, between, after))
-                    icount = len(body) // 4 - 2
-                    patch = set_bodies[sid][2]
+                    if payload is None:
+                        payload = b""
+                    key = (sid, len(digest), len(payload))
+                    splice = splices.get(key)
+                    if splice is None:
+                        splice = (*plan.splice(sid, len(digest), len(payload)), set_bodies[sid][2])
+                        splices[key] = splice
+                    before, middle, after, icount, patch = splice
+                    body = b"".join((before, digest, middle, payload, after))
         elif ftype == _IFDIR:
             d = dirs[i]
             nlink = d.nlink
@@ -495,11 +479,14 @@ def lay_out_and_emit(
                 raise ValueError("symlink with an empty target")
             size = tail = len(symlink)
             tail_bytes = symlink
-        elif ftype == _IFCHR or ftype == _IFBLK:
-            size = x.size
-            i_u = x.rdev
-        elif ftype == _IFIFO or ftype == _IFSOCK:
-            size = x.size
+        elif ftype == _IFCHR or ftype == _IFBLK or ftype == _IFIFO or ftype == _IFSOCK:
+            if ftype == _IFCHR or ftype == _IFBLK:
+                i_u = x.rdev
+            # C stores no size for these, but a size past 32 bits still makes the inode
+            # extended.
+            size = 0
+            if x.size > _U32:
+                size_u32 = False
         else:
             raise ValueError(f"invalid file type in mode {mode:o}")
         fts[i] = ft_of[ftype]
@@ -511,6 +498,7 @@ def lay_out_and_emit(
             and uid <= _U16
             and gid <= _U16
             and size <= _U32
+            and size_u32
         )
         inode_size = 32 if compact else 64
         non_tail = inode_size + len(body)
@@ -561,12 +549,34 @@ def lay_out_and_emit(
             n_data_blocks += n_blocks
         elif ftype == _IFDIR:
             dir_fills.append((i, pos + non_tail, -1))
+        blen = non_tail - inode_size
+        tlen = len(tail_bytes)
+        skey = (blen << 13 | tlen) << 1 | compact
+        packer = packers.get(skey)
+        if packer is None:
+            packer = packers[skey] = struct.Struct(
+                (fmt.INODE_COMPACT.format if compact else fmt.INODE_EXTENDED.format)
+                + f"{blen}s{tlen}s"
+            ).pack_into
         if compact:
-            pack_compact(
-                buf, pos, layout, icount, mode & _U16, nlink, size & _U32, 0, i_u, i, uid, gid
+            packer(
+                buf,
+                pos,
+                layout,
+                icount,
+                mode & _U16,
+                nlink,
+                size & _U32,
+                0,
+                i_u,
+                i,
+                uid,
+                gid,
+                body,
+                tail_bytes,
             )
         else:
-            pack_extended(
+            packer(
                 buf,
                 pos,
                 layout | _EXTENDED,
@@ -580,17 +590,13 @@ def lay_out_and_emit(
                 x.mtime & _U64,
                 nsec,
                 nlink,
+                body,
+                tail_bytes,
             )
-        if body:
-            start = pos + inode_size
-            buf[start : start + len(body)] = body
-            if patch is not None:
-                patch.append(start + 12)
-            elif own_shared:
-                id_patches.append((start + 12, own_shared))
-        if tail_bytes:
-            start = pos + non_tail
-            buf[start : start + len(tail_bytes)] = tail_bytes
+        if patch is not None:
+            patch.append(pos + inode_size + 12)
+        elif own_shared:
+            id_patches.append((pos + inode_size + 12, own_shared))
         pos += non_tail + tail
     inodes_end = (pos + 31) & ~31
 

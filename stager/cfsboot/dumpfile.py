@@ -11,6 +11,7 @@ as C `composefs-info dump` prints the tree it loads from an image.
 from __future__ import annotations
 
 import binascii
+import gc
 import re
 import stat
 from collections.abc import Callable
@@ -678,15 +679,23 @@ def parse(data: bytes | BinaryIO) -> Inode:
     nul = data.find(b"\0")
     nul_line = data.count(b"\n", 0, nul) + 1 if nul >= 0 else 0
     fast_line = parser.fast_line
-    for lineno, line in enumerate(lines, 1):
-        if lineno == nul_line:
-            raise DumpfileError(lineno, "embedded NUL byte")
-        try:
-            if not fast_line(line):
-                parser.lineno = lineno
-                parser.line(line)
-        except _LineError as e:
-            raise DumpfileError(lineno, str(e)) from None
-    parser.resolve_links()
+    # The parse makes a few objects per line and frees none: cyclic garbage collection
+    # passes over the growing heap would only cost time (a third more on 100k lines).
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for lineno, line in enumerate(lines, 1):
+            if lineno == nul_line:
+                raise DumpfileError(lineno, "embedded NUL byte")
+            try:
+                if not fast_line(line):
+                    parser.lineno = lineno
+                    parser.line(line)
+            except _LineError as e:
+                raise DumpfileError(lineno, str(e)) from None
+        parser.resolve_links()
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     assert parser.root is not None
     return parser.root

@@ -23,6 +23,8 @@ import struct
 from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Iterable
+from itertools import compress, count, repeat
+from operator import and_, attrgetter, eq
 
 from cfsboot.erofs import format as fmt
 from cfsboot.erofs.layout import Directory, lay_out_and_emit
@@ -35,6 +37,7 @@ _STUB_NAMES = tuple((_HEX[i >> 4] + _HEX[i & 15]).encode() for i in range(256))
 _IFMT = 0o170000
 _IFDIR = stat.S_IFDIR
 _IFCHR = stat.S_IFCHR
+_get_mode = attrgetter("mode")
 
 
 def build_image(
@@ -71,10 +74,11 @@ def build_image(
         if link_keys or len(names) != len(order):
             order, dirs = _place_hardlinks(order, dirs, names, link_keys)
         stub_ids = set(map(id, stubs))
+        ftypes = map(and_, map(_get_mode, order), repeat(_IFMT))
         whiteouts = [
             i
-            for i, x in enumerate(order)
-            if x.mode & _IFMT == _IFCHR and x.rdev == 0 and id(x) not in stub_ids
+            for i in compress(count(), map(eq, ftypes, repeat(_IFCHR)))
+            if order[i].rdev == 0 and id(order[i]) not in stub_ids
         ]
         version = min_version
         if version < 1 <= max_version and whiteouts:
@@ -201,7 +205,7 @@ def _place_hardlinks(
     multi = {k for k, n in names.items() if n > 1}
     multi.update(id(order[pos]) for pos in link_pos)
     names_of: dict[int, list[int]] = {}
-    for pos in [pos for pos, x in enumerate(order) if id(x) in multi]:
+    for pos in compress(count(), map(multi.__contains__, map(id, order))):
         names_of.setdefault(id(order[pos]), []).append(pos)
     canonical_of: dict[int, int] = {}  # position of a non-canonical name -> canonical position
     for positions in names_of.values():
@@ -230,7 +234,15 @@ def _place_hardlinks(
         end = first + len(d.names)
         targets = None
         if bisect_left(removed, end) != bisect_left(removed, first):
-            targets = [new_index(canonical_of.get(pos, pos)) for pos in range(first, end)]
+            targets = []
+            kept = new_index(first)
+            for pos in range(first, end):
+                other = canonical_of.get(pos)
+                if other is None:
+                    targets.append(kept)
+                    kept += 1
+                else:
+                    targets.append(new_index(other))
         new_dirs[new_index(index)] = Directory(
             new_index(d.parent), d.names, d.name_bytes, new_index(first), targets, d.nlink
         )

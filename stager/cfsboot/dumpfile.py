@@ -195,7 +195,6 @@ def write(root: Inode, out: BinaryIO) -> None:
 
 # --- reader ----------------------------------------------------------------------------
 
-_DIGITS = re.compile(rb"[0-9]+\Z")
 _OCTAL = re.compile(rb"[0-7]+\Z")
 _MTIME = re.compile(rb"(-?[0-9]+)\.([0-9]+)\Z")
 _HEX = re.compile(rb"[0-9A-Fa-f]+\Z")
@@ -250,36 +249,6 @@ MAX_EXTERNAL_SIZE = MAX_CHUNKS << (12 + 31)
 
 
 _Record = tuple[bytes, int, bool, int, int, int, int, int, int, int, bytes, bytes, bytes, bytes]
-
-# The common case in one match: numbers well-formed (ranges are checked afterwards).
-_FAST = re.compile(
-    rb"([^ ]+) ([0-9]{1,20}) (@?)([0-7]{1,7}) ([0-9]{1,11}) ([0-9]{1,11}) ([0-9]{1,11})"
-    rb" ([0-9]{1,11}) (-?[0-9]{1,20})\.([0-9]{1,9}) ([^ ]*) ([^ ]*) ([^ ]*)(?: (.*))?\Z",
-    re.DOTALL,
-)
-
-
-def _fast_fields(line: bytes) -> _Record | None:
-    m = _FAST.match(line)
-    if m is None:
-        return None
-    g = m.groups()
-    return (
-        g[0],
-        int(g[1]),
-        g[2] == b"@",
-        int(g[3], 8),
-        int(g[4]),
-        int(g[5]),
-        int(g[6]),
-        int(g[7]),
-        int(g[8]),
-        int(g[9]),
-        g[10],
-        g[11],
-        g[12],
-        g[13] or b"",
-    )
 
 
 def _slow_fields(line: bytes) -> _Record:
@@ -452,7 +421,7 @@ class _Parser:
         return True
 
     def line(self, line: bytes) -> None:
-        rec = _fast_fields(line) or _slow_fields(line)
+        rec = _slow_fields(line)
         (path_f, size, is_link, mode, nlink, uid, gid, rdev, mtime, nsec) = rec[:10]
         (payload_f, content_f, digest_f, xattrs_f) = rec[10:]
         try:

@@ -232,17 +232,20 @@ def _place_hardlinks(
     for index, d in dir_list:
         first = d.first
         end = first + len(d.names)
-        targets = None
-        if bisect_left(removed, end) != bisect_left(removed, first):
+        targets: list[int] | None = None
+        lo = bisect_left(removed, first)
+        hi = bisect_left(removed, end)
+        if lo != hi:
+            # the names placed here keep consecutive indexes between the removed ones
             targets = []
-            kept = new_index(first)
-            for pos in range(first, end):
-                other = canonical_of.get(pos)
-                if other is None:
-                    targets.append(kept)
-                    kept += 1
-                else:
-                    targets.append(new_index(other))
+            kept = first - lo  # new_index(first)
+            pos = first
+            for other in removed[lo:hi]:
+                targets += range(kept, kept + other - pos)
+                kept += other - pos
+                targets.append(new_index(canonical_of[other]))
+                pos = other + 1
+            targets += range(kept, kept + end - pos)
         new_dirs[new_index(index)] = Directory(
             new_index(d.parent), d.names, d.name_bytes, new_index(first), targets, d.nlink
         )

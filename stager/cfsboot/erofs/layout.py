@@ -15,13 +15,11 @@ from __future__ import annotations
 import stat
 import struct
 from bisect import bisect_left
-from collections import Counter
 from collections.abc import Callable
 from itertools import accumulate
-from operator import attrgetter
 
 from cfsboot.erofs import format as fmt
-from cfsboot.erofs.xxhash import xxh32
+from cfsboot.erofs.xattrs import XattrPlan
 from cfsboot.tree import Inode
 
 BLK = fmt.BLOCK_SIZE
@@ -35,15 +33,11 @@ _FT = {k: int(v) for k, v in fmt.FILE_TYPE_OF_MODE.items()}
 _NULL_BLOCK = fmt.CHUNK_ADDR.pack(fmt.NULL_ADDR) * (BLK // 4)
 _NULL_PTR = fmt.CHUNK_ADDR.pack(fmt.NULL_ADDR)
 _PACK_DIRENT = fmt.DIRENT.pack
-_PACK_XHDR = fmt.XATTR_IBODY_HEADER.pack
-_PACK_XENTRY = fmt.XATTR_ENTRY.pack
 _PACK_ID = fmt.XATTR_SHARED_ID.pack
 _PACK_U32 = fmt.CHUNK_ADDR.pack_into
-_FMT_COMPACT_PLAIN = fmt.i_format(fmt.DataLayout.FLAT_PLAIN, False)
 _FMT_COMPACT_INLINE = fmt.i_format(fmt.DataLayout.FLAT_INLINE, False)
 _FMT_COMPACT_CHUNK = fmt.i_format(fmt.DataLayout.CHUNK_BASED, False)
 _EXTENDED = fmt.INODE_LAYOUT_EXTENDED
-_ZEROS = bytes(BLK)
 _IFREG = stat.S_IFREG
 # Largest size with a single chunk: chunks grow with the file up to 2**(12 + 31) bytes.
 _ONE_CHUNK_MAX = 1 << (fmt.BLOCK_BITS + fmt.CHUNK_FORMAT_BLKBITS_MASK)
@@ -54,8 +48,6 @@ _IFBLK = stat.S_IFBLK
 _IFIFO = stat.S_IFIFO
 _IFSOCK = stat.S_IFSOCK
 _I_U = 16  # offset of i_u in both inode layouts
-_METACOPY = fmt.XATTR_METACOPY
-_REDIRECT = fmt.XATTR_REDIRECT
 
 
 class Directory:
@@ -81,45 +73,6 @@ class Directory:
         self.first = first
         self.targets = targets
         self.nlink = nlink  # 2 + subdirectories, as lcfs_compute_tree counts
-
-
-def _xattr_index(key: bytes) -> tuple[int, bytes]:
-    for prefix, index in fmt.WRITER_XATTR_PREFIXES:
-        if key.startswith(prefix):
-            return index, key[len(prefix) :]
-    return 0, key
-
-
-class _XattrCodec:
-    """Encoded entries and bloom-filter bits of xattr names, cached: names repeat a lot."""
-
-    def __init__(self) -> None:
-        self._names: dict[bytes, tuple[int, bytes, int]] = {}
-
-    def name(self, key: bytes) -> tuple[int, bytes, int]:
-        """(index, suffix, filter bit mask) of an xattr name."""
-        got = self._names.get(key)
-        if got is None:
-            if not key or len(key) > 255:
-                raise ValueError(f"invalid xattr name {key!r}")
-            index, suffix = _xattr_index(key)
-            bit = xxh32(suffix, fmt.XATTR_FILTER_SEED + index) & (fmt.XATTR_FILTER_BITS - 1)
-            got = (index, suffix, 1 << bit)
-            self._names[key] = got
-        return got
-
-    def head(self, key: bytes, value_len: int) -> bytes:
-        """The start of an xattr entry: its header and name suffix (the value follows)."""
-        index, suffix, _ = self.name(key)
-        if value_len > _U16:
-            raise ValueError(f"xattr {key!r} value longer than 65535 bytes")
-        return _PACK_XENTRY(len(suffix), index, value_len) + suffix
-
-    def entry(self, key: bytes, value: bytes) -> bytes:
-        """An xattr entry, padded to 4 bytes."""
-        raw = self.head(key, len(value)) + value
-        pad = -len(raw) & 3
-        return raw + _ZEROS[:pad] if pad else raw
 
 
 def _chunking(size: int) -> tuple[int, int]:
@@ -193,158 +146,6 @@ def _dirent_block(chunk: _Chunk) -> bytes:
     return b"".join(map(_PACK_DIRENT, nids, offsets, fts)) + b"".join(names)
 
 
-_Items = tuple[tuple[bytes, bytes], ...]
-
-
-class _XattrPlan:
-    """Which (name, value) pairs are shared, and the encoded xattrs of each distinct set.
-
-    The nodes' xattr sets are numbered (`set_of`): most nodes share their set with many
-    others (the same SELinux label), so each set is encoded once. External files also
-    carry their own metacopy and redirect xattrs; those are counted here, and spliced
-    into the encoding of the file's set (`splice()`) unless they are shared.
-    """
-
-    def __init__(
-        self,
-        order: list[Inode],
-        final_xattrs: dict[int, dict[bytes, bytes]],
-        externals: list[Inode],
-    ) -> None:
-        codec = self.codec = _XattrCodec()
-        # Key of a node's set: its input xattrs as given (escaped later, once per set), or
-        # for rewritten nodes, (None, *final items).
-        set_of: dict[object, int] = {}
-        number = set_of.setdefault
-        self.set_ids = set_ids = [
-            number(key, len(set_of)) for key in map(tuple, map(dict.items, map(_get_xattrs, order)))
-        ]
-        for index, xattrs in final_xattrs.items():
-            set_ids[index] = number((None, *xattrs.items()), len(set_of))
-        uses = Counter(set_ids)
-        self.sets: list[list[tuple[bytes, bytes]]] = []
-        counts: Counter[tuple[bytes, bytes]] = Counter()
-        for key, sid in set_of.items():
-            if isinstance(key, tuple) and key and key[0] is None:
-                items = sorted(key[1:])
-            else:
-                items = sorted(_escaped_items(key))  # type: ignore[arg-type]
-            self.sets.append(items)
-            n = uses[sid]
-            if n:
-                for kv in items:
-                    counts[kv] += n
-        # The metacopy and redirect values of external files: only they have these names
-        # (input `trusted.overlay.*` xattrs are escaped).
-        digest_uses = Counter([x.digest or b"" for x in externals])
-        payload_uses = Counter([x.payload for x in externals if x.payload])
-        for length in set(map(len, digest_uses)):
-            _metacopy(bytes(length))  # refuses digests of unknown sizes
-        # Only values used more than once matter for sharing.
-        self.shared_digests = {d for d, n in digest_uses.items() if n > 1}
-        self.shared_payloads = {p for p, n in payload_uses.items() if n > 1}
-        for digest in self.shared_digests:
-            counts[(_METACOPY, _metacopy(digest))] += digest_uses[digest]
-        for payload in self.shared_payloads:
-            counts[(_REDIRECT, b"/" + payload)] += payload_uses[payload]
-        self.has_acl = any(kv[0] in fmt.ACL_XATTRS for kv in counts)
-
-        # Shared xattrs: every (name, value) used more than once, in descending order
-        # (xattrs_ht_sort in lcfs-writer-erofs.c).
-        shared = sorted(
-            (kv for kv, count in counts.items() if count > 1),
-            key=lambda kv: (kv[0], len(kv[1]), kv[1]),
-            reverse=True,
-        )
-        self.shared_offset: dict[tuple[bytes, bytes], int] = {}
-        blob: list[bytes] = []
-        off = 0
-        for kv in shared:
-            e = codec.entry(*kv)
-            self.shared_offset[kv] = off
-            blob.append(e)
-            off += len(e)
-        self.shared_blob = b"".join(blob)
-        _, _, self.metacopy_bit = codec.name(_METACOPY)
-        _, _, self.redirect_bit = codec.name(_REDIRECT)
-
-    def encode(
-        self, items: list[tuple[bytes, bytes]]
-    ) -> tuple[int, list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
-        """(filter, shared pairs, (name, inline entry) pairs) of sorted xattrs."""
-        shared_offset = self.shared_offset
-        name_of = self.codec.name
-        entry = self.codec.entry
-        shared: list[tuple[bytes, bytes]] = []
-        inline: list[tuple[bytes, bytes]] = []
-        filt = 0
-        for kv in items:
-            filt |= name_of(kv[0])[2]
-            # composefs shares at most 128 xattrs of an inode, the rest is inline
-            if kv in shared_offset and len(shared) < fmt.XATTR_LONG_PREFIX:
-                shared.append(kv)
-            else:
-                inline.append((kv[0], entry(*kv)))
-        return fmt.XATTR_FILTER_DEFAULT & ~filt, shared, inline
-
-    def body(self, items: list[tuple[bytes, bytes]]) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-        """The in-inode xattrs (header, shared ids as 0, entries) and the shared pairs."""
-        if not items:
-            return b"", []
-        filt, shared, inline = self.encode(items)
-        blob = b"".join([e for _, e in inline])
-        return _PACK_XHDR(filt, len(shared)) + bytes(4 * len(shared)) + blob, shared
-
-    def splice(
-        self, sid: int, digest_len: int, payload_len: int
-    ) -> tuple[bytes, bytes, bytes, int]:
-        """How an external file's xattrs are encoded when its metacopy and redirect are
-        not shared: (before, middle, after, i_xattr_icount) such that they are
-        before + digest + middle + payload + after (no redirect if payload_len is 0)."""
-        filt, shared, inline = self.encode(self.sets[sid])
-        # The set's inline entries around the two: the names sort as
-        # ... < trusted.overlay.metacopy < (escaped trusted.overlay.overlay.*) < redirect < ...
-        head = b"".join([e for name, e in inline if name < _METACOPY])
-        between = b"".join([e for name, e in inline if _METACOPY < name < _REDIRECT])
-        tail = b"".join([e for name, e in inline if name > _REDIRECT])
-        metacopy = _metacopy(bytes(digest_len))
-        before = self.codec.head(_METACOPY, len(metacopy)) + metacopy[: len(metacopy) - digest_len]
-        filt &= ~self.metacopy_bit
-        middle = between
-        after = tail
-        if payload_len:
-            filt &= ~self.redirect_bit
-            redirect = self.codec.head(_REDIRECT, payload_len + 1) + b"/"
-            middle += redirect
-            after = _ZEROS[: -(len(redirect) + payload_len) & 3] + tail
-        before = _PACK_XHDR(filt, len(shared)) + bytes(4 * len(shared)) + head + before
-        size = len(before) + digest_len + len(middle) + payload_len + len(after)
-        return before, middle, after, size // 4 - 2
-
-    def full_items(self, x: Inode, sid: int) -> list[tuple[bytes, bytes]]:
-        """All xattrs of an external file, sorted."""
-        items = [kv for kv in self.sets[sid] if kv[0] not in (_METACOPY, _REDIRECT)]
-        items.append((_METACOPY, _metacopy(x.digest or b"")))
-        if x.payload:
-            items.append((_REDIRECT, b"/" + x.payload))
-        items.sort()
-        return items
-
-
-_get_xattrs = attrgetter("xattrs")
-
-
-def _escaped_items(items: _Items) -> list[tuple[bytes, bytes]]:
-    prefix = fmt.OVERLAY_PREFIX
-    escaped = fmt.OVERLAY_ESCAPED_PREFIX
-    n = len(prefix)
-    return [(escaped + k[n:] if k.startswith(prefix) else k, v) for k, v in items]
-
-
-def _metacopy(digest: bytes) -> bytes:
-    return fmt.metacopy_value(digest) if digest else b""
-
-
 def lay_out_and_emit(
     order: list[Inode],
     dirs: dict[int, Directory],
@@ -361,7 +162,7 @@ def lay_out_and_emit(
     min_sec = min([x.mtime for x in order])
     min_nsec = min([x.mtime_nsec for x in order if x.mtime == min_sec])
     externals = [x for x in order if x.mode & _S_IFMT == _IFREG and not x.content and x.size > 0]
-    plan = _XattrPlan(order, final_xattrs, externals)
+    plan = XattrPlan(order, final_xattrs, externals)
     set_ids = plan.set_ids
     shared_size = len(plan.shared_blob)
     shared_digests = plan.shared_digests
@@ -375,7 +176,7 @@ def lay_out_and_emit(
     # Offsets of shared ids to patch once the inode table's end is known:
     # per set (in set_bodies), and (offset, shared pairs) of other nodes.
     id_patches: list[tuple[int, list[tuple[bytes, bytes]]]] = []
-    # (set, digest length, payload length) of external files -> `_XattrPlan.splice()`
+    # (set, digest length, payload length) of external files -> `XattrPlan.splice()`
     # and the set's list of id offsets to patch
     splices: dict[tuple[int, int, int], tuple[bytes, bytes, bytes, int, list[int] | None]] = {}
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from cfsboot import dumpfile
 from cfsboot.dumpfile import DumpfileError, dumps, escape, parse, unescape, write
 from cfsboot.errors import CfsbootError
 from cfsboot.tree import Inode, walk
@@ -382,6 +386,75 @@ def test_random_trees_round_trip(tree: Inode) -> None:
     assert dumps(again) == text
     # Hardlinks stay hardlinks: the same number of distinct objects.
     assert len({id(n) for _, n in walk(again)}) == len({id(n) for _, n in walk(tree)})
+
+
+# Fields that are valid, invalid or just unusual somewhere in a line.
+_ODD_FIELDS = [
+    b"-", b"", b"0", b"1", b"00", b"4294967295", b"4294967296", b"18446744073709551615",
+    b"18446744073709551616", b"100644", b"40755", b"120777", b"20644", b"177777", b"1177777",
+    b"@100644", b"0.0", b"-1.5", b"1.999999999", b"1.1000000000", b"9223372036854775808.0",
+    b"/", b"/a", b"//a", b"/a/", b"/.", b"/..", b"a" * 256, b"/" + b"a" * 256, b"x\\",
+    b"\\q", b"a\\x00b", b"\\x2d", b"ab/cd", b"11" * 32, b"11" * 64, b"zz" * 32, b"5000",
+    b"5001", b"65", b"user.a=b", b"user.a=b user.a=c", b"=x", b"k", b"#1\\n", b"+1", b"1_0",
+    b"0x1", b"x" * 4096,
+]  # fmt: skip
+
+
+def _outcome(text: bytes, *, fast: bool) -> bytes:
+    """The dumpfile of what `text` parses to, or the error, with or without the fast path."""
+    with contextlib.ExitStack() as stack:
+        if not fast:
+            stack.enter_context(
+                mock.patch.object(dumpfile._Parser, "fast_line", return_value=False)
+            )
+        try:
+            return dumps(parse(text))
+        except DumpfileError as e:
+            return str(e).encode()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(trees(), st.data())
+def test_fast_path_agrees_with_the_strict_parser(tree: Inode, data: st.DataObject) -> None:
+    """Lines the fast path takes give the tree the strict path gives; the others it leaves."""
+    lines = dumps(tree).split(b"\n")
+    for _ in range(data.draw(st.integers(0, 3))):
+        i = data.draw(st.integers(0, len(lines) - 1))
+        fields = lines[i].split(b" ")
+        j = data.draw(st.integers(0, len(fields)))
+        odd = data.draw(st.sampled_from(_ODD_FIELDS))
+        if j < len(fields) and data.draw(st.booleans()):
+            fields[j] = odd
+        else:
+            fields.insert(j, odd)
+        lines[i] = b" ".join(fields)
+    text = b"\n".join(lines)
+    assert _outcome(text, fast=True) == _outcome(text, fast=False)
+
+
+_TEMPLATES = [
+    b"/d 4096 40755 2 0 0 0 1.5 - - - security.selinux=x\\x00",
+    b"/f 70000 100644 1 0 0 0 1.0 ab/cdef - " + b"ab" * 32 + b" user.a=b",
+    b"/i 3 100644 1 5 6 0 2.0 - #1\\n - security.selinux=x",
+    b"/e 0 100644 1 0 0 0 0.0 - - -",
+    b"/l 5 120777 1 0 0 0 0.0 ../ab - -",
+    b"/p 0 10644 1 0 0 0 0.0 - - -",
+    b"/h 0 @100644 - - - - 0.0 /d - -",
+]
+
+
+def test_fast_path_agrees_with_the_strict_parser_on_every_field() -> None:
+    """Each field of common lines replaced by (or preceded by) each odd value."""
+    for template in _TEMPLATES:
+        fields = template.split(b" ")
+        for j in range(len(fields) + 1):
+            for odd in _ODD_FIELDS:
+                for line in (
+                    b" ".join([*fields[:j], odd, *fields[j + 1 :]]),
+                    b" ".join([*fields[:j], odd, *fields[j:]]),
+                ):
+                    text = ROOT + b"/d 4096 40755 2 0 0 0 1.0 - - -\n" + line + b"\n"
+                    assert _outcome(text, fast=True) == _outcome(text, fast=False), line
 
 
 def test_parse_speed_100k_lines() -> None:

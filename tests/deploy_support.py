@@ -8,12 +8,33 @@ the boot menu code look at.
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 from cfsboot.oci.build import Entry, build_layout
 
 KVER = "6.12.0-test"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CLI_ENV = {**os.environ, "PYTHONPATH": f"{REPO_ROOT / 'stager'}:{REPO_ROOT / 'setup-root'}"}
+
+
+def cfsboot(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The CLI of this source tree in a subprocess (exit codes and stderr as users see them)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "cfsboot.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=CLI_ENV,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"cfsboot {' '.join(map(str, args))}: {proc.stderr}")
+    return proc
+
+
 MTIME = 1700000000
 
 

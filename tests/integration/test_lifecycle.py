@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,23 +22,11 @@ import pytest
 from cfsboot.bootentries.bls import BLSEntry
 from cfsboot.disk import read_layout
 from cfsboot.oci.import_ import import_image
-from deploy_support import os_image
+from deploy_support import cfsboot, os_image
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("can_mount")]
 
-CFSBOOT = [sys.executable, "-m", "cfsboot.cli"]
-REPO_ROOT = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "PYTHONPATH": f"{REPO_ROOT / 'stager'}:{REPO_ROOT / 'setup-root'}"}
 MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
-
-
-def cfsboot(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [*CFSBOOT, *map(str, args)], capture_output=True, text=True, env=ENV, check=False
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"cfsboot {' '.join(map(str, args))}: {proc.stderr}")
-    return proc
 
 
 @dataclass

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,25 +22,9 @@ from cfsboot.bootentries import bls
 from cfsboot.bootentries.grub import GrubMenu
 from cfsboot.oci.build import build_layout
 from cfsboot.oci.import_ import import_image
-from deploy_support import make_pe, os_entries, os_image
+from deploy_support import cfsboot, make_pe, os_entries, os_image
 
 pytestmark = [pytest.mark.integration]
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "PYTHONPATH": f"{REPO_ROOT / 'stager'}:{REPO_ROOT / 'setup-root'}"}
-
-
-def cfsboot(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "cfsboot.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        check=False,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"cfsboot {' '.join(map(str, args))}: {proc.stderr}")
-    return proc
 
 
 def digest(ref: str) -> str:

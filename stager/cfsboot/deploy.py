@@ -47,7 +47,7 @@ from cfsboot.bootloader import MAX_ENTRIES, Bootloader, MenuEntry
 from cfsboot.bootscan import BootResources
 from cfsboot.errors import CfsbootError, die
 from cfsboot.fsutil import TEMP_MARKER, fsync_dir, temp_name
-from cfsboot.oci.import_ import Progress, import_image, read_image_info
+from cfsboot.oci.import_ import Progress, fetch_config, import_image, read_image_info
 from cfsboot.oci.reference import parse as parse_ref
 from cfsboot.origin import BootType, Origin
 from cfsboot.run import run
@@ -124,6 +124,40 @@ def import_target(
         config=imagefiles.setup_root_config(repo, result.tree),
         osrel=imagefiles.os_release(repo, result.tree),
     )
+
+
+@dataclass(frozen=True)
+class UpdateCheck:
+    """What `upgrade --check` found: the image the reference names now, against ours."""
+
+    reference: str
+    config_digest: str
+    current_config_digest: str | None  # None: the deployment predates the record
+    version: str | None
+
+    @property
+    def available(self) -> bool:
+        return self.config_digest != self.current_config_digest
+
+
+def check_update(
+    sysroot: Sysroot, depl: str, imgref: str, *, arch: str | None = None
+) -> UpdateCheck:
+    """Whether `imgref` now names another image than deployment `depl` was made from.
+
+    Reads the manifest and the config only (no layer, nothing written): the config
+    digest covers the layers' diff IDs, so an unchanged one means an unchanged image.
+    """
+    digest, config = fetch_config(imgref, arch=arch)
+    info = read_image_info(sysroot.repo, depl) or {}
+    current = info.get("config_digest")
+    settings = config.get("config")
+    labels = settings.get("Labels") if isinstance(settings, dict) else None
+    version = None
+    if isinstance(labels, dict):
+        value = labels.get("org.opencontainers.image.version")
+        version = value if isinstance(value, str) else None
+    return UpdateCheck(imgref, digest, current if isinstance(current, str) else None, version)
 
 
 # ---------------------------------------------------------------------------------------

@@ -198,6 +198,13 @@ def test_unmergeable_etc_is_refused_at_staging(tmp: Path, refs: dict[str, str]) 
     assert sys_.menu() == [d1]
 
 
+def _config_digest(layout: Path) -> str:
+    index = json.loads((layout / "index.json").read_text())
+    mdigest = index["manifests"][0]["digest"]
+    manifest = json.loads((layout / "blobs/sha256" / mdigest[7:]).read_text())
+    return str(manifest["config"]["digest"])
+
+
 def test_upgrade_follows_the_reference(tmp: Path) -> None:
     img = tmp / "img"
     ref = os_image(img, "1")
@@ -210,8 +217,13 @@ def test_upgrade_follows_the_reference(tmp: Path) -> None:
     shutil.rmtree(img)
     os_image(img, "2")
     d2 = digest(ref)
+    objects = sorted((sys_.root / "composefs/objects").rglob("*"))
     out = sys_.cfs("upgrade", "--check")
-    assert out.stdout.splitlines() == [f"update available: {ref} -> {d2[:12]}…", d2]
+    lines = out.stdout.splitlines()
+    assert lines[0] == f"update available: {ref}"
+    assert lines[1] == f"  config {_config_digest(img)}"
+    # Only the manifest and config were read: nothing new in the repository.
+    assert sorted((sys_.root / "composefs/objects").rglob("*")) == objects
     sys_.cfs("upgrade", "-q")
     sys_.cfs("finalize-staged")
     assert sys_.menu() == [d2, d1]

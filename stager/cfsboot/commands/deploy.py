@@ -91,7 +91,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         if name == "switch":
             q.add_argument("imgref", metavar="IMGREF")
         else:
-            q.add_argument("--check", action="store_true", help="only say if there is an update")
+            q.add_argument(
+                "--check",
+                action="store_true",
+                help="only say whether there is an update (reads no layer)",
+            )
         sysroot_options(q)
         q.add_argument("--karg", action="append", default=[], help="add a kernel argument")
         q.add_argument("--apply", action="store_true", help="reboot when done")
@@ -228,8 +232,8 @@ def cmd_switch(args: argparse.Namespace) -> int:
     return rc
 
 
-def _followed_image(sysroot: Sysroot, bl: Bootloader) -> str:
-    """The image reference upgrade follows: the staged deployment's, else the booted one's."""
+def _followed(sysroot: Sysroot, bl: Bootloader) -> tuple[str, str]:
+    """The deployment upgrade starts from (staged, else booted) and the reference it follows."""
     from cfsboot import deploy
 
     staged = sysroot.staged()
@@ -238,25 +242,31 @@ def _followed_image(sysroot: Sysroot, bl: Bootloader) -> str:
             continue
         origin = sysroot.origin(depl)
         if origin is not None:
-            return origin.image
+            return depl, origin.image
     die("the booted deployment has no origin (image reference) to upgrade from",
         hint="use cfsboot switch IMGREF")  # fmt: skip
 
 
-def cmd_upgrade(args: argparse.Namespace) -> int:
+def _check(sysroot: Sysroot, depl: str, imgref: str, arch: str | None) -> None:
     from cfsboot import deploy
 
+    found = deploy.check_update(sysroot, depl, imgref, arch=arch)
+    short = found.config_digest[:19] + "…"
+    if not found.available:
+        print(f"no update: {imgref} still names the deployed image (config {short})")
+        return
+    version = f" (version {found.version})" if found.version else ""
+    print(f"update available: {imgref}{version}")
+    print(f"  config {found.config_digest}")
+    if found.current_config_digest is None:
+        print(f"  (deployment {depl[:12]}… has no config on record to compare with)")
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
     with opened(args) as (sysroot, bl):
-        imgref = _followed_image(sysroot, bl)
+        depl, imgref = _followed(sysroot, bl)
         if args.check:
-            target = deploy.import_target(sysroot, imgref, quiet=True, arch=args.arch)
-            current = deploy.current_deployment(sysroot, bl)
-            staged = sysroot.staged()
-            if target.digest in (current, staged.depl_id if staged else None):
-                print(f"no update: {imgref} is at {target.digest[:12]}…")
-            else:
-                print(f"update available: {imgref} -> {target.digest[:12]}…")
-                print(target.digest)
+            _check(sysroot, depl, imgref, args.arch)
             return 0
         rc = _stage(args, sysroot, bl, imgref)
     _reboot(args.apply)

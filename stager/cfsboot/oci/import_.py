@@ -18,6 +18,7 @@ composefs-rs splitstreams):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -356,6 +357,27 @@ def opened(
         yield image
 
 
+def fetch_config(
+    reference: str, *, arch: str | None = None, tls_verify: bool | None = None
+) -> tuple[str, dict[str, Any]]:
+    """The config digest and config of `reference`, without reading any layer."""
+    ref = parse(reference)
+    if ref.transport.native:
+        image = open_image(ref, arch=arch)
+        try:
+            return image.config_digest, image.config_json
+        finally:
+            image.close()
+    raw = skopeo.inspect_config(ref, arch=arch, tls_verify=tls_verify)
+    try:
+        config = json.loads(raw)
+    except ValueError:
+        config = None
+    if not isinstance(config, dict):
+        die(f"{reference}: skopeo returned an image config that is not a JSON object")
+    return "sha256:" + hashlib.sha256(raw).hexdigest(), config
+
+
 def build_boot_tree(
     records: list[LayerRecord], xattrs: XattrFilter = XattrFilter.ALLOWLIST
 ) -> tuple[Inode, BootResources]:
@@ -457,6 +479,7 @@ __all__ = [
     "Progress",
     "Transport",
     "default_tag",
+    "fetch_config",
     "import_image",
     "read_image_info",
 ]

@@ -62,3 +62,23 @@ def copy_to_oci(
     env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
     run(copy_argv(ref, dest, arch=arch, tls_verify=tls_verify), env=env)
     return ImageRef(Transport.OCI, str(dest), LOCAL_TAG)
+
+
+def inspect_config(
+    ref: ImageRef, *, arch: str | None = None, tls_verify: bool | None = None
+) -> bytes:
+    """The raw config blob of `ref` (the host's or `arch`'s image of a multi-arch one).
+
+    Only the manifest and the config travel, never a layer: what `upgrade --check`
+    needs. The config's digest survives skopeo's manifest conversions (Docker v2s2
+    to OCI), so it names the same image here and in the OCI layout `copy_to_oci` makes.
+    """
+    argv = ["skopeo"]
+    if arch is not None:
+        argv += ["--override-arch", arch]
+    argv += ["inspect", "--config", "--raw"]
+    if tls_verify is not None:
+        argv.append(f"--tls-verify={'true' if tls_verify else 'false'}")
+    argv.append(source_spec(ref))
+    env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+    return run(argv, capture=True, env=env).stdout

@@ -1,0 +1,109 @@
+"""Deployments that follow a registry reference: skopeo and Debian's docker-registry for real.
+
+`switch` and `upgrade` pull through `skopeo copy`; `upgrade --check` asks the registry
+for the manifest and config only (`skopeo inspect --config --raw`) and compares the
+config digest with the one recorded at import. The registry listens on a port of its
+own so that a VM test's registry (port 5000) can run at the same time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from cfsboot.oci.import_ import fetch_config, import_image
+from conftest import REPO_ROOT, missing_capability
+from deploy_support import CLI_ENV, cfsboot, os_image
+
+pytestmark = [pytest.mark.integration]
+PORT = 5055
+
+
+def _registry_module() -> ModuleType:
+    if "registry" in sys.modules:  # vm-tests' conftest got there first
+        return sys.modules["registry"]
+    spec = importlib.util.spec_from_file_location("registry", REPO_ROOT / "vm-tests/registry.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["registry"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def reg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    registry = _registry_module()
+    for tool in ("skopeo", registry.BINARY):
+        if shutil.which(tool) is None:
+            missing_capability(f"{tool} not installed (run `make setup`)")
+    with registry.running(tmp_path_factory.mktemp("registry"), port=PORT) as running:
+        yield running
+
+
+def _config_digest(layout: Path) -> str:
+    index = json.loads((layout / "index.json").read_text())
+    blob = layout / "blobs/sha256" / index["manifests"][0]["digest"][7:]
+    manifest = json.loads(blob.read_text())
+    return str(manifest["config"]["digest"])
+
+
+def test_upgrade_check_reads_only_the_config(
+    reg: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = reg.client_env()["HOME"]  # type: ignore[attr-defined]
+    monkeypatch.setitem(CLI_ENV, "HOME", home)
+    monkeypatch.setenv("HOME", home)
+    v1 = tmp_path / "v1"
+    v2 = tmp_path / "v2"
+    os_image(v1, "1")
+    os_image(v2, "2")
+    reg.push(v1, "latest")  # type: ignore[attr-defined]
+    ref = reg.ref("latest")  # type: ignore[attr-defined]
+
+    # The registry hands out the config the layout holds, byte for byte.
+    digest, config = fetch_config(ref)
+    assert digest == _config_digest(v1)
+    assert config["rootfs"]["type"] == "layers"
+    d1 = import_image(ref, None).image_digest
+    assert d1 == import_image(f"oci:{v1}:latest", None).image_digest
+
+    root, esp, run = tmp_path / "root", tmp_path / "esp", tmp_path / "run"
+    root.mkdir()
+    esp.mkdir()
+    cfsboot("install", "to-filesystem", ref, root, "--esp", esp, "-q")
+    opts = ("--sysroot", root, "--esp", esp, "--run-dir", run)
+    out = cfsboot("upgrade", "--check", *opts).stdout
+    assert out.startswith(f"no update: {ref} still names the deployed image")
+
+    # A new version under the same tag: the check sees it and writes nothing.
+    reg.push(v2, "latest")  # type: ignore[attr-defined]
+    objects = sorted((root / "composefs/objects").rglob("*"))
+    streams = sorted((root / "composefs/streams").rglob("*"))
+    lines = cfsboot("upgrade", "--check", *opts).stdout.splitlines()
+    assert lines == [f"update available: {ref}", f"  config {_config_digest(v2)}"]
+    assert sorted((root / "composefs/objects").rglob("*")) == objects
+    assert sorted((root / "composefs/streams").rglob("*")) == streams
+
+    cfsboot("upgrade", "-q", *opts)
+    cfsboot("finalize-staged", *opts)
+    image = json.loads(cfsboot("status", "--json", *opts).stdout)["status"]["booted"]["image"]
+    assert image["image"]["transport"] == "registry"
+    assert image["imageDigest"] == reg.manifest_digest("latest")  # type: ignore[attr-defined]
+    assert cfsboot("upgrade", "--check", *opts).stdout.startswith("no update")
+
+    # A tag the registry does not know: one line on stderr, non-zero, nothing staged.
+    missing = reg.ref("nosuchtag")  # type: ignore[attr-defined]
+    for bad in (
+        cfsboot("switch", missing, "-q", *opts, check=False),
+        cfsboot("image", "compute-id", missing, check=False),
+    ):
+        assert bad.returncode == 1 and bad.stderr.count("\n") == 1, bad.stderr
+        assert "skopeo" in bad.stderr
+    assert not (run / "composefs/staged-deployment").exists()

@@ -324,3 +324,28 @@ def test_symlinks_are_stored_not_followed(tmp_path: Path) -> None:
     )
     with pytest.raises(CfsbootError, match="a parent is not a directory"):
         import_image(through, None, algorithm=HashAlg.SHA256)
+
+
+def test_object_digests_either_side_of_the_memory_limit(tmp_path: Path) -> None:
+    """Files hashed whole on a worker thread and files hashed chunk by chunk while they
+    stream (bigger than MEMORY_OBJECT_MAX) get the kernel's digest, with and without a
+    repository, and the same content twice is one object."""
+    from cfsboot.oci.import_ import CHUNK, MEMORY_OBJECT_MAX
+
+    sizes = [65, 4096, MEMORY_OBJECT_MAX, MEMORY_OBJECT_MAX + 1, 3 * CHUNK + MEMORY_OBJECT_MAX + 7]
+    pattern = bytes(range(251))  # a prime period: no two blocks alike across files
+    blobs = {f"usr/f{i}": (bytes([i]) + pattern * (n // 251 + 1))[:n] for i, n in enumerate(sizes)}
+    blobs["usr/again"] = blobs["usr/f4"]
+    ref = layout(tmp_path / "img", [[*base_layer(), *(Entry(p, data=b) for p, b in blobs.items())]])
+    repo = make_repo(tmp_path / "repo")
+    stored = import_image(ref, repo)
+    computed = import_image(ref, None, algorithm=repo.algorithm)
+    assert stored.image_digest == computed.image_digest
+    assert stored.objects_written == len(sizes) and stored.bytes_written == sum(sizes)
+    assert stored.tree is not None and stored.tree.children is not None
+    usr = stored.tree.children[b"usr"].children
+    assert usr is not None
+    for path, data in blobs.items():
+        node = usr[path.split("/")[1].encode()]
+        assert node.digest == digest_bytes(data, repo.algorithm), path
+        assert repo.object_path(node.digest.hex()).read_bytes() == data

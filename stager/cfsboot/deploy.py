@@ -493,6 +493,11 @@ def stage(
         return StageResult(d, False, f"{target.reference} ({d[:12]}…) is already booted")
     staged = sysroot.staged()
     if staged is not None and staged.depl_id == d and bl.has_staged():
+        if staged.finalization_locked != download_only:
+            # Staged before, now asked for with(out) --download-only: only the lock changes.
+            sysroot.write_staged(StagedDeployment(d, finalization_locked=download_only))
+            how = "download-only" if download_only else "unlocked; it boots next"
+            return StageResult(d, False, f"{target.reference} ({d[:12]}…) is staged, {how}")
         return StageResult(d, False, f"{target.reference} ({d[:12]}…) is already staged")
     live = bl.menu()
     if current is None or not live:
@@ -527,6 +532,23 @@ def stage(
         # Its ExecStop runs `cfsboot finalize-staged` at shutdown.
         run(["systemctl", "start", FINALIZE_SERVICE], check=False)
     return StageResult(d, True, f"staged {target.reference} ({d[:12]}…); it boots next")
+
+
+def unlock_staged(sysroot: Sysroot, bl: Bootloader) -> str:
+    """Let a download-only staged deployment be finalized at shutdown (`--from-downloaded`)."""
+    staged = sysroot.staged()
+    if staged is None or not bl.has_staged() or not sysroot.deploy_dir(staged.depl_id).is_dir():
+        die(
+            "no staged deployment to apply",
+            hint="stage one with `cfsboot upgrade --download-only` (or switch) first",
+        )
+    d = staged.depl_id
+    if not staged.finalization_locked:
+        return f"staged deployment {d[:12]}… is not download-only: it boots next already"
+    sysroot.write_staged(StagedDeployment(d, finalization_locked=False))
+    if sysroot.live:
+        run(["systemctl", "start", FINALIZE_SERVICE], check=False)
+    return f"staged deployment {d[:12]}… unlocked; it boots next"
 
 
 # ---------------------------------------------------------------------------------------

@@ -258,3 +258,33 @@ def test_refusals(tmp: Path, refs: dict[str, str]) -> None:
     missing = sys_.cfs("switch", f"oci:{tmp}/nope:latest", "-q", check=False)
     assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1
     assert "Traceback" not in missing.stderr
+
+
+def test_download_only_then_from_downloaded(tmp: Path, refs: dict[str, str]) -> None:
+    sys_ = install(tmp, refs["v1"])
+    d1, d2 = digest(refs["v1"]), digest(refs["v2"])
+    marker = sys_.run / "composefs/staged-deployment"
+    nothing = sys_.cfs("upgrade", "--from-downloaded", check=False)
+    assert nothing.returncode == 1 and nothing.stderr.count("\n") == 1
+    assert "no staged deployment to apply" in nothing.stderr
+
+    sys_.cfs("switch", refs["v2"], "--download-only", "-q")
+    assert json.loads(marker.read_text()) == {"depl_id": d2, "finalization_locked": True}
+    assert sys_.status()["status"]["staged"]["downloadOnly"] is True
+    # Shutdown leaves a download-only deployment staged and the menu as it was.
+    assert "download-only: not finalized" in sys_.cfs("finalize-staged").stderr
+    assert sys_.menu() == [d1] and marker.exists()
+
+    out = sys_.cfs("upgrade", "--from-downloaded")
+    assert "unlocked; it boots next" in out.stderr
+    assert json.loads(marker.read_text())["finalization_locked"] is False
+    assert "not download-only" in sys_.cfs("upgrade", "--from-downloaded").stderr
+    # Locked again by asking for it again with --download-only, unlocked by a plain switch.
+    assert "download-only" in sys_.cfs("switch", refs["v2"], "--download-only").stderr
+    assert json.loads(marker.read_text())["finalization_locked"] is True
+    assert "unlocked" in sys_.cfs("switch", refs["v2"]).stderr
+    sys_.cfs("finalize-staged")
+    assert sys_.menu() == [d2, d1] and not marker.exists()
+
+    both = sys_.cfs("upgrade", "--check", "--from-downloaded", check=False)
+    assert both.returncode == 2 and "not allowed with" in both.stderr

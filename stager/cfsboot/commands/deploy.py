@@ -90,20 +90,26 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         q = sub.add_parser(name, help=help_text)
         if name == "switch":
             q.add_argument("imgref", metavar="IMGREF")
-        else:
-            q.add_argument(
-                "--check",
-                action="store_true",
-                help="only say whether there is an update (reads no layer)",
-            )
         sysroot_options(q)
         q.add_argument("--karg", action="append", default=[], help="add a kernel argument")
         q.add_argument("--apply", action="store_true", help="reboot when done")
-        q.add_argument(
+        what = q.add_mutually_exclusive_group()
+        what.add_argument(
             "--download-only",
             action="store_true",
             help="stage it, but do not finalize it at shutdown",
         )
+        if name == "upgrade":
+            what.add_argument(
+                "--check",
+                action="store_true",
+                help="only say whether there is an update (reads no layer)",
+            )
+            what.add_argument(
+                "--from-downloaded",
+                action="store_true",
+                help="let the download-only staged deployment boot next (fetches nothing)",
+            )
         q.add_argument("--arch", help="from a multi-arch image (default: this machine's)")
         q.add_argument("--quiet", "-q", action="store_true")
         q.set_defaults(func=cmd_switch if name == "switch" else cmd_upgrade)
@@ -263,12 +269,18 @@ def _check(sysroot: Sysroot, depl: str, imgref: str, arch: str | None) -> None:
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
+    from cfsboot import deploy
+
     with opened(args) as (sysroot, bl):
-        depl, imgref = _followed(sysroot, bl)
-        if args.check:
-            _check(sysroot, depl, imgref, args.arch)
-            return 0
-        rc = _stage(args, sysroot, bl, imgref)
+        if args.from_downloaded:
+            sys.stderr.write(f"{deploy.unlock_staged(sysroot, bl)}\n")
+            rc = 0
+        else:
+            depl, imgref = _followed(sysroot, bl)
+            if args.check:
+                _check(sysroot, depl, imgref, args.arch)
+                return 0
+            rc = _stage(args, sysroot, bl, imgref)
     _reboot(args.apply)
     return rc
 

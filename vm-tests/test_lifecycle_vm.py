@@ -106,7 +106,10 @@ def test_2_switch_to_v2_from_a_registry(
         watch=(FINALIZE_MARKER,),
     )  # fmt: skip
     assert FINALIZE_MARKER in result.markers, "finalize did not run at shutdown"
-    booted_ok(lifecycle_disk, results_dir_root / "2b-booted-v2", ("booted-v2",), expect)
+    # The check also runs `upgrade --check` against the registry (still serving v2).
+    booted_ok(
+        lifecycle_disk, results_dir_root / "2b-booted-v2", ("booted-v2",), expect, network=True
+    )
 
 
 @pytest.mark.vmcore

@@ -14,9 +14,9 @@ import binascii
 import gc
 import re
 import stat
-from collections.abc import Callable
 from typing import BinaryIO
 
+from cfsboot.dumpescape import EscapeError, escape, escape_optional, unescape
 from cfsboot.errors import CfsbootError
 from cfsboot.tree import FILE_TYPES, Inode, walk
 
@@ -43,106 +43,6 @@ class DumpfileError(CfsbootError):
         self.reason = reason
 
 
-# --- unescaping ------------------------------------------------------------------------
-
-_ESCAPE = re.compile(rb"\\(?:x([0-9A-Fa-f]{2})|([\\nrt]))")
-_SIMPLE = {b"\\": b"\\", b"n": b"\n", b"r": b"\r", b"t": b"\t"}
-
-
-class _EscapeError(ValueError):
-    pass
-
-
-def _unescape_match(m: re.Match[bytes]) -> bytes:
-    if m.group(1) is not None:
-        return bytes((int(m.group(1), 16),))
-    return _SIMPLE[m.group(2)]
-
-
-def _bad_escape(field: bytes) -> str:
-    """Why `field` has an escape C rejects (the first bad one)."""
-    i = 0
-    while True:
-        i = field.index(b"\\", i)
-        m = _ESCAPE.match(field, i)
-        if m is None:
-            nxt = field[i + 1 : i + 2]
-            if not nxt:
-                return "no character after escape '\\'"
-            if nxt == b"x":
-                return f"invalid hex escape {field[i : i + 4]!r}"
-            return f"unsupported escape '\\{nxt.decode('latin-1')}'"
-        i = m.end()
-
-
-def unescape(field: bytes) -> bytes:
-    """Undo the dumpfile escapes (`\\\\ \\n \\r \\t \\xXY`); any other escape is a ValueError."""
-    if b"\\" not in field:
-        return field
-    pieces: list[bytes] = []
-    pos = 0
-    for m in _ESCAPE.finditer(field):
-        chunk = field[pos : m.start()]
-        if b"\\" in chunk:
-            raise _EscapeError(_bad_escape(field))
-        pieces.append(chunk)
-        pieces.append(_unescape_match(m))
-        pos = m.end()
-    tail = field[pos:]
-    if b"\\" in tail:
-        raise _EscapeError(_bad_escape(field))
-    pieces.append(tail)
-    return b"".join(pieces)
-
-
-# --- escaping (composefs-info.c print_escaped) -------------------------------------------
-
-
-def _escape_table(escape_equal: bool) -> list[bytes]:
-    table = []
-    for c in range(256):
-        if c == 0x5C:
-            table.append(b"\\\\")
-        elif c == 0x0A:
-            table.append(b"\\n")
-        elif c == 0x0D:
-            table.append(b"\\r")
-        elif c == 0x09:
-            table.append(b"\\t")
-        elif (c == 0x3D and escape_equal) or not 0x21 <= c <= 0x7E:  # isgraph() in the C locale
-            table.append(b"\\x%02x" % c)
-        else:
-            table.append(bytes((c,)))
-    return table
-
-
-_TABLE = _escape_table(False)
-_TABLE_EQ = _escape_table(True)
-_NEEDS = re.compile(rb"[^\x21-\x5b\x5d-\x7e]")
-_NEEDS_EQ = re.compile(rb"[^\x21-\x3c\x3e-\x5b\x5d-\x7e]")
-
-
-def _sub(table: list[bytes]) -> Callable[[re.Match[bytes]], bytes]:
-    return lambda m: table[m.group()[0]]
-
-
-_SUB = _sub(_TABLE)
-_SUB_EQ = _sub(_TABLE_EQ)
-
-
-def escape(value: bytes, *, equal: bool = False, lone_dash: bool = False) -> bytes:
-    """Escape one field the way `composefs-info dump` does."""
-    if lone_dash and value == b"-":
-        return b"\\x2d"
-    if equal:
-        return _NEEDS_EQ.sub(_SUB_EQ, value)
-    return _NEEDS.sub(_SUB, value)
-
-
-def _escape_optional(value: bytes | None) -> bytes:
-    return b"-" if value is None else escape(value, lone_dash=True)
-
-
 # --- writer ----------------------------------------------------------------------------
 
 
@@ -159,7 +59,7 @@ def dumps(root: Inode) -> bytes:
         link = first_path.get(id(node))
         if link is None:
             first_path[id(node)] = path
-            payload = _escape_optional(node.payload)
+            payload = escape_optional(node.payload)
         else:
             payload = escape(link, lone_dash=True)
         content = node.content
@@ -219,7 +119,7 @@ def _optional(field: bytes, name: str) -> bytes | None:
         return None
     try:
         return unescape(field)
-    except _EscapeError as e:
+    except EscapeError as e:
         raise _LineError(f"{name}: {e}") from None
 
 
@@ -388,7 +288,7 @@ class _Parser:
                 if b"\\" in content:
                     try:
                         content = unescape(content)
-                    except _EscapeError:
+                    except EscapeError:
                         return False
                 if len(content) != size:
                     return False
@@ -426,7 +326,7 @@ class _Parser:
         (payload_f, content_f, digest_f, xattrs_f) = rec[10:]
         try:
             path = unescape(path_f)
-        except _EscapeError as e:
+        except EscapeError as e:
             raise _LineError(f"path: {e}") from None
         if not path:
             raise _LineError("empty path")
@@ -590,7 +490,7 @@ class _Parser:
             try:
                 key = unescape(key)
                 value = unescape(value)
-            except _EscapeError as e:
+            except EscapeError as e:
                 raise _LineError(f"xattr: {e}") from None
             if not key or len(key) > NAME_MAX:
                 raise _LineError(f"xattr name length {len(key)} is not in 1..{NAME_MAX}")

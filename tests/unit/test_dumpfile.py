@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cfsboot import dumpfile
-from cfsboot.dumpfile import DumpfileError, dumps, escape, parse, unescape, write
+from cfsboot.dumpescape import escape, unescape
+from cfsboot.dumpfile import DumpfileError, dumps, parse, write
 from cfsboot.errors import CfsbootError
 from cfsboot.tree import Inode, walk
 from treegen import trees

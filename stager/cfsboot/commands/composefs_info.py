@@ -110,7 +110,7 @@ def measure_file(path: str) -> bytes:
 
 def _escape_ls(value: bytes) -> bytes:
     """composefs-info's escaping for `ls` paths: like the dumpfile's, but spaces stay."""
-    from cfsboot.dumpfile import escape
+    from cfsboot.dumpescape import escape
 
     return b" ".join(escape(part) for part in value.split(b" "))
 
@@ -121,7 +121,7 @@ def ls_lines(root: Inode) -> Iterator[bytes]:
     A node met again under another name is a hardlink in C's loaded tree, with no mode of
     its own: its line is just the path.
     """
-    from cfsboot.dumpfile import escape
+    from cfsboot.dumpescape import escape
 
     seen: set[int] = set()
     stack = [(b"", iter(sorted(root.children or {})), root)]

@@ -359,7 +359,7 @@ def _c_set_xattr(
 
 def dumpfile_link_paths(data: bytes) -> list[bytes]:
     """The (unescaped) paths of a dumpfile's '@' hardlink lines, for `build_image`."""
-    from cfsboot.dumpfile import unescape
+    from cfsboot.dumpescape import unescape
 
     paths = []
     # A hardlink line's third field (MODE) starts with '@'. Spaces in fields are escaped,

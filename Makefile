@@ -14,7 +14,7 @@ APT_PACKAGES := \
 	python3 python3-venv python3-dev gcc make git \
 	mmdebstrap debian-archive-keyring arch-test \
 	shellcheck fsverity erofs-utils e2fsprogs util-linux \
-	mtools dosfstools fdisk skopeo zstd cpio \
+	mtools dosfstools fdisk skopeo zstd cpio btrfs-progs xfsprogs \
 	qemu-system-x86 qemu-utils ovmf hyperfine docker-registry systemd-boot-efi
 
 .PHONY: setup apt venv reftools testos test unit lint vm-test vm-test-core bench freeze install-dracut-module clean

@@ -3,12 +3,15 @@
 GPT with an ESP (FAT32, 1 GiB by default, as bootc's composefs backend) and a
 root partition typed with the Discoverable Partitions Specification's root
 UUID for the architecture, so systemd-gpt-auto-generator can find it without
-`root=`. The root filesystem is ext4 with `-O verity`.
+`root=`. The root filesystem is ext4 with `-O verity` (the default), btrfs
+(fs-verity built in) or xfs (no fs-verity in Linux 6.12: insecure only).
 
 Filesystems are made at byte offsets into the whole target (`mkfs.ext4 -E
-offset=`, `mkfs.vfat --offset`), never through partition device nodes: image
-files have none, and loop devices on this kind of host get none either (no
-udev). The ESP is then written with mtools (cfsboot.esp.MtoolsEsp), never mounted.
+offset=`, `mkfs.vfat --offset`, or a loop device over the partition's byte range
+for the mkfs tools that have no offset option), never through partition device
+nodes: image files have none, and loop devices on this kind of host get none
+either (no udev). The ESP is then written with mtools (cfsboot.esp.MtoolsEsp),
+never mounted.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import platform
 import secrets
 import struct
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +38,8 @@ ROOT_LABEL = "root"
 # ext4 fs-verity needs the block size to equal the page size before Linux 6.3; mke2fs
 # would pick 1 KiB blocks for a small root.
 ROOT_BLOCK_SIZE = 4096
+# Root filesystems install can make, and whether Linux (6.12) has fs-verity on them.
+FILESYSTEMS = {"ext4": True, "btrfs": True, "xfs": False}
 
 # GPT partition type UUIDs (UEFI spec "GPT Partition Entry"; Discoverable Partitions Spec).
 ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
@@ -76,6 +83,7 @@ class DiskPlan:
     bios_boot: bool = False  # a BIOS boot partition first, for GRUB on legacy BIOS
     esp_label: str = ESP_LABEL
     root_label: str = ROOT_LABEL
+    filesystem: str = "ext4"  # a key of FILESYSTEMS
 
     def sfdisk_script(self) -> str:
         for what, size in (("ESP", self.esp_size), ("root", self.root_size)):
@@ -237,10 +245,43 @@ def format_esp(layout: DiskLayout, part: Partition, *, label: str, volume_id: st
     )
 
 
+@contextmanager
+def loop_device(target: Path, part: Partition) -> Iterator[str]:
+    """A loop device over the byte range of `part` in `target` (detached at the end)."""
+    proc = run(
+        ["losetup", "--find", "--show", "--offset", str(part.start),
+         "--sizelimit", str(part.size), target],
+        capture=True,
+    )  # fmt: skip
+    loop = proc.stdout.decode().strip()
+    try:
+        yield loop
+    finally:
+        run(["losetup", "--detach", loop], check=False)
+
+
 def format_root(
-    layout: DiskLayout, part: Partition, *, label: str, fs_uuid: str, verity: bool = True
+    layout: DiskLayout,
+    part: Partition,
+    *,
+    label: str,
+    fs_uuid: str,
+    filesystem: str = "ext4",
+    verity: bool = True,
 ) -> None:
-    """ext4 (with the verity feature) at the partition's offset, sized to the partition."""
+    """The root filesystem (ext4 with the verity feature by default) in the partition."""
+    if filesystem not in FILESYSTEMS:
+        die(f"cannot make a {filesystem} root filesystem",
+            hint=f"use one of {', '.join(FILESYSTEMS)}")  # fmt: skip
+    if filesystem != "ext4":
+        # fs-verity is always there on btrfs; -K: no discard of the image file's range.
+        mkfs = {
+            "btrfs": ["mkfs.btrfs", "-q", "-f", "-K", "-L", label, "-U", fs_uuid],
+            "xfs": ["mkfs.xfs", "-q", "-f", "-K", "-L", label, "-m", f"uuid={fs_uuid}"],
+        }[filesystem]
+        with loop_device(layout.target, part) as loop:
+            run([*mkfs, loop], capture=True)
+        return
     blocks = part.size // ROOT_BLOCK_SIZE
     run(
         [
@@ -285,7 +326,7 @@ def create_disk(
     layout = partition(target, plan)
     esp, root = layout.esp, layout.root(plan.arch)
     format_esp(layout, esp, label=plan.esp_label, volume_id=volume_id)
-    format_root(layout, root, label=plan.root_label, fs_uuid=fs_uuid)
+    format_root(layout, root, label=plan.root_label, fs_uuid=fs_uuid, filesystem=plan.filesystem)
     return Disk(layout, esp, root, f"{volume_id[:4]}-{volume_id[4:]}", fs_uuid)
 
 

@@ -52,10 +52,40 @@ def _sysfs_dev(st_dev: int) -> Path:
     return Path(f"/sys/dev/block/{os.major(st_dev)}:{os.minor(st_dev)}")
 
 
+def _mount_source_dev(path: Path, mountinfo: str = "/proc/self/mountinfo") -> int | None:
+    """The block device that the mount holding `path` names as its source.
+
+    btrfs gives files anonymous device numbers (0:N, another one per subvolume, and
+    not even the one mountinfo lists), not the disk's; the mount's source still names it.
+    """
+    target = os.path.realpath(path)
+    best: tuple[int, str] | None = None
+    try:
+        with open(mountinfo) as f:
+            for line in f:
+                fields = line.split()
+                point = fields[4].replace("\\040", " ")
+                if target != point and not target.startswith(point.rstrip("/") + "/"):
+                    continue
+                if best is None or len(point) >= best[0]:  # later mounts hide earlier ones
+                    best = (len(point), fields[fields.index("-", 6) + 2])
+    except (OSError, ValueError, IndexError):
+        return None
+    if best is None:
+        return None
+    try:
+        st = os.stat(best[1])
+    except OSError:
+        return None
+    return st.st_rdev if stat.S_ISBLK(st.st_mode) else None
+
+
 def _disk_of(path: Path) -> tuple[Path, int | None]:
     """(whole disk or disk image, byte offset of the filesystem in it when known)."""
     st = os.stat(path)
     sysdev = _sysfs_dev(st.st_dev)
+    if not sysdev.exists() and (dev := _mount_source_dev(path)) is not None:
+        sysdev = _sysfs_dev(dev)
     if not sysdev.exists():
         die(
             f"cannot tell which disk holds {path} (device {os.major(st.st_dev)}:"

@@ -133,29 +133,13 @@ def extract_sync(root: Path) -> None:
 @contextmanager
 def loop_mounted(target: Path, part: disk.Partition) -> Iterator[Path]:
     """The filesystem of `part` mounted through a loop device at its offset, in a temp dir."""
-    proc = run(
-        [
-            "losetup",
-            "--find",
-            "--show",
-            "--offset",
-            str(part.start),
-            "--sizelimit",
-            str(part.size),
-            target,
-        ],
-        capture=True,
-    )
-    loop = proc.stdout.decode().strip()
-    try:
+    with disk.loop_device(target, part) as loop:
         with tempfile.TemporaryDirectory(prefix="cfsboot-install-") as mnt:
             run(["mount", loop, mnt])
             try:
                 yield Path(mnt)
             finally:
                 run(["umount", mnt], check=False)
-    finally:
-        run(["losetup", "--detach", loop], check=False)
 
 
 def to_disk(
@@ -166,9 +150,15 @@ def to_disk(
     root_size: int | None = None,
     esp_size: int = disk.DEFAULT_ESP_SIZE,
     root_label: str = disk.ROOT_LABEL,
+    filesystem: str = "ext4",
 ) -> Installed:
     """Partition and format `target` (a disk or image file), then install onto it."""
-    plan = disk.DiskPlan(esp_size=esp_size, root_size=root_size, root_label=root_label)
+    if not disk.FILESYSTEMS.get(filesystem, True) and not opts.insecure:
+        die(f"{filesystem} has no fs-verity, so the root could never be verified",
+            hint="add --insecure, or use --filesystem ext4 or btrfs")  # fmt: skip
+    plan = disk.DiskPlan(
+        esp_size=esp_size, root_size=root_size, root_label=root_label, filesystem=filesystem
+    )
     fs_uuid = str(uuid.uuid4())
     made = disk.create_disk(target, plan, root_fs_uuid=fs_uuid)
     esp = MtoolsEsp(target, made.esp.start)

@@ -19,6 +19,8 @@ PACKAGES = {
     "skopeo": "skopeo",
     "mkfs.ext4": "e2fsprogs",
     "mkfs.vfat": "dosfstools",
+    "mkfs.btrfs": "btrfs-progs",
+    "mkfs.xfs": "xfsprogs",
     "mcopy": "mtools",
     "mmd": "mtools",
     "sfdisk": "fdisk",

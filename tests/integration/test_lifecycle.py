@@ -236,3 +236,42 @@ def test_rollback_drops_a_staged_deployment(machine: Machine, images: dict[str, 
     # The dropped deployment's leftovers go with the next gc.
     machine.cfs("gc")
     assert not (machine.root / "state/deploy" / d3).exists()
+
+
+@pytest.mark.parametrize("fs", ["btrfs", "xfs"])
+def test_other_root_filesystems(tmp_path: Path, images: dict[str, str], fs: str) -> None:
+    """btrfs (fs-verity capable) and xfs (none: --insecure only) roots, through the same
+    switch and finalize as ext4."""
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"")
+    os.truncate(disk, 3 << 30)
+    if fs == "xfs":
+        refused = cfsboot("install", "to-disk", images["v1"], disk, "--filesystem", fs, check=False)
+        assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+        assert "xfs has no fs-verity" in refused.stderr and "--insecure" in refused.stderr
+        assert disk.read_bytes()[:4096] == bytes(4096)  # nothing written
+    extra = ["--insecure"] if fs == "xfs" else []
+    cfsboot("install", "to-disk", images["v1"], disk, "--filesystem", fs, "-q", *extra)
+    layout = read_layout(disk)
+    root_part = layout.partitions[1]
+    probe = subprocess.run(
+        ["blkid", "-p", "-O", str(root_part.start), "-o", "export", disk],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    found = dict(line.split("=", 1) for line in probe.stdout.split())
+    assert found["TYPE"] == fs and found["LABEL"] == "root"
+    mnt = tmp_path / "root"
+    mnt.mkdir()
+    opts = f"loop,offset={root_part.start},sizelimit={root_part.size}"
+    subprocess.run(["mount", "-o", opts, disk, mnt], check=True)
+    try:
+        machine = Machine(disk, mnt, tmp_path / "run", layout.esp.start)
+        [(_, entry)] = machine.entries()
+        assert entry.cmdline.split()[0] == f"root=UUID={found['UUID']}"
+        d1, d2 = _digest(images["v1"]), _digest(images["v2"])
+        machine.cfs("switch", images["v2"], "-q")
+        machine.cfs("finalize-staged")
+        assert machine.menu() == [d2, d1]
+        assert (mnt / "state/deploy" / d2 / "etc/upper").is_dir()
+    finally:
+        subprocess.run(["umount", mnt], check=True)

@@ -69,7 +69,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         q.add_argument("--boot-timeout", type=int, help="boot menu timeout in seconds")
         q.add_argument("--quiet", "-q", action="store_true", help="no progress display")
         if name == "to-disk":
-            q.add_argument("--filesystem", choices=["ext4"], default="ext4")
+            q.add_argument(
+                "--filesystem",
+                choices=["ext4", "btrfs", "xfs"],  # cfsboot.disk.FILESYSTEMS
+                default="ext4",
+                help="the root filesystem (default ext4; xfs needs --insecure)",
+            )
             q.add_argument("--root-size", help="size of the root partition (default: the rest)")
             q.add_argument("--root-label", default="root", help="root filesystem label")
             q.add_argument(
@@ -195,7 +200,12 @@ def cmd_install_to_disk(args: argparse.Namespace) -> int:
         disk.create_image_file(target, install.parse_size(args.size))
     root_size = install.parse_size(args.root_size) if args.root_size else None
     done = install.to_disk(
-        args.imgref, target, _install_options(args), root_size=root_size, root_label=args.root_label
+        args.imgref,
+        target,
+        _install_options(args),
+        root_size=root_size,
+        root_label=args.root_label,
+        filesystem=args.filesystem,
     )
     _report_install(done)
     return 0

@@ -1,4 +1,4 @@
-"""fs-verity digest throughput: cfsboot.fsverity vs `fsverity digest` (fsverity-utils).
+"""fs-verity digest throughput: cfsboot.composefs.fsverity vs `fsverity digest` (fsverity-utils).
 
 One random file (256 MiB, 64 MiB with --quick) in the page cache, digested
 with sha256 and sha512 by both sides in alternating runs so that both see
@@ -22,9 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent / "stager"), str(HERE.parent / "setup-root")]
+sys.path[:0] = [str(HERE.parent / d) for d in ("stager", "setup-root", "tests")]
 
-from cfsboot.fsverity import digest_file  # noqa: E402
+from cfsboot.composefs.fsverity import digest_file  # noqa: E402
 from setuproot.contract import HashAlg  # noqa: E402
 
 WORK = Path(os.environ.get("CFSBOOT_BENCH_TMP", "/var/tmp"))

@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent / "stager"), str(HERE.parent / "setup-root")]
+sys.path[:0] = [str(HERE.parent / d) for d in ("stager", "setup-root", "tests")]
 
-from cfsboot.srctree import tree_from_directory  # noqa: E402
+from cfsboot.composefs.srctree import tree_from_directory  # noqa: E402
 
 CACHE = Path(os.environ.get("CFSBOOT_CACHE", "/var/cache/cfsboot"))
 REFTOOLS = Path(os.environ.get("CFSBOOT_REFTOOLS", CACHE / "reftools-bin"))
@@ -47,7 +47,7 @@ def _content(src: Path) -> tuple[int, int]:
 def ours(src: Path, store: Path, out: Path) -> None:
     tree = tree_from_directory(src, digest_store=store)
     try:
-        from cfsboot.erofs.writer import build_image
+        from cfsboot.composefs.erofs.writer import build_image
     except ImportError:  # the writer is optional for this benchmark
         return
     out.write_bytes(build_image(tree))

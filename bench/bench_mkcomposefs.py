@@ -28,10 +28,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent / "stager"), str(HERE.parent / "setup-root")]
+sys.path[:0] = [str(HERE.parent / d) for d in ("stager", "setup-root", "tests")]
 
-from cfsboot import dumpfile  # noqa: E402
-from cfsboot.erofs.writer import build_image, dumpfile_link_paths  # noqa: E402
+from cfsboot.composefs import dumpfile  # noqa: E402
+from cfsboot.composefs.erofs.writer import build_image, dumpfile_link_paths  # noqa: E402
 
 CACHE = Path(os.environ.get("CFSBOOT_CACHE", "/var/cache/cfsboot"))
 REFTOOLS = Path(os.environ.get("CFSBOOT_REFTOOLS", CACHE / "reftools-bin"))

@@ -23,11 +23,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent / "stager"), str(HERE.parent / "setup-root")]
+sys.path[:0] = [str(HERE.parent / d) for d in ("stager", "setup-root", "tests")]
 
-from cfsboot.oci.build import Compression, build_layout  # noqa: E402
-from cfsboot.oci.import_ import import_image  # noqa: E402
-from cfsboot.repository import Repository  # noqa: E402
+from cfsboot.composefs.repository import Repository  # noqa: E402
+from cfsboot.image.importer import import_image  # noqa: E402
+from cfstest.ocibuild import Compression, build_layout  # noqa: E402
 from setuproot.contract import HashAlg  # noqa: E402
 
 CACHE = Path(os.environ.get("CFSBOOT_CACHE", "/var/cache/cfsboot"))

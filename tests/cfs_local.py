@@ -1,13 +1,13 @@
 """A lenient dumpfile reader for the C test assets that only C's lenient parser accepts
 (e.g. honggfuzz-longlink-unterminated.dump, with fewer than 11 fields); everything else
-goes through the strict `cfsboot.dumpfile.parse`."""
+goes through the strict `cfsboot.composefs.dumpfile.parse`."""
 
 from __future__ import annotations
 
 import re
 import stat
 
-from cfsboot.tree import Inode
+from cfsboot.composefs.tree import Inode
 
 _ESC = re.compile(rb"\\(x[0-9a-fA-F]{2}|.)")
 _SHORT = {b"\\": b"\\", b"n": b"\n", b"r": b"\r", b"t": b"\t"}

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cfsboot.oci.build import Entry, build_layout
+from cfstest.ocibuild import Entry, build_layout
 
 KVER = "6.12.0-test"
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Hypothesis strategies for random valid composefs trees (`cfsboot.tree.Inode`).
+"""Hypothesis strategies for random valid composefs trees (`cfsboot.composefs.tree.Inode`).
 
 `trees()` covers what C mkcomposefs accepts from a dumpfile: every file type, whiteouts
 (chardev 0/0), inline content up to LCFS_INLINE_CONTENT_MAX, external files (payload
@@ -17,7 +17,7 @@ import stat
 
 from hypothesis import strategies as st
 
-from cfsboot.tree import Inode
+from cfsboot.composefs.tree import Inode
 
 BASE_MTIME = 1_700_000_000  # most inodes share it, so most inodes are compact
 

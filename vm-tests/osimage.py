@@ -50,8 +50,8 @@ import diskimage
 import images
 import oslayer
 import testos
-from cfsboot.bootentries.uki import read_uki
-from cfsboot.oci import build
+from cfsboot.boot.uki import read_uki
+from cfstest import ocibuild as build
 from oslayer import KARGS, ROOT_LABEL, Variant
 
 HERE = Path(__file__).resolve().parent

@@ -125,7 +125,7 @@ def _flatten(qcow2: Path, raw: Path) -> None:
 
 
 def _root_offset(raw: Path) -> int:
-    from cfsboot.disk import read_layout, root_type
+    from cfsboot.boot.disk import read_layout, root_type
 
     return read_layout(raw).by_type(root_type()).start
 
@@ -157,8 +157,8 @@ def _flip_byte(raw: Path, path_in_root: str, byte: int) -> None:
 
 def _object_of(raw: Path, image: str, path: str, tmp: Path) -> str:
     """The objects/XX/REST path (in the root fs) holding `path` of image `image`."""
-    from cfsboot.erofs.reader import read_image
-    from cfsboot.tree import lookup
+    from cfsboot.composefs.erofs.reader import read_image
+    from cfsboot.composefs.tree import lookup
 
     dumped = tmp / "image.erofs"
     _debugfs(raw, _root_offset(raw), f"dump /composefs/objects/{image[:2]}/{image[2:]} {dumped}")

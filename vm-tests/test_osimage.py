@@ -22,9 +22,9 @@ import osimage
 import oslayer
 import qemu
 import registry
-from cfsboot.bootentries.uki import read_uki
-from cfsboot.oci.import_ import import_image
-from cfsboot.repository import Repository
+from cfsboot.boot.uki import read_uki
+from cfsboot.composefs.repository import Repository
+from cfsboot.image.importer import import_image
 
 HERE = Path(__file__).resolve().parent
 

@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cfsboot.commands.composefs_info import ls_lines
-from cfsboot.dumpfile import DumpfileError, dumps, parse
-from cfsboot.erofs.reader import ImageFormatError, read_image
-from cfsboot.tree import Inode
+from cfsboot.composefs.dumpfile import DumpfileError, dumps, parse
+from cfsboot.composefs.erofs.reader import ImageFormatError, read_image
+from cfsboot.composefs.tree import Inode
 from treegen import trees
 
 pytestmark = pytest.mark.conformance
@@ -360,7 +360,7 @@ def test_random_seeds_of_damage_are_reproducible(c: C) -> None:
 
 def test_shared_directory_blocks_are_rejected(c: C) -> None:
     """Many directories pointing at one block: refused, instead of reading it again and again."""
-    from cfsboot.erofs.reader import _Reader
+    from cfsboot.composefs.erofs.reader import _Reader
 
     lines = [b"/ 0 40755 2 0 0 0 0.0 - - -", b"/d 0 40755 2 0 0 0 0.0 - - -"]
     lines += [b"/d/file-%03d 0 100644 1 0 0 0 0.0 - - -" % i for i in range(200)]

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from cfsboot.srctree import tree_from_directory
-from cfsboot.tree import walk
+from cfsboot.composefs.srctree import tree_from_directory
+from cfsboot.composefs.tree import walk
 
 pytestmark = pytest.mark.conformance
 
@@ -103,7 +103,7 @@ def _versions(opts: tuple[str, ...]) -> tuple[int, int]:
     ids=["default", "v1", "epoch", "epoch-v1"],
 )
 def test_rich_tree_identical_to_c(reftools: object, tmp_path: Path, opts: tuple[str, ...]) -> None:
-    from cfsboot.erofs.writer import build_image
+    from cfsboot.composefs.erofs.writer import build_image
 
     src = tmp_path / "src"
     make_rich_tree(src)
@@ -119,7 +119,7 @@ def test_rich_tree_identical_to_c(reftools: object, tmp_path: Path, opts: tuple[
 
 def test_real_directory_identical_to_c(reftools: object, tmp_path: Path) -> None:
     """A copy of the host's /etc: real permissions, symlinks, sizes, names."""
-    from cfsboot.erofs.writer import build_image
+    from cfsboot.composefs.erofs.writer import build_image
 
     src = tmp_path / "etc"
     # A private copy, so that nothing changes between the two reads.
@@ -138,7 +138,7 @@ def test_tree_matches_c_dump(reftools: object, tmp_path: Path) -> None:
     Independent of our EROFS writer. Directory sizes are left out: the dump shows
     the EROFS directory size, which only exists once the image is laid out.
     """
-    from cfsboot.dumpfile import dumps
+    from cfsboot.composefs.dumpfile import dumps
 
     src = tmp_path / "src"
     make_rich_tree(src)

@@ -18,11 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cfsboot import dumpfile
-from cfsboot.dumpfile import dumps
-from cfsboot.erofs import format as fmt
-from cfsboot.erofs.writer import build_image, dumpfile_link_paths
-from cfsboot.tree import Inode
+from cfsboot.composefs import dumpfile
+from cfsboot.composefs.dumpfile import dumps
+from cfsboot.composefs.erofs import format as fmt
+from cfsboot.composefs.erofs.writer import build_image, dumpfile_link_paths
+from cfsboot.composefs.tree import Inode
 from treegen import trees
 
 pytestmark = pytest.mark.conformance

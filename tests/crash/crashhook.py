@@ -19,14 +19,14 @@ for good, wrapped where every caller reaches it:
 - namespace changes: os.rename, os.replace, os.link (O_TMPFILE objects are
   published with linkat), os.symlink, os.unlink, os.remove, os.rmdir, os.mkdir
   (shutil.rmtree removes through os.unlink/os.rmdir, so every file of a removed
-  tree is a step of its own), and cfsboot.syscalls' renameat2 (RENAME_EXCHANGE
+  tree is a step of its own), and cfsboot.linux.syscalls' renameat2 (RENAME_EXCHANGE
   of the boot menus);
-- durability barriers: os.fsync, os.sync, and syncfs(2) (cfsboot.objectstore's
+- durability barriers: os.fsync, os.sync, and syncfs(2) (cfsboot.composefs.objectstore's
   ctypes call, which extract, etcmerge and the object store share);
-- the FAT directory edits of cfsboot.fat (`FatFs._write_sector`: one sector
+- the FAT directory edits of cfsboot.boot.fat (`FatFs._write_sector`: one sector
   pwrite and its fsync);
 - external commands that write the ESP image (subprocess.run, which
-  cfsboot.run.run calls): mcopy to a `::` destination, mren, mdel, mdeltree,
+  cfsboot.linux.run.run calls): mcopy to a `::` destination, mren, mdel, mdeltree,
   mmd, mmove. Reads (mdir, mcopy to stdout) are not steps.
 
 Every step has a crash point just before and one just after it, so "after
@@ -264,7 +264,7 @@ def _wrap_fsync() -> None:
 
 
 class _LibcProxy:
-    """cfsboot.objectstore's ctypes libc, with syncfs counted."""
+    """cfsboot.composefs.objectstore's ctypes libc, with syncfs counted."""
 
     def __init__(self, libc: ctypes.CDLL) -> None:
         self._libc = libc
@@ -291,7 +291,9 @@ def _same_fs(a: str, b: str) -> bool:
 
 
 def _wrap_cfsboot() -> None:
-    from cfsboot import fat, objectstore, syscalls
+    from cfsboot.boot import fat
+    from cfsboot.composefs import objectstore
+    from cfsboot.linux import syscalls
 
     objectstore._libc = _LibcProxy(objectstore._libc)  # type: ignore[assignment]
 

@@ -23,7 +23,7 @@ first:
   /etc its setup-root config needs (overlay: upper and work, with the local
   change carried from the first deployment);
 - on the FAT image, `fsck.vfat -n` finds nothing wrong, except lost clusters
-  where cfsboot.fat documents them: between the two sector writes of an
+  where cfsboot.boot.fat documents them: between the two sector writes of an
   exchange whose names lie in different sectors (scenario finalize-split),
   which leaves `loader/entries.staged` missing.
 
@@ -62,15 +62,15 @@ from pathlib import Path
 
 import pytest
 
-from cfsboot import fat, fsverity
-from cfsboot.bootentries import bls
-from cfsboot.deploy import ETC_VIEWS_PREFIX
-from cfsboot.erofs.reader import read_image
-from cfsboot.esp import DirEsp, Esp, MtoolsEsp
-from cfsboot.fsutil import TEMP_MARKER
-from cfsboot.install import InstallOptions, to_filesystem
-from cfsboot.origin import Origin
-from cfsboot.tree import Inode, lookup, walk
+from cfsboot.boot import bls, fat
+from cfsboot.boot.esp import DirEsp, Esp, MtoolsEsp
+from cfsboot.composefs import fsverity
+from cfsboot.composefs.erofs.reader import read_image
+from cfsboot.composefs.tree import Inode, lookup, walk
+from cfsboot.deploy.install import InstallOptions, to_filesystem
+from cfsboot.deploy.lifecycle import ETC_VIEWS_PREFIX
+from cfsboot.deploy.origin import Origin
+from cfsboot.linux.fsutil import TEMP_MARKER
 from deploy_support import KVER, os_image
 from setuproot.config import EtcMount, parse_config
 from setuproot.contract import SETUP_ROOT_CONFIG, HashAlg, parse_cmdline
@@ -102,7 +102,7 @@ KILLED = -9
 
 class Backend(enum.StrEnum):
     DIR = "dir"  # a directory stands in for the mounted ESP (DirEsp, renameat2)
-    FAT = "fat"  # a FAT32 image through mtools (MtoolsEsp, cfsboot.fat's exchange)
+    FAT = "fat"  # a FAT32 image through mtools (MtoolsEsp, cfsboot.boot.fat's exchange)
 
 
 # ---------------------------------------------------------------------------------------
@@ -396,7 +396,7 @@ def check_boots(
 ) -> Seen:
     """The invariant (module docstring); the default must be one of `allowed`.
 
-    Lost clusters on the FAT are accepted only where cfsboot.fat says a crash leaves
+    Lost clusters on the FAT are accepted only where cfsboot.boot.fat says a crash leaves
     them: between the two steps of an exchange across sectors (`in_exchange`), which
     leaves `loader/entries.staged` missing; `after` that, they stay until an fsck.
     """
@@ -431,7 +431,7 @@ def disk_names(m: Machine, view: Path) -> set[str]:
 
 
 # What fsck.vfat -n says about clusters that nothing points to (and the free count they
-# throw off): the one inconsistency the FAT exchange's crash window may leave (cfsboot.fat).
+# throw off): the one inconsistency the FAT exchange's crash window may leave (cfsboot.boot.fat).
 LOST_CLUSTER_LINES = re.compile(
     r"Reclaimed \d+ unused clusters? \(\d+ bytes\)\.|Free cluster summary wrong \(.*\)"
     r"|  Auto-correcting\.|Leaving filesystem unchanged\.|"
@@ -488,7 +488,7 @@ SCENARIOS = (
     # The exchange of the staged and the live menu is the one step that changes the default.
     Scenario("finalize", "finalize", FINALIZE, "staged-v2", ("v1", "v2"), {"v2": (FINALIZE, GC)}),
     # The same where loader/entries and loader/entries.staged lie in different sectors of
-    # the FAT directory: the exchange takes two sector writes (see cfsboot.fat).
+    # the FAT directory: the exchange takes two sector writes (see cfsboot.boot.fat).
     Scenario(
         "finalize-split",
         "finalize",
@@ -554,7 +554,7 @@ def servers() -> Iterator[Servers]:
 
 @pytest.fixture(scope="module")
 def images(workdir: Path) -> dict[str, str]:
-    from cfsboot.oci.import_ import import_image
+    from cfsboot.image.importer import import_image
 
     refs = {v: os_image(workdir / "images" / v, v[1:], **kw) for v, kw in VERSIONS.items()}
     for v, ref in refs.items():
@@ -674,7 +674,7 @@ def recoveries(sc: Scenario, crashed: Seen, has_marker: bool) -> list[tuple[Reco
         out = []
         staged = esp_path(crashed.view, bls.STAGED_ENTRIES_DIR, fat=True)
         if has_marker and staged is None and default == "v1":
-            # The FAT exchange's window lost the staged menu (cfsboot.fat): finalize says
+            # The FAT exchange's window lost the staged menu (cfsboot.boot.fat): finalize says
             # so and what to do, and the old default boots until then.
             rec = Recovery(
                 "finalize again, then switch again", (REFUSED_FINALIZE, SWITCH, FINALIZE), "v2"

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from cfsboot.etcmerge import (
+from cfsboot.deploy.etcmerge import (
     EtcMergeConflict,
     MergeReport,
     carry_upper,

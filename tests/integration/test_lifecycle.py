@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from cfsboot.bootentries.bls import BLSEntry
-from cfsboot.disk import read_layout
-from cfsboot.oci.import_ import import_image
+from cfsboot.boot.bls import BLSEntry
+from cfsboot.boot.disk import read_layout
+from cfsboot.image.importer import import_image
 from deploy_support import cfsboot, os_image
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("can_mount")]

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from cfsboot.bootentries import bls
-from cfsboot.bootentries.grub import GrubMenu
-from cfsboot.oci.build import build_layout
-from cfsboot.oci.import_ import import_image
+from cfsboot.boot import bls
+from cfsboot.boot.grub import GrubMenu
+from cfsboot.image.importer import import_image
+from cfstest.ocibuild import build_layout
 from deploy_support import cfsboot, make_pe, os_entries, os_image
 
 pytestmark = [pytest.mark.integration]

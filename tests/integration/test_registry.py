@@ -18,7 +18,7 @@ from types import ModuleType
 
 import pytest
 
-from cfsboot.oci.import_ import fetch_config, import_image
+from cfsboot.image.importer import fetch_config, import_image
 from conftest import REPO_ROOT, missing_capability
 from deploy_support import CLI_ENV, cfsboot, os_image
 

@@ -63,12 +63,12 @@ def _write_tree(root: Path, version: str) -> None:
 
 def _build_with_stager(physical: Path, sources: dict[str, Path]) -> tuple[dict[str, str], HashAlg]:
     """`install to-filesystem` the first tree, `switch` + `finalize-staged` to the second."""
-    from cfsboot import deploy
-    from cfsboot.bootloader import SystemdBoot
-    from cfsboot.esp import DirEsp
-    from cfsboot.install import InstallOptions, to_filesystem
-    from cfsboot.oci.build import build_layout
-    from cfsboot.sysroot import Sysroot as StagerSysroot
+    from cfsboot.boot.bootloader import SystemdBoot
+    from cfsboot.boot.esp import DirEsp
+    from cfsboot.deploy import lifecycle as deploy
+    from cfsboot.deploy.install import InstallOptions, to_filesystem
+    from cfsboot.deploy.sysroot import Sysroot as StagerSysroot
+    from cfstest.ocibuild import build_layout
 
     esp = DirEsp(physical.parent / "esp")
     esp.root.mkdir()

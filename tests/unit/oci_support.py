@@ -1,4 +1,4 @@
-"""Helpers shared by the tests/unit/test_oci_*.py files (images built with cfsboot.oci.build)."""
+"""Helpers shared by the tests/unit/test_oci_*.py files (images built with cfstest.ocibuild)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from cfsboot.oci.build import Compression, Entry, build_layout
-from cfsboot.repository import Repository
+from cfsboot.composefs.repository import Repository
+from cfstest.ocibuild import Compression, Entry, build_layout
 from setuproot.contract import HashAlg
 
 

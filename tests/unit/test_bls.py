@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cfsboot.bootentries.bls import (
+from cfsboot.boot.bls import (
     BLSEntry,
     BLSError,
     EntryFile,

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from cfsboot import disk
-from cfsboot.disk import DiskPlan, MiB, create_disk, create_image_file, read_layout
+from cfsboot.boot import disk
+from cfsboot.boot.disk import DiskPlan, MiB, create_disk, create_image_file, read_layout
+from cfsboot.boot.esp import MtoolsEsp
 from cfsboot.errors import CfsbootError
-from cfsboot.esp import MtoolsEsp
 
 X86_ROOT = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"
 ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"

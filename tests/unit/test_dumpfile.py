@@ -15,11 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cfsboot import dumpfile
-from cfsboot.dumpescape import escape, unescape
-from cfsboot.dumpfile import DumpfileError, dumps, parse, write
+from cfsboot.composefs import dumpfile
+from cfsboot.composefs.dumpescape import escape, unescape
+from cfsboot.composefs.dumpfile import DumpfileError, dumps, parse, write
+from cfsboot.composefs.tree import Inode, walk
 from cfsboot.errors import CfsbootError
-from cfsboot.tree import Inode, walk
 from treegen import trees
 
 ROOT = b"/ 4096 40755 2 0 0 0 0.0 - - -\n"

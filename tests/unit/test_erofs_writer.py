@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from cfs_local import local_parse
-from cfsboot import dumpfile
 from cfsboot.commands.mkcomposefs import versions
-from cfsboot.erofs import format as fmt
-from cfsboot.erofs.writer import build_image, dumpfile_link_paths
-from cfsboot.erofs.xxhash import xxh32
-from cfsboot.fsverity import digest_bytes
-from cfsboot.tree import Inode
+from cfsboot.composefs import dumpfile
+from cfsboot.composefs.erofs import format as fmt
+from cfsboot.composefs.erofs.writer import build_image, dumpfile_link_paths
+from cfsboot.composefs.erofs.xxhash import xxh32
+from cfsboot.composefs.fsverity import digest_bytes
+from cfsboot.composefs.tree import Inode
 
 
 def _empty() -> Inode:

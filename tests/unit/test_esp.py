@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from cfsboot import esp as esp_mod
-from cfsboot import fsutil, syscalls
-from cfsboot.esp import DirEsp, Esp, EspEntry, EspError, MtoolsEsp
-from cfsboot.run import run as real_run
+from cfsboot.boot import esp as esp_mod
+from cfsboot.boot.esp import DirEsp, Esp, EspEntry, EspError, MtoolsEsp
+from cfsboot.linux import fsutil, syscalls
+from cfsboot.linux.run import run as real_run
 
 OFFSET = 1 << 20
 needs_mtools = pytest.mark.skipif(
@@ -75,7 +75,7 @@ def test_binary_round_trip_and_install(esp: Esp, tmp_path: Path) -> None:
     assert esp.read(path) == data
     esp.install(path, src)
     names = [e.name for e in esp.listdir("EFI/Linux/bootc_composefs-" + "ab" * 64)]
-    # mtools stores a renamed lower-case 8.3 name in upper case (see cfsboot.esp).
+    # mtools stores a renamed lower-case 8.3 name in upper case (see cfsboot.boot.esp).
     assert names == (["VMLINUZ"] if isinstance(esp, MtoolsEsp) else ["vmlinuz"])
     assert esp.stat(path) is not None
 

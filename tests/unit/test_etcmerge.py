@@ -17,8 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cfsboot.errors import CfsbootError
-from cfsboot.etcmerge import (
+from cfsboot.deploy.etcmerge import (
     Conflict,
     EtcMergeConflict,
     MergeReport,
@@ -27,7 +26,8 @@ from cfsboot.etcmerge import (
     find_upper_conflicts,
     merge,
 )
-from cfsboot.fsutil import TEMP_MARKER
+from cfsboot.errors import CfsbootError
+from cfsboot.linux.fsutil import TEMP_MARKER
 
 Snap = dict[str, tuple[Any, ...]]
 MTIME = 1_600_000_000_123_456_789

@@ -1,4 +1,4 @@
-"""cfsboot.fat: exchanging two names by editing the FAT directory, checked with mtools and fsck.
+"""cfsboot.boot.fat: exchanging two names by editing the FAT directory, checked with mtools, fsck.
 
 Images are made with mkfs.vfat (FAT32 as cfsboot creates it, FAT16 and FAT12 too),
 populated and read back with mtools, and checked with `fsck.vfat -n`.
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from cfsboot import fat
-from cfsboot.esp import EspError, MtoolsEsp
-from cfsboot.fat import DIR_ENTRY, LFN_ENTRY, FatError, FatFs
+from cfsboot.boot import fat
+from cfsboot.boot.esp import EspError, MtoolsEsp
+from cfsboot.boot.fat import DIR_ENTRY, LFN_ENTRY, FatError, FatFs
 
 pytestmark = pytest.mark.skipif(
     any(shutil.which(t) is None for t in ("mkfs.vfat", "fsck.vfat", "mcopy")),

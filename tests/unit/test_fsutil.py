@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from cfsboot import fsutil
-from cfsboot.fsutil import TEMP_MARKER, copy_file_atomic, write_file_atomic
+from cfsboot.linux import fsutil
+from cfsboot.linux.fsutil import TEMP_MARKER, copy_file_atomic, write_file_atomic
 
 
 def test_write_replaces_with_mode_and_leaves_nothing_else(tmp_path: Path) -> None:

@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cfsboot import cli, fsverity
-from cfsboot.fsverity import FsVerityHasher, digest_bytes, digest_fd, digest_file
+from cfsboot import cli
+from cfsboot.composefs import fsverity
+from cfsboot.composefs.fsverity import FsVerityHasher, digest_bytes, digest_fd, digest_file
 from setuproot.contract import HashAlg
 
 PATTERN = bytes(range(256))

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cfsboot.bootentries.grub import MARKER, GrubEntry, GrubError, GrubMenu, quote
+from cfsboot.boot.grub import MARKER, GrubEntry, GrubError, GrubMenu, quote
 
 A = "aa" * 64
 B = "bb" * 64

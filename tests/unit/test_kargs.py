@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from cfsboot.bootentries.kargs import (
+from cfsboot.boot.kargs import (
     KARGS_D,
     install_kargs,
     load_kargs_d,

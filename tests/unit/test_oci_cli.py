@@ -11,11 +11,11 @@ import pytest
 from oci_support import base_layer, layout
 
 from cfsboot.cli import main
+from cfsboot.composefs.repository import Repository
 from cfsboot.errors import CfsbootError
+from cfsboot.image.importer import Progress, import_image
 from cfsboot.oci import skopeo
-from cfsboot.oci.build import Entry, build_layout
-from cfsboot.oci.import_ import Progress, import_image
-from cfsboot.repository import Repository
+from cfstest.ocibuild import Entry, build_layout
 
 LAYERS = [
     [

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from oci_support import count_objects, make_repo
 
-from cfsboot import dumpfile
-from cfsboot.oci.build import Compression, build_layout
-from cfsboot.oci.import_ import import_image
-from cfsboot.srctree import tree_from_directory
-from cfsboot.transform import transform_for_boot, transform_for_oci
+from cfsboot.composefs import dumpfile
+from cfsboot.composefs.srctree import tree_from_directory
+from cfsboot.image.importer import import_image
+from cfsboot.image.transform import transform_for_boot, transform_for_oci
+from cfstest.ocibuild import Compression, build_layout
 from conftest import missing_capability
 from setuproot.contract import HashAlg
 

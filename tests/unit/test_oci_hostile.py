@@ -12,10 +12,10 @@ import pytest
 from oci_support import base_layer, make_repo, snapshot
 
 from cfsboot.cli import main
+from cfsboot.composefs.repository import Repository
 from cfsboot.errors import CfsbootError
-from cfsboot.oci.build import Compression, Entry, Layout, tar_bytes, tar_chunks
-from cfsboot.oci.import_ import import_image
-from cfsboot.repository import Repository
+from cfsboot.image.importer import import_image
+from cfstest.ocibuild import Compression, Entry, Layout, tar_bytes, tar_chunks
 
 BIG = [Entry(f"usr/lib/big{i}", data=bytes([i]) * 3000) for i in range(5)]
 

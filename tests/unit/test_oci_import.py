@@ -7,11 +7,14 @@ from pathlib import Path
 import pytest
 from oci_support import base_layer, count_objects, layout, make_repo
 
-from cfsboot import dumpfile
-from cfsboot.erofs.writer import build_image
+from cfsboot.composefs import dumpfile
+from cfsboot.composefs.erofs.writer import build_image
+from cfsboot.composefs.fsverity import digest_bytes
 from cfsboot.errors import CfsbootError
-from cfsboot.fsverity import digest_bytes
-from cfsboot.oci.build import (
+from cfsboot.image.importer import import_image
+from cfsboot.image.transform import XattrFilter
+from cfsboot.oci.layout import host_arch
+from cfstest.ocibuild import (
     Compression,
     Entry,
     Layout,
@@ -19,9 +22,6 @@ from cfsboot.oci.build import (
     write_docker_archive,
     write_oci_archive,
 )
-from cfsboot.oci.import_ import import_image
-from cfsboot.oci.layout import host_arch
-from cfsboot.transform import XattrFilter
 from conftest import RefTools
 from setuproot.contract import HashAlg
 
@@ -330,7 +330,7 @@ def test_object_digests_either_side_of_the_memory_limit(tmp_path: Path) -> None:
     """Files hashed whole on a worker thread and files hashed chunk by chunk while they
     stream (bigger than MEMORY_OBJECT_MAX) get the kernel's digest, with and without a
     repository, and the same content twice is one object."""
-    from cfsboot.oci.import_ import CHUNK, MEMORY_OBJECT_MAX
+    from cfsboot.image.importer import CHUNK, MEMORY_OBJECT_MAX
 
     sizes = [65, 4096, MEMORY_OBJECT_MAX, MEMORY_OBJECT_MAX + 1, 3 * CHUNK + MEMORY_OBJECT_MAX + 7]
     pattern = bytes(range(251))  # a prime period: no two blocks alike across files

@@ -8,8 +8,8 @@ import tarfile
 
 import pytest
 
-from cfsboot.oci.build import Entry, tar_bytes
 from cfsboot.oci.tar import Kind, TarEntry, TarError, entries
+from cfstest.ocibuild import Entry, tar_bytes
 
 
 def read_all(data: bytes) -> list[tuple[TarEntry, bytes]]:

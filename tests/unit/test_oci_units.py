@@ -6,9 +6,11 @@ import stat
 
 import pytest
 
-from cfsboot import dumpfile
-from cfsboot.bootscan import BootResources, scan
+from cfsboot.composefs import dumpfile
+from cfsboot.composefs.tree import Inode
 from cfsboot.errors import CfsbootError
+from cfsboot.image.bootscan import BootResources, scan
+from cfsboot.image.transform import XattrFilter, transform_for_boot, transform_for_oci
 from cfsboot.oci.apply import (
     LayerError,
     LayerRecord,
@@ -20,8 +22,6 @@ from cfsboot.oci.apply import (
     whiteout_of,
 )
 from cfsboot.oci.reference import ImageRef, Transport, parse
-from cfsboot.transform import XattrFilter, transform_for_boot, transform_for_oci
-from cfsboot.tree import Inode
 
 
 @pytest.mark.parametrize(

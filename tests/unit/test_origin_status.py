@@ -6,15 +6,15 @@ import json
 
 import pytest
 
-from cfsboot.origin import (
+from cfsboot.deploy.origin import (
     BootType,
     Origin,
     OriginError,
     from_origin_reference,
     to_origin_reference,
 )
-from cfsboot.status import human, image_reference, to_yaml
-from cfsboot.sysroot import StagedDeployment, running_deployment
+from cfsboot.deploy.status import human, image_reference, to_yaml
+from cfsboot.deploy.sysroot import StagedDeployment, running_deployment
 
 D = "ab" * 64
 

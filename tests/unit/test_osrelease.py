@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from cfsboot.bootentries.osrelease import OsRelease, parse_os_release, unquote
+from cfsboot.image.osrelease import OsRelease, parse_os_release, unquote
 
 
 @pytest.mark.parametrize(

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from cfsboot import cli, objectstore, repository
+from cfsboot import cli
+from cfsboot.composefs import objectstore, repository
+from cfsboot.composefs.fsverity import digest_bytes, digest_fd
+from cfsboot.composefs.repository import Repository, meta_json
 from cfsboot.errors import CfsbootError
-from cfsboot.fsverity import digest_bytes, digest_fd
-from cfsboot.repository import Repository, meta_json
 from setuproot.contract import HashAlg
 from setuproot.verity import NoVerity, VerityBusy, VerityUnsupported
 
@@ -374,7 +375,7 @@ def test_enable_retries_while_busy(tmp_path: Path, fake_verity: FakeVerity) -> N
 
 HOLDER = """
 import sys
-from cfsboot.repository import Repository
+from cfsboot.composefs.repository import Repository
 with Repository.open(sys.argv[1]).lock():
     print("locked", flush=True)
     sys.stdin.readline()

@@ -7,11 +7,11 @@ import logging
 import pytest
 
 from cfsboot.errors import CfsbootError
-from cfsboot.run import run
+from cfsboot.linux.run import run
 
 
 def test_output_and_debug_log(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.DEBUG, logger="cfsboot.run"):
+    with caplog.at_level(logging.DEBUG, logger="cfsboot.linux.run"):
         proc = run(["sh", "-c", "echo out; echo err >&2", "arg with space"], capture=True)
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"out\n", b"err\n")
     assert caplog.messages == ["+ sh -c 'echo out; echo err >&2' 'arg with space'"]

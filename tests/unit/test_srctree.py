@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from cfsboot import srctree
-from cfsboot.fsverity import digest_bytes
-from cfsboot.srctree import tree_from_directory
-from cfsboot.tree import Inode, lookup, walk
+from cfsboot.composefs import srctree
+from cfsboot.composefs.fsverity import digest_bytes
+from cfsboot.composefs.srctree import tree_from_directory
+from cfsboot.composefs.tree import Inode, lookup, walk
 from setuproot.contract import HashAlg
 
 NS = 1_600_000_000_123_456_789

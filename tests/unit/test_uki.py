@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cfsboot.bootentries.uki import UKIError, boot_digest, parse_uki, read_uki, uki_file_name
+from cfsboot.boot.uki import UKIError, boot_digest, parse_uki, read_uki, uki_file_name
 from conftest import missing_capability
 from deploy_support import make_pe
 from setuproot.contract import HashAlg

@@ -9,8 +9,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from cfsboot.composefs.tree import Inode
 from cfsboot.errors import die
-from cfsboot.tree import Inode
 
 COMMANDS = ("ls", "objects", "missing-objects", "dump", "measure-file")
 
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         out.flush()
         return 0
 
-    from cfsboot.dumpfile import dumps
+    from cfsboot.composefs.dumpfile import dumps
 
     if args.basedir is not None and not args.basedir.is_dir():
         die(f"can't open basedir {str(args.basedir)!r}: not a directory")
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
 def load_image(path: str, toplevel: set[bytes] | None = None) -> Inode:
     """Read an image file; `toplevel` keeps only those names in the root (C's --filter)."""
-    from cfsboot.erofs.reader import ImageFormatError, read_image
+    from cfsboot.composefs.erofs.reader import ImageFormatError, read_image
 
     try:
         with open(path, "rb") as f:
@@ -88,7 +88,7 @@ def load_image(path: str, toplevel: set[bytes] | None = None) -> Inode:
 
 def measure_file(path: str) -> bytes:
     """The sha256 fs-verity digest: measured by the kernel if enabled, computed otherwise."""
-    from cfsboot.fsverity import digest_file
+    from cfsboot.composefs.fsverity import digest_file
     from setuproot.contract import HashAlg
     from setuproot.verity import NoVerity, VerityUnsupported, measure_verity
 
@@ -110,7 +110,7 @@ def measure_file(path: str) -> bytes:
 
 def _escape_ls(value: bytes) -> bytes:
     """composefs-info's escaping for `ls` paths: like the dumpfile's, but spaces stay."""
-    from cfsboot.dumpescape import escape
+    from cfsboot.composefs.dumpescape import escape
 
     return b" ".join(escape(part) for part in value.split(b" "))
 
@@ -121,7 +121,7 @@ def ls_lines(root: Inode) -> Iterator[bytes]:
     A node met again under another name is a hardlink in C's loaded tree, with no mode of
     its own: its line is just the path.
     """
-    from cfsboot.dumpescape import escape
+    from cfsboot.composefs.dumpescape import escape
 
     seen: set[int] = set()
     stack = [(b"", iter(sorted(root.children or {})), root)]

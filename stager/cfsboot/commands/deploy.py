@@ -15,14 +15,14 @@ from cfsboot.errors import die
 from setuproot.contract import DEFAULT_SYSROOT, HashAlg
 
 if TYPE_CHECKING:
-    from cfsboot import install
-    from cfsboot.bootloader import Bootloader
-    from cfsboot.sysroot import Sysroot
+    from cfsboot.boot.bootloader import Bootloader
+    from cfsboot.deploy import install
+    from cfsboot.deploy.sysroot import Sysroot
 
 # The deployment modules are imported by the commands that use them: every
 # `cfsboot` run builds this parser, and most runs need none of them.
 log = logging.getLogger(__name__)
-BOOTLOADERS = ("systemd-boot", "grub")  # cfsboot.bootloader.BootloaderKind
+BOOTLOADERS = ("systemd-boot", "grub")  # cfsboot.boot.bootloader.BootloaderKind
 
 
 def sysroot_options(p: argparse.ArgumentParser) -> None:
@@ -71,7 +71,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         if name == "to-disk":
             q.add_argument(
                 "--filesystem",
-                choices=["ext4", "btrfs", "xfs"],  # cfsboot.disk.FILESYSTEMS
+                choices=["ext4", "btrfs", "xfs"],  # cfsboot.boot.disk.FILESYSTEMS
                 default="ext4",
                 help="the root filesystem (default ext4; xfs needs --insecure)",
             )
@@ -144,9 +144,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 @contextmanager
 def opened(args: argparse.Namespace, *, write: bool = True) -> Iterator[tuple[Sysroot, Bootloader]]:
-    from cfsboot.bootloader import detect
-    from cfsboot.espfind import open_esp
-    from cfsboot.sysroot import Sysroot
+    from cfsboot.boot.bootloader import detect
+    from cfsboot.boot.espfind import open_esp
+    from cfsboot.deploy.sysroot import Sysroot
 
     sysroot = Sysroot(args.sysroot, run_dir=args.run_dir)
     with open_esp(sysroot.path, args.esp) as esp:
@@ -163,7 +163,7 @@ def opened(args: argparse.Namespace, *, write: bool = True) -> Iterator[tuple[Sy
 
 def _reboot(apply: bool) -> None:
     if apply:
-        from cfsboot.run import run
+        from cfsboot.linux.run import run
 
         run(["systemctl", "reboot"])
 
@@ -172,8 +172,8 @@ def _reboot(apply: bool) -> None:
 
 
 def _install_options(args: argparse.Namespace) -> install.InstallOptions:
-    from cfsboot import install
-    from cfsboot.bootloader import BootloaderKind
+    from cfsboot.boot.bootloader import BootloaderKind
+    from cfsboot.deploy import install
 
     return install.InstallOptions(
         bootloader=BootloaderKind(args.bootloader),
@@ -193,7 +193,8 @@ def _report_install(done: install.Installed) -> None:
 
 
 def cmd_install_to_disk(args: argparse.Namespace) -> int:
-    from cfsboot import disk, install
+    from cfsboot.boot import disk
+    from cfsboot.deploy import install
 
     target = Path(args.target)
     if args.size:
@@ -212,8 +213,8 @@ def cmd_install_to_disk(args: argparse.Namespace) -> int:
 
 
 def cmd_install_to_filesystem(args: argparse.Namespace) -> int:
-    from cfsboot import install
-    from cfsboot.espfind import open_esp
+    from cfsboot.boot.espfind import open_esp
+    from cfsboot.deploy import install
 
     esp_dir = args.esp or args.boot
     if not esp_dir:
@@ -228,7 +229,7 @@ def cmd_install_to_filesystem(args: argparse.Namespace) -> int:
 
 
 def _stage(args: argparse.Namespace, sysroot: Sysroot, bl: Bootloader, imgref: str) -> int:
-    from cfsboot import deploy
+    from cfsboot.deploy import lifecycle as deploy
 
     target = deploy.import_target(
         sysroot, imgref, quiet=args.quiet or not sys.stderr.isatty(), arch=args.arch
@@ -250,7 +251,7 @@ def cmd_switch(args: argparse.Namespace) -> int:
 
 def _followed(sysroot: Sysroot, bl: Bootloader) -> tuple[str, str]:
     """The deployment upgrade starts from (staged, else booted) and the reference it follows."""
-    from cfsboot import deploy
+    from cfsboot.deploy import lifecycle as deploy
 
     staged = sysroot.staged()
     for depl in (staged.depl_id if staged else None, deploy.current_deployment(sysroot, bl)):
@@ -264,7 +265,7 @@ def _followed(sysroot: Sysroot, bl: Bootloader) -> tuple[str, str]:
 
 
 def _check(sysroot: Sysroot, depl: str, imgref: str, arch: str | None) -> None:
-    from cfsboot import deploy
+    from cfsboot.deploy import lifecycle as deploy
 
     found = deploy.check_update(sysroot, depl, imgref, arch=arch)
     short = found.config_digest[:19] + "…"
@@ -279,7 +280,7 @@ def _check(sysroot: Sysroot, depl: str, imgref: str, arch: str | None) -> None:
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
-    from cfsboot import deploy
+    from cfsboot.deploy import lifecycle as deploy
 
     with opened(args) as (sysroot, bl):
         if args.from_downloaded:
@@ -299,8 +300,8 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_finalize(args: argparse.Namespace) -> int:
-    from cfsboot import deploy
-    from cfsboot.sysroot import Sysroot
+    from cfsboot.deploy import lifecycle as deploy
+    from cfsboot.deploy.sysroot import Sysroot
 
     sysroot = Sysroot(args.sysroot, run_dir=args.run_dir)
     staged = sysroot.staged()
@@ -316,7 +317,7 @@ def cmd_finalize(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from cfsboot import deploy
+    from cfsboot.deploy import lifecycle as deploy
 
     with opened(args) as (sysroot, bl):
         msg = deploy.rollback(sysroot, bl)
@@ -329,7 +330,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from cfsboot import status
+    from cfsboot.deploy import status
 
     with opened(args, write=False) as (sysroot, bl):
         doc = status.host_status(sysroot, bl)
@@ -343,7 +344,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from cfsboot import gc
+    from cfsboot.deploy import gc
 
     with opened(args) as (sysroot, bl):
         report = gc.collect(sysroot, bl, keep=args.keep, dry_run=args.dry_run)

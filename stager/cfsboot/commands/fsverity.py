@@ -78,7 +78,7 @@ def _open(path: str) -> int:
 
 
 def digest(args: argparse.Namespace) -> int:
-    from cfsboot.fsverity import digest_fd
+    from cfsboot.composefs.fsverity import digest_fd
 
     alg: HashAlg = args.hash_alg
     for path in args.files:
@@ -132,7 +132,7 @@ def enable(args: argparse.Namespace) -> int:
 
 def enable_repo(args: argparse.Namespace) -> int:
     from cfsboot.commands.deploy import opened
-    from cfsboot.veritymigrate import enable_repo as run_enable
+    from cfsboot.deploy.veritymigrate import enable_repo as run_enable
 
     with opened(args) as (sysroot, bl):
         report = run_enable(sysroot, bl)

@@ -8,13 +8,13 @@ import os
 import sys
 from typing import Any
 
-from cfsboot.erofs.reader import read_image
+from cfsboot.composefs.erofs.reader import read_image
+from cfsboot.composefs.repository import Repository
+from cfsboot.composefs.tree import walk
 from cfsboot.errors import die
-from cfsboot.oci.import_ import Progress, default_tag, import_image, read_image_info
+from cfsboot.image.importer import Progress, default_tag, import_image, read_image_info
+from cfsboot.image.transform import XattrFilter
 from cfsboot.oci.layout import host_arch
-from cfsboot.repository import Repository
-from cfsboot.transform import XattrFilter
-from cfsboot.tree import walk
 from setuproot.contract import DEFAULT_SYSROOT, REPO_DIR, HashAlg
 
 DEFAULT_REPO = f"{DEFAULT_SYSROOT}/{REPO_DIR}"

@@ -7,8 +7,8 @@ import gc
 import sys
 from pathlib import Path
 
+from cfsboot.composefs.tree import Inode
 from cfsboot.errors import die
-from cfsboot.tree import Inode
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,8 +53,8 @@ def versions(min_version: int | None, max_version: int | None) -> tuple[int, int
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so that `cfsboot --help` stays fast.
-    from cfsboot.erofs.writer import build_image
-    from cfsboot.fsverity import digest_bytes
+    from cfsboot.composefs.erofs.writer import build_image
+    from cfsboot.composefs.fsverity import digest_bytes
 
     if not args.source:
         die("empty source path")
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.buffer.write(image)
             sys.stdout.buffer.flush()
         else:
-            from cfsboot.fsutil import write_file_atomic
+            from cfsboot.linux.fsutil import write_file_atomic
 
             write_file_atomic(args.image, image)
     if args.print_digest or args.print_digest_only:
@@ -94,8 +94,8 @@ def run(args: argparse.Namespace) -> int:
 def _load(args: argparse.Namespace) -> tuple[Inode, list[bytes]]:
     """The tree, and the paths of the dumpfile's '@' lines (where C places hardlinks)."""
     if args.from_file:
-        from cfsboot.dumpfile import parse
-        from cfsboot.erofs.writer import dumpfile_link_paths
+        from cfsboot.composefs.dumpfile import parse
+        from cfsboot.composefs.erofs.writer import dumpfile_link_paths
 
         if args.source == "-":
             data = sys.stdin.buffer.read()
@@ -105,7 +105,7 @@ def _load(args: argparse.Namespace) -> tuple[Inode, list[bytes]]:
             except OSError as e:
                 die(f"cannot read {args.source}: {e.strerror}")
         return parse(data), dumpfile_link_paths(data)
-    from cfsboot.srctree import tree_from_directory
+    from cfsboot.composefs.srctree import tree_from_directory
 
     src = Path(args.source)
     if not src.is_dir():

@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def init(args: argparse.Namespace) -> int:
-    from cfsboot.repository import Repository
+    from cfsboot.composefs.repository import Repository
 
     repo = Repository.init(args.dir, algorithm=args.hash, insecure=args.insecure)
     mode = "insecure: without fs-verity" if repo.insecure else "secure: with fs-verity"

@@ -19,9 +19,9 @@ from typing import Any
 
 import zstandard
 
+from cfsboot.composefs.tree import Inode, lookup, split_path
 from cfsboot.errors import CfsbootError
 from cfsboot.oci.tar import Kind
-from cfsboot.tree import Inode, lookup, split_path
 
 WHITEOUT_PREFIX = b".wh."
 OPAQUE_MARKER = b".wh..wh..opq"

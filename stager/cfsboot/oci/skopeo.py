@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cfsboot.linux.run import run
 from cfsboot.oci.reference import ImageRef, Transport
-from cfsboot.run import run
 
 LOCAL_TAG = "image"
 

@@ -1,0 +1,418 @@
+"""The boot menu and boot files on the ESP, for systemd-boot (BLS) and for GRUB (a generated menu).
+
+A menu is the ordered list of cfsboot's entries, the default first. It is
+only ever changed whole and atomically: the complete new menu is written
+under a staged name, then exchanged with the live one in one step
+(renameat2 RENAME_EXCHANGE on a mounted ESP, an in-place swap of two FAT
+directory entries through mtools), so that a power cut at any instant leaves
+the old or the new menu, never neither and never a mix.
+
+- systemd-boot: `loader/entries/` and `loader/entries.staged/` (bootc's
+  names). Entries of other operating systems in `loader/entries/` are copied
+  into the staged directory just before the exchange, so they are kept.
+- GRUB (Debian's, which cannot read BLS): the menu file `EFI/BOOT/grub.cfg`,
+  which Debian's monolithic grubx64.efi sources from the directory it was
+  started from, and `EFI/BOOT/grub.cfg.staged`.
+
+Kernels and initrds live in `EFI/Linux/bootc_composefs-<ID>/{vmlinuz,initrd}`
+(one directory per distinct pair, shared by deployments that use the same
+one), UKIs in `EFI/Linux/bootc/bootc_composefs-<ID>.efi`, as bootc lays them out.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from cfsboot.boot import bls, grub
+from cfsboot.boot.bls import BLSEntry, EntryFile
+from cfsboot.boot.esp import Esp, EspError
+from cfsboot.boot.kargs import split_kargs
+from cfsboot.boot.uki import UKI_DIR, uki_file_name
+from cfsboot.deploy.origin import BootType
+from cfsboot.errors import CfsbootError, die
+
+log = logging.getLogger(__name__)
+
+BOOT_FILES_DIR = "EFI/Linux"
+SYSTEMD_BOOT_EFI = "EFI/systemd/systemd-bootx64.efi"
+REMOVABLE_EFI = "EFI/BOOT/BOOTX64.EFI"
+GRUB_MENU = "EFI/BOOT/grub.cfg"
+STAGED_SUFFIX = ".staged"
+# At most this many cfsboot entries in a menu: sort keys are `bootc-<os>-<position>`
+# and compare as strings, so a position must stay one digit.
+MAX_ENTRIES = 10
+
+_BOOT_DIR_RE = re.compile(re.escape(bls.BOOT_DIR_PREFIX) + r"[0-9a-f]+")
+
+
+class BootloaderKind(enum.StrEnum):
+    SYSTEMD_BOOT = "systemd-boot"
+    GRUB = "grub"
+
+
+class MenuError(CfsbootError):
+    """A boot menu that cannot be read or written."""
+
+
+@dataclass(frozen=True)
+class MenuEntry:
+    """One cfsboot deployment in the boot menu."""
+
+    deployment: str
+    boot_type: BootType
+    title: str
+    version: str
+    os_id: str
+    linux: str | None = None  # ESP path, with a leading '/'
+    initrd: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()  # kernel arguments (BLS only; a UKI's are sealed)
+    uki: str | None = None  # ESP path of the UKI, with a leading '/'
+
+    @property
+    def artifact(self) -> str:
+        """The ESP path this entry boots from: its kernel directory or its UKI (no '/')."""
+        if self.uki is not None:
+            return self.uki.lstrip("/")
+        assert self.linux is not None
+        return self.linux.lstrip("/").rsplit("/", 1)[0]
+
+    def with_options(self, options: Sequence[str]) -> MenuEntry:
+        return replace(self, options=tuple(options))
+
+
+def kernel_dir(name_id: str) -> str:
+    """ESP directory for one kernel+initrd pair."""
+    return f"{BOOT_FILES_DIR}/{bls.boot_dir_name(name_id)}"
+
+
+class Bootloader(abc.ABC):
+    """A boot menu plus the boot files it points at, on one ESP."""
+
+    kind: BootloaderKind
+
+    def __init__(self, esp: Esp) -> None:
+        self.esp = esp
+
+    # -- the menu --------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def menu(self, *, staged: bool = False) -> list[MenuEntry]:
+        """cfsboot's entries in boot order (default first); the staged menu if asked."""
+
+    @abc.abstractmethod
+    def has_staged(self) -> bool: ...
+
+    @abc.abstractmethod
+    def stage(self, entries: Sequence[MenuEntry]) -> None:
+        """Write a complete new menu under the staged name; the live menu is untouched."""
+
+    @abc.abstractmethod
+    def commit(self) -> None:
+        """Make the staged menu the live one in one atomic step, then drop the old one."""
+
+    @abc.abstractmethod
+    def discard_staged(self) -> None: ...
+
+    def write_menu(self, entries: Sequence[MenuEntry]) -> None:
+        self.stage(entries)
+        self.commit()
+
+    def recover(self) -> list[str]:
+        """Finish or undo ESP writes a crash interrupted."""
+        return self.esp.recover()
+
+    # -- boot files ------------------------------------------------------------------
+
+    def install_kernel(self, name_id: str, vmlinuz: Path, initrd: Path) -> tuple[str, str]:
+        """Copy a kernel+initrd pair to its own directory; returns their paths for an entry.
+
+        The directory is complete before any entry can point at it: the files are
+        written under temporary names and renamed (see Esp.install).
+        """
+        d = kernel_dir(name_id)
+        self.esp.mkdir(d)
+        self.esp.install(f"{d}/{bls.KERNEL_NAME}", vmlinuz)
+        self.esp.install(f"{d}/{bls.INITRD_NAME}", initrd)
+        return f"/{d}/{bls.KERNEL_NAME}", f"/{d}/{bls.INITRD_NAME}"
+
+    def install_uki(self, deployment: str, src: Path) -> str:
+        path = f"{UKI_DIR}/{uki_file_name(deployment)}"
+        self.esp.mkdir(UKI_DIR)
+        self.esp.install(path, src)
+        return f"/{path}"
+
+    def has_artifact(self, path: str) -> bool:
+        return self.esp.exists(path)
+
+    def artifacts(self) -> list[str]:
+        """Every kernel directory and UKI cfsboot (or bootc) put on the ESP."""
+        out: list[str] = []
+        if self.esp.is_dir(BOOT_FILES_DIR):
+            for e in self.esp.listdir(BOOT_FILES_DIR):
+                if e.is_dir and _BOOT_DIR_RE.fullmatch(e.name.lower()):
+                    out.append(f"{BOOT_FILES_DIR}/{e.name}")
+        if self.esp.is_dir(UKI_DIR):
+            for e in self.esp.listdir(UKI_DIR):
+                low = e.name.lower()
+                if not e.is_dir and low.startswith(bls.BOOT_DIR_PREFIX) and low.endswith(".efi"):
+                    out.append(f"{UKI_DIR}/{e.name}")
+        return sorted(out)
+
+    def remove_artifact(self, path: str) -> None:
+        if self.esp.is_dir(path):
+            self.esp.remove_tree(path)
+        elif self.esp.exists(path):
+            self.esp.remove(path)
+
+
+# ---------------------------------------------------------------------------------------
+# systemd-boot
+# ---------------------------------------------------------------------------------------
+
+
+class SystemdBoot(Bootloader):
+    kind = BootloaderKind.SYSTEMD_BOOT
+
+    def _dir(self, staged: bool) -> str:
+        return bls.STAGED_ENTRIES_DIR if staged else bls.ENTRIES_DIR
+
+    def _files(self, staged: bool) -> list[tuple[str, str]]:
+        d = self._dir(staged)
+        if not self.esp.is_dir(d):
+            return []
+        out = []
+        for e in self.esp.listdir(d):
+            if not e.is_dir and e.name.lower().endswith(bls.ENTRY_SUFFIX):
+                out.append((e.name, self.esp.read_text(f"{d}/{e.name}")))
+        return out
+
+    def menu(self, *, staged: bool = False) -> list[MenuEntry]:
+        entries = bls.sort_entries(bls.parse_entries(self._files(staged)))
+        out: list[MenuEntry] = []
+        for ef in entries:
+            m = _from_bls(ef)
+            if m is not None:
+                out.append(m)
+        return out
+
+    def has_staged(self) -> bool:
+        return self.esp.is_dir(bls.STAGED_ENTRIES_DIR)
+
+    def stage(self, entries: Sequence[MenuEntry]) -> None:
+        _check_menu(entries)
+        staged = bls.STAGED_ENTRIES_DIR
+        self.discard_staged()
+        self.esp.mkdir(staged)
+        for i, m in enumerate(entries):
+            name, text = _to_bls(m, i, len(entries))
+            self.esp.write_text(f"{staged}/{name}", text)
+        if not self.esp.exists(bls.LOADER_CONF):
+            # Only when there is none: loader.conf belongs to whoever installed the loader.
+            self.esp.write_text(bls.LOADER_CONF, bls.LOADER_CONF_DEFAULT)
+
+    def commit(self) -> None:
+        live, staged = bls.ENTRIES_DIR, bls.STAGED_ENTRIES_DIR
+        if not self.has_staged():
+            raise MenuError(f"no staged boot entries ({staged}) to make the default")
+        if not self.esp.is_dir(live):
+            # Created empty and then exchanged (not renamed): a rename through mtools
+            # would store the 8.3-sized name "entries" as "ENTRIES".
+            self.esp.mkdir(live)
+        # Other operating systems' entries, as they are now, go along into the new menu.
+        ours = {n.lower() for n, _ in self._files(True)}
+        for e in self.esp.listdir(live):
+            if e.is_dir or _is_ours(e.name):
+                continue
+            if e.name.lower() in ours:
+                raise MenuError(f"{live}/{e.name} is not cfsboot's but has a cfsboot name")
+            self.esp.write(f"{staged}/{e.name}", self.esp.read(f"{live}/{e.name}"))
+        self.esp.exchange(live, staged)
+        self.esp.remove_tree(staged)
+
+    def discard_staged(self) -> None:
+        if self.esp.exists(bls.STAGED_ENTRIES_DIR):
+            self.esp.remove_tree(bls.STAGED_ENTRIES_DIR)
+
+
+def _is_ours(name: str) -> bool:
+    low = name.lower()
+    return low.startswith(bls.ENTRY_PREFIX) and low.endswith(bls.ENTRY_SUFFIX)
+
+
+def _check_menu(entries: Sequence[MenuEntry]) -> None:
+    ids = [m.deployment for m in entries]
+    if len(set(ids)) != len(ids):
+        raise MenuError("a boot menu lists a deployment twice")
+    if len(entries) > MAX_ENTRIES:
+        raise MenuError(f"a boot menu holds at most {MAX_ENTRIES} cfsboot entries")
+
+
+def _to_bls(m: MenuEntry, position: int, total: int) -> tuple[str, str]:
+    """(file name, text) of the entry at `position` (0 = default) of a menu of `total`."""
+    # bootc: primary file name ends in -1, secondary in -0 (GRUB's BLS sorts names
+    # descending); sort keys bootc-<os>-0 then -1 (systemd-boot sorts ascending).
+    name = bls.entry_file_name(m.os_id, m.version, primary=True)
+    name = name[: -len("-1.conf")] + f"-{total - 1 - position}.conf"
+    sort_key = bls.entry_sort_key(m.os_id, primary=True)[: -len("0")] + str(position)
+    if m.boot_type is BootType.UKI:
+        entry = BLSEntry(title=m.title, version=m.version, efi=m.uki, sort_key=sort_key)
+    else:
+        entry = BLSEntry(
+            title=m.title,
+            version=m.version,
+            linux=m.linux,
+            initrd=m.initrd,
+            options=(" ".join(m.options),),
+            sort_key=sort_key,
+        )
+    try:
+        return name, entry.serialise()
+    except bls.BLSError as e:
+        raise MenuError(f"cannot write the boot entry for {m.deployment}: {e}") from None
+
+
+_SORT_KEY_RE = re.compile(r"bootc-(.+)-\d+")
+
+
+def _from_bls(ef: EntryFile) -> MenuEntry | None:
+    if not ef.ours:
+        return None
+    e = ef.entry
+    deployment = e.deployment()
+    if deployment is None:
+        return None
+    m = _SORT_KEY_RE.fullmatch(e.sort_key or "")
+    os_id = m.group(1) if m else bls.ENTRY_PREFIX.rstrip("_")
+    uki = e.uki or e.efi
+    if uki is not None:
+        return MenuEntry(
+            deployment, BootType.UKI, e.title or deployment, e.version or "", os_id, uki=uki
+        )
+    if e.linux is None:
+        return None
+    return MenuEntry(
+        deployment,
+        BootType.BLS,
+        e.title or deployment,
+        e.version or "",
+        os_id,
+        linux=e.linux,
+        initrd=e.initrd,
+        options=tuple(split_kargs(e.cmdline)),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# GRUB
+# ---------------------------------------------------------------------------------------
+
+
+class Grub(Bootloader):
+    kind = BootloaderKind.GRUB
+
+    def __init__(self, esp: Esp, *, menu_path: str = GRUB_MENU, timeout: int | None = None) -> None:
+        super().__init__(esp)
+        self.menu_path = menu_path
+        self.timeout = timeout
+
+    def _read(self, path: str) -> grub.GrubMenu | None:
+        if not self.esp.exists(path):
+            return None
+        try:
+            return grub.GrubMenu.parse(self.esp.read_text(path))
+        except grub.GrubError as e:
+            raise MenuError(f"{path} on the ESP: {e}") from None
+
+    def menu(self, *, staged: bool = False) -> list[MenuEntry]:
+        path = self.menu_path + (STAGED_SUFFIX if staged else "")
+        parsed = self._read(path)
+        if parsed is None:
+            return []
+        return [_from_grub(e) for e in parsed.entries]
+
+    def has_staged(self) -> bool:
+        return self.esp.exists(self.menu_path + STAGED_SUFFIX)
+
+    def stage(self, entries: Sequence[MenuEntry]) -> None:
+        _check_menu(entries)
+        current = self._read(self.menu_path)
+        timeout = self.timeout
+        if timeout is None:
+            timeout = current.timeout if current is not None else grub.DEFAULT_TIMEOUT
+        text = grub.GrubMenu(tuple(_to_grub(m) for m in entries), timeout).render()
+        parent = self.menu_path.rsplit("/", 1)[0]
+        self.esp.mkdir(parent)
+        self.esp.write_text(self.menu_path + STAGED_SUFFIX, text)
+
+    def commit(self) -> None:
+        staged = self.menu_path + STAGED_SUFFIX
+        if not self.has_staged():
+            raise MenuError(f"no staged GRUB menu ({staged}) to make the default")
+        if not self.esp.exists(self.menu_path):
+            self.esp.rename(staged, self.menu_path)
+            return
+        self._read(self.menu_path)  # refuse to replace a menu that is not ours
+        self.esp.exchange(self.menu_path, staged)
+        self.esp.remove(staged)
+
+    def discard_staged(self) -> None:
+        if self.has_staged():
+            self.esp.remove(self.menu_path + STAGED_SUFFIX)
+
+
+def _to_grub(m: MenuEntry) -> grub.GrubEntry:
+    title = f"{m.title} {m.version}".strip() if m.version not in m.title else m.title
+    if m.boot_type is BootType.UKI:
+        return grub.GrubEntry(title=title, deployment=m.deployment, chainload=m.uki)
+    return grub.GrubEntry(
+        title=title,
+        deployment=m.deployment,
+        linux=m.linux,
+        initrd=m.initrd,
+        options=m.options,
+    )
+
+
+def _from_grub(e: grub.GrubEntry) -> MenuEntry:
+    if e.chainload is not None:
+        return MenuEntry(e.deployment, BootType.UKI, e.title, "", "", uki=e.chainload)
+    return MenuEntry(
+        e.deployment,
+        BootType.BLS,
+        e.title,
+        "",
+        "",
+        linux=e.linux,
+        initrd=e.initrd,
+        options=e.options,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def detect(esp: Esp) -> Bootloader:
+    """The bootloader cfsboot installed on this ESP."""
+    try:
+        if esp.exists(GRUB_MENU):
+            return Grub(esp)
+        if esp.is_dir(bls.ENTRIES_DIR) or esp.is_dir(bls.STAGED_ENTRIES_DIR):
+            return SystemdBoot(esp)
+        if esp.exists(SYSTEMD_BOOT_EFI):
+            return SystemdBoot(esp)
+    except EspError as e:
+        die(f"cannot read the ESP: {e}")
+    die(
+        "no boot menu of cfsboot's on the ESP (neither loader/entries nor EFI/BOOT/grub.cfg)",
+        hint="was this system installed with cfsboot install? pass --esp to name the ESP",
+    )
+
+
+def for_kind(kind: BootloaderKind, esp: Esp) -> Bootloader:
+    return SystemdBoot(esp) if kind is BootloaderKind.SYSTEMD_BOOT else Grub(esp)

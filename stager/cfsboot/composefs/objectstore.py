@@ -1,0 +1,382 @@
+"""A content-addressed directory of files named `XX/REST` by their fs-verity digest.
+
+This is the `objects/` directory of a repository and also what C
+`mkcomposefs --digest-store=DIR` fills. An object is published atomically:
+its content is written under a temporary name (an O_TMPFILE where the
+filesystem has it), synced, fs-verity is enabled where the filesystem can,
+and only then is it linked under its final name. Nobody ever sees a partial
+object under a digest name.
+
+Publishing one object at a time costs an fsync per file, which dominates a
+large import. `batch()` defers that: objects are written to a staging
+directory without fsync, and when the batch ends one syncfs() makes all of
+them durable before they are renamed into place (then a second syncfs()
+makes the names durable), so the invariant above still holds.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from cfsboot.errors import die
+from cfsboot.linux.fsutil import fsync_dir
+from setuproot.contract import HashAlg, object_relpath
+from setuproot.verity import (
+    NoVerity,
+    VerityAlreadyEnabled,
+    VerityBusy,
+    VerityUnsupported,
+    enable_verity,
+    measure_verity,
+)
+
+OBJECT_MODE = 0o644  # objects are read by overlayfs on behalf of every user
+DIR_MODE = 0o755
+STAGING_PREFIX = ".staging-"
+ENABLE_RETRIES = 5
+
+# <linux/fs.h>: _IOW(0x94, 9, int) - share the source's extents (btrfs, xfs).
+FICLONE = 0x40049409
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def syncfs(fd: int) -> None:
+    """syncfs(2): flush the whole filesystem holding `fd` (Python has no wrapper)."""
+    if _libc.syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"syncfs: {os.strerror(err)}")
+
+
+def link_fd(fd: int, dst: str | os.PathLike[str]) -> None:
+    """linkat(AT_SYMLINK_FOLLOW) of /proc/self/fd/N: give an O_TMPFILE file a name.
+
+    os.link() only calls linkat() (not link()) when a dir fd is given; link()
+    would try to hardlink the /proc symlink itself and fail with EXDEV.
+    """
+    os.link(f"/proc/self/fd/{fd}", dst, src_dir_fd=fd, follow_symlinks=True)
+
+
+def reflink(src: int, dst: int) -> bool:
+    """FICLONE: make `dst` share `src`'s extents; False where the filesystem cannot."""
+    try:
+        fcntl.ioctl(dst, FICLONE, src)
+        return True
+    except OSError:
+        return False
+
+
+def copy_fd(src: int, dst: int, size: int) -> None:
+    """Copy `size` bytes from offset 0 of `src` to `dst` (copy_file_range, else read/write)."""
+    off = 0
+    try:
+        while off < size:
+            n = os.copy_file_range(src, dst, size - off, off, off)
+            if n == 0:
+                break
+            off += n
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        while off < size:
+            chunk = os.pread(src, min(1 << 20, size - off), off)
+            if not chunk:
+                break
+            os.pwrite(dst, chunk, off)
+            off += len(chunk)
+    if off != size:
+        raise OSError(errno.EIO, f"file shrank while it was copied ({off} of {size} bytes)")
+
+
+def _current_umask() -> int | None:
+    """The umask, read without changing it (os.umask() would race with other threads)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+Filler = Callable[[int], None]
+
+
+class ObjectStore:
+    """Objects named by fs-verity digest under `root` (XX/REST).
+
+    `require_verity`: every object must get fs-verity and its measured digest
+    must equal its name (a secure repository); otherwise fs-verity is enabled
+    where the filesystem supports it and skipped silently where it does not.
+    """
+
+    def __init__(self, root: Path, alg: HashAlg, *, require_verity: bool = False) -> None:
+        self.root = Path(root)
+        self.alg = HashAlg(alg)
+        self.require_verity = require_verity
+        self._verity_works: bool | None = None  # learnt from the first object
+        self._mutex = threading.Lock()
+        self._batch_depth = 0
+        self._staging: Path | None = None
+        self._pending: dict[str, Path] = {}  # hex -> staged file, during a batch
+        self._known_dirs: set[str] = set()
+        self._reflink_works: bool | None = None
+        # fchmod only where the umask would take bits away from OBJECT_MODE.
+        umask = _current_umask()
+        self._need_chmod = umask is None or (OBJECT_MODE & ~umask) != OBJECT_MODE
+
+    # -- names -------------------------------------------------------------------------
+
+    def check_hex(self, hexdigest: str) -> str:
+        if len(hexdigest) != self.alg.hex_len or not all(
+            c in "0123456789abcdef" for c in hexdigest
+        ):
+            raise ValueError(f"not a lowercase {self.alg} hex digest: {hexdigest!r}")
+        return hexdigest
+
+    def path(self, hexdigest: str) -> Path:
+        return self.root / object_relpath(self.check_hex(hexdigest))
+
+    def contains(self, hexdigest: str) -> bool:
+        """Is the object present (or staged in the current batch)?"""
+        with self._mutex:
+            if hexdigest in self._pending:
+                return True
+        return os.path.exists(self.path(hexdigest))
+
+    # -- publishing --------------------------------------------------------------------
+
+    def add_bytes(self, hexdigest: str, data: bytes | memoryview) -> None:
+        """Store `data` (whose digest the caller computed) unless already present."""
+
+        def fill(fd: int) -> None:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+
+        self._add(hexdigest, fill, len(data))
+
+    def add_fd(self, hexdigest: str, src: int, size: int) -> None:
+        """Store the first `size` bytes of the open file `src` unless already present."""
+
+        def fill(fd: int) -> None:
+            # Reflinks fail the same way for every file of one source filesystem: try once.
+            if self._reflink_works is not False:
+                self._reflink_works = reflink(src, fd)
+                if self._reflink_works:
+                    return
+            copy_fd(src, fd, size)
+
+        self._add(hexdigest, fill, size)
+
+    def _add(self, hexdigest: str, fill: Filler, size: int) -> None:
+        target = self.path(hexdigest)
+        if os.path.exists(target):
+            return
+        with self._mutex:
+            if hexdigest in self._pending:
+                return
+            deferred = self._batch_depth > 0
+            if deferred:
+                staging = self._ensure_staging()
+                # Reserve the name now so that another thread skips this object.
+                self._pending[hexdigest] = staging / hexdigest
+        if deferred:
+            try:
+                self._write_staged(staging / hexdigest, hexdigest, fill, size)
+            except BaseException:
+                with self._mutex:
+                    self._pending.pop(hexdigest, None)
+                raise
+        else:
+            self._write_now(target, hexdigest, fill, size)
+
+    def _ensure_dir(self, sub: str, *, sync: bool = True) -> None:
+        if sub in self._known_dirs:
+            return
+        d = self.root / sub
+        try:
+            os.mkdir(d, DIR_MODE)
+            os.chmod(d, DIR_MODE)
+            if sync:
+                fsync_dir(self.root)
+        except FileExistsError:
+            pass
+        self._known_dirs.add(sub)
+
+    def _write_now(self, target: Path, hexdigest: str, fill: Filler, size: int) -> None:
+        self._ensure_dir(hexdigest[:2])
+        parent = target.parent
+        try:
+            fd = os.open(parent, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, OBJECT_MODE)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+            self._write_named(target, hexdigest, fill, size)
+            return
+        ro = -1
+        try:
+            self._fill(fd, fill, size, target)
+            os.fsync(fd)
+            # fs-verity needs a read-only descriptor and no writable one anywhere.
+            ro = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+            os.close(fd)
+            fd = -1
+            self._seal(ro, hexdigest, target)
+            try:
+                link_fd(ro, target)
+            except FileExistsError:
+                return  # another writer published the same content meanwhile
+        finally:
+            for f in (fd, ro):
+                if f >= 0:
+                    os.close(f)
+        fsync_dir(parent)
+
+    def _write_named(self, target: Path, hexdigest: str, fill: Filler, size: int) -> None:
+        """The same without O_TMPFILE: a hidden temp name next to the target."""
+        parent = target.parent
+        tmp = parent / f".tmp-{secrets.token_hex(8)}"
+        try:
+            self._write_file(tmp, hexdigest, fill, size, sync=True)
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                pass
+        finally:
+            tmp.unlink(missing_ok=True)
+        fsync_dir(parent)
+
+    def _write_staged(self, path: Path, hexdigest: str, fill: Filler, size: int) -> None:
+        self._write_file(path, hexdigest, fill, size, sync=False)
+
+    def _write_file(
+        self, path: Path, hexdigest: str, fill: Filler, size: int, *, sync: bool
+    ) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, OBJECT_MODE)
+        try:
+            self._fill(fd, fill, size, path)
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if self._verity_works is False and not self.require_verity:
+            return
+        ro = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self._seal(ro, hexdigest, path)
+        finally:
+            os.close(ro)
+
+    def _fill(self, fd: int, fill: Filler, size: int, path: Path) -> None:
+        if self._need_chmod:
+            os.fchmod(fd, OBJECT_MODE)
+        fill(fd)  # fillers write exactly `size` bytes or raise
+
+    def _enable(self, ro_fd: int, path: Path) -> None:
+        for attempt in range(ENABLE_RETRIES + 1):
+            try:
+                enable_verity(ro_fd, self.alg, path=str(path))
+                return
+            except VerityAlreadyEnabled:
+                return  # a reflinked or hardlinked source that already had it
+            except VerityBusy:
+                # A child forked by another thread may still hold our (close-on-exec)
+                # writable descriptor until it execs: wait a moment for that.
+                if attempt == ENABLE_RETRIES:
+                    raise
+                time.sleep(0.001 * (attempt + 1))
+
+    def _seal(self, ro_fd: int, hexdigest: str, path: Path) -> None:
+        """Enable fs-verity and check the kernel's digest against the name."""
+        if self._verity_works is False and not self.require_verity:
+            return
+        try:
+            self._enable(ro_fd, path)
+            alg, digest = measure_verity(ro_fd, path=str(path))
+        except (VerityUnsupported, NoVerity) as e:
+            if self.require_verity:
+                die(
+                    f"cannot enable fs-verity on {path}: {e.strerror}",
+                    hint="the repository is secure (its meta.json has fs-verity);"
+                    " use a filesystem with fs-verity (ext4 -O verity, btrfs)",
+                )
+            self._verity_works = False
+            return
+        self._verity_works = True
+        if alg is not self.alg or digest.hex() != hexdigest:
+            die(
+                f"object {path}: fs-verity measured {alg}:{digest.hex()},"
+                f" expected {self.alg}:{hexdigest}"
+            )
+
+    # -- batches -----------------------------------------------------------------------
+
+    def _ensure_staging(self) -> Path:
+        if self._staging is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            path = self.root / f"{STAGING_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+            os.mkdir(path, 0o700)
+            self._staging = path
+        return self._staging
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Defer durability to one syncfs at the end; objects appear when the batch ends.
+
+        If the body raises, the staged objects are thrown away.
+        """
+        with self._mutex:
+            self._batch_depth += 1
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            with self._mutex:
+                self._batch_depth -= 1
+                last = self._batch_depth == 0
+            if last:
+                if ok:
+                    self.flush()
+                else:
+                    self._discard()
+
+    def flush(self) -> None:
+        """Make every staged object durable, then move it to its final name."""
+        with self._mutex:
+            pending, self._pending = self._pending, {}
+            staging = self._staging
+            if self._batch_depth == 0:
+                self._staging = None
+        if pending:
+            dfd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                syncfs(dfd)  # data first: no name may point at unwritten data
+                for hexdigest, src in sorted(pending.items()):
+                    self._ensure_dir(hexdigest[:2], sync=False)  # the syncfs below covers it
+                    # Same content under the same name: replacing a racing copy is harmless.
+                    os.rename(src, self.path(hexdigest))
+                syncfs(dfd)
+            finally:
+                os.close(dfd)
+        if staging is not None and self._batch_depth == 0:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _discard(self) -> None:
+        with self._mutex:
+            staging, self._staging = self._staging, None
+            self._pending = {}
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)

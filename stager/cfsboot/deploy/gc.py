@@ -1,0 +1,268 @@
+"""`cfsboot gc`: remove deployments, boot files, images and objects nothing needs any more.
+
+Kept: the booted deployment, the staged one, the rollback one, `--keep N`
+more from the boot menu in menu order, and every image a tag of the user's
+names (`images/refs/`, except cfsboot's own `deploy/` tags). Everything a kept
+image needs stays: its EROFS, the objects it references, its manifest, config
+and layer records, and the objects those records reference (so a re-import
+reads nothing again).
+
+Order (each step leaves a bootable, consistent system if the power goes):
+  1. the boot menu without the dropped deployments (one atomic exchange);
+  2. their state directories (renamed away, then deleted);
+  3. boot files no entry of the live or staged menu points at;
+  4. their deployment tags;
+  5. unreferenced image and stream names, then unreferenced objects.
+Interrupted runs (state directories without an entry, temporary state and
+/etc-view directories, staging leftovers in objects/, temporary image and
+stream links that were never renamed) are collected too. The booted
+deployment is never removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cfsboot.boot.bootloader import Bootloader, MenuEntry
+from cfsboot.composefs.objectstore import STAGING_PREFIX
+from cfsboot.composefs.repository import Repository
+from cfsboot.composefs.tree import walk
+from cfsboot.deploy.lifecycle import (
+    DEPLOY_TAG_PREFIX,
+    current_deployment,
+    deployment_tag,
+    remove_state,
+    state_leftovers,
+)
+from cfsboot.deploy.sysroot import Sysroot
+from cfsboot.image.imagefiles import image_tree
+from cfsboot.image.importer import image_stream, layer_stream, read_image_info
+from cfsboot.linux.fsutil import TEMP_MARKER
+from cfsboot.oci.apply import LayerRecord
+from setuproot.contract import IMAGES_DIR, OBJECTS_DIR, REFS_DIR, STREAMS_DIR
+
+log = logging.getLogger(__name__)
+
+OUR_STREAM_PREFIX = "cfsboot-"
+
+
+@dataclass
+class GcReport:
+    deployments: list[str] = field(default_factory=list)
+    boot_files: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+    streams: list[str] = field(default_factory=list)
+    objects: int = 0
+    object_bytes: int = 0
+    skipped: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)  # of interrupted runs
+
+    def summary(self, *, dry_run: bool) -> str:
+        verb = "would remove" if dry_run else "removed"
+        mib = self.object_bytes / (1 << 20)
+        parts = [
+            f"{len(self.deployments)} deployment(s)",
+            f"{len(self.boot_files)} boot file set(s)",
+            f"{len(self.images)} image(s)",
+            f"{len(self.streams)} stream(s)",
+            f"{self.objects} object(s) ({mib:.1f} MiB)",
+        ]
+        if self.leftovers:
+            parts.append(f"{len(self.leftovers)} leftover(s) of interrupted runs")
+        text = f"gc {verb} " + ", ".join(parts)
+        for s in self.skipped:
+            text += f"\n  note: {s}"
+        return text
+
+
+def choose_kept(sysroot: Sysroot, bl: Bootloader, *, keep: int) -> tuple[set[str], list[MenuEntry]]:
+    """(deployments to keep, the live menu they leave)."""
+    live = bl.menu()
+    current = current_deployment(sysroot, bl)
+    staged = sysroot.staged()
+    kept: set[str] = set()
+    if current is not None:
+        kept.add(current)
+    if staged is not None:
+        kept.add(staged.depl_id)
+    others = [m for m in live if m.deployment not in kept]
+    for m in others[: 1 + max(0, keep)]:  # the rollback one, then --keep more
+        kept.add(m.deployment)
+    return kept, [m for m in live if m.deployment in kept]
+
+
+def collect(sysroot: Sysroot, bl: Bootloader, *, keep: int = 0, dry_run: bool = False) -> GcReport:
+    """Run the collection (the caller holds the repository lock)."""
+    report = GcReport()
+    repo = sysroot.repo
+    booted = sysroot.booted()
+    kept, new_live = choose_kept(sysroot, bl, keep=keep)
+    live = bl.menu()
+    staged_pending = sysroot.staged() is not None and bl.has_staged()
+    if staged_pending:
+        # The live menu is replaced whole at finalize: leave it, and whatever it boots, alone.
+        kept |= {m.deployment for m in live}
+        new_live = live
+        if len(live) > len(kept):
+            report.skipped.append(
+                "a deployment is staged: entries are pruned after it is finalized"
+            )
+    elif not dry_run and [m.deployment for m in new_live] != [m.deployment for m in live]:
+        bl.write_menu(new_live)
+    elif not staged_pending and bl.has_staged():
+        # A staged menu without a marker: left over from a staging a reboot interrupted.
+        if not dry_run:
+            bl.discard_staged()
+    staged_menu = bl.menu(staged=True) if staged_pending else []
+    referenced = {m.deployment for m in (*new_live, *staged_menu)} | kept
+    if booted is not None:
+        referenced.add(booted)
+
+    for depl in sysroot.deployment_dirs():
+        if depl not in referenced:
+            report.deployments.append(depl)
+            if not dry_run:
+                remove_state(sysroot, depl)
+    for depl in (m.deployment for m in live):
+        if depl not in referenced and depl not in report.deployments:
+            report.deployments.append(depl)
+    for leftover in state_leftovers(sysroot):
+        report.leftovers.append(leftover.name)
+        if not dry_run:
+            shutil.rmtree(leftover)
+
+    artifacts = {m.artifact.lower() for m in (*new_live, *staged_menu)}
+    for path in bl.artifacts():
+        if path.lower() not in artifacts:
+            report.boot_files.append(path)
+            if not dry_run:
+                bl.remove_artifact(path)
+
+    tags = repo.tags()
+    for name in tags:
+        if (
+            name.startswith(DEPLOY_TAG_PREFIX)
+            and name.removeprefix(DEPLOY_TAG_PREFIX) not in referenced
+        ):
+            report.tags.append(name)
+            if not dry_run:
+                repo.untag(name)
+    if not dry_run:
+        for depl in referenced:
+            if repo.has_image(depl) and deployment_tag(depl) not in tags:
+                repo.tag(deployment_tag(depl), depl)  # migration: deployments made before tags
+    live_images = {img for name, img in tags.items() if name not in report.tags}
+    live_images |= {d for d in referenced if repo.has_image(d)}
+    _sweep_repository(repo, live_images, report, dry_run=dry_run)
+    return report
+
+
+def _image_roots(repo: Repository, image: str) -> tuple[set[str], set[str]]:
+    """(objects, stream names) that image `image` needs."""
+    objects = {image}
+    streams = {image_stream(image)}
+    for _path, node in walk(image_tree(repo, image)):
+        if node.is_reg() and node.digest is not None:
+            objects.add(node.digest.hex())
+    info = read_image_info(repo, image) or {}
+    if info.get("manifest_digest"):
+        streams.add(f"cfsboot-manifest-{info['manifest_digest']}")
+    if info.get("config_digest"):
+        streams.add(f"cfsboot-config-{info['config_digest']}")
+    for layer in info.get("layers") or []:
+        diff_id = layer.get("diff_id")
+        if not diff_id:
+            continue
+        name = layer_stream(diff_id)
+        streams.add(name)
+        data = repo.read_stream(name)
+        if data is not None:
+            objects |= LayerRecord.from_bytes(data).objects()
+    return objects, streams
+
+
+def _stream_target(repo: Repository, name: str) -> str | None:
+    try:
+        target = os.readlink(repo.path / STREAMS_DIR / name)
+    except OSError:
+        return None
+    return "".join(Path(target).parts[-2:])
+
+
+def _sweep_repository(
+    repo: Repository, live_images: set[str], report: GcReport, *, dry_run: bool
+) -> None:
+    objects: set[str] = set()
+    streams: set[str] = set()
+    for image in sorted(live_images):
+        o, s = _image_roots(repo, image)
+        objects |= o
+        streams |= s
+    stream_dir = repo.path / STREAMS_DIR
+    foreign = []
+    for entry in sorted(os.scandir(stream_dir), key=lambda e: e.name):
+        if entry.name == REFS_DIR or not entry.is_symlink():
+            continue
+        if TEMP_MARKER in entry.name:
+            # A link a crash left under its temporary name (Repository._symlink): no
+            # stream, and not someone else's either (that would stop object collection).
+            report.leftovers.append(entry.name)
+            if not dry_run:
+                os.unlink(entry.path)
+            continue
+        if not entry.name.startswith(OUR_STREAM_PREFIX):
+            foreign.append(entry.name)
+            continue
+        target = _stream_target(repo, entry.name)
+        if entry.name in streams:
+            if target is not None:
+                objects.add(target)
+            continue
+        report.streams.append(entry.name)
+        if not dry_run:
+            os.unlink(entry.path)
+    for image in repo.list_images():
+        if image not in live_images:
+            report.images.append(image)
+            if not dry_run:
+                os.unlink(repo.path / IMAGES_DIR / image)
+    for entry in os.scandir(repo.path / IMAGES_DIR):
+        if TEMP_MARKER in entry.name and entry.is_symlink():
+            report.leftovers.append(entry.name)
+            if not dry_run:
+                os.unlink(entry.path)
+    if foreign:
+        report.skipped.append(
+            f"the repository holds {len(foreign)} stream(s) cfsboot did not write (e.g."
+            f" {foreign[0]}): objects were not collected"
+        )
+        return
+    _sweep_objects(repo, objects, report, dry_run=dry_run)
+
+
+def _sweep_objects(repo: Repository, live: set[str], report: GcReport, *, dry_run: bool) -> None:
+    root = repo.path / OBJECTS_DIR
+    for sub in sorted(os.scandir(root), key=lambda e: e.name):
+        if sub.name.startswith(STAGING_PREFIX) and sub.is_dir(follow_symlinks=False):
+            if not dry_run:
+                shutil.rmtree(sub.path, ignore_errors=True)  # an import that died
+            continue
+        if len(sub.name) != 2 or not sub.is_dir(follow_symlinks=False):
+            continue
+        for obj in os.scandir(sub.path):
+            hexd = sub.name + obj.name
+            if hexd in live:
+                continue
+            try:
+                size = obj.stat(follow_symlinks=False).st_size
+            except FileNotFoundError:
+                continue
+            report.objects += 1
+            report.object_bytes += size
+            if not dry_run:
+                os.unlink(obj.path)

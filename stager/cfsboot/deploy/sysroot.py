@@ -1,0 +1,219 @@
+"""The physical root a command works on: repository, deployment state, staged marker, booted digest.
+
+On a booted cfsboot system the physical root is `/sysroot` (setup-root keeps it
+there), the booted deployment is named by the `composefs=` karg and by the
+source of the `/` mount (`composefs:HEX`; the mount wins, as in bootc), and the
+staged marker lives in `/run/composefs/`. With `--sysroot DIR` the same
+commands work on a mounted disk image: nothing is booted from it, so the
+deployment of the current default boot entry stands in for the booted one,
+and the marker lives in a run directory of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from cfsboot.composefs.repository import Repository
+from cfsboot.deploy.origin import Origin, OriginError
+from cfsboot.errors import die
+from cfsboot.linux.fsutil import fsync_dir, write_file_atomic
+from setuproot.contract import (
+    DEFAULT_SYSROOT,
+    DEPLOY_VAR_LINK_TARGET,
+    ORIGIN_SUFFIX,
+    REPO_DIR,
+    SHARED_VAR_DIR,
+    STAGED_DEPLOYMENT_MARKER,
+    STATE_DEPLOY_DIR,
+    KargError,
+    parse_cmdline,
+)
+
+log = logging.getLogger(__name__)
+
+_HEX_RE = re.compile(r"[0-9a-f]{64}|[0-9a-f]{128}")
+# The marker relative to the run directory (/run on a booted system).
+MARKER_RELPATH = STAGED_DEPLOYMENT_MARKER.removeprefix("/run/")
+
+
+@dataclass(frozen=True)
+class StagedDeployment:
+    """/run/composefs/staged-deployment, bootc's JSON."""
+
+    depl_id: str
+    finalization_locked: bool = False
+
+    def to_json(self) -> bytes:
+        doc = {"depl_id": self.depl_id, "finalization_locked": self.finalization_locked}
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, *, name: str) -> StagedDeployment | None:
+        try:
+            doc = json.loads(data)
+            depl = doc["depl_id"]
+            locked = bool(doc.get("finalization_locked", False))
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring %s: not a staged-deployment marker", name)
+            return None
+        if not isinstance(depl, str) or not _HEX_RE.fullmatch(depl):
+            log.warning("ignoring %s: bad deployment id %r", name, depl)
+            return None
+        return cls(depl, locked)
+
+
+def running_deployment(
+    cmdline_path: str = "/proc/cmdline", mountinfo_path: str = "/proc/self/mountinfo"
+) -> str | None:
+    """The deployment this machine booted (None when / is not a cfsboot composefs root)."""
+    try:
+        with open(cmdline_path) as f:
+            if not parse_cmdline(f.read()):
+                return None
+    except (OSError, KargError):
+        return None
+    source = _root_mount_source(mountinfo_path)
+    for prefix in ("composefs:", "transient:composefs:", "transient:composefs="):
+        if source and source.startswith(prefix):
+            digest = source[len(prefix) :].lstrip("?")
+            if _HEX_RE.fullmatch(digest):
+                return digest
+    # A composefs karg without a composefs / means setup-root did not run: not booted from it.
+    return None
+
+
+def _root_mount_source(mountinfo_path: str) -> str | None:
+    try:
+        with open(mountinfo_path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    source = None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 10 or fields[4] != "/":
+            continue
+        sep = fields.index("-", 6)
+        source = fields[sep + 2]  # the last mount on / wins: it is the one visible
+    return source
+
+
+class Sysroot:
+    """One physical root (a booted system's /sysroot, or a mounted disk)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, run_dir: Path | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            die(f"{self.path} is not a directory", hint="pass the physical root with --sysroot")
+        self.live = (
+            _same_file(self.path, Path(DEFAULT_SYSROOT)) and running_deployment() is not None
+        )
+        if run_dir is None:
+            run_dir = Path("/run") if self.live else _offline_run_dir(self.path)
+        self.run_dir = run_dir
+
+    def __repr__(self) -> str:
+        return f"Sysroot({str(self.path)!r}{', live' if self.live else ''})"
+
+    # -- paths -----------------------------------------------------------------------
+
+    @property
+    def repo_path(self) -> Path:
+        return self.path / REPO_DIR
+
+    @cached_property
+    def repo(self) -> Repository:
+        return Repository.open(self.repo_path)
+
+    @property
+    def deploy_root(self) -> Path:
+        return self.path / STATE_DEPLOY_DIR
+
+    @property
+    def shared_var(self) -> Path:
+        return self.path / SHARED_VAR_DIR
+
+    def deploy_dir(self, depl: str) -> Path:
+        return self.deploy_root / depl
+
+    def origin_path(self, depl: str) -> Path:
+        return self.deploy_dir(depl) / f"{depl}{ORIGIN_SUFFIX}"
+
+    @property
+    def marker_path(self) -> Path:
+        return self.run_dir / MARKER_RELPATH
+
+    # -- deployments -----------------------------------------------------------------
+
+    def deployment_dirs(self) -> list[str]:
+        """Deployment ids with a state directory (complete ones: temp names are skipped)."""
+        try:
+            names = os.listdir(self.deploy_root)
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if _HEX_RE.fullmatch(n))
+
+    def origin(self, depl: str) -> Origin | None:
+        """A deployment's origin; None (with a warning) when missing or unreadable."""
+        path = self.origin_path(depl)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            log.warning("no origin file for deployment %s (%s)", depl, path)
+            return None
+        try:
+            return Origin.parse(text, name=str(path))
+        except OriginError as e:
+            log.warning("%s", e)
+            return None
+
+    def write_origin(self, depl: str, origin: Origin) -> None:
+        write_file_atomic(self.origin_path(depl), origin.serialise().encode(), mode=0o644)
+
+    def var_link_target(self) -> str:
+        return DEPLOY_VAR_LINK_TARGET
+
+    # -- the staged marker -------------------------------------------------------------
+
+    def staged(self) -> StagedDeployment | None:
+        try:
+            data = self.marker_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        return StagedDeployment.from_json(data, name=str(self.marker_path))
+
+    def write_staged(self, staged: StagedDeployment) -> None:
+        self.marker_path.parent.mkdir(parents=True, exist_ok=True)
+        write_file_atomic(self.marker_path, staged.to_json(), mode=0o644)
+
+    def clear_staged(self) -> None:
+        try:
+            self.marker_path.unlink()
+        except FileNotFoundError:
+            return
+        fsync_dir(self.marker_path.parent)
+
+    # -- booted ------------------------------------------------------------------------
+
+    def booted(self) -> str | None:
+        """The deployment running now, if this physical root is the one the machine booted."""
+        return running_deployment() if self.live else None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _offline_run_dir(path: Path) -> Path:
+    """A run directory of its own for a sysroot that is not booted (keyed on its path)."""
+    key = str(path.resolve()).strip("/").replace("/", "-") or "root"
+    return Path("/run/cfsboot/offline") / key

@@ -1,0 +1,119 @@
+"""Write part of an image tree out as real files: a deployment's /etc copy, the shared /var.
+
+The tree is what the image reader (or the OCI importer) produced: inline
+contents, external files named by their object in the repository, symlinks,
+devices, hardlinks (the same Inode under several names). Owners, modes,
+xattrs and mtimes are kept, so the copy looks like the image (needs root).
+Nothing here fsyncs file by file: the caller writes into a temporary
+directory, calls `syncfs` once, and renames the result into place.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from pathlib import Path
+
+from cfsboot.composefs.objectstore import copy_fd, reflink, syncfs
+from cfsboot.composefs.tree import Inode, lookup
+from cfsboot.errors import die
+
+log = logging.getLogger(__name__)
+
+
+def subtree(root: Inode, path: str) -> Inode | None:
+    """The directory at `path` in the image (no symlinks followed), or None."""
+    node = lookup(root, path.encode())
+    return node if node is not None and node.is_dir() else None
+
+
+class _Writer:
+    def __init__(self, objects: Path) -> None:
+        self.objects = objects
+        self.links: dict[int, Path] = {}  # id(Inode) -> first path written (hardlinks)
+
+    def object(self, node: Inode) -> Path:
+        if node.payload is not None:
+            return self.objects / os.fsdecode(node.payload).lstrip("/")
+        assert node.digest is not None
+        hexd = node.digest.hex()
+        return self.objects / hexd[:2] / hexd[2:]
+
+    def write_file(self, node: Inode, path: Path) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            if node.content is not None:
+                os.write(fd, node.content)
+            elif node.size:
+                src_path = self.object(node)
+                try:
+                    src = os.open(src_path, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    die(f"object {src_path} is missing from the repository (needed for {path})")
+                try:
+                    if not reflink(src, fd):
+                        copy_fd(src, fd, node.size)
+                finally:
+                    os.close(src)
+        finally:
+            os.close(fd)
+
+    def metadata(self, node: Inode, path: Path) -> None:
+        is_link = node.is_symlink()
+        os.chown(path, node.uid, node.gid, follow_symlinks=False)
+        if not is_link:
+            # After chown: chown clears the setuid/setgid bits.
+            os.chmod(path, stat.S_IMODE(node.mode))
+        for key, value in node.xattrs.items():
+            try:
+                os.setxattr(path, key, value, follow_symlinks=False)
+            except OSError as e:
+                # Linux refuses user.* xattrs on symlinks; the image cannot carry them either.
+                if not (is_link and e.errno in (errno.EPERM, errno.EOPNOTSUPP)):
+                    raise
+        os.utime(path, ns=(_ns(node), _ns(node)), follow_symlinks=False)
+
+    def node(self, node: Inode, path: Path) -> None:
+        if not node.is_dir() and node.nlink > 1:
+            first = self.links.get(id(node))
+            if first is not None:
+                os.link(first, path, follow_symlinks=False)
+                return
+            self.links[id(node)] = path
+        fmt = node.ftype
+        if fmt == stat.S_IFDIR:
+            os.mkdir(path, 0o700)
+            assert node.children is not None
+            for name in sorted(node.children):
+                self.node(node.children[name], path / os.fsdecode(name))
+        elif fmt == stat.S_IFREG:
+            self.write_file(node, path)
+        elif fmt == stat.S_IFLNK:
+            os.symlink(node.payload or b"", path)
+        elif fmt in (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK):
+            os.mknod(path, fmt | 0o600, node.rdev)
+        else:
+            raise ValueError(f"unknown file type {fmt:o} at {path}")
+        self.metadata(node, path)
+
+
+def _ns(node: Inode) -> int:
+    return node.mtime * 1_000_000_000 + node.mtime_nsec
+
+
+def extract(node: Inode, dest: Path, objects: Path) -> None:
+    """Create `dest` (which must not exist) as a copy of the directory `node`."""
+    if not node.is_dir():
+        raise ValueError(f"{dest}: only directories can be extracted")
+    _Writer(objects).node(node, dest)
+
+
+def sync_filesystem(path: Path) -> None:
+    """Make everything written on the filesystem holding `path` durable (one syncfs)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        syncfs(fd)
+    finally:
+        os.close(fd)

@@ -68,8 +68,8 @@ from cfsboot.composefs import fsverity
 from cfsboot.composefs.erofs.reader import read_image
 from cfsboot.composefs.tree import Inode, lookup, walk
 from cfsboot.deploy.install import InstallOptions, to_filesystem
-from cfsboot.deploy.lifecycle import ETC_VIEWS_PREFIX
 from cfsboot.deploy.origin import Origin
+from cfsboot.deploy.state import ETC_VIEWS_PREFIX
 from cfsboot.linux.fsutil import TEMP_MARKER
 from deploy_support import KVER, os_image
 from setuproot.config import EtcMount, parse_config

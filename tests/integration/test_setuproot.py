@@ -65,9 +65,10 @@ def _build_with_stager(physical: Path, sources: dict[str, Path]) -> tuple[dict[s
     """`install to-filesystem` the first tree, `switch` + `finalize-staged` to the second."""
     from cfsboot.boot.bootloader import SystemdBoot
     from cfsboot.boot.esp import DirEsp
-    from cfsboot.deploy import lifecycle as deploy
     from cfsboot.deploy.install import InstallOptions, to_filesystem
+    from cfsboot.deploy.stage import finalize, stage
     from cfsboot.deploy.sysroot import Sysroot as StagerSysroot
+    from cfsboot.deploy.target import import_target
     from cfstest.ocibuild import build_layout
 
     esp = DirEsp(physical.parent / "esp")
@@ -83,9 +84,9 @@ def _build_with_stager(physical: Path, sources: dict[str, Path]) -> tuple[dict[s
     stager = StagerSysroot(physical, run_dir=physical.parent / "run")
     bl = SystemdBoot(esp)
     for name in rest:
-        target = deploy.import_target(stager, refs[name])
-        assert deploy.stage(stager, bl, target).staged
-        deploy.finalize(stager, bl)
+        target = import_target(stager, refs[name])
+        assert stage(stager, bl, target).staged
+        finalize(stager, bl)
         digests[name] = target.digest
     return digests, stager.repo.algorithm
 

@@ -4,16 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from cfsboot.boot.kargs import (
-    KARGS_D,
-    install_kargs,
-    load_kargs_d,
-    rust_arch,
-    set_composefs_karg,
-    split_kargs,
-    upgrade_kargs,
-)
+from cfsboot.boot.kargs import install_kargs, set_composefs_karg, upgrade_kargs
 from cfsboot.errors import CfsbootError
+from cfsboot.image.kargsd import KARGS_D, load_kargs_d, split_kargs
+from cfsboot.linux.arch import rust_arch
 from setuproot.contract import ComposefsKarg, HashAlg
 
 OLD = ComposefsKarg("aa" * 64, HashAlg.SHA512, False)

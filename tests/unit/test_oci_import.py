@@ -13,7 +13,7 @@ from cfsboot.composefs.fsverity import digest_bytes
 from cfsboot.errors import CfsbootError
 from cfsboot.image.importer import import_image
 from cfsboot.image.transform import XattrFilter
-from cfsboot.oci.layout import host_arch
+from cfsboot.linux.arch import oci_arch
 from cfstest.ocibuild import (
     Compression,
     Entry,
@@ -213,7 +213,7 @@ def test_multi_arch_index(tmp_path: Path) -> None:
         assert usr[b"arch"].digest == digest_bytes(arch.encode() * 30, HashAlg.SHA256)
     assert results["amd64"].manifest_digest != results["arm64"].manifest_digest
     default = import_image(ref, None, algorithm=HashAlg.SHA256)
-    assert default.image_digest == results[host_arch()].image_digest
+    assert default.image_digest == results[oci_arch()].image_digest
     with pytest.raises(CfsbootError, match=r"no image for architecture s390x .*amd64, arm64"):
         import_image(ref, None, arch="s390x")
 

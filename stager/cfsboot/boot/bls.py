@@ -18,8 +18,8 @@ import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
+from cfsboot.image.versions import cmp3, compare_versions
 from setuproot.contract import KargError, parse_cmdline
 
 # Paths on the ESP (or /boot), relative to its root.
@@ -39,81 +39,6 @@ INITRD_NAME = "initrd"
 
 class BLSError(ValueError):
     """An entry that cannot be written as a BLS file."""
-
-
-# ---------------------------------------------------------------------------
-# UAPI Version Format Specification comparison (systemd's strverscmp_improved)
-# ---------------------------------------------------------------------------
-
-_VERSION_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789~-^.")
-_DIGITS = "0123456789"
-_LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-
-
-def _cmp(a: Any, b: Any) -> int:
-    return int(a > b) - int(a < b)
-
-
-def _span(s: str, i: int, chars: str) -> int:
-    j = i
-    while j < len(s) and s[j] in chars:
-        j += 1
-    return j - i
-
-
-def compare_versions(a: str | None, b: str | None) -> int:
-    """-1, 0 or 1 as `a` is older than, as new as, or newer than `b` (None counts as "").
-
-    The steps and their order are systemd's (which sorts the boot menu), checked
-    against its test vectors; where the written spec differs (`^`), systemd wins.
-    """
-    a, b = a or "", b or ""
-    i = j = 0
-
-    def at(s: str, k: int) -> str:
-        return s[k] if k < len(s) else ""
-
-    while True:
-        # Characters outside the version alphabet only separate components.
-        while i < len(a) and a[i] not in _VERSION_CHARS:
-            i += 1
-        while j < len(b) and b[j] not in _VERSION_CHARS:
-            j += 1
-        # '~' marks a pre-release: it sorts below everything, even the end of the string.
-        if at(a, i) == "~" or at(b, j) == "~":
-            r = _cmp(at(a, i) != "~", at(b, j) != "~")
-            if r:
-                return r
-            i, j = i + 1, j + 1
-        if not at(a, i) or not at(b, j):
-            return _cmp(at(a, i), at(b, j))  # the string with more left is newer
-        # '-' (release), '^' (patch) and '.' (point release): the string with the
-        # separator is older than one with anything else there.
-        for sep in "-^.":
-            if at(a, i) == sep or at(b, j) == sep:
-                r = _cmp(at(a, i) != sep, at(b, j) != sep)
-                if r:
-                    return r
-                i, j = i + 1, j + 1
-        ca, cb = at(a, i), at(b, j)
-        if (ca and ca in _DIGITS) or (cb and cb in _DIGITS):
-            na, nb = _span(a, i, _DIGITS), _span(b, j, _DIGITS)
-            r = _cmp(na > 0, nb > 0)  # a number is newer than no number
-            if r:
-                return r
-            while a[i : i + 1] == "0":
-                i, na = i + 1, na - 1
-            while b[j : j + 1] == "0":
-                j, nb = j + 1, nb - 1
-            # A longer digit run is a bigger number; equal lengths compare as strings.
-            r = _cmp(na, nb) or _cmp(a[i : i + na], b[j : j + nb])
-        else:
-            na, nb = _span(a, i, _LETTERS), _span(b, j, _LETTERS)
-            n = min(na, nb)
-            r = _cmp(a[i : i + n], b[j : j + n]) or _cmp(na, nb)
-        if r:
-            return r
-        i, j = i + na, j + nb
 
 
 # ---------------------------------------------------------------------------
@@ -279,27 +204,27 @@ class EntryFile:
 
 def _opt_cmp(a: str | None, b: str | None) -> int:
     # An unset string sorts before any set one (systemd's strcmp8 with NULL).
-    return _cmp((a is not None, a or ""), (b is not None, b or ""))
+    return cmp3((a is not None, a or ""), (b is not None, b or ""))
 
 
 def compare_entries(a: EntryFile, b: EntryFile) -> int:
     """systemd-boot's menu order: negative when `a` is shown above `b`."""
-    r = _cmp(a.tries_left == 0, b.tries_left == 0)  # entries out of tries go last
+    r = cmp3(a.tries_left == 0, b.tries_left == 0)  # entries out of tries go last
     if r:
         return r
     ka, kb = a.entry.sort_key or None, b.entry.sort_key or None
-    r = _cmp(ka is None, kb is None)  # entries with a sort key come first
+    r = cmp3(ka is None, kb is None)  # entries with a sort key come first
     if r:
         return r
     if ka is not None and kb is not None:
-        r = _cmp(ka, kb) or _opt_cmp(a.entry.machine_id, b.entry.machine_id)
+        r = cmp3(ka, kb) or _opt_cmp(a.entry.machine_id, b.entry.machine_id)
         r = r or -compare_versions(a.entry.version, b.entry.version)  # newest version first
         if r:
             return r
     r = -compare_versions(a.id, b.id)
     if r or a.tries_left is None or b.tries_left is None:
         return r
-    return -_cmp(a.tries_left, b.tries_left) or _cmp(a.tries_done, b.tries_done)
+    return -cmp3(a.tries_left, b.tries_left) or cmp3(a.tries_done, b.tries_done)
 
 
 def sort_entries(entries: Iterable[EntryFile]) -> list[EntryFile]:

@@ -31,11 +31,11 @@ from pathlib import Path
 
 from cfsboot.boot import bls, grub
 from cfsboot.boot.bls import BLSEntry, EntryFile
+from cfsboot.boot.boottype import BootType
 from cfsboot.boot.esp import Esp, EspError
-from cfsboot.boot.kargs import split_kargs
 from cfsboot.boot.uki import UKI_DIR, uki_file_name
-from cfsboot.deploy.origin import BootType
 from cfsboot.errors import CfsbootError, die
+from cfsboot.image.kargsd import split_kargs
 
 log = logging.getLogger(__name__)
 

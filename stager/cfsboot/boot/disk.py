@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cfsboot.errors import die
+from cfsboot.linux.arch import ARCHES, lookup, machine
 from cfsboot.linux.run import run
 
 MiB = 1 << 20
@@ -44,33 +45,17 @@ FILESYSTEMS = {"ext4": True, "btrfs": True, "xfs": False}
 # GPT partition type UUIDs (UEFI spec "GPT Partition Entry"; Discoverable Partitions Spec).
 ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 BIOS_BOOT_TYPE = "21686148-6449-6E6F-744E-656564454649"
-# platform.machine() -> the DPS "root partition" type for that architecture.
-ROOT_TYPES = {
-    "x86_64": "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
-    "amd64": "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
-    "aarch64": "B921B045-1DF0-41C3-AF44-4C6F280D3FAE",
-    "arm64": "B921B045-1DF0-41C3-AF44-4C6F280D3FAE",
-    "i386": "44479540-F297-41B2-9AF7-D131D5F0458A",
-    "i686": "44479540-F297-41B2-9AF7-D131D5F0458A",
-    "armv7l": "69DAD710-2CE4-4E3C-B16C-21A1D49ABED3",
-    "riscv64": "72EC70A6-CF74-40E6-BD49-4BDA08E8F224",
-    "ppc64le": "C31C45E6-3F39-412E-80FB-4809C4980599",
-    "ppc64": "912ADE1D-A839-4913-8964-A10EEE08FBD2",
-    "s390x": "5EEAD9A9-FE09-4A1E-A1D7-520D00531306",
-    "loongarch64": "77055800-792C-4F94-B39A-98C91B762BB6",
-}
 
 
 def root_type(arch: str | None = None) -> str:
     """The DPS root partition type UUID for `arch` (default: this machine)."""
-    machine = arch or platform.machine()
-    found = ROOT_TYPES.get(machine)
+    found = lookup(arch)
     if found is None:
         die(
-            f"no Discoverable Partitions root type known for architecture {machine}",
-            hint=f"known: {', '.join(sorted(ROOT_TYPES))}",
+            f"no Discoverable Partitions root type known for architecture {machine(arch)}",
+            hint=f"known: {', '.join(sorted(ARCHES))}",
         )
-    return found
+    return found.dps_root
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,12 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cfsboot.commands.common import opened, sysroot_options
 from cfsboot.errors import die
-from setuproot.contract import DEFAULT_SYSROOT, HashAlg
+from setuproot.contract import HashAlg
 
 if TYPE_CHECKING:
     from cfsboot.boot.bootloader import Bootloader
@@ -23,24 +22,6 @@ if TYPE_CHECKING:
 # `cfsboot` run builds this parser, and most runs need none of them.
 log = logging.getLogger(__name__)
 BOOTLOADERS = ("systemd-boot", "grub")  # cfsboot.boot.bootloader.BootloaderKind
-
-
-def sysroot_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--sysroot",
-        default=DEFAULT_SYSROOT,
-        help=f"the physical root filesystem (default {DEFAULT_SYSROOT})",
-    )
-    p.add_argument(
-        "--esp",
-        help="the ESP: a directory, a disk image or device with a GPT, or FILE@OFFSET"
-        " (default: found from the disk holding the physical root)",
-    )
-    p.add_argument(
-        "--run-dir",
-        type=Path,
-        help="where the staged-deployment marker lives (default /run on the booted system)",
-    )
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -142,25 +123,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     q.set_defaults(func=cmd_gc)
 
 
-@contextmanager
-def opened(args: argparse.Namespace, *, write: bool = True) -> Iterator[tuple[Sysroot, Bootloader]]:
-    from cfsboot.boot.bootloader import detect
-    from cfsboot.boot.espfind import open_esp
-    from cfsboot.deploy.sysroot import Sysroot
-
-    sysroot = Sysroot(args.sysroot, run_dir=args.run_dir)
-    with open_esp(sysroot.path, args.esp) as esp:
-        bl = detect(esp)
-        if not write:
-            yield sysroot, bl
-            return
-        with sysroot.repo.lock():
-            done = bl.recover()
-            for line in done:
-                log.info("ESP: %s", line)
-            yield sysroot, bl
-
-
 def _reboot(apply: bool) -> None:
     if apply:
         from cfsboot.linux.run import run
@@ -229,14 +191,13 @@ def cmd_install_to_filesystem(args: argparse.Namespace) -> int:
 
 
 def _stage(args: argparse.Namespace, sysroot: Sysroot, bl: Bootloader, imgref: str) -> int:
-    from cfsboot.deploy import lifecycle as deploy
+    from cfsboot.deploy.stage import stage
+    from cfsboot.deploy.target import import_target
 
-    target = deploy.import_target(
+    target = import_target(
         sysroot, imgref, quiet=args.quiet or not sys.stderr.isatty(), arch=args.arch
     )
-    result = deploy.stage(
-        sysroot, bl, target, extra_kargs=args.karg, download_only=args.download_only
-    )
+    result = stage(sysroot, bl, target, extra_kargs=args.karg, download_only=args.download_only)
     sys.stderr.write(f"{result.message}\n")
     print(result.digest)
     return 0
@@ -251,10 +212,10 @@ def cmd_switch(args: argparse.Namespace) -> int:
 
 def _followed(sysroot: Sysroot, bl: Bootloader) -> tuple[str, str]:
     """The deployment upgrade starts from (staged, else booted) and the reference it follows."""
-    from cfsboot.deploy import lifecycle as deploy
+    from cfsboot.deploy.target import current_deployment
 
     staged = sysroot.staged()
-    for depl in (staged.depl_id if staged else None, deploy.current_deployment(sysroot, bl)):
+    for depl in (staged.depl_id if staged else None, current_deployment(sysroot, bl)):
         if depl is None:
             continue
         origin = sysroot.origin(depl)
@@ -265,9 +226,9 @@ def _followed(sysroot: Sysroot, bl: Bootloader) -> tuple[str, str]:
 
 
 def _check(sysroot: Sysroot, depl: str, imgref: str, arch: str | None) -> None:
-    from cfsboot.deploy import lifecycle as deploy
+    from cfsboot.deploy.target import check_update
 
-    found = deploy.check_update(sysroot, depl, imgref, arch=arch)
+    found = check_update(sysroot, depl, imgref, arch=arch)
     short = found.config_digest[:19] + "…"
     if not found.available:
         print(f"no update: {imgref} still names the deployed image (config {short})")
@@ -280,11 +241,11 @@ def _check(sysroot: Sysroot, depl: str, imgref: str, arch: str | None) -> None:
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
-    from cfsboot.deploy import lifecycle as deploy
+    from cfsboot.deploy.stage import unlock_staged
 
     with opened(args) as (sysroot, bl):
         if args.from_downloaded:
-            sys.stderr.write(f"{deploy.unlock_staged(sysroot, bl)}\n")
+            sys.stderr.write(f"{unlock_staged(sysroot, bl)}\n")
             rc = 0
         else:
             depl, imgref = _followed(sysroot, bl)
@@ -300,7 +261,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_finalize(args: argparse.Namespace) -> int:
-    from cfsboot.deploy import lifecycle as deploy
+    from cfsboot.deploy.stage import finalize
     from cfsboot.deploy.sysroot import Sysroot
 
     sysroot = Sysroot(args.sysroot, run_dir=args.run_dir)
@@ -311,16 +272,16 @@ def cmd_finalize(args: argparse.Namespace) -> int:
     sys.stderr.write(f"finalizing the staged deployment {staged.depl_id[:12]}…\n")
     sys.stderr.flush()
     with opened(args) as (sysroot, bl):
-        msg = deploy.finalize(sysroot, bl)
+        msg = finalize(sysroot, bl)
     sys.stderr.write(f"{msg}\n")
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from cfsboot.deploy import lifecycle as deploy
+    from cfsboot.deploy.stage import rollback
 
     with opened(args) as (sysroot, bl):
-        msg = deploy.rollback(sysroot, bl)
+        msg = rollback(sysroot, bl)
     sys.stderr.write(f"{msg}\n")
     _reboot(args.apply)
     return 0

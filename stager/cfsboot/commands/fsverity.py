@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from cfsboot.commands.common import hash_alg, opened, sysroot_options
 from cfsboot.errors import die
 from setuproot.contract import HashAlg
 
@@ -41,8 +42,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     e.add_argument("files", nargs="+", metavar="FILE")
     e.set_defaults(func=enable)
 
-    from cfsboot.commands.deploy import sysroot_options
-
     r = cmds.add_parser(
         "enable-repo",
         help="enable fs-verity on every object of an insecure repository and require it at boot",
@@ -59,15 +58,6 @@ def _hash_alg_option(p: argparse.ArgumentParser) -> None:
         metavar="ALG",
         help="sha256 (default) or sha512",
     )
-
-
-def hash_alg(text: str) -> HashAlg:
-    """argparse type for an fs-verity hash algorithm name."""
-    try:
-        return HashAlg(text)
-    except ValueError:
-        names = " or ".join(HashAlg)
-        raise argparse.ArgumentTypeError(f"unknown hash algorithm {text!r} ({names})") from None
 
 
 def _open(path: str) -> int:
@@ -131,7 +121,6 @@ def enable(args: argparse.Namespace) -> int:
 
 
 def enable_repo(args: argparse.Namespace) -> int:
-    from cfsboot.commands.deploy import opened
     from cfsboot.deploy.veritymigrate import enable_repo as run_enable
 
     with opened(args) as (sysroot, bl):

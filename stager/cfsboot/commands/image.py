@@ -14,7 +14,7 @@ from cfsboot.composefs.tree import walk
 from cfsboot.errors import die
 from cfsboot.image.importer import Progress, default_tag, import_image, read_image_info
 from cfsboot.image.transform import XattrFilter
-from cfsboot.oci.layout import host_arch
+from cfsboot.linux.arch import oci_arch
 from setuproot.contract import DEFAULT_SYSROOT, REPO_DIR, HashAlg
 
 DEFAULT_REPO = f"{DEFAULT_SYSROOT}/{REPO_DIR}"
@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "imgref", metavar="IMGREF", help="oci:DIR[:TAG], oci-archive:FILE, docker://…"
         )
         q.add_argument(
-            "--arch", help=f"architecture to pick from a multi-arch image (default {host_arch()})"
+            "--arch", help=f"architecture to pick from a multi-arch image (default {oci_arch()})"
         )
         q.add_argument(
             "--src-tls-verify",

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cfsboot.commands.fsverity import hash_alg
+from cfsboot.commands.common import hash_alg
 from setuproot.contract import HashAlg
 
 

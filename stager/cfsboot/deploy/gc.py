@@ -31,14 +31,9 @@ from cfsboot.boot.bootloader import Bootloader, MenuEntry
 from cfsboot.composefs.objectstore import STAGING_PREFIX
 from cfsboot.composefs.repository import Repository
 from cfsboot.composefs.tree import walk
-from cfsboot.deploy.lifecycle import (
-    DEPLOY_TAG_PREFIX,
-    current_deployment,
-    deployment_tag,
-    remove_state,
-    state_leftovers,
-)
+from cfsboot.deploy.state import remove_state, state_leftovers
 from cfsboot.deploy.sysroot import Sysroot
+from cfsboot.deploy.target import DEPLOY_TAG_PREFIX, current_deployment, deployment_tag
 from cfsboot.image.imagefiles import image_tree
 from cfsboot.image.importer import image_stream, layer_stream, read_image_info
 from cfsboot.linux.fsutil import TEMP_MARKER

@@ -14,7 +14,7 @@ import logging
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,12 +27,18 @@ from cfsboot.boot.bootloader import (
     Bootloader,
     BootloaderKind,
     Grub,
+    MenuEntry,
     SystemdBoot,
 )
+from cfsboot.boot.boottype import BootType
 from cfsboot.boot.esp import Esp, MtoolsEsp
+from cfsboot.boot.kargs import install_kargs
 from cfsboot.composefs.repository import Repository
-from cfsboot.deploy import lifecycle as deploy
+from cfsboot.deploy.entries import build_entry, composefs_karg
+from cfsboot.deploy.origin import Origin
+from cfsboot.deploy.state import write_state
 from cfsboot.deploy.sysroot import Sysroot
+from cfsboot.deploy.target import Target, import_target
 from cfsboot.errors import die
 from cfsboot.image import imagefiles
 from cfsboot.linux.run import run
@@ -63,9 +69,26 @@ class Installed:
     entry: str  # title of the boot entry
 
 
-def _install_loader(
-    esp: Esp, sysroot: Sysroot, target: deploy.Target, opts: InstallOptions
-) -> Bootloader:
+def deploy_first(
+    sysroot: Sysroot,
+    bl: Bootloader,
+    target: Target,
+    *,
+    install_args: Sequence[str],
+) -> MenuEntry:
+    """The first deployment of a new system: state, shared var, boot files, the menu."""
+    karg = composefs_karg(sysroot, target.digest)
+    kargs_d = imagefiles.kargs_d(sysroot.repo, target.boot)
+    options = install_kargs(install=install_args, composefs=karg, kargs_d=kargs_d)
+    origin = Origin(target.reference, BootType.BLS, None, target.manifest_digest)
+    entry, digest = build_entry(sysroot, bl, target, options=options, menu=[])
+    origin = Origin(target.reference, entry.boot_type, digest, target.manifest_digest)
+    write_state(sysroot, target, origin, init_var=True)
+    bl.write_menu([entry])
+    return entry
+
+
+def _install_loader(esp: Esp, sysroot: Sysroot, target: Target, opts: InstallOptions) -> Bootloader:
     repo = sysroot.repo
     if opts.bootloader is BootloaderKind.SYSTEMD_BOOT:
         binary = imagefiles.read_file(repo, target.tree, SYSTEMD_BOOT_IN_IMAGE)
@@ -105,12 +128,12 @@ def to_filesystem(imgref: str, root: Path, esp: Esp, opts: InstallOptions) -> In
     sysroot = Sysroot(root)
     sysroot.__dict__["repo"] = repo  # the cached property: the repository just made
     with repo.lock():
-        target = deploy.import_target(sysroot, imgref, quiet=opts.quiet)
+        target = import_target(sysroot, imgref, quiet=opts.quiet)
         if target.boot.ukis and opts.kargs:
             die("kernel arguments cannot be added to a UKI (its command line is sealed)")
         bl = _install_loader(esp, sysroot, target, opts)
         args = [*([opts.root_karg] if opts.root_karg else []), "rw", *opts.kargs]
-        entry = deploy.deploy_first(sysroot, bl, target, install_args=args)
+        entry = deploy_first(sysroot, bl, target, install_args=args)
         extract_sync(root)
     if repo.insecure:
         log.warning(

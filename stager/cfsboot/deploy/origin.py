@@ -17,21 +17,16 @@ syntax back. Keys cfsboot does not know are kept when the file is rewritten.
 from __future__ import annotations
 
 import configparser
-import enum
 import io
 from dataclasses import dataclass, field, replace
 
+from cfsboot.boot.boottype import BootType
 from cfsboot.errors import CfsbootError
 
 UNVERIFIED_PREFIX = "ostree-unverified-image:"
 # ostree-ext's transport names, for the ones that differ from skopeo's.
 _TO_OSTREE = {"docker": "registry"}
 _FROM_OSTREE = {v: k for k, v in _TO_OSTREE.items()}
-
-
-class BootType(enum.StrEnum):
-    BLS = "bls"  # kernel + initrd, Boot Loader Specification Type #1
-    UKI = "uki"  # a Unified Kernel Image
 
 
 class OriginError(CfsbootError):

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from cfsboot.boot.bootloader import Bootloader, BootloaderKind, MenuEntry
+from cfsboot.boot.boottype import BootType
 from cfsboot.boot.uki import parse_uki
-from cfsboot.deploy.lifecycle import current_deployment
-from cfsboot.deploy.origin import BootType, Origin
+from cfsboot.deploy.origin import Origin
 from cfsboot.deploy.sysroot import Sysroot
+from cfsboot.deploy.target import current_deployment
 from cfsboot.image.bootscan import BootResources
 from cfsboot.image.imagefiles import bootfile_bytes
 from cfsboot.image.importer import read_image_info

@@ -18,9 +18,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cfsboot.boot.bootloader import Bootloader
+from cfsboot.boot.boottype import BootType
 from cfsboot.boot.kargs import set_composefs_karg
 from cfsboot.composefs.repository import Repository
-from cfsboot.deploy.origin import BootType
 from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.errors import die
 from setuproot.contract import OBJECTS_DIR, REPO_META, ComposefsKarg

@@ -14,14 +14,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from cfsboot.boot.bls import compare_versions
-from cfsboot.boot.kargs import parse_kargs_toml, rust_arch
 from cfsboot.composefs.erofs.reader import read_image
 from cfsboot.composefs.repository import Repository
 from cfsboot.composefs.tree import Inode, lookup
 from cfsboot.errors import die
 from cfsboot.image.bootscan import BootFile, BootResources, Kernel
+from cfsboot.image.kargsd import parse_kargs_toml
 from cfsboot.image.osrelease import OS_RELEASE_PATHS, OsRelease
+from cfsboot.image.versions import compare_versions
+from cfsboot.linux.arch import rust_arch
 from setuproot.config import Config, ConfigError, parse_config
 from setuproot.contract import SETUP_ROOT_CONFIG
 

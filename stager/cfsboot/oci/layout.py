@@ -12,7 +12,6 @@ import hashlib
 import io
 import json
 import os
-import platform
 import re
 import tarfile
 import zlib
@@ -24,6 +23,7 @@ from typing import Any, BinaryIO
 import zstandard
 
 from cfsboot.errors import CfsbootError, die
+from cfsboot.linux.arch import oci_arch
 from cfsboot.oci.reference import ImageRef, Transport
 
 MAX_MANIFEST = 4 << 20  # OCI distribution spec: registries may refuse larger manifests
@@ -52,23 +52,6 @@ LAYER_TYPES = (
 REF_NAME = "org.opencontainers.image.ref.name"
 
 _DIGEST = re.compile(r"(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})")
-
-# uname -m -> OCI/Go architecture names
-_ARCH = {
-    "x86_64": "amd64",
-    "aarch64": "arm64",
-    "armv7l": "arm",
-    "i686": "386",
-    "i386": "386",
-    "ppc64le": "ppc64le",
-    "s390x": "s390x",
-    "riscv64": "riscv64",
-}
-
-
-def host_arch() -> str:
-    m = platform.machine()
-    return _ARCH.get(m, m)
 
 
 def check_digest(digest: object, what: str) -> str:
@@ -392,12 +375,12 @@ def _pick(
             sub = nested.get("manifests")
             if not isinstance(sub, list):
                 die(f"image index {d.get('digest')} has no manifests")
-            flat.append(_pick(src, sub, arch or host_arch(), depth + 1))
+            flat.append(_pick(src, sub, arch or oci_arch(), depth + 1))
         else:
             flat.append(d)
     if len(flat) == 1 and (arch is None or _platform_ok(flat[0], arch)):
         return flat[0]
-    want = arch or host_arch()
+    want = arch or oci_arch()
     match = [d for d in flat if isinstance(d.get("platform"), dict) and _platform_ok(d, want)]
     if not match:
         have = sorted(

@@ -1,0 +1,64 @@
+"""What several command modules share: sysroot options, opening a sysroot, argument types."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from setuproot.contract import DEFAULT_SYSROOT, HashAlg
+
+if TYPE_CHECKING:
+    from cfsboot.boot.bootloader import Bootloader
+    from cfsboot.deploy.sysroot import Sysroot
+
+log = logging.getLogger(__name__)
+
+
+def sysroot_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--sysroot",
+        default=DEFAULT_SYSROOT,
+        help=f"the physical root filesystem (default {DEFAULT_SYSROOT})",
+    )
+    p.add_argument(
+        "--esp",
+        help="the ESP: a directory, a disk image or device with a GPT, or FILE@OFFSET"
+        " (default: found from the disk holding the physical root)",
+    )
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        help="where the staged-deployment marker lives (default /run on the booted system)",
+    )
+
+
+@contextmanager
+def opened(args: argparse.Namespace, *, write: bool = True) -> Iterator[tuple[Sysroot, Bootloader]]:
+    from cfsboot.boot.bootloader import detect
+    from cfsboot.boot.espfind import open_esp
+    from cfsboot.deploy.sysroot import Sysroot
+
+    sysroot = Sysroot(args.sysroot, run_dir=args.run_dir)
+    with open_esp(sysroot.path, args.esp) as esp:
+        bl = detect(esp)
+        if not write:
+            yield sysroot, bl
+            return
+        with sysroot.repo.lock():
+            done = bl.recover()
+            for line in done:
+                log.info("ESP: %s", line)
+            yield sysroot, bl
+
+
+def hash_alg(text: str) -> HashAlg:
+    """argparse type for an fs-verity hash algorithm name."""
+    try:
+        return HashAlg(text)
+    except ValueError:
+        names = " or ".join(HashAlg)
+        raise argparse.ArgumentTypeError(f"unknown hash algorithm {text!r} ({names})") from None

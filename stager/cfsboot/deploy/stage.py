@@ -1,0 +1,183 @@
+"""Deployments: write one's state, stage it behind the default, finalize it, roll back.
+
+Order of writes, so that the machine boots the old or the new deployment
+whatever instant the power goes (each step is durable before the next):
+
+stage (switch/upgrade):
+  1. import the image (objects and the EROFS image are published atomically);
+  2. write `state/deploy/NEW/` under a temporary name, syncfs, rename;
+  3. copy the boot files (kernel+initrd directory, or UKI) to the ESP;
+  4. write the complete new menu as the *staged* menu (NEW first, then the
+     current entries): the live menu is untouched, so the old default boots;
+  5. write `/run/composefs/staged-deployment` last: from here it is staged.
+finalize (at shutdown, cfsboot-finalize-staged.service):
+  6. carry /etc changes from the booted deployment onto NEW, syncfs;
+  7. exchange the staged menu with the live one (one atomic step);
+  8. remove the marker.
+rollback: write the menu with the first two cfsboot entries swapped as the
+staged menu, exchange.
+
+A crash before 7 leaves the old menu (and, after a reboot, no marker: the
+staged deployment is simply not there any more; its leftovers are collected
+by the next switch or by gc). After 7 the new menu is complete. A finalize
+killed without a reboot (the marker kept) can be run again: before 7 it redoes
+6 onto an emptied upper dir, after 7 only the cleanup is left.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cfsboot.boot.bootloader import MAX_ENTRIES, Bootloader
+from cfsboot.boot.kargs import upgrade_kargs
+from cfsboot.deploy.entries import build_entry, composefs_karg
+from cfsboot.deploy.etccarry import check_etc, merge_etc
+from cfsboot.deploy.origin import Origin
+from cfsboot.deploy.state import write_state
+from cfsboot.deploy.sysroot import StagedDeployment, Sysroot
+from cfsboot.deploy.target import Target, current_deployment, target_from_repo
+from cfsboot.errors import CfsbootError, die
+from cfsboot.image import extract, imagefiles
+from cfsboot.linux.run import run
+
+log = logging.getLogger(__name__)
+
+
+FINALIZE_SERVICE = "cfsboot-finalize-staged.service"
+
+
+class DeployError(CfsbootError):
+    """A deployment that cannot be staged, finalized or rolled back."""
+
+
+@dataclass(frozen=True)
+class StageResult:
+    digest: str
+    staged: bool  # False: nothing to do (already booted or already staged)
+    message: str
+
+
+def stage(
+    sysroot: Sysroot,
+    bl: Bootloader,
+    target: Target,
+    *,
+    extra_kargs: Sequence[str] = (),
+    download_only: bool = False,
+) -> StageResult:
+    """Stage `target` to boot next (see the module docstring for the order of writes)."""
+    current = current_deployment(sysroot, bl)
+    d = target.digest
+    if d == current:
+        return StageResult(d, False, f"{target.reference} ({d[:12]}…) is already booted")
+    staged = sysroot.staged()
+    if staged is not None and staged.depl_id == d and bl.has_staged():
+        if staged.finalization_locked != download_only:
+            # Staged before, now asked for with(out) --download-only: only the lock changes.
+            sysroot.write_staged(StagedDeployment(d, finalization_locked=download_only))
+            how = "download-only" if download_only else "unlocked; it boots next"
+            return StageResult(d, False, f"{target.reference} ({d[:12]}…) is staged, {how}")
+        return StageResult(d, False, f"{target.reference} ({d[:12]}…) is already staged")
+    live = bl.menu()
+    if current is None or not live:
+        die("no current deployment to stage an update against", hint="install with cfsboot install")
+    # Leftovers of an earlier staging (a reboot drops the marker, not the files).
+    sysroot.clear_staged()
+    bl.discard_staged()
+    if d in (m.deployment for m in live):
+        die(
+            f"{target.reference} ({d[:12]}…) is already deployed (it is in the boot menu)",
+            hint="`cfsboot rollback` makes the previous deployment the default",
+        )
+    old = target_from_repo(sysroot, current)
+    check_etc(sysroot, old, target)
+    karg = composefs_karg(sysroot, d)
+    cur_entry = next((m for m in live if m.deployment == current), live[0])
+    options = upgrade_kargs(
+        [*cur_entry.options, *extra_kargs],
+        old_kargs_d=imagefiles.kargs_d(sysroot.repo, old.boot),
+        new_kargs_d=imagefiles.kargs_d(sysroot.repo, target.boot),
+        composefs=karg,
+    )
+    if target.boot.ukis and extra_kargs:
+        die("kernel arguments cannot be added to a UKI (its command line is sealed)")
+    entry, boot_digest = build_entry(sysroot, bl, target, options=options, menu=live)
+    origin = Origin(target.reference, entry.boot_type, boot_digest, target.manifest_digest)
+    write_state(sysroot, target, origin, init_var=False)
+    menu = [entry, *(m for m in live if m.deployment != d)][:MAX_ENTRIES]
+    bl.stage(menu)
+    sysroot.write_staged(StagedDeployment(d, finalization_locked=download_only))
+    if sysroot.live:
+        # Its ExecStop runs `cfsboot finalize-staged` at shutdown.
+        run(["systemctl", "start", FINALIZE_SERVICE], check=False)
+    return StageResult(d, True, f"staged {target.reference} ({d[:12]}…); it boots next")
+
+
+def unlock_staged(sysroot: Sysroot, bl: Bootloader) -> str:
+    """Let a download-only staged deployment be finalized at shutdown (`--from-downloaded`)."""
+    staged = sysroot.staged()
+    if staged is None or not bl.has_staged() or not sysroot.deploy_dir(staged.depl_id).is_dir():
+        die(
+            "no staged deployment to apply",
+            hint="stage one with `cfsboot upgrade --download-only` (or switch) first",
+        )
+    d = staged.depl_id
+    if not staged.finalization_locked:
+        return f"staged deployment {d[:12]}… is not download-only: it boots next already"
+    sysroot.write_staged(StagedDeployment(d, finalization_locked=False))
+    if sysroot.live:
+        run(["systemctl", "start", FINALIZE_SERVICE], check=False)
+    return f"staged deployment {d[:12]}… unlocked; it boots next"
+
+
+def finalize(sysroot: Sysroot, bl: Bootloader) -> str:
+    """Make the staged deployment the default (at shutdown); returns what was done."""
+    staged = sysroot.staged()
+    if staged is None:
+        return "no staged deployment"
+    if staged.finalization_locked:
+        return f"staged deployment {staged.depl_id[:12]}… is download-only: not finalized"
+    d = staged.depl_id
+    live = bl.menu()
+    if live and live[0].deployment == d:
+        # An earlier finalize was killed after the exchange (7) and before the marker went
+        # (8): the staged deployment is the default already; finish what it left.
+        bl.discard_staged()
+        sysroot.clear_staged()
+        return f"deployment {d[:12]}… is now the default"
+    menu = bl.menu(staged=True)
+    if not menu or menu[0].deployment != d or not sysroot.deploy_dir(d).is_dir():
+        raise DeployError(
+            f"staged deployment {d[:12]}… is incomplete (no staged menu or state); the current"
+            " default stays",
+            hint="run the switch or upgrade again",
+        )
+    current = current_deployment(sysroot, bl)
+    if current is not None and current != d and sysroot.deploy_dir(current).is_dir():
+        report = merge_etc(
+            sysroot, target_from_repo(sysroot, current), target_from_repo(sysroot, d)
+        )
+        if report is not None:
+            log.info("/etc: %s", report)
+    extract.sync_filesystem(sysroot.path)
+    bl.commit()
+    sysroot.clear_staged()
+    return f"deployment {d[:12]}… is now the default"
+
+
+def rollback(sysroot: Sysroot, bl: Bootloader) -> str:
+    """Make the previous deployment the default; drops a staged one."""
+    dropped = sysroot.staged()
+    sysroot.clear_staged()
+    bl.discard_staged()
+    menu = bl.menu()
+    if len(menu) < 2:
+        die("there is no rollback deployment (the boot menu has only one cfsboot entry)")
+    new = [menu[1], menu[0], *menu[2:]]
+    bl.write_menu(new)
+    msg = f"deployment {menu[1].deployment[:12]}… ({menu[1].title}) is now the default"
+    if dropped is not None:
+        msg += f"; dropped the staged deployment {dropped.depl_id[:12]}…"
+    return msg

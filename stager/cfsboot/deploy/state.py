@@ -1,0 +1,115 @@
+"""Deployment state directories: `state/deploy/ID/` written whole or not at all."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+from pathlib import Path
+
+from cfsboot.deploy.origin import Origin
+from cfsboot.deploy.sysroot import Sysroot
+from cfsboot.deploy.target import Target
+from cfsboot.errors import die
+from cfsboot.image import extract
+from cfsboot.linux.fsutil import fsync_dir
+from setuproot.config import EtcMount
+
+
+def remove_tree(path: Path) -> None:
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+# Temporary names of state being written or removed (write_state, remove_state) and of
+# the /etc views (_etc_views): a crash leaves them behind, gc removes them.
+_STATE_TEMP_RE = re.compile(r"\.[0-9a-f]{16}\.(?:tmp|del)-[0-9]+")
+
+
+ETC_VIEWS_PREFIX = ".cfsboot-etc-"
+
+
+def state_leftovers(sysroot: Sysroot) -> list[Path]:
+    """What interrupted state writes and removals left: temporary state dirs, /etc views."""
+    try:
+        names = sorted(os.listdir(sysroot.deploy_root))
+    except FileNotFoundError:
+        names = []
+    out = [sysroot.deploy_root / n for n in names if _STATE_TEMP_RE.fullmatch(n)]
+    out += sorted(p for p in sysroot.path.glob(f"{ETC_VIEWS_PREFIX}*") if p.is_dir())
+    return out
+
+
+def write_state(sysroot: Sysroot, target: Target, origin: Origin, *, init_var: bool) -> None:
+    """Create `state/deploy/ID/` complete and durable (temporary name, syncfs, rename).
+
+    etc/: a full copy of the image's /etc in bind mode; empty upper and work
+    dirs in overlay mode (the booted deployment's changes are carried over at
+    finalize). var -> ../../os/default/var; the shared var is seeded from the
+    image's /var the first time only (install), never on upgrade.
+    """
+    repo = sysroot.repo
+    root = sysroot.deploy_root
+    root.mkdir(parents=True, exist_ok=True)
+    objects = repo.path / "objects"
+    if init_var and not sysroot.shared_var.exists():
+        sysroot.shared_var.parent.mkdir(parents=True, exist_ok=True)
+        tmp_var = sysroot.shared_var.with_name(f".var.tmp-{os.getpid()}")
+        remove_tree(tmp_var)
+        var_node = extract.subtree(target.tree, "var")
+        if var_node is not None:
+            extract.extract(var_node, tmp_var, objects)
+        else:
+            tmp_var.mkdir(0o755)
+        extract.sync_filesystem(tmp_var)
+        tmp_var.rename(sysroot.shared_var)
+        fsync_dir(sysroot.shared_var.parent)
+    final = sysroot.deploy_dir(target.digest)
+    tmp = root / f".{target.digest[:16]}.tmp-{os.getpid()}"
+    remove_tree(tmp)
+    tmp.mkdir(0o755)
+    try:
+        os.symlink(sysroot.var_link_target(), tmp / "var")
+        etc_mode = target.config.etc
+        if etc_mode is EtcMount.BIND:
+            etc = extract.subtree(target.tree, "etc")
+            if etc is None:
+                die(f"image {target.digest[:12]}… has no /etc to copy (its etc.mount is bind)")
+            extract.extract(etc, tmp / "etc", objects)
+        elif etc_mode is EtcMount.OVERLAY:
+            (tmp / "etc").mkdir(0o755)
+            (tmp / "etc" / "upper").mkdir(0o755)
+            (tmp / "etc" / "work").mkdir(0o700)
+        (tmp / f"{target.digest}.origin").write_text(origin.serialise())
+        extract.sync_filesystem(tmp)
+        if final.exists() or final.is_symlink():
+            remove_tree(final)
+        tmp.rename(final)
+        fsync_dir(root)
+    except BaseException:
+        remove_tree(tmp)
+        raise
+
+
+def remove_state(sysroot: Sysroot, depl: str) -> None:
+    """Delete a deployment's state: renamed away first, so it is never seen half-deleted."""
+    final = sysroot.deploy_dir(depl)
+    if not final.exists():
+        return
+    doomed = sysroot.deploy_root / f".{depl[:16]}.del-{os.getpid()}"
+    final.rename(doomed)
+    fsync_dir(sysroot.deploy_root)
+    _make_deletable(doomed)
+    shutil.rmtree(doomed)
+
+
+def _make_deletable(path: Path) -> None:
+    # The overlay work dir holds a 0000 "work" subdirectory owned by root: fine for root.
+    for dirpath, dirnames, _files in os.walk(path):
+        for d in dirnames:
+            p = os.path.join(dirpath, d)
+            if not os.path.islink(p):
+                os.chmod(p, stat.S_IRWXU)

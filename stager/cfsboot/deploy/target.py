@@ -1,0 +1,122 @@
+"""The image a deployment is made from: imported or read back from the repository."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+from cfsboot.boot.bootloader import Bootloader
+from cfsboot.composefs.tree import Inode
+from cfsboot.deploy.sysroot import Sysroot
+from cfsboot.errors import die
+from cfsboot.image import imagefiles
+from cfsboot.image.bootscan import BootResources
+from cfsboot.image.importer import Progress, fetch_config, import_image, read_image_info
+from cfsboot.image.osrelease import OsRelease
+from cfsboot.oci.reference import parse as parse_ref
+from setuproot.config import Config
+
+# Tags (images/refs/deploy/ID) that keep deployed images alive; gc owns them.
+DEPLOY_TAG_PREFIX = "deploy/"
+
+
+@dataclass(frozen=True)
+class Target:
+    """An image in the repository, with what deploying it needs."""
+
+    digest: str
+    reference: str
+    manifest_digest: str | None
+    tree: Inode
+    boot: BootResources
+    config: Config
+    osrel: OsRelease
+
+
+def deployment_tag(digest: str) -> str:
+    return f"{DEPLOY_TAG_PREFIX}{digest}"
+
+
+def target_from_repo(sysroot: Sysroot, digest: str, *, reference: str | None = None) -> Target:
+    """A deployment's image as the repository holds it (its tree read from the EROFS)."""
+    repo = sysroot.repo
+    if not repo.has_image(digest):
+        die(f"repository {repo.path} has no image {digest}")
+    info = read_image_info(repo, digest) or {}
+    tree = imagefiles.image_tree(repo, digest)
+    return Target(
+        digest=digest,
+        reference=reference or str(info.get("reference") or ""),
+        manifest_digest=info.get("manifest_digest"),
+        tree=tree,
+        boot=BootResources.from_json(info.get("boot") or {}),
+        config=imagefiles.setup_root_config(repo, tree),
+        osrel=imagefiles.os_release(repo, tree),
+    )
+
+
+def import_target(
+    sysroot: Sysroot, imgref: str, *, quiet: bool = True, arch: str | None = None
+) -> Target:
+    """Import `imgref` into the sysroot's repository (new layers only) and describe it."""
+    ref = parse_ref(imgref)
+    if ref.transport.native:
+        # The origin must name the same image from any working directory.
+        imgref = str(replace(ref, path=os.path.abspath(ref.path)))
+    repo = sysroot.repo
+    # No tag of the reference's own: deployments are kept alive by deployment tags (gc).
+    result = import_image(imgref, repo, arch=arch, tag="", progress=Progress(not quiet))
+    assert result.tree is not None
+    repo.tag(deployment_tag(result.image_digest), result.image_digest)
+    return Target(
+        digest=result.image_digest,
+        reference=imgref,
+        manifest_digest=result.manifest_digest,
+        tree=result.tree,
+        boot=result.boot,
+        config=imagefiles.setup_root_config(repo, result.tree),
+        osrel=imagefiles.os_release(repo, result.tree),
+    )
+
+
+@dataclass(frozen=True)
+class UpdateCheck:
+    """What `upgrade --check` found: the image the reference names now, against ours."""
+
+    reference: str
+    config_digest: str
+    current_config_digest: str | None  # None: the deployment predates the record
+    version: str | None
+
+    @property
+    def available(self) -> bool:
+        return self.config_digest != self.current_config_digest
+
+
+def check_update(
+    sysroot: Sysroot, depl: str, imgref: str, *, arch: str | None = None
+) -> UpdateCheck:
+    """Whether `imgref` now names another image than deployment `depl` was made from.
+
+    Reads the manifest and the config only (no layer, nothing written): the config
+    digest covers the layers' diff IDs, so an unchanged one means an unchanged image.
+    """
+    digest, config = fetch_config(imgref, arch=arch)
+    info = read_image_info(sysroot.repo, depl) or {}
+    current = info.get("config_digest")
+    settings = config.get("config")
+    labels = settings.get("Labels") if isinstance(settings, dict) else None
+    version = None
+    if isinstance(labels, dict):
+        value = labels.get("org.opencontainers.image.version")
+        version = value if isinstance(value, str) else None
+    return UpdateCheck(imgref, digest, current if isinstance(current, str) else None, version)
+
+
+def current_deployment(sysroot: Sysroot, bl: Bootloader) -> str | None:
+    """The booted deployment; offline, the one the live menu boots by default."""
+    booted = sysroot.booted()
+    if booted is not None:
+        return booted
+    menu = bl.menu()
+    return menu[0].deployment if menu else None

@@ -1,7 +1,7 @@
 """The stager's layers: data flows one way, and a lower layer never imports a higher one.
 
 linux -> composefs -> oci -> image -> boot -> deploy -> commands -> cli, with
-`cfsboot.errors` (and the package root) below them all. setup-root
+`cfsboot.errors`, `cfsboot.jsondoc` (and the package root) below them all. setup-root
 (`setuproot`) sits under everything and imports only the standard library.
 Imports inside functions count too: a lazy import is still a dependency.
 """
@@ -20,7 +20,7 @@ STAGER = REPO_ROOT / "stager" / "cfsboot"
 SETUP_ROOT = REPO_ROOT / "setup-root" / "setuproot"
 
 LAYERS = ["linux", "composefs", "oci", "image", "boot", "deploy", "commands", "cli"]
-BASE = {"cfsboot", "cfsboot.errors"}
+BASE = {"cfsboot", "cfsboot.errors", "cfsboot.jsondoc"}
 
 
 def _module_name(path: Path, top: Path, package: str) -> str:

@@ -330,7 +330,7 @@ def test_object_digests_either_side_of_the_memory_limit(tmp_path: Path) -> None:
     """Files hashed whole on a worker thread and files hashed chunk by chunk while they
     stream (bigger than MEMORY_OBJECT_MAX) get the kernel's digest, with and without a
     repository, and the same content twice is one object."""
-    from cfsboot.image.importer import CHUNK, MEMORY_OBJECT_MAX
+    from cfsboot.image.objectsink import CHUNK, MEMORY_OBJECT_MAX
 
     sizes = [65, 4096, MEMORY_OBJECT_MAX, MEMORY_OBJECT_MAX + 1, 3 * CHUNK + MEMORY_OBJECT_MAX + 7]
     pattern = bytes(range(251))  # a prime period: no two blocks alike across files

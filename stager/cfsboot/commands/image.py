@@ -12,8 +12,10 @@ from cfsboot.composefs.erofs.reader import read_image
 from cfsboot.composefs.repository import Repository
 from cfsboot.composefs.tree import walk
 from cfsboot.errors import die
-from cfsboot.image.importer import Progress, default_tag, import_image, read_image_info
+from cfsboot.image.importer import Progress, default_tag, import_image
+from cfsboot.image.info import config_stream, load_image_info, read_image_info
 from cfsboot.image.transform import XattrFilter
+from cfsboot.jsondoc import parse_object
 from cfsboot.linux.arch import oci_arch
 from setuproot.contract import DEFAULT_SYSROOT, REPO_DIR, HashAlg
 
@@ -158,13 +160,13 @@ def _objects_size(repo: Repository, image_hex: str) -> tuple[int, int]:
 def _rows(repo: Repository) -> list[dict[str, Any]]:
     rows = []
     for name, image_hex in repo.tags().items():
-        info = read_image_info(repo, image_hex) or {}
+        info = read_image_info(repo, image_hex)
         rows.append(
             {
                 "tag": name,
                 "image": image_hex,
-                "reference": info.get("reference"),
-                "manifest_digest": info.get("manifest_digest"),
+                "reference": info.reference if info is not None else None,
+                "manifest_digest": info.manifest_digest if info is not None else None,
                 "size": _image_size(repo, image_hex),
             }
         )
@@ -197,15 +199,16 @@ def _resolve(repo: Repository, what: str) -> str:
 def cmd_inspect(args: argparse.Namespace) -> int:
     repo = Repository.open(args.repo)
     image_hex = _resolve(repo, args.image)
-    info = read_image_info(repo, image_hex)
+    info = load_image_info(repo, image_hex)
     if info is None:
         die(f"image {image_hex} was not imported by cfsboot (no import record)")
-    config_raw = repo.read_stream(f"cfsboot-config-{info['config_digest']}")
-    config = json.loads(config_raw) if config_raw else None
+    config_raw = repo.read_stream(config_stream(info.config_digest))
+    # Shown as it is (--json), so read as a plain JSON object; the platform line reads two keys.
+    config = parse_object(config_raw, f"config {info.config_digest}") if config_raw else None
     n_objects, objects_size = _objects_size(repo, image_hex)
     out = {
         "image": image_hex,
-        **{k: v for k, v in info.items() if k != "format"},
+        **{k: v for k, v in info.to_json().items() if k != "format"},
         "config": config,
         "image_size": _image_size(repo, image_hex),
         "objects": n_objects,
@@ -217,26 +220,26 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
         return 0
     print(f"image:           {image_hex}")
-    print(f"reference:       {info.get('reference')}")
+    print(f"reference:       {info.reference}")
     print(f"tags:            {', '.join(out['tags']) or '-'}")
-    print(f"manifest digest: {info.get('manifest_digest')}")
-    print(f"config digest:   {info.get('config_digest')}")
-    if isinstance(config, dict):
+    print(f"manifest digest: {info.manifest_digest}")
+    print(f"config digest:   {info.config_digest}")
+    if config is not None:
         print(f"platform:        {config.get('os')}/{config.get('architecture')}")
     print(
         f"size on disk:    {out['size_on_disk']} bytes (image {out['image_size']},"
         f" + {n_objects} objects {objects_size}, which other images may share)"
     )
     print("layers:")
-    for layer in info.get("layers", []):
-        print(f"  {layer['diff_id']}  {layer.get('size') or '-'} bytes  {layer.get('media_type')}")
-    boot = info.get("boot", {})
-    print("boot entries:" + ("" if any(boot.values()) else " none found"))
-    for k in boot.get("kernels", []):
-        initrd = k["initramfs"]["path"] if k.get("initramfs") else "-"
-        print(f"  kernel {k['version']}: {k['vmlinuz']['path']} initramfs {initrd}")
-    for u in boot.get("ukis", []):
-        print(f"  uki {u['path']}")
-    for a in boot.get("kargs", []):
-        print(f"  kargs {a['path']}")
+    for layer in info.layers:
+        print(f"  {layer.diff_id}  {layer.size or '-'} bytes  {layer.media_type}")
+    boot = info.boot
+    print("boot entries:" + ("" if boot.kernels or boot.ukis or boot.kargs else " none found"))
+    for k in boot.kernels:
+        initrd = k.initramfs.path if k.initramfs else "-"
+        print(f"  kernel {k.version}: {k.vmlinuz.path} initramfs {initrd}")
+    for u in boot.ukis:
+        print(f"  uki {u.path}")
+    for a in boot.kargs:
+        print(f"  kargs {a.path}")
     return 0

@@ -35,7 +35,13 @@ from cfsboot.deploy.state import remove_state, state_leftovers
 from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.deploy.target import DEPLOY_TAG_PREFIX, current_deployment, deployment_tag
 from cfsboot.image.imagefiles import image_tree
-from cfsboot.image.importer import image_stream, layer_stream, read_image_info
+from cfsboot.image.info import (
+    config_stream,
+    image_stream,
+    layer_stream,
+    manifest_stream,
+    read_image_info,
+)
 from cfsboot.linux.fsutil import TEMP_MARKER
 from cfsboot.oci.apply import LayerRecord
 from setuproot.contract import IMAGES_DIR, OBJECTS_DIR, REFS_DIR, STREAMS_DIR
@@ -164,16 +170,13 @@ def _image_roots(repo: Repository, image: str) -> tuple[set[str], set[str]]:
     for _path, node in walk(image_tree(repo, image)):
         if node.is_reg() and node.digest is not None:
             objects.add(node.digest.hex())
-    info = read_image_info(repo, image) or {}
-    if info.get("manifest_digest"):
-        streams.add(f"cfsboot-manifest-{info['manifest_digest']}")
-    if info.get("config_digest"):
-        streams.add(f"cfsboot-config-{info['config_digest']}")
-    for layer in info.get("layers") or []:
-        diff_id = layer.get("diff_id")
-        if not diff_id:
-            continue
-        name = layer_stream(diff_id)
+    info = read_image_info(repo, image)
+    if info is None:
+        return objects, streams
+    streams.add(manifest_stream(info.manifest_digest))
+    streams.add(config_stream(info.config_digest))
+    for layer in info.layers:
+        name = layer_stream(layer.diff_id)
         streams.add(name)
         data = repo.read_stream(name)
         if data is not None:

@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import configparser
 import io
+import re
 from dataclasses import dataclass, field, replace
 
 from cfsboot.boot.boottype import BootType
 from cfsboot.errors import CfsbootError
+from cfsboot.oci.documents import is_digest
 
 UNVERIFIED_PREFIX = "ostree-unverified-image:"
 # ostree-ext's transport names, for the ones that differ from skopeo's.
 _TO_OSTREE = {"docker": "registry"}
 _FROM_OSTREE = {v: k for k, v in _TO_OSTREE.items()}
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class OriginError(CfsbootError):
@@ -110,6 +113,15 @@ class Origin:
             ("boot", "digest"),
             ("image", "manifest_digest"),
         }
+        boot_digest = cp.get("boot", "digest", fallback=None) or None
+        if boot_digest is not None and not _SHA256_HEX.fullmatch(boot_digest):
+            raise OriginError(f"{name}: [boot] digest {boot_digest!r} is not a sha256 hex digest")
+        manifest_digest = cp.get("image", "manifest_digest", fallback=None) or None
+        if manifest_digest is not None and not is_digest(manifest_digest):
+            raise OriginError(
+                f"{name}: [image] manifest_digest {manifest_digest!r} is not a digest"
+                " (expected sha256:HEX)"
+            )
         extra = tuple(
             (section, key, value)
             for section in cp.sections()
@@ -119,7 +131,7 @@ class Origin:
         return cls(
             image=from_origin_reference(ref),
             boot_type=boot_type,
-            boot_digest=cp.get("boot", "digest", fallback=None) or None,
-            manifest_digest=cp.get("image", "manifest_digest", fallback=None) or None,
+            boot_digest=boot_digest,
+            manifest_digest=manifest_digest,
             extra=extra,
         )

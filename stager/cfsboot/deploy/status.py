@@ -18,27 +18,89 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, NotRequired, TypedDict
 
 from cfsboot.boot.bootloader import Bootloader, BootloaderKind, MenuEntry
 from cfsboot.boot.boottype import BootType
 from cfsboot.boot.uki import parse_uki
 from cfsboot.deploy.origin import Origin
 from cfsboot.deploy.sysroot import Sysroot
-from cfsboot.deploy.target import current_deployment
-from cfsboot.image.bootscan import BootResources
+from cfsboot.deploy.target import VERSION_LABEL, current_deployment
 from cfsboot.image.imagefiles import bootfile_bytes
-from cfsboot.image.importer import read_image_info
+from cfsboot.image.info import ImageInfo, read_config, read_image_info, read_manifest
 from setuproot.contract import KargError, parse_cmdline
 
 log = logging.getLogger(__name__)
 
 API_VERSION = "org.containers.bootc/v1"
 KIND = "BootcHost"
-VERSION_LABEL = "org.opencontainers.image.version"
 
 
-def image_reference(imgref: str) -> dict[str, str]:
+# bootc's host-v1 schema (docs/src/host-v1.schema.json), the parts cfsboot fills in.
+# Keys and their order are the JSON's: `status --json` prints these as they are built.
+
+
+class ImageReference(TypedDict):
+    image: str
+    transport: str
+
+
+class ImageStatus(TypedDict):
+    image: ImageReference
+    version: str | None
+    timestamp: str | None
+    imageDigest: str | None  # None: a deployment whose manifest digest was not recorded
+    architecture: str | None  # None: an image config without one
+
+
+class BootEntryComposefs(TypedDict):
+    verity: str
+    bootType: Literal["Bls", "Uki"]
+    bootloader: Literal["systemd", "grub"]
+    bootDigest: str | None
+    missingVerityAllowed: bool
+
+
+class BootEntry(TypedDict):
+    image: ImageStatus | None
+    cachedUpdate: None
+    incompatible: bool
+    pinned: bool
+    softRebootCapable: bool
+    downloadOnly: bool
+    store: None
+    ostree: None
+    composefs: BootEntryComposefs
+
+
+class HostStatus(TypedDict):
+    staged: BootEntry | None
+    booted: BootEntry | None
+    rollback: BootEntry | None
+    otherDeployments: NotRequired[list[BootEntry]]  # left out when empty, as bootc does
+    rollbackQueued: bool
+    type: None
+    usrOverlay: None
+
+
+class HostSpec(TypedDict):
+    image: ImageReference | None
+    bootOrder: Literal["default", "rollback"]
+
+
+class ObjectMeta(TypedDict):
+    name: str
+
+
+class BootcHost(TypedDict):
+    apiVersion: str
+    kind: str
+    metadata: ObjectMeta
+    spec: HostSpec
+    status: HostStatus
+
+
+def image_reference(imgref: str) -> ImageReference:
     """bootc's ImageReference: `docker://x` -> {image: x, transport: registry}."""
     transport, _, rest = imgref.partition(":")
     if transport == "docker":
@@ -52,26 +114,14 @@ class Deployment:
     entry: MenuEntry
     origin: Origin | None
     verity_required: bool
-    info: dict[str, Any]
+    info: ImageInfo | None
 
 
-def _stream_json(sysroot: Sysroot, name: str) -> dict[str, Any]:
-    data = sysroot.repo.read_stream(name)
-    if data is None:
-        return {}
-    try:
-        doc = json.loads(data)
-    except ValueError:
-        return {}
-    return doc if isinstance(doc, dict) else {}
-
-
-def _verity_required(sysroot: Sysroot, entry: MenuEntry, info: dict[str, Any]) -> bool:
+def _verity_required(sysroot: Sysroot, entry: MenuEntry, info: ImageInfo | None) -> bool:
     cmdline = " ".join(entry.options)
-    if entry.boot_type is BootType.UKI:
+    if entry.boot_type is BootType.UKI and info is not None:
         # The command line is sealed in the UKI: read it from the repository's copy.
-        boot = BootResources.from_json(info.get("boot") or {})
-        for uki_file in boot.ukis:
+        for uki_file in info.boot.ukis:
             try:
                 cmdline = parse_uki(bootfile_bytes(sysroot.repo, uki_file)).cmdline or ""
             except Exception as e:  # a damaged UKI must not break status
@@ -87,36 +137,38 @@ def _verity_required(sysroot: Sysroot, entry: MenuEntry, info: dict[str, Any]) -
 def _deployment(sysroot: Sysroot, entry: MenuEntry) -> Deployment:
     d = entry.deployment
     origin = sysroot.origin(d) if sysroot.deploy_dir(d).is_dir() else None
-    info = read_image_info(sysroot.repo, d) or {}
+    info = read_image_info(sysroot.repo, d)
     return Deployment(d, entry, origin, _verity_required(sysroot, entry, info), info)
+
+
+def _image_status(sysroot: Sysroot, dep: Deployment) -> ImageStatus | None:
+    info = dep.info
+    ref = dep.origin.image if dep.origin is not None else info.reference if info else None
+    if not ref:
+        return None
+    manifest_digest = (dep.origin.manifest_digest if dep.origin else None) or (
+        info.manifest_digest if info else None
+    )
+    manifest = read_manifest(sysroot.repo, manifest_digest) if manifest_digest else None
+    config = read_config(sysroot.repo, info.config_digest) if info else None
+    version = (manifest.annotations.get(VERSION_LABEL) if manifest else None) or (
+        config.labels.get(VERSION_LABEL) if config else None
+    )
+    return {
+        "image": image_reference(ref),
+        "version": version,
+        "timestamp": config.created if config else None,
+        "imageDigest": manifest_digest,
+        "architecture": config.architecture if config else None,
+    }
 
 
 def _boot_entry(
     sysroot: Sysroot, dep: Deployment, bootloader: BootloaderKind, *, download_only: bool = False
-) -> dict[str, Any]:
-    info = dep.info
-    ref = dep.origin.image if dep.origin is not None else info.get("reference")
-    manifest_digest = (dep.origin.manifest_digest if dep.origin else None) or info.get(
-        "manifest_digest"
-    )
-    image: dict[str, Any] | None = None
-    if ref:
-        manifest = _stream_json(sysroot, f"cfsboot-manifest-{manifest_digest}")
-        config = _stream_json(sysroot, f"cfsboot-config-{info.get('config_digest')}")
-        labels = (config.get("config") or {}).get("Labels") or {}
-        version = (manifest.get("annotations") or {}).get(VERSION_LABEL) or labels.get(
-            VERSION_LABEL
-        )
-        image = {
-            "image": image_reference(str(ref)),
-            "version": version,
-            "timestamp": config.get("created"),
-            "imageDigest": manifest_digest,
-            "architecture": config.get("architecture"),
-        }
+) -> BootEntry:
     boot_type = dep.origin.boot_type if dep.origin else dep.entry.boot_type
     return {
-        "image": image,
+        "image": _image_status(sysroot, dep),
         "cachedUpdate": None,
         "incompatible": False,
         "pinned": False,
@@ -134,7 +186,11 @@ def _boot_entry(
     }
 
 
-def host_status(sysroot: Sysroot, bl: Bootloader) -> dict[str, Any]:
+class _Others(TypedDict, total=False):
+    otherDeployments: list[BootEntry]
+
+
+def host_status(sysroot: Sysroot, bl: Bootloader) -> BootcHost:
     """The BootcHost document for this physical root."""
     live = bl.menu()
     current = current_deployment(sysroot, bl)
@@ -156,8 +212,9 @@ def host_status(sysroot: Sysroot, bl: Bootloader) -> dict[str, Any]:
     ]
     rollback = others[0] if others else None
 
-    def entry(m: MenuEntry | None, **kw: bool) -> dict[str, Any] | None:
-        return None if m is None else _boot_entry(sysroot, _deployment(sysroot, m), bl.kind, **kw)
+    def entry(m: MenuEntry, *, download_only: bool = False) -> BootEntry:
+        dep = _deployment(sysroot, m)
+        return _boot_entry(sysroot, dep, bl.kind, download_only=download_only)
 
     rollback_queued = bool(live) and current is not None and live[0].deployment != current
     spec_source = staged_entry or booted
@@ -166,14 +223,16 @@ def host_status(sysroot: Sysroot, bl: Bootloader) -> dict[str, Any]:
         origin = sysroot.origin(spec_source.deployment)
         if origin is not None:
             spec_image = image_reference(origin.image)
-    status: dict[str, Any] = {
-        "staged": entry(staged_entry, download_only=bool(marker and marker.finalization_locked)),
-        "booted": entry(booted),
-        "rollback": entry(rollback),
-    }
-    if len(others) > 1:
-        status["otherDeployments"] = [entry(m) for m in others[1:]]
-    status |= {
+    locked = bool(marker and marker.finalization_locked)
+    staged = entry(staged_entry, download_only=locked) if staged_entry is not None else None
+    booted_doc = entry(booted) if booted is not None else None
+    rollback_doc = entry(rollback) if rollback is not None else None
+    more: _Others = {"otherDeployments": [entry(m) for m in others[1:]]} if others[1:] else {}
+    status: HostStatus = {
+        "staged": staged,
+        "booted": booted_doc,
+        "rollback": rollback_doc,
+        **more,
         "rollbackQueued": rollback_queued,
         "type": None,
         "usrOverlay": None,
@@ -249,38 +308,39 @@ def to_yaml(doc: Any, indent: int = 0) -> str:
     return "\n".join(lines)
 
 
-def human(doc: dict[str, Any]) -> str:
+def human(doc: BootcHost) -> str:
     """bootc's human-readable layout: one block per deployment."""
     status = doc["status"]
-    out: list[str] = []
-    slots = [
-        ("staged", "  Staged image"),
-        ("booted", "● Booted image"),
-        ("rollback", "  Rollback image"),
+    blocks: list[tuple[str, BootEntry | None]] = [
+        ("  Staged image", status["staged"]),
+        ("● Booted image", status["booted"]),
+        ("  Rollback image", status["rollback"]),
     ]
-    blocks = [(label, status.get(key)) for key, label in slots]
     blocks += [("  Other image", e) for e in status.get("otherDeployments", [])]
+    out: list[str] = []
     for label, e in blocks:
-        if not e:
-            continue
-        img = e.get("image") or {}
-        ref = (img.get("image") or {}).get("image", "(unknown)")
-        cfs = e["composefs"]
-        out.append(f"{label}: {ref}")
-        if img.get("imageDigest"):
-            arch = f" ({img['architecture']})" if img.get("architecture") else ""
-            out.append(f"        Digest: {img['imageDigest']}{arch}")
-        out.append(f"        Verity: {cfs['verity']}")
-        if img.get("version") or img.get("timestamp"):
-            when = f" ({img['timestamp']})" if img.get("timestamp") else ""
-            out.append(f"       Version: {img.get('version') or '-'}{when}")
-        enforced = "Not Enforced" if cfs["missingVerityAllowed"] else "Enforced"
-        out.append(f"     Boot type: {cfs['bootType']} ({cfs['bootloader']}), fs-verity {enforced}")
-        if e.get("downloadOnly"):
-            out.append("                (download only: not finalized at shutdown)")
-        out.append("")
+        if e is not None:
+            out += _human_entry(label, e)
     if not out:
         return "No deployments.\n"
-    if status.get("rollbackQueued"):
+    if status["rollbackQueued"]:
         out.append("Rollback queued: the rollback deployment boots next.")
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _human_entry(label: str, e: BootEntry) -> list[str]:
+    img, cfs = e["image"], e["composefs"]
+    out = [f"{label}: {img['image']['image'] if img else '(unknown)'}"]
+    if img and img["imageDigest"]:
+        arch = f" ({img['architecture']})" if img["architecture"] else ""
+        out.append(f"        Digest: {img['imageDigest']}{arch}")
+    out.append(f"        Verity: {cfs['verity']}")
+    if img and (img["version"] or img["timestamp"]):
+        when = f" ({img['timestamp']})" if img["timestamp"] else ""
+        out.append(f"       Version: {img['version'] or '-'}{when}")
+    enforced = "Not Enforced" if cfs["missingVerityAllowed"] else "Enforced"
+    out.append(f"     Boot type: {cfs['bootType']} ({cfs['bootloader']}), fs-verity {enforced}")
+    if e["downloadOnly"]:
+        out.append("                (download only: not finalized at shutdown)")
+    out.append("")
+    return out

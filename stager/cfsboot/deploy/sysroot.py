@@ -22,6 +22,7 @@ from pathlib import Path
 from cfsboot.composefs.repository import Repository
 from cfsboot.deploy.origin import Origin, OriginError
 from cfsboot.errors import die
+from cfsboot.jsondoc import DocumentError, Fields, parse_object
 from cfsboot.linux.fsutil import fsync_dir, write_file_atomic
 from setuproot.contract import (
     DEFAULT_SYSROOT,
@@ -55,14 +56,15 @@ class StagedDeployment:
 
     @classmethod
     def from_json(cls, data: bytes, *, name: str) -> StagedDeployment | None:
+        """The marker in `data`; None (with a warning naming `name`) when it is not one."""
         try:
-            doc = json.loads(data)
-            depl = doc["depl_id"]
-            locked = bool(doc.get("finalization_locked", False))
-        except (ValueError, KeyError, TypeError):
-            log.warning("ignoring %s: not a staged-deployment marker", name)
+            f = Fields(parse_object(data, name), name)
+            depl = f.req_str("depl_id")
+            locked = f.bool_or("finalization_locked", False)
+        except DocumentError as e:
+            log.warning("ignoring the staged-deployment marker: %s", e)
             return None
-        if not isinstance(depl, str) or not _HEX_RE.fullmatch(depl):
+        if not _HEX_RE.fullmatch(depl):
             log.warning("ignoring %s: bad deployment id %r", name, depl)
             return None
         return cls(depl, locked)

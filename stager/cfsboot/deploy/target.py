@@ -11,13 +11,15 @@ from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.errors import die
 from cfsboot.image import imagefiles
 from cfsboot.image.bootscan import BootResources
-from cfsboot.image.importer import Progress, fetch_config, import_image, read_image_info
+from cfsboot.image.importer import Progress, fetch_config, import_image
+from cfsboot.image.info import read_image_info
 from cfsboot.image.osrelease import OsRelease
 from cfsboot.oci.reference import parse as parse_ref
 from setuproot.config import Config
 
 # Tags (images/refs/deploy/ID) that keep deployed images alive; gc owns them.
 DEPLOY_TAG_PREFIX = "deploy/"
+VERSION_LABEL = "org.opencontainers.image.version"
 
 
 @dataclass(frozen=True)
@@ -42,14 +44,14 @@ def target_from_repo(sysroot: Sysroot, digest: str, *, reference: str | None = N
     repo = sysroot.repo
     if not repo.has_image(digest):
         die(f"repository {repo.path} has no image {digest}")
-    info = read_image_info(repo, digest) or {}
+    info = read_image_info(repo, digest)
     tree = imagefiles.image_tree(repo, digest)
     return Target(
         digest=digest,
-        reference=reference or str(info.get("reference") or ""),
-        manifest_digest=info.get("manifest_digest"),
+        reference=reference or (info.reference if info is not None else ""),
+        manifest_digest=info.manifest_digest if info is not None else None,
         tree=tree,
-        boot=BootResources.from_json(info.get("boot") or {}),
+        boot=info.boot if info is not None else BootResources(),
         config=imagefiles.setup_root_config(repo, tree),
         osrel=imagefiles.os_release(repo, tree),
     )
@@ -66,7 +68,6 @@ def import_target(
     repo = sysroot.repo
     # No tag of the reference's own: deployments are kept alive by deployment tags (gc).
     result = import_image(imgref, repo, arch=arch, tag="", progress=Progress(not quiet))
-    assert result.tree is not None
     repo.tag(deployment_tag(result.image_digest), result.image_digest)
     return Target(
         digest=result.image_digest,
@@ -102,15 +103,9 @@ def check_update(
     digest covers the layers' diff IDs, so an unchanged one means an unchanged image.
     """
     digest, config = fetch_config(imgref, arch=arch)
-    info = read_image_info(sysroot.repo, depl) or {}
-    current = info.get("config_digest")
-    settings = config.get("config")
-    labels = settings.get("Labels") if isinstance(settings, dict) else None
-    version = None
-    if isinstance(labels, dict):
-        value = labels.get("org.opencontainers.image.version")
-        version = value if isinstance(value, str) else None
-    return UpdateCheck(imgref, digest, current if isinstance(current, str) else None, version)
+    info = read_image_info(sysroot.repo, depl)
+    current = info.config_digest if info is not None else None
+    return UpdateCheck(imgref, digest, current, config.labels.get(VERSION_LABEL))
 
 
 def current_deployment(sysroot: Sysroot, bl: Bootloader) -> str | None:

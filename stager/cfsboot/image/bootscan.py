@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cfsboot.composefs.tree import Inode, split_path
+from cfsboot.jsondoc import Fields
 
 MAX_SYMLINK_HOPS = 16
 
@@ -35,6 +36,15 @@ class BootFile:
             d["content"] = self.content.decode("latin-1")
         return d
 
+    @classmethod
+    def from_json(cls, f: Fields) -> BootFile:
+        content = f.opt_str("content")
+        try:
+            raw = None if content is None else content.encode("latin-1")
+        except UnicodeEncodeError:
+            raise f.error("content is not latin-1 text") from None
+        return cls(f.req_str("path"), f.req_int("size"), f.opt_str("object"), raw)
+
 
 @dataclass(frozen=True)
 class Kernel:
@@ -48,6 +58,15 @@ class Kernel:
             "vmlinuz": self.vmlinuz.to_json(),
             "initramfs": self.initramfs.to_json() if self.initramfs else None,
         }
+
+    @classmethod
+    def from_json(cls, f: Fields) -> Kernel:
+        initramfs = f.opt_obj("initramfs")
+        return cls(
+            f.req_str("version"),
+            BootFile.from_json(f.req_obj("vmlinuz")),
+            None if initramfs is None else BootFile.from_json(initramfs),
+        )
 
 
 @dataclass(frozen=True)
@@ -64,24 +83,21 @@ class BootResources:
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> BootResources:
-        def bf(x: dict[str, Any]) -> BootFile:
-            c = x.get("content")
-            return BootFile(
-                x["path"], x["size"], x.get("object"), None if c is None else c.encode("latin-1")
+    def from_json(cls, obj: object, what: str = "boot resources") -> BootResources:
+        """The inverse of to_json; a DocumentError (one line) when `obj` is not one."""
+        f = Fields(obj, what)
+
+        def files(key: str) -> tuple[BootFile, ...]:
+            return tuple(
+                BootFile.from_json(Fields(x, f"{what}: {key}[{i}]"))
+                for i, x in enumerate(f.opt_list(key))
             )
 
         kernels = tuple(
-            Kernel(
-                k["version"], bf(k["vmlinuz"]), bf(k["initramfs"]) if k.get("initramfs") else None
-            )
-            for k in d.get("kernels", [])
+            Kernel.from_json(Fields(k, f"{what}: kernels[{i}]"))
+            for i, k in enumerate(f.opt_list("kernels"))
         )
-        return cls(
-            kernels,
-            tuple(bf(u) for u in d.get("ukis", [])),
-            tuple(bf(k) for k in d.get("kargs", [])),
-        )
+        return cls(kernels, files("ukis"), files("kargs"))
 
 
 def _resolve(root: Inode, path: bytes) -> tuple[bytes, Inode] | None:

@@ -1,0 +1,122 @@
+"""Where an import puts file contents: hashed only (compute-id) or staged into a repository.
+
+Files above the inline limit become objects named by their fs-verity digest,
+deduplicated against the repository and against what this import already
+wrote. Writing is mostly waiting for the filesystem, so a few threads do it
+while the main thread goes on decompressing and hashing; the bytes in flight
+are bounded. New objects go into the repository's open batch, so a failed
+import publishes none of them.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from cfsboot.composefs import fsverity
+from cfsboot.composefs.repository import Repository
+from cfsboot.oci import tar
+from setuproot.contract import HashAlg
+
+MEMORY_OBJECT_MAX = 4 << 20  # larger files go through a temp file, not memory
+WRITER_THREADS = 2
+MAX_IN_FLIGHT = 64 << 20
+CHUNK = 1 << 20
+
+
+class ObjectSink:
+    """Where file contents go: hashed only (compute-id) or staged into a repository."""
+
+    def __init__(self, alg: HashAlg, repo: Repository | None) -> None:
+        self.alg = alg
+        self.repo = repo
+        self.written: set[str] = set()
+        self.bytes_written = 0
+        self._tmp: int = -1
+        # Writing objects is mostly waiting for the filesystem: a few threads do it while
+        # the main thread goes on decompressing and hashing. In-flight bytes are bounded.
+        self._pool = ThreadPoolExecutor(WRITER_THREADS, "cfsboot-objects") if repo else None
+        self._futures: list[Future[None]] = []
+        self._cond = threading.Condition()
+        self._in_flight = 0
+
+    def close(self) -> None:
+        self.wait()
+        if self._pool is not None:
+            self._pool.shutdown()
+        if self._tmp >= 0:
+            os.close(self._tmp)
+            self._tmp = -1
+
+    def wait(self) -> BaseException | None:
+        """Wait for every pending write; the first failure, if any."""
+        futures, self._futures = self._futures, []
+        first: BaseException | None = None
+        for f in futures:
+            e = f.exception()
+            first = first or e
+        return first
+
+    def _write_later(self, hexd: str, buf: bytearray) -> None:
+        assert self._pool is not None and self.repo is not None
+        store = self.repo.objects
+        with self._cond:
+            while self._in_flight and self._in_flight + len(buf) > MAX_IN_FLIGHT:
+                self._cond.wait()
+            self._in_flight += len(buf)
+
+        def write() -> None:
+            try:
+                store.add_bytes(hexd, memoryview(buf))
+            finally:
+                with self._cond:
+                    self._in_flight -= len(buf)
+                    self._cond.notify_all()
+
+        self._futures.append(self._pool.submit(write))
+
+    def store(self, data: tar.EntryData, size: int) -> str:
+        h = fsverity.FsVerityHasher(self.alg)
+        if self.repo is None:
+            while chunk := data.read(CHUNK):
+                h.update(chunk)
+            return h.hexdigest()
+        if size <= MEMORY_OBJECT_MAX:
+            buf = bytearray()
+            while chunk := data.read(CHUNK):
+                buf += chunk
+            h.update(buf)
+            hexd = h.hexdigest()
+            if hexd not in self.written and not self.repo.has_object(hexd):
+                self._write_later(hexd, buf)
+                self._count(hexd, size)
+            return hexd
+        fd = self._tempfile()
+        os.ftruncate(fd, 0)
+        off = 0
+        while chunk := data.read(CHUNK):
+            h.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                n = os.pwrite(fd, view, off)
+                off += n
+                view = view[n:]
+        raw = h.digest()
+        hexd = raw.hex()
+        if hexd not in self.written and not self.repo.has_object(hexd):
+            self.repo.ensure_object_from_file(fd, digest=raw)
+            self._count(hexd, size)
+        return hexd
+
+    def _count(self, hexd: str, size: int) -> None:
+        self.written.add(hexd)
+        self.bytes_written += size
+
+    def _tempfile(self) -> int:
+        if self._tmp < 0:
+            assert self.repo is not None
+            # An unnamed file on the repository's filesystem: copy_file_range/reflink work,
+            # and nothing is left behind if we die.
+            self._tmp = os.open(self.repo.path, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        return self._tmp

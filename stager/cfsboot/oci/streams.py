@@ -1,0 +1,180 @@
+"""Reading a blob as it streams: digest and size checked at its end, gzip or zstd decoded.
+
+A layer blob goes through two verifiers (OpenedImage.open_layer): the
+compressed bytes against the manifest's digest and size, the decompressed tar
+against the config's diff_id. Decompression output is bounded by the caller's
+buffer, so a small blob of zeros never inflates in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zlib
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+import zstandard
+
+from cfsboot.errors import die
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+class VerifyingReader(io.RawIOBase):
+    """Reads a blob, hashing it; at EOF the size and digest must match or it raises."""
+
+    def __init__(self, raw: BinaryIO, digest: str | None, size: int | None, what: str) -> None:
+        self.raw = raw
+        self.digest = digest
+        self.expected_size = size
+        self.what = what
+        alg = digest.split(":", 1)[0] if digest else "sha256"
+        self.hash = hashlib.new(alg)
+        self.count = 0
+        self.done = False
+        self.on_read: Callable[[int], None] | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b)
+        n = self.raw.readinto(view)  # type: ignore[attr-defined]
+        if not n:
+            self._finish()
+            return 0
+        self.hash.update(view[:n])
+        self.count += n
+        if self.expected_size is not None and self.count > self.expected_size:
+            self.done = True
+            die(f"{self.what} is larger than its declared {self.expected_size} bytes")
+        if self.on_read is not None:
+            self.on_read(n)
+        return int(n)
+
+    def _finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.expected_size is not None and self.count > self.expected_size:
+            die(f"{self.what} is larger than its declared {self.expected_size} bytes")
+        if self.expected_size is not None and self.count != self.expected_size:
+            die(
+                f"{self.what} is truncated: {self.count} bytes, "
+                f"the manifest says {self.expected_size}"
+            )
+        if self.digest is not None:
+            got = f"{self.hash.name}:{self.hash.hexdigest()}"
+            if got != self.digest:
+                die(f"{self.what} digest mismatch: expected {self.digest}, got {got}")
+
+    def drain(self) -> None:
+        """Read to the end so that the digest is checked."""
+        buf = bytearray(1 << 20)
+        while self.readinto(buf):
+            pass
+
+
+class _Prefixed(io.RawIOBase):
+    def __init__(self, prefix: bytes, raw: BinaryIO) -> None:
+        self.prefix = prefix
+        self.raw = raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self.prefix:
+            n = min(len(b), len(self.prefix))
+            b[:n] = self.prefix[:n]
+            self.prefix = self.prefix[n:]
+            return n
+        return int(self.raw.readinto(b))  # type: ignore[attr-defined]
+
+
+class _Gunzip(io.RawIOBase):
+    """gzip decompression across concatenated members; trailing junk is corruption.
+
+    Output is bounded by the caller's buffer (zlib's max_length): a layer of
+    highly compressible data (sparse files, zeros) never inflates in memory.
+    """
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.d = zlib.decompressobj(31)
+        self.pending = b""  # compressed input not yet given to (or consumed by) zlib
+        self.eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _more(self) -> bool:
+        chunk = self.raw.read(1 << 18)
+        self.pending += chunk
+        return bool(chunk)
+
+    def _next_member(self) -> bool:
+        """After a member's end: start the next one; False at the end of the blob."""
+        while len(self.pending) < len(GZIP_MAGIC) and self._more():
+            pass
+        if not self.pending:
+            return False
+        if self.pending.startswith(GZIP_MAGIC):
+            self.d = zlib.decompressobj(31)
+            return True
+        if self.pending.strip(b"\0"):
+            die("corrupt layer: data after the gzip stream")
+        self.pending = b""  # zero padding after the last member (some tools write it)
+        return self._more() and self._next_member()
+
+    def readinto(self, b: Any) -> int:
+        want = len(b)
+        while not self.eof and want:
+            if self.d.eof and not self._next_member():
+                self.eof = True
+                break
+            if not self.pending and not self._more():
+                die("corrupt layer: gzip stream is truncated")
+            try:
+                out = self.d.decompress(self.pending, want)
+            except zlib.error as e:
+                die(f"corrupt layer: gzip: {e}")
+            self.pending = self.d.unused_data if self.d.eof else self.d.unconsumed_tail
+            if out:
+                n = len(out)
+                b[:n] = out
+                return n
+        return 0
+
+
+class _Unzstd(io.RawIOBase):
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        # read_across_frames: zstd:chunked layers are many frames (bootc#2408)
+        self.r = zstandard.ZstdDecompressor().stream_reader(
+            raw, read_across_frames=True, closefd=False
+        )
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        try:
+            return int(self.r.readinto(b))
+        except zstandard.ZstdError as e:
+            die(f"corrupt layer: zstd: {e}")
+
+
+def decompress(raw: BinaryIO) -> BinaryIO:
+    """A reader of the tar inside a layer blob, compression detected from its magic."""
+    head = raw.read(4)
+    pre = _Prefixed(head, raw)
+    if head[:2] == GZIP_MAGIC:
+        inner: io.RawIOBase = _Gunzip(pre)  # type: ignore[arg-type]
+    elif head == ZSTD_MAGIC:
+        inner = _Unzstd(pre)  # type: ignore[arg-type]
+    else:
+        inner = pre
+    return io.BufferedReader(inner, buffer_size=1 << 20)

@@ -18,13 +18,21 @@ if TYPE_CHECKING:
     from cfsboot.deploy import install
     from cfsboot.deploy.sysroot import Sysroot
 
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
 # The deployment modules are imported by the commands that use them: every
 # `cfsboot` run builds this parser, and most runs need none of them.
 log = logging.getLogger(__name__)
 BOOTLOADERS = ("systemd-boot", "grub")  # cfsboot.boot.bootloader.BootloaderKind
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Subparsers) -> None:
+    _register_install(sub)
+    _register_switch_upgrade(sub)
+    _register_lifecycle(sub)
+
+
+def _register_install(sub: Subparsers) -> None:
     p = sub.add_parser("install", help="install a new system from an image")
     isub = p.add_subparsers(dest="install_command", metavar="SUBCOMMAND", parser_class=type(p))
     isub.required = True
@@ -69,6 +77,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             q.add_argument("--root-karg", help="e.g. root=UUID=... (default: none)")
             q.set_defaults(func=cmd_install_to_filesystem)
 
+
+def _register_switch_upgrade(sub: Subparsers) -> None:
     for name, help_text in (
         ("switch", "stage another image to boot next"),
         ("upgrade", "stage the newest version of the booted image"),
@@ -100,6 +110,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         q.add_argument("--quiet", "-q", action="store_true")
         q.set_defaults(func=cmd_switch if name == "switch" else cmd_upgrade)
 
+
+def _register_lifecycle(sub: Subparsers) -> None:
     q = sub.add_parser("finalize-staged", help="make the staged deployment the default (shutdown)")
     sysroot_options(q)
     q.set_defaults(func=cmd_finalize)

@@ -259,6 +259,78 @@ class EntryData:
             self._pad = 0
 
 
+class _Extended:
+    """Extended headers read since the last member: they describe the next one."""
+
+    def __init__(self) -> None:
+        self.global_pax: dict[bytes, bytes] = {}
+        self.pax: dict[bytes, bytes] = {}
+        self.longname: bytes | None = None
+        self.longlink: bytes | None = None
+
+    def pending(self) -> bool:
+        return bool(self.pax) or self.longname is not None or self.longlink is not None
+
+    def add(self, typeflag: bytes, data: bytes) -> None:
+        if typeflag == b"x":
+            self.pax.update(_parse_pax(data))
+        elif typeflag == b"g":
+            # Global records set defaults (uid, mtime, xattrs...); a global path or size
+            # would apply to every member and make no sense, so those are ignored.
+            glob = _parse_pax(data)
+            for key in (b"path", b"linkpath", b"size"):
+                glob.pop(key, None)
+            self.global_pax.update(glob)
+        elif typeflag == b"L":
+            self.longname = _gnu_long(data, "name")
+        else:
+            self.longlink = _gnu_long(data, "link name")
+
+    def take(
+        self, name: bytes, linkname: bytes, magic: bytes, prefix: bytes
+    ) -> tuple[dict[bytes, bytes], bytes, bytes]:
+        """(PAX records, name, link target) of the member whose header fields are given."""
+        merged = {**self.global_pax, **self.pax}
+        self.pax = {}
+        if b"GNU.sparse.major" in merged or b"GNU.sparse.map" in merged:
+            raise TarError("unsupported tar member: a PAX sparse file")
+        if b"path" in merged:
+            raw_name = merged[b"path"]
+        elif self.longname is not None:
+            raw_name = self.longname
+        elif magic == b"ustar\0" and _cstr(prefix):  # POSIX only: GNU keeps times there
+            raw_name = _cstr(prefix) + b"/" + _cstr(name)
+        else:
+            raw_name = _cstr(name)
+        longlink = self.longlink
+        raw_link = merged.get(b"linkpath", longlink if longlink is not None else _cstr(linkname))
+        self.longname = self.longlink = None
+        return merged, raw_name, raw_link
+
+
+_UNSUPPORTED = {
+    b"S": "a GNU sparse file",
+    b"M": "a multi-volume member",
+    b"V": "a volume label",
+}
+
+
+def _member_kind(typeflag: bytes) -> Kind:
+    kind = _TYPEFLAGS.get(typeflag)
+    if kind is None:
+        desc = _UNSUPPORTED.get(typeflag, f"unknown member type {typeflag!r}")
+        raise TarError(f"unsupported tar member: {desc}")
+    return kind
+
+
+def _rdev(entry: TarEntry, devmajor: bytes, devminor: bytes) -> int:
+    major = _parse_number(devmajor, "devmajor")
+    minor = _parse_number(devminor, "devminor")
+    if major > 0xFFFFFFF or minor > 0xFFFFFFF:
+        raise TarError(f"tar member {entry.path!r} has an absurd device number")
+    return os.makedev(major, minor)
+
+
 def entries(stream: BinaryIO) -> Iterator[tuple[TarEntry, EntryData]]:
     """Members of a tar stream in order, with their data readers.
 
@@ -267,14 +339,11 @@ def entries(stream: BinaryIO) -> Iterator[tuple[TarEntry, EntryData]]:
     drains the rest of the stream when it must verify a digest.
     """
     src = _Source(stream)
-    global_pax: dict[bytes, bytes] = {}
-    pax: dict[bytes, bytes] = {}
-    longname: bytes | None = None
-    longlink: bytes | None = None
+    extended = _Extended()
     while True:
         block = src.read_block_or_eof()
         if block is None or block == b"\0" * BLOCK:
-            if pax or longname is not None or longlink is not None:
+            if extended.pending():
                 raise TarError("truncated tar: extended header without a member")
             return
         if not _checksum_ok(block):
@@ -305,52 +374,15 @@ def entries(stream: BinaryIO) -> Iterator[tuple[TarEntry, EntryData]]:
             if size_n > MAX_META_SIZE:
                 raise TarError(f"tar extended header of {size_n} bytes (limit {MAX_META_SIZE})")
             data = src.read_exact(size_n + (-size_n % BLOCK), "an extended header")[:size_n]
-            if typeflag == b"x":
-                pax.update(_parse_pax(data))
-            elif typeflag == b"g":
-                # Global records set defaults (uid, mtime, xattrs...); a global path or size
-                # would apply to every member and make no sense, so those are ignored.
-                glob = _parse_pax(data)
-                for key in (b"path", b"linkpath", b"size"):
-                    glob.pop(key, None)
-                global_pax.update(glob)
-            elif typeflag == b"L":
-                longname = _gnu_long(data, "name")
-            else:
-                longlink = _gnu_long(data, "link name")
+            extended.add(typeflag, data)
             continue
-        kind = _TYPEFLAGS.get(typeflag)
-        if kind is None:
-            what = {
-                b"S": "a GNU sparse file",
-                b"M": "a multi-volume member",
-                b"V": "a volume label",
-            }
-            desc = what.get(typeflag, f"unknown member type {typeflag!r}")
-            raise TarError(f"unsupported tar member: {desc}")
-        merged = {**global_pax, **pax}
-        pax = {}
-        if b"GNU.sparse.major" in merged or b"GNU.sparse.map" in merged:
-            raise TarError("unsupported tar member: a PAX sparse file")
-        if b"path" in merged:
-            raw_name = merged[b"path"]
-        elif longname is not None:
-            raw_name = longname
-        elif magic == b"ustar\0" and _cstr(prefix):  # POSIX only: GNU keeps times there
-            raw_name = _cstr(prefix) + b"/" + _cstr(name)
-        else:
-            raw_name = _cstr(name)
-        raw_link = merged.get(b"linkpath", longlink if longlink is not None else _cstr(linkname))
-        longname = longlink = None
+        kind = _member_kind(typeflag)
+        pax, raw_name, raw_link = extended.take(name, linkname, magic, prefix)
         if kind is Kind.FILE and raw_name.endswith(b"/") and typeflag == b"\0":
             kind = Kind.DIR  # pre-POSIX tars mark directories with a trailing slash only
-        entry = _make_entry(merged, kind, raw_name, raw_link, mode, uid, gid, size_n, mtime)
+        entry = _make_entry(pax, kind, raw_name, raw_link, mode, uid, gid, size_n, mtime)
         if kind in (Kind.CHAR, Kind.BLOCK):
-            major = _parse_number(devmajor, "devmajor")
-            minor = _parse_number(devminor, "devminor")
-            if major > 0xFFFFFFF or minor > 0xFFFFFFF:
-                raise TarError(f"tar member {entry.path!r} has an absurd device number")
-            entry = replace(entry, rdev=os.makedev(major, minor))
+            entry = replace(entry, rdev=_rdev(entry, devmajor, devminor))
         # Only regular files carry data: like Go's and Python's readers, a size field on a
         # link, directory or device is not followed by data.
         body = EntryData(src, entry.size)

@@ -212,20 +212,26 @@ def lowerdir_string(lowers: tuple[str, ...], datas: tuple[str, ...]) -> str:
 
 
 def make_plan(sysroot: str, karg: ComposefsKarg, config: Config, *, run_dir: str = RUN_DIR) -> Plan:
-    """What to mount, in order, for booting `karg` from the physical root at `sysroot`."""
-    sysroot = sysroot.rstrip("/") or "/"
-    r = sysroot
-    image = f"{r}/{image_path(karg.digest)}"
-    objects = f"{r}/{REPO_DIR}/{OBJECTS_DIR}"
-    state = f"{r}/{deploy_dir(karg.digest)}"
-    state_rel = deploy_dir(karg.digest)
-    # After the swap the physical root is reachable at /sysroot inside the new root.
-    state_after = f"{r}/sysroot/{state_rel}"
-    erofs_at = f"{run_dir}/erofs"
-    not_deployed = f"deployment state {state} is missing (was {karg.digest[:12]}... deployed?)"
+    """What to mount, in order, for booting `karg` from the physical root at `sysroot`.
 
-    ops: list[Op] = [Verify(image, karg)]
-    # Checks and directories on the physical root first, while nothing is mounted yet.
+    Three phases: checks and directories on the physical root while nothing is
+    mounted yet; the composefs root (EROFS, overlay) and the clones of what
+    the new root needs from the physical root; then the swap, after which
+    /sysroot is the new root and /etc and /var are attached to it.
+    """
+    sysroot = sysroot.rstrip("/") or "/"
+    state = f"{sysroot}/{deploy_dir(karg.digest)}"
+    ops: list[Op] = [Verify(f"{sysroot}/{image_path(karg.digest)}", karg)]
+    ops += _prepare_state(karg, config, state)
+    ops += _mount_root(sysroot, karg, config, state, run_dir)
+    ops += _swap_and_attach(sysroot, karg, config, run_dir)
+    return Plan(sysroot, karg, config, tuple(ops))
+
+
+def _prepare_state(karg: ComposefsKarg, config: Config, state: str) -> list[Op]:
+    """Checks and directories in the deployment's state, on the physical root."""
+    not_deployed = f"deployment state {state} is missing (was {karg.digest[:12]}... deployed?)"
+    ops: list[Op] = []
     if config.etc is not EtcMount.NONE or config.var is VarMount.BIND:
         ops.append(Require(state, not_deployed))
     if config.etc is EtcMount.OVERLAY:
@@ -243,8 +249,13 @@ def make_plan(sysroot: str, karg: ComposefsKarg, config: Config, *, run_dir: str
                 f"{state}/var is missing or dangling (it should lead to state/os/default/var)",
             )
         )
-    ops += [MakeDir(run_dir, 0o700), MakeDir(erofs_at, 0o700), MountErofs(erofs_at)]
+    return ops
 
+
+def _mount_root(r: str, karg: ComposefsKarg, config: Config, state: str, run_dir: str) -> list[Op]:
+    """The composefs root overlay, and clones of what the new root takes from `r`."""
+    erofs_at = f"{run_dir}/erofs"
+    ops: list[Op] = [MakeDir(run_dir, 0o700), MakeDir(erofs_at, 0o700), MountErofs(erofs_at)]
     upper = work = None
     if config.root_transient:
         tdir = f"{run_dir}/root-transient"
@@ -257,7 +268,7 @@ def make_plan(sysroot: str, karg: ComposefsKarg, config: Config, *, run_dir: str
             "root",
             f"transient:{source}" if config.root_transient else source,
             lowers=(erofs_at,),
-            datas=(objects,),
+            datas=(f"{r}/{REPO_DIR}/{OBJECTS_DIR}",),
             upper=upper,
             work=work,
             composefs=True,
@@ -277,10 +288,14 @@ def make_plan(sysroot: str, karg: ComposefsKarg, config: Config, *, run_dir: str
         tdir = f"{run_dir}/etc-transient"
         ops += [MakeDir(tdir, 0o700), Tmpfs(tdir)]
         ops += [MakeDir(f"{tdir}/upper", 0o755), MakeDir(f"{tdir}/work", 0o700)]
+    return ops
 
-    # The swap: from here on /sysroot is the new root.
-    ops += [Detach(r), Attach("root", r), Attach("physical-root", f"{r}/sysroot")]
 
+def _swap_and_attach(r: str, karg: ComposefsKarg, config: Config, run_dir: str) -> list[Op]:
+    """The swap (from here on `r` is the new root), then /etc and /var on it."""
+    # After the swap the physical root is reachable at /sysroot inside the new root.
+    state_after = f"{r}/sysroot/{deploy_dir(karg.digest)}"
+    ops: list[Op] = [Detach(r), Attach("root", r), Attach("physical-root", f"{r}/sysroot")]
     if config.etc is EtcMount.OVERLAY:
         ops += [
             Overlay(
@@ -309,6 +324,6 @@ def make_plan(sysroot: str, karg: ComposefsKarg, config: Config, *, run_dir: str
     if config.var is VarMount.BIND:
         ops.append(Attach("var", f"{r}/var"))
     ops.append(RemoveDir(run_dir))
-    if sysroot == DEFAULT_SYSROOT:  # the real boot, not a test or a chroot
+    if r == DEFAULT_SYSROOT:  # the real boot, not a test or a chroot
         ops.append(VolatileRoot())
-    return Plan(sysroot, karg, config, tuple(ops))
+    return ops

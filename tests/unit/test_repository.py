@@ -126,6 +126,14 @@ def test_open_missing(tmp_path: Path) -> None:
             b' "features": {"incompatible": ["zstd-objects"]}}',
             "unsupported features: zstd-objects",
         ),
+        (
+            b'{"version": 1, "algorithm": "fsverity-sha256-12", "features": []}',
+            "meta.json: features is not an object",
+        ),
+        (
+            b'{"version": 1, "algorithm": "fsverity-sha256-12", "features": {"incompatible": [1]}}',
+            "features: incompatible lists something that is not a feature name",
+        ),
     ],
 )
 def test_open_bad_meta(tmp_path: Path, meta: bytes, message: str) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 from cfsboot.composefs import fsverity
 from cfsboot.composefs.objectstore import DIR_MODE, ObjectStore
 from cfsboot.errors import die
+from cfsboot.jsondoc import Fields, parse_object
 from cfsboot.linux.fsutil import fsync_dir, temp_name, write_file_atomic
 from setuproot.contract import (
     IMAGES_DIR,
@@ -351,32 +352,37 @@ def _is_hex(name: str, alg: HashAlg) -> bool:
     return len(name) == alg.hex_len and all(c in "0123456789abcdef" for c in name)
 
 
+def _feature_names(features: Fields | None, key: str) -> set[str]:
+    """A meta.json feature list (composefs-rs: compatible, read-only-compatible, incompatible)."""
+    if features is None:
+        return set()
+    names = features.opt_list(key)
+    if not all(isinstance(n, str) for n in names):
+        raise features.error(f"{key} lists something that is not a feature name")
+    return {str(n) for n in names}
+
+
 def _read_meta(meta: Path) -> tuple[HashAlg, bool]:
     """(algorithm, read_only) from meta.json; errors name the file."""
-    try:
-        doc = json.loads(meta.read_bytes())
-    except (ValueError, UnicodeDecodeError) as e:
-        die(f"{meta} is not valid JSON: {e}")
-    if not isinstance(doc, dict):
-        die(f"{meta} is not a JSON object")
-    version = doc.get("version")
+    doc = Fields(parse_object(meta.read_bytes(), str(meta)), str(meta))
+    version = doc.obj.get("version")
     if version != REPO_FORMAT_VERSION:
         die(
             f"{meta}: repository format version {version!r} is not supported"
             f" (this cfsboot knows version {REPO_FORMAT_VERSION})"
         )
-    name = doc.get("algorithm")
+    name = doc.obj.get("algorithm")
     alg = HashAlg.from_repo_name(name) if isinstance(name, str) else None
     if alg is None:
         die(
             f"{meta}: unknown algorithm {name!r}"
             " (expected fsverity-sha256-12 or fsverity-sha512-12)"
         )
-    features = doc.get("features") or {}
-    incompat = set(features.get("incompatible") or [])
+    features = doc.opt_obj("features")
+    incompat = _feature_names(features, "incompatible")
     if incompat:
         die(f"{meta}: repository uses unsupported features: {', '.join(sorted(incompat))}")
-    ro = set(features.get("read-only-compatible") or []) - KNOWN_RO_COMPAT_FEATURES
+    ro = _feature_names(features, "read-only-compatible") - KNOWN_RO_COMPAT_FEATURES
     return alg, bool(ro)
 
 

@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from typing import TypedDict
 
 from cfsboot.composefs.erofs.reader import read_image
 from cfsboot.composefs.repository import Repository
@@ -157,8 +157,18 @@ def _objects_size(repo: Repository, image_hex: str) -> tuple[int, int]:
     return len(digests), size
 
 
-def _rows(repo: Repository) -> list[dict[str, Any]]:
-    rows = []
+class ImageRow(TypedDict):
+    """One line of `image list` (--json prints these as they are)."""
+
+    tag: str
+    image: str  # the boot image's digest (hex)
+    reference: str | None  # None: not imported by cfsboot, or its record is damaged
+    manifest_digest: str | None
+    size: int  # of the EROFS image only
+
+
+def _rows(repo: Repository) -> list[ImageRow]:
+    rows: list[ImageRow] = []
     for name, image_hex in repo.tags().items():
         info = read_image_info(repo, image_hex)
         rows.append(

@@ -6,19 +6,18 @@ import argparse
 import json
 import os
 import sys
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
-from cfsboot.composefs.erofs.reader import read_image
-from cfsboot.composefs.repository import Repository
-from cfsboot.composefs.tree import walk
 from cfsboot.errors import die
-from cfsboot.image.importer import Progress, default_tag, import_image
-from cfsboot.image.info import config_stream, load_image_info, read_image_info
 from cfsboot.image.transform import XattrFilter
-from cfsboot.jsondoc import parse_object
 from cfsboot.linux.arch import oci_arch
 from setuproot.contract import DEFAULT_SYSROOT, REPO_DIR, HashAlg
 
+if TYPE_CHECKING:
+    from cfsboot.composefs.repository import Repository
+
+# The import pipeline and the repository are imported by the commands that use them:
+# `cfsboot --help` builds this parser too.
 DEFAULT_REPO = f"{DEFAULT_SYSROOT}/{REPO_DIR}"
 
 
@@ -96,12 +95,16 @@ def tls_bool(text: str) -> bool:
 
 
 def _open_repo(path: str, *, init: bool = False, alg: str = "sha512") -> Repository:
+    from cfsboot.composefs.repository import Repository
+
     if init and not os.path.exists(os.path.join(path, "meta.json")):
         return Repository.init(path, algorithm=HashAlg(alg))
     return Repository.open(path)
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from cfsboot.image.importer import Progress, import_image
+
     repo = _open_repo(args.repo, init=args.init, alg=args.hash)
     progress = Progress(enabled=not args.quiet and sys.stderr.isatty())
     result = import_image(
@@ -123,6 +126,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_compute_id(args: argparse.Namespace) -> int:
+    from cfsboot.image.importer import import_image
+
     result = import_image(
         args.imgref,
         None,
@@ -144,6 +149,9 @@ def _image_size(repo: Repository, image_hex: str) -> int:
 
 def _objects_size(repo: Repository, image_hex: str) -> tuple[int, int]:
     """(objects, bytes) of the file objects the image references, as they are on disk."""
+    from cfsboot.composefs.erofs.reader import read_image
+    from cfsboot.composefs.tree import walk
+
     fd = os.open(repo.image_path(image_hex), os.O_RDONLY | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as f:
         tree = read_image(f.read())
@@ -168,6 +176,8 @@ class ImageRow(TypedDict):
 
 
 def _rows(repo: Repository) -> list[ImageRow]:
+    from cfsboot.image.info import read_image_info
+
     rows: list[ImageRow] = []
     for name, image_hex in repo.tags().items():
         info = read_image_info(repo, image_hex)
@@ -184,6 +194,8 @@ def _rows(repo: Repository) -> list[ImageRow]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from cfsboot.composefs.repository import Repository
+
     repo = Repository.open(args.repo)
     rows = _rows(repo)
     if args.json:
@@ -195,6 +207,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _resolve(repo: Repository, what: str) -> str:
+    from cfsboot.image.importer import default_tag
+
     if len(what) == repo.algorithm.hex_len and all(c in "0123456789abcdef" for c in what):
         if not repo.has_image(what):
             die(f"repository {repo.path} has no image {what}")
@@ -207,6 +221,10 @@ def _resolve(repo: Repository, what: str) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from cfsboot.composefs.repository import Repository
+    from cfsboot.image.info import config_stream, load_image_info
+    from cfsboot.jsondoc import parse_object
+
     repo = Repository.open(args.repo)
     image_hex = _resolve(repo, args.image)
     info = load_image_info(repo, image_hex)

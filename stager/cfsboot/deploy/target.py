@@ -11,7 +11,6 @@ from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.errors import die
 from cfsboot.image import imagefiles
 from cfsboot.image.bootscan import BootResources
-from cfsboot.image.importer import Progress, fetch_config, import_image
 from cfsboot.image.info import read_image_info
 from cfsboot.image.osrelease import OsRelease
 from cfsboot.oci.reference import parse as parse_ref
@@ -61,6 +60,8 @@ def import_target(
     sysroot: Sysroot, imgref: str, *, quiet: bool = True, arch: str | None = None
 ) -> Target:
     """Import `imgref` into the sysroot's repository (new layers only) and describe it."""
+    from cfsboot.image.importer import Progress, import_image  # the pipeline: only when importing
+
     ref = parse_ref(imgref)
     if ref.transport.native:
         # The origin must name the same image from any working directory.
@@ -102,6 +103,8 @@ def check_update(
     Reads the manifest and the config only (no layer, nothing written): the config
     digest covers the layers' diff IDs, so an unchanged one means an unchanged image.
     """
+    from cfsboot.image.importer import fetch_config
+
     digest, config = fetch_config(imgref, arch=arch)
     info = read_image_info(sysroot.repo, depl)
     current = info.config_digest if info is not None else None

@@ -11,6 +11,7 @@ included) is timed too, for the record.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import statistics
@@ -25,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / d) for d in ("stager", "setup-root", "tests")]
 
 from cfsboot.composefs.fsverity import digest_file  # noqa: E402
+from cfstest import cli  # noqa: E402
 from setuproot.contract import HashAlg  # noqa: E402
 
 WORK = Path(os.environ.get("CFSBOOT_BENCH_TMP", "/var/tmp"))
@@ -35,6 +37,10 @@ def _tool() -> str | None:
         if cand and os.path.exists(cand):
             return cand
     return None
+
+
+def _quiet(argv: list[str], env: dict[str, str] | None = None) -> None:
+    subprocess.run(argv, capture_output=True, check=True, env=env)
 
 
 def _time(fn: Callable[[], object]) -> float:
@@ -55,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     if tool is None:
         print("fsverity tool not found (apt-get install fsverity)", file=sys.stderr)
         return 1
-    env = dict(os.environ, PYTHONPATH=f"{HERE.parent / 'stager'}:{HERE.parent / 'setup-root'}")
-    cli = [sys.executable, "-m", "cfsboot.cli", "fsverity", "digest"]
+    env = cli.environ()
+    command = cli.argv("fsverity", "digest")
 
     with tempfile.TemporaryDirectory(dir=WORK, prefix="bench-fsverity-") as tmp:
         path = Path(tmp) / "data"
@@ -79,27 +85,12 @@ def main(argv: list[str] | None = None) -> int:
             ours: list[float] = []
             ref: list[float] = []
             cmd: list[float] = []
+            reference = [tool, "digest", f"--hash-alg={alg}", str(path)]
+            ours_cmd = [*command, "--hash-alg", str(alg), str(path)]
             for _ in range(runs):
-                ours.append(_time(lambda a=alg: digest_file(path, a)))  # type: ignore[misc]
-                ref.append(
-                    _time(
-                        lambda a=alg: subprocess.run(  # type: ignore[misc]
-                            [tool, "digest", f"--hash-alg={a}", str(path)],
-                            capture_output=True,
-                            check=True,
-                        )
-                    )
-                )
-                cmd.append(
-                    _time(
-                        lambda a=alg: subprocess.run(  # type: ignore[misc]
-                            [*cli, "--hash-alg", str(a), str(path)],
-                            capture_output=True,
-                            check=True,
-                            env=env,
-                        )
-                    )
-                )
+                ours.append(_time(functools.partial(digest_file, path, alg)))
+                ref.append(_time(functools.partial(_quiet, reference)))
+                cmd.append(_time(functools.partial(_quiet, ours_cmd, env)))
             mo, mr, mc = (statistics.median(x) for x in (ours, ref, cmd))
             ratio = mr / mo
             worst = min(worst, ratio)

@@ -15,33 +15,28 @@ import osimage
 import qemu
 import registry
 import testos
+from cfstest import gates
 
-IN_CI = os.environ.get("CI") == "true"
 SESSION_STAMP = time.strftime("%Y%m%d-%H%M%S")
-
-
-def _missing(reason: str) -> None:
-    """Skip where a tool is absent; CI machines must have it, so fail there."""
-    if IN_CI:
-        pytest.fail(f"{reason} (CI must have it: is `make setup` complete?)")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
 def vm_tools() -> None:
-    for tool, package in [
-        ("qemu-system-x86_64", "qemu-system-x86"),
-        ("qemu-img", "qemu-utils"),
-        ("mmdebstrap", "mmdebstrap"),
-        ("mkfs.ext4", "e2fsprogs"),
-        ("mkfs.vfat", "dosfstools"),
-        ("mcopy", "mtools"),
-        ("sfdisk", "fdisk"),
-    ]:
-        if shutil.which(tool) is None:
-            _missing(f"{tool} not found (apt-get install {package})")
-    if os.geteuid() != 0:
-        _missing("VM tests build images with chroot and mounts: run them as root")
+    gates.require_tools(
+        {
+            "qemu-system-x86_64": "qemu-system-x86",
+            "qemu-img": "qemu-utils",
+            "mmdebstrap": "mmdebstrap",
+            "mkfs.ext4": "e2fsprogs",
+            "mkfs.vfat": "dosfstools",
+            "mcopy": "mtools",
+            "sfdisk": "fdisk",
+        }
+    )
+    if not gates.can_mount():
+        gates.missing_capability(
+            "VM tests build images with chroot and mounts, and cannot mount here (run as root)"
+        )
 
 
 CACHE = Path(os.environ.get("CFSBOOT_CACHE", "/var/cache/cfsboot"))
@@ -63,9 +58,7 @@ def local_registry(
     vm_tools: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[registry.Registry]:
     """docker-registry on 127.0.0.1:5000 (10.0.2.2:5000 for guests), empty at the start."""
-    for tool, package in [("docker-registry", "docker-registry"), ("skopeo", "skopeo")]:
-        if shutil.which(tool) is None:
-            _missing(f"{tool} not found (apt-get install {package})")
+    gates.require_tools({"docker-registry": "docker-registry", "skopeo": "skopeo"})
     with registry.running(tmp_path_factory.mktemp("registry")) as reg:
         yield reg
 

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,31 +16,16 @@ from typing import Any
 import images
 import osimage
 import qemu
+from cfstest import cli
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 EXPECT = "opt/cfsboot/expect"
 DISK_SIZE = "6G"
-
-
-def cfsboot(*args: str | Path) -> str:
-    """The stager of this source tree; its stdout, or AssertionError with its stderr."""
-    env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT / 'stager'}:{REPO_ROOT / 'setup-root'}"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "cfsboot.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise AssertionError(f"cfsboot {' '.join(map(str, args))}: {proc.stderr}")
-    return proc.stdout
 
 
 def install(image: osimage.OsImage, disk: Path, *extra: str) -> float:
     """`cfsboot install to-disk` of a test OS variant onto a new image file; seconds taken."""
     started = time.monotonic()
-    cfsboot(
+    cli.run(
         "install", "to-disk", image.ref, disk,
         "--size", DISK_SIZE,
         "--root-label", images.ROOT_LABEL,

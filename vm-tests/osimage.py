@@ -51,6 +51,7 @@ import images
 import oslayer
 import testos
 from cfsboot.boot.uki import read_uki
+from cfstest import cli
 from cfstest import ocibuild as build
 from oslayer import KARGS, ROOT_LABEL, Variant
 
@@ -535,22 +536,9 @@ def ext4_guest(image: OsImage, workdir: Path, rootfs: Path | None = None) -> ima
 # running things
 
 
-def cfsboot_argv(*args: str) -> list[str]:
-    """The stager's CLI from this source tree, run by this interpreter."""
-    return [sys.executable, "-m", "cfsboot.cli", *args]
-
-
-def cfsboot_env(extra: Mapping[str, str] | None = None, src: Path = REPO) -> dict[str, str]:
-    """The environment for cfsboot_argv: the stager of src (this tree by default) first."""
-    path = os.pathsep.join([str(src / "stager"), str(src / "setup-root")])
-    env = {**os.environ, "PYTHONPATH": path}
-    env.update(extra or {})
-    return env
-
-
 def compute_id(ref: str, *args: str, env: Mapping[str, str] | None = None, src: Path = REPO) -> str:
     """`cfsboot image compute-id [args] ref` (sha512, the default of new repositories)."""
-    proc = _run(cfsboot_argv("image", "compute-id", *args, ref), env=cfsboot_env(env, src))
+    proc = _run(cli.argv("image", "compute-id", *args, ref), env=cli.environ(env, src=src))
     return proc.stdout.decode().strip()
 
 

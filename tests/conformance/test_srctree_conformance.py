@@ -19,6 +19,8 @@ import pytest
 
 from cfsboot.composefs.srctree import tree_from_directory
 from cfsboot.composefs.tree import walk
+from cfstest.gates import missing_capability
+from cfstest.reftools import RefTools
 
 pytestmark = pytest.mark.conformance
 
@@ -77,8 +79,8 @@ def make_rich_tree(src: Path) -> None:
     os.utime(src, ns=(1_600_000_000_000_000_005,) * 2)
 
 
-def _c_image(reftools: object, src: Path, out: Path, store: Path, *opts: str) -> bytes:
-    reftools.run("mkcomposefs", *opts, f"--digest-store={store}", src, out)  # type: ignore[attr-defined]
+def _c_image(reftools: RefTools, src: Path, out: Path, store: Path, *opts: str) -> bytes:
+    reftools.run("mkcomposefs", *opts, f"--digest-store={store}", src, out)
     return out.read_bytes()
 
 
@@ -102,7 +104,9 @@ def _versions(opts: tuple[str, ...]) -> tuple[int, int]:
     [(), ("--min-version=1",), ("--use-epoch",), ("--use-epoch", "--min-version=1")],
     ids=["default", "v1", "epoch", "epoch-v1"],
 )
-def test_rich_tree_identical_to_c(reftools: object, tmp_path: Path, opts: tuple[str, ...]) -> None:
+def test_rich_tree_identical_to_c(
+    reftools: RefTools, tmp_path: Path, opts: tuple[str, ...]
+) -> None:
     from cfsboot.composefs.erofs.writer import build_image
 
     src = tmp_path / "src"
@@ -117,7 +121,7 @@ def test_rich_tree_identical_to_c(reftools: object, tmp_path: Path, opts: tuple[
     assert _store_contents(tmp_path / "store-py") == _store_contents(tmp_path / "store-c")
 
 
-def test_real_directory_identical_to_c(reftools: object, tmp_path: Path) -> None:
+def test_real_directory_identical_to_c(reftools: RefTools, tmp_path: Path) -> None:
     """A copy of the host's /etc: real permissions, symlinks, sizes, names."""
     from cfsboot.composefs.erofs.writer import build_image
 
@@ -125,14 +129,14 @@ def test_real_directory_identical_to_c(reftools: object, tmp_path: Path) -> None
     # A private copy, so that nothing changes between the two reads.
     subprocess.run(["cp", "-a", "/etc", str(src)], check=False)
     if not src.is_dir():
-        pytest.skip("cannot copy /etc")
+        missing_capability("cannot copy /etc")
     c_img = _c_image(reftools, src, tmp_path / "c.img", tmp_path / "store-c")
     tree = tree_from_directory(src, digest_store=tmp_path / "store-py")
     assert build_image(tree) == c_img
     assert _store_contents(tmp_path / "store-py") == _store_contents(tmp_path / "store-c")
 
 
-def test_tree_matches_c_dump(reftools: object, tmp_path: Path) -> None:
+def test_tree_matches_c_dump(reftools: RefTools, tmp_path: Path) -> None:
     """Our tree, field by field, against `composefs-info dump` of C's image.
 
     Independent of our EROFS writer. Directory sizes are left out: the dump shows
@@ -149,8 +153,8 @@ def test_tree_matches_c_dump(reftools: object, tmp_path: Path) -> None:
             if name.startswith("trusted.overlay."):
                 os.removexattr(p, name)
     img = tmp_path / "c.img"
-    reftools.run("mkcomposefs", src, img)  # type: ignore[attr-defined]
-    c_dump = reftools.run("composefs-info", "dump", img)  # type: ignore[attr-defined]
+    reftools.run("mkcomposefs", src, img)
+    c_dump = reftools.run("composefs-info", "dump", img)
     ours = dumps(tree_from_directory(src))
 
     def mask_dir_sizes(dump: bytes) -> list[list[bytes]]:

@@ -71,7 +71,7 @@ from cfsboot.deploy.install import InstallOptions, to_filesystem
 from cfsboot.deploy.origin import Origin
 from cfsboot.deploy.state import ETC_VIEWS_PREFIX
 from cfsboot.linux.fsutil import TEMP_MARKER
-from deploy_support import KVER, os_image
+from cfstest.osimages import KVER, os_image
 from setuproot.config import EtcMount, parse_config
 from setuproot.contract import SETUP_ROOT_CONFIG, HashAlg, parse_cmdline
 
@@ -532,17 +532,6 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     finally:
         if mounted:
             subprocess.run(["umount", str(path)], check=True)
-
-
-@pytest.fixture(scope="session")
-def fat_tools() -> None:
-    """mtools and fsck.vfat (dosfstools), which the FAT backend and its check need."""
-    missing = [t for t in ("mcopy", "mkfs.vfat", "fsck.vfat") if shutil.which(t) is None]
-    if missing:
-        reason = f"{', '.join(missing)} not found (apt-get install mtools dosfstools)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,10 @@ from types import ModuleType
 import pytest
 
 from cfsboot.image.importer import fetch_config, import_image
-from conftest import REPO_ROOT, missing_capability
-from deploy_support import CLI_ENV, cfsboot, os_image
+from cfstest import REPO_ROOT, cli
+from cfstest.cli import run as cfsboot
+from cfstest.gates import missing_capability
+from cfstest.osimages import os_image
 
 pytestmark = [pytest.mark.integration]
 PORT = 5055
@@ -58,7 +60,7 @@ def test_upgrade_check_reads_only_the_config(
     reg: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     home = reg.client_env()["HOME"]  # type: ignore[attr-defined]
-    monkeypatch.setitem(CLI_ENV, "HOME", home)
+    monkeypatch.setitem(cli.ENV, "HOME", home)
     monkeypatch.setenv("HOME", home)
     v1 = tmp_path / "v1"
     v2 = tmp_path / "v2"
@@ -104,6 +106,6 @@ def test_upgrade_check_reads_only_the_config(
         cfsboot("switch", missing, "-q", *opts, check=False),
         cfsboot("image", "compute-id", missing, check=False),
     ):
-        assert bad.returncode == 1 and bad.stderr.count("\n") == 1, bad.stderr
+        cli.one_line_error(bad)
         assert "skopeo" in bad.stderr
     assert not (run / "composefs/staged-deployment").exists()

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from cfstest.reftools import RefTools
 from setuproot.contract import DEPLOY_VAR_LINK_TARGET, HashAlg, object_relpath
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("can_mount")]
@@ -303,7 +304,7 @@ def test_big_file_read_through_objects_layer(sysroot: Sysroot, tmp_path: Path) -
     assert b.stdout == "BIG-OK\n" + "b" * 40 + "\n"
 
 
-def test_image_made_by_c_mkcomposefs(reftools: object, tmp_path: Path) -> None:
+def test_image_made_by_c_mkcomposefs(reftools: RefTools, tmp_path: Path) -> None:
     """Images from the reference C tool (sha256 digests) mount the same way."""
     sr = _make_sysroot(tmp_path / "c", "mkcomposefs")
     assert sr.algorithm is HashAlg.SHA256 and len(sr.digests["a"]) == 64

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +13,7 @@ from cfsboot.boot import disk
 from cfsboot.boot.disk import DiskPlan, MiB, create_disk, create_image_file, read_layout
 from cfsboot.boot.esp import MtoolsEsp
 from cfsboot.errors import CfsbootError
+from cfstest.gates import require_tools
 
 X86_ROOT = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"
 ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
@@ -191,11 +191,16 @@ def test_bad_ids(kw: dict[str, str], message: str, tmp_path: Path) -> None:
         create_disk(tmp_path / "none.img")
 
 
-@pytest.mark.skipif(
-    not all(shutil.which(t) for t in ("sfdisk", "mkfs.vfat", "mkfs.ext4", "dumpe2fs", "mcopy")),
-    reason="needs fdisk, dosfstools, e2fsprogs and mtools",
-)
 def test_real_image(tmp_path: Path) -> None:
+    require_tools(
+        {
+            "sfdisk": "fdisk",
+            "mkfs.vfat": "dosfstools",
+            "mkfs.ext4": "e2fsprogs",
+            "dumpe2fs": "e2fsprogs",
+            "mcopy": "mtools",
+        }
+    )
     img = tmp_path / "disk.img"
     size = 200 * MiB
     create_image_file(img, size)

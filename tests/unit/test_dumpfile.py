@@ -20,7 +20,7 @@ from cfsboot.composefs.dumpescape import escape, unescape
 from cfsboot.composefs.dumpfile import DumpfileError, dumps, parse, write
 from cfsboot.composefs.tree import Inode, walk
 from cfsboot.errors import CfsbootError
-from treegen import trees
+from cfstest.trees import trees
 
 ROOT = b"/ 4096 40755 2 0 0 0 0.0 - - -\n"
 DIGEST = "35d02f81325122d77ec1d11baba655bc9bf8a891ab26119a41c50fa03ddfb408"

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,12 +13,10 @@ from cfsboot.boot import esp as esp_mod
 from cfsboot.boot.esp import DirEsp, Esp, EspEntry, EspError, MtoolsEsp
 from cfsboot.linux import fsutil, syscalls
 from cfsboot.linux.run import run as real_run
+from cfstest.gates import FAT_TOOLS, require_tools
 
 OFFSET = 1 << 20
-needs_mtools = pytest.mark.skipif(
-    shutil.which("mcopy") is None or shutil.which("mkfs.vfat") is None,
-    reason="mtools/dosfstools not installed",
-)
+needs_mtools = pytest.mark.usefixtures("fat_tools")
 
 
 def _fat_image(tmp_path: Path) -> Path:
@@ -41,8 +38,7 @@ def esp(request: pytest.FixtureRequest, tmp_path: Path) -> Esp:
         root = tmp_path / "esp"
         root.mkdir()
         return DirEsp(root)
-    if shutil.which("mcopy") is None or shutil.which("mkfs.vfat") is None:
-        pytest.skip("mtools/dosfstools not installed")
+    require_tools(FAT_TOOLS)
     return MtoolsEsp(_fat_image(tmp_path), OFFSET)
 
 
@@ -308,12 +304,26 @@ def test_dir_esp_exchange_without_fs_support_is_refused(
     assert ((tmp_path / "a").read_bytes(), (tmp_path / "b").read_bytes()) == (b"a", b"b")
 
 
+def test_renameat2_syscall_numbers() -> None:
+    # <asm/unistd_64.h>; a machine without a known number gets no syscall path at all.
+    assert syscalls.SYS_RENAMEAT2_BY_MACHINE["x86_64"] == 316
+    assert syscalls.syscall_renameat2("no-such-machine") is None
+
+
 @pytest.mark.parametrize("via", ["glibc", "syscall"])
 def test_renameat2_exchange_and_errors(tmp_path: Path, via: str) -> None:
-    if via == "syscall" and os.uname().machine != "x86_64":
-        pytest.skip("checks the x86_64 number, 316 (<asm/unistd_64.h>)")
-    impl = syscalls.libc_renameat2() if via == "glibc" else syscalls.syscall_renameat2("x86_64")
-    assert impl is not None  # glibc >= 2.28 has the wrapper
+    machine = os.uname().machine
+    if via == "glibc":
+        impl = syscalls.libc_renameat2()
+        assert impl is not None  # glibc >= 2.28 has the wrapper
+    else:
+        # The raw syscall with this machine's number (x86_64's above); where cfsboot knows
+        # none, the glibc wrapper is the only path, and that is what cfsboot uses.
+        impl = syscalls.syscall_renameat2(machine)
+        if impl is None:
+            assert machine not in syscalls.SYS_RENAMEAT2_BY_MACHINE
+            impl = syscalls.libc_renameat2()
+        assert impl is not None
     a, b = tmp_path / "a", tmp_path / "b"
     a.write_bytes(b"A")
     b.mkdir()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,10 +18,7 @@ from cfsboot.boot import fat
 from cfsboot.boot.esp import EspError, MtoolsEsp
 from cfsboot.boot.fat import DIR_ENTRY, LFN_ENTRY, FatError, FatFs
 
-pytestmark = pytest.mark.skipif(
-    any(shutil.which(t) is None for t in ("mkfs.vfat", "fsck.vfat", "mcopy")),
-    reason="mtools/dosfstools not installed",
-)
+pytestmark = pytest.mark.usefixtures("fat_tools")
 
 MiB = 1 << 20
 GPT_OFFSET = MiB  # where a GPT disk image's first partition starts

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT
+from cfstest import REPO_ROOT
 
 STAGER = REPO_ROOT / "stager" / "cfsboot"
 SETUP_ROOT = REPO_ROOT / "setup-root" / "setuproot"

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from oci_support import base_layer, layout
 
 from cfsboot.cli import main
 from cfsboot.composefs.repository import Repository
@@ -16,6 +15,7 @@ from cfsboot.errors import CfsbootError
 from cfsboot.image.importer import Progress, import_image
 from cfsboot.oci import skopeo
 from cfstest.ocibuild import Entry, build_layout
+from cfstest.ocirepo import base_layer, layout
 
 LAYERS = [
     [

@@ -6,14 +6,14 @@ import os
 from pathlib import Path
 
 import pytest
-from oci_support import count_objects, make_repo
 
 from cfsboot.composefs import dumpfile
 from cfsboot.composefs.srctree import tree_from_directory
 from cfsboot.image.importer import import_image
 from cfsboot.image.transform import transform_for_boot, transform_for_oci
+from cfstest.gates import missing_capability
 from cfstest.ocibuild import Compression, build_layout
-from conftest import missing_capability
+from cfstest.ocirepo import count_objects, make_repo
 from setuproot.contract import HashAlg
 
 ROOTFS = Path(os.environ.get("CFSBOOT_CACHE", "/var/cache/cfsboot")) / "reftools"

@@ -9,13 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from oci_support import base_layer, make_repo, snapshot
 
 from cfsboot.cli import main
 from cfsboot.composefs.repository import Repository
 from cfsboot.errors import CfsbootError
 from cfsboot.image.importer import import_image
 from cfstest.ocibuild import Compression, Entry, Layout, tar_bytes, tar_chunks
+from cfstest.ocirepo import base_layer, make_repo, snapshot
 
 BIG = [Entry(f"usr/lib/big{i}", data=bytes([i]) * 3000) for i in range(5)]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from oci_support import base_layer, count_objects, layout, make_repo
 
 from cfsboot.composefs import dumpfile
 from cfsboot.composefs.erofs.writer import build_image
@@ -22,7 +21,8 @@ from cfstest.ocibuild import (
     write_docker_archive,
     write_oci_archive,
 )
-from conftest import RefTools
+from cfstest.ocirepo import base_layer, count_objects, layout, make_repo
+from cfstest.reftools import RefTools
 from setuproot.contract import HashAlg
 
 DATA = Path(__file__).resolve().parent.parent / "data"

@@ -13,6 +13,7 @@ from cfsboot.composefs import srctree
 from cfsboot.composefs.fsverity import digest_bytes
 from cfsboot.composefs.srctree import tree_from_directory
 from cfsboot.composefs.tree import Inode, lookup, walk
+from cfstest.gates import can_mknod, can_set_user_xattr, missing_capability
 from setuproot.contract import HashAlg
 
 NS = 1_600_000_000_123_456_789
@@ -110,8 +111,9 @@ def test_use_epoch(source: Path) -> None:
 
 
 def test_xattrs(source: Path) -> None:
-    if not _user_xattr(source / "f65", "user.b", b"2"):
-        pytest.skip("no user xattrs on this filesystem")
+    if not can_set_user_xattr(source / "f65"):
+        missing_capability(f"no user xattrs on the filesystem of {source}")
+    _user_xattr(source / "f65", "user.b", b"2")
     _user_xattr(source / "f65", "user.a", b"\x00\xff")
     _user_xattr(source / "sub", "user.dir", b"")
     root = tree_from_directory(source)
@@ -127,11 +129,10 @@ def test_xattrs(source: Path) -> None:
 def test_device_nodes(tmp_path: Path) -> None:
     src = tmp_path / "dev"
     src.mkdir()
-    try:
-        os.mknod(src / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
-        os.mknod(src / "whiteout", stat.S_IFCHR | 0o000, os.makedev(0, 0))
-    except PermissionError:
-        pytest.skip("mknod needs CAP_MKNOD")
+    if not can_mknod(src):
+        missing_capability("mknod needs CAP_MKNOD")
+    os.mknod(src / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    os.mknod(src / "whiteout", stat.S_IFCHR | 0o000, os.makedev(0, 0))
     root = tree_from_directory(src)
     null = lookup(root, b"/null")
     assert null is not None and null.rdev == os.makedev(1, 3) and stat.S_ISCHR(null.mode)

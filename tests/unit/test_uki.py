@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from cfsboot.boot.uki import UKIError, boot_digest, parse_uki, read_uki, uki_file_name
-from conftest import missing_capability
-from deploy_support import make_pe
+from cfstest.gates import missing_capability
+from cfstest.pe import make_pe
 from setuproot.contract import HashAlg
 
 SHA512 = "c0" * 64

@@ -8,31 +8,12 @@ the boot menu code look at.
 from __future__ import annotations
 
 import hashlib
-import os
-import struct
-import subprocess
-import sys
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 from cfstest.ocibuild import Entry, build_layout
 
 KVER = "6.12.0-test"
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CLI_ENV = {**os.environ, "PYTHONPATH": f"{REPO_ROOT / 'stager'}:{REPO_ROOT / 'setup-root'}"}
-
-
-def cfsboot(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """The CLI of this source tree in a subprocess (exit codes and stderr as users see them)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "cfsboot.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=CLI_ENV,
-        check=False,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"cfsboot {' '.join(map(str, args))}: {proc.stderr}")
-    return proc
 
 
 MTIME = 1700000000
@@ -54,8 +35,13 @@ def os_entries(
     uki: bytes | None = None,
 ) -> list[Entry]:
     """One image's entries; `kernel` names the kernel+initramfs pair (same name: same bytes)."""
-    d = lambda p: Entry(p, "dir", mtime=MTIME)  # noqa: E731
-    f = lambda p, data, mode=0o644: Entry(p, "file", mode=mode, data=data, mtime=MTIME)  # noqa: E731
+
+    def d(path: str) -> Entry:
+        return Entry(path, "dir", mtime=MTIME)
+
+    def f(path: str, data: bytes) -> Entry:
+        return Entry(path, "file", mode=0o644, data=data, mtime=MTIME)
+
     out = [
         d("usr"),
         d("usr/lib"),
@@ -104,39 +90,18 @@ def os_entries(
     return out
 
 
-def os_image(path: Path, version: str, **kw: object) -> str:
+class OsOptions(TypedDict, total=False):
+    """The keyword arguments of `os_entries` (and so of `os_image`)."""
+
+    kernel: str
+    etc: dict[str, bytes] | None
+    extra: dict[str, bytes] | None
+    kargs: str | None
+    etc_mode: str | None
+    uki: bytes | None
+
+
+def os_image(path: Path, version: str, **kw: Unpack[OsOptions]) -> str:
     """An OCI layout with one OS image; returns its IMGREF."""
-    build_layout(path, [os_entries(version, **kw)])  # type: ignore[arg-type]
+    build_layout(path, [os_entries(version, **kw)])
     return f"oci:{path}:latest"
-
-
-def make_pe(
-    sections: list[tuple[bytes, bytes]],
-    *,
-    pe_offset: int = 0x80,
-    opt_magic: int = 0x20B,
-    opt_size: int = 240,
-    pad_raw: int = 0x200,
-) -> bytes:
-    """A minimal PE32+ image, written independently of the parser's struct formats."""
-    table_at = pe_offset + 4 + 20 + opt_size
-    data_at = table_at + 40 * len(sections)
-    data_at += -data_at % pad_raw
-    headers = bytearray(data_at)
-    headers[0:2] = b"MZ"
-    headers[0x3C:0x40] = pe_offset.to_bytes(4, "little")
-    headers[pe_offset : pe_offset + 4] = b"PE\0\0"
-    # Machine x86-64, sections, timestamp, symtab, nsyms, optional header size, characteristics
-    coff = struct.pack("<HHIIIHH", 0x8664, len(sections), 0, 0, 0, opt_size, 0x22)
-    headers[pe_offset + 4 : pe_offset + 24] = coff
-    headers[pe_offset + 24 : pe_offset + 26] = opt_magic.to_bytes(2, "little")
-    body = bytearray()
-    for i, (name, data) in enumerate(sections):
-        raw_size = len(data) + (-len(data) % pad_raw)
-        ptr = data_at + len(body)
-        entry = struct.pack(
-            "<8sIIIIIIHHI", name, len(data), 0x1000 * (i + 1), raw_size, ptr, 0, 0, 0, 0, 0x40000040
-        )
-        headers[table_at + 40 * i : table_at + 40 * (i + 1)] = entry
-        body += data + b"\0" * (raw_size - len(data))
-    return bytes(headers + body)

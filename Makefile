@@ -36,6 +36,7 @@ venv:
 
 reftools:
 	bash tests/reftools/build.sh $(CACHE)
+	bash tests/reftools/bootctl.sh $(CACHE)
 
 # The Debian trixie test OS rootfs (mmdebstrap, cached by its inputs): the dracut
 # test and the VM tests build on it.

@@ -62,7 +62,7 @@ from pathlib import Path
 
 import pytest
 
-from cfsboot.boot import bls, fat
+from cfsboot.boot import fat
 from cfsboot.boot.esp import DirEsp, Esp, MtoolsEsp
 from cfsboot.composefs import fsverity
 from cfsboot.composefs.erofs.reader import read_image
@@ -71,6 +71,7 @@ from cfsboot.deploy.install import InstallOptions, to_filesystem
 from cfsboot.deploy.origin import Origin
 from cfsboot.deploy.state import ETC_VIEWS_PREFIX
 from cfsboot.linux.fsutil import TEMP_MARKER
+from cfstest import bootorder
 from cfstest.osimages import KVER, os_image
 from setuproot.config import EtcMount, parse_config
 from setuproot.contract import SETUP_ROOT_CONFIG, HashAlg, parse_cmdline
@@ -98,6 +99,7 @@ FAT_SIZE = 40 << 20  # the smallest comfortable FAT32 (65525 clusters of 512 byt
 # A change the admin made in the first deployment's /etc; every later one must carry it.
 LOCAL_NAME, LOCAL_DATA = "local.conf", b"a local change\n"
 KILLED = -9
+STAGED_ENTRIES = "loader/entries.staged"  # bootc's name for the menu finalize swaps in
 
 
 class Backend(enum.StrEnum):
@@ -283,25 +285,20 @@ def esp_path(view: Path, path: str, *, fat: bool) -> Path | None:
     return node if node.exists() else None
 
 
-def live_menu(view: Path, *, fat: bool) -> list[bls.EntryFile]:
-    """cfsboot's entries of the live menu, what systemd-boot boots by default first."""
-    entries = esp_path(view, bls.ENTRIES_DIR, fat=fat)
-    assert entries is not None and entries.is_dir(), "no loader/entries: the menu is gone"
-    files = [(p.name, p.read_text()) for p in sorted(entries.iterdir()) if p.is_file()]
-    parsed = bls.parse_entries(files)
-    pattern = None
-    conf = esp_path(view, bls.LOADER_CONF, fat=fat)
-    if conf is not None:
-        for line in conf.read_text().splitlines():
-            key, _, value = line.strip().partition(" ")
-            if key == "default":
-                pattern = value.strip()
-    default = bls.default_entry(parsed, pattern)
-    assert default is not None, "the live menu has no entry"
-    assert default.ours and default.entry.deployment(), (
-        f"the default entry {default.name} is not cfsboot's"
+def live_menu(view: Path) -> list[bootorder.Entry]:
+    """cfsboot's entries of the live menu, the one systemd-boot boots by default first.
+
+    The order and the default are the Boot Loader Specification's and systemd-boot's
+    (cfstest.bootorder), not cfsboot's own reading of its menu.
+    """
+    menu = bootorder.read_esp(view)
+    assert menu.entries, "no loader/entries or no entry in it: the menu is gone"
+    default = menu.default
+    assert default is not None
+    assert default.file.startswith("bootc_") and bootorder.entry_digest(default), (
+        f"the default entry {default.file} is not cfsboot's"
     )
-    ours = [e for e in bls.sort_entries(parsed) if e.ours and e.entry.deployment()]
+    ours = [e for e in menu.entries if e.file.startswith("bootc_") and bootorder.entry_digest(e)]
     return [default, *(e for e in ours if e is not default)]
 
 
@@ -358,29 +355,28 @@ def check_deployment(root: Path, d: str) -> Inode:
     return tree
 
 
-def check_entry(m: Machine, view: Path, ef: bls.EntryFile) -> str:
+def check_entry(m: Machine, view: Path, e: bootorder.Entry) -> str:
     """One boot entry boots: its karg, its boot files, its deployment; the deployment."""
-    e = ef.entry
-    d = e.deployment()
+    d = bootorder.entry_digest(e)
     assert d is not None
-    [karg] = parse_cmdline(e.cmdline)
+    [karg] = parse_cmdline(" ".join(e.options))
     assert karg.digest == d
     tree = check_deployment(m.root, d)
     repo = m.root / "composefs"
     alg = HashAlg.from_repo_name(json.loads((repo / "meta.json").read_text())["algorithm"])
     assert alg is not None
     fat = m.backend is Backend.FAT
-    assert e.linux is not None and len(e.initrd) == 1, f"{ef.name}: not a kernel+initrd entry"
+    assert e.linux is not None and len(e.initrd) == 1, f"{e.file}: not a kernel+initrd entry"
     for path, image_path in (
         (e.linux, f"usr/lib/modules/{KVER}/vmlinuz"),
         (e.initrd[0], f"usr/lib/modules/{KVER}/initramfs.img"),
     ):
         f = esp_path(view, path, fat=fat)
-        assert f is not None and f.is_file(), f"{ef.name}: {path} is not on the ESP"
+        assert f is not None and f.is_file(), f"{e.file}: {path} is not on the ESP"
         node = lookup(tree, image_path.encode())
         assert node is not None
         want = _object_bytes(repo / "objects", node, alg)
-        assert f.read_bytes() == want, f"{ef.name}: {path} has other bytes than the image's"
+        assert f.read_bytes() == want, f"{e.file}: {path} has other bytes than the image's"
     return d
 
 
@@ -402,8 +398,8 @@ def check_boots(
     """
     view = esp_view(m)
     fat = m.backend is Backend.FAT
-    menu = live_menu(view, fat=fat)
-    ids = [check_entry(m, view, ef) for ef in menu]
+    menu = live_menu(view)
+    ids = [check_entry(m, view, e) for e in menu]
     names = {d: n for n, d in DIGEST_NAMES.items()}
     assert ids[0] in allowed, (
         f"the default boots {names.get(ids[0], ids[0][:12])}, expected one of"
@@ -412,7 +408,7 @@ def check_boots(
     if fat and fsck(m.esp_image):
         assert in_exchange, "fsck.vfat finds lost clusters outside the exchange's crash window"
         if not after:
-            staged = esp_path(view, bls.STAGED_ENTRIES_DIR, fat=True)
+            staged = esp_path(view, STAGED_ENTRIES, fat=True)
             assert staged is None, "lost clusters, but loader/entries.staged is still there"
     return Seen(ids[0], ids, view)
 
@@ -661,7 +657,7 @@ def recoveries(sc: Scenario, crashed: Seen, has_marker: bool) -> list[tuple[Reco
         return [(Recovery("switch again", (SWITCH, FINALIZE), "v2"), False)]
     if sc.op == "finalize":
         out = []
-        staged = esp_path(crashed.view, bls.STAGED_ENTRIES_DIR, fat=True)
+        staged = esp_path(crashed.view, STAGED_ENTRIES, fat=True)
         if has_marker and staged is None and default == "v1":
             # The FAT exchange's window lost the staged menu (cfsboot.boot.fat): finalize says
             # so and what to do, and the old default boots until then.
@@ -934,7 +930,7 @@ def test_finalize_runs_again_after_a_kill(
     out = cfsboot(servers, m, *FINALIZE)
     assert "is now the default" in out
     check_boots(m, [DIGEST_NAMES["v2"]])
-    assert not m.marker.exists() and not (m.esp_dir / bls.STAGED_ENTRIES_DIR).exists()
+    assert not m.marker.exists() and not (m.esp_dir / STAGED_ENTRIES).exists()
     assert not list((m.root / "state/deploy" / DIGEST_NAMES["v2"] / "etc").glob(".*"))
 
 

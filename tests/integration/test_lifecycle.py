@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from cfsboot.boot.bls import BLSEntry
 from cfsboot.boot.disk import read_layout
 from cfsboot.image.importer import import_image
+from cfstest import bootorder
 from cfstest.cli import one_line_error
 from cfstest.cli import run as cfsboot
 from cfstest.osimages import os_image
@@ -62,14 +62,22 @@ class Machine:
     def read(self, path: str) -> str:
         return self._m("mtype", f"::/{path}")
 
-    def entries(self, staged: bool = False) -> list[tuple[str, BLSEntry]]:
+    def boot_menu(self, staged: bool = False) -> bootorder.Menu:
+        """The menu systemd-boot would show (cfstest.bootorder: the BLS rules, not cfsboot's)."""
         d = "loader/entries.staged" if staged else "loader/entries"
-        return [(n, BLSEntry.parse(self.read(f"{d}/{n}"))) for n in self.ls(d)]
+        files = [(n, self.read(f"{d}/{n}")) for n in self.ls(d)]
+        conf = self.read("loader/loader.conf") if "loader.conf" in self.ls("loader") else None
+        return bootorder.systemd_boot_menu(files, conf)
+
+    def entries(self, staged: bool = False) -> list[bootorder.Entry]:
+        return list(self.boot_menu(staged).entries)
 
     def menu(self) -> list[str]:
-        """Deployments in systemd-boot's order (sort-key ascending)."""
-        ents = sorted(self.entries(), key=lambda e: e[1].sort_key or "")
-        return [e.deployment() or "?" for _, e in ents]
+        """Deployments in systemd-boot's order; the first is the one it boots."""
+        menu = self.boot_menu()
+        # cfsboot writes no loader.conf `default`: the first entry is the default one.
+        assert menu.default is (menu.entries[0] if menu.entries else None)
+        return [bootorder.entry_digest(e) or "?" for e in menu.entries]
 
     def status(self) -> dict[str, Any]:
         return json.loads(self.cfs("status", "--json").stdout)
@@ -120,13 +128,13 @@ def test_install_writes_loader_entry_state_and_shared_var(
     assert machine.ls("EFI/BOOT") == ["BOOTX64.EFI"]
     assert "systemd-bootx64.efi" in machine.ls("EFI/systemd")
     assert machine.read("loader/loader.conf") == "timeout 5\n"
-    [(name, entry)] = machine.entries()
-    assert name == "bootc_testos-1-0.conf"
+    [entry] = machine.entries()
+    assert entry.file == "bootc_testos-1-0.conf"
     kdir = f"/EFI/Linux/bootc_composefs-{d1}"
     assert entry.title == "Test OS" and entry.version == "1"
     assert entry.linux == f"{kdir}/vmlinuz" and entry.initrd == (f"{kdir}/initrd",)
     assert entry.sort_key == "bootc-testos-0"
-    opts = entry.cmdline.split()
+    opts = list(entry.options)
     assert opts[0].startswith("root=UUID=") and opts[1:3] == ["rw", "quiet"]
     # No fs-verity on this host: an insecure repository, composefs=? (kargs.d after it).
     assert opts[3:] == [f"composefs=?{d1}", "console=ttyS0,115200"]
@@ -151,11 +159,11 @@ def test_switch_finalize_rollback_gc(machine: Machine, images: dict[str, str]) -
     assert "it boots next" in out.stderr
     # Staged: the live menu is unchanged, the staged one has v2 first, then v1.
     assert machine.menu() == [d1]
-    staged = sorted(machine.entries(staged=True), key=lambda e: e[1].sort_key or "")
-    assert [n for n, _ in staged] == ["bootc_testos-2-1.conf", "bootc_testos-1-0.conf"]
-    assert [e.deployment() for _, e in staged] == [d2, d1]
+    staged = machine.entries(staged=True)
+    assert [e.file for e in staged] == ["bootc_testos-2-1.conf", "bootc_testos-1-0.conf"]
+    assert [bootorder.entry_digest(e) for e in staged] == [d2, d1]
     # Same kernel and initrd: v2 boots v1's copy instead of a second one.
-    assert staged[0][1].linux == staged[1][1].linux
+    assert staged[0].linux == staged[1].linux
     assert machine.ls("EFI/Linux") == [f"bootc_composefs-{d1}"]
     marker = json.loads((machine.run / "composefs/staged-deployment").read_text())
     assert marker == {"depl_id": d2, "finalization_locked": False}
@@ -268,8 +276,8 @@ def test_other_root_filesystems(tmp_path: Path, images: dict[str, str], fs: str)
     subprocess.run(["mount", "-o", opts, disk, mnt], check=True)
     try:
         machine = Machine(disk, mnt, tmp_path / "run", layout.esp.start)
-        [(_, entry)] = machine.entries()
-        assert entry.cmdline.split()[0] == f"root=UUID={found['UUID']}"
+        [entry] = machine.entries()
+        assert entry.options[0] == f"root=UUID={found['UUID']}"
         d1, d2 = _digest(images["v1"]), _digest(images["v2"])
         machine.cfs("switch", images["v2"], "-q")
         machine.cfs("finalize-staged")

@@ -18,9 +18,8 @@ from typing import Any
 
 import pytest
 
-from cfsboot.boot import bls
-from cfsboot.boot.grub import GrubMenu
 from cfsboot.image.importer import import_image
+from cfstest import bootorder
 from cfstest.cli import one_line_error
 from cfstest.cli import run as cfsboot
 from cfstest.ocibuild import build_layout
@@ -44,13 +43,16 @@ class System:
         opts = ["--sysroot", self.root, "--esp", self.esp, "--run-dir", self.run]
         return cfsboot(*args, *opts, check=check)
 
-    def entries(self) -> list[bls.EntryFile]:
-        d = self.esp / "loader/entries"
-        files = [(p.name, p.read_text()) for p in sorted(d.iterdir())]
-        return bls.sort_entries(bls.parse_entries(files))
+    def entries(self) -> list[bootorder.Entry]:
+        """The menu systemd-boot would show (cfstest.bootorder: the BLS rules, not cfsboot's)."""
+        return list(bootorder.read_esp(self.esp).entries)
 
     def menu(self) -> list[str]:
-        return [e.entry.deployment() or e.name for e in self.entries()]
+        """Deployments (other systems' entries by file name) in menu order; the first boots."""
+        menu = bootorder.read_esp(self.esp)
+        # cfsboot writes no loader.conf `default`: the first entry is the default one.
+        assert menu.default is (menu.entries[0] if menu.entries else None)
+        return [bootorder.entry_digest(e, self.esp) or e.file for e in menu.entries]
 
     def status(self) -> dict[str, Any]:
         return json.loads(self.cfs("status", "--json").stdout)
@@ -88,35 +90,41 @@ def tmp(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
 
 
+def _grub_deployments(menu: bootorder.GrubMenu) -> list[str | None]:
+    """Deployments in GRUB's menu order; the first is the one GRUB boots by default."""
+    assert menu.default is menu.entries[0]
+    return [bootorder.composefs_digest(e.options) for e in menu.entries]
+
+
 def test_grub_menu_lifecycle(tmp: Path, refs: dict[str, str]) -> None:
     sys_ = install(tmp, refs["v1"], "--bootloader", "grub", "--boot-timeout", "0")
     d1, d2 = digest(refs["v1"]), digest(refs["v2"])
     assert (sys_.esp / "EFI/BOOT/BOOTX64.EFI").read_bytes().startswith(b"")
     assert not (sys_.esp / "loader").exists()
     text = (sys_.esp / "EFI/BOOT/grub.cfg").read_text()
-    menu = GrubMenu.parse(text)
-    assert menu.timeout == 0
-    assert [e.deployment for e in menu.entries] == [d1]
+    menu = bootorder.grub_menu(text)
+    assert menu.settings["timeout"] == "0"
+    assert _grub_deployments(menu) == [d1]
     assert f"set default=cfsboot-{d1}" in text
     e = menu.entries[0]
     assert e.linux == f"/EFI/Linux/bootc_composefs-{d1}/vmlinuz"
     assert f"composefs=?{d1}" in e.options
 
     sys_.cfs("switch", refs["v2"], "-q")
-    staged = GrubMenu.parse((sys_.esp / "EFI/BOOT/grub.cfg.staged").read_text())
-    assert [e.deployment for e in staged.entries] == [d2, d1]
-    assert [e.deployment for e in GrubMenu.parse(text).entries] == [d1]
+    staged = bootorder.grub_menu((sys_.esp / "EFI/BOOT/grub.cfg.staged").read_text())
+    assert _grub_deployments(staged) == [d2, d1]
+    assert _grub_deployments(bootorder.grub_menu(text)) == [d1]
     sys_.cfs("finalize-staged")
-    live = GrubMenu.parse((sys_.esp / "EFI/BOOT/grub.cfg").read_text())
-    assert [e.deployment for e in live.entries] == [d2, d1]
+    live = bootorder.grub_menu((sys_.esp / "EFI/BOOT/grub.cfg").read_text())
+    assert _grub_deployments(live) == [d2, d1]
     assert not (sys_.esp / "EFI/BOOT/grub.cfg.staged").exists()
     assert sorted(os.listdir(sys_.esp / "EFI/Linux")) == sorted(
         [f"bootc_composefs-{d1}", f"bootc_composefs-{d2}"]
     )
     assert sys_.status()["status"]["booted"]["composefs"]["bootloader"] == "grub"
     sys_.cfs("rollback")
-    live = GrubMenu.parse((sys_.esp / "EFI/BOOT/grub.cfg").read_text())
-    assert [e.deployment for e in live.entries] == [d1, d2]
+    live = bootorder.grub_menu((sys_.esp / "EFI/BOOT/grub.cfg").read_text())
+    assert _grub_deployments(live) == [d1, d2]
 
 
 def _uki_image(path: Path, version: str, *, sealed: str | None = None) -> str:
@@ -145,9 +153,9 @@ def test_uki_entries(tmp: Path) -> None:
     assert d1 == digest(f"oci:{tmp / 'u1-plain'}:latest")
     sys_ = install(tmp / "s", u1)
     [e] = sys_.entries()
-    assert e.entry.efi == f"/EFI/Linux/bootc/bootc_composefs-{d1}.efi"
-    assert e.entry.title == "UKI OS 1 1" and not e.entry.options
-    assert (sys_.esp / e.entry.efi.lstrip("/")).read_bytes()[:2] == b"MZ"
+    assert e.efi == f"/EFI/Linux/bootc/bootc_composefs-{d1}.efi"
+    assert e.title == "UKI OS 1 1" and not e.options
+    assert (sys_.esp / e.efi.lstrip("/")).read_bytes()[:2] == b"MZ"
     sys_.cfs("switch", u2, "-q")
     sys_.cfs("finalize-staged")
     assert sys_.menu() == [d2, d1]

@@ -1,0 +1,541 @@
+"""The boot order oracle (cfstest.bootorder) against systemd: its published test vectors,
+`systemd-analyze compare-versions` and `bootctl list` on copies of ESPs; and cfsboot's own
+ordering against the oracle."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+from functools import cmp_to_key
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cfsboot.boot import bls
+from cfsboot.image.versions import compare_versions as cfsboot_compare_versions
+from cfstest import bootorder
+from cfstest.bootorder import Entry, glob_match, grub_menu, systemd_boot_menu, version_compare
+from cfstest.gates import can_mount, missing_capability
+from cfstest.pe import make_pe
+
+# ---------------------------------------------------------------------------------------
+# Versions: systemd's vectors (src/test/test-string-util.c, strverscmp_improved)
+# ---------------------------------------------------------------------------------------
+
+# Each one is older than every one after it.
+ASCENDING = [
+    "~1", "", "ab", "abb", "abc", "0001", "002", "12", "122", "122.9", "123~rc1", "123",
+    "123-a", "123-a.1", "123-a1", "123-a1.1", "123-3", "123-3.1", "123^patch1", "123^1",
+    "123.a-1", "123.1-1", "123a-1", "124",
+]  # fmt: skip
+# (older, newer)
+NEWER = [
+    ("123.45-67.88", "123.45-67.89"),
+    ("123.45-67.89", "123.45-67.89a"),
+    ("123.45-67.ab", "123.45-67.89"),
+    ("123.45-67.9", "123.45-67.89"),
+    ("123.45-67", "123.45-67.89"),
+    ("123.45-66.89", "123.45-67.89"),
+    ("123.45-9.99", "123.45-67.89"),
+    ("123.42-99.99", "123.45-67.89"),
+    ("123-99.99", "123.45-67.89"),
+    ("123~rc1-99.99", "123.45-67.89"),
+    ("123~rc1-99.99", "123-45.67.89"),
+    ("123~rc1-99.99", "123~rc2-67.89"),
+    ("123~rc1-99.99", "123^aa2-67.89"),
+    ("123~rc1-99.99", "123aa2-67.89"),
+    ("123-99.99", "123^aa2-67.89"),
+    ("123-99.99", "123aa2-67.89"),
+    ("123^45-67.89", "123.45-67.89"),
+    ("123^aa1-99.99", "123^aa2-67.89"),
+    ("123^aa2-67.89", "123aa2-67.89"),
+    ("123.aa2-67.89", "123aa2-67.89"),
+    ("123.aa2-67.89", "123.ab2-67.89"),
+]
+# (a, b, sign of the comparison)
+CORNERS = [
+    ("123_aa2-67.89", "123aa+2-67.89", 0),
+    ("123.", "123", 1),
+    ("12_3", "123", -1),
+    ("12_3", "12", 1),
+    ("12_3", "12.3", 1),
+    ("123.0", "123", 1),
+    ("123_0", "123", 1),
+    ("123..0", "123.0", -1),
+    ("", None, 0),
+    (None, "", 0),
+    ("0_", "0", 0),
+    ("_0_", "0", 0),
+    ("_0", "0", 0),
+    ("0", "0___", 0),
+    ("", "_", 0),
+    ("_", "", 0),
+    ("_", "_", 0),
+    ("", "~", 1),
+    ("~", "", -1),
+    ("~", "~", 0),
+]
+# rpm's vectors as systemd keeps them (where systemd differs from rpm, systemd's result).
+RPM = [
+    ("1.0", "1.0", 0), ("1.0", "2.0", -1), ("2.0", "1.0", 1),
+    ("2.0.1", "2.0.1", 0), ("2.0", "2.0.1", -1), ("2.0.1", "2.0", 1),
+    ("2.0.1a", "2.0.1a", 0), ("2.0.1a", "2.0.1", 1), ("2.0.1", "2.0.1a", -1),
+    ("5.5p1", "5.5p1", 0), ("5.5p1", "5.5p2", -1), ("5.5p2", "5.5p1", 1),
+    ("5.5p10", "5.5p10", 0), ("5.5p1", "5.5p10", -1), ("5.5p10", "5.5p1", 1),
+    ("10xyz", "10.1xyz", 1), ("10.1xyz", "10xyz", -1),
+    ("xyz10", "xyz10", 0), ("xyz10", "xyz10.1", -1), ("xyz10.1", "xyz10", 1),
+    ("xyz.4", "xyz.4", 0), ("xyz.4", "8", -1), ("8", "xyz.4", 1),
+    ("xyz.4", "2", -1), ("2", "xyz.4", 1),
+    ("5.5p2", "5.6p1", -1), ("5.6p1", "5.5p2", 1),
+    ("5.6p1", "6.5p1", -1), ("6.5p1", "5.6p1", 1),
+    ("6.0.rc1", "6.0", 1), ("6.0", "6.0.rc1", -1),
+    ("10b2", "10a1", 1), ("10a2", "10b2", -1),
+    ("1.0aa", "1.0aa", 0), ("1.0a", "1.0aa", -1), ("1.0aa", "1.0a", 1),
+    ("10.0001", "10.0001", 0), ("10.0001", "10.1", 0), ("10.1", "10.0001", 0),
+    ("10.0001", "10.0039", -1), ("10.0039", "10.0001", 1),
+    ("4.999.9", "5.0", -1), ("5.0", "4.999.9", 1),
+    ("20101121", "20101121", 0), ("20101121", "20101122", -1), ("20101122", "20101121", 1),
+    ("2_0", "2_0", 0), ("2.0", "2_0", -1), ("2_0", "2.0", 1),
+    ("a", "a", 0), ("a+", "a+", 0), ("a+", "a_", 0), ("a_", "a+", 0),
+    ("+a", "+a", 0), ("+a", "_a", 0), ("_a", "+a", 0),
+    ("+_", "+_", 0), ("_+", "+_", 0), ("_+", "_+", 0), ("+", "_", 0), ("_", "+", 0),
+    ("1.0~rc1", "1.0~rc1", 0), ("1.0~rc1", "1.0", -1), ("1.0", "1.0~rc1", 1),
+    ("1.0~rc1", "1.0~rc2", -1), ("1.0~rc2", "1.0~rc1", 1),
+    ("1.0~rc1~git123", "1.0~rc1~git123", 0), ("1.0~rc1~git123", "1.0~rc1", -1),
+    ("1.0~rc1", "1.0~rc1~git123", 1),
+    ("1.0^", "1.0^", 0), ("1.0^", "1.0", 1), ("1.0", "1.0^", -1),
+    ("1.0^git1", "1.0^git1", 0), ("1.0^git1", "1.0", 1), ("1.0", "1.0^git1", -1),
+    ("1.0^git1", "1.0^git2", -1), ("1.0^git2", "1.0^git1", 1),
+    ("1.0^git1", "1.01", -1), ("1.01", "1.0^git1", 1),
+    ("1.0^20160101", "1.0^20160101", 0), ("1.0^20160101", "1.0.1", -1),
+    ("1.0.1", "1.0^20160101", 1),
+    ("1.0^20160101^git1", "1.0^20160101^git1", 0),
+    ("1.0^20160102", "1.0^20160101^git1", 1), ("1.0^20160101^git1", "1.0^20160102", -1),
+    ("1.0~rc1^git1", "1.0~rc1^git1", 0), ("1.0~rc1^git1", "1.0~rc1", 1),
+    ("1.0~rc1", "1.0~rc1^git1", -1),
+    ("1.0^git1~pre", "1.0^git1~pre", 0), ("1.0^git1", "1.0^git1~pre", 1),
+    ("1.0^git1~pre", "1.0^git1", -1),
+    ("1b.fc17", "1b.fc17", 0), ("1b.fc17", "1.fc17", 1), ("1.fc17", "1b.fc17", -1),
+    ("1g.fc17", "1g.fc17", 0), ("1g.fc17", "1.fc17", 1), ("1.fc17", "1g.fc17", -1),
+    ("1.1.α", "1.1.α", 0), ("1.1.α", "1.1.β", 0), ("1.1.β", "1.1.α", 0),
+    ("1.1.αα", "1.1.α", 0), ("1.1.α", "1.1.ββ", 0), ("1.1.ββ", "1.1.αα", 0),
+]  # fmt: skip
+# The Version Format Specification's own examples that systemd agrees with.
+SPEC_EXAMPLES = [
+    ("11", "11", 0), ("systemd-123", "systemd-123", 0), ("bar-123", "foo-123", -1),
+    ("123a", "123", 1), ("123.a", "123", 1), ("123.a", "123.b", -1), ("123a", "123.a", 1),
+    ("11α", "11β", 0), ("A", "a", -1), ("", "0", -1), ("0.", "0", 1), ("0.0", "0", 1),
+    ("1_", "1", 0), ("_1", "1", 0), ("1_", "1.2", -1), ("1_2_3", "1.3.3", 1),
+    ("1+", "1", 0), ("+1", "1", 0), ("1+", "1.2", -1), ("1+2+3", "1.3.3", 1),
+]  # fmt: skip
+
+
+def _all_vectors() -> list[tuple[str | None, str | None, int]]:
+    out: list[tuple[str | None, str | None, int]] = []
+    for older, newer in [*itertools.combinations(ASCENDING, 2), *NEWER]:
+        out += [(older, newer, -1), (newer, older, 1), (older, older, 0), (newer, newer, 0)]
+    return out + CORNERS + RPM + SPEC_EXAMPLES
+
+
+VECTORS = _all_vectors()
+
+
+def test_version_vectors() -> None:
+    wrong = [(a, b, want) for a, b, want in VECTORS if version_compare(a, b) != want]
+    assert wrong == []
+
+
+def test_spec_text_where_systemd_differs() -> None:
+    """The three places the module docstring names, as systemd decides them."""
+    assert version_compare("", "~") == 1  # the spec's text: '' < '~'
+    assert version_compare("1.0^20160101", "1.0.1") == -1  # the spec's text: '^' higher
+    assert version_compare("a", "0") == -1  # the spec's text: an empty number is 0
+
+
+_SYSTEMD_ANALYZE_SIGN = {0: 0, 11: 1, 12: -1}
+
+
+def _systemd_analyze(a: str, b: str) -> int:
+    proc = subprocess.run(
+        ["systemd-analyze", "compare-versions", "--", a, b],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        check=False,
+    )
+    assert proc.returncode in _SYSTEMD_ANALYZE_SIGN, proc.stderr
+    return _SYSTEMD_ANALYZE_SIGN[proc.returncode]
+
+
+@pytest.fixture(scope="module")
+def systemd_analyze() -> None:
+    """systemd-analyze compare-versions (systemd >= 252): systemd's own comparison."""
+    try:
+        ok = _systemd_analyze("1", "2") == -1
+    except (OSError, AssertionError):
+        ok = False
+    if not ok:
+        missing_capability("systemd-analyze compare-versions not available (systemd >= 252)")
+
+
+_version_text = st.text(alphabet="0123456789aAzZ.-^~_+", max_size=10)
+
+
+@pytest.mark.usefixtures("systemd_analyze")
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_version_text, _version_text)
+def test_versions_like_systemd_analyze(a: str, b: str) -> None:
+    assert version_compare(a, b) == _systemd_analyze(a, b), (a, b)
+
+
+@settings(max_examples=2000)
+@given(_version_text, _version_text)
+def test_cfsboot_versions_agree_with_the_oracle(a: str, b: str) -> None:
+    assert cfsboot_compare_versions(a, b) == version_compare(a, b)
+
+
+# ---------------------------------------------------------------------------------------
+# Entries and the menu
+# ---------------------------------------------------------------------------------------
+
+
+def _ids(files: list[tuple[str, str]], conf: str | None = None) -> tuple[list[str], str | None]:
+    menu = systemd_boot_menu(files, conf)
+    return [e.id for e in menu.entries], menu.default.id if menu.default else None
+
+
+def test_systemd_bootspec_vector() -> None:
+    """systemd's src/test/test-bootspec.c: sort-key first, newest first, then by id."""
+    ma, mb = "dd235d00696545768f6f693bfd23b15f", "b75451ad92f94feeab50b0b442768dbd"
+    mc, md = "309de666fd5044268a9a26541ac93176", "81c6e3147cf544c19006af023e22b292"
+    files = [
+        ("a-10.conf", f"title A\nversion 10\nmachine-id {ma}\n"),
+        ("a-5.conf", f"title A\nversion 5\nmachine-id {ma}\n"),
+        ("b.conf", f"title B\nversion 3\nmachine-id {mb}\n"),
+        ("c.conf", f"title C\nsort-key xxxx\nversion 5\nmachine-id {mc}\n"),
+        ("cx.conf", f"title C\nsort-key xxxx\nversion 10\nmachine-id {mc}\n"),
+        ("d.conf", f"title D\nsort-key kkkk\nversion 100\nmachine-id {md}\n"),
+    ]  # fmt: skip
+    assert _ids(files) == (
+        ["d.conf", "cx.conf", "c.conf", "b.conf", "a-10.conf", "a-5.conf"],
+        "d.conf",
+    )
+
+
+def test_boot_counting() -> None:
+    files = [
+        ("new+3.conf", "sort-key os\nversion 3\n"),
+        ("bad+0-3.conf", "sort-key os\nversion 9\n"),
+        ("good.conf", "sort-key os\nversion 2\n"),
+        ("other+0.conf", "version 1\n"),
+    ]
+    ids, default = _ids(files)
+    assert ids == ["new.conf", "good.conf", "bad.conf", "other.conf"]
+    assert default == "new.conf"
+    [bad] = [e for e in systemd_boot_menu(files).entries if e.id == "bad.conf"]
+    assert (bad.tries_left, bad.tries_done, bad.bad) == (0, 3, True)
+    # Names equal but for their counters: more tries left first, then fewer done.
+    same = [("a+1-2.conf", ""), ("a+2-5.conf", ""), ("a+2-1.conf", "")]
+    assert [e.file for e in systemd_boot_menu(same).entries] == [
+        "a+2-1.conf",
+        "a+2-5.conf",
+        "a+1-2.conf",
+    ]
+
+
+def test_loader_conf_default_glob() -> None:
+    files = [("bootc_a-1.conf", "sort-key x\n"), ("bootc_b-2.conf", "sort-key y\n")]
+    assert _ids(files, "timeout 5\ndefault BOOTC_B*\n")[1] == "bootc_b-2.conf"
+    assert _ids(files, 'default "bootc_?-[2-3].conf"\n')[1] == "bootc_b-2.conf"
+    assert _ids(files, "default nothing-matches\n")[1] == "bootc_a-1.conf"
+    assert _ids(files, "# default bootc_b*\n")[1] == "bootc_a-1.conf"
+    with pytest.raises(NotImplementedError):
+        systemd_boot_menu(files, "default @saved\n")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "name", "match"),
+    [
+        ("*", "x.conf", True),
+        ("a?c.conf", "abc.conf", True),
+        ("a?c.conf", "ac.conf", False),
+        ("[a-c]x", "Bx", True),
+        ("[a-c]x", "dx", False),
+        ("[!a]x", "!x", True),  # no negation: '!' is a member
+        ("[!a]x", "bx", False),
+        ("a.conf", "A.CONF", True),
+        ("a.conf", "a+conf", False),
+        ("[ab", "[ab", True),  # no closing bracket: literal
+    ],
+)
+def test_glob(pattern: str, name: str, match: bool) -> None:
+    assert glob_match(pattern, name) is match
+
+
+def test_entry_fields_and_what_it_boots(tmp_path: Path) -> None:
+    d = "ab" * 32
+    e = bootorder.parse_entry(
+        "x+2.conf",
+        f"# comment\ntitle  T  1\nlinux /k\ninitrd /i1\ninitrd /i2\n"
+        f"options root=UUID=1 rw\noptions composefs=?{d} quiet\n",
+    )
+    assert (e.id, e.tries_left, e.tries_done, e.title) == ("x.conf", 2, 0, "T  1")
+    assert e.initrd == ("/i1", "/i2")
+    assert e.options == ("root=UUID=1", "rw", f"composefs=?{d}", "quiet")
+    assert bootorder.entry_digest(e) == d
+    # A UKI: the digest comes from its .cmdline section on the ESP, case-insensitively.
+    uki = make_pe([(b".osrel", b"ID=x\n"), (b".cmdline", f"rw composefs={d}\0".encode())])
+    (tmp_path / "EFI" / "Linux" / "bootc").mkdir(parents=True)
+    (tmp_path / "EFI/Linux/bootc/X.efi").write_bytes(uki)
+    u = bootorder.parse_entry("u.conf", "efi /efi/linux/bootc/x.efi\n")
+    assert bootorder.entry_digest(u, tmp_path) == d
+    assert bootorder.entry_digest(bootorder.parse_entry("n.conf", "linux /k\n")) is None
+
+
+def test_read_esp_refuses_type2_entries(tmp_path: Path) -> None:
+    (tmp_path / "loader" / "entries").mkdir(parents=True)
+    (tmp_path / "loader/entries/a.conf").write_text("title a\n")
+    (tmp_path / "loader/entries/.hidden.conf").write_text("title h\n")
+    (tmp_path / "loader/entries/notes.txt").write_text("not an entry\n")
+    assert [e.id for e in bootorder.read_esp(tmp_path).entries] == ["a.conf"]
+    (tmp_path / "EFI" / "Linux").mkdir(parents=True)
+    (tmp_path / "EFI/Linux/uki.efi").write_bytes(b"MZ")
+    with pytest.raises(NotImplementedError, match="Type #2"):
+        bootorder.read_esp(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------
+# GRUB
+# ---------------------------------------------------------------------------------------
+
+GRUB_CFG = """# generated
+set timeout=0
+set default=cfsboot-b
+
+menuentry 'OS 2' --id cfsboot-a {
+\tinsmod fat
+\tsearch --no-floppy --fs-uuid --set=root 1234-ABCD
+\tlinux /EFI/Linux/a/vmlinuz root=UUID=x rw composefs=?%s
+\tinitrd /EFI/Linux/a/initrd
+}
+menuentry "OS 1" --id cfsboot-b {
+\tchainloader /EFI/Linux/b.efi
+}
+""" % ("cd" * 32)
+
+
+def test_grub_menu_default_by_id_index_title() -> None:
+    menu = grub_menu(GRUB_CFG)
+    assert [e.id for e in menu.entries] == ["cfsboot-a", "cfsboot-b"]
+    assert menu.settings == {"timeout": "0", "default": "cfsboot-b"}
+    assert menu.default is menu.entries[1]
+    a = menu.entries[0]
+    assert (a.title, a.linux, a.initrd) == (
+        "OS 2",
+        "/EFI/Linux/a/vmlinuz",
+        ("/EFI/Linux/a/initrd",),
+    )
+    assert bootorder.composefs_digest(a.options) == "cd" * 32
+    assert menu.entries[1].chainloader == "/EFI/Linux/b.efi"
+    for default, want in (("1", 1), ("OS 2", 0), ("nothing", 0), ("7", 0)):
+        other = grub_menu(GRUB_CFG.replace("set default=cfsboot-b", f"set default='{default}'"))
+        assert other.default is other.entries[want], default
+    assert grub_menu(GRUB_CFG.replace("set default=cfsboot-b\n", "")).default is not None
+
+
+@pytest.mark.parametrize("line", ["load_env", "if [ x ]; then", "set default=${saved_entry}"])
+def test_grub_menu_refuses_what_it_does_not_model(line: str) -> None:
+    with pytest.raises(NotImplementedError):
+        grub_menu(GRUB_CFG + line + "\n")
+
+
+# ---------------------------------------------------------------------------------------
+# bootctl list on a copy of an ESP
+# ---------------------------------------------------------------------------------------
+
+CACHE = Path(os.environ.get("CFSBOOT_CACHE", "/var/cache/cfsboot"))
+
+
+@pytest.fixture(scope="module")
+def bootctl() -> str:
+    """systemd-boot's bootctl (tests/reftools/bootctl.sh) and a mount for the ESP copy."""
+    found = os.environ.get("CFSBOOT_BOOTCTL") or shutil.which("bootctl")
+    path = Path(found) if found else CACHE / "bootctl" / "usr" / "bin" / "bootctl"
+    if not path.is_file():
+        missing_capability(f"bootctl not found at {path} (run `make setup`)")
+    if not can_mount():
+        missing_capability("bootctl needs the ESP copy at a mount point (needs root)")
+    return str(path)
+
+
+def bootctl_list(bootctl: str, esp: Path) -> tuple[list[str], str | None]:
+    """Entry ids in bootctl's order and the one it marks as the default.
+
+    bootctl wants the ESP at the root of a filesystem: a tmpfs in a private mount
+    namespace gets a copy; SYSTEMD_RELAX_ESP_CHECKS lets it be something else than vfat.
+    """
+    script = (
+        'mount -t tmpfs cfsboot-esp "$1" && cp -a "$2/." "$1/" && '
+        'exec "$3" list --esp-path="$1" --boot-path="$1" --no-pager'
+    )
+    mnt = esp.parent / (esp.name + "-mnt")
+    mnt.mkdir()
+    proc = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", mnt, esp, bootctl],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SYSTEMD_RELAX_ESP_CHECKS": "1", "SYSTEMD_LOG_LEVEL": "err"},
+        check=False,
+    )
+    mnt.rmdir()
+    assert proc.returncode == 0, proc.stderr
+    ids: list[str] = []
+    default = None
+    is_default = False
+    for line in proc.stdout.splitlines():
+        key, _, value = line.strip().partition(": ")
+        if key == "title":
+            is_default = "(default)" in value
+        elif key == "id":
+            ids.append(value)
+            if is_default:
+                default = value
+    return ids, default
+
+
+def _esp(root: Path, files: list[tuple[str, str]], conf: str | None) -> Path:
+    (root / "loader" / "entries").mkdir(parents=True)
+    for name, text in files:
+        (root / "loader" / "entries" / name).write_text(text)
+    if conf is not None:
+        (root / "loader" / "loader.conf").write_text(conf)
+    return root
+
+
+CASES: dict[str, tuple[list[tuple[str, str]], str | None]] = {
+    "cfsboot": (
+        [
+            ("bootc_testos-2-1.conf", "title T\nversion 2\nsort-key bootc-testos-0\nlinux /a\n"),
+            ("bootc_testos-1-0.conf", "title T\nversion 1\nsort-key bootc-testos-1\nlinux /b\n"),
+            ("other-os.conf", "title O\nsort-key zzz\nlinux /o\n"),
+            ("plain.conf", "title P\nlinux /p\n"),
+        ],
+        "timeout 5\n",
+    ),
+    "counting": (
+        [
+            ("a+3.conf", "title A\nversion 2\nsort-key a\nlinux /a\n"),
+            ("b+0-2.conf", "title B\nversion 10\nsort-key a\nlinux /b\n"),
+            ("c.conf", "title C\nversion 1\nsort-key a\nlinux /c\n"),
+        ],
+        None,
+    ),
+    "glob-picks-a-bad-entry": (
+        [("a+3.conf", "sort-key a\nlinux /a\n"), ("b+0.conf", "sort-key a\nlinux /b\n")],
+        "default B*\n",
+    ),
+    "glob-matches-nothing": (
+        [("a.conf", "sort-key a\nlinux /a\n"), ("b.conf", "sort-key b\nlinux /b\n")],
+        "default zz*\n",
+    ),
+    "suffix-kept": ([("a-1.conf", "linux /a\n"), ("a.conf", "linux /b\n")], None),
+    "machine-id": (
+        [
+            ("x.conf", "sort-key s\nmachine-id bb\nversion 1\nlinux /x\n"),
+            ("y.conf", "sort-key s\nmachine-id aa\nversion 1\nlinux /y\n"),
+            ("z.conf", "sort-key s\nversion 9\nlinux /z\n"),
+        ],
+        None,
+    ),
+    "versions": (
+        [
+            ("p.conf", "sort-key s\nversion 1.0~rc1\nlinux /p\n"),
+            ("q.conf", "sort-key s\nversion 1.0\nlinux /q\n"),
+            ("r.conf", "sort-key s\nversion 1.0^git1\nlinux /r\n"),
+            ("t.conf", "sort-key s\nversion 1.01\nlinux /t\n"),
+        ],
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_like_bootctl(bootctl: str, tmp_path: Path, case: str) -> None:
+    files, conf = CASES[case]
+    esp = _esp(tmp_path / "esp", files, conf)
+    assert _ids(files, conf) == bootctl_list(bootctl, esp)
+
+
+_names = st.text(alphabet="ab-1_.", min_size=1, max_size=5)
+_entry_files = st.lists(
+    st.tuples(
+        _names,
+        st.one_of(st.none(), st.integers(0, 2)),  # tries left
+        st.one_of(st.none(), st.sampled_from(["k", "j"])),  # sort-key
+        st.one_of(st.none(), _version_text),  # version
+        st.one_of(st.none(), st.sampled_from(["aa", "bb"])),  # machine-id
+    ),
+    min_size=1,
+    max_size=6,
+    unique_by=lambda t: t[0],
+)
+
+
+def _files(
+    specs: list[tuple[str, int | None, str | None, str | None, str | None]],
+) -> list[tuple[str, str]]:
+    out = []
+    for name, tries, key, version, machine in specs:
+        text = f"title {name}\nlinux /{name}\n"
+        for k, v in (("sort-key", key), ("version", version), ("machine-id", machine)):
+            if v:
+                text += f"{k} {v}\n"
+        out.append((f"{name}{'' if tries is None else f'+{tries}'}.conf", text))
+    return out
+
+
+@pytest.mark.usefixtures("bootctl")
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(_entry_files)
+def test_random_menus_like_bootctl(
+    bootctl: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    specs: list[tuple[str, int | None, str | None, str | None, str | None]],
+) -> None:
+    files = _files(specs)
+    esp = _esp(tmp_path_factory.mktemp("esp"), files, None)
+    assert _ids(files) == bootctl_list(bootctl, esp)
+
+
+@settings(max_examples=500)
+@given(_entry_files)
+def test_cfsboot_menu_order_agrees_with_the_oracle(
+    specs: list[tuple[str, int | None, str | None, str | None, str | None]],
+) -> None:
+    # Hidden names left out: systemd-boot skips them, bls.parse_entries does not (cfsboot
+    # never writes one: its temporary names do not end in .conf).
+    files = [(n, t) for n, t in _files(specs) if not n.startswith(".")]
+    ours = bls.sort_entries(bls.parse_entries(files))
+    assert [e.name for e in ours] == [e.file for e in systemd_boot_menu(files).entries]
+
+
+def test_entries_sort_stably_by_the_comparison() -> None:
+    """The comparison is a total order on these: sorting any permutation gives one menu."""
+    files = _files(
+        [("a", 1, "k", "2", None), ("b", None, "k", "10", "aa"), ("c", 0, None, None, None)]
+    )
+    entries = [bootorder.parse_entry(n, t) for n, t in files]
+    orders = {
+        tuple(e.file for e in sorted(p, key=cmp_to_key(bootorder.compare_entries)))
+        for p in itertools.permutations(entries)
+    }
+    assert orders == {("a+1.conf", "b.conf", "c+0.conf")}  # no machine-id sorts first
+    assert isinstance(entries[0], Entry)

@@ -52,7 +52,8 @@ unit:
 lint:
 	$(VENV)/bin/ruff check stager setup-root tests vm-tests bench
 	$(VENV)/bin/ruff format --check stager setup-root tests vm-tests bench
-	$(VENV)/bin/mypy stager/cfsboot setup-root/setuproot
+	$(VENV)/bin/mypy stager/cfsboot setup-root/setuproot tests bench
+	$(VENV)/bin/mypy vm-tests
 	shellcheck dracut-module/*/*.sh tests/reftools/*.sh .ci/run $(wildcard vm-tests/*.sh bench/*.sh)
 
 # Every VM scenario (1-7); vm-test-core: the ones CI runs on each submission (1-4).

@@ -30,7 +30,6 @@ import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 VM_TESTS = Path(__file__).resolve().parent.parent / "vm-tests"
 CHECKS = ("boottime",)
@@ -112,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _report(samples: dict[str, list[dict[str, Any]]], runs: int, load_before: float) -> None:
+def _report(samples: dict[str, list[dict[str, float]]], runs: int, load_before: float) -> None:
     def med(side: str, key: str) -> float:
         return statistics.median(s[key] for s in samples[side])
 

@@ -245,7 +245,8 @@ def test_7_power_cut_during_finalize(
         disk, results_dir_root / f"7a-cut-{delay}", ("switch-v2",), expect, network=True,
         cut_power=(FINALIZE_MARKER, delay),
     )  # fmt: skip
-    assert cut.report.verdict("switch-v2") is not None and cut.report.verdict("switch-v2").passed
+    verdict = cut.report.verdict("switch-v2")
+    assert verdict is not None and verdict.passed
     assert cut.power_cut_at is not None, "finalize never started"
     after = booted_ok(disk, results_dir_root / f"7b-after-{delay}", ("booted-any",), expect)
     print(f"power cut {delay} s into finalize: {after.report.data['booted-any']['booted']} boots")

@@ -9,7 +9,6 @@ import importlib.util
 import json
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 from types import ModuleType
@@ -25,6 +24,7 @@ import registry
 from cfsboot.boot.uki import read_uki
 from cfsboot.composefs.repository import Repository
 from cfsboot.image.importer import import_image
+from cfstest import cli
 
 HERE = Path(__file__).resolve().parent
 
@@ -273,12 +273,7 @@ def test_import_v1_then_v2_reads_one_layer(
     assert (second.layers_read, second.layers_reused) == (1, 1)
     assert second.image_digest == v2.image_id
 
-    proc = subprocess.run(
-        osimage.cfsboot_argv("image", "inspect", "v1", "--repo", str(repo_path), "--json"),
-        capture_output=True,
-        env=osimage.cfsboot_env(),
-        check=True,
-    )
+    proc = cli.run("image", "inspect", "v1", "--repo", repo_path, "--json")
     info = json.loads(proc.stdout)
     kver = v1.kernel
     assert [k["version"] for k in info["boot"]["kernels"]] == [kver]

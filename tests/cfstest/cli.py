@@ -21,7 +21,7 @@ Arg = str | os.PathLike[str]
 
 def argv(*args: Arg) -> list[str]:
     """The command line that runs `cfsboot ARGS…` with this interpreter."""
-    return [sys.executable, "-m", "cfsboot.cli", *map(os.fspath, args)]
+    return [sys.executable, "-m", "cfsboot.cli", *(os.fspath(a) for a in args)]
 
 
 def environ(extra: Mapping[str, str] | None = None, *, src: Path = REPO_ROOT) -> dict[str, str]:
@@ -40,7 +40,7 @@ def _env(extra: Mapping[str, str] | None, src: Path) -> dict[str, str]:
 
 
 def _failed(args: tuple[Arg, ...], proc: subprocess.CompletedProcess[str]) -> AssertionError:
-    command = " ".join(map(os.fspath, args))
+    command = " ".join(os.fspath(a) for a in args)
     return AssertionError(f"cfsboot {command}: exit code {proc.returncode}: {proc.stderr}")
 
 

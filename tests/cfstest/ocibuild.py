@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, cast
 
 import zstandard
 
@@ -256,7 +256,7 @@ class Descriptor:
 class _Sink(io.RawIOBase):
     """A write-only file that hashes what passes through to the blob file."""
 
-    def __init__(self, f: BinaryIO) -> None:
+    def __init__(self, f: IO[bytes]) -> None:
         self.f = f
         self.sha = hashlib.sha256()
         self.size = 0
@@ -293,12 +293,14 @@ class Layout:
         blobs = self.path / "blobs" / "sha256"
         diff = hashlib.sha256()
         with tempfile.NamedTemporaryFile(dir=blobs, delete=False) as tmp:
-            sink = _Sink(tmp)  # type: ignore[arg-type]
+            sink = _Sink(tmp)
             comp: Any
             if compression is Compression.GZIP:
                 comp = gzip.GzipFile(fileobj=sink, mode="wb", mtime=0, compresslevel=6)
             elif compression is Compression.ZSTD:
-                comp = zstandard.ZstdCompressor(level=3).stream_writer(sink, closefd=False)  # type: ignore[arg-type]
+                # zstandard's stub asks for IO[bytes]; the writer only calls write().
+                writer = cast(IO[bytes], sink)
+                comp = zstandard.ZstdCompressor(level=3).stream_writer(writer, closefd=False)
             else:
                 comp = sink
             for chunk in chunks:

@@ -13,6 +13,7 @@ import os
 import shutil
 import stat
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,10 +26,10 @@ from cfstest.reftools import RefTools
 pytestmark = pytest.mark.conformance
 
 
-def _try(fn: object, *args: object, **kw: object) -> bool:
+def _try(fn: Callable[..., object], *args: object, **kw: object) -> bool:
     """Run an operation that needs privileges (mknod, trusted.* xattrs, chown); False if denied."""
     try:
-        fn(*args, **kw)  # type: ignore[operator]
+        fn(*args, **kw)
         return True
     except OSError as e:
         if e.errno in (errno.EPERM, errno.EOPNOTSUPP, errno.EACCES):

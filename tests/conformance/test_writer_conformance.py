@@ -12,6 +12,7 @@ import stat
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -67,31 +68,43 @@ def assert_same_as_c(reftools: RefTools, root: Inode, versions: list[int] | None
         )
 
 
-def d(mode: int = 0o755, **kw: object) -> Inode:
+class Meta(TypedDict, total=False):
+    """Inode metadata the helpers below pass through."""
+
+    uid: int
+    gid: int
+    mtime: int
+    mtime_nsec: int
+    rdev: int
+    nlink: int
+    xattrs: dict[bytes, bytes]
+
+
+def d(mode: int = 0o755, **kw: Unpack[Meta]) -> Inode:
     return Inode.directory(mode, **kw)
 
 
-def f(content: bytes = b"", mode: int = 0o644, **kw: object) -> Inode:
-    return Inode(mode=S | mode, content=content or None, size=len(content), **kw)  # type: ignore[arg-type]
+def f(content: bytes = b"", mode: int = 0o644, **kw: Unpack[Meta]) -> Inode:
+    return Inode(mode=S | mode, content=content or None, size=len(content), **kw)
 
 
 def ext(
     size: int,
     digest: bytes | None = b"\x11" * 32,
     payload: bytes | None = None,
-    **kw: object,
+    **kw: Unpack[Meta],
 ) -> Inode:
     if payload is None and digest is not None:
         payload = digest[:1].hex().encode() + b"/" + digest[1:].hex().encode()
-    return Inode(mode=S | 0o644, size=size, digest=digest, payload=payload, **kw)  # type: ignore[arg-type]
+    return Inode(mode=S | 0o644, size=size, digest=digest, payload=payload, **kw)
 
 
-def lnk(target: bytes, **kw: object) -> Inode:
-    return Inode(mode=stat.S_IFLNK | 0o777, payload=target, size=len(target), **kw)  # type: ignore[arg-type]
+def lnk(target: bytes, **kw: Unpack[Meta]) -> Inode:
+    return Inode(mode=stat.S_IFLNK | 0o777, payload=target, size=len(target), **kw)
 
 
-def tree(children: dict[bytes, Inode], **kw: object) -> Inode:
-    root = d(**kw)  # type: ignore[arg-type]
+def tree(children: dict[bytes, Inode], mode: int = 0o755, **kw: Unpack[Meta]) -> Inode:
+    root = d(mode, **kw)
     root.children = children
     return root
 

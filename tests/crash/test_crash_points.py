@@ -72,7 +72,7 @@ from cfsboot.deploy.origin import Origin
 from cfsboot.deploy.state import ETC_VIEWS_PREFIX
 from cfsboot.linux.fsutil import TEMP_MARKER
 from cfstest import bootorder
-from cfstest.osimages import KVER, os_image
+from cfstest.osimages import KVER, OsOptions, os_image
 from setuproot.config import EtcMount, parse_config
 from setuproot.contract import SETUP_ROOT_CONFIG, HashAlg, parse_cmdline
 
@@ -453,7 +453,7 @@ def fsck(image: Path) -> bool:
 # v1 -> v2 changes the kernel (switch copies boot files) and /etc (finalize merges);
 # v3 shares v2's kernel; v4 has its own. gc after v2, v3, v4 drops v1 (and its kernel
 # directory) and v2 (whose kernel directory v3 still boots).
-VERSIONS = {
+VERSIONS: dict[str, OsOptions] = {
     "v1": {"kernel": "k1"},
     "v2": {"kernel": "k2", "etc": {"added-by-v2": b"new file of v2\n"}},
     "v3": {"kernel": "k2"},
@@ -608,6 +608,10 @@ def _loader_slots(image: Path) -> tuple[int, dict[str, set[int]]]:
     return free, sectors
 
 
+def _mtools(*argv: str) -> None:
+    subprocess.run(argv, env=ENV, check=True, capture_output=True)
+
+
 def split_loader_directory(m: Machine, servers: Servers, images: dict[str, str]) -> None:
     """Stage v2 so that loader/entries.staged lands in another sector than loader/entries.
 
@@ -615,16 +619,15 @@ def split_loader_directory(m: Machine, servers: Servers, images: dict[str, str])
     `entries` before staging, and three of them are deleted after it, so that there is
     room for the exchange to move `entries.staged`'s three slots next to `entries`.
     """
-    mtools = {"env": ENV, "check": True, "capture_output": True}
     filler = m.path / "filler"
     filler.write_bytes(b"not cfsboot's\n")
     n = 0
     while _loader_slots(m.esp_image)[0]:
         n += 1
-        subprocess.run(["mcopy", "-i", str(m.esp_image), str(filler), f"::/loader/f{n}"], **mtools)
+        _mtools("mcopy", "-i", str(m.esp_image), str(filler), f"::/loader/f{n}")
     cfsboot(servers, m, *_args(SWITCH, images))
     for i in (1, 2, 3):
-        subprocess.run(["mdel", "-i", str(m.esp_image), f"::/loader/f{i}"], **mtools)
+        _mtools("mdel", "-i", str(m.esp_image), f"::/loader/f{i}")
     free, sectors = _loader_slots(m.esp_image)
     assert free >= 3 and not sectors["entries.staged"] & sectors["entries"], sectors
     filler.unlink()

@@ -80,7 +80,8 @@ class Machine:
         return [bootorder.entry_digest(e) or "?" for e in menu.entries]
 
     def status(self) -> dict[str, Any]:
-        return json.loads(self.cfs("status", "--json").stdout)
+        doc: dict[str, Any] = json.loads(self.cfs("status", "--json").stdout)
+        return doc
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ class System:
     run: Path
 
     def cfs(self, *args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-        opts = ["--sysroot", self.root, "--esp", self.esp, "--run-dir", self.run]
+        opts: list[str | Path] = ["--sysroot", self.root, "--esp", self.esp, "--run-dir", self.run]
         return cfsboot(*args, *opts, check=check)
 
     def entries(self) -> list[bootorder.Entry]:
@@ -55,7 +55,8 @@ class System:
         return [bootorder.entry_digest(e, self.esp) or e.file for e in menu.entries]
 
     def status(self) -> dict[str, Any]:
-        return json.loads(self.cfs("status", "--json").stdout)
+        doc: dict[str, Any] = json.loads(self.cfs("status", "--json").stdout)
+        return doc
 
 
 def install(tmp: Path, imgref: str, *extra: str) -> System:
@@ -69,19 +70,18 @@ def install(tmp: Path, imgref: str, *extra: str) -> System:
 @pytest.fixture(scope="module")
 def refs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     base = tmp_path_factory.mktemp("img")
-    bind = {"etc_mode": "bind"}
     return {
         "v1": os_image(base / "v1", "1"),
         "v2": os_image(base / "v2", "2", kernel="k2"),
-        "b1": os_image(base / "b1", "1", etc={"app.conf": b"default 1\n"}, **bind),
+        "b1": os_image(base / "b1", "1", etc={"app.conf": b"default 1\n"}, etc_mode="bind"),
         "b2": os_image(
             base / "b2",
             "2",
             etc={"app.conf": b"default 2\n", "fresh.conf": b"new in 2\n"},
-            **bind,
+            etc_mode="bind",
         ),
         # /etc/conf.d becomes a file in b3: a locally added dir there cannot be merged.
-        "b3": os_image(base / "b3", "3", etc={"conf.d": b"now a file\n"}, **bind),
+        "b3": os_image(base / "b3", "3", etc={"conf.d": b"now a file\n"}, etc_mode="bind"),
     }
 
 

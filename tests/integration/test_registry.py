@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -23,6 +24,9 @@ from cfstest import REPO_ROOT, cli
 from cfstest.cli import run as cfsboot
 from cfstest.gates import missing_capability
 from cfstest.osimages import os_image
+
+if TYPE_CHECKING:  # loaded from vm-tests/ at run time (_registry_module)
+    from registry import Registry
 
 pytestmark = [pytest.mark.integration]
 PORT = 5055
@@ -40,7 +44,7 @@ def _registry_module() -> ModuleType:
 
 
 @pytest.fixture(scope="module")
-def reg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def reg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     registry = _registry_module()
     for tool in ("skopeo", registry.BINARY):
         if shutil.which(tool) is None:
@@ -57,17 +61,17 @@ def _config_digest(layout: Path) -> str:
 
 
 def test_upgrade_check_reads_only_the_config(
-    reg: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    home = reg.client_env()["HOME"]  # type: ignore[attr-defined]
+    home = reg.client_env()["HOME"]
     monkeypatch.setitem(cli.ENV, "HOME", home)
     monkeypatch.setenv("HOME", home)
     v1 = tmp_path / "v1"
     v2 = tmp_path / "v2"
     os_image(v1, "1")
     os_image(v2, "2")
-    reg.push(v1, "latest")  # type: ignore[attr-defined]
-    ref = reg.ref("latest")  # type: ignore[attr-defined]
+    reg.push(v1, "latest")
+    ref = reg.ref("latest")
 
     # The registry hands out the config the layout holds, byte for byte.
     digest, config = fetch_config(ref)
@@ -85,7 +89,7 @@ def test_upgrade_check_reads_only_the_config(
     assert out.startswith(f"no update: {ref} still names the deployed image")
 
     # A new version under the same tag: the check sees it and writes nothing.
-    reg.push(v2, "latest")  # type: ignore[attr-defined]
+    reg.push(v2, "latest")
     objects = sorted((root / "composefs/objects").rglob("*"))
     streams = sorted((root / "composefs/streams").rglob("*"))
     lines = cfsboot("upgrade", "--check", *opts).stdout.splitlines()
@@ -97,11 +101,11 @@ def test_upgrade_check_reads_only_the_config(
     cfsboot("finalize-staged", *opts)
     image = json.loads(cfsboot("status", "--json", *opts).stdout)["status"]["booted"]["image"]
     assert image["image"]["transport"] == "registry"
-    assert image["imageDigest"] == reg.manifest_digest("latest")  # type: ignore[attr-defined]
+    assert image["imageDigest"] == reg.manifest_digest("latest")
     assert cfsboot("upgrade", "--check", *opts).stdout.startswith("no update")
 
     # A tag the registry does not know: one line on stderr, non-zero, nothing staged.
-    missing = reg.ref("nosuchtag")  # type: ignore[attr-defined]
+    missing = reg.ref("nosuchtag")
     for bad in (
         cfsboot("switch", missing, "-q", *opts, check=False),
         cfsboot("image", "compute-id", missing, check=False),

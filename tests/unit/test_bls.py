@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import TypedDict, Unpack
 
 import pytest
 from hypothesis import given, settings
@@ -10,13 +11,13 @@ from cfsboot.boot.bls import (
     BLSEntry,
     BLSError,
     EntryFile,
-    compare_versions,
     default_entry,
     entry_file_name,
     entry_sort_key,
     parse_entries,
     sort_entries,
 )
+from cfsboot.image.versions import compare_versions
 
 SHA512 = "ab" * 64
 
@@ -215,8 +216,15 @@ def test_bootc_names() -> None:
     assert entry_sort_key("my-os", primary=False) == "bootc-my-os-1"
 
 
-def _ef(name: str, **kw: str) -> EntryFile:
-    return EntryFile(name, BLSEntry(**kw))  # type: ignore[arg-type]
+class _Fields(TypedDict, total=False):
+    title: str
+    version: str
+    sort_key: str
+    machine_id: str
+
+
+def _ef(name: str, **kw: Unpack[_Fields]) -> EntryFile:
+    return EntryFile(name, BLSEntry(**kw))
 
 
 def test_newest_is_default_with_bootc_sort_keys() -> None:

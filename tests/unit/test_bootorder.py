@@ -12,7 +12,7 @@ from functools import cmp_to_key
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from cfsboot.boot import bls
@@ -511,6 +511,10 @@ def test_random_menus_like_bootctl(
     specs: list[tuple[str, int | None, str | None, str | None, str | None]],
 ) -> None:
     files = _files(specs)
+    # Entries the rules find equal ("_.conf" and "__.conf": `_` only separates) have no
+    # defined order: bootctl shows them as its sort left them.
+    menu = systemd_boot_menu(files).entries
+    assume(all(bootorder.compare_entries(a, b) for a, b in itertools.combinations(menu, 2)))
     esp = _esp(tmp_path_factory.mktemp("esp"), files, None)
     assert _ids(files) == bootctl_list(bootctl, esp)
 

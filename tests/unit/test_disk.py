@@ -19,7 +19,7 @@ X86_ROOT = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"
 ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 FS_UUID = "0a1b2c3d-4e5f-4a6b-8c7d-0e1f2a3b4c5d"
 
-SFDISK_JSON = {
+SFDISK_JSON: dict[str, Any] = {
     "partitiontable": {
         "label": "gpt",
         "id": "43305a92-c6a2-7742-812d-9e37e2c4ce72",
@@ -66,7 +66,7 @@ def _layout_from_sfdisk(target: Path) -> disk.DiskLayout:
         disk.Partition(
             i, p["start"] * 512, p["size"] * 512, p["type"], p["uuid"].upper(), p["name"]
         )
-        for i, p in enumerate(t["partitions"], 1)  # type: ignore[call-overload]
+        for i, p in enumerate(t["partitions"], 1)
     )
     return disk.DiskLayout(target, 512, str(t["id"]).upper(), parts)
 

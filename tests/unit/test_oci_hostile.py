@@ -14,7 +14,7 @@ from cfsboot.cli import main
 from cfsboot.composefs.repository import Repository
 from cfsboot.errors import CfsbootError
 from cfsboot.image.importer import import_image
-from cfstest.ocibuild import Compression, Entry, Layout, tar_bytes, tar_chunks
+from cfstest.ocibuild import Compression, Descriptor, Entry, Layout, tar_bytes, tar_chunks
 from cfstest.ocirepo import base_layer, make_repo, snapshot
 
 BIG = [Entry(f"usr/lib/big{i}", data=bytes([i]) * 3000) for i in range(5)]
@@ -41,12 +41,12 @@ def _raw_layer(data: bytes) -> Callable[[Path], None]:
     return build
 
 
-def _with_desc(change: Callable[[Layout, list[object]], None]) -> Callable[[Path], None]:
+def _with_desc(change: Callable[[Layout, list[Descriptor]], None]) -> Callable[[Path], None]:
     def build(p: Path) -> None:
         out = Layout(p)
-        descs: list[object] = [out.add_layer(tar_chunks([*base_layer(), *BIG]))]
+        descs = [out.add_layer(tar_chunks([*base_layer(), *BIG]))]
         change(out, descs)
-        out.add_image(descs)  # type: ignore[arg-type]
+        out.add_image(descs)
 
     return build
 
@@ -55,7 +55,8 @@ def _layer_blob(p: Path) -> Path:
     index = json.loads((p / "index.json").read_text())
     mdigest = index["manifests"][0]["digest"]
     manifest = json.loads((p / "blobs" / "sha256" / mdigest[7:]).read_text())
-    return p / "blobs" / "sha256" / manifest["layers"][-1]["digest"][7:]
+    digest: str = manifest["layers"][-1]["digest"]
+    return p / "blobs" / "sha256" / digest[7:]
 
 
 def _corrupt_layer(p: Path) -> None:
@@ -148,15 +149,13 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
         _with_desc(
             lambda out, d: d.__setitem__(
                 0,
-                dataclasses.replace(d[0], diff_id="sha256:" + "0" * 64),  # type: ignore[type-var]
+                dataclasses.replace(d[0], diff_id="sha256:" + "0" * 64),
             )
         ),
         r"\(uncompressed, diff_id\) digest mismatch",
     ),
     "absurd-descriptor-size": (
-        _with_desc(
-            lambda out, d: d.__setitem__(0, dataclasses.replace(d[0], size=1 << 60))  # type: ignore[type-var]
-        ),
+        _with_desc(lambda out, d: d.__setitem__(0, dataclasses.replace(d[0], size=1 << 60))),
         "absurd size",
     ),
     "truncated-blob": (_truncated_blob, "is truncated"),

@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from cfsboot.composefs import dumpfile
-from cfsboot.composefs.tree import Inode
+from cfsboot.composefs.tree import Inode, lookup
 from cfsboot.errors import CfsbootError
 from cfsboot.image.bootscan import BootResources, scan
 from cfsboot.image.transform import XattrFilter, transform_for_boot, transform_for_oci
@@ -109,8 +109,9 @@ def test_whiteouts_only_touch_lower_layers() -> None:
         RecordEntry(Op.WHITEOUT, b"nothing/there"),
     )
     root = build_tree([lower, upper])
-    d = root.children[b"d"]  # type: ignore[index]
-    assert sorted(d.children) == [b"new"]  # type: ignore[arg-type]
+    d = lookup(root, b"/d")
+    assert d is not None and d.children is not None
+    assert sorted(d.children) == [b"new"]
 
 
 def test_directory_replaced_by_file_and_back() -> None:
@@ -120,9 +121,11 @@ def test_directory_replaced_by_file_and_back() -> None:
             _rec(RecordEntry(Op.FILE, b"x", 0o600)),
         ]
     )
-    assert stat.S_ISREG(root.children[b"x"].mode)  # type: ignore[index]
+    x = lookup(root, b"/x")
+    assert x is not None and stat.S_ISREG(x.mode)
     apply_layer(root, _rec(RecordEntry(Op.DIR, b"x", 0o700)))
-    assert root.children[b"x"].children == {}  # type: ignore[index]
+    x = lookup(root, b"/x")
+    assert x is not None and x.children == {}
 
 
 def _os_tree() -> Inode:

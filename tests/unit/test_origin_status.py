@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from cfsboot.boot.boottype import BootType
 from cfsboot.deploy.origin import (
-    BootType,
     Origin,
     OriginError,
     from_origin_reference,
@@ -92,7 +93,7 @@ def test_staged_marker_is_bootc_json() -> None:
     assert StagedDeployment.from_json(b"garbage", name="m") is None
 
 
-def test_running_deployment_needs_karg_and_composefs_root(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_running_deployment_needs_karg_and_composefs_root(tmp_path: Path) -> None:
     cmdline = tmp_path / "cmdline"
     mountinfo = tmp_path / "mountinfo"
     root_line = f"25 1 0:22 / / ro,relatime shared:1 - overlay composefs:{D} ro,lowerdir+=x\n"
@@ -112,7 +113,7 @@ def test_image_reference_is_bootcs() -> None:
 
 
 def test_yaml_quotes_what_yaml_would_misread() -> None:
-    doc = {
+    doc: dict[str, object] = {
         "a": None,
         "b": True,
         "c": "sha256:abc",

@@ -216,10 +216,12 @@ def test_named_temp_fallback_without_o_tmpfile(
 ) -> None:
     real_open = os.open
 
-    def no_tmpfile(path: object, flags: int, *args: object, **kw: object) -> int:
+    def no_tmpfile(
+        path: str | bytes | os.PathLike[str], flags: int, mode: int = 0o777, **kw: int | None
+    ) -> int:
         if flags & os.O_TMPFILE == os.O_TMPFILE:
             raise OSError(errno.EOPNOTSUPP, "no O_TMPFILE here")
-        return real_open(path, flags, *args, **kw)  # type: ignore[arg-type]
+        return real_open(path, flags, mode, dir_fd=kw.get("dir_fd"))
 
     monkeypatch.setattr(os, "open", no_tmpfile)
     h = repo.ensure_object(b"z" * 1000)

@@ -30,7 +30,8 @@ def check(cond: bool, msg: str) -> None:
 def expect() -> dict[str, Any]:
     try:
         with open(FW_CFG, "rb") as f:
-            return json.loads(f.read().decode().strip("\0 \n"))
+            doc: dict[str, Any] = json.loads(f.read().decode().strip("\0 \n"))
+            return doc
     except FileNotFoundError:
         return {}
 
@@ -48,7 +49,8 @@ def data(key: str, value: object) -> None:
 
 
 def status() -> dict[str, Any]:
-    return json.loads(sh("cfsboot", "status", "--json").stdout)
+    doc: dict[str, Any] = json.loads(sh("cfsboot", "status", "--json").stdout)
+    return doc
 
 
 def verity(entry: dict[str, Any] | None) -> str | None:

@@ -10,8 +10,7 @@ the lifecycle tests). It is written from the documents, and imports nothing from
 - systemd-boot's manual pages: loader.conf(5) `default` (a glob, `?` `*` `[...]` with
   ranges, matched case-insensitively on the entry id, the name without its counter,
   as `bootctl list` shows it);
-- GRUB's manual: the `default` variable of a grub.cfg (a menu entry id, a title or an
-  index from 0; entry 0 when unset or when it names nothing).
+- (GRUB's menus: cfstest.grubmenu.)
 
 Where systemd (the boot loader that boots these disks) differs from the written
 specification, systemd wins, and the place says so; systemd's published test vectors
@@ -27,8 +26,8 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import cmp_to_key
 from pathlib import Path
 
@@ -381,126 +380,3 @@ def entry_digest(entry: Entry, esp: Path | None = None) -> str | None:
         cmdline = pe_section(uki.read_bytes(), b".cmdline")
         return composefs_digest((cmdline or b"").decode().rstrip("\0").split())
     return composefs_digest(entry.options)
-
-
-# ---------------------------------------------------------------------------------------
-# GRUB
-# ---------------------------------------------------------------------------------------
-
-
-def _grub_words(text: str) -> Iterator[list[str]]:
-    """Commands of a GRUB script, split into words: quotes, backslashes, `#` comments."""
-    words: list[str] = []
-    word: list[str] | None = None
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if c in "\n;" or (c == "#" and word is None):
-            if c == "#":
-                while i < len(text) and text[i] != "\n":
-                    i += 1
-                continue
-            if word is not None:
-                words.append("".join(word))
-                word = None
-            if words:
-                yield words
-                words = []
-        elif c in " \t\r":
-            if word is not None:
-                words.append("".join(word))
-                word = None
-        else:
-            word = word if word is not None else []
-            if c == "'":
-                end = text.index("'", i + 1)
-                word.append(text[i + 1 : end])
-                i = end
-            elif c == '"':
-                end = text.index('"', i + 1)
-                if "$" in text[i + 1 : end]:
-                    raise NotImplementedError("variables in GRUB strings are not modelled")
-                word.append(text[i + 1 : end].replace('\\"', '"'))
-                i = end
-            elif c == "\\" and i + 1 < len(text):
-                word.append(text[i + 1])
-                i += 1
-            elif c == "$":
-                raise NotImplementedError("variables in GRUB scripts are not modelled")
-            else:
-                word.append(c)
-        i += 1
-    if word is not None:
-        words.append("".join(word))
-    if words:
-        yield words
-
-
-@dataclass
-class GrubEntry:
-    title: str
-    id: str | None
-    linux: str | None = None
-    options: tuple[str, ...] = ()
-    initrd: tuple[str, ...] = ()
-    chainloader: str | None = None
-
-
-@dataclass(frozen=True)
-class GrubMenu:
-    entries: tuple[GrubEntry, ...]
-    default: GrubEntry | None
-    settings: dict[str, str] = field(default_factory=dict)
-
-
-_GRUB_IN_ENTRY = {"insmod", "search", "linux", "initrd", "chainloader"}
-
-
-def grub_menu(text: str) -> GrubMenu:
-    """The menu a grub.cfg of plain `set` commands and `menuentry` blocks gives.
-
-    Anything else (conditionals, load_env, submenus) raises NotImplementedError, so a
-    menu this model does not understand cannot pass for one it does.
-    """
-    settings: dict[str, str] = {}
-    entries: list[GrubEntry] = []
-    current: GrubEntry | None = None
-    for words in _grub_words(text):
-        cmd, args = words[0], words[1:]
-        if current is None:
-            if cmd == "set" and len(args) == 1 and "=" in args[0]:
-                key, value = args[0].split("=", 1)
-                settings[key] = value
-            elif cmd == "menuentry" and args and args[-1] == "{":
-                ident = args[args.index("--id") + 1] if "--id" in args else None
-                current = GrubEntry(args[0], ident)
-            else:
-                raise NotImplementedError(f"GRUB command not modelled: {' '.join(words)}")
-        elif cmd == "}":
-            entries.append(current)
-            current = None
-        elif cmd not in _GRUB_IN_ENTRY:
-            raise NotImplementedError(f"GRUB command not modelled in an entry: {cmd}")
-        elif cmd == "linux":
-            current.linux, current.options = args[0], tuple(args[1:])
-        elif cmd == "initrd":
-            current.initrd = tuple(args)
-        elif cmd == "chainloader":
-            current.chainloader = args[0]
-    if current is not None:
-        raise ValueError("a menuentry is not closed")
-    return GrubMenu(tuple(entries), _grub_default(entries, settings.get("default")), settings)
-
-
-def _grub_default(entries: Sequence[GrubEntry], default: str | None) -> GrubEntry | None:
-    """GRUB's `default`: an index, an entry id or a title; entry 0 if unset or unknown."""
-    if not entries:
-        return None
-    if default is not None:
-        if default.isdigit():
-            n = int(default)
-            return entries[n] if n < len(entries) else entries[0]
-        for e in entries:
-            if default in (e.id, e.title):
-                return e
-    return entries[0]

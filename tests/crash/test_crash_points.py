@@ -45,14 +45,9 @@ time, on a tmpfs.
 
 from __future__ import annotations
 
-import enum
-import json
 import os
-import queue
-import re
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -61,20 +56,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from crashdisk import (
+    DIGEST_NAMES,
+    ENV,
+    FAT_SIZE,
+    LOCAL_DATA,
+    LOCAL_NAME,
+    STAGED_ENTRIES,
+    Backend,
+    Machine,
+    Servers,
+    cfsboot,
+    check_boots,
+    disk_names,
+)
+from crashplan import (
+    FINALIZE,
+    SCENARIOS,
+    STAGE_AGAIN_HINT,
+    SWITCH,
+    VERSIONS,
+    References,
+    Scenario,
+    check_same_names,
+    recoveries,
+    with_refs,
+)
 
 from cfsboot.boot import fat
-from cfsboot.boot.esp import DirEsp, Esp, MtoolsEsp
-from cfsboot.composefs import fsverity
-from cfsboot.composefs.erofs.reader import read_image
-from cfsboot.composefs.tree import Inode, lookup, walk
 from cfsboot.deploy.install import InstallOptions, to_filesystem
-from cfsboot.deploy.origin import Origin
 from cfsboot.deploy.state import ETC_VIEWS_PREFIX
 from cfsboot.linux.fsutil import TEMP_MARKER
-from cfstest import bootorder
-from cfstest.osimages import KVER, OsOptions, os_image
-from setuproot.config import EtcMount, parse_config
-from setuproot.contract import SETUP_ROOT_CONFIG, HashAlg, parse_cmdline
+from cfstest.osimages import os_image
 
 pytestmark = [
     pytest.mark.integration,
@@ -82,434 +95,8 @@ pytestmark = [
     pytest.mark.usefixtures("can_mount", "fat_tools"),
 ]
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parents[1]
-HOOK = HERE / "crashhook.py"
-ENV = {
-    **os.environ,
-    "PYTHONPATH": os.pathsep.join(
-        str(p) for p in (REPO_ROOT / "stager", REPO_ROOT / "setup-root", HERE)
-    ),
-    "MTOOLS_SKIP_CHECK": "1",
-}
-ENV.pop("CFSBOOT_DEBUG", None)
 WORKERS = 2  # the machine's cores
 EVERY_POINT = os.environ.get("CFSBOOT_CRASH_EVERY_POINT") == "1"
-FAT_SIZE = 40 << 20  # the smallest comfortable FAT32 (65525 clusters of 512 bytes)
-# A change the admin made in the first deployment's /etc; every later one must carry it.
-LOCAL_NAME, LOCAL_DATA = "local.conf", b"a local change\n"
-KILLED = -9
-STAGED_ENTRIES = "loader/entries.staged"  # bootc's name for the menu finalize swaps in
-
-
-class Backend(enum.StrEnum):
-    DIR = "dir"  # a directory stands in for the mounted ESP (DirEsp, renameat2)
-    FAT = "fat"  # a FAT32 image through mtools (MtoolsEsp, cfsboot.boot.fat's exchange)
-
-
-# ---------------------------------------------------------------------------------------
-# Machines (one copy of a disk) and the fork servers that run cfsboot on them
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Machine:
-    """The physical root, the ESP and the run directory (the staged marker) of one system."""
-
-    path: Path
-    backend: Backend
-
-    @property
-    def root(self) -> Path:
-        return self.path / "root"
-
-    @property
-    def esp_dir(self) -> Path:
-        return self.path / "esp"
-
-    @property
-    def esp_image(self) -> Path:
-        return self.path / "esp.img"
-
-    @property
-    def run(self) -> Path:
-        return self.path / "run"
-
-    @property
-    def marker(self) -> Path:
-        return self.run / "composefs" / "staged-deployment"
-
-    def esp_spec(self) -> str:
-        return str(self.esp_dir) if self.backend is Backend.DIR else f"{self.esp_image}@0"
-
-    def esp(self) -> Esp:
-        if self.backend is Backend.DIR:
-            return DirEsp(self.esp_dir)
-        return MtoolsEsp(self.esp_image, 0)
-
-    def roots(self) -> list[Path]:
-        esp = self.esp_dir if self.backend is Backend.DIR else self.esp_image
-        return [self.root, esp, self.run]
-
-    def argv(self, *args: str) -> list[str]:
-        return [
-            *args,
-            "--sysroot",
-            str(self.root),
-            "--esp",
-            self.esp_spec(),
-            "--run-dir",
-            str(self.run),
-        ]
-
-    def copy(self, dest: Path) -> Machine:
-        """A copy of the whole disk (root, ESP, run directory) at `dest`."""
-        dest.mkdir(parents=True)
-        for p in self.roots():
-            subprocess.run(["cp", "-a", "--reflink=auto", p, dest / p.name], check=True)
-        return Machine(dest, self.backend)
-
-
-class ForkServer:
-    """`crashhook.py --serve`: runs cfsboot commands in forked children (see crashhook)."""
-
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(HOOK), "--serve"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=ENV,
-            text=True,
-        )
-
-    def run(self, argv: Sequence[str], output: Path, env: dict[str, str] | None = None) -> int:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        req = {"argv": list(argv), "env": {**ENV, **(env or {})}, "cwd": "/", "output": str(output)}
-        self.proc.stdin.write(json.dumps(req) + "\n")
-        self.proc.stdin.flush()
-        reply = self.proc.stdout.readline()
-        if not reply:
-            raise AssertionError(f"the fork server died (exit code {self.proc.wait()})")
-        return int(json.loads(reply)["status"])
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        self.proc.wait(timeout=30)
-
-
-class Servers:
-    """A pool of fork servers, one per worker thread."""
-
-    def __init__(self, n: int) -> None:
-        self.all = [ForkServer() for _ in range(n)]
-        self.free: queue.Queue[ForkServer] = queue.Queue()
-        for s in self.all:
-            self.free.put(s)
-
-    @property
-    def size(self) -> int:
-        return len(self.all)
-
-    def run(self, argv: Sequence[str], output: Path, env: dict[str, str] | None = None) -> int:
-        server = self.free.get()
-        try:
-            return server.run(argv, output, env)
-        finally:
-            self.free.put(server)
-
-    def close(self) -> None:
-        for s in self.all:
-            s.close()
-
-
-def cfsboot(
-    servers: Servers, m: Machine, *args: str, crash_at: int | None = None, fails: bool = False
-) -> str:
-    """Run one cfsboot command on `m`; its output.
-
-    Without a crash point it must succeed (or, `fails`, fail with exit code 1); with one,
-    it must be killed there.
-    """
-    out = m.path / f"out-{time.monotonic_ns()}"
-    env = {}
-    if crash_at is not None:
-        env = {"CFSBOOT_CRASH_AT": str(crash_at), "CFSBOOT_CRASH_TRACE": str(m.path / "trace")}
-        env["CFSBOOT_CRASH_ROOTS"] = ":".join(str(p) for p in m.roots())
-    status = servers.run(m.argv(*args), out, env)
-    text = out.read_text(errors="replace")
-    out.unlink()
-    want = KILLED if crash_at is not None else 1 if fails else 0
-    if status != want:
-        what = f"cfsboot {' '.join(args)}"
-        if crash_at is not None:
-            what += f" was not killed at point {crash_at} (it took fewer steps than counted):"
-        raise AssertionError(f"{what} exit status {status}, expected {want}: {text.strip()}")
-    return text
-
-
-# ---------------------------------------------------------------------------------------
-# The invariant, as the firmware, the boot loader and setup-root see the disk
-# ---------------------------------------------------------------------------------------
-
-
-def esp_view(m: Machine) -> Path:
-    """A directory with the ESP's files: the ESP itself, or a copy read out by mtools."""
-    if m.backend is Backend.DIR:
-        return m.esp_dir
-    view = m.path / "esp-view"
-    shutil.rmtree(view, ignore_errors=True)
-    view.mkdir()
-    proc = subprocess.run(
-        ["mcopy", "-s", "-n", "-i", str(m.esp_image), "::/*", str(view)],
-        capture_output=True,
-        env=ENV,
-        check=False,
-    )
-    assert proc.returncode == 0, f"mtools cannot read the ESP: {proc.stderr.decode()}"
-    return view
-
-
-def esp_path(view: Path, path: str, *, fat: bool) -> Path | None:
-    """What an ESP path names; FAT (and so firmware) compares names case-insensitively."""
-    node = view
-    for part in (p for p in path.split("/") if p):
-        if fat:
-            names = {n.casefold(): n for n in os.listdir(node)} if node.is_dir() else {}
-            name = names.get(part.casefold())
-            if name is None:
-                return None
-            node = node / name
-        else:
-            node = node / part
-    return node if node.exists() else None
-
-
-def live_menu(view: Path) -> list[bootorder.Entry]:
-    """cfsboot's entries of the live menu, the one systemd-boot boots by default first.
-
-    The order and the default are the Boot Loader Specification's and systemd-boot's
-    (cfstest.bootorder), not cfsboot's own reading of its menu.
-    """
-    menu = bootorder.read_esp(view)
-    assert menu.entries, "no loader/entries or no entry in it: the menu is gone"
-    default = menu.default
-    assert default is not None
-    assert default.file.startswith("bootc_") and bootorder.entry_digest(default), (
-        f"the default entry {default.file} is not cfsboot's"
-    )
-    ours = [e for e in menu.entries if e.file.startswith("bootc_") and bootorder.entry_digest(e)]
-    return [default, *(e for e in ours if e is not default)]
-
-
-def _object_bytes(objects: Path, node: Inode, alg: HashAlg) -> bytes:
-    if node.content is not None:
-        return node.content
-    if not node.size:
-        return b""
-    assert node.payload is not None
-    path = objects / os.fsdecode(node.payload).lstrip("/")
-    assert path.is_file(), f"object {path.relative_to(objects)} is missing"
-    data = path.read_bytes()
-    if node.digest is not None:
-        got = fsverity.digest_bytes(data, alg)
-        assert got == node.digest, f"object {path.relative_to(objects)} has digest {got.hex()}"
-    return data
-
-
-def check_deployment(root: Path, d: str) -> Inode:
-    """`d` is complete the way setup-root needs it; its image tree."""
-    repo = root / "composefs"
-    alg = HashAlg.from_repo_name(json.loads((repo / "meta.json").read_text())["algorithm"])
-    assert alg is not None
-    image = repo / "images" / d
-    assert image.is_symlink(), f"composefs/images/{d[:12]}… is missing"
-    obj = image.resolve()
-    assert obj.is_file(), f"composefs/images/{d[:12]}… points at nothing"
-    assert obj.is_relative_to(repo / "objects")
-    data = obj.read_bytes()
-    assert fsverity.digest_bytes(data, alg).hex() == d, f"image {d[:12]}… has another digest"
-    tree = read_image(data)
-    objects = repo / "objects"
-    for _path, node in walk(tree):
-        if node.is_reg():
-            _object_bytes(objects, node, alg)
-    state = root / "state" / "deploy" / d
-    origin = state / f"{d}.origin"
-    assert origin.is_file(), f"deployment {d[:12]}… has no origin"
-    Origin.parse(origin.read_text(), name=str(origin))
-    assert os.readlink(state / "var") == "../../os/default/var"
-    assert (state / "var").is_dir(), "the shared var is missing"
-    conf = lookup(tree, SETUP_ROOT_CONFIG.encode())
-    config = parse_config(_object_bytes(objects, conf, alg).decode()) if conf else None
-    mode = config.etc if config else EtcMount.OVERLAY
-    if mode is EtcMount.OVERLAY:
-        for sub in ("upper", "work"):
-            assert (state / "etc" / sub).is_dir(), f"deployment {d[:12]}… has no etc/{sub}"
-        local = state / "etc" / "upper" / LOCAL_NAME
-        assert local.is_file() and local.read_bytes() == LOCAL_DATA, (
-            f"deployment {d[:12]}… lost the local /etc change"
-        )
-    elif mode is EtcMount.BIND:
-        assert (state / "etc" / LOCAL_NAME).read_bytes() == LOCAL_DATA
-    return tree
-
-
-def check_entry(m: Machine, view: Path, e: bootorder.Entry) -> str:
-    """One boot entry boots: its karg, its boot files, its deployment; the deployment."""
-    d = bootorder.entry_digest(e)
-    assert d is not None
-    [karg] = parse_cmdline(" ".join(e.options))
-    assert karg.digest == d
-    tree = check_deployment(m.root, d)
-    repo = m.root / "composefs"
-    alg = HashAlg.from_repo_name(json.loads((repo / "meta.json").read_text())["algorithm"])
-    assert alg is not None
-    fat = m.backend is Backend.FAT
-    assert e.linux is not None and len(e.initrd) == 1, f"{e.file}: not a kernel+initrd entry"
-    for path, image_path in (
-        (e.linux, f"usr/lib/modules/{KVER}/vmlinuz"),
-        (e.initrd[0], f"usr/lib/modules/{KVER}/initramfs.img"),
-    ):
-        f = esp_path(view, path, fat=fat)
-        assert f is not None and f.is_file(), f"{e.file}: {path} is not on the ESP"
-        node = lookup(tree, image_path.encode())
-        assert node is not None
-        want = _object_bytes(repo / "objects", node, alg)
-        assert f.read_bytes() == want, f"{e.file}: {path} has other bytes than the image's"
-    return d
-
-
-@dataclass
-class Seen:
-    default: str
-    menu: list[str]
-    view: Path  # the ESP's files as read for the check
-
-
-def check_boots(
-    m: Machine, allowed: Sequence[str], *, in_exchange: bool = False, after: bool = False
-) -> Seen:
-    """The invariant (module docstring); the default must be one of `allowed`.
-
-    Lost clusters on the FAT are accepted only where cfsboot.boot.fat says a crash leaves
-    them: between the two steps of an exchange across sectors (`in_exchange`), which
-    leaves `loader/entries.staged` missing; `after` that, they stay until an fsck.
-    """
-    view = esp_view(m)
-    fat = m.backend is Backend.FAT
-    menu = live_menu(view)
-    ids = [check_entry(m, view, e) for e in menu]
-    names = {d: n for n, d in DIGEST_NAMES.items()}
-    assert ids[0] in allowed, (
-        f"the default boots {names.get(ids[0], ids[0][:12])}, expected one of"
-        f" {[names.get(a, a[:12]) for a in allowed]}"
-    )
-    if fat and fsck(m.esp_image):
-        assert in_exchange, "fsck.vfat finds lost clusters outside the exchange's crash window"
-        if not after:
-            staged = esp_path(view, STAGED_ENTRIES, fat=True)
-            assert staged is None, "lost clusters, but loader/entries.staged is still there"
-    return Seen(ids[0], ids, view)
-
-
-def disk_names(m: Machine, view: Path) -> set[str]:
-    """Every name on the root filesystem and the ESP (FAT names case-folded)."""
-    out: set[str] = set()
-    for base, prefix in ((m.root, "root"), (view, "esp")):
-        for dirpath, dirnames, filenames in os.walk(base):
-            for n in [*dirnames, *filenames]:
-                rel = os.path.relpath(os.path.join(dirpath, n), base)
-                if prefix == "esp" and m.backend is Backend.FAT:
-                    rel = rel.casefold()
-                out.add(f"{prefix}/{rel}")
-    return out
-
-
-# What fsck.vfat -n says about clusters that nothing points to (and the free count they
-# throw off): the one inconsistency the FAT exchange's crash window may leave (cfsboot.boot.fat).
-LOST_CLUSTER_LINES = re.compile(
-    r"Reclaimed \d+ unused clusters? \(\d+ bytes\)\.|Free cluster summary wrong \(.*\)"
-    r"|  Auto-correcting\.|Leaving filesystem unchanged\.|"
-)
-
-
-def fsck(image: Path) -> bool:
-    """fsck.vfat -n finds nothing wrong but, perhaps, lost clusters; are there any?"""
-    proc = subprocess.run(["fsck.vfat", "-n", str(image)], capture_output=True, text=True)
-    lines = [ln for ln in proc.stdout.splitlines()[1:] if not ln.startswith(f"{image}:")]
-    if proc.returncode == 0 and not lines:
-        return False
-    assert all(LOST_CLUSTER_LINES.fullmatch(ln) for ln in lines), (
-        f"fsck.vfat -n: {proc.stdout}{proc.stderr}"
-    )
-    return True
-
-
-# ---------------------------------------------------------------------------------------
-# Images, systems and the operations
-# ---------------------------------------------------------------------------------------
-
-# v1 -> v2 changes the kernel (switch copies boot files) and /etc (finalize merges);
-# v3 shares v2's kernel; v4 has its own. gc after v2, v3, v4 drops v1 (and its kernel
-# directory) and v2 (whose kernel directory v3 still boots).
-VERSIONS: dict[str, OsOptions] = {
-    "v1": {"kernel": "k1"},
-    "v2": {"kernel": "k2", "etc": {"added-by-v2": b"new file of v2\n"}},
-    "v3": {"kernel": "k2"},
-    "v4": {"kernel": "k3"},
-}
-DIGEST_NAMES: dict[str, str] = {}  # v1 -> digest, filled by the images fixture
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    op: str  # switch, finalize, rollback, gc: what runs (see `recoveries`)
-    argv: tuple[str, ...]
-    pre: str  # the system it starts from (see `systems`)
-    after_crash: tuple[str, ...]  # versions the default may boot right after a crash
-    # Crash-free runs from `pre` to each default the next run may leave, ending with gc.
-    clean: dict[str, tuple[tuple[str, ...], ...]]
-    backends: tuple[Backend, ...] = tuple(Backend)
-
-
-SWITCH = ("switch", "@v2", "-q")
-FINALIZE = ("finalize-staged",)
-ROLLBACK = ("rollback",)
-GC = ("gc",)
-SCENARIOS = (
-    # Staging never touches the live menu: the old default boots at every point.
-    Scenario("switch", "switch", SWITCH, "installed", ("v1",), {"v2": (SWITCH, FINALIZE, GC)}),
-    # The exchange of the staged and the live menu is the one step that changes the default.
-    Scenario("finalize", "finalize", FINALIZE, "staged-v2", ("v1", "v2"), {"v2": (FINALIZE, GC)}),
-    # The same where loader/entries and loader/entries.staged lie in different sectors of
-    # the FAT directory: the exchange takes two sector writes (see cfsboot.boot.fat).
-    Scenario(
-        "finalize-split",
-        "finalize",
-        FINALIZE,
-        "staged-v2-split",
-        ("v1", "v2"),
-        {"v2": (FINALIZE, GC)},
-        (Backend.FAT,),
-    ),
-    # From [v2, v1] with v3 staged: the staged one is dropped, then v1 becomes the default.
-    Scenario(
-        "rollback",
-        "rollback",
-        ROLLBACK,
-        "v2-with-v3-staged",
-        ("v2", "v1"),
-        {"v1": (ROLLBACK, GC), "v2": (ROLLBACK, ROLLBACK, GC)},
-    ),
-    # From [v4, v3, v2, v1]: v2 and v1 go; v4 is the default throughout.
-    Scenario("gc", "gc", GC, "four-deployed", ("v4",), {"v4": (GC, GC)}),
-)
-
-
-def _args(argv: Sequence[str], refs: dict[str, str]) -> list[str]:
-    return [refs[a[1:]] if a.startswith("@") else a for a in argv]
 
 
 @pytest.fixture(scope="module")
@@ -625,100 +212,12 @@ def split_loader_directory(m: Machine, servers: Servers, images: dict[str, str])
     while _loader_slots(m.esp_image)[0]:
         n += 1
         _mtools("mcopy", "-i", str(m.esp_image), str(filler), f"::/loader/f{n}")
-    cfsboot(servers, m, *_args(SWITCH, images))
+    cfsboot(servers, m, *with_refs(SWITCH, images))
     for i in (1, 2, 3):
         _mtools("mdel", "-i", str(m.esp_image), f"::/loader/f{i}")
     free, sectors = _loader_slots(m.esp_image)
     assert free >= 3 and not sectors["entries.staged"] & sectors["entries"], sectors
     filler.unlink()
-
-
-# ---------------------------------------------------------------------------------------
-# Running the operation again
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Recovery:
-    """What the next run does and what it must leave: its commands, the default after it."""
-
-    label: str
-    commands: tuple[tuple[str, ...], ...]
-    expect: str  # version
-
-
-# A command that must fail, saying this (the finalize that finds no staged menu).
-STAGE_AGAIN_HINT = "run the switch or upgrade again"
-REFUSED_FINALIZE = ("!", *FINALIZE)
-
-
-def recoveries(sc: Scenario, crashed: Seen, has_marker: bool) -> list[tuple[Recovery, bool]]:
-    """The next runs to try after a crash, each with: drop the run directory first (a reboot)?"""
-    by_digest = {d: v for v, d in DIGEST_NAMES.items()}
-    default = by_digest[crashed.default]
-    if sc.op == "switch":
-        return [(Recovery("switch again", (SWITCH, FINALIZE), "v2"), False)]
-    if sc.op == "finalize":
-        out = []
-        staged = esp_path(crashed.view, STAGED_ENTRIES, fat=True)
-        if has_marker and staged is None and default == "v1":
-            # The FAT exchange's window lost the staged menu (cfsboot.boot.fat): finalize says
-            # so and what to do, and the old default boots until then.
-            rec = Recovery(
-                "finalize again, then switch again", (REFUSED_FINALIZE, SWITCH, FINALIZE), "v2"
-            )
-            out.append((rec, False))
-        elif has_marker:
-            # Killed without a reboot (a manual finalize-staged): the shutdown runs it again.
-            out.append((Recovery("finalize again", (sc.argv,), "v2"), False))
-        # After a power cut /run is empty: the admin sees the old default and switches again.
-        redo = (SWITCH, FINALIZE) if default == "v1" else ()
-        out.append((Recovery("reboot, switch again", redo, "v2"), True))
-        return out
-    if sc.op == "rollback":
-        # rollback toggles: run again, it must make the other one of the two the default.
-        other = "v1" if default == "v2" else "v2"
-        return [(Recovery("rollback again", (sc.argv,), other), False)]
-    assert sc.op == "gc"
-    return [(Recovery("gc again", (sc.argv,), "v4"), False)]
-
-
-class References:
-    """What crash-free runs leave on the disk, by scenario, backend and resulting default."""
-
-    def __init__(self, work: Path, servers: Servers, refs: dict[str, str]) -> None:
-        self.work = work
-        self.servers = servers
-        self.refs = refs
-        self.lock = threading.Lock()
-        self.cache: dict[tuple[str, Backend, str], set[str]] = {}
-
-    def names(self, sc: Scenario, pre: Machine, expect: str) -> set[str]:
-        key = (sc.name, pre.backend, expect)
-        with self.lock:
-            if key not in self.cache:
-                m = pre.copy(self.work / f"reference-{sc.name}-{pre.backend}-{expect}")
-                for command in sc.clean[expect]:
-                    cfsboot(self.servers, m, *_args(command, self.refs))
-                seen = check_boots(m, [DIGEST_NAMES[expect]])
-                self.cache[key] = disk_names(m, seen.view)
-                shutil.rmtree(m.path)
-            return self.cache[key]
-
-
-def check_same_names(got: set[str], want: set[str]) -> None:
-    def short(names: set[str]) -> list[str]:
-        out = []
-        for n in sorted(names)[:6]:
-            for v, d in DIGEST_NAMES.items():
-                n = n.replace(d, v)
-            out.append(n)
-        return out
-
-    assert got == want, (
-        "the disk differs from a crash-free run's: extra"
-        f" {short(got - want)}, missing {short(want - got)}"
-    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -775,7 +274,7 @@ def crash_at(
 ) -> None:
     """Crash at `p`, check the disk; run the next run(s) and gc, check again."""
     m = pre.copy(work / f"n{p.n}")
-    cfsboot(servers, m, *_args(sc.argv, refs), crash_at=p.n)
+    cfsboot(servers, m, *with_refs(sc.argv, refs), crash_at=p.n)
     # Inside an exchange that takes more than one sector write: some done, not all.
     edits = sum(
         1 for q in read_trace(m.path / "trace") if q.op == "fat-sector" and q.when == "after"
@@ -798,10 +297,10 @@ def crash_at(
         try:
             for command in rec.commands:
                 if command[0] == "!":
-                    out = cfsboot(servers, target, *_args(command[1:], refs), fails=True)
+                    out = cfsboot(servers, target, *with_refs(command[1:], refs), fails=True)
                     assert STAGE_AGAIN_HINT in out, f"cfsboot {' '.join(command[1:])}: {out}"
                 else:
-                    cfsboot(servers, target, *_args(command, refs))
+                    cfsboot(servers, target, *with_refs(command, refs))
             check_boots(target, expect, in_exchange=in_exchange, after=True)
             # gc then leaves exactly what it leaves after a run that was never interrupted.
             out = cfsboot(servers, target, "gc")
@@ -828,7 +327,7 @@ def run_scenario(
         "CFSBOOT_CRASH_FINGERPRINT": "1",
         "CFSBOOT_CRASH_ROOTS": ":".join(str(p) for p in counted.roots()),
     }
-    status = servers.run(counted.argv(*_args(sc.argv, refs)), out, env)
+    status = servers.run(counted.argv(*with_refs(sc.argv, refs)), out, env)
     assert status == 0, out.read_text()
     points = read_trace(trace)
     assert points, "the operation wrote nothing"
@@ -962,10 +461,10 @@ def test_gc_collects_what_a_kill_left(
     leftovers stayed forever.
     """
     m = _crash_where(
-        servers, systems[Backend.DIR]["installed"], tmp_path, _args(SWITCH, images), op, where
+        servers, systems[Backend.DIR]["installed"], tmp_path, with_refs(SWITCH, images), op, where
     )
     for command in (SWITCH, FINALIZE):
-        cfsboot(servers, m, *_args(command, images))
+        cfsboot(servers, m, *with_refs(command, images))
     out = cfsboot(servers, m, "gc")
     assert "note:" not in out and "leftover(s) of interrupted runs" in out, out
     left = [

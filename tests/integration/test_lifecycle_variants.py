@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from cfsboot.image.importer import import_image
-from cfstest import bootorder
+from cfstest import bootorder, grubmenu
 from cfstest.cli import one_line_error
 from cfstest.cli import run as cfsboot
 from cfstest.ocibuild import build_layout
@@ -90,7 +90,7 @@ def tmp(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
 
 
-def _grub_deployments(menu: bootorder.GrubMenu) -> list[str | None]:
+def _grub_deployments(menu: grubmenu.GrubMenu) -> list[str | None]:
     """Deployments in GRUB's menu order; the first is the one GRUB boots by default."""
     assert menu.default is menu.entries[0]
     return [bootorder.composefs_digest(e.options) for e in menu.entries]
@@ -102,7 +102,7 @@ def test_grub_menu_lifecycle(tmp: Path, refs: dict[str, str]) -> None:
     assert (sys_.esp / "EFI/BOOT/BOOTX64.EFI").read_bytes().startswith(b"")
     assert not (sys_.esp / "loader").exists()
     text = (sys_.esp / "EFI/BOOT/grub.cfg").read_text()
-    menu = bootorder.grub_menu(text)
+    menu = grubmenu.grub_menu(text)
     assert menu.settings["timeout"] == "0"
     assert _grub_deployments(menu) == [d1]
     assert f"set default=cfsboot-{d1}" in text
@@ -111,11 +111,11 @@ def test_grub_menu_lifecycle(tmp: Path, refs: dict[str, str]) -> None:
     assert f"composefs=?{d1}" in e.options
 
     sys_.cfs("switch", refs["v2"], "-q")
-    staged = bootorder.grub_menu((sys_.esp / "EFI/BOOT/grub.cfg.staged").read_text())
+    staged = grubmenu.grub_menu((sys_.esp / "EFI/BOOT/grub.cfg.staged").read_text())
     assert _grub_deployments(staged) == [d2, d1]
-    assert _grub_deployments(bootorder.grub_menu(text)) == [d1]
+    assert _grub_deployments(grubmenu.grub_menu(text)) == [d1]
     sys_.cfs("finalize-staged")
-    live = bootorder.grub_menu((sys_.esp / "EFI/BOOT/grub.cfg").read_text())
+    live = grubmenu.grub_menu((sys_.esp / "EFI/BOOT/grub.cfg").read_text())
     assert _grub_deployments(live) == [d2, d1]
     assert not (sys_.esp / "EFI/BOOT/grub.cfg.staged").exists()
     assert sorted(os.listdir(sys_.esp / "EFI/Linux")) == sorted(
@@ -123,7 +123,7 @@ def test_grub_menu_lifecycle(tmp: Path, refs: dict[str, str]) -> None:
     )
     assert sys_.status()["status"]["booted"]["composefs"]["bootloader"] == "grub"
     sys_.cfs("rollback")
-    live = bootorder.grub_menu((sys_.esp / "EFI/BOOT/grub.cfg").read_text())
+    live = grubmenu.grub_menu((sys_.esp / "EFI/BOOT/grub.cfg").read_text())
     assert _grub_deployments(live) == [d1, d2]
 
 

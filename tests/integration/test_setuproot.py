@@ -8,250 +8,36 @@ and the script wrote (the /etc upper dir, the shared /var), so two boots in a
 row show persistence.
 
 The host kernel has no fs-verity: secure mode (`composefs=HEX`) can only be
-shown to refuse here; it is proven to work in the VM tests.
+shown to refuse here (test_setuproot_refusals.py); it is proven to work in the VM
+tests. The sysroot and the boots: cfstest.setuprootboot.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import shlex
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from cfstest import REPO_ROOT
 from cfstest.reftools import RefTools
-from setuproot.contract import DEPLOY_VAR_LINK_TARGET, HashAlg, object_relpath
+from cfstest.setuprootboot import BIG, HELLO, Sysroot, boot, make_sysroot, one_line
+from setuproot.contract import HashAlg
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("can_mount")]
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-BIG = bytes(range(256)) * 400  # 100 KiB: an external object, read through objects/
-HELLO = b"#!/bin/sh\necho this file is longer than sixty-four bytes so it is external\n"
-
-
-@dataclass(frozen=True)
-class Sysroot:
-    image: Path  # ext4 image file holding the physical root
-    digests: dict[str, str]  # deployment name -> image digest (hex)
-    algorithm: HashAlg
-
-
-def _write_tree(root: Path, version: str) -> None:
-    for d in ("etc", "usr/bin", "usr/share", "var", "sysroot", "run", "boot"):
-        (root / d).mkdir(parents=True)
-    (root / "etc/hostname").write_text("cfsboot-test\n")
-    (root / "etc/os-release").write_text(f"ID=cfsboot\nVERSION_ID={version}\n")
-    (root / "usr/bin/hello").write_bytes(HELLO)
-    (root / "usr/bin/hello").chmod(0o755)
-    (root / "usr/share/big").write_bytes(BIG)
-    (root / "usr/share/version").write_text(version * 40 + "\n")
-    (root / "var/from-install").write_text("shared var\n")
-    # What install and switch need to write boot entries (nothing boots them here).
-    kdir = root / "usr/lib/modules/6.12.0-test"
-    kdir.mkdir(parents=True)
-    (kdir / "vmlinuz").write_bytes(b"kernel " * 1000)
-    (kdir / "initramfs.img").write_bytes(b"initramfs " * 1000)
-    efi = root / "usr/lib/systemd/boot/efi"
-    efi.mkdir(parents=True)
-    (efi / "systemd-bootx64.efi").write_bytes(b"systemd-boot " * 1000)
-
-
-def _build_with_stager(physical: Path, sources: dict[str, Path]) -> tuple[dict[str, str], HashAlg]:
-    """`install to-filesystem` the first tree, `switch` + `finalize-staged` to the second."""
-    from cfsboot.boot.bootloader import SystemdBoot
-    from cfsboot.boot.esp import DirEsp
-    from cfsboot.deploy.install import InstallOptions, to_filesystem
-    from cfsboot.deploy.stage import finalize, stage
-    from cfsboot.deploy.sysroot import Sysroot as StagerSysroot
-    from cfsboot.deploy.target import import_target
-    from cfstest.ocibuild import build_layout
-
-    esp = DirEsp(physical.parent / "esp")
-    esp.root.mkdir()
-    refs = {}
-    for name, src in sources.items():
-        build_layout(physical.parent / f"oci-{name}", [src])
-        refs[name] = f"oci:{physical.parent / f'oci-{name}'}:latest"
-    first, *rest = sources
-    digests = {
-        first: to_filesystem(refs[first], physical, esp, InstallOptions(insecure=True)).digest
-    }
-    stager = StagerSysroot(physical, run_dir=physical.parent / "run")
-    bl = SystemdBoot(esp)
-    for name in rest:
-        target = import_target(stager, refs[name])
-        assert stage(stager, bl, target).staged
-        finalize(stager, bl)
-        digests[name] = target.digest
-    return digests, stager.repo.algorithm
-
-
-def _build_with_mkcomposefs(
-    physical: Path, sources: dict[str, Path]
-) -> tuple[dict[str, str], HashAlg]:
-    mkcomposefs = Path(os.environ.get("CFSBOOT_REFTOOLS", "/var/cache/cfsboot/reftools-bin"))
-    repo = physical / "composefs"
-    (repo / "images").mkdir(parents=True)
-    digests = {}
-    for name, src in sources.items():
-        tmp = physical / "image.tmp"
-        out = subprocess.run(
-            [
-                str(mkcomposefs / "mkcomposefs"),
-                "--min-version=1",
-                "--print-digest",
-                f"--digest-store={repo / 'objects'}",
-                str(src),
-                str(tmp),
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        digest = out.stdout.strip()
-        obj = repo / "objects" / object_relpath(digest)
-        obj.parent.mkdir(exist_ok=True)
-        tmp.rename(obj)
-        (repo / "images" / digest).symlink_to(f"../objects/{object_relpath(digest)}")
-        digests[name] = digest
-    return digests, HashAlg.SHA256
-
-
-def _make_sysroot(base: Path, builder: str) -> Sysroot:
-    sources = {}
-    for name in ("a", "b"):
-        _write_tree(base / f"src-{name}", name)
-        sources[name] = base / f"src-{name}"
-    physical = base / "physical"
-    physical.mkdir()
-    if builder == "stager":
-        digests, alg = _build_with_stager(physical, sources)
-    else:
-        digests, alg = _build_with_mkcomposefs(physical, sources)
-        (physical / "state/os/default/var").mkdir(parents=True)
-        (physical / "state/os/default/var/from-install").write_text("shared var\n")
-        for digest in digests.values():
-            d = physical / "state/deploy" / digest
-            d.mkdir(parents=True)
-            (d / "var").symlink_to(DEPLOY_VAR_LINK_TARGET)
-    image = base / "physical.ext4"
-    subprocess.run(
-        ["mkfs.ext4", "-q", "-F", "-d", str(physical), str(image), "64M"],
-        check=True,
-        capture_output=True,
-    )
-    return Sysroot(image, digests, alg)
 
 
 @pytest.fixture(scope="module")
 def sysroot_template(tmp_path_factory: pytest.TempPathFactory) -> Sysroot:
     """Two deployments made by the stager (install, switch, finalize; sha512, insecure: no
     fs-verity here)."""
-    return _make_sysroot(tmp_path_factory.mktemp("sysroot"), "stager")
+    return make_sysroot(tmp_path_factory.mktemp("sysroot"), "stager")
 
 
 @pytest.fixture
 def sysroot(sysroot_template: Sysroot, tmp_path: Path) -> Sysroot:
     """A fresh copy of the physical root for each test."""
-    image = tmp_path / "physical.ext4"
-    subprocess.run(
-        ["cp", "--sparse=always", str(sysroot_template.image), str(image)],
-        check=True,
-    )
-    return Sysroot(image, sysroot_template.digests, sysroot_template.algorithm)
-
-
-@dataclass(frozen=True)
-class Boot:
-    rc: int
-    stdout: str
-    stderr: str
-    mounts: dict[str, dict[str, Any]]  # findmnt target -> entry, inside the namespace
-
-
-def _loops_on(path: Path) -> list[str]:
-    out = subprocess.run(
-        ["losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return [line for line in out.splitlines() if str(path) in line]
-
-
-def boot(
-    sr: Sysroot,
-    tmp_path: Path,
-    cmdline: str,
-    *,
-    args: tuple[str, ...] = (),
-    config: str | None = None,
-    before: str = "",
-    after: str = "",
-    program: tuple[str, ...] = (sys.executable, "-m", "setuproot"),
-) -> Boot:
-    """Mount the physical root at $M in a private namespace, run setup-root, then `after`.
-
-    `config`: the text of a config file to give with --config (tmp_path/conf.toml).
-    """
-    mnt = tmp_path / "mnt"
-    mnt.mkdir(exist_ok=True)
-    if config is not None:
-        (tmp_path / "conf.toml").write_text(config)
-        args = (*args, "--config", str(tmp_path / "conf.toml"))
-    argv = [
-        *program,
-        "--sysroot",
-        str(mnt),
-        "--cmdline",
-        cmdline,
-        *args,
-    ]
-    script = f"""
-set -u
-mount -t tmpfs tmpfs /run
-mount -o loop {shlex.quote(str(sr.image))} "$M"
-{before}
-{shlex.join(argv)}
-rc=$?
-findmnt --json --list --submounts --output TARGET,SOURCE,FSTYPE,OPTIONS --mountpoint "$M" \
-    > "$T/mounts.json"
-if [ $rc = 0 ]; then
-{after or ":"}
-fi
-exit $rc
-"""
-    env = {
-        "PATH": os.environ["PATH"],
-        "PYTHONPATH": str(REPO_ROOT / "setup-root"),
-        "M": str(mnt),
-        "T": str(tmp_path),
-    }
-    proc = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "bash", "-c", script],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert not _loops_on(sr.image), "a loop device outlived the namespace"
-    mounts = {
-        m["target"]: m for m in json.loads((tmp_path / "mounts.json").read_text())["filesystems"]
-    }
-    return Boot(proc.returncode, proc.stdout, proc.stderr, mounts)
-
-
-def one_line(stderr: str) -> str:
-    lines = stderr.splitlines()
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("cfsboot-setup-root: "), lines[0]
-    return lines[0]
+    return sysroot_template.copy(tmp_path / "physical.ext4")
 
 
 def test_insecure_boot_mounts_the_image_as_root(sysroot: Sysroot, tmp_path: Path) -> None:
@@ -306,7 +92,7 @@ def test_big_file_read_through_objects_layer(sysroot: Sysroot, tmp_path: Path) -
 
 def test_image_made_by_c_mkcomposefs(reftools: RefTools, tmp_path: Path) -> None:
     """Images from the reference C tool (sha256 digests) mount the same way."""
-    sr = _make_sysroot(tmp_path / "c", "mkcomposefs")
+    sr = make_sysroot(tmp_path / "c", "mkcomposefs")
     assert sr.algorithm is HashAlg.SHA256 and len(sr.digests["a"]) == 64
     (tmp_path / "big").write_bytes(BIG)
     b = boot(
@@ -447,129 +233,3 @@ def test_no_etc_mount_leaves_the_images_read_only_etc(sysroot: Sysroot, tmp_path
     )
     assert (b.rc, b.stdout, b.stderr) == (0, "cfsboot-test\nETC-RO\n", "")
     assert f"{m}/etc" not in b.mounts and f"{m}/var" in b.mounts
-
-
-def _refused(b: Boot, tmp_path: Path, code: int) -> str:
-    assert b.rc == code, b.stderr
-    # Nothing was touched: /sysroot is still the physical root, with nothing on top.
-    assert [(t, e["fstype"]) for t, e in b.mounts.items()] == [(str(tmp_path / "mnt"), "ext4")]
-    return one_line(b.stderr)
-
-
-def test_secure_karg_refused_without_fs_verity(sysroot: Sysroot, tmp_path: Path) -> None:
-    a = sysroot.digests["a"]
-    line = _refused(boot(sysroot, tmp_path, f"composefs={a}"), tmp_path, 5)
-    assert "has no fs-verity support" in line
-    assert line.endswith(f"boot with composefs=?{a} to skip the check")
-
-
-def test_missing_image_refused(sysroot: Sysroot, tmp_path: Path) -> None:
-    missing = "0" * sysroot.algorithm.hex_len
-    line = _refused(boot(sysroot, tmp_path, f"composefs=?{missing}"), tmp_path, 4)
-    assert line == (
-        f"cfsboot-setup-root: composefs image {missing} not found:"
-        f" {tmp_path}/mnt/composefs/images/{missing} does not exist"
-    )
-
-
-def test_bad_karg_refused(sysroot: Sysroot, tmp_path: Path) -> None:
-    line = _refused(boot(sysroot, tmp_path, "rw composefs=?abc"), tmp_path, 2)
-    assert line.startswith("cfsboot-setup-root: invalid kernel argument composefs=?abc:")
-
-
-def test_bad_config_refused(sysroot: Sysroot, tmp_path: Path) -> None:
-    b = boot(
-        sysroot, tmp_path, f"composefs=?{sysroot.digests['a']}", config='[etc]\nmount = "copy"\n'
-    )
-    line = _refused(b, tmp_path, 3)
-    assert line == (
-        f"cfsboot-setup-root: {tmp_path / 'conf.toml'}: etc.mount must be one of"
-        " overlay | bind | transient | none, not 'copy'"
-    )
-
-
-# The host kernel has no fs-verity, so the kernel's answer to FS_IOC_MEASURE_VERITY is
-# replaced (in the setup-root process only) to show the other two verdicts on real mounts.
-MEASURED = """
-import sys
-from setuproot import mount, verity
-from setuproot.contract import HashAlg
-
-answer = sys.argv.pop(1)
-
-def measure(fd, *, path=None):
-    if answer == "none":
-        raise verity.NoVerity(61, "FS_IOC_MEASURE_VERITY: the file has no fs-verity", path)
-    return HashAlg.SHA512, bytes(64)
-
-mount.measure_verity = measure
-from setuproot.main import main
-sys.exit(main())
-"""
-
-
-@pytest.mark.parametrize(
-    ("karg", "before", "measured", "code", "message"),
-    [
-        pytest.param(
-            "composefs={a}",
-            "",
-            "zeros",
-            6,
-            "composefs image {m}/composefs/images/{a} has the wrong fs-verity digest:"
-            " expected sha512:{a}, found sha512:{zeros}",
-            id="wrong-digest",
-        ),
-        pytest.param(
-            "composefs={a}",
-            "",
-            "none",
-            5,
-            "composefs image {m}/composefs/images/{a} has no fs-verity digest;"
-            " boot with composefs=?{a} to allow it",
-            id="no-verity",
-        ),
-        pytest.param(
-            "composefs=?{a}",
-            'rm -r "$M/state/deploy/{a}"',
-            None,
-            8,
-            "deployment state {m}/state/deploy/{a} is missing (was {a12}... deployed?)",
-            id="undeployed",
-        ),
-        pytest.param(
-            "composefs=?{a}",
-            'mount -o remount,ro "$M"',
-            None,
-            8,
-            "cannot use {m}/state/deploy/{a}/etc: the filesystem is read-only"
-            " (the physical root must be mounted rw: boot with `rw`)",
-            id="read-only-physical-root",
-        ),
-        pytest.param(
-            "composefs=?{a}",
-            'rm "$M/composefs/images/{a}"; head -c 8192 /dev/zero > "$M/composefs/images/{a}"',
-            None,
-            1,
-            "cannot mount composefs image {m}/composefs/images/{a}: not a valid EROFS image",
-            id="not-erofs",
-        ),
-    ],
-)
-def test_refused_with_its_message(
-    sysroot: Sysroot,
-    tmp_path: Path,
-    karg: str,
-    before: str,
-    measured: str | None,
-    code: int,
-    message: str,
-) -> None:
-    a = sysroot.digests["a"]
-    fmt = {"a": a, "a12": a[:12], "m": str(tmp_path / "mnt"), "zeros": "00" * 64}
-    program: tuple[str, ...] = (sys.executable, "-m", "setuproot")
-    if measured is not None:
-        program = (sys.executable, "-c", MEASURED, measured)
-    b = boot(sysroot, tmp_path, karg.format(**fmt), before=before.format(**fmt), program=program)
-    line = _refused(b, tmp_path, code)
-    assert line.startswith(f"cfsboot-setup-root: {message.format(**fmt)}")

@@ -36,9 +36,10 @@ CHECKS = ("boottime",)
 
 
 def _vm(name: str) -> ModuleType:
-    """The harness lives in vm-tests/ (not a package); import it by path."""
-    if str(VM_TESTS) not in sys.path:
-        sys.path.insert(0, str(VM_TESTS))
+    """The harness lives in vm-tests/ (not a package; it uses tests/cfstest): import it by path."""
+    for path in (VM_TESTS.parent / "tests", VM_TESTS):
+        if str(path) not in sys.path:
+            sys.path.insert(0, str(path))
     return importlib.import_module(name)
 
 

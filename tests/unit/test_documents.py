@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
 import pytest
-from oci_support import base_layer, layout, make_repo
 
 from cfsboot.cli import main
 from cfsboot.deploy import status
@@ -35,6 +34,7 @@ from cfsboot.oci.documents import Descriptor, ImageConfig, Index, Manifest
 from cfsboot.oci.image import open_image
 from cfsboot.oci.reference import parse
 from cfstest.ocibuild import Entry
+from cfstest.ocirepo import base_layer, layout, make_repo
 from conftest import REPO_ROOT
 
 DATA = REPO_ROOT / "tests" / "data"

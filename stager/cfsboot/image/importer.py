@@ -26,6 +26,7 @@ from cfsboot.composefs.erofs.writer import build_image
 from cfsboot.composefs.repository import Repository
 from cfsboot.composefs.tree import Inode
 from cfsboot.errors import die
+from cfsboot.image import selabel
 from cfsboot.image.bootscan import BootResources, scan
 from cfsboot.image.info import (
     ImageInfo,
@@ -141,13 +142,33 @@ def _read_layers(
 
 
 def build_boot_tree(
-    records: list[LayerRecord], xattrs: XattrFilter = XattrFilter.ALLOWLIST
+    records: list[LayerRecord],
+    xattrs: XattrFilter = XattrFilter.ALLOWLIST,
+    read: selabel.ContentReader = selabel.inline_only,
 ) -> tuple[Inode, BootResources]:
+    """The boot image's tree; `read` gives the file contents the transforms need."""
     tree = build_tree(records)
     transform_for_oci(tree, xattrs=xattrs)
     boot = scan(tree)
-    transform_for_boot(tree)
+    transform_for_boot(tree, read)
     return tree, boot
+
+
+def content_reader(sink: ObjectSink, repo: Repository | None) -> selabel.ContentReader:
+    """Contents of the tree's files: inline, kept by the sink, or from the repository."""
+
+    def read(inode: Inode) -> bytes:
+        if inode.content is not None or inode.digest is None:
+            return inode.content or b""
+        hexd = inode.digest.hex()
+        kept = sink.kept.get(hexd)
+        if kept is not None:
+            return kept
+        if repo is None:
+            die(f"the image's SELinux policy file (object {hexd}) was not read from its layer")
+        return repo.read_object(hexd)
+
+    return read
 
 
 def _publish(
@@ -199,7 +220,7 @@ def import_image(
             bytes_read = progress.bytes
             # Still inside the batch: a layer that cannot be applied publishes nothing either.
             progress.message("building the boot image")
-            tree, boot = build_boot_tree(layers.records, xattrs)
+            tree, boot = build_boot_tree(layers.records, xattrs, content_reader(sink, repo))
             erofs = build_image(tree, min_version=1)
         if repo is None:
             image_digest = fsverity.digest_bytes(erofs, alg).hex()

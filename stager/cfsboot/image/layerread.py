@@ -13,6 +13,7 @@ import logging
 
 from cfsboot.composefs.repository import Repository
 from cfsboot.errors import CfsbootError
+from cfsboot.image import selabel
 from cfsboot.image.info import layer_stream
 from cfsboot.image.objectsink import CHUNK, ObjectSink
 from cfsboot.image.progress import Progress
@@ -63,7 +64,7 @@ def _record_entry(entry: tar.TarEntry, data: tar.EntryData, sink: ObjectSink) ->
         if entry.size <= INLINE_MAX:
             content = data.read(INLINE_MAX)
         else:
-            digest = sink.store(data, entry.size)
+            digest = sink.store(data, entry.size, keep=selabel.is_policy_file(entry.path))
     return RecordEntry(
         op=entry.kind,
         path=entry.path,

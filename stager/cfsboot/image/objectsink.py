@@ -33,6 +33,9 @@ class ObjectSink:
         self.repo = repo
         self.written: set[str] = set()
         self.bytes_written = 0
+        # Contents kept in memory by digest: the SELinux policy files, which the boot
+        # image transform reads even when there is no repository to read them from.
+        self.kept: dict[str, bytes] = {}
         self._tmp: int = -1
         # Writing objects is mostly waiting for the filesystem: a few threads do it while
         # the main thread goes on decompressing and hashing. In-flight bytes are bounded.
@@ -76,8 +79,19 @@ class ObjectSink:
 
         self._futures.append(self._pool.submit(write))
 
-    def store(self, data: tar.EntryData, size: int) -> str:
+    def store(self, data: tar.EntryData, size: int, *, keep: bool = False) -> str:
+        """Hash (and stage) one file's content; its hex digest. keep: also keep it in `kept`."""
         h = fsverity.FsVerityHasher(self.alg)
+        if keep:
+            content = b"".join(iter(lambda: data.read(CHUNK), b""))
+            h.update(content)
+            hexd = h.hexdigest()
+            self.kept[hexd] = content
+            if self.repo is not None and hexd not in self.written:
+                if not self.repo.has_object(hexd):
+                    self._write_later(hexd, bytearray(content))
+                    self._count(hexd, size)
+            return hexd
         if self.repo is None:
             while chunk := data.read(CHUNK):
                 h.update(chunk)

@@ -8,12 +8,10 @@ Same OCI image in, same digest out, here and in composefs-rs/bootc:
   (`security.capability`, plus `user.*` in keep-user mode).
 - transform_for_boot (composefs-boot `transform_for_boot`): after the boot
   entries were collected, `/boot` and `/sysroot` are emptied and their mtime
-  seconds (only the seconds, as composefs-rs does) become `/usr`'s.
-
-Known difference: composefs-rs then relabels the tree from the image's SELinux
-policy when it has one; cfsboot does not (it warns), so SELinux images get a
-different digest there. Without a policy both strip `security.selinux`, which
-the allowlist has already done.
+  seconds (only the seconds, as composefs-rs does) become `/usr`'s; then, when
+  the image has an SELinux policy, every inode gets the label it gives
+  (`selabel.py`). Without a policy both strip `security.selinux`, which the
+  allowlist has already done.
 """
 
 from __future__ import annotations
@@ -21,8 +19,9 @@ from __future__ import annotations
 import enum
 import logging
 
-from cfsboot.composefs.tree import Inode, lookup
+from cfsboot.composefs.tree import Inode
 from cfsboot.errors import die
+from cfsboot.image import selabel
 
 log = logging.getLogger(__name__)
 
@@ -76,21 +75,12 @@ def transform_for_oci(root: Inode, *, xattrs: XattrFilter = XattrFilter.ALLOWLIS
     fix_nlink(root)
 
 
-def _has_selinux_policy(root: Inode) -> bool:
-    cfg = lookup(root, b"etc/selinux/config")
-    if cfg is None or not cfg.is_reg():
-        return False
-    # Only inline (small) configs can be read without the repository; that is the usual case.
-    for line in (cfg.content or b"").splitlines():
-        key, _, value = line.strip().partition(b"=")
-        if key == b"SELINUXTYPE" and value:
-            fc = b"etc/selinux/" + value.strip() + b"/contexts/files/file_contexts"
-            return lookup(root, fc) is not None
-    return cfg.content is None and cfg.size > 0
+def transform_for_boot(root: Inode, read: selabel.ContentReader = selabel.inline_only) -> None:
+    """Empty /boot and /sysroot, then label from the image's SELinux policy, if any.
 
-
-def transform_for_boot(root: Inode) -> None:
-    """Empty /boot and /sysroot (collect boot entries first: `cfsboot.image.bootscan.scan`)."""
+    Collect boot entries first (`cfsboot.image.bootscan.scan`); `read` gives the
+    content of the policy's files.
+    """
     usr = _usr(root)
     assert root.children is not None
     for name in EMPTIED_FOR_BOOT:
@@ -103,10 +93,15 @@ def transform_for_boot(root: Inode) -> None:
         assert d.children is not None
         d.children.clear()
         d.mtime = usr.mtime
-    if _has_selinux_policy(root):
-        log.warning(
-            "the image has an SELinux policy: cfsboot does not relabel files from it, "
-            "so this image's digest differs from composefs-rs/bootc's"
+    policy = selabel.load_policy(root, read)
+    if policy is not None:
+        stats = selabel.relabel(root, policy)
+        log.info(
+            "SELinux: %d inodes labelled from %d rules, %d without a label, %d hardlinks split",
+            stats.labelled,
+            len(policy.rules),
+            stats.unlabelled,
+            stats.split_hardlinks,
         )
     fix_nlink(root)
 

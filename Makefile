@@ -17,9 +17,9 @@ APT_PACKAGES := \
 	mtools dosfstools fdisk skopeo zstd cpio btrfs-progs xfsprogs \
 	qemu-system-x86 qemu-utils ovmf hyperfine docker-registry systemd-boot-efi
 
-.PHONY: setup apt venv reftools testos test unit lint vm-test vm-test-core bench freeze install-dracut-module clean
+.PHONY: setup apt venv reftools selinux-oracle testos test unit lint vm-test vm-test-core bench freeze install-dracut-module clean
 
-setup: apt venv reftools testos
+setup: apt venv reftools selinux-oracle testos
 
 apt:
 	@if [ "$$(id -u)" = 0 ]; then \
@@ -37,6 +37,10 @@ venv:
 reftools:
 	bash tests/reftools/build.sh $(CACHE)
 	bash tests/reftools/bootctl.sh $(CACHE)
+
+# A trixie chroot with selinux-policy-default: libselinux answers for the labelling tests.
+selinux-oracle:
+	bash tests/reftools/selinux-oracle.sh $(CACHE)
 
 # The Debian trixie test OS rootfs (mmdebstrap, cached by its inputs): the dracut
 # test and the VM tests build on it.

@@ -303,12 +303,8 @@ class _Translator:
             return b"".join(_byte(b) if not chr(b).isalnum() else bytes([b]) for b in quoted)
         if ch == b"E":
             return b""
-        if ch in (b"1", b"2", b"3", b"4", b"5", b"6", b"7", b"8", b"9"):
-            nxt = self.peek()
-            if nxt is not None and chr(nxt).isdigit():
-                raise Untranslatable(f"the ambiguous escape '\\{ch.decode()}{chr(nxt)}'")
-            self.backrefs = True
-            return b"\\" + ch + b"(?:)"
+        if ch.isdigit() and ch != b"0":
+            return self.digit_escape(d)
         if ch == b"k":
             return self.named_backref()
         value = self.char_escape(d)
@@ -317,6 +313,28 @@ class _Translator:
         if ch.isalnum():
             raise Untranslatable(f"the escape '\\{ch.decode()}'")
         return _byte(d) if d >= 0x80 or d < 0x20 else b"\\" + ch
+
+    def digit_escape(self, d: int) -> bytes:
+        """\\N: a backreference, or (PCRE2's rule for 10 and up) an octal escape."""
+        src = self.src
+        j = self.i
+        while j < len(src) and chr(src[j]).isdigit():
+            j += 1
+        number = int(src[self.i - 1 : j])
+        if number < 10 or d in b"89" or number <= self.groups:
+            if number >= 10:
+                raise Untranslatable(f"the backreference '\\{number}'")
+            self.backrefs = True
+            self.i = j
+            return b"\\%d(?:)" % number
+        j = self.i
+        while j < len(src) and j < self.i + 2 and src[j] in OCTAL:
+            j += 1
+        value = int(src[self.i - 1 : j], 8)
+        self.i = j
+        if value > 0xFF:
+            raise Untranslatable("an octal escape above \\377")
+        return _byte(value)
 
     def named_backref(self) -> bytes:
         src = self.src

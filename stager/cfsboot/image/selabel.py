@@ -493,11 +493,16 @@ def load_policy(root: Inode, read: ContentReader = inline_only) -> Policy | None
         node = _regular(root, files + fname.encode())
         return None if node is None else read(node)
 
+    return policy_from_files(text, "/" + files.decode(errors="replace"))
+
+
+def policy_from_files(text: Callable[[str], bytes | None], where: str) -> Policy:
+    """The policy made of the files `text(name)` returns (None: absent); `where` prefixes names."""
     rules: list[Rule] = []
     for inputno, fname in enumerate(SPEC_FILES):
         data = text(fname)
         if data is not None:
-            rules += parse_spec_file(data, f"/{files.decode()}{fname}", inputno)
+            rules += parse_spec_file(data, where + fname, inputno)
     subs = parse_subs_file(text(SUBS_FILE) or b"")
     subs_dist = parse_subs_file(text(SUBS_DIST_FILE) or b"")
     return Policy(rules, subs, subs_dist)

@@ -23,10 +23,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CACHE, REPO_ROOT, missing_capability
 
 from cfsboot.image import selabel
 from cfsboot.image.pcre import Untranslatable, translate
+from cfstest.selinux_edge import CTX, EDGE_CASES, EDGE_FILES
+from conftest import CACHE, REPO_ROOT, missing_capability
 
 pytestmark = [pytest.mark.integration]
 
@@ -111,9 +112,19 @@ def oracle() -> Path:
     return ORACLE
 
 
-def _in_oracle(root: Path, script: str, args: list[str], data: bytes) -> bytes:
+def _in_oracle(
+    root: Path, script: str, args: list[str], data: bytes, mnt: Path | None = None
+) -> bytes:
+    """Run a python3 script in the oracle chroot; mnt: a host directory it sees on /mnt."""
+    argv = ["chroot", str(root), "/usr/bin/python3", "-c", script, *args]
+    if mnt is not None:
+        # A private mount namespace: the cached chroot itself is not touched.
+        argv = [
+            "unshare", "-m", "--propagation", "private", "sh", "-c",
+            'mount --bind "$0" "$1/mnt" && shift && exec "$@"', str(mnt), str(root), *argv,
+        ]  # fmt: skip
     proc = subprocess.run(
-        ["chroot", str(root), "/usr/bin/python3", "-c", script, *args],
+        argv,
         input=data,
         capture_output=True,
         check=False,
@@ -122,9 +133,13 @@ def _in_oracle(root: Path, script: str, args: list[str], data: bytes) -> bytes:
     return proc.stdout
 
 
-def _libselinux(root: Path, entries: list[tuple[bytes, int]]) -> list[bytes | None]:
+def _libselinux(
+    root: Path, entries: list[tuple[bytes, int]], policy: Path | None = None
+) -> list[bytes | None]:
+    """libselinux's labels, from the oracle's policy or from the files in `policy`."""
     data = b"".join(b"%o %s\0" % (mode, path) for path, mode in entries)
-    labels = _in_oracle(root, LABEL_SCRIPT, [POLICY + "file_contexts"], data).split(b"\0")[:-1]
+    spec = "/mnt/file_contexts" if policy else POLICY + "file_contexts"
+    labels = _in_oracle(root, LABEL_SCRIPT, [spec], data, policy).split(b"\0")[:-1]
     assert len(labels) == len(entries)
     return [label or None for label in labels]
 
@@ -201,6 +216,15 @@ def test_every_rule_in_every_file_type_gets_libselinux_labels(oracle: Path) -> N
     assert len(policy.rules) > 5000
     paths = sorted(_paths_from_rules(policy.rules))
     _compare(oracle, [(path, mode) for path in paths for mode in KEY_MODES])
+
+
+def test_edge_cases_are_libselinux_answers(oracle: Path, can_mount: None, tmp_path: Path) -> None:
+    """tests/unit/test_selabel.py's expectations for its edge-case policy are libselinux's."""
+    for name, text in EDGE_FILES.items():
+        (tmp_path / name).write_text(text)
+    entries = [(path.encode(), mode) for path, mode, _ in EDGE_CASES]
+    expected = [None if t is None else CTX.format(t).encode() for _, _, t in EDGE_CASES]
+    assert _libselinux(oracle, entries, tmp_path) == expected
 
 
 # Patterns: what policies write, what pcre.py rewrites, and edge cases of both.

@@ -25,6 +25,7 @@ compiles differently (a variable-length lookbehind) fail in `re.compile`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 # The ASCII sets of PCRE2's POSIX classes (its default C-locale tables), as
@@ -57,6 +58,10 @@ HEX = b"0123456789abcdefABCDEF"
 OCTAL = b"01234567"
 INLINE_FLAGS = b"is"  # the options Python scopes to a group the same way
 QUANTIFIER_CHARS = b"*+?"
+
+
+# Runs of bytes that mean the same in both, copied as they are (most of a pattern).
+PLAIN_RUN = re.compile(rb"[^\\\[(){}|$\x00-\x1f\x80-\xff]+")
 
 
 class Untranslatable(ValueError):
@@ -112,6 +117,11 @@ class _Translator:
     def run(self) -> Translation:
         src = self.src
         while self.i < len(src):
+            plain = PLAIN_RUN.match(src, self.i)
+            if plain is not None:
+                self.out.append(plain.group())
+                self.i = plain.end()
+                continue
             c = src[self.i]
             if c == ord("\\"):
                 self.out.append(self.escape())
@@ -128,15 +138,12 @@ class _Translator:
             elif c == ord("}"):
                 self.out.append(rb"\}")
                 self.i += 1
-            elif c in b".^*+?":
-                self.out.append(bytes([c]))
-                self.i += 1
             elif c == ord("$"):
                 self.end_sensitive = True
                 self.out.append(b"$")
                 self.i += 1
-            else:
-                self.out.append(_byte(c) if c >= 0x80 or c < 0x20 else bytes([c]))
+            else:  # a control or non-ASCII byte
+                self.out.append(_byte(c))
                 self.i += 1
         if len(self.stack) > 1:
             raise Untranslatable("an unclosed group '('")

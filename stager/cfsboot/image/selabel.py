@@ -129,7 +129,7 @@ def parse_spec_file(data: bytes, source: str, inputno: int) -> list[Rule]:
         stripped = line.lstrip(WHITESPACE)
         if not stripped or stripped.startswith(b"#"):
             continue
-        fields = [f for f in re.split(rb"[ \t\n\v\f\r]+", stripped) if f][:3]
+        fields = stripped.split()[:3]  # bytes.split() splits on C isspace()
         where = f"{source}:{lineno}"
         if any(not f.isascii() for f in fields):
             die(f"SELinux policy {where}: non-ASCII characters (libselinux refuses the file too)")
@@ -313,6 +313,7 @@ class Policy:
         self.subs = _sub_table(subs)
         self.subs_dist = _sub_table(subs_dist)
         self.root = _Node(None)
+        self._deepest_of: dict[bytes, _Node] = {}
         for rule in rules:
             self._insert(rule)
         for node in self._nodes():
@@ -374,6 +375,14 @@ class Policy:
         return node
 
     def _deepest(self, key: bytes) -> _Node:
+        # It depends on the leading directories only: one walk per directory.
+        head = key[: key.rfind(b"/") + 1]
+        node = self._deepest_of.get(head)
+        if node is None:
+            node = self._deepest_of[head] = self._walk(head)
+        return node
+
+    def _walk(self, key: bytes) -> _Node:
         node, p = self.root, 0
         while key[p : p + 1] == b"/":
             q = key.find(b"/", p + 1)
@@ -414,22 +423,28 @@ class Policy:
         return None if rule is None else rule.context
 
 
-def _sub_table(subs: Sequence[tuple[bytes, bytes]]) -> dict[bytes, tuple[int, bytes]]:
+@dataclass(frozen=True)
+class _SubTable:
+    aliases: dict[bytes, tuple[int, bytes]]  # alias -> (line index, original)
+    depth: int  # the most '/' in an alias: longer prefixes of a path cannot match
+
+
+def _sub_table(subs: Sequence[tuple[bytes, bytes]]) -> _SubTable:
     table: dict[bytes, tuple[int, bytes]] = {}
     for i, (alias, original) in enumerate(subs):
         table.setdefault(alias, (i, original))
-    return table
+    return _SubTable(table, max((a.count(b"/") for a in table), default=0))
 
 
-def _apply_subs(table: dict[bytes, tuple[int, bytes]], path: bytes) -> bytes | None:
+def _apply_subs(table: _SubTable, path: bytes) -> bytes | None:
     """The first (in file order) alias that is `path` or a leading directory of it, applied."""
-    if not table:
+    if not table.aliases:
         return None
     found: tuple[int, bytes, int] | None = None
     end = path.find(b"/", 1)
-    while True:
+    for _ in range(table.depth):
         prefix = path if end < 0 else path[:end]
-        hit = table.get(prefix)
+        hit = table.aliases.get(prefix)
         if hit is not None and (found is None or hit[0] < found[0]):
             found = (hit[0], hit[1], len(prefix))
         if end < 0:

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     sel = statistics.median(label_times)
     print(f"input: {rootfs} ({inodes} inodes in the labelled boot image), {runs} runs")
     print(f"import (compute-id), no policy:        {p:6.2f} s")
-    print(f"import (compute-id), policy layer:     {lab:6.2f} s  (+{lab - p:.2f} s, {lab / p:.3f}x)")
+    print(f"import (compute-id), policy layer:     {lab:6.2f} s  (+{lab - p:.2f} s)")
     print(f"of which load_policy + relabel:        {sel:6.2f} s  ({100 * sel / lab:.1f} %)")
     print(f"runs: plain {times['plain']}, labelled {times['labelled']}, labelling {label_times}")
     return 0

@@ -85,7 +85,17 @@ VARIANTS: dict[str, Variant] = {
     # On v2, not v1: the VM test switches a v1 system to it (same digest as v1 would be
     # "already booted").
     "uki": Variant("uki", "13.2", uki_of="v2"),
+    # Debian's SELinux policy, booted permissive: the boot image carries the labels the
+    # policy gives (cfsboot labels it at import), so restorecon finds nothing to do.
+    "selinux": Variant(
+        "selinux",
+        "13.1",
+        packages=("selinux-policy-default",),
+        kargs=("security=selinux", "selinux=1", "enforcing=0"),
+    ),
 }
+# The variants every VM test session builds; the others are built by the tests that use them.
+DEFAULT_VARIANTS = ("v1", "v2", "uki")
 
 
 @dataclass(frozen=True)
@@ -339,9 +349,17 @@ def _build(variant: Variant, inputs: _Inputs) -> OsImage:
         layout = build.Layout(out)
         _link_blob(base_blob, out, base_desc.digest)
         small = layout.add_layer(build.tar_chunks(build.entries_from_directory(layer)), COMPRESSION)
-        layout.add_image([base_desc, small], config=image_config(variant), tag=variant.name)
+        descs = [base_desc, small]
         timings["pack"] = time.monotonic() - t
-        return _publish(variant, out, top, rootfs, [base_desc, small], started, timings, src)
+        if variant.packages:
+            t = time.monotonic()
+            packages = scratch / "packages"
+            oslayer.build_packages_layer(variant, rootfs, layer, packages)
+            entries = build.entries_from_directory(packages)
+            descs.append(layout.add_layer(build.tar_chunks(entries), COMPRESSION))
+            timings["packages"] = time.monotonic() - t
+        layout.add_image(descs, config=image_config(variant), tag=variant.name)
+        return _publish(variant, out, top, rootfs, descs, started, timings, src)
 
 
 def image_config(variant: Variant) -> dict[str, Any]:

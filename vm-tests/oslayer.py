@@ -47,6 +47,10 @@ class Variant:
     # /usr/lib/composefs/setup-root-conf.toml (None: absent, setup-root's defaults)
     setup_root_conf: str | None = None
     uki_of: str | None = None  # a UKI layer over this variant's layers
+    # Debian packages installed (apt-get, in an overlay of the rootfs and the cfsboot
+    # layer) into a layer of their own, and kernel arguments added to KARGS.
+    packages: tuple[str, ...] = ()
+    kargs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,7 @@ def layer_files(
         f'[[registry]]\nlocation = "{REGISTRY}"\ninsecure = true\n'.encode(),
         0o644,
     )
-    kargs = ", ".join(f'"{k}"' for k in KARGS)
+    kargs = ", ".join(f'"{k}"' for k in (*KARGS, *variant.kargs))
     files[KARGS_FILE] = (f"kargs = [{kargs}]\n".encode(), 0o644)
     files["/usr/lib/os-release"] = (os_release(rootfs, variant).encode(), 0o644)
     files["/usr/share/cfsboot-test/version"] = (f"{variant.name}\n".encode(), 0o644)
@@ -304,6 +308,42 @@ def build_cfsboot_layer(
     shutil.move(initrd, layer / modules.lstrip("/") / "initramfs.img")
     os.chmod(layer / modules.lstrip("/") / "initramfs.img", 0o644)
     normalise(layer, rootfs)
+
+
+# apt-get in an overlay of the rootfs and the cfsboot layer: what it changes is the layer.
+APT_INSTALL = (
+    "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q"
+    " --no-install-recommends \"$@\" && apt-get clean && rm -rf /var/lib/apt/lists/*"
+    " /var/log/apt /var/log/dpkg.log /var/cache/debconf/*-old"
+)
+
+
+def build_packages_layer(
+    variant: Variant, rootfs: Path, cfsboot_layer: Path, layer: Path
+) -> None:
+    """Fill layer (absent or empty) with what installing variant.packages changes.
+
+    Overlay whiteouts (files apt removed from below) are dropped: the lower
+    files stay, which is harmless for the caches and backups apt removes.
+    """
+    testos.run_in_overlay(
+        rootfs,
+        ["sh", "-c", APT_INSTALL, "apt-install", *variant.packages],
+        upper=layer,
+        layers=(cfsboot_layer,),
+        timeout=1200,
+    )
+    for dirpath, dirnames, filenames in os.walk(layer):
+        for name in filenames:
+            path = Path(dirpath) / name
+            st = os.lstat(path)
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                path.unlink()
+        for name in dirnames:
+            try:
+                os.removexattr(Path(dirpath) / name, "trusted.overlay.opaque")
+            except OSError:
+                pass
 
 
 def skipped(rel: Path) -> bool:

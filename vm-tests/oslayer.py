@@ -313,14 +313,12 @@ def build_cfsboot_layer(
 # apt-get in an overlay of the rootfs and the cfsboot layer: what it changes is the layer.
 APT_INSTALL = (
     "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q"
-    " --no-install-recommends \"$@\" && apt-get clean && rm -rf /var/lib/apt/lists/*"
+    ' --no-install-recommends "$@" && apt-get clean && rm -rf /var/lib/apt/lists/*'
     " /var/log/apt /var/log/dpkg.log /var/cache/debconf/*-old"
 )
 
 
-def build_packages_layer(
-    variant: Variant, rootfs: Path, cfsboot_layer: Path, layer: Path
-) -> None:
+def build_packages_layer(variant: Variant, rootfs: Path, cfsboot_layer: Path, layer: Path) -> None:
     """Fill layer (absent or empty) with what installing variant.packages changes.
 
     Overlay whiteouts (files apt removed from below) are dropped: the lower

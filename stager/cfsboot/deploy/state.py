@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -12,9 +13,13 @@ from cfsboot.deploy.origin import Origin
 from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.deploy.target import Target
 from cfsboot.errors import die
-from cfsboot.image import extract
+from cfsboot.composefs.tree import Inode
+from cfsboot.image import extract, selabel
 from cfsboot.linux.fsutil import fsync_dir
 from setuproot.config import EtcMount
+
+
+log = logging.getLogger(__name__)
 
 
 def remove_tree(path: Path) -> None:
@@ -83,6 +88,7 @@ def write_state(sysroot: Sysroot, target: Target, origin: Origin, *, init_var: b
             (tmp / "etc").mkdir(0o755)
             (tmp / "etc" / "upper").mkdir(0o755)
             (tmp / "etc" / "work").mkdir(0o700)
+            _label_like(tmp / "etc" / "upper", target.tree, "etc")
         (tmp / f"{target.digest}.origin").write_text(origin.serialise())
         extract.sync_filesystem(tmp)
         if final.exists() or final.is_symlink():
@@ -92,6 +98,22 @@ def write_state(sysroot: Sysroot, target: Target, origin: Origin, *, init_var: b
     except BaseException:
         remove_tree(tmp)
         raise
+
+
+def _label_like(path: Path, tree: Inode, image_path: str) -> None:
+    """Give path the SELinux label of image_path in the boot image, if it has one.
+
+    The overlay's root directory is its upper dir: unlabelled, /etc would show as
+    unlabeled_t and so would every file created in it.
+    """
+    node = extract.subtree(tree, image_path)
+    label = node.xattrs.get(selabel.XATTR) if node is not None else None
+    if label is None:
+        return
+    try:
+        os.setxattr(path, selabel.XATTR.decode(), label)
+    except OSError as e:
+        log.warning("cannot label %s %s: %s", path, label.decode(errors="replace"), e.strerror)
 
 
 def remove_state(sysroot: Sysroot, depl: str) -> None:

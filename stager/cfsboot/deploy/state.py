@@ -9,15 +9,14 @@ import shutil
 import stat
 from pathlib import Path
 
+from cfsboot.composefs.tree import Inode
 from cfsboot.deploy.origin import Origin
 from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.deploy.target import Target
 from cfsboot.errors import die
-from cfsboot.composefs.tree import Inode
 from cfsboot.image import extract, selabel
 from cfsboot.linux.fsutil import fsync_dir
 from setuproot.config import EtcMount
-
 
 log = logging.getLogger(__name__)
 

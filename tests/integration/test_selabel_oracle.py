@@ -5,7 +5,7 @@ The oracle is a Debian trixie chroot with selinux-policy-default installed
 (selabel_lookup_raw with SELABEL_OPT_PATH on the text policy) labels every
 path of two real trixie trees, that chroot itself and the test OS rootfs,
 plus paths made from every rule of the policy, in every file type; cfsboot's
-`selabel.Policy`, built from the same files, must give the same label to
+`fcontexts.Policy`, built from the same files, must give the same label to
 each. Its libpcre2-8 then matches a corpus of patterns the way libselinux
 compiles them (`^REGEX$`, PCRE2_DOTALL), and the Python translation must
 agree on every subject.
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from cfsboot.image import selabel
+from cfsboot.image import fcontexts
 from cfsboot.image.pcre import Untranslatable, translate
 from cfstest.selinux_edge import CTX, EDGE_CASES, EDGE_FILES
 from conftest import CACHE, REPO_ROOT, missing_capability
@@ -144,12 +144,12 @@ def _libselinux(
     return [label or None for label in labels]
 
 
-def _policy(root: Path) -> selabel.Policy:
+def _policy(root: Path) -> fcontexts.Policy:
     def text(name: str) -> bytes | None:
         path = root / POLICY.lstrip("/") / name
         return path.read_bytes() if path.exists() else None
 
-    return selabel.policy_from_files(text, POLICY)
+    return fcontexts.policy_from_files(text, POLICY)
 
 
 def _tree(top: Path) -> Iterator[tuple[bytes, int]]:
@@ -196,7 +196,7 @@ def test_real_trees_get_libselinux_labels(oracle: Path) -> None:
     _compare(oracle, entries)
 
 
-def _paths_from_rules(rules: list[selabel.Rule]) -> set[bytes]:
+def _paths_from_rules(rules: list[fcontexts.Rule]) -> set[bytes]:
     """Paths near every rule: its literal prefix with a few endings, and each literal."""
     paths = set()
     for rule in rules:
@@ -205,7 +205,7 @@ def _paths_from_rules(rules: list[selabel.Rule]) -> set[bytes]:
             path = (head + tail).rstrip(b"/") or b"/"
             if path.startswith(b"/") and b"//" not in path:
                 paths.add(path)
-        literal = selabel._simplify(rule.regex)
+        literal = fcontexts._simplify(rule.regex)
         if literal is not None and literal.startswith(b"/"):
             paths.add(literal)
     return paths

@@ -16,7 +16,7 @@ import pytest
 from cfsboot.composefs import dumpfile, fsverity
 from cfsboot.composefs.erofs.writer import build_image
 from cfsboot.composefs.tree import Inode, lookup, walk
-from cfsboot.image import selabel
+from cfsboot.image import fcontexts, selabel
 from cfsboot.image.transform import transform_for_boot
 from cfsboot.oci.apply import LayerRecord, Op, RecordEntry, build_tree, whiteout_of
 from setuproot.contract import HashAlg
@@ -359,7 +359,7 @@ def test_selabel_hybrid_lookaround_priority() -> None:
         (r"/etc/hostname", "hostname_t"),
     ]
     fc = "".join(f"{r} {_ctx(t)}\n" for r, t in rules).encode()
-    policy = selabel.policy_from_files(lambda n: fc if n == "file_contexts" else None, "/")
+    policy = fcontexts.policy_from_files(lambda n: fc if n == "file_contexts" else None, "/")
     cases = [
         ("/etc/hostname", "hostname_t"),
         ("/etc/passwd", "etc_public_t"),

@@ -17,7 +17,7 @@ from oci_support import base_layer, layout, make_repo
 from cfsboot.composefs import dumpfile
 from cfsboot.composefs.tree import Inode, lookup
 from cfsboot.errors import CfsbootError
-from cfsboot.image import selabel
+from cfsboot.image import fcontexts, selabel
 from cfsboot.image.importer import import_image
 from cfsboot.image.pcre import Untranslatable, translate
 from cfsboot.image.transform import transform_for_boot, transform_for_oci
@@ -28,8 +28,8 @@ from setuproot.contract import HashAlg
 REG, DIR, LNK = stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK
 
 
-def edge_policy() -> selabel.Policy:
-    return selabel.policy_from_files(
+def edge_policy() -> fcontexts.Policy:
+    return fcontexts.policy_from_files(
         lambda name: EDGE_FILES[name].encode() if name in EDGE_FILES else None, "/fc/"
     )
 
@@ -48,7 +48,7 @@ def test_rule_count_and_order() -> None:
         "/fc/file_contexts.local",
         2,
         (2, 2),
-        selabel.Kind.ALL,
+        fcontexts.Kind.ALL,
     )
 
 
@@ -72,14 +72,14 @@ def test_rule_count_and_order() -> None:
 )
 def test_policy_errors_name_file_and_line(line: str, message: str) -> None:
     with pytest.raises(CfsbootError) as e:
-        selabel.policy_from_files(
+        fcontexts.policy_from_files(
             lambda name: line.encode("latin-1") if name == "file_contexts" else None, "/fc/"
         )
     assert str(e.value).startswith("SELinux policy " + message)
 
 
 def test_regex_python_cannot_compile_is_refused_when_used() -> None:
-    policy = selabel.policy_from_files(
+    policy = fcontexts.policy_from_files(
         lambda name: b"/usr/(?<=a+)b ctx\n" if name == "file_contexts" else None, "/fc/"
     )
     with pytest.raises(CfsbootError, match=r"^SELinux policy /fc/file_contexts:1: regex "):

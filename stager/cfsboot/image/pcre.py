@@ -334,6 +334,11 @@ class _Translator:
             self.backrefs = True
             self.i = j
             return b"\\%d(?:)" % number
+        return _byte(self.octal())
+
+    def octal(self) -> int:
+        """Up to three octal digits, the first one just read."""
+        src = self.src
         j = self.i
         while j < len(src) and j < self.i + 2 and src[j] in OCTAL:
             j += 1
@@ -341,7 +346,7 @@ class _Translator:
         self.i = j
         if value > 0xFF:
             raise Untranslatable("an octal escape above \\377")
-        return _byte(value)
+        return value
 
     def named_backref(self) -> bytes:
         src = self.src
@@ -450,37 +455,18 @@ class _Translator:
             raise Untranslatable("a trailing backslash")
         self.i += 2
         ch = bytes([d])
-        add = sets.append if sets is not None else None
-        expansion = {
-            b"h": HSPACE,
-            b"v": VSPACE,
-        }.get(ch)
-        if d in CLASS_SETS:
-            if add is None:
-                return None
-            add(b"\\" + ch)
+        members = b"\\" + ch if d in CLASS_SETS else {b"h": HSPACE, b"v": VSPACE}.get(ch)
+        if members is not None:  # a set: only where a range cannot take it
+            if sets is not None:
+                sets.append(members)
             return None
-        if expansion is not None:
-            if add is None:
-                return None
-            add(expansion)
-            return None
-        if ch in (b"H", b"V", b"N", b"p", b"P", b"X", b"R"):
+        if ch in (b"H", b"V", b"N", b"p", b"P", b"X", b"R", b"Q", b"E"):
             raise Untranslatable(f"the escape '\\{ch.decode()}' inside a character class")
-        if ch == b"Q" or ch == b"E":
-            raise Untranslatable("'\\Q...\\E' inside a character class")
         simple = {b"n": 0x0A, b"r": 0x0D, b"t": 0x09, b"f": 0x0C, b"a": 0x07, b"b": 0x08}
         if ch in simple:
             return simple[ch]
         if d in OCTAL and d != ord("0"):
-            j = self.i
-            while j < len(src) and j < self.i + 2 and src[j] in OCTAL:
-                j += 1
-            value = int(src[self.i - 1 : j], 8)
-            self.i = j
-            if value > 0xFF:
-                raise Untranslatable("an octal escape above \\377")
-            return value
+            return self.octal()
         escaped = self.char_escape(d)
         if escaped is not None:
             return escaped

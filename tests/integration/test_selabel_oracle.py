@@ -26,8 +26,9 @@ import pytest
 
 from cfsboot.image import fcontexts
 from cfsboot.image.pcre import Untranslatable, translate
+from cfstest.gates import missing_capability
 from cfstest.selinux_edge import CTX, EDGE_CASES, EDGE_FILES
-from conftest import CACHE, REPO_ROOT, missing_capability
+from conftest import CACHE, REPO_ROOT
 
 pytestmark = [pytest.mark.integration]
 

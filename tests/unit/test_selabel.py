@@ -12,7 +12,6 @@ import stat
 from pathlib import Path
 
 import pytest
-from oci_support import base_layer, layout, make_repo
 
 from cfsboot.composefs import dumpfile
 from cfsboot.composefs.tree import Inode, lookup
@@ -22,6 +21,7 @@ from cfsboot.image.importer import import_image
 from cfsboot.image.pcre import Untranslatable, translate
 from cfsboot.image.transform import transform_for_boot, transform_for_oci
 from cfstest.ocibuild import Entry
+from cfstest.ocirepo import base_layer, layout, make_repo
 from cfstest.selinux_edge import CTX, EDGE_CASES, EDGE_FILES
 from setuproot.contract import HashAlg
 

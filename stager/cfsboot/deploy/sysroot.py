@@ -23,6 +23,7 @@ from cfsboot.composefs.repository import Repository
 from cfsboot.deploy.origin import Origin, OriginError
 from cfsboot.errors import die
 from cfsboot.jsondoc import DocumentError, Fields, parse_object
+from cfsboot.linux import mountinfo
 from cfsboot.linux.fsutil import fsync_dir, write_file_atomic
 from setuproot.contract import (
     DEFAULT_SYSROOT,
@@ -92,18 +93,10 @@ def running_deployment(
 
 def _root_mount_source(mountinfo_path: str) -> str | None:
     try:
-        with open(mountinfo_path) as f:
-            lines = f.read().splitlines()
+        root = mountinfo.mounted_at("/", mountinfo.read(mountinfo_path))
     except OSError:
         return None
-    source = None
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 10 or fields[4] != "/":
-            continue
-        sep = fields.index("-", 6)
-        source = fields[sep + 2]  # the last mount on / wins: it is the one visible
-    return source
+    return root.source if root else None
 
 
 class Sysroot:

@@ -11,7 +11,7 @@ offset=`, `mkfs.vfat --offset`, or a loop device over the partition's byte range
 for the mkfs tools that have no offset option), never through partition device
 nodes: image files have none, and loop devices on this kind of host get none
 either (no udev). The ESP is then written with mtools (cfsboot.boot.esp.MtoolsEsp),
-never mounted.
+never mounted. The GPT is read back by cfsboot.boot.gpt (re-exported here).
 """
 
 from __future__ import annotations
@@ -19,15 +19,19 @@ from __future__ import annotations
 import os
 import platform
 import secrets
-import struct
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cfsboot.boot.gpt import BIOS_BOOT_TYPE as BIOS_BOOT_TYPE
+from cfsboot.boot.gpt import ESP_TYPE as ESP_TYPE
+from cfsboot.boot.gpt import DiskLayout as DiskLayout
+from cfsboot.boot.gpt import Partition as Partition
+from cfsboot.boot.gpt import read_layout as read_layout
+from cfsboot.boot.gpt import root_type as root_type
 from cfsboot.errors import die
-from cfsboot.linux.arch import ARCHES, lookup, machine
 from cfsboot.linux.run import run
 
 MiB = 1 << 20
@@ -41,21 +45,6 @@ ROOT_LABEL = "root"
 ROOT_BLOCK_SIZE = 4096
 # Root filesystems install can make, and whether Linux (6.12) has fs-verity on them.
 FILESYSTEMS = {"ext4": True, "btrfs": True, "xfs": False}
-
-# GPT partition type UUIDs (UEFI spec "GPT Partition Entry"; Discoverable Partitions Spec).
-ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
-BIOS_BOOT_TYPE = "21686148-6449-6E6F-744E-656564454649"
-
-
-def root_type(arch: str | None = None) -> str:
-    """The DPS root partition type UUID for `arch` (default: this machine)."""
-    found = lookup(arch)
-    if found is None:
-        die(
-            f"no Discoverable Partitions root type known for architecture {machine(arch)}",
-            hint=f"known: {', '.join(sorted(ARCHES))}",
-        )
-    return found.dps_root
 
 
 @dataclass(frozen=True)
@@ -86,39 +75,6 @@ class DiskPlan:
 
 
 @dataclass(frozen=True)
-class Partition:
-    number: int
-    start: int  # bytes from the start of the target
-    size: int  # bytes
-    type_uuid: str
-    uuid: str  # PARTUUID
-    name: str
-
-
-@dataclass(frozen=True)
-class DiskLayout:
-    """A GPT as sfdisk reads it back."""
-
-    target: Path
-    sector_size: int
-    disk_uuid: str
-    partitions: tuple[Partition, ...]
-
-    def by_type(self, type_uuid: str) -> Partition:
-        for p in self.partitions:
-            if p.type_uuid.upper() == type_uuid.upper():
-                return p
-        die(f"{self.target} has no partition of type {type_uuid}")
-
-    @property
-    def esp(self) -> Partition:
-        return self.by_type(ESP_TYPE)
-
-    def root(self, arch: str | None = None) -> Partition:
-        return self.by_type(root_type(arch))
-
-
-@dataclass(frozen=True)
 class Disk:
     """A partitioned and formatted target, with what boot entries and GRUB need to find things."""
 
@@ -127,69 +83,6 @@ class Disk:
     root: Partition
     esp_volume_id: str  # FAT volume serial as blkid/GRUB print it: "ABCD-1234"
     root_fs_uuid: str
-
-
-# UEFI spec, "GPT Header": signature, revision, header size, header CRC32, reserved,
-# my LBA, alternate LBA, first usable LBA, last usable LBA, disk GUID, partition entry
-# LBA, number of entries, size of an entry, entries CRC32.
-GPT_HEADER = struct.Struct("<8sIIII QQQQ 16s QIII")
-GPT_SIGNATURE = b"EFI PART"
-# UEFI spec, "GPT Partition Entry": type GUID, unique GUID, first LBA, last LBA
-# (inclusive), attributes, name (36 UTF-16LE code units).
-GPT_ENTRY = struct.Struct("<16s16sQQQ72s")
-MAX_GPT_ENTRIES = 1024
-
-
-def _sector_sizes(target: Path) -> tuple[int, ...]:
-    """Logical sector sizes to try: the device's own, else 512 then 4096 (image files)."""
-    try:
-        name = os.path.realpath(target).rsplit("/", 1)[-1]
-        with open(f"/sys/class/block/{name}/queue/logical_block_size") as f:
-            return (int(f.read()),)
-    except (OSError, ValueError):
-        return (512, 4096)
-
-
-def read_layout(target: Path) -> DiskLayout:
-    """The GPT of a disk or disk image, read directly (no tool needed on a booted system)."""
-    try:
-        with open(target, "rb") as f:
-            for sector in _sector_sizes(target):
-                f.seek(sector)
-                raw = f.read(GPT_HEADER.size)
-                if len(raw) == GPT_HEADER.size and raw.startswith(GPT_SIGNATURE):
-                    break
-            else:
-                die(f"{target} has no GPT partition table")
-            hdr = GPT_HEADER.unpack(raw)
-            disk_guid, entries_lba, count, entry_size = hdr[9], hdr[10], hdr[11], hdr[12]
-            if entry_size < GPT_ENTRY.size or count > MAX_GPT_ENTRIES:
-                die(f"{target}: damaged GPT header (entry size {entry_size}, {count} entries)")
-            f.seek(entries_lba * sector)
-            table = f.read(count * entry_size)
-    except OSError as e:
-        die(f"cannot read the partition table of {target}: {e.strerror}")
-    parts = []
-    number = 0
-    for i in range(count):
-        chunk = table[i * entry_size : i * entry_size + GPT_ENTRY.size]
-        if len(chunk) < GPT_ENTRY.size:
-            break
-        type_b, uniq_b, first, last, _attrs, name_b = GPT_ENTRY.unpack(chunk)
-        number = i + 1
-        if type_b == bytes(16):
-            continue
-        parts.append(
-            Partition(
-                number=number,
-                start=first * sector,
-                size=(last - first + 1) * sector,
-                type_uuid=str(uuid.UUID(bytes_le=type_b)).upper(),
-                uuid=str(uuid.UUID(bytes_le=uniq_b)).upper(),
-                name=name_b.decode("utf-16-le", errors="replace").split("\0", 1)[0],
-            )
-        )
-    return DiskLayout(target, sector, str(uuid.UUID(bytes_le=disk_guid)).upper(), tuple(parts))
 
 
 def partition(target: Path, plan: DiskPlan) -> DiskLayout:

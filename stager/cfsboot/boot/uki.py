@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import io
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from cfsboot.boot.bls import BOOT_DIR_PREFIX
 from cfsboot.errors import CfsbootError
 from cfsboot.image.osrelease import OsRelease
 from setuproot.contract import ComposefsKarg, KargError, parse_cmdline
+
+if TYPE_CHECKING:
+    from cfsboot.boot.pe import Section
 
 # Where bootc installs UKIs on the ESP: not EFI/Linux itself, so systemd-boot does not list
 # them twice (once from the Type #1 entry that points at them, once as a Type #2 entry).
@@ -28,44 +30,11 @@ UKI_DIR = "EFI/Linux/bootc"
 # Where an image ships UKIs and where they may also live (composefs-rs looks in both).
 IMAGE_UKI_DIRS = ("boot/EFI/Linux", "usr/lib/modules")
 
-# "MS-DOS Stub (Image Only)": e_magic "MZ" at 0, e_lfanew (offset of the PE signature) at 0x3c.
-DOS_HEADER = struct.Struct("<2s58xI")
-DOS_MAGIC = b"MZ"
-# "Signature (Image Only)".
-PE_SIGNATURE = b"PE\0\0"
-# "COFF File Header (Object and Image)": Machine, NumberOfSections, TimeDateStamp,
-# PointerToSymbolTable, NumberOfSymbols, SizeOfOptionalHeader, Characteristics.
-COFF_HEADER = struct.Struct("<HHIIIHH")
-# "Optional Header Standard Fields (Image Only)": the Magic that starts it.
-OPTIONAL_MAGIC = struct.Struct("<H")
-PE32_MAGIC = 0x10B
-PE32PLUS_MAGIC = 0x20B
-# "Section Table (Section Headers)": Name, VirtualSize, VirtualAddress, SizeOfRawData,
-# PointerToRawData, PointerToRelocations, PointerToLinenumbers, NumberOfRelocations,
-# NumberOfLinenumbers, Characteristics.
-SECTION_HEADER = struct.Struct("<8sIIIIIIHHI")
-# "COFF File Header": "the Windows loader limits the number of sections to 96".
-MAX_SECTIONS = 96
-
 TEXT_SECTIONS = (".cmdline", ".osrel", ".uname")
 
 
 class UKIError(CfsbootError):
     """A file that is not a well-formed UKI (or has the wrong composefs digest)."""
-
-
-@dataclass(frozen=True)
-class Section:
-    name: str
-    virtual_size: int
-    virtual_address: int
-    raw_size: int
-    raw_offset: int
-
-    @property
-    def size(self) -> int:
-        """The section's real length: VirtualSize (SizeOfRawData is padded to FileAlignment)."""
-        return self.virtual_size or self.raw_size
 
 
 @dataclass(frozen=True)
@@ -129,48 +98,6 @@ def _read_exact(f: BinaryIO, offset: int, size: int, path: str, what: str) -> by
     return data
 
 
-def _file_size(f: BinaryIO) -> int:
-    return f.seek(0, io.SEEK_END)
-
-
-def read_sections(f: BinaryIO, path: str) -> tuple[int, tuple[Section, ...]]:
-    """(COFF Machine, section headers) of a PE image; UKIError if it is not one."""
-    size = _file_size(f)
-    if size < DOS_HEADER.size:
-        raise _bad(path, f"file too short ({size} bytes)")
-    magic, pe_offset = DOS_HEADER.unpack(_read_exact(f, 0, DOS_HEADER.size, path, "DOS header"))
-    if magic != DOS_MAGIC:
-        raise _bad(path, "no MZ signature (not a PE/EFI binary)")
-    sig = _read_exact(f, pe_offset, len(PE_SIGNATURE), path, "PE signature")
-    if sig != PE_SIGNATURE:
-        raise _bad(path, f"no PE signature at offset {pe_offset:#x}")
-    coff_at = pe_offset + len(PE_SIGNATURE)
-    machine, nsections, _, _, _, opt_size, _ = COFF_HEADER.unpack(
-        _read_exact(f, coff_at, COFF_HEADER.size, path, "COFF header")
-    )
-    if not 0 < nsections <= MAX_SECTIONS:
-        raise _bad(path, f"{nsections} sections (expected 1 to {MAX_SECTIONS})")
-    opt_at = coff_at + COFF_HEADER.size
-    if opt_size < OPTIONAL_MAGIC.size:
-        raise _bad(path, "no optional header (an object file, not an image)")
-    (opt_magic,) = OPTIONAL_MAGIC.unpack(
-        _read_exact(f, opt_at, OPTIONAL_MAGIC.size, path, "optional header")
-    )
-    if opt_magic not in (PE32_MAGIC, PE32PLUS_MAGIC):
-        raise _bad(path, f"unknown optional header magic {opt_magic:#x}")
-    table = _read_exact(
-        f, opt_at + opt_size, nsections * SECTION_HEADER.size, path, "section table"
-    )
-    sections: list[Section] = []
-    for name_raw, vsize, vaddr, raw_size, raw_ptr, *_ in SECTION_HEADER.iter_unpack(table):
-        name = name_raw.rstrip(b"\0").decode("ascii", errors="replace")
-        sec = Section(name, vsize, vaddr, raw_size, raw_ptr)
-        if sec.size and raw_ptr + sec.size > size:
-            raise _bad(path, f"section {name} lies past the end of the file")
-        sections.append(sec)
-    return machine, tuple(sections)
-
-
 def _text(f: BinaryIO, sec: Section, path: str) -> str:
     data = _read_exact(f, sec.raw_offset, sec.size, path, f"section {sec.name}")
     try:
@@ -181,7 +108,13 @@ def _text(f: BinaryIO, sec: Section, path: str) -> str:
 
 def read_uki_from(f: BinaryIO, path: str, *, addon: bool = False) -> UKI:
     """Parse an open UKI (or, with addon=True, a UKI addon, which has no kernel)."""
-    machine, sections = read_sections(f, path)
+    # Imported here: construct's import costs start-up time that commands reading no UKI save.
+    from cfsboot.boot.pe import PEError, read_sections
+
+    try:
+        machine, sections = read_sections(f)
+    except PEError as e:
+        raise _bad(path, str(e)) from None
     first: dict[str, Section] = {}
     for s in sections:
         first.setdefault(s.name, s)

@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISDIR
 
-from cfsboot.boot import fat
 from cfsboot.errors import CfsbootError
 from cfsboot.linux import fsutil, syscalls
 from cfsboot.linux.run import run
@@ -437,6 +436,9 @@ class MtoolsEsp(Esp):
         self._sync()
 
     def exchange(self, a: str, b: str) -> None:
+        # Imported here: only an exchange edits FAT itself (and construct costs start-up time).
+        from cfsboot.boot import fat
+
         parent, name_a, name_b = self._exchange_names(a, b)
         try:
             with fat.FatFs.open(self.image, self.offset) as fs:

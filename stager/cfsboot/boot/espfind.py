@@ -6,10 +6,15 @@ partition is found in it), or `FILE@OFFSET` (a FAT filesystem at that byte
 offset). Without it:
 
 1. an ESP already mounted at /efi, /boot/efi or /boot (booted system) is used;
-2. else the disk holding the physical root is read: its GPT names the ESP.
-   A loop-mounted root (a disk image on the host) leads to the image file
-   behind the loop device. The ESP is mounted (vfat) when the kernel can, into
-   a private directory under /run/cfsboot, else reached through mtools.
+2. else the disk holding the physical root is found, and the ESP on it:
+   - where udev runs (a booted system), through pyudev: the root's block
+     device, its disk, and the partition udev's blkid probe typed as the ESP
+     (ID_PART_ENTRY_TYPE), with the node udev named for it;
+   - else (a disk image on the host, or a host without udev) through sysfs:
+     /sys/dev/block/MAJ:MIN, the image file behind a loop device and its
+     offset, and the disk's GPT read directly (cfsboot.boot.gpt).
+   The ESP is mounted (vfat) when the kernel can and a partition node exists,
+   into a private directory under /run/cfsboot, else reached through mtools.
 """
 
 from __future__ import annotations
@@ -18,78 +23,97 @@ import logging
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from cfsboot.boot import disk
 from cfsboot.boot.esp import DirEsp, Esp, MtoolsEsp
 from cfsboot.errors import die
+from cfsboot.linux import mountinfo
 from cfsboot.linux.run import run
+
+if TYPE_CHECKING:
+    from cfsboot.boot.gpt import DiskLayout
 
 log = logging.getLogger(__name__)
 
 MOUNT_POINTS = ("/efi", "/boot/efi", "/boot")
 MOUNT_DIR = "/run/cfsboot"
+# systemd-udevd's control socket: it exists while udev runs (so its database is filled).
+UDEV_CONTROL = "/run/udev/control"
+# sysfs counts a partition's `start` and `size` in 512-byte units whatever the disk's
+# logical block size (Documentation/ABI/stable/sysfs-block).
+SYSFS_SECTOR = 512
 
 
-def _vfat_mounts(mountinfo: str = "/proc/self/mountinfo") -> dict[str, str]:
-    """mount point -> source of every vfat mount."""
-    out: dict[str, str] = {}
+@dataclass(frozen=True)
+class EspLocation:
+    """Where the ESP of a physical root lies."""
+
+    disk: Path  # the whole disk (a device node), or the disk image behind a loop device
+    number: int  # its partition number
+    start: int  # byte offset of the ESP in `disk`
+    node: Path | None  # its partition device node, where there is one
+
+
+def _read_layout(target: Path) -> DiskLayout:
+    # Imported here: construct's import costs start-up time that a mounted ESP never needs.
+    from cfsboot.boot.gpt import read_layout
+
+    return read_layout(target)
+
+
+def _mounts() -> tuple[mountinfo.Mount, ...]:
     try:
-        with open(mountinfo) as f:
-            for line in f:
-                fields = line.split()
-                sep = fields.index("-", 6)
-                if fields[sep + 1] == "vfat":
-                    out[fields[4].replace("\\040", " ")] = fields[sep + 2]
-    except (OSError, ValueError):
-        pass
-    return out
+        return mountinfo.read()
+    except OSError:
+        return ()
+
+
+def _esp_mounted_at(point: str, mounts: Sequence[mountinfo.Mount]) -> bool:
+    """Is a whole vfat filesystem (not a bind mount of one of its directories) visible here?"""
+    m = mountinfo.mounted_at(point, mounts)
+    return m is not None and m.fstype == "vfat" and not m.is_bind
 
 
 def _sysfs_dev(st_dev: int) -> Path:
     return Path(f"/sys/dev/block/{os.major(st_dev)}:{os.minor(st_dev)}")
 
 
-def _mount_source_dev(path: Path, mountinfo: str = "/proc/self/mountinfo") -> int | None:
+def _mount_source_dev(path: Path, mounts: Sequence[mountinfo.Mount]) -> int | None:
     """The block device that the mount holding `path` names as its source.
 
     btrfs gives files anonymous device numbers (0:N, another one per subvolume, and
     not even the one mountinfo lists), not the disk's; the mount's source still names it.
     """
-    target = os.path.realpath(path)
-    best: tuple[int, str] | None = None
-    try:
-        with open(mountinfo) as f:
-            for line in f:
-                fields = line.split()
-                point = fields[4].replace("\\040", " ")
-                if target != point and not target.startswith(point.rstrip("/") + "/"):
-                    continue
-                if best is None or len(point) >= best[0]:  # later mounts hide earlier ones
-                    best = (len(point), fields[fields.index("-", 6) + 2])
-    except (OSError, ValueError, IndexError):
-        return None
-    if best is None:
+    m = mountinfo.mount_of(path, mounts)
+    if m is None:
         return None
     try:
-        st = os.stat(best[1])
+        st = os.stat(m.source)
     except OSError:
         return None
     return st.st_rdev if stat.S_ISBLK(st.st_mode) else None
 
 
-def _disk_of(path: Path) -> tuple[Path, int | None]:
-    """(whole disk or disk image, byte offset of the filesystem in it when known)."""
-    st = os.stat(path)
-    sysdev = _sysfs_dev(st.st_dev)
-    if not sysdev.exists() and (dev := _mount_source_dev(path)) is not None:
-        sysdev = _sysfs_dev(dev)
+def _root_dev(path: Path, mounts: Sequence[mountinfo.Mount]) -> int:
+    """The block device holding `path` (its mount's source where st_dev is anonymous)."""
+    dev = os.stat(path).st_dev
+    if not _sysfs_dev(dev).exists() and (source := _mount_source_dev(path, mounts)) is not None:
+        return source
+    return dev
+
+
+def _disk_of(path: Path, mounts: Sequence[mountinfo.Mount]) -> tuple[Path, int | None]:
+    """(whole disk or disk image, byte offset of the filesystem in it when known), via sysfs."""
+    dev = _root_dev(path, mounts)
+    sysdev = _sysfs_dev(dev)
     if not sysdev.exists():
         die(
-            f"cannot tell which disk holds {path} (device {os.major(st.st_dev)}:"
-            f"{os.minor(st.st_dev)} has no block device)",
+            f"cannot tell which disk holds {path} (device {os.major(dev)}:"
+            f"{os.minor(dev)} has no block device)",
             hint="name the ESP with --esp",
         )
     real = sysdev.resolve()
@@ -123,6 +147,58 @@ def _partition_node(disk_path: Path, number: int) -> Path | None:
     return None
 
 
+def locate_sysfs(path: Path, mounts: Sequence[mountinfo.Mount]) -> EspLocation:
+    """The ESP on the disk (or disk image) holding `path`: sysfs, then the GPT itself."""
+    disk_path, _ = _disk_of(path, mounts)
+    esp = _read_layout(disk_path).esp
+    return EspLocation(disk_path, esp.number, esp.start, _partition_node(disk_path, esp.number))
+
+
+def udev_running() -> bool:
+    return os.path.exists(UDEV_CONTROL)
+
+
+def locate_udev(
+    path: Path, mounts: Sequence[mountinfo.Mount], context: Any = None
+) -> EspLocation | None:
+    """The ESP on the disk holding `path`, as udev knows it; None where udev cannot say
+    (a loop device without partitions is a disk image: the sysfs path handles it)."""
+    import pyudev  # only here: loading libudev costs start-up time
+
+    context = context if context is not None else pyudev.Context()
+    try:
+        device = pyudev.Devices.from_device_number(context, "block", _root_dev(path, mounts))
+    except pyudev.DeviceNotFoundError:
+        return None
+    if device.device_type == "partition":
+        device = device.find_parent("block", "disk")
+    if device is None or device.device_node is None:
+        return None
+    partitions = {
+        int(child.attributes.asstring("partition")): child
+        for child in device.children
+        if child.device_type == "partition"
+    }
+    if not partitions:
+        return None
+    disk_node = Path(device.device_node)
+    from cfsboot.boot.gpt import ESP_TYPE
+
+    for number, child in sorted(partitions.items()):
+        props = child.properties
+        if (
+            props.get("ID_PART_ENTRY_SCHEME") == "gpt"
+            and props.get("ID_PART_ENTRY_TYPE", "").upper() == ESP_TYPE
+        ):
+            start = int(child.attributes.asstring("start")) * SYSFS_SECTOR
+            return EspLocation(disk_node, number, start, Path(child.device_node))
+    # udev has not probed these partitions (or has no database): read the GPT.
+    esp = _read_layout(disk_node).esp
+    child = partitions.get(esp.number)
+    node = Path(child.device_node) if child is not None and child.device_node else None
+    return EspLocation(disk_node, esp.number, esp.start, node)
+
+
 def _kernel_has_vfat() -> bool:
     def listed() -> bool:
         try:
@@ -150,8 +226,16 @@ def _mounted(node: Path) -> Iterator[Esp]:
 
 def _image_esp(image: Path) -> Esp:
     """The ESP partition of a GPT disk image or device, through mtools."""
-    layout = disk.read_layout(image)
-    return MtoolsEsp(image, layout.esp.start)
+    return MtoolsEsp(image, _read_layout(image).esp.start)
+
+
+def locate(sysroot: Path, mounts: Sequence[mountinfo.Mount]) -> EspLocation:
+    """The ESP of the disk holding `sysroot`: through udev where it runs, else sysfs."""
+    if udev_running():
+        found = locate_udev(sysroot, mounts)
+        if found is not None:
+            return found
+    return locate_sysfs(sysroot, mounts)
 
 
 @contextmanager
@@ -174,24 +258,26 @@ def open_esp(sysroot: Path, spec: str | None = None) -> Iterator[Esp]:
             return
         yield _image_esp(p)
         return
-    mounts = _vfat_mounts()
+    mounts = _mounts()
     if Path(sysroot).resolve() == Path("/sysroot"):
         for mp in MOUNT_POINTS:
-            if mp in mounts:
+            if _esp_mounted_at(mp, mounts):
                 yield DirEsp(Path(mp))
                 return
-    disk_path, _ = _disk_of(sysroot)
-    layout = disk.read_layout(disk_path)
-    esp = layout.esp
-    node = _partition_node(disk_path, esp.number)
-    if node is not None:
-        mounted = [mp for mp, src in mounts.items() if os.path.realpath(src) == str(node)]
+    where = locate(sysroot, mounts)
+    if where.node is not None:
+        node = str(where.node)
+        mounted = [
+            m.mount_point
+            for m in mounts
+            if m.fstype == "vfat" and not m.is_bind and os.path.realpath(m.source) == node
+        ]
         if mounted:
             yield DirEsp(Path(mounted[0]))
             return
         if _kernel_has_vfat():
-            with _mounted(node) as e:
+            with _mounted(where.node) as e:
                 yield e
             return
-    log.debug("ESP of %s: partition %d of %s through mtools", sysroot, esp.number, disk_path)
-    yield MtoolsEsp(disk_path, esp.start)
+    log.debug("ESP of %s: partition %d of %s through mtools", sysroot, where.number, where.disk)
+    yield MtoolsEsp(where.disk, where.start)

@@ -29,11 +29,8 @@ from pathlib import Path
 
 from cfsboot.composefs import fsverity
 from cfsboot.composefs.objectstore import ObjectStore
-from cfsboot.composefs.tree import Inode
+from cfsboot.composefs.tree import INLINE_MAX, Inode
 from setuproot.contract import HashAlg, object_relpath
-
-# LCFS_RECOMMENDED_INLINE_CONTENT_MAX (lcfs-writer.h): larger files are external.
-INLINE_MAX = 64
 
 # Work is handed to the threads in batches of this many files or bytes, which
 # keeps the per-file thread hand-off cost low.

@@ -10,6 +10,11 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+# Regular files of this many bytes or fewer keep their contents in the tree (and inline in
+# the EROFS image); larger ones are objects named by their fs-verity digest.
+# LCFS_RECOMMENDED_INLINE_CONTENT_MAX (lcfs-writer.h): what C mkcomposefs does.
+INLINE_MAX = 64
+
 # The file types a composefs tree (dumpfile, EROFS image) can hold.
 FILE_TYPES = frozenset(
     (

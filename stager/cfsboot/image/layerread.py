@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 
 from cfsboot.composefs.repository import Repository
+from cfsboot.composefs.tree import INLINE_MAX
 from cfsboot.errors import CfsbootError
 from cfsboot.image import selabel
 from cfsboot.image.info import layer_stream
@@ -22,8 +23,6 @@ from cfsboot.oci.apply import LayerRecord, RecordBuilder, RecordEntry, is_aufs_m
 from cfsboot.oci.blobs import LayerDesc, OpenedImage
 
 log = logging.getLogger(__name__)
-
-INLINE_MAX = 64  # files of this size or less are inline (composefs format constant)
 
 
 def read_layer(

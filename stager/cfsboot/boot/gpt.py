@@ -47,7 +47,7 @@ REVISION_1_0 = 0x00010000
 PRIMARY_LBA = 1
 NO_SIGNATURE = "no GPT signature"
 NAME_SIZE = 72  # PartitionName: 36 UTF-16LE code units
-MAX_ENTRIES = 1024  # our limit on NumberOfPartitionEntries (sfdisk and gdisk write 128)
+MAX_PARTITION_ENTRIES = 1024  # our limit on NumberOfPartitionEntries (sfdisk and gdisk write 128)
 
 
 if TYPE_CHECKING:
@@ -238,7 +238,7 @@ def _read_table(f: BinaryIO, sector: int, lba: int) -> _Table:
     if header.my_lba != lba:
         raise GptError(f"the header says it is at LBA {header.my_lba}")
     count, entry_size = header.number_of_partition_entries, header.size_of_partition_entry
-    if entry_size < ENTRY_SIZE or entry_size % ENTRY_SIZE or count > MAX_ENTRIES:
+    if entry_size < ENTRY_SIZE or entry_size % ENTRY_SIZE or count > MAX_PARTITION_ENTRIES:
         raise GptError(f"damaged GPT header (entry size {entry_size}, {count} entries)")
     table = _read_at(f, header.partition_entry_lba * sector, count * entry_size)
     if len(table) != count * entry_size:

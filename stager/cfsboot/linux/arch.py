@@ -3,7 +3,7 @@
 `uname -m` (Python's platform.machine()) is the key; the same machine is
 `x86_64` to Rust (bootc's kargs.d `match-architectures`), `amd64` to Go and so
 to OCI image indexes, and has its own Discoverable Partitions Specification
-root partition type.
+root partition type and its own system call numbers.
 """
 
 from __future__ import annotations
@@ -17,10 +17,13 @@ class Arch:
     rust: str  # std::env::consts::ARCH
     oci: str  # GOARCH, the OCI image index's platform.architecture
     dps_root: str  # Discoverable Partitions Specification: root partition type UUID
+    # renameat2(2)'s number, for C libraries without the wrapper (glibc < 2.28):
+    # <asm/unistd_64.h> on x86_64, <asm-generic/unistd.h> on the architectures that use it.
+    sys_renameat2: int | None = None
 
 
-_X86_64 = Arch("x86_64", "amd64", "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709")
-_AARCH64 = Arch("aarch64", "arm64", "B921B045-1DF0-41C3-AF44-4C6F280D3FAE")
+_X86_64 = Arch("x86_64", "amd64", "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709", 316)
+_AARCH64 = Arch("aarch64", "arm64", "B921B045-1DF0-41C3-AF44-4C6F280D3FAE", 276)
 _X86 = Arch("x86", "386", "44479540-F297-41B2-9AF7-D131D5F0458A")
 _PPC64 = Arch("powerpc64", "ppc64", "912ADE1D-A839-4913-8964-A10EEE08FBD2")
 
@@ -33,11 +36,11 @@ ARCHES: dict[str, Arch] = {
     "i386": _X86,
     "i686": _X86,
     "armv7l": Arch("arm", "arm", "69DAD710-2CE4-4E3C-B16C-21A1D49ABED3"),
-    "riscv64": Arch("riscv64", "riscv64", "72EC70A6-CF74-40E6-BD49-4BDA08E8F224"),
+    "riscv64": Arch("riscv64", "riscv64", "72EC70A6-CF74-40E6-BD49-4BDA08E8F224", 276),
     "ppc64le": Arch("powerpc64", "ppc64le", "C31C45E6-3F39-412E-80FB-4809C4980599"),
     "ppc64": _PPC64,
     "s390x": Arch("s390x", "s390x", "5EEAD9A9-FE09-4A1E-A1D7-520D00531306"),
-    "loongarch64": Arch("loongarch64", "loong64", "77055800-792C-4F94-B39A-98C91B762BB6"),
+    "loongarch64": Arch("loongarch64", "loong64", "77055800-792C-4F94-B39A-98C91B762BB6", 276),
 }
 
 

@@ -13,21 +13,13 @@ import os
 import platform
 from collections.abc import Callable
 
+from cfsboot.linux.arch import lookup
 from setuproot.syscalls import AT_FDCWD as AT_FDCWD  # re-exported for dirfd callers
 
 # renameat2 flags, <linux/fs.h> (glibc repeats them in <stdio.h> under _GNU_SOURCE).
 RENAME_NOREPLACE = 1 << 0
 RENAME_EXCHANGE = 1 << 1
 RENAME_WHITEOUT = 1 << 2
-
-# renameat2's syscall number, for C libraries without the wrapper (glibc < 2.28):
-# <asm/unistd_64.h> on x86_64; <asm-generic/unistd.h> on the architectures that use it.
-SYS_RENAMEAT2_BY_MACHINE = {
-    "x86_64": 316,
-    "aarch64": 276,
-    "riscv64": 276,
-    "loongarch64": 276,
-}
 
 # (olddirfd, oldpath, newdirfd, newpath, flags) -> 0, or -1 with errno set.
 RenameAt2 = Callable[[int, bytes, int, bytes, int], int]
@@ -51,7 +43,8 @@ def libc_renameat2() -> RenameAt2 | None:
 
 def syscall_renameat2(machine: str | None = None) -> RenameAt2 | None:
     """renameat2 through syscall(2) with this machine's number, or None if we do not know it."""
-    nr = SYS_RENAMEAT2_BY_MACHINE.get(machine or platform.machine())
+    found = lookup(machine)
+    nr = found.sys_renameat2 if found else None
     if nr is None:
         return None
     _libc.syscall.restype = ctypes.c_long

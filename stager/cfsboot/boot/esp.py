@@ -312,20 +312,31 @@ class MtoolsEsp(Esp):
     def __init__(self, image: Path, offset: int = 0) -> None:
         self.image = image
         self.offset = offset
+        # Directory listings (each an mdir process) read since this object last changed the
+        # filesystem: reading a menu asks for the same directories several times.
+        self._listings: dict[tuple[str, ...], list[EspEntry] | None] = {}
 
     @property
     def drive(self) -> str:
         """mtools' `-i` argument: `IMAGE@@OFFSET` when the filesystem does not start at 0."""
         return f"{self.image}@@{self.offset}" if self.offset else str(self.image)
 
-    def _mtools(self, tool: str, *args: str, capture: bool = False, check: bool = True) -> bytes:
-        # MTOOLS_SKIP_CHECK: mkfs.vfat geometries on image files fail mtools' sanity checks.
-        proc = run(
-            [tool, "-i", self.drive, *args],
-            capture=capture,
-            check=check,
-            env={"MTOOLS_SKIP_CHECK": "1"},
-        )
+    def _mtools(
+        self, tool: str, *args: str, capture: bool = False, check: bool = True, writes: bool = True
+    ) -> bytes:
+        if writes:
+            self._listings.clear()
+        try:
+            # MTOOLS_SKIP_CHECK: mkfs.vfat geometries on image files fail mtools' sanity checks.
+            proc = run(
+                [tool, "-i", self.drive, *args],
+                capture=capture,
+                check=check,
+                env={"MTOOLS_SKIP_CHECK": "1"},
+            )
+        finally:
+            if writes:
+                self._listings.clear()
         return proc.stdout if capture else b""
 
     def _sync(self) -> None:
@@ -343,6 +354,13 @@ class MtoolsEsp(Esp):
 
     def _listing(self, path: str) -> list[EspEntry] | None:
         """A directory's entries; None if `path` is missing or is a file."""
+        key = split_path(path)
+        if key not in self._listings:
+            self._listings[key] = self._mdir(path)
+        found = self._listings[key]
+        return None if found is None else list(found)
+
+    def _mdir(self, path: str) -> list[EspEntry] | None:
         # `mdir -b` prints one full path per entry, directories with a trailing '/'; for a
         # file it prints the path as given.
         proc = run(
@@ -381,7 +399,7 @@ class MtoolsEsp(Esp):
         st = self.stat(path)
         if st is None or st.is_dir:
             raise EspError(f"no file {path} on the ESP ({self.drive})")
-        return self._mtools("mcopy", "-n", self._m(path), "-", capture=True)
+        return self._mtools("mcopy", "-n", self._m(path), "-", capture=True, writes=False)
 
     def write(self, path: str, data: bytes) -> None:
         with tempfile.NamedTemporaryFile(prefix="cfsboot-esp-") as tmp:
@@ -440,6 +458,7 @@ class MtoolsEsp(Esp):
         from cfsboot.boot import fat
 
         parent, name_a, name_b = self._exchange_names(a, b)
+        self._listings.clear()
         try:
             with fat.FatFs.open(self.image, self.offset) as fs:
                 fs.exchange(split_path(parent), name_a, name_b)

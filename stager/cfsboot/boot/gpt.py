@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,19 +50,30 @@ MAX_PARTITION_ENTRIES = 1024  # our limit on NumberOfPartitionEntries (sfdisk an
 
 
 if TYPE_CHECKING:
-    _TextAdapter = cs.Adapter[bytes, bytes, str, str]
+    _TextAdapter = cs.Adapter[Any, Any, str, str]
 else:  # construct's classes are not generic at run time
     _TextAdapter = cs.Adapter
 
 
 class _Guid(_TextAdapter):
-    """An EFI_GUID (16 bytes, the first three fields little-endian) as upper-case text."""
+    """An EFI_GUID as text ("C12A7328-F81F-11D2-BA4B-00A0C93EC93B"): UEFI spec Appendix A,
+    Data1 (UINT32), Data2 and Data3 (UINT16) in the disk's byte order, Data4 (8 bytes)."""
 
-    def _decode(self, obj: bytes, context: Any, path: Any) -> str:
-        return str(uuid.UUID(bytes_le=obj)).upper()
+    def _decode(self, obj: Any, context: Any, path: Any) -> str:
+        d4 = obj.Data4.hex().upper()
+        return f"{obj.Data1:08X}-{obj.Data2:04X}-{obj.Data3:04X}-{d4[:4]}-{d4[4:]}"
 
-    def _encode(self, obj: str, context: Any, path: Any) -> bytes:
-        return uuid.UUID(obj).bytes_le
+    def _encode(self, obj: str, context: Any, path: Any) -> dict[str, Any]:
+        try:
+            d1, d2, d3, d4a, d4b = obj.split("-")
+            return {
+                "Data1": int(d1, 16),
+                "Data2": int(d2, 16),
+                "Data3": int(d3, 16),
+                "Data4": bytes.fromhex(d4a + d4b),
+            }
+        except ValueError:
+            raise cs.AdaptationError(f"not a GUID: {obj!r}") from None
 
 
 class _PartitionName(_TextAdapter):
@@ -79,7 +89,14 @@ class _PartitionName(_TextAdapter):
         return data.ljust(NAME_SIZE, b"\0")
 
 
-GUID = _Guid(cs.Bytes(16))
+GUID = _Guid(
+    cs.Struct(
+        "Data1" / cs.Int32ul,
+        "Data2" / cs.Int16ul,
+        "Data3" / cs.Int16ul,
+        "Data4" / cs.Bytes(8),
+    )
+)
 
 # UEFI spec 5.3.2 "GPT Header", Table 5-5. HeaderSize may be larger than these 92
 # bytes (up to the sector); the CRC covers HeaderSize bytes.

@@ -1,6 +1,7 @@
 """CPU architectures: the one table of their names in each naming scheme cfsboot meets.
 
-`uname -m` (Python's platform.machine()) is the key; the same machine is
+`uname -m` (os.uname().machine, which is what platform.machine() returns on
+Linux, without importing platform) is the key; the same machine is
 `x86_64` to Rust (bootc's kargs.d `match-architectures`), `amd64` to Go and so
 to OCI image indexes, and has its own Discoverable Partitions Specification
 root partition type and its own system call numbers.
@@ -8,7 +9,7 @@ root partition type and its own system call numbers.
 
 from __future__ import annotations
 
-import platform
+import os
 from dataclasses import dataclass
 
 
@@ -46,7 +47,7 @@ ARCHES: dict[str, Arch] = {
 
 def machine(name: str | None = None) -> str:
     """`name`, or this machine's `uname -m`."""
-    return name or platform.machine()
+    return name or os.uname().machine
 
 
 def lookup(name: str | None = None) -> Arch | None:

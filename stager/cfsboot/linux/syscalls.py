@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 from collections.abc import Callable
 
 from cfsboot.linux.arch import lookup
@@ -72,7 +71,7 @@ def renameat2(
     if _renameat2 is None:
         err = errno.ENOSYS
         raise OSError(
-            err, f"renameat2: not in the C library ({platform.machine()})", oldp, None, newp
+            err, f"renameat2: not in the C library ({os.uname().machine})", oldp, None, newp
         )
     ctypes.set_errno(0)
     if _renameat2(olddirfd, os.fsencode(oldp), newdirfd, os.fsencode(newp), flags) != 0:

@@ -48,9 +48,11 @@ PACKAGES = (
     "dosfstools",
     "mtools",
     "zstd",
-    # The stager runs in the guest (python3 + its one non-stdlib dependency), pulls
+    # The stager runs in the guest (python3 + its non-stdlib dependencies), pulls
     # with skopeo, and writes GRUB entries for the GRUB variant of the install.
     "python3-zstandard",
+    "python3-construct",
+    "python3-pyudev",
     "skopeo",
     "grub-efi-amd64-bin",
 )

@@ -1,0 +1,108 @@
+"""MtoolsEsp keeps directory listings until it changes the filesystem itself.
+
+Reading a boot menu stats and lists the same few directories over and over;
+each listing is an `mdir` process. The listings must never outlive a change
+made through the object: every mtools write and the FAT exchange drop them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cfsboot.boot import esp as esp_mod
+from cfsboot.boot.esp import EspEntry, MtoolsEsp
+from cfsboot.linux.run import run as real_run
+from conftest import missing_capability
+
+OFFSET = 1 << 20
+
+
+@pytest.fixture
+def esp(tmp_path: Path) -> MtoolsEsp:
+    if shutil.which("mcopy") is None or shutil.which("mkfs.vfat") is None:
+        missing_capability("mtools/dosfstools not installed")
+    img = tmp_path / "disk.img"
+    with open(img, "wb") as f:
+        f.truncate(OFFSET + (32 << 20))
+    subprocess.run(
+        ["mkfs.vfat", "--offset", str(OFFSET // 512), str(img), str(32 << 10)],
+        check=True,
+        capture_output=True,
+    )
+    return MtoolsEsp(img, OFFSET)
+
+
+@pytest.fixture
+def tools(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The mtools run, in order."""
+    calls: list[str] = []
+
+    def recording_run(argv: Sequence[Any], **kw: Any) -> subprocess.CompletedProcess[bytes]:
+        calls.append(os.fspath(argv[0]))
+        return real_run(argv, **kw)
+
+    monkeypatch.setattr(esp_mod, "run", recording_run)
+    return calls
+
+
+def test_a_menu_read_lists_each_directory_once(esp: MtoolsEsp, tools: list[str]) -> None:
+    esp.mkdir("loader/entries")
+    esp.write("loader/entries/a.conf", b"title a\n")
+    esp.write("loader/entries/b.conf", b"title b\n")
+    tools.clear()
+    for _ in range(2):
+        assert esp.is_dir("loader/entries")
+        assert [e.name for e in esp.listdir("loader/entries")] == ["a.conf", "b.conf"]
+        assert esp.read("loader/entries/a.conf") == b"title a\n"
+        assert esp.read("loader/entries/b.conf") == b"title b\n"
+    # mdir of loader (is_dir) and of loader/entries (listdir, and the stats of read); the
+    # four reads are mcopy each.
+    assert tools == ["mdir", "mdir", "mcopy", "mcopy", "mcopy", "mcopy"]
+
+
+def test_every_change_drops_the_listings(esp: MtoolsEsp) -> None:
+    esp.mkdir("loader/entries")
+    assert esp.listdir("loader/entries") == []
+    esp.write("loader/entries/a.conf", b"1")
+    assert esp.listdir("loader/entries") == [EspEntry("a.conf", False)]
+    esp.rename("loader/entries/a.conf", "loader/a.conf")
+    assert esp.listdir("loader/entries") == []
+    assert esp.stat("loader/a.conf") == EspEntry("a.conf", False)
+    esp.mkdir("loader/entries.staged")
+    esp.write("loader/entries.staged/b.conf", b"2")
+    esp.exchange("loader/entries", "loader/entries.staged")
+    assert esp.listdir("loader/entries") == [EspEntry("b.conf", False)]
+    assert esp.listdir("loader/entries.staged") == []
+    esp.remove("loader/a.conf")
+    assert esp.stat("loader/a.conf") is None
+    esp.remove_tree("loader/entries.staged")
+    assert [e.name for e in esp.listdir("loader")] == ["entries"]
+
+
+def test_a_failed_change_drops_them_too(esp: MtoolsEsp, monkeypatch: pytest.MonkeyPatch) -> None:
+    esp.mkdir("loader")
+    assert esp.listdir("loader") == []
+    subprocess.run(
+        ["mmd", "-i", esp.drive, "::/loader/made-elsewhere"],
+        env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
+        check=True,
+    )
+    # Another process's change is not seen until this object changes something ...
+    assert esp.listdir("loader") == [] and esp.is_dir("loader")
+
+    def failing(argv: Sequence[Any], **kw: Any) -> subprocess.CompletedProcess[bytes]:
+        raise OSError("mmd failed")
+
+    monkeypatch.setattr(esp_mod, "run", failing)
+    with pytest.raises(OSError):
+        esp.mkdir("loader/x")
+    monkeypatch.undo()
+    # ... and then it is, even though the change failed.
+    assert esp.listdir("loader") == [EspEntry("made-elsewhere", True)]

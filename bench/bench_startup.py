@@ -6,7 +6,9 @@ an offline disk does: the ESP is then found through the loop device and read
 with mtools) and times both commands, N runs each. With `--base DIR` (another
 checkout, e.g. `git worktree add /tmp/base main`) the same commands of that
 tree run interleaved with this one's, run by run, so that load from elsewhere
-falls on both alike; the ratio is this tree's median over the base's.
+falls on both alike; the ratio is this tree's median over the base's. Wall
+time and CPU time (user + system, children included, which load from other
+processes disturbs less) are both printed.
 
 Needs root (loop mount). Quote the medians with `uptime`'s load average.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -37,7 +40,11 @@ def cli(*args: str | Path) -> list[str]:
 
 
 def env_for(tree: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": f"{tree / 'stager'}:{tree / 'setup-root'}"}
+    env = {**os.environ, "PYTHONPATH": f"{tree / 'stager'}:{tree / 'setup-root'}"}
+    # The warm-up run writes the bytecode, as an installed package has it: a tree whose .pyc
+    # files are stale would otherwise compile its changed modules on every run.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
 
 
 @contextmanager
@@ -61,10 +68,15 @@ def installed(tmp: Path) -> Iterator[Path]:
         subprocess.run(["umount", mnt], check=True)
 
 
-def time_once(tree: Path, args: list[str | Path]) -> float:
+def time_once(tree: Path, args: list[str | Path]) -> tuple[float, float]:
+    """(wall, CPU = user + system of the command and its children) in ms."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     subprocess.run(cli(*args), env=env_for(tree), stdout=subprocess.DEVNULL, check=True)
-    return (time.perf_counter() - t) * 1000
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return wall * 1000, cpu * 1000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,20 +96,23 @@ def main(argv: list[str] | None = None) -> int:
             "--help": ["--help"],
             "status --json": ["status", "--json", "--sysroot", mnt, "--run-dir", run_dir],
         }
-        times: dict[tuple[str, str], list[float]] = {}
+        times: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for name, cmd in commands.items():
             for tree in trees.values():
-                time_once(tree, cmd)  # warm-up: page cache, .pyc files
+                time_once(tree, cmd)  # warm-up: page cache, bytecode
             for _ in range(runs):
                 for label, tree in trees.items():
                     times.setdefault((name, label), []).append(time_once(tree, cmd))
         print(f"{runs} runs each, load average {os.getloadavg()[0]:.2f} at the end")
         for name in commands:
-            medians = {label: statistics.median(times[(name, label)]) for label in trees}
-            line = "  ".join(f"{label} {ms:6.1f} ms" for label, ms in medians.items())
-            if "base" in medians:
-                line += f"  (this/base {medians['this'] / medians['base']:.3f})"
-            print(f"cfsboot {name:14} median: {line}")
+            for i, what in enumerate(("wall", "CPU")):
+                medians = {
+                    label: statistics.median(t[i] for t in times[(name, label)]) for label in trees
+                }
+                line = "  ".join(f"{label} {ms:6.1f} ms" for label, ms in medians.items())
+                if "base" in medians:
+                    line += f"  (this/base {medians['this'] / medians['base']:.3f})"
+                print(f"cfsboot {name:14} {what:4} median: {line}")
     return 0
 
 

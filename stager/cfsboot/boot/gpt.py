@@ -129,6 +129,8 @@ ENTRY = cs.Struct(
     "partition_name" / _PartitionName(cs.Bytes(NAME_SIZE)),
 )
 ENTRY_SIZE = ENTRY.sizeof()
+GUID_SIZE = GUID.sizeof()
+UNUSED_GUID = bytes(GUID_SIZE)
 
 
 def entry_array(count: int, entry_size: int) -> cs.Construct[Any, Any]:
@@ -230,7 +232,7 @@ def build_header(fields: dict[str, Any], entries: bytes) -> bytes:
 class _Table:
     lba: int
     header: Any  # construct Container of HEADER
-    entries: Any  # ListContainer of ENTRY
+    entries: tuple[tuple[int, Any], ...]  # (partition number, ENTRY Container), used ones
 
 
 def _read_at(f: BinaryIO, offset: int, size: int) -> bytes:
@@ -266,7 +268,15 @@ def _read_table(f: BinaryIO, sector: int, lba: int) -> _Table:
         raise GptError(
             f"partition entry array CRC mismatch (stored {stored:#010x}, computed {crc:#010x})"
         )
-    return _Table(lba, header, entry_array(count, entry_size).parse(table))
+    # Only used entries are parsed (most of the 128 are not): an entry whose
+    # PartitionTypeGUID, its first field, is all zero is unused (Table 5-6).
+    starts = range(0, count * entry_size, entry_size)
+    used = tuple(
+        (n, ENTRY.parse(table[at : at + ENTRY_SIZE]))
+        for n, at in enumerate(starts, 1)
+        if table[at : at + GUID_SIZE] != UNUSED_GUID
+    )
+    return _Table(lba, header, used)
 
 
 def _sector_sizes(target: Path) -> tuple[int, ...]:
@@ -289,8 +299,7 @@ def _layout(target: Path, sector: int, table: _Table) -> DiskLayout:
             uuid=e.unique_partition_guid,
             name=e.partition_name,
         )
-        for i, e in enumerate(table.entries, 1)
-        if e.partition_type_guid != UNUSED_TYPE
+        for i, e in table.entries
     )
     return DiskLayout(target, sector, table.header.disk_guid, parts)
 

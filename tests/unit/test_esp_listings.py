@@ -1,8 +1,9 @@
-"""MtoolsEsp keeps directory listings until it changes the filesystem itself.
+"""MtoolsEsp keeps directory listings and small files until it changes the filesystem itself.
 
-Reading a boot menu stats and lists the same few directories over and over;
-each listing is an `mdir` process. The listings must never outlive a change
-made through the object: every mtools write and the FAT exchange drop them.
+Reading a boot menu stats, lists and reads the same few directories and
+files over and over; each is an `mdir` or `mcopy` process. What was read must
+never outlive a change made through the object: every mtools write and the
+FAT exchange drop it.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def tools(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-def test_a_menu_read_lists_each_directory_once(esp: MtoolsEsp, tools: list[str]) -> None:
+def test_a_menu_read_lists_and_reads_each_once(esp: MtoolsEsp, tools: list[str]) -> None:
     esp.mkdir("loader/entries")
     esp.write("loader/entries/a.conf", b"title a\n")
     esp.write("loader/entries/b.conf", b"title b\n")
@@ -62,9 +63,15 @@ def test_a_menu_read_lists_each_directory_once(esp: MtoolsEsp, tools: list[str])
         assert [e.name for e in esp.listdir("loader/entries")] == ["a.conf", "b.conf"]
         assert esp.read("loader/entries/a.conf") == b"title a\n"
         assert esp.read("loader/entries/b.conf") == b"title b\n"
-    # mdir of loader (is_dir) and of loader/entries (listdir, and the stats of read); the
-    # four reads are mcopy each.
-    assert tools == ["mdir", "mdir", "mcopy", "mcopy", "mcopy", "mcopy"]
+    # mdir of loader (is_dir) and of loader/entries (listdir, and the stats of read), and
+    # one mcopy per file.
+    assert tools == ["mdir", "mdir", "mcopy", "mcopy"]
+    # Large files are read each time (kernels, UKIs: not kept in memory).
+    big = b"k" * (esp_mod.KEEP_READ_MAX + 1)
+    esp.write("loader/big", big)
+    tools.clear()
+    assert esp.read("loader/big") == big and esp.read("loader/big") == big
+    assert tools == ["mdir", "mcopy", "mcopy"]
 
 
 def test_every_change_drops_the_listings(esp: MtoolsEsp) -> None:
@@ -72,6 +79,9 @@ def test_every_change_drops_the_listings(esp: MtoolsEsp) -> None:
     assert esp.listdir("loader/entries") == []
     esp.write("loader/entries/a.conf", b"1")
     assert esp.listdir("loader/entries") == [EspEntry("a.conf", False)]
+    assert esp.read("loader/entries/a.conf") == b"1"
+    esp.write("loader/entries/a.conf", b"new")
+    assert esp.read("loader/entries/a.conf") == b"new"
     esp.rename("loader/entries/a.conf", "loader/a.conf")
     assert esp.listdir("loader/entries") == []
     assert esp.stat("loader/a.conf") == EspEntry("a.conf", False)
@@ -80,6 +90,7 @@ def test_every_change_drops_the_listings(esp: MtoolsEsp) -> None:
     esp.exchange("loader/entries", "loader/entries.staged")
     assert esp.listdir("loader/entries") == [EspEntry("b.conf", False)]
     assert esp.listdir("loader/entries.staged") == []
+    assert esp.read("loader/entries/b.conf") == b"2"
     esp.remove("loader/a.conf")
     assert esp.stat("loader/a.conf") is None
     esp.remove_tree("loader/entries.staged")

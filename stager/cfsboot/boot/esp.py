@@ -45,6 +45,7 @@ from cfsboot.linux import fsutil, syscalls
 from cfsboot.linux.run import run
 
 NEW_SUFFIX = ".cfsboot-new"
+KEEP_READ_MAX = 64 << 10  # MtoolsEsp keeps files read up to this size (boot entries, menus)
 OLD_SUFFIX = ".cfsboot-old"
 
 
@@ -312,9 +313,15 @@ class MtoolsEsp(Esp):
     def __init__(self, image: Path, offset: int = 0) -> None:
         self.image = image
         self.offset = offset
-        # Directory listings (each an mdir process) read since this object last changed the
-        # filesystem: reading a menu asks for the same directories several times.
+        # Directory listings and small files (each an mdir or mcopy process) read since this
+        # object last changed the filesystem: reading a menu asks for the same ones again.
         self._listings: dict[tuple[str, ...], list[EspEntry] | None] = {}
+        self._contents: dict[tuple[str, ...], bytes] = {}
+
+    def _forget(self) -> None:
+        """Drop what was read: the filesystem is about to change, or just did."""
+        self._listings.clear()
+        self._contents.clear()
 
     @property
     def drive(self) -> str:
@@ -325,7 +332,7 @@ class MtoolsEsp(Esp):
         self, tool: str, *args: str, capture: bool = False, check: bool = True, writes: bool = True
     ) -> bytes:
         if writes:
-            self._listings.clear()
+            self._forget()
         try:
             # MTOOLS_SKIP_CHECK: mkfs.vfat geometries on image files fail mtools' sanity checks.
             proc = run(
@@ -336,7 +343,7 @@ class MtoolsEsp(Esp):
             )
         finally:
             if writes:
-                self._listings.clear()
+                self._forget()
         return proc.stdout if capture else b""
 
     def _sync(self) -> None:
@@ -396,10 +403,16 @@ class MtoolsEsp(Esp):
         return entries
 
     def read(self, path: str) -> bytes:
+        key = split_path(path)
+        if key in self._contents:
+            return self._contents[key]
         st = self.stat(path)
         if st is None or st.is_dir:
             raise EspError(f"no file {path} on the ESP ({self.drive})")
-        return self._mtools("mcopy", "-n", self._m(path), "-", capture=True, writes=False)
+        data = self._mtools("mcopy", "-n", self._m(path), "-", capture=True, writes=False)
+        if len(data) <= KEEP_READ_MAX:
+            self._contents[key] = data
+        return data
 
     def write(self, path: str, data: bytes) -> None:
         with tempfile.NamedTemporaryFile(prefix="cfsboot-esp-") as tmp:
@@ -458,7 +471,7 @@ class MtoolsEsp(Esp):
         from cfsboot.boot import fat
 
         parent, name_a, name_b = self._exchange_names(a, b)
-        self._listings.clear()
+        self._forget()
         try:
             with fat.FatFs.open(self.image, self.offset) as fs:
                 fs.exchange(split_path(parent), name_a, name_b)

@@ -228,11 +228,10 @@ def build_header(fields: dict[str, Any], entries: bytes) -> bytes:
 # -- reading (both CRCs checked) --------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Table:
-    lba: int
-    header: Any  # construct Container of HEADER
-    entries: tuple[tuple[int, Any], ...]  # (partition number, ENTRY Container), used ones
+# A checked header (construct Container of HEADER) and its used entries: (partition number,
+# Container of ENTRY). A plain tuple: making a dataclass costs start-up time, and every
+# command that finds an ESP in a disk image imports this module.
+_Table = tuple[Any, tuple[tuple[int, Any], ...]]
 
 
 def _read_at(f: BinaryIO, offset: int, size: int) -> bytes:
@@ -276,7 +275,7 @@ def _read_table(f: BinaryIO, sector: int, lba: int) -> _Table:
         for n, at in enumerate(starts, 1)
         if table[at : at + GUID_SIZE] != UNUSED_GUID
     )
-    return _Table(lba, header, used)
+    return header, used
 
 
 def _sector_sizes(target: Path) -> tuple[int, ...]:
@@ -299,9 +298,9 @@ def _layout(target: Path, sector: int, table: _Table) -> DiskLayout:
             uuid=e.unique_partition_guid,
             name=e.partition_name,
         )
-        for i, e in table.entries
+        for i, e in table[1]
     )
-    return DiskLayout(target, sector, table.header.disk_guid, parts)
+    return DiskLayout(target, sector, table[0].disk_guid, parts)
 
 
 def _find(f: BinaryIO, target: Path) -> tuple[int, _Table]:

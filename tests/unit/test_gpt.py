@@ -56,6 +56,11 @@ def poke(path: Path, offset: int, data: bytes) -> None:
         f.write(data)
 
 
+def flip(path: Path, offset: int) -> None:
+    """Invert one byte (writing a fixed value could leave a random GUID as it was)."""
+    poke(path, offset, bytes([peek(path, offset, 1)[0] ^ 0xFF]))
+
+
 def peek(path: Path, offset: int, size: int) -> bytes:
     with open(path, "rb") as f:
         f.seek(offset)
@@ -128,7 +133,7 @@ def test_primary_header_crc_mismatch_uses_the_backup(
     image: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     good = read_layout(image)
-    poke(image, SECTOR + DISK_GUID_AT, b"\xff")
+    flip(image, SECTOR + DISK_GUID_AT)
     with caplog.at_level(logging.WARNING):
         assert read_layout(image) == good
     assert [r.getMessage() for r in caplog.records] == [
@@ -175,8 +180,8 @@ def test_header_at_the_wrong_lba_is_not_trusted(
 
 def test_both_headers_bad_is_one_line_naming_the_disk(image: Path) -> None:
     last = last_lba(image)
-    poke(image, SECTOR + DISK_GUID_AT, b"\xff")
-    poke(image, last * SECTOR + DISK_GUID_AT, b"\xff")
+    flip(image, SECTOR + DISK_GUID_AT)
+    flip(image, last * SECTOR + DISK_GUID_AT)
     with pytest.raises(CfsbootError) as e:
         read_layout(image)
     primary = (peek_crc(image, 1), crc_of_header(peek(image, SECTOR, 92)))
@@ -192,7 +197,7 @@ def test_both_headers_bad_is_one_line_naming_the_disk(image: Path) -> None:
 def test_cli_says_it_in_one_line(
     image: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    poke(image, SECTOR + DISK_GUID_AT, b"\xff")
+    flip(image, SECTOR + DISK_GUID_AT)
     with open(image, "r+b") as f:
         f.truncate(4 * MiB)  # the backup header is gone with the end of the disk
     sysroot = tmp_path / "sysroot"

@@ -1,9 +1,10 @@
-"""MtoolsEsp keeps directory listings and small files until it changes the filesystem itself.
+"""MtoolsEsp keeps the directory tree and small files until it changes the filesystem itself.
 
 Reading a boot menu stats, lists and reads the same few directories and
-files over and over; each is an `mdir` or `mcopy` process. What was read must
-never outlive a change made through the object: every mtools write and the
-FAT exchange drop it.
+files over and over; each would be an `mdir` or `mcopy` process. The whole
+tree is listed by one recursive `mdir`, and what was read must never outlive
+a change made through the object: every mtools write and the FAT exchange
+drop it.
 """
 
 from __future__ import annotations
@@ -63,15 +64,26 @@ def test_a_menu_read_lists_and_reads_each_once(esp: MtoolsEsp, tools: list[str])
         assert [e.name for e in esp.listdir("loader/entries")] == ["a.conf", "b.conf"]
         assert esp.read("loader/entries/a.conf") == b"title a\n"
         assert esp.read("loader/entries/b.conf") == b"title b\n"
-    # mdir of loader (is_dir) and of loader/entries (listdir, and the stats of read), and
-    # one mcopy per file.
-    assert tools == ["mdir", "mdir", "mcopy", "mcopy"]
+    # One mdir for the whole tree, one mcopy per file.
+    assert tools == ["mdir", "mcopy", "mcopy"]
     # Large files are read each time (kernels, UKIs: not kept in memory).
     big = b"k" * (esp_mod.KEEP_READ_MAX + 1)
     esp.write("loader/big", big)
     tools.clear()
     assert esp.read("loader/big") == big and esp.read("loader/big") == big
     assert tools == ["mdir", "mcopy", "mcopy"]
+
+
+def test_names_are_found_whatever_their_case(esp: MtoolsEsp) -> None:
+    esp.mkdir("EFI/BOOT")
+    esp.write("EFI/BOOT/BOOTX64.EFI", b"x")
+    esp.mkdir("loader/entries")
+    assert esp.listdir("efi/boot") == [EspEntry("BOOTX64.EFI", False)]
+    assert esp.stat("efi/Boot/bootx64.efi") == EspEntry("BOOTX64.EFI", False)
+    assert esp.read("efi/boot/bootx64.efi") == b"x" == esp.read("EFI/BOOT/BOOTX64.EFI")
+    assert esp.listdir("") == [EspEntry("EFI", True), EspEntry("loader", True)]
+    assert esp.listdir("LOADER/ENTRIES") == []
+    assert esp.stat("loader/entries/x") is None and esp.stat("nothing/here") is None
 
 
 def test_every_change_drops_the_listings(esp: MtoolsEsp) -> None:

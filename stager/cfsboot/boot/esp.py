@@ -67,6 +67,10 @@ def split_path(path: str) -> tuple[str, ...]:
     return parts
 
 
+def _fold(parts: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(p.casefold() for p in parts)
+
+
 def _join(parent: str, name: str) -> str:
     return f"{parent}/{name}" if parent else name
 
@@ -313,14 +317,14 @@ class MtoolsEsp(Esp):
     def __init__(self, image: Path, offset: int = 0) -> None:
         self.image = image
         self.offset = offset
-        # Directory listings and small files (each an mdir or mcopy process) read since this
-        # object last changed the filesystem: reading a menu asks for the same ones again.
-        self._listings: dict[tuple[str, ...], list[EspEntry] | None] = {}
+        # The directory tree (one mdir process) and small files (an mcopy each) read since
+        # this object last changed the filesystem: reading a menu asks for the same ones again.
+        self._tree: dict[tuple[str, ...], list[EspEntry]] | None = None
         self._contents: dict[tuple[str, ...], bytes] = {}
 
     def _forget(self) -> None:
         """Drop what was read: the filesystem is about to change, or just did."""
-        self._listings.clear()
+        self._tree = None
         self._contents.clear()
 
     @property
@@ -361,31 +365,40 @@ class MtoolsEsp(Esp):
 
     def _listing(self, path: str) -> list[EspEntry] | None:
         """A directory's entries; None if `path` is missing or is a file."""
-        key = split_path(path)
-        if key not in self._listings:
-            self._listings[key] = self._mdir(path)
-        found = self._listings[key]
+        if self._tree is None:
+            self._tree = self._mdir_tree()
+        found = self._tree.get(_fold(split_path(path)))
         return None if found is None else list(found)
 
-    def _mdir(self, path: str) -> list[EspEntry] | None:
-        # `mdir -b` prints one full path per entry, directories with a trailing '/'; for a
-        # file it prints the path as given.
+    def _mdir_tree(self) -> dict[tuple[str, ...], list[EspEntry]]:
+        """Every directory's entries (keys case-folded, as FAT compares names), from one
+        recursive `mdir -/ -b`: one full path per line, directories with a trailing '/'."""
         proc = run(
-            ["mdir", "-i", self.drive, "-b", self._m(path)],
+            ["mdir", "-i", self.drive, "-/", "-b", "::/"],
             capture=True,
             check=False,
             env={"MTOOLS_SKIP_CHECK": "1"},
         )
+        tree: dict[tuple[str, ...], list[EspEntry]] = {(): []}
         if proc.returncode != 0:
             err = proc.stderr.decode(errors="replace").strip()
-            if "not found" in err:
-                return None
+            if not proc.stdout and err.endswith('"::/" not found'):
+                return tree  # what mdir says of an empty filesystem
             last = err.splitlines()[-1] if err else f"exit code {proc.returncode}"
             raise EspError(f"cannot read the ESP in {self.drive}: {last}")
-        lines = [ln for ln in proc.stdout.decode(errors="surrogateescape").splitlines() if ln]
-        if split_path(path) and lines == [self._m(path)]:
-            return None
-        return sorted(EspEntry(ln.rstrip("/").rsplit("/", 1)[-1], ln.endswith("/")) for ln in lines)
+        for line in proc.stdout.decode(errors="surrogateescape").splitlines():
+            if not line.startswith("::/"):
+                continue
+            parts = split_path(line[len("::/") :])
+            if not parts:
+                continue
+            is_dir = line.endswith("/")
+            tree.setdefault(_fold(parts[:-1]), []).append(EspEntry(parts[-1], is_dir))
+            if is_dir:
+                tree.setdefault(_fold(parts), [])
+        for entries in tree.values():
+            entries.sort()
+        return tree
 
     def stat(self, path: str) -> EspEntry | None:
         parts = split_path(path)
@@ -403,7 +416,7 @@ class MtoolsEsp(Esp):
         return entries
 
     def read(self, path: str) -> bytes:
-        key = split_path(path)
+        key = _fold(split_path(path))
         if key in self._contents:
             return self._contents[key]
         st = self.stat(path)

@@ -5,7 +5,9 @@ standing in for one), or a disk image / block device holding a GPT (the ESP
 partition is found in it), or `FILE@OFFSET` (a FAT filesystem at that byte
 offset). Without it:
 
-1. an ESP already mounted at /efi, /boot/efi or /boot (booted system) is used;
+1. an ESP already mounted at /efi, /boot/efi or /boot (booted system) is used:
+   the mount visible there, a whole vfat filesystem (cfsboot.linux.mountinfo
+   tells a bind mount of one of its directories apart);
 2. else the disk holding the physical root is found, and the ESP on it:
    - where udev runs (a booted system), through pyudev: the root's block
      device, its disk, and the partition udev's blkid probe typed as the ESP

@@ -31,16 +31,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / d) for d in ("stager", "setup-root", "tests")]
 
 from cfsboot.boot.gpt import read_layout  # noqa: E402
-from deploy_support import os_image  # noqa: E402
-
-
-def cli(*args: str | Path) -> list[str]:
-    """argv of the CLI of the tree on PYTHONPATH (env_for)."""
-    return [sys.executable, "-m", "cfsboot.cli", *map(str, args)]
+from cfstest import cli  # noqa: E402
+from cfstest.osimages import os_image  # noqa: E402
 
 
 def env_for(tree: Path) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": f"{tree / 'stager'}:{tree / 'setup-root'}"}
+    env = cli.environ(src=tree)
     # The warm-up run writes the bytecode, as an installed package has it: a tree whose .pyc
     # files are stale would otherwise compile its changed modules on every run.
     env.pop("PYTHONDONTWRITEBYTECODE", None)
@@ -52,11 +48,7 @@ def installed(tmp: Path) -> Iterator[Path]:
     """The root filesystem of a freshly installed disk image, loop-mounted."""
     ref = os_image(tmp / "oci", "1")
     disk = tmp / "disk.img"
-    subprocess.run(
-        cli("install", "to-disk", ref, disk, "--size", "3G", "-q"),
-        env=env_for(REPO),
-        check=True,
-    )
+    cli.run("install", "to-disk", ref, disk, "--size", "3G", "-q")
     root = read_layout(disk).partitions[1]
     mnt = tmp / "root"
     mnt.mkdir()
@@ -72,7 +64,7 @@ def time_once(tree: Path, args: list[str | Path]) -> tuple[float, float]:
     """(wall, CPU = user + system of the command and its children) in ms."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    subprocess.run(cli(*args), env=env_for(tree), stdout=subprocess.DEVNULL, check=True)
+    subprocess.run(cli.argv(*args), env=env_for(tree), stdout=subprocess.DEVNULL, check=True)
     wall = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime

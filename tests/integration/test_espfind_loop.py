@@ -13,7 +13,6 @@ with fake devices.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ import pyudev
 from cfsboot.boot import espfind
 from cfsboot.boot.espfind import EspLocation
 from cfsboot.linux import mountinfo
-from conftest import missing_capability
+from cfstest.gates import require_tools
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("can_mount")]
 
@@ -36,9 +35,7 @@ X86_ROOT = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"
 @pytest.fixture
 def mounted_root(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     """(disk image, its root filesystem loop-mounted at its offset)."""
-    for tool in ("sfdisk", "mkfs.ext4"):
-        if shutil.which(tool) is None:
-            missing_capability(f"{tool} not installed (run `make setup`)")
+    require_tools({"sfdisk": "fdisk", "mkfs.ext4": "e2fsprogs"})
     img = tmp_path / "disk.img"
     with open(img, "wb") as f:
         f.truncate(40 * MiB)

@@ -10,7 +10,6 @@ drop it.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,15 +20,14 @@ import pytest
 from cfsboot.boot import esp as esp_mod
 from cfsboot.boot.esp import EspEntry, MtoolsEsp
 from cfsboot.linux.run import run as real_run
-from conftest import missing_capability
+from cfstest.gates import FAT_TOOLS, require_tools
 
 OFFSET = 1 << 20
 
 
 @pytest.fixture
 def esp(tmp_path: Path) -> MtoolsEsp:
-    if shutil.which("mcopy") is None or shutil.which("mkfs.vfat") is None:
-        missing_capability("mtools/dosfstools not installed")
+    require_tools(FAT_TOOLS)
     img = tmp_path / "disk.img"
     with open(img, "wb") as f:
         f.truncate(OFFSET + (32 << 20))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import struct
 import subprocess
 import zlib
@@ -21,7 +20,7 @@ from cfsboot import cli
 from cfsboot.boot import gpt
 from cfsboot.boot.gpt import ENTRY_SIZE, HEADER, HEADER_SIZE, read_layout
 from cfsboot.errors import CfsbootError
-from conftest import missing_capability
+from cfstest.gates import require_tools
 
 MiB = 1 << 20
 SECTOR = 512
@@ -31,8 +30,7 @@ DISK_GUID_AT, HEADER_CRC_AT, ENTRIES_CRC_AT = 56, 16, 88
 
 
 def sfdisk_image(path: Path, size: int = 8 * MiB) -> Path:
-    if shutil.which("sfdisk") is None:
-        missing_capability("sfdisk not installed (apt-get install fdisk)")
+    require_tools({"sfdisk": "fdisk"})
     with open(path, "wb") as f:
         f.truncate(size)
     script = (

@@ -1,6 +1,6 @@
 """cfsboot.boot.pe: PE/COFF headers and section tables, and truncated or damaged files.
 
-The images come from deploy_support.make_pe, which lays out a PE32+ file at
+The images come from cfstest.pe.make_pe, which lays out a PE32+ file at
 the PE Format specification's offsets with struct, independently of the
 construct declarations under test.
 """
@@ -16,8 +16,8 @@ import pytest
 from cfsboot.boot import pe
 from cfsboot.boot.pe import PEError, Section, read_sections
 from cfsboot.boot.uki import UKIError, parse_uki
-from conftest import missing_capability
-from deploy_support import make_pe
+from cfstest.gates import missing_capability
+from cfstest.pe import make_pe
 
 PE_AT = 0x80  # make_pe's e_lfanew
 COFF_AT = PE_AT + 4

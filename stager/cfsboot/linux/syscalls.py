@@ -12,13 +12,17 @@ import errno
 import os
 from collections.abc import Callable
 
-from cfsboot.linux.arch import lookup
+from cfsboot.linux.arch import ARCHES
 from setuproot.syscalls import AT_FDCWD as AT_FDCWD  # re-exported for dirfd callers
 
 # renameat2 flags, <linux/fs.h> (glibc repeats them in <stdio.h> under _GNU_SOURCE).
 RENAME_NOREPLACE = 1 << 0
 RENAME_EXCHANGE = 1 << 1
 RENAME_WHITEOUT = 1 << 2
+
+# renameat2's syscall number by `uname -m` (every spelling), for C libraries without the
+# wrapper: a view of the one arch table (cfsboot.linux.arch), where the numbers live.
+SYS_RENAMEAT2_BY_MACHINE = {m: a.sys_renameat2 for m, a in ARCHES.items() if a.sys_renameat2}
 
 # (olddirfd, oldpath, newdirfd, newpath, flags) -> 0, or -1 with errno set.
 RenameAt2 = Callable[[int, bytes, int, bytes, int], int]
@@ -42,8 +46,7 @@ def libc_renameat2() -> RenameAt2 | None:
 
 def syscall_renameat2(machine: str | None = None) -> RenameAt2 | None:
     """renameat2 through syscall(2) with this machine's number, or None if we do not know it."""
-    found = lookup(machine)
-    nr = found.sys_renameat2 if found else None
+    nr = SYS_RENAMEAT2_BY_MACHINE.get(machine or os.uname().machine)
     if nr is None:
         return None
     _libc.syscall.restype = ctypes.c_long

@@ -39,8 +39,6 @@ EXEMPT = {
     "stager/cfsboot/composefs/erofs/*.py": "issue 16 rewrites this",
     "stager/cfsboot/composefs/dumpfile.py": "issue 16 rewrites this",
     "stager/cfsboot/composefs/srctree.py": "issue 16 rewrites this",
-    # The boot binary formats (GPT, PE, FAT) through construct.
-    "stager/cfsboot/boot/fat.py": "issue 10's construct rewrite of boot/ formats rewrites this",
 }
 
 

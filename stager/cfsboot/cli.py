@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "composefs_info",
     "image",
     "deploy",
+    "container",
 )
 
 # Which module defines each subcommand: a run imports only the module it needs
@@ -31,6 +32,7 @@ COMMANDS = {
     "mkcomposefs": "mkcomposefs",
     "composefs-info": "composefs_info",
     "image": "image",
+    "container": "container",
     **{
         c: "deploy"
         for c in ("install", "switch", "upgrade", "finalize-staged", "rollback", "status", "gc")

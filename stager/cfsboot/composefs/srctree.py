@@ -48,12 +48,15 @@ def tree_from_directory(
     threads: int | None = None,
     use_epoch: bool = False,
     hardlinks: bool = False,
+    one_file_system: bool = False,
 ) -> Inode:
     """The tree C `mkcomposefs [--digest-store=DIR] [--use-epoch] SOURCE` builds from `path`.
 
     External files get `payload` (their object path) and `digest` (raw
     fs-verity digest with `alg`); with `digest_store`, their contents are
     stored there as XX/REST objects (published atomically, see ObjectStore).
+    `one_file_system`: directories on another filesystem than `path` (e.g. /proc in
+    a container build) are kept as empty directories.
     """
     src = os.fsencode(os.fspath(path))
     st = os.lstat(src)
@@ -74,6 +77,7 @@ def tree_from_directory(
         pool = _Pool(hasher.run, nthreads)
         try:
             walker = _Walker(use_epoch, hardlinks, pool.submit)
+            walker.device = st.st_dev if one_file_system else None
             root = walker.node(src, st)
             walker.walk_dir(src, root)
             walker.flush()
@@ -175,6 +179,7 @@ class _Walker:
         self.batch: _Work = []
         self.batch_bytes = 0
         self.seen: dict[tuple[int, int], Inode] = {}
+        self.device: int | None = None  # only descend into directories on this device
 
     def node(self, path: bytes, st: os.stat_result) -> Inode:
         mode = st.st_mode
@@ -233,7 +238,8 @@ class _Walker:
             children[name] = child
             if child.children is not None:
                 subdirs += 1
-                self.walk_dir(child_path, child)
+                if self.device is None or st.st_dev == self.device:
+                    self.walk_dir(child_path, child)
         node.nlink = 2 + subdirs
 
 

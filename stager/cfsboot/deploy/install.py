@@ -41,14 +41,11 @@ from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.deploy.target import Target, import_target
 from cfsboot.errors import die
 from cfsboot.image import imagefiles
+from cfsboot.image.bootscan import GRUB_IN_IMAGE, SYSTEMD_BOOT_IN_IMAGE
 from cfsboot.linux.run import run
 from setuproot.contract import REPO_DIR, HashAlg
 
 log = logging.getLogger(__name__)
-
-# Boot loader binaries taken from the image (its packages: systemd-boot-efi, grub-efi-amd64-bin).
-SYSTEMD_BOOT_IN_IMAGE = "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
-GRUB_IN_IMAGE = "usr/lib/grub/x86_64-efi/monolithic/grubx64.efi"
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,11 @@ APT_PACKAGES := \
 	mmdebstrap debian-archive-keyring arch-test \
 	shellcheck fsverity erofs-utils e2fsprogs util-linux \
 	mtools dosfstools fdisk skopeo zstd cpio btrfs-progs xfsprogs \
-	qemu-system-x86 qemu-utils ovmf hyperfine docker-registry systemd-boot-efi
+	qemu-system-x86 qemu-utils ovmf hyperfine docker-registry systemd-boot-efi \
+	dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
+	python3-zstandard lintian fakeroot buildah podman
 
-.PHONY: setup apt venv reftools selinux-oracle testos test unit lint vm-test vm-test-core bench freeze install-dracut-module clean
+.PHONY: setup apt venv reftools selinux-oracle testos test unit lint vm-test vm-test-core bench freeze install-dracut-module deb clean
 
 setup: apt venv reftools selinux-oracle testos
 
@@ -54,9 +56,9 @@ unit:
 	$(PY) -m pytest -q tests/unit
 
 lint:
-	$(VENV)/bin/ruff check stager setup-root tests vm-tests bench
-	$(VENV)/bin/ruff format --check stager setup-root tests vm-tests bench
-	$(VENV)/bin/mypy stager/cfsboot setup-root/setuproot tests bench
+	$(VENV)/bin/ruff check stager setup-root tests vm-tests bench debian
+	$(VENV)/bin/ruff format --check stager setup-root tests vm-tests bench debian
+	$(VENV)/bin/mypy stager/cfsboot setup-root/setuproot tests bench debian/manpage.py
 	$(VENV)/bin/mypy vm-tests
 	shellcheck dracut-module/*/*.sh tests/reftools/*.sh .ci/run $(wildcard vm-tests/*.sh bench/*.sh)
 
@@ -75,6 +77,19 @@ freeze:
 
 install-dracut-module:
 	$(MAKE) -C dracut-module install DESTDIR=$(DESTDIR)
+
+# The Debian package, built with Debian's tooling from a copy of the tracked (and new,
+# not ignored) files: build/deb/cfsboot_VERSION_amd64.deb.
+DEB_DIR := build/deb
+deb:
+	rm -rf $(DEB_DIR) && mkdir -p $(DEB_DIR)/src
+	git ls-files -z --cached --others --exclude-standard | \
+		while IFS= read -r -d '' f; do [ -e "$$f" ] && printf '%s\0' "$$f"; done | \
+		tar -c --null -T - | tar -x -C $(DEB_DIR)/src
+	cd $(DEB_DIR)/src && env -u PYTHONPATH PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+		dpkg-buildpackage -b -us -uc > ../build.log 2>&1 || { tail -30 ../build.log; exit 1; }
+	rm -rf $(DEB_DIR)/src
+	@ls -l $(DEB_DIR)/*.deb
 
 clean:
 	rm -rf $(VENV) build dist .mypy_cache .ruff_cache .pytest_cache

@@ -135,8 +135,12 @@ exec "${0%/*}/python" -c 'import sys; from setuproot.main import main; sys.exit(
 """
 
 
-def freeze_pyzip(out: Path, python: Path) -> Path:
-    """The target interpreter, a ._pth file, and a zip of exactly the modules needed."""
+def freeze_pyzip(out: Path, python: Path, src: Path = HERE) -> Path:
+    """The target interpreter, a ._pth file, and a zip of exactly the modules needed.
+
+    src: the directory holding the setuproot package (the Debian package's dracut
+    module freezes the installed one, /usr/lib/python3/dist-packages).
+    """
     top = out / NAME
     dynload = top / "lib-dynload"
     dynload.mkdir(parents=True)
@@ -149,7 +153,7 @@ def freeze_pyzip(out: Path, python: Path) -> Path:
             "-S",
             "-c",
             _ZIP_BUILDER,
-            str(HERE),
+            str(src),
             str(top / "lib.zip"),
             str(dynload),
         ],
@@ -201,10 +205,13 @@ def main(argv: list[str] | None = None) -> int:
         default=Path(os.environ.get("CFSBOOT_FREEZE_PYTHON", "/usr/bin/python3")),
         help="interpreter binary for pyzip (a distribution's, not a venv's)",
     )
+    parser.add_argument(
+        "--src", type=Path, default=HERE, help="directory holding setuproot (pyzip mode)"
+    )
     args = parser.parse_args(argv)
     shutil.rmtree(args.out / NAME, ignore_errors=True)
     if args.mode == "pyzip":
-        program = freeze_pyzip(args.out, args.python)
+        program = freeze_pyzip(args.out, args.python, args.src)
     else:
         work = args.out.parent / "setup-root.work"
         program = freeze(args.out, work)

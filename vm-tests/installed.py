@@ -24,9 +24,17 @@ DISK_SIZE = "6G"
 
 def install(image: osimage.OsImage, disk: Path, *extra: str) -> float:
     """`cfsboot install to-disk` of a test OS variant onto a new image file; seconds taken."""
+    return install_ref(image.ref, disk, *extra)
+
+
+def install_ref(ref: str, disk: Path, *extra: str) -> float:
+    """`cfsboot install to-disk` of any image onto a new image file; seconds taken.
+
+    The path every VM test and `boot_image.py` share.
+    """
     started = time.monotonic()
     cli.run(
-        "install", "to-disk", image.ref, disk,
+        "install", "to-disk", ref, disk,
         "--size", DISK_SIZE,
         "--root-label", images.ROOT_LABEL,
         "--boot-timeout", "0",

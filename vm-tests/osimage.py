@@ -1,27 +1,31 @@
-"""The test OS as OCI image layouts (variants v1, v2, uki), cached.
+"""The test OS as OCI image layouts (variants v1, v2, uki), built with buildah, cached.
 
-Each layout has two layers (uki three), all but the first small:
+Built the way an image author builds (examples/debian/Containerfile): buildah
+(containers-storage with the vfs driver, chroot isolation) runs
+``containers/testos.Containerfile`` over the base image, which installs the
+cfsboot Debian package (``make deb``'s recipe, built from the same sources)
+with the variant's files; the package's postinst builds the initramfs with the
+cfsboot dracut module, and the build ends with ``cfsboot container lint``.
+Each image has two layers (uki three), all but the first small:
 
-1. the base rootfs (``testos.ensure_base_rootfs``, /dev emptied as in any
-   container image): the same blob, hence the same bytes, in every variant, so
-   importing v2 after v1 reads one layer only;
-2. what makes it a cfsboot test OS (``oslayer.py``): the stager (``cfsboot`` and ``setuproot``
-   in python3's dist-packages, ``/usr/bin/cfsboot``) and its systemd units, the
-   dracut module with a freshly frozen setup-root, the kernel and a dracut
-   initramfs at /usr/lib/modules/KVER/{vmlinuz,initramfs.img}, the guest check
-   framework, an empty /etc/fstab, systemd-networkd with DHCP, the host's
-   registry marked insecure, kargs.d, and the variant's own files;
-3. (``uki`` only) /boot/EFI/Linux/cfsboot-testos-v1.efi, a UKI built with
-   ukify over v1 whose .cmdline holds ``composefs=<digest of v1>``. /boot is
-   emptied in the boot image, so this layer leaves the digest unchanged.
+1. the base rootfs (``testos.ensure_base_rootfs``, /dev empty, imported with
+   ``podman import`` as ``localhost/cfsboot/testos-base:ROOTFSKEY``): the same
+   blob in every variant, so importing v2 after v1 reads one layer only;
+2. the package and the variant's files (``oslayer.layer_files``: the guest check
+   scenarios, an empty /etc/fstab, systemd-networkd with DHCP, the host's
+   registry marked insecure, kargs.d, os-release, a dracut configuration for a
+   trimmed initramfs), /boot emptied;
+3. (``uki`` only) ``containers/testos-uki.Containerfile``: a UKI of v2 built by
+   ``cfsboot container ukify`` in a first stage, whose .cmdline holds
+   ``composefs=<digest of v2>``, copied to /boot/EFI/Linux in the second.
+   /boot is emptied in the boot image, so this layer leaves the digest unchanged
+   (checked here).
 
-Every variant is built inside an overlay of the pristine rootfs (which is
-never modified) and cached as ``CACHE/testos/oci-KEY/VARIANT`` (an OCI layout
-tagged VARIANT) with ``VARIANT.json`` (digests, sizes) beside it; KEY hashes
-the rootfs key, the stager, setup-root, dracut module and guest sources and
-this recipe. The base layer is packed once per rootfs into
-``CACHE/testos/base-layer-ROOTFSKEY-COMPRESSION/`` and hard-linked into the
-layouts. Builds go to a temporary name and are renamed into place.
+The images are pushed (zstd) to ``CACHE/testos/oci-KEY/VARIANT`` (an OCI layout
+tagged VARIANT) with ``VARIANT.json`` (digests, sizes) beside it; KEY hashes the
+rootfs key, the sources and this recipe. Builds work on a snapshot of the
+sources and go to a temporary name renamed into place. The containers-storage
+images of older keys are removed.
 
 Runnable as ``python vm-tests/osimage.py [--variant v1] [--cache DIR]``.
 """
@@ -52,31 +56,34 @@ import oslayer
 import testos
 from cfsboot.boot.uki import read_uki
 from cfstest import cli
-from cfstest import ocibuild as build
 from oslayer import KARGS, ROOT_LABEL, Variant
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 # Bump when the recipe changes in a way the hashed inputs below do not show.
-RECIPE_VERSION = "1"
-COMPRESSION = build.Compression.ZSTD
+RECIPE_VERSION = "2"
 UKI_CMDLINE_ROOT = f"root=LABEL={ROOT_LABEL}"
-# Hashed into the cache key: everything that ends up in the cfsboot layer, and how.
+# Hashed into the cache key: everything that ends up in the images, and how.
 SOURCES = (
-    "stager/cfsboot",
-    "stager/systemd",
+    "pyproject.toml",
+    "stager",
     "setup-root",
     "dracut-module",
+    "debian",
     "vm-tests/guest",
+    "vm-tests/containers",
     "vm-tests/osimage.py",
     "vm-tests/oslayer.py",
     "vm-tests/testos.py",
     "vm-tests/diskimage.py",
     "vm-tests/images.py",
 )
+CONTAINERS = "vm-tests/containers"
+BASE_REPO = "localhost/cfsboot/testos-base"
+IMAGE_REPO = "localhost/cfsboot/testos"
 # Kept in the cache (the newest, counting the current one); older ones are removed.
 KEEP_BUILDS = 4
-KEEP_BASE_LAYERS = 2
+REF_NAME = "org.opencontainers.image.ref.name"
 
 
 VARIANTS: dict[str, Variant] = {
@@ -116,11 +123,11 @@ class OsImage:
 
 
 # ---------------------------------------------------------------------------
-# cache key and layout
+# cache key
 
 
 def sources_digest(repo: Path = REPO) -> str:
-    """Hash of every source file that goes into (or shapes) the cfsboot layer."""
+    """Hash of every source file that goes into (or shapes) the images."""
     h = hashlib.sha256()
     for top in SOURCES:
         for path in _files_under(repo / top):
@@ -149,21 +156,9 @@ def cache_key(rootfs_key: str | None = None, repo: Path = REPO) -> str:
         "rootfs": rootfs_key or testos.cache_key(),
         "sources": sources_digest(repo),
         "recipe": RECIPE_VERSION,
-        "compression": str(COMPRESSION),
-        # setup-root is frozen with the host's python3 binary (setup-root/freeze.py).
-        "freeze_python": _freeze_python_version(),
         "variants": {k: v.__dict__ for k, v in sorted(VARIANTS.items())},
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _freeze_python_version() -> str:
-    python = Path(os.environ.get("CFSBOOT_FREEZE_PYTHON", "/usr/bin/python3"))
-    try:
-        st = python.resolve().stat()
-    except OSError:
-        return "missing"
-    return f"{python.resolve()}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def oci_dir(cache_dir: Path = testos.DEFAULT_CACHE, key: str | None = None) -> Path:
@@ -195,34 +190,36 @@ def ensure_images(
     with (
         testos._locked(cache_dir / "testos" / ".oci.lock"),
         snapshot_sources() as src,
-        tempfile.TemporaryDirectory(prefix="cfsboot-osimage-frozen.") as frozen_dir,
     ):
-        top = oci_dir(cache_dir, cache_key(repo=src))
+        key = cache_key(repo=src)
+        top = oci_dir(cache_dir, key)
         top.mkdir(parents=True, exist_ok=True)
-        inputs = _Inputs(rootfs, top, cache_dir, src, Path(frozen_dir))
+        inputs = _Inputs(rootfs, top, key, src)
         for v in variants:
             images_[v] = _load(top, v) or _build_variant(VARIANTS[v], inputs)
-        _prune(cache_dir / "testos", keep=(top, base_layer_dir(rootfs, cache_dir)))
+        _prune(cache_dir / "testos", keep=(top,))
+        _prune_storage(key)
     return images_
 
 
 @dataclass
 class _Inputs:
-    """What one ensure_images() call builds from (one snapshot, one frozen setup-root)."""
+    """What one ensure_images() call builds from (one snapshot, one package)."""
 
     rootfs: Path
     top: Path
-    cache_dir: Path
+    key: str
     src: Path
-    frozen_dir: Path
-    _frozen: Path | None = None
+    _deb: Path | None = None
 
-    def frozen(self) -> Path:
-        """setup-root, frozen once: its zip carries timestamps, and v1 and v2 must only
-        differ where the recipe says they do."""
-        if self._frozen is None:
-            self._frozen = oslayer.freeze_setup_root(self.frozen_dir, self.src)
-        return self._frozen
+    def deb(self) -> Path:
+        """The cfsboot package of the snapshot, built once."""
+        if self._deb is None:
+            self._deb = build_deb(self.src)
+        return self._deb
+
+    def tag(self, variant: str) -> str:
+        return f"{IMAGE_REPO}:{self.key}-{variant}"
 
 
 def _build_variant(spec: Variant, inputs: _Inputs) -> OsImage:
@@ -234,9 +231,12 @@ def _build_variant(spec: Variant, inputs: _Inputs) -> OsImage:
 
 @contextmanager
 def snapshot_sources(repo: Path = REPO) -> Iterator[Path]:
-    """A private copy of SOURCES (same relative paths), to hash and build from."""
+    """A private copy of SOURCES (same relative paths), to hash and build from.
+
+    Its parent directory is private too: dpkg-buildpackage writes the package there.
+    """
     with tempfile.TemporaryDirectory(prefix="cfsboot-osimage-src.") as tmp:
-        root = Path(tmp)
+        root = Path(tmp) / "src"
         for top in SOURCES:
             for path in _files_under(repo / top):
                 dest = root / path.relative_to(repo)
@@ -262,127 +262,179 @@ def _load(top: Path, variant: str) -> OsImage | None:
 
 
 def _prune(testos_dir: Path, keep: Sequence[Path]) -> None:
-    """Remove all but the newest oci-* and base-layer-* directories (never those in keep)."""
-    for pattern, count in (("oci-*", KEEP_BUILDS), ("base-layer-*", KEEP_BASE_LAYERS)):
-        older = sorted(
-            (p for p in testos_dir.glob(pattern) if p.is_dir() and p not in keep),
-            key=lambda p: p.stat().st_mtime,
-            reverse=True,
-        )
-        for old in older[max(count - 1, 0) :]:
-            shutil.rmtree(old, ignore_errors=True)
+    """Remove all but the newest oci-* directories (never those in keep)."""
+    older = sorted(
+        (p for p in testos_dir.glob("oci-*") if p.is_dir() and p not in keep),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for old in older[max(KEEP_BUILDS - 1, 0) :]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _prune_storage(key: str) -> None:
+    """Remove the test OS images of other keys from containers-storage (vfs: full copies)."""
+    proc = subprocess.run(
+        ["buildah", "images", "--noheading", "--format", "{{.Name}}:{{.Tag}}"],
+        capture_output=True,
+        text=True,
+        env=container_env(),
+        check=False,
+    )
+    old = [n for n in proc.stdout.split() if n.startswith(f"{IMAGE_REPO}:")]
+    old = [n for n in old if not n.removeprefix(f"{IMAGE_REPO}:").startswith(f"{key}-")]
+    if old:
+        subprocess.run(["buildah", "rmi", *old], capture_output=True, env=container_env())
 
 
 # ---------------------------------------------------------------------------
-# the base layer
+# building with the package and buildah
 
 
-def base_layer(rootfs: Path, cache_dir: Path) -> tuple[Path, build.Descriptor]:
-    """The packed base rootfs (one blob per rootfs and compression) and its descriptor."""
-    top = base_layer_dir(rootfs, cache_dir)
-    desc_path = top / "layer.json"
-    if not desc_path.exists():
-        tmp = Path(tempfile.mkdtemp(prefix=f".{top.name}.", dir=top.parent))
-        try:
-            # A scratch layout only for its streaming compressor; the blob is kept alone.
-            scratch = build.Layout(tmp / "layout")
-            desc = scratch.add_layer(build.tar_chunks(base_entries(rootfs)), COMPRESSION)
-            os.replace(tmp / "layout" / "blobs" / "sha256" / desc.digest[7:], tmp / "blob")
-            shutil.rmtree(tmp / "layout")
-            (tmp / "layer.json").write_text(json.dumps(_desc_json(desc), indent=2) + "\n")
-            os.rename(tmp, top)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-    d = json.loads(desc_path.read_text())
-    return top / "blob", build.Descriptor(d["media_type"], d["digest"], d["size"], d["diff_id"])
+def container_env() -> dict[str, str]:
+    """buildah and podman as CI runs them as root: vfs storage, chroot isolation."""
+    return {**os.environ, "STORAGE_DRIVER": "vfs", "BUILDAH_ISOLATION": "chroot"}
 
 
-def base_layer_dir(rootfs: Path, cache_dir: Path) -> Path:
-    key = rootfs.name.removeprefix("rootfs-")
-    return cache_dir / "testos" / f"base-layer-{key}-{COMPRESSION}"
-
-
-def base_entries(rootfs: Path) -> Iterator[build.Entry]:
-    """The rootfs as tar members, with /dev empty (devtmpfs is mounted there at boot)."""
-    for entry in build.entries_from_directory(rootfs):
-        path = entry.path if isinstance(entry.path, bytes) else os.fsencode(entry.path)
-        if path.startswith(b"dev/"):
-            continue
-        yield entry
-
-
-def _desc_json(desc: build.Descriptor) -> dict[str, Any]:
-    return {
-        "media_type": desc.media_type,
-        "digest": desc.digest,
-        "size": desc.size,
-        "diff_id": desc.diff_id,
+def build_deb(src: Path) -> Path:
+    """`dpkg-buildpackage -b` in src (as `make deb` does); the .deb, in src's parent."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")
     }
+    env["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin"
+    _run(["dpkg-buildpackage", "-b", "-us", "-uc"], env=env, cwd=src)
+    debs = sorted(src.parent.glob("cfsboot_*.deb"))
+    if len(debs) != 1:
+        raise RuntimeError(f"dpkg-buildpackage in {src} made {debs}, expected one cfsboot_*.deb")
+    return debs[0]
 
 
-def _link_blob(src: Path, layout: Path, digest: str) -> None:
-    dest = layout / "blobs" / "sha256" / digest.removeprefix("sha256:")
-    if dest.exists():
-        return
-    try:
-        os.link(src, dest)
-    except OSError:
-        shutil.copyfile(src, dest)
+def ensure_base_image(rootfs: Path) -> str:
+    """The base rootfs in containers-storage (`podman import`, /dev empty); its name."""
+    name = f"{BASE_REPO}:{rootfs.name.removeprefix('rootfs-')}"
+    env = container_env()
+    exists = ["podman", "image", "exists", name]
+    if subprocess.run(exists, env=env, capture_output=True, check=False).returncode == 0:
+        return name
+    tar = subprocess.Popen(
+        ["tar", "-C", str(rootfs), "--exclude=./dev/*", "--numeric-owner", "-c", "."],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    assert tar.stdout is not None
+    proc = subprocess.run(
+        ["podman", "import", "--quiet", "-", name],
+        stdin=tar.stdout,
+        capture_output=True,
+        env=env,
+        check=False,
+    )
+    tar.stdout.close()
+    if tar.wait() != 0 or proc.returncode != 0:
+        raise RuntimeError(f"podman import of {rootfs} failed: {proc.stderr.decode().strip()}")
+    return name
+
+
+def buildah_bud(
+    containerfile: Path, context: Path, tag: str, build_args: Mapping[str, str]
+) -> None:
+    argv = ["buildah", "bud", "--quiet", "--file", str(containerfile), "--tag", tag]
+    for k, v in build_args.items():
+        argv += ["--build-arg", f"{k}={v}"]
+    _run([*argv, str(context)], env=container_env())
+
+
+def push(tag: str, layout: Path, name: str) -> None:
+    """The image into an OCI layout (zstd layers) tagged name."""
+    _run(
+        [
+            "buildah",
+            "push",
+            "--quiet",
+            "--format",
+            "oci",
+            "--compression-format",
+            "zstd",
+            tag,
+            f"oci:{layout}:{name}",
+        ],
+        env=container_env(),
+    )
+
+
+def dracut_conf() -> bytes:
+    """A trimmed, host-independent initramfs (testos.py's flags), as dracut.conf.d says it."""
+    return (
+        "# vm-tests: what a virtio guest needs, measured in the toolchain notes.\n"
+        f'omit_dracutmodules+=" {testos.DRACUT_OMIT} "\n'
+        f'add_drivers+=" {testos.DRACUT_DRIVERS} "\n'
+    ).encode()
 
 
 def _build(variant: Variant, inputs: _Inputs) -> OsImage:
-    rootfs, top, src = inputs.rootfs, inputs.top, inputs.src
     started = time.monotonic()
     timings: dict[str, float] = {}
-    base_blob, base_desc = base_layer(rootfs, inputs.cache_dir)
-    timings["base_layer"] = time.monotonic() - started
-    with tempfile.TemporaryDirectory(prefix=f".build-{variant.name}.", dir=top) as tmp:
+    base = ensure_base_image(inputs.rootfs)
+    deb = inputs.deb()
+    timings["deb_and_base"] = time.monotonic() - started
+    with tempfile.TemporaryDirectory(prefix=f".build-{variant.name}.", dir=inputs.top) as tmp:
         scratch = Path(tmp)
-        layer = scratch / "layer"
-        layer.mkdir()
+        context = scratch / "context"
+        (context / "overlay").mkdir(parents=True)
+        files = oslayer.layer_files(variant, inputs.rootfs, inputs.src / "vm-tests" / "guest")
+        files[oslayer.DRACUT_CONF] = (dracut_conf(), 0o644)
+        oslayer.write_tree(context / "overlay", files, inputs.rootfs)
+        os.link(deb, context / "cfsboot.deb")
         t = time.monotonic()
-        oslayer.build_cfsboot_layer(variant, rootfs, layer, scratch, inputs.frozen(), src)
-        timings["cfsboot_layer"] = time.monotonic() - t
+        containerfile = inputs.src / CONTAINERS / "testos.Containerfile"
+        tag = inputs.tag(variant.name)
+        args = {"BASE": base, "VARIANT": variant.name, "PACKAGES": " ".join(variant.packages)}
+        buildah_bud(containerfile, context, tag, args)
+        timings["buildah_bud"] = time.monotonic() - t
         t = time.monotonic()
         out = scratch / "layout"
-        layout = build.Layout(out)
-        _link_blob(base_blob, out, base_desc.digest)
-        small = layout.add_layer(build.tar_chunks(build.entries_from_directory(layer)), COMPRESSION)
-        descs = [base_desc, small]
-        timings["pack"] = time.monotonic() - t
-        if variant.packages:
-            t = time.monotonic()
-            packages = scratch / "packages"
-            oslayer.build_packages_layer(variant, rootfs, layer, packages)
-            entries = build.entries_from_directory(packages)
-            descs.append(layout.add_layer(build.tar_chunks(entries), COMPRESSION))
-            timings["packages"] = time.monotonic() - t
-        layout.add_image(descs, config=image_config(variant), tag=variant.name)
-        return _publish(variant, out, top, rootfs, descs, started, timings, src)
+        push(tag, out, variant.name)
+        timings["push"] = time.monotonic() - t
+        return _publish(variant, out, inputs, started, timings)
 
 
-def image_config(variant: Variant) -> dict[str, Any]:
-    return {
-        "config": {
-            "Labels": {
-                "containers.bootc": "1",
-                "org.opencontainers.image.version": variant.name,
-                "org.opencontainers.image.title": "cfsboot test OS",
-            }
-        }
-    }
+def _build_uki(variant: Variant, base: OsImage, inputs: _Inputs) -> OsImage:
+    started = time.monotonic()
+    timings: dict[str, float] = {}
+    os_tag = inputs.tag(base.variant)
+    env = container_env()
+    if subprocess.run(["buildah", "inspect", os_tag], env=env, capture_output=True).returncode:
+        _run(["buildah", "pull", "--quiet", base.ref], env=env)  # cached layout, not in storage
+        _run(["buildah", "tag", _pulled_name(base), os_tag], env=env)
+    with tempfile.TemporaryDirectory(prefix=f".build-{variant.name}.", dir=inputs.top) as tmp:
+        scratch = Path(tmp)
+        context = scratch / "context"
+        context.mkdir()
+        t = time.monotonic()
+        containerfile = inputs.src / CONTAINERS / "testos-uki.Containerfile"
+        uki = Path(uki_path(base.variant)).name
+        buildah_bud(containerfile, context, inputs.tag(variant.name), {"OS": os_tag, "UKI": uki})
+        timings["buildah_bud"] = time.monotonic() - t
+        out = scratch / "layout"
+        push(inputs.tag(variant.name), out, variant.name)
+        # /boot is emptied in the boot image: the UKI layer must leave the digest as it is.
+        image = _publish(variant, out, inputs, started, timings, expect_id=base.image_id)
+        sealed = read_uki(extract_uki(image, scratch / "uki")).check_composefs(base.image_id)
+        assert sealed.digest == base.image_id
+        return image
+
+
+def _pulled_name(image: OsImage) -> str:
+    """What `buildah pull oci:DIR:TAG` names the image it stores."""
+    return f"localhost{image.layout}:{image.variant}".replace("//", "/")
 
 
 def _publish(
     variant: Variant,
     out: Path,
-    top: Path,
-    rootfs: Path,
-    layers: Sequence[build.Descriptor],
+    inputs: _Inputs,
     started: float,
     timings: dict[str, float],
-    src: Path,
     expect_id: str | None = None,
 ) -> OsImage:
     """Compute the image's digest, write VARIANT.json, rename the layout into place.
@@ -390,23 +442,24 @@ def _publish(
     expect_id: the digest it must have (else nothing is published).
     """
     t = time.monotonic()
-    image_id = compute_id(f"oci:{out}:{variant.name}", src=src)
+    image_id = compute_id(f"oci:{out}:{variant.name}", src=inputs.src)
     timings["compute_id"] = time.monotonic() - t
     if expect_id is not None and image_id != expect_id:
         raise RuntimeError(
             f"{variant.name}: the boot image digest is {image_id}, expected {expect_id}"
             " (an added layer changed more than /boot?)"
         )
-    index = json.loads((out / "index.json").read_text())
+    manifest_digest, layers = _layers(out, variant.name)
     info = {
         "variant": variant.name,
-        "manifest_digest": index["manifests"][0]["digest"],
+        "manifest_digest": manifest_digest,
         "image_id": image_id,
-        "kernel": testos.kernel_version(rootfs),
-        "layers": [_desc_json(d) for d in layers],
+        "kernel": testos.kernel_version(inputs.rootfs),
+        "layers": layers,
         "build_seconds": round(time.monotonic() - started, 1),
         "timings": {k: round(v, 1) for k, v in timings.items()},
     }
+    top = inputs.top
     (top / f"{variant.name}.json").write_text(json.dumps(info, indent=2) + "\n")
     final = top / variant.name
     shutil.rmtree(final, ignore_errors=True)
@@ -417,72 +470,42 @@ def _publish(
     return loaded
 
 
+def _layers(layout: Path, tag: str) -> tuple[str, list[dict[str, Any]]]:
+    """The manifest digest and the layers (digest, diff_id, size, media_type) of tag."""
+    index = json.loads((layout / "index.json").read_text())
+    digest = next(
+        m["digest"] for m in index["manifests"] if m.get("annotations", {}).get(REF_NAME) == tag
+    )
+    manifest = _manifest(layout, tag)
+    config = json.loads(_blob(layout, manifest["config"]["digest"]).read_text())
+    diff_ids = config["rootfs"]["diff_ids"]
+    layers = [
+        {
+            "media_type": d["mediaType"],
+            "digest": d["digest"],
+            "size": d["size"],
+            "diff_id": diff_id,
+        }
+        for d, diff_id in zip(manifest["layers"], diff_ids, strict=True)
+    ]
+    return digest, layers
+
+
+def _blob(layout: Path, digest: str) -> Path:
+    return layout / "blobs" / "sha256" / digest.removeprefix("sha256:")
+
+
 # ---------------------------------------------------------------------------
 # the UKI variant
 
 
 def uki_cmdline(image_id: str) -> str:
-    return " ".join([f"composefs={image_id}", UKI_CMDLINE_ROOT, *KARGS])
+    """The UKI's sealed command line: the digest, the image's kargs.d, the root."""
+    return " ".join([f"composefs={image_id}", *KARGS, UKI_CMDLINE_ROOT])
 
 
 def uki_path(of: str) -> str:
     return f"/boot/EFI/Linux/cfsboot-testos-{of}.efi"
-
-
-def ukify_argv(kver: str, cmdline: str, output: str) -> list[str]:
-    modules = f"/usr/lib/modules/{kver}"
-    return [
-        "ukify",
-        "build",
-        f"--linux={modules}/vmlinuz",
-        f"--initrd={modules}/initramfs.img",
-        f"--cmdline={cmdline}",
-        "--os-release=@/usr/lib/os-release",
-        f"--uname={kver}",
-        f"--output={output}",
-    ]
-
-
-def _build_uki(variant: Variant, base: OsImage, inputs: _Inputs) -> OsImage:
-    rootfs, top, src = inputs.rootfs, inputs.top, inputs.src
-    started = time.monotonic()
-    timings: dict[str, float] = {}
-    kver = base.kernel
-    with tempfile.TemporaryDirectory(prefix=f".build-{variant.name}.", dir=top) as tmp:
-        scratch = Path(tmp)
-        tree = scratch / "tree"
-        extract_layer(base.layout, base.variant, len(base.layers) - 1, tree)
-        t = time.monotonic()
-        inner = "/var/tmp/cfsboot-uki.efi"
-        upper = scratch / "upper"
-        testos.run_in_overlay(
-            rootfs, ukify_argv(kver, uki_cmdline(base.image_id), inner), upper=upper, layers=(tree,)
-        )
-        timings["ukify"] = time.monotonic() - t
-        layer = scratch / "layer"
-        dest = layer / uki_path(base.variant).lstrip("/")
-        dest.parent.mkdir(parents=True)
-        shutil.move(upper / inner.lstrip("/"), dest)
-        os.chmod(dest, 0o644)
-        read_uki(dest).check_composefs(base.image_id)  # what ukify sealed is what we asked
-        oslayer.normalise(layer, rootfs)
-        t = time.monotonic()
-        out = scratch / "layout"
-        layout = build.Layout(out)
-        descs = [_descriptor(d) for d in base.layers]
-        for d in descs:
-            _link_blob(base.layout / "blobs" / "sha256" / d.digest[7:], out, d.digest)
-        uki = layout.add_layer(build.tar_chunks(build.entries_from_directory(layer)), COMPRESSION)
-        layout.add_image([*descs, uki], config=image_config(variant), tag=variant.name)
-        timings["pack"] = time.monotonic() - t
-        # /boot is emptied in the boot image: the UKI layer must leave the digest as it is.
-        return _publish(
-            variant, out, top, rootfs, [*descs, uki], started, timings, src, base.image_id
-        )
-
-
-def _descriptor(d: Mapping[str, Any]) -> build.Descriptor:
-    return build.Descriptor(d["media_type"], d["digest"], d["size"], d["diff_id"])
 
 
 def extract_layer(layout: Path, tag: str, index: int, dest: Path) -> Path:
@@ -498,14 +521,16 @@ def extract_layer(layout: Path, tag: str, index: int, dest: Path) -> Path:
         else:
             stream, mode = raw, "r|*"
         with tarfile.open(fileobj=stream, mode=mode) as tf:  # type: ignore[call-overload]
-            tf.extractall(dest, filter="fully_trusted")
+            # Whiteouts (.wh.NAME) only delete from lower layers: not files of this one.
+            members = (m for m in tf if not Path(m.name).name.startswith(".wh."))
+            tf.extractall(dest, members=members, filter="fully_trusted")
     return dest
 
 
 def _manifest(layout: Path, tag: str) -> dict[str, Any]:
     index = json.loads((layout / "index.json").read_text())
     for m in index["manifests"]:
-        if m.get("annotations", {}).get(build.REF_NAME) == tag:
+        if m.get("annotations", {}).get(REF_NAME) == tag:
             digest = m["digest"].removeprefix("sha256:")
             result: dict[str, Any] = json.loads((layout / "blobs" / "sha256" / digest).read_text())
             return result
@@ -561,13 +586,14 @@ def compute_id(ref: str, *args: str, env: Mapping[str, str] | None = None, src: 
 
 
 def _run(
-    argv: Sequence[str], env: Mapping[str, str] | None = None
+    argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[bytes]:
     proc = subprocess.run(
         list(argv),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         env=None if env is None else dict(env),
+        cwd=cwd,
         check=False,
     )
     if proc.returncode != 0:

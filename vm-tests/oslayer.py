@@ -1,26 +1,21 @@
-"""The second layer of the test OS images: what makes the Debian base a cfsboot test OS.
+"""The files that make the Debian base a cfsboot test OS, besides the cfsboot package.
 
-The stager in python3's dist-packages with ``/usr/bin/cfsboot`` and its systemd
-units, the dracut module with a frozen setup-root, the kernel and a dracut
-initramfs at /usr/lib/modules/KVER, the guest check framework, an empty
-/etc/fstab, systemd-networkd with DHCP, the host's registry marked insecure,
-kargs.d, and each variant's own files. ``osimage.py`` packs it.
+The guest check scenarios (and the runner, which the package ships too), an
+empty /etc/fstab, systemd-networkd with DHCP, the host's registry marked
+insecure, kargs.d, and each variant's own files. ``osimage.py`` puts them in
+the build context that ``containers/testos.Containerfile`` copies to ``/``.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import stat
-import subprocess
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import diskimage
 import images
-import testos
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -30,12 +25,10 @@ ROOT_LABEL = images.ROOT_LABEL
 # see images.NO_GPT_AUTO.
 KARGS = ("rw", "console=ttyS0,115200", "quiet", "panic=-1", images.NO_GPT_AUTO)
 KARGS_FILE = "/usr/lib/bootc/kargs.d/10-cfsboot-testos.toml"
-STAGER_UNITS = REPO / "stager" / "systemd"
 REGISTRY = "10.0.2.2:5000"  # the host's registry as the guest sees it (registry.py)
-DIST_PACKAGES = "/usr/lib/python3/dist-packages"
-UNIT_SUFFIXES = (".service", ".socket", ".timer", ".path", ".target", ".mount")
-# mtime of every file the cfsboot layer adds: the same inputs give the same layer bytes.
-EPOCH = 1_735_689_600  # 2025-01-01
+# The trimmed initramfs of the test OS (osimage.dracut_conf), read when the package's
+# postinst runs dracut.
+DRACUT_CONF = "/etc/dracut.conf.d/90-cfsboot-testos.conf"
 
 
 @dataclass(frozen=True)
@@ -47,8 +40,8 @@ class Variant:
     # /usr/lib/composefs/setup-root-conf.toml (None: absent, setup-root's defaults)
     setup_root_conf: str | None = None
     uki_of: str | None = None  # a UKI layer over this variant's layers
-    # Debian packages installed (apt-get, in an overlay of the rootfs and the cfsboot
-    # layer) into a layer of their own, and kernel arguments added to KARGS.
+    # Debian packages the Containerfile installs (apt-get, in the image build), and
+    # kernel arguments added to KARGS.
     packages: tuple[str, ...] = ()
     kargs: tuple[str, ...] = ()
 
@@ -181,30 +174,6 @@ def enable_links(unit: str, text: str, unit_dir: str = "/usr/lib/systemd/system"
     return links
 
 
-def stager_units(units_dir: Path = STAGER_UNITS) -> dict[str, tuple[Content, int]]:
-    """The stager's systemd units, installed and enabled as their [Install] sections say."""
-    files: dict[str, tuple[Content, int]] = {}
-    if not units_dir.is_dir():
-        return files
-    for path in sorted(units_dir.iterdir()):
-        if not path.is_file() or path.suffix not in UNIT_SUFFIXES:
-            continue
-        files[f"/usr/lib/systemd/system/{path.name}"] = (path, 0o644)
-        for link, target in enable_links(path.name, path.read_text()).items():
-            files[link] = (Link(target), 0o777)
-    return files
-
-
-LAUNCHER = """#!/usr/bin/python3
-# cfsboot, the stager (installed by vm-tests/osimage.py from the source tree).
-import sys
-
-from cfsboot.cli import main
-
-sys.exit(main())
-"""
-
-
 def write_tree(layer: Path, files: Mapping[str, tuple[Content, int]], rootfs: Path) -> None:
     """Materialise files under layer; a file that replaces one of rootfs keeps its owner."""
     for dest, (content, mode) in sorted(files.items()):
@@ -227,135 +196,9 @@ def write_tree(layer: Path, files: Mapping[str, tuple[Content, int]], rootfs: Pa
         os.chown(target, st.st_uid, st.st_gid)
 
 
-def copy_package(src: Path, dest: Path) -> None:
-    """A pure-Python package without byte code: dirs 0755, files 0644."""
-    for path in sorted(src.rglob("*")):
-        rel = path.relative_to(src)
-        if skipped(rel):
-            continue
-        target = dest / rel
-        if path.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-        elif path.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
-            os.chmod(target, 0o644)
-
-
-def freeze_setup_root(out: Path, src: Path = REPO) -> Path:
-    """A freshly frozen setup-root (setup-root/freeze.py); returns its directory."""
-    _run([sys.executable, str(src / "setup-root" / "freeze.py"), "--out", str(out)])
-    return out / "cfsboot-setup-root"
-
-
-def install_dracut_module(layer: Path, frozen: Path, src: Path = REPO) -> None:
-    _run(
-        [
-            "make",
-            "-s",
-            "-C",
-            str(src / "dracut-module"),
-            "install",
-            f"DESTDIR={layer}",
-            f"FROZEN={frozen}",
-        ]
-    )
-
-
-def normalise(layer: Path, rootfs: Path) -> None:
-    """Directories that exist in rootfs keep its metadata; everything new gets EPOCH.
-
-    So the layer changes nothing but what it adds, and the same inputs give the same
-    bytes (the UKI layer relies on it: /boot's own metadata is part of the digest).
-    """
-    for dirpath, dirnames, filenames in os.walk(layer):
-        for name in [*dirnames, *filenames]:
-            path = Path(dirpath) / name
-            rel = path.relative_to(layer)
-            base = rootfs / rel
-            st = os.lstat(path)
-            if stat.S_ISDIR(st.st_mode) and base.is_dir() and not base.is_symlink():
-                bst = os.lstat(base)
-                os.chown(path, bst.st_uid, bst.st_gid)
-                os.chmod(path, stat.S_IMODE(bst.st_mode))
-                os.utime(path, ns=(bst.st_atime_ns, bst.st_mtime_ns))
-            else:
-                os.utime(path, (EPOCH, EPOCH), follow_symlinks=False)
-
-
-def build_cfsboot_layer(
-    variant: Variant, rootfs: Path, layer: Path, scratch: Path, frozen: Path, src: Path = REPO
-) -> None:
-    """Fill layer (an empty directory) with the cfsboot layer of variant, from sources src.
-
-    frozen: the frozen setup-root directory (freeze_setup_root).
-    """
-    kver = testos.kernel_version(rootfs)
-    site = layer / DIST_PACKAGES.lstrip("/")
-    copy_package(src / "stager" / "cfsboot", site / "cfsboot")
-    copy_package(src / "setup-root" / "setuproot", site / "setuproot")
-    files = layer_files(variant, rootfs, src / "vm-tests" / "guest")
-    files["/usr/bin/cfsboot"] = (LAUNCHER.encode(), 0o755)
-    files.update(stager_units(src / "stager" / "systemd"))
-    modules = f"/usr/lib/modules/{kver}"
-    files[f"{modules}/vmlinuz"] = (testos.kernel_image(rootfs), 0o644)
-    write_tree(layer, files, rootfs)
-    install_dracut_module(layer, frozen, src)
-    # dracut runs over rootfs + this layer: it sees the module and the config file.
-    initrd = testos.build_initramfs(
-        rootfs, scratch / "initramfs.img", extra_args=("--add", "cfsboot"), layers=(layer,)
-    )
-    shutil.move(initrd, layer / modules.lstrip("/") / "initramfs.img")
-    os.chmod(layer / modules.lstrip("/") / "initramfs.img", 0o644)
-    normalise(layer, rootfs)
-
-
-# apt-get in an overlay of the rootfs and the cfsboot layer: what it changes is the layer.
-APT_INSTALL = (
-    "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q"
-    ' --no-install-recommends "$@" && apt-get clean && rm -rf /var/lib/apt/lists/*'
-    " /var/log/apt /var/log/dpkg.log /var/cache/debconf/*-old"
-)
-
-
-def build_packages_layer(variant: Variant, rootfs: Path, cfsboot_layer: Path, layer: Path) -> None:
-    """Fill layer (absent or empty) with what installing variant.packages changes.
-
-    Overlay whiteouts (files apt removed from below) are dropped: the lower
-    files stay, which is harmless for the caches and backups apt removes.
-    """
-    testos.run_in_overlay(
-        rootfs,
-        ["sh", "-c", APT_INSTALL, "apt-install", *variant.packages],
-        upper=layer,
-        layers=(cfsboot_layer,),
-        timeout=1200,
-    )
-    for dirpath, dirnames, filenames in os.walk(layer):
-        for name in filenames:
-            path = Path(dirpath) / name
-            st = os.lstat(path)
-            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-                path.unlink()
-        for name in dirnames:
-            try:
-                os.removexattr(Path(dirpath) / name, "trusted.overlay.opaque")
-            except OSError:
-                pass
-
-
 def skipped(rel: Path) -> bool:
     """Build and cache litter that is not part of the sources."""
-    return any(part == "__pycache__" or part.startswith(".") for part in rel.parts) or (
-        rel.suffix == ".pyc"
-    )
-
-
-def _run(argv: Sequence[str]) -> None:
-    proc = subprocess.run(list(argv), stdin=subprocess.DEVNULL, capture_output=True, check=False)
-    if proc.returncode != 0:
-        lines = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise RuntimeError(
-            f"{' '.join(argv[:4])} … failed with exit code {proc.returncode}: "
-            f"{lines[-1] if lines else '(no output)'}"
-        )
+    return any(
+        part == "__pycache__" or part.startswith(".") or part.endswith(".egg-info")
+        for part in rel.parts
+    ) or (rel.suffix == ".pyc")

@@ -71,6 +71,8 @@ class VmConfig:
     # (name, string) items the guest reads from /sys/firmware/qemu_fw_cfg/by_name/NAME/raw;
     # names start with "opt/" (QEMU's rule for user items).
     fw_cfg: tuple[tuple[str, str], ...] = ()
+    # (name, host file) items, e.g. a check script (guest/cfsboot_check.py's check-script).
+    fw_cfg_files: tuple[tuple[str, Path], ...] = ()
     # A virtio NIC on QEMU user networking: the guest gets 10.0.2.15 by DHCP and
     # reaches the host's 127.0.0.1 as 10.0.2.2.
     network: bool = False
@@ -187,6 +189,8 @@ def qemu_argv(
         ]  # fmt: skip
     for name, value in config.fw_cfg:
         argv += ["-fw_cfg", fw_cfg_option(name, value)]
+    for name, path in config.fw_cfg_files:
+        argv += ["-fw_cfg", fw_cfg_file_option(name, path)]
     if config.network:
         argv += ["-nic", "user,model=virtio-net-pci"]
     argv += list(config.extra_args)
@@ -198,6 +202,12 @@ def fw_cfg_option(name: str, value: str) -> str:
     if not name.startswith("opt/") or "," in name or len(name) > FW_CFG_MAX_NAME:
         raise ValueError(f"bad fw_cfg item name {name!r} (opt/..., no commas, at most 55 bytes)")
     return f"name={name},string={value.replace(',', ',,')}"
+
+
+def fw_cfg_file_option(name: str, path: Path) -> str:
+    """The -fw_cfg option for an item whose content is a host file."""
+    fw_cfg_option(name, "")  # the same name rules
+    return f"name={name},file={str(path).replace(',', ',,')}"
 
 
 def overlay_argv(base: Path, overlay: Path, base_format: DiskFormat = DiskFormat.RAW) -> list[str]:

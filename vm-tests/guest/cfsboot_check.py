@@ -12,6 +12,8 @@ Settings come from QEMU fw_cfg items opt/cfsboot/NAME (per boot, chosen by the h
 without touching boot entries) or else from the kernel argument cfsboot.NAME:
   check            scenario names, separated by commas (or spaces)
   check.poweroff   0: keep the guest running after the scenarios
+  check-script     (fw_cfg only) the program the scenario named "script" runs
+                   (vm-tests/boot_image.py --check SCRIPT)
 """
 
 import os
@@ -23,6 +25,8 @@ from typing import TextIO
 
 PORT = "/dev/virtio-ports/cfsboot.verdict"
 SCENARIOS = "/usr/lib/cfsboot-check/scenarios"
+SCRIPT = "script"  # the scenario the host hands over as the fw_cfg item check-script
+SCRIPT_DIR = "/run/cfsboot-check"
 SCENARIO_TIMEOUT = 900
 FW_CFG_BY_NAME = "/sys/firmware/qemu_fw_cfg/by_name"
 FW_CFG_PREFIX = "opt/cfsboot/"
@@ -80,9 +84,22 @@ def report(port: TextIO | None, line: str) -> None:
         port.flush()
 
 
+def scenario_path(name: str, by_name: str = FW_CFG_BY_NAME, run_dir: str = SCRIPT_DIR) -> str:
+    """The program of a scenario: from the image, or the host's check-script via fw_cfg."""
+    item = os.path.join(by_name, FW_CFG_PREFIX + "check-script", "raw")
+    if name == SCRIPT and os.path.exists(item):
+        os.makedirs(run_dir, mode=0o700, exist_ok=True)
+        path = os.path.join(run_dir, SCRIPT)
+        with open(item, "rb") as src, open(path, "wb") as dst:
+            dst.write(src.read())
+        os.chmod(path, 0o755)
+        return path
+    return os.path.join(SCENARIOS, name)
+
+
 def run_scenario(port: TextIO | None, name: str) -> None:
     report(port, f"BEGIN {name}")
-    script = os.path.join(SCENARIOS, name)
+    script = scenario_path(name)
     if "/" in name or not os.access(script, os.X_OK):
         report(port, f"FAIL {name}: no such scenario {script}")
         return

@@ -19,7 +19,7 @@ APT_PACKAGES := \
 	dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
 	python3-zstandard lintian fakeroot buildah podman
 
-.PHONY: setup apt venv reftools selinux-oracle testos test unit lint vm-test vm-test-core bench freeze install-dracut-module deb clean
+.PHONY: setup apt venv reftools selinux-oracle testos test unit lint vm-test vm-test-core bench freeze install-dracut-module deb base-image demo clean
 
 setup: apt venv reftools selinux-oracle testos
 
@@ -90,6 +90,17 @@ deb:
 		dpkg-buildpackage -b -us -uc > ../build.log 2>&1 || { tail -30 ../build.log; exit 1; }
 	rm -rf $(DEB_DIR)/src
 	@ls -l $(DEB_DIR)/*.deb
+
+# No registry here: the example image builds FROM the Debian trixie rootfs that
+# `make setup` made with mmdebstrap, imported into containers-storage (vfs).
+base-image:
+	$(PY) vm-tests/osimage.py --base-image localhost/debian:trixie
+
+# README's "Build a bootable image", run as it is written there: build the example
+# image, install it to a disk image, boot it in QEMU, print the guest's `cfsboot status`.
+demo:
+	awk '/^<!-- demo -->/ {f = 1; next} f && /^```/ {if (g) exit; g = 1; next} g' README.md \
+		| bash -euo pipefail -x
 
 clean:
 	rm -rf $(VENV) build dist .mypy_cache .ruff_cache .pytest_cache

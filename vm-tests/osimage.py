@@ -611,9 +611,19 @@ def main(argv: list[str] | None = None) -> int:
         "--variant", action="append", choices=sorted(VARIANTS), help="(repeatable; default: all)"
     )
     parser.add_argument("--cache", type=Path, default=testos.DEFAULT_CACHE, help="cache directory")
+    parser.add_argument(
+        "--base-image",
+        metavar="NAME",
+        help="only tag the base rootfs in containers-storage as NAME (make base-image)",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("osimage: not root, skipping the test OS build (chroot and mounts)")
+        return 0
+    if args.base_image:
+        base = ensure_base_image(testos.ensure_base_rootfs(args.cache))
+        _run(["podman", "tag", base, args.base_image], env=container_env())
+        print(f"{args.base_image}: {base}")
         return 0
     started = time.monotonic()
     try:

@@ -60,7 +60,8 @@ lint:
 	$(VENV)/bin/ruff format --check stager setup-root tests vm-tests bench debian
 	$(VENV)/bin/mypy stager/cfsboot setup-root/setuproot tests bench debian/manpage.py
 	$(VENV)/bin/mypy vm-tests
-	shellcheck dracut-module/*/*.sh tests/reftools/*.sh .ci/run $(wildcard vm-tests/*.sh bench/*.sh)
+	shellcheck dracut-module/*/*.sh dracut-module/kernel/cfsboot-kernel-hook tests/reftools/*.sh \
+		.ci/run examples/debian/check-status $(wildcard vm-tests/*.sh bench/*.sh)
 
 # Every VM scenario (1-7); vm-test-core: the ones CI runs on each submission (1-4).
 vm-test:

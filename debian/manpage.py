@@ -36,8 +36,9 @@ FILES = (
 
 
 def roff(text: str) -> str:
-    """Escape text for roff: backslashes, and a leading dot or quote."""
+    """Escape text for roff: backslashes, dashes, non-ASCII, and a leading dot or quote."""
     text = text.replace("\\", "\\e").replace("-", "\\-")
+    text = "".join(c if ord(c) < 128 else f"\\[u{ord(c):04X}]" for c in text)
     return "\\&" + text if text.startswith((".", "'")) else text
 
 

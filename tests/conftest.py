@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,18 @@ def can_mount() -> None:
 def fat_tools() -> None:
     """mkfs.vfat, fsck.vfat (dosfstools) and mtools, which FAT images are made and read with."""
     require_tools(FAT_TOOLS)
+
+
+@pytest.fixture(scope="session")
+def deb() -> Path:
+    """`make deb` of this tree: build/deb/cfsboot_VERSION_all.deb."""
+    require_tools(
+        {"dpkg-buildpackage": "dpkg-dev", "dh": "debhelper", "lintian": "lintian"}
+    )
+    proc = subprocess.run(
+        ["make", "-s", "-C", str(REPO_ROOT), "deb"], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    debs = sorted((REPO_ROOT / "build" / "deb").glob("cfsboot_*.deb"))
+    assert len(debs) == 1, debs
+    return debs[0]

@@ -404,8 +404,9 @@ def _build_uki(variant: Variant, base: OsImage, inputs: _Inputs) -> OsImage:
     os_tag = inputs.tag(base.variant)
     env = container_env()
     if subprocess.run(["buildah", "inspect", os_tag], env=env, capture_output=True).returncode:
-        _run(["buildah", "pull", "--quiet", base.ref], env=env)  # cached layout, not in storage
-        _run(["buildah", "tag", _pulled_name(base), os_tag], env=env)
+        # A cached layout whose image left containers-storage: bring it back.
+        pulled = _run(["buildah", "pull", "--quiet", base.ref], env=env).stdout.decode().split()
+        _run(["buildah", "tag", pulled[-1], os_tag], env=env)
     with tempfile.TemporaryDirectory(prefix=f".build-{variant.name}.", dir=inputs.top) as tmp:
         scratch = Path(tmp)
         context = scratch / "context"
@@ -422,11 +423,6 @@ def _build_uki(variant: Variant, base: OsImage, inputs: _Inputs) -> OsImage:
         sealed = read_uki(extract_uki(image, scratch / "uki")).check_composefs(base.image_id)
         assert sealed.digest == base.image_id
         return image
-
-
-def _pulled_name(image: OsImage) -> str:
-    """What `buildah pull oci:DIR:TAG` names the image it stores."""
-    return f"localhost{image.layout}:{image.variant}".replace("//", "/")
 
 
 def _publish(

@@ -2,7 +2,7 @@
 
 The block after `<!-- demo -->` builds examples/debian/Containerfile with buildah,
 pushes it to an OCI layout, installs it to a throw-away disk and boots it in QEMU
-with vm_tests/boot_image.py, whose exit status is the guest check script's.
+with vm-tests/boot_image.py, whose exit status is the guest check script's.
 """
 
 from __future__ import annotations

@@ -46,9 +46,7 @@ def fat_tools() -> None:
 @pytest.fixture(scope="session")
 def deb() -> Path:
     """`make deb` of this tree: build/deb/cfsboot_VERSION_all.deb."""
-    require_tools(
-        {"dpkg-buildpackage": "dpkg-dev", "dh": "debhelper", "lintian": "lintian"}
-    )
+    require_tools({"dpkg-buildpackage": "dpkg-dev", "dh": "debhelper", "lintian": "lintian"})
     proc = subprocess.run(
         ["make", "-s", "-C", str(REPO_ROOT), "deb"], capture_output=True, text=True, check=False
     )

@@ -21,7 +21,7 @@ import pytest
 from cfsboot.image.importer import import_image
 from cfsboot.image.lint import lint
 from cfsboot.image.rootdigest import compute_digest
-from conftest import missing_capability
+from cfstest.gates import missing_capability
 from setuproot.contract import HashAlg
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("can_mount")]

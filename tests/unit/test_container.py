@@ -17,7 +17,7 @@ from cfsboot.image.initramfs import list_files
 from cfsboot.image.lint import INITRAMFS_NEEDS, lint
 from cfsboot.image.rootdigest import compute_digest
 from cfstest import ocibuild as build
-from deploy_support import make_pe
+from cfstest.pe import make_pe
 from setuproot.contract import HashAlg
 
 KVER = "6.12.48+deb13-amd64"

@@ -17,7 +17,7 @@ APT_PACKAGES := \
 	mtools dosfstools fdisk skopeo zstd cpio btrfs-progs xfsprogs \
 	qemu-system-x86 qemu-utils ovmf hyperfine docker-registry systemd-boot-efi \
 	dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
-	python3-zstandard lintian fakeroot buildah podman
+	python3-zstandard lintian groff-base fakeroot buildah podman
 
 .PHONY: setup apt venv reftools selinux-oracle testos test unit lint vm-test vm-test-core bench freeze install-dracut-module deb base-image demo clean
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from cfsboot.cli import COMMANDS
+from cfstest.gates import require_tools
 
 SCRIPT = Path(__file__).resolve().parents[2] / "debian" / "manpage.py"
 spec = importlib.util.spec_from_file_location("manpage", SCRIPT)
@@ -39,8 +39,7 @@ def test_roff_escapes() -> None:
 
 
 def test_groff_renders_it_without_warnings(tmp_path: Path) -> None:
-    if shutil.which("groff") is None:
-        pytest.skip("groff not installed (man-db brings it)")
+    require_tools({"groff": "groff-base"})
     page = tmp_path / "cfsboot.8"
     page.write_text(manpage.manpage())
     proc = subprocess.run(

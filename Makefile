@@ -95,7 +95,7 @@ deb:
 # No registry here: the example image builds FROM the Debian trixie rootfs that
 # `make setup` made with mmdebstrap, imported into containers-storage (vfs).
 base-image:
-	$(PY) vm-tests/osimage.py --base-image localhost/debian:trixie
+	PYTHONPATH=tests $(PY) vm-tests/osimage.py --base-image localhost/debian:trixie
 
 # README's "Build a bootable image", run as it is written there: build the example
 # image, install it to a disk image, boot it in QEMU, print the guest's `cfsboot status`.

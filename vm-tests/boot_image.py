@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "stager"), str(HERE.parent / "setup-root")]
+sys.path[:0] = [str(HERE), *(str(HERE.parent / d) for d in ("stager", "setup-root", "tests"))]
 
 import images  # noqa: E402
 import installed  # noqa: E402

@@ -27,7 +27,7 @@ rootfs key, the sources and this recipe. Builds work on a snapshot of the
 sources and go to a temporary name renamed into place. The containers-storage
 images of older keys are removed.
 
-Runnable as ``python vm-tests/osimage.py [--variant v1] [--cache DIR]``.
+Runnable as ``PYTHONPATH=tests python vm-tests/osimage.py [--variant v1] [--cache DIR]``.
 """
 
 from __future__ import annotations

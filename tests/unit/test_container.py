@@ -12,6 +12,7 @@ import zstandard
 
 from cfsboot.boot import ukify
 from cfsboot.cli import main
+from cfsboot.composefs.tree import lookup
 from cfsboot.image.importer import import_image
 from cfsboot.image.initramfs import list_files
 from cfsboot.image.lint import INITRAMFS_NEEDS, lint
@@ -234,6 +235,16 @@ def test_compute_digest_equals_import_digest(tmp_path: Path, alg: HashAlg) -> No
     (root / "run/lock/x").write_text("emptied for the image")
     (root / "boot/EFI/Linux").mkdir(parents=True)
     (root / "boot/EFI/Linux/os.efi").write_bytes(b"MZ" * 100)
+    # An SELinux policy: both sides label the boot image from it (file_contexts is over
+    # 64 bytes, so its content is read from the directory, not from the tree).
+    policy = root / "etc/selinux/targeted/contexts/files"
+    policy.mkdir(parents=True)
+    (root / "etc/selinux/config").write_text("SELINUX=permissive\nSELINUXTYPE=targeted\n")
+    (policy / "file_contexts").write_text(
+        "/.*\tsystem_u:object_r:default_t:s0\n"
+        "/usr(/.*)?\tsystem_u:object_r:usr_t:s0\n"
+        "/usr/bin(/.*)?\tsystem_u:object_r:bin_t:s0\n"
+    )
     os.chmod(root / "usr/bin/tool", 0o4755)
     os.setxattr(root / "usr/bin/tool", "user.dropped", b"1")
     layout = build.Layout(tmp_path / "layout")
@@ -243,6 +254,9 @@ def test_compute_digest_equals_import_digest(tmp_path: Path, alg: HashAlg) -> No
     computed = compute_digest(root, alg=alg)
     assert computed.digest == imported.image_digest
     assert computed.boot.to_json() == imported.boot.to_json()
+    usr_bin = lookup(computed.tree, b"usr/bin")
+    assert usr_bin is not None
+    assert usr_bin.xattrs[b"security.selinux"] == b"system_u:object_r:bin_t:s0"
 
 
 def test_compute_digest_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,7 +6,9 @@ import argparse
 import importlib
 import logging
 import os
+import shlex
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
@@ -22,6 +24,7 @@ COMMAND_MODULES = (
     "image",
     "deploy",
     "container",
+    "fsck",
 )
 
 # Which module defines each subcommand: a run imports only the module it needs
@@ -33,6 +36,7 @@ COMMANDS = {
     "composefs-info": "composefs_info",
     "image": "image",
     "container": "container",
+    "fsck": "fsck",
     **{
         c: "deploy"
         for c in ("install", "switch", "upgrade", "finalize-staged", "rollback", "status", "gc")
@@ -40,6 +44,8 @@ COMMANDS = {
 }
 
 Handler = Callable[[argparse.Namespace], int]
+# An unexpected exception (a bug): sysexits.h's EX_SOFTWARE, distinct from user errors (1, 2).
+INTERNAL_ERROR = 70
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -96,6 +102,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("cfsboot: interrupted\n")
         return 130
+    except Exception as e:  # a bug: still one line, naming what it was given
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(f"cfsboot: {internal_error(argv, e)}\n")
+        return INTERNAL_ERROR
+
+
+def internal_error(argv: Sequence[str], e: BaseException) -> str:
+    """The one line an unexpected exception becomes: the command line, the exception, a hint."""
+    shown = shlex.join(argv)
+    if len(shown) > 200:
+        shown = shown[:199] + "…"
+    lines = str(e).splitlines()
+    text = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+    if len(text) > 300:
+        text = text[:299] + "…"
+    return (
+        f"internal error in `cfsboot {shown}`: {text}"
+        " (--debug or CFSBOOT_DEBUG=1 shows the traceback; please report it)"
+    )
 
 
 if __name__ == "__main__":

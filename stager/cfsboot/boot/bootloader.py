@@ -189,7 +189,11 @@ class SystemdBoot(Bootloader):
         out = []
         for e in self.esp.listdir(d):
             if not e.is_dir and e.name.lower().endswith(bls.ENTRY_SUFFIX):
-                out.append((e.name, self.esp.read_text(f"{d}/{e.name}")))
+                try:
+                    out.append((e.name, self.esp.read_text(f"{d}/{e.name}")))
+                except UnicodeDecodeError:
+                    # Not an entry anyone could have written for us (`cfsboot fsck` says so).
+                    log.debug("skipping %s/%s: not UTF-8 text", d, e.name)
         return out
 
     def menu(self, *, staged: bool = False) -> list[MenuEntry]:
@@ -328,6 +332,8 @@ class Grub(Bootloader):
             return grub.GrubMenu.parse(self.esp.read_text(path))
         except grub.GrubError as e:
             raise MenuError(f"{path} on the ESP: {e}") from None
+        except UnicodeDecodeError:
+            raise MenuError(f"{path} on the ESP is not UTF-8 text (not cfsboot's menu)") from None
 
     def menu(self, *, staged: bool = False) -> list[MenuEntry]:
         path = self.menu_path + (STAGED_SUFFIX if staged else "")

@@ -314,14 +314,24 @@ class Repository:
         return self.path / STREAMS_DIR / name
 
     def read_stream(self, name: str) -> bytes | None:
-        """The content of streams/NAME, or None if there is no such stream."""
+        """The content of streams/NAME, or None if there is no such stream.
+
+        A link whose object is gone names no stream either (`cfsboot fsck` reports it).
+        """
         link = self.stream_path(name)
         try:
             target = os.readlink(link)
         except FileNotFoundError:
             return None
-        parts = Path(target).parts
-        return self.read_object("".join(parts[-2:]))
+        hexdigest = "".join(Path(target).parts[-2:])
+        if not _is_hex(hexdigest, self.algorithm):
+            log.warning("stream %s is not a link to an object (%s)", name, target)
+            return None
+        try:
+            return self.read_object(hexdigest)
+        except FileNotFoundError:
+            log.warning("stream %s names a missing object (%s)", name, target)
+            return None
 
     def read_object(self, hexdigest: str) -> bytes:
         """An object's whole content (checked by fs-verity in a secure repository)."""

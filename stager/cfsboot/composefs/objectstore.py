@@ -43,6 +43,8 @@ from setuproot.verity import (
 OBJECT_MODE = 0o644  # objects are read by overlayfs on behalf of every user
 DIR_MODE = 0o755
 STAGING_PREFIX = ".staging-"
+# Hidden name of an object being written where O_TMPFILE is missing (XX/.tmp-RANDOM).
+TEMP_OBJECT_PREFIX = ".tmp-"
 ENABLE_RETRIES = 5
 
 # <linux/fs.h>: _IOW(0x94, 9, int) - share the source's extents (btrfs, xfs).
@@ -247,7 +249,7 @@ class ObjectStore:
     def _write_named(self, target: Path, hexdigest: str, fill: Filler, size: int) -> None:
         """The same without O_TMPFILE: a hidden temp name next to the target."""
         parent = target.parent
-        tmp = parent / f".tmp-{secrets.token_hex(8)}"
+        tmp = parent / f"{TEMP_OBJECT_PREFIX}{secrets.token_hex(8)}"
         try:
             self._write_file(tmp, hexdigest, fill, size, sync=True)
             try:

@@ -25,7 +25,7 @@ import abc
 import enum
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -122,6 +122,10 @@ class Bootloader(abc.ABC):
     def write_menu(self, entries: Sequence[MenuEntry]) -> None:
         self.stage(entries)
         self.commit()
+
+    def drop_entries(self, deployments: Collection[str]) -> None:
+        """Remove the live menu's entries of `deployments`; every other entry stays as it is."""
+        self.write_menu([m for m in self.menu() if m.deployment not in deployments])
 
     def recover(self) -> list[str]:
         """Finish or undo ESP writes a crash interrupted."""
@@ -242,6 +246,14 @@ class SystemdBoot(Bootloader):
     def discard_staged(self) -> None:
         if self.esp.exists(bls.STAGED_ENTRIES_DIR):
             self.esp.remove_tree(bls.STAGED_ENTRIES_DIR)
+
+    def drop_entries(self, deployments: Collection[str]) -> None:
+        # One file each, deleted (atomic): the other entries keep their names, which are
+        # their ids (a default chosen by id, boot counting) and their sort keys.
+        for ef in bls.parse_entries(self._files(False)):
+            m = _from_bls(ef)
+            if m is not None and m.deployment in deployments:
+                self.esp.remove(f"{bls.ENTRIES_DIR}/{ef.name}")
 
 
 def _is_ours(name: str) -> bool:

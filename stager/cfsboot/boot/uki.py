@@ -158,6 +158,16 @@ def boot_digest(path: Path, uki: UKI) -> str:
     return hash_sections(path, uki, (".linux", ".initrd"))
 
 
+def boot_digest_of(data: bytes, uki: UKI) -> str:
+    """boot_digest of a UKI held in memory (parse_uki of `data` gave `uki`)."""
+    h = hashlib.sha256()
+    for name in (".linux", ".initrd"):
+        sec = uki.section(name)
+        if sec is not None:
+            h.update(data[sec.raw_offset : sec.raw_offset + sec.size])
+    return h.hexdigest()
+
+
 def uki_file_name(deployment: str) -> str:
     """bootc's name for a deployment's UKI under UKI_DIR."""
     return f"{BOOT_DIR_PREFIX}{deployment}.efi"

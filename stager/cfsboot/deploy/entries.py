@@ -17,7 +17,8 @@ from cfsboot.image import imagefiles
 from setuproot.contract import ComposefsKarg
 
 
-def _sha256_files(paths: Sequence[Path]) -> str:
+def sha256_files(paths: Sequence[Path]) -> str:
+    """bootc's boot digest of a kernel and initrd: sha256 of their contents, in order."""
     h = hashlib.sha256()
     for p in paths:
         with open(p, "rb") as f:
@@ -79,7 +80,7 @@ def build_entry(
         imagefiles.local_copy(repo, kernel.vmlinuz) as vmlinuz,
         imagefiles.local_copy(repo, kernel.initramfs) as initrd,
     ):
-        digest = _sha256_files([vmlinuz, initrd])
+        digest = sha256_files([vmlinuz, initrd])
         shared = _shared_kernel(sysroot, bl, menu, digest)
         if shared is not None:
             linux, initrds = shared.linux, shared.initrd

@@ -34,16 +34,19 @@ _STATE_TEMP_RE = re.compile(r"\.[0-9a-f]{16}\.(?:tmp|del)-[0-9]+")
 
 
 ETC_VIEWS_PREFIX = ".cfsboot-etc-"
+# The shared /var is seeded under this name next to it, then renamed (install).
+_VAR_TEMP_PREFIX = ".var.tmp-"
 
 
 def state_leftovers(sysroot: Sysroot) -> list[Path]:
-    """What interrupted state writes and removals left: temporary state dirs, /etc views."""
+    """What interrupted writes left: temporary state dirs, /etc views, a /var being seeded."""
     try:
         names = sorted(os.listdir(sysroot.deploy_root))
     except FileNotFoundError:
         names = []
-    out = [sysroot.deploy_root / n for n in names if _STATE_TEMP_RE.fullmatch(n)]
+    out: list[Path] = [sysroot.deploy_root / n for n in names if _STATE_TEMP_RE.fullmatch(n)]
     out += sorted(p for p in sysroot.path.glob(f"{ETC_VIEWS_PREFIX}*") if p.is_dir())
+    out += sorted(sysroot.shared_var.parent.glob(f"{_VAR_TEMP_PREFIX}*"))
     return out
 
 
@@ -61,7 +64,7 @@ def write_state(sysroot: Sysroot, target: Target, origin: Origin, *, init_var: b
     objects = repo.path / "objects"
     if init_var and not sysroot.shared_var.exists():
         sysroot.shared_var.parent.mkdir(parents=True, exist_ok=True)
-        tmp_var = sysroot.shared_var.with_name(f".var.tmp-{os.getpid()}")
+        tmp_var = sysroot.shared_var.with_name(f"{_VAR_TEMP_PREFIX}{os.getpid()}")
         remove_tree(tmp_var)
         var_node = extract.subtree(target.tree, "var")
         if var_node is not None:

@@ -56,19 +56,23 @@ class StagedDeployment:
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
+    def parse(cls, data: bytes, *, name: str) -> StagedDeployment:
+        """The marker in `data`; a DocumentError (one line naming `name`) when it is not one."""
+        f = Fields(parse_object(data, name), name)
+        depl = f.req_str("depl_id")
+        locked = f.bool_or("finalization_locked", False)
+        if not _HEX_RE.fullmatch(depl):
+            raise f.error(f"depl_id {depl[:40]!r} is not a deployment id")
+        return cls(depl, locked)
+
+    @classmethod
     def from_json(cls, data: bytes, *, name: str) -> StagedDeployment | None:
         """The marker in `data`; None (with a warning naming `name`) when it is not one."""
         try:
-            f = Fields(parse_object(data, name), name)
-            depl = f.req_str("depl_id")
-            locked = f.bool_or("finalization_locked", False)
+            return cls.parse(data, name=name)
         except DocumentError as e:
             log.warning("ignoring the staged-deployment marker: %s", e)
             return None
-        if not _HEX_RE.fullmatch(depl):
-            log.warning("ignoring %s: bad deployment id %r", name, depl)
-            return None
-        return cls(depl, locked)
 
 
 def running_deployment(
@@ -112,6 +116,8 @@ class Sysroot:
         if run_dir is None:
             run_dir = Path("/run") if self.live else _offline_run_dir(self.path)
         self.run_dir = run_dir
+        # Deployments whose missing or bad origin was already reported (warned once only).
+        self.origin_reported: set[str] = set()
 
     def __repr__(self) -> str:
         return f"Sysroot({str(self.path)!r}{', live' if self.live else ''})"
@@ -157,15 +163,18 @@ class Sysroot:
     def origin(self, depl: str) -> Origin | None:
         """A deployment's origin; None (with a warning) when missing or unreadable."""
         path = self.origin_path(depl)
+        warn = log.warning if depl not in self.origin_reported else log.debug
         try:
             text = path.read_text()
         except FileNotFoundError:
-            log.warning("no origin file for deployment %s (%s)", depl, path)
+            warn("no origin file for deployment %s (%s)", depl, path)
+            self.origin_reported.add(depl)
             return None
         try:
             return Origin.parse(text, name=str(path))
         except OriginError as e:
-            log.warning("%s", e)
+            warn("%s", e)
+            self.origin_reported.add(depl)
             return None
 
     def write_origin(self, depl: str, origin: Origin) -> None:

@@ -1,0 +1,286 @@
+"""The ESP's part of `cfsboot fsck`: entries, their boot files, the default, leftovers.
+
+- every cfsboot entry (live and staged menu) boots a deployment that exists;
+- its kernel and initrd, or its UKI, are on the ESP, and (deep check) their
+  content is what the deployment's origin records: bootc's boot digest (sha256
+  of vmlinuz then initrd, or of a UKI's .linux then .initrd), and a UKI seals
+  the deployment's own composefs= digest;
+- the entry the menu boots by default is one of those, complete;
+- a file named like cfsboot's (`bootc_*.conf`) that boots no deployment is
+  reported, other systems' entries are left alone;
+- no leftovers of interrupted writes, no staged menu without its marker.
+Boot files that no entry uses are a note: `cfsboot gc` removes them.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass, field
+
+from cfsboot.boot import bls
+from cfsboot.boot.bootloader import Bootloader, BootloaderKind, MenuEntry
+from cfsboot.boot.esp import NEW_SUFFIX, OLD_SUFFIX, Esp, EspError
+from cfsboot.boot.uki import UKIError, boot_digest_of, parse_uki
+from cfsboot.composefs.repocheck import Problem
+from cfsboot.deploy.fsck.context import Context
+from cfsboot.linux.fsutil import TEMP_MARKER
+
+
+class EspCode(enum.StrEnum):
+    ENTRY_DANGLING = "entry-dangling"
+    ENTRY_STRAY = "entry-stray"
+    BOOT_FILE_MISSING = "boot-file-missing"
+    BOOT_FILE_WRONG = "boot-file-wrong"
+    DEFAULT_UNBOOTABLE = "default-unbootable"
+    STAGED_MENU_ORPHAN = "staged-menu-without-marker"
+    LEFTOVER = "leftover"
+    UNUSED_BOOT_FILES = "boot-files-unused"
+
+
+@dataclass
+class EspFindings:
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[Problem] = field(default_factory=list)
+    bad_artifacts: set[str] = field(default_factory=set)  # ESP paths (lower case) not bootable
+    entries: int = 0
+
+
+def _is_leftover(name: str) -> bool:
+    if TEMP_MARKER in name:
+        return True
+    return name.startswith(".") and (name.endswith(NEW_SUFFIX) or name.endswith(OLD_SUFFIX))
+
+
+def esp_leftovers(esp: Esp) -> list[str]:
+    """Temporary names of interrupted writes anywhere on the ESP (no recursion)."""
+    out: list[str] = []
+    stack = [""]
+    while stack:
+        d = stack.pop()
+        for e in esp.listdir(d):
+            path = f"{d}/{e.name}" if d else e.name
+            if e.is_dir:
+                stack.append(path)
+            elif _is_leftover(e.name):
+                out.append(path)
+    return sorted(out)
+
+
+def _stray_entries(esp: Esp) -> list[Problem]:
+    """Files named like cfsboot's entries that boot no deployment (systemd-boot only)."""
+    out: list[Problem] = []
+    for d in (bls.ENTRIES_DIR, bls.STAGED_ENTRIES_DIR):
+        if not esp.is_dir(d):
+            continue
+        for e in esp.listdir(d):
+            low = e.name.lower()
+            ours = low.startswith(bls.ENTRY_PREFIX) and low.endswith(bls.ENTRY_SUFFIX)
+            if e.is_dir or not ours:
+                continue
+            path = f"{d}/{e.name}"
+            why: str | None
+            try:
+                entry = bls.BLSEntry.parse(esp.read(path).decode("utf-8"))
+            except UnicodeDecodeError:
+                why = "is not UTF-8 text"
+            else:
+                why = None
+                if entry.deployment() is None:
+                    why = "boots no composefs deployment (no composefs= argument, no bootc UKI)"
+                elif entry.linux is None and entry.uki is None and entry.efi is None:
+                    why = "has neither a linux nor an efi line"
+            if why is not None:
+                out.append(
+                    Problem(
+                        EspCode.ENTRY_STRAY,
+                        path,
+                        f"named like a cfsboot entry but {why}; it is ignored",
+                        path,
+                    )
+                )
+    return out
+
+
+def _content_digest(esp: Esp, m: MenuEntry) -> tuple[str | None, str | None]:
+    """(boot digest of the entry's files on the ESP, or None; what is wrong with them)."""
+    if m.uki is not None:
+        data = esp.read(m.uki)
+        try:
+            uki = parse_uki(data, name=m.uki)
+            uki.check_composefs(m.deployment)
+        except UKIError as e:
+            return None, str(e)
+        return boot_digest_of(data, uki), None
+    h = hashlib.sha256()
+    for path in (m.linux or "", *m.initrd):
+        h.update(esp.read(path))
+    return h.hexdigest(), None
+
+
+def _artifact_problem(ctx: Context, m: MenuEntry) -> Problem | None:
+    """What is wrong with the boot files of entry `m`, or None."""
+    assert ctx.bl is not None
+    esp = ctx.bl.esp
+    paths = [m.uki] if m.uki is not None else [m.linux or "", *m.initrd]
+    for p in paths:
+        if not p or not esp.exists(p):
+            return Problem(
+                EspCode.BOOT_FILE_MISSING,
+                (p or m.artifact).lstrip("/"),
+                f"missing (the {'UKI' if m.uki else 'kernel or initrd'} of deployment"
+                f" {m.deployment[:16]}…)",
+                m.deployment,
+            )
+    if not ctx.deep:
+        return None
+    got, wrong = _content_digest(esp, m)
+    origin = ctx.good_origin(m.deployment)
+    if wrong is None and origin is not None and origin.boot_digest and got != origin.boot_digest:
+        wrong = (
+            f"its content (boot digest {str(got)[:16]}…) is not what deployment"
+            f" {m.deployment[:16]}… records ({origin.boot_digest[:16]}…)"
+        )
+    if wrong is None:
+        return None
+    return Problem(EspCode.BOOT_FILE_WRONG, m.artifact, wrong, m.deployment)
+
+
+def _check_menu(ctx: Context, menu: list[MenuEntry], staged: bool, out: EspFindings) -> None:
+    which = "staged menu" if staged else "boot menu"
+    seen: set[str] = set()
+    for m in menu:
+        out.entries += 1
+        if not ctx.has_state(m.deployment):
+            out.problems.append(
+                Problem(
+                    EspCode.ENTRY_DANGLING,
+                    _menu_path(ctx, staged),
+                    f"the {which} entry for deployment {m.deployment[:16]}… boots a deployment"
+                    f" that does not exist (no state/deploy/{m.deployment[:16]}…)",
+                    f"{'staged' if staged else 'live'}:{m.deployment}",
+                )
+            )
+            continue
+        art = m.artifact.lower()
+        if art in seen:
+            continue
+        seen.add(art)
+        found = _artifact_problem(ctx, m)
+        if found is not None:
+            out.bad_artifacts.add(art)
+            if not any(p.path == found.path and p.code == found.code for p in out.problems):
+                out.problems.append(found)
+
+
+def _is_bls(ctx: Context) -> bool:
+    return ctx.bl is not None and ctx.bl.kind is BootloaderKind.SYSTEMD_BOOT
+
+
+def _menu_path(ctx: Context, staged: bool) -> str:
+    assert ctx.bl is not None
+    if _is_bls(ctx):
+        return bls.STAGED_ENTRIES_DIR if staged else bls.ENTRIES_DIR
+    menu_path: str = getattr(ctx.bl, "menu_path", "EFI/BOOT/grub.cfg")
+    return menu_path + (".staged" if staged else "")
+
+
+def _default_deployment(bl: Bootloader, live: list[MenuEntry]) -> tuple[str | None, bool]:
+    """(the deployment the menu boots by default, whether the default is cfsboot's at all)."""
+    if bl.kind is not BootloaderKind.SYSTEMD_BOOT:
+        return (live[0].deployment, True) if live else (None, True)
+    esp = bl.esp
+    files: list[tuple[str, str]] = []
+    if esp.is_dir(bls.ENTRIES_DIR):
+        for e in esp.listdir(bls.ENTRIES_DIR):
+            if not e.is_dir:
+                try:
+                    files.append((e.name, esp.read(f"{bls.ENTRIES_DIR}/{e.name}").decode()))
+                except UnicodeDecodeError:
+                    continue
+    pattern = None
+    if esp.exists(bls.LOADER_CONF):
+        for line in esp.read(bls.LOADER_CONF).decode(errors="replace").splitlines():
+            key, _, value = line.strip().partition(" ")
+            if key == "default" and value.strip() and not value.strip().startswith("@"):
+                pattern = value.strip()
+    chosen = bls.default_entry(bls.parse_entries(files), pattern)
+    if chosen is None:
+        return None, True
+    if not chosen.ours:
+        return None, False
+    return chosen.entry.deployment(), True
+
+
+def _check_default(ctx: Context, out: EspFindings) -> None:
+    assert ctx.bl is not None
+    depl, ours = _default_deployment(ctx.bl, ctx.live)
+    if not ours:
+        return  # another system's entry is the default: not ours to judge
+    path = _menu_path(ctx, False)
+    if depl is None:
+        out.problems.append(
+            Problem(EspCode.DEFAULT_UNBOOTABLE, path, "the boot menu has no cfsboot entry to boot")
+        )
+        return
+    entry = next((m for m in ctx.live if m.deployment == depl), None)
+    why = None
+    if entry is None or not ctx.has_state(depl):
+        why = "its deployment does not exist"
+    elif ctx.images is not None and depl not in ctx.images:
+        why = "its image is not in the repository"
+    elif entry.artifact.lower() in out.bad_artifacts:
+        why = "its boot files are missing or wrong"
+    if why is not None:
+        out.problems.append(
+            Problem(
+                EspCode.DEFAULT_UNBOOTABLE,
+                path,
+                f"the default entry (deployment {depl[:16]}…) cannot boot: {why}",
+                depl,
+            )
+        )
+
+
+def check_esp(ctx: Context) -> EspFindings:
+    """Every check of the module docstring; deep ones read the boot files."""
+    assert ctx.bl is not None
+    bl, out = ctx.bl, EspFindings()
+    if _is_bls(ctx):
+        out.problems += _stray_entries(bl.esp)
+    _check_menu(ctx, ctx.live, False, out)
+    if bl.has_staged():
+        if not ctx.sysroot.marker_path.exists():
+            path = _menu_path(ctx, True)
+            out.problems.append(
+                Problem(
+                    EspCode.STAGED_MENU_ORPHAN,
+                    path,
+                    "a staged menu without the staged-deployment marker: nothing will"
+                    " finalize it (left by an interrupted or forgotten staging)",
+                    path,
+                )
+            )
+        else:
+            _check_menu(ctx, ctx.staged_menu, True, out)
+    _check_default(ctx, out)
+    used = {m.artifact.lower() for m in (*ctx.live, *ctx.staged_menu)}
+    for art in bl.artifacts():
+        if art.lower() not in used:
+            out.notes.append(
+                Problem(
+                    EspCode.UNUSED_BOOT_FILES,
+                    art,
+                    "boot files no entry uses (cfsboot gc removes them)",
+                    art,
+                )
+            )
+    if ctx.deep:
+        for path in esp_leftovers(bl.esp):
+            out.problems.append(
+                Problem(EspCode.LEFTOVER, path, "left by an interrupted write", path)
+            )
+    return out
+
+
+__all__ = ["EspCode", "EspError", "EspFindings", "check_esp", "esp_leftovers"]

@@ -304,8 +304,10 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from cfsboot.deploy import status
+    from cfsboot.deploy.fsck.run import warn_problems
 
     with opened(args, write=False) as (sysroot, bl):
+        warn_problems(sysroot, bl)  # a broken state is reported, not tripped on
         doc = status.host_status(sysroot, bl)
     if args.json:
         print(json.dumps(doc, indent=2))
@@ -318,8 +320,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     from cfsboot.deploy import gc
+    from cfsboot.deploy.fsck.run import warn_problems
 
     with opened(args) as (sysroot, bl):
+        warn_problems(sysroot, bl)
         report = gc.collect(sysroot, bl, keep=args.keep, dry_run=args.dry_run)
     print(report.summary(dry_run=args.dry_run))
     return 0

@@ -29,18 +29,19 @@ from pathlib import Path
 
 from cfsboot.boot.bootloader import Bootloader, MenuEntry
 from cfsboot.composefs.objectstore import STAGING_PREFIX
+from cfsboot.composefs.repocheck import file_refs
 from cfsboot.composefs.repository import Repository
-from cfsboot.composefs.tree import walk
-from cfsboot.deploy.state import remove_state, state_leftovers
+from cfsboot.deploy.state import remove_state, remove_tree, state_leftovers
 from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.deploy.target import DEPLOY_TAG_PREFIX, current_deployment, deployment_tag
+from cfsboot.errors import CfsbootError
 from cfsboot.image.imagefiles import image_tree
 from cfsboot.image.info import (
     config_stream,
     image_stream,
     layer_stream,
+    load_image_info,
     manifest_stream,
-    read_image_info,
 )
 from cfsboot.linux.fsutil import TEMP_MARKER
 from cfsboot.oci.apply import LayerRecord
@@ -135,7 +136,7 @@ def collect(sysroot: Sysroot, bl: Bootloader, *, keep: int = 0, dry_run: bool = 
     for leftover in state_leftovers(sysroot):
         report.leftovers.append(leftover.name)
         if not dry_run:
-            shutil.rmtree(leftover)
+            remove_tree(leftover)
 
     artifacts = {m.artifact.lower() for m in (*new_live, *staged_menu)}
     for path in bl.artifacts():
@@ -163,14 +164,22 @@ def collect(sysroot: Sysroot, bl: Bootloader, *, keep: int = 0, dry_run: bool = 
     return report
 
 
+class _Doubt(CfsbootError):
+    """What a kept image needs cannot be told: nothing it might need may be removed."""
+
+
 def _image_roots(repo: Repository, image: str) -> tuple[set[str], set[str]]:
-    """(objects, stream names) that image `image` needs."""
+    """(objects, stream names) that image `image` needs; _Doubt when that cannot be told."""
     objects = {image}
     streams = {image_stream(image)}
-    for _path, node in walk(image_tree(repo, image)):
-        if node.is_reg() and node.digest is not None:
+    try:
+        tree = image_tree(repo, image)
+        info = load_image_info(repo, image)
+    except (CfsbootError, OSError) as e:
+        raise _Doubt(f"image {image[:16]}… cannot be read ({e})") from None
+    for _path, node in file_refs(tree):
+        if node.digest is not None:
             objects.add(node.digest.hex())
-    info = read_image_info(repo, image)
     if info is None:
         return objects, streams
     streams.add(manifest_stream(info.manifest_digest))
@@ -180,7 +189,10 @@ def _image_roots(repo: Repository, image: str) -> tuple[set[str], set[str]]:
         streams.add(name)
         data = repo.read_stream(name)
         if data is not None:
-            objects |= LayerRecord.from_bytes(data).objects()
+            try:
+                objects |= LayerRecord.from_bytes(data).objects()
+            except CfsbootError as e:
+                raise _Doubt(f"the layer record {layer.diff_id[:19]}… is damaged ({e})") from None
     return objects, streams
 
 
@@ -197,10 +209,22 @@ def _sweep_repository(
 ) -> None:
     objects: set[str] = set()
     streams: set[str] = set()
+    doubts: list[str] = []
     for image in sorted(live_images):
-        o, s = _image_roots(repo, image)
+        try:
+            o, s = _image_roots(repo, image)
+        except _Doubt as e:
+            doubts.append(e.message)
+            continue
         objects |= o
         streams |= s
+    if doubts:
+        report.skipped += [
+            f"{d}: streams and objects were not collected (`cfsboot fsck` says more)"
+            for d in doubts
+        ]
+        _sweep_images(repo, live_images, report, dry_run=dry_run)
+        return
     stream_dir = repo.path / STREAMS_DIR
     foreign = []
     for entry in sorted(os.scandir(stream_dir), key=lambda e: e.name):
@@ -224,6 +248,19 @@ def _sweep_repository(
         report.streams.append(entry.name)
         if not dry_run:
             os.unlink(entry.path)
+    _sweep_images(repo, live_images, report, dry_run=dry_run)
+    if foreign:
+        report.skipped.append(
+            f"the repository holds {len(foreign)} stream(s) cfsboot did not write (e.g."
+            f" {foreign[0]}): objects were not collected"
+        )
+        return
+    _sweep_objects(repo, objects, report, dry_run=dry_run)
+
+
+def _sweep_images(
+    repo: Repository, live_images: set[str], report: GcReport, *, dry_run: bool
+) -> None:
     for image in repo.list_images():
         if image not in live_images:
             report.images.append(image)
@@ -234,13 +271,6 @@ def _sweep_repository(
             report.leftovers.append(entry.name)
             if not dry_run:
                 os.unlink(entry.path)
-    if foreign:
-        report.skipped.append(
-            f"the repository holds {len(foreign)} stream(s) cfsboot did not write (e.g."
-            f" {foreign[0]}): objects were not collected"
-        )
-        return
-    _sweep_objects(repo, objects, report, dry_run=dry_run)
 
 
 def _sweep_objects(repo: Repository, live: set[str], report: GcReport, *, dry_run: bool) -> None:

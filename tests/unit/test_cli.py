@@ -57,6 +57,26 @@ def test_debug_shows_the_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
         cli.main(["fsverity", "digest", "f"])
 
 
+def test_an_unexpected_exception_is_one_line_naming_the_input(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(fsverity, "digest", _failing(ValueError("bad thing\nsecond line")))
+    assert cli.main(["fsverity", "digest", "my file"]) == cli.INTERNAL_ERROR == 70
+    assert capsys.readouterr().err == (
+        "cfsboot: internal error in `cfsboot fsverity digest 'my file'`: ValueError: bad thing"
+        " (--debug or CFSBOOT_DEBUG=1 shows the traceback; please report it)\n"
+    )
+    monkeypatch.setattr(fsverity, "digest", _failing(RecursionError("too deep")))
+    assert cli.main(["--debug", "fsverity", "digest", "f"]) == 70
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):\n")
+    assert "RecursionError: too deep\n" in err
+    assert err.endswith(
+        "cfsboot: internal error in `cfsboot --debug fsverity digest f`: RecursionError: too"
+        " deep (--debug or CFSBOOT_DEBUG=1 shows the traceback; please report it)\n"
+    )
+
+
 def test_argument_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         cli.main(["no-such-command"])

@@ -25,7 +25,6 @@ from cfsboot.composefs.objectstore import STAGING_PREFIX
 from cfsboot.composefs.repocheck import RepoCheck
 from cfsboot.composefs.repository import Repository
 from cfsboot.errors import CfsbootError
-from cfsboot.image.importer import import_image
 from cfsboot.image.info import image_stream
 from cfsboot.image.recordcheck import RecordCode, Records
 from cfsboot.linux.fsutil import fsync_dir
@@ -116,6 +115,8 @@ def _sound(repo: Repository, hexdigest: str) -> bool:
 
 def _import(repo: Repository, job: Job) -> tuple[str | None, str]:
     """Import the job's image from the first reference that works: (digest, message)."""
+    from cfsboot.image.importer import import_image  # the pipeline: only when repairing
+
     errors = []
     for ref in job.references:
         try:

@@ -98,7 +98,7 @@ def test_fsck_repairs_a_damaged_disk(disk: Disk, refs: list[str]) -> None:
     rc, doc = disk.fsck()
     assert rc == 0, doc
     [_, _, esp] = doc["sections"]
-    assert esp["where"] == "(found from the root's disk)"
+    assert esp["where"] == f"{disk.image}@@{disk.esp_offset}"  # found from the root's disk
     assert esp["summary"] == "systemd-boot, 2 entries"
 
     kernel = f"EFI/Linux/bootc_composefs-{d1}/vmlinuz"

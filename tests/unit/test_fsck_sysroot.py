@@ -15,12 +15,16 @@ from pathlib import Path
 import pytest
 
 from cfsboot.boot.bootloader import BootloaderKind
+from cfsboot.composefs.repository import Repository
 from cfsboot.deploy.fsck.report import FsckReport
 from cfsboot.deploy.fsck.run import fsck_sysroot
 from cfsboot.deploy.sysroot import Sysroot
+from cfsboot.image.importer import import_image
 from cfstest.cli import run as cfsboot
 from cfstest.fssnapshot import snapshot
-from cfstest.osimages import os_image
+from cfstest.ocibuild import build_layout
+from cfstest.osimages import os_entries, os_image
+from cfstest.pe import make_pe
 from cfstest.sysroots import DirSysroot, make_sysroot
 
 
@@ -382,3 +386,56 @@ def _entry_text(s: DirSysroot, d: str) -> bytes:
     entries = s.esp / "loader/entries"
     [text] = [p.read_bytes() for p in entries.iterdir() if d.encode() in p.read_bytes()]
     return text
+
+
+# -- UKIs ------------------------------------------------------------------------------
+
+
+def _uki_image(path: Path, version: str, *, sealed: str | None = None) -> str:
+    """An image whose UKI seals composefs=?DIGEST of the image itself (or `sealed`)."""
+    plain = os_image(path.with_name(path.name + "-plain"), version, kargs=None)
+    d = sealed or import_image(plain, None).image_digest
+    uki = make_pe(
+        [
+            (b".osrel", f'NAME="UKI OS"\nVERSION_ID={version}\n'.encode()),
+            (b".cmdline", f"rw composefs=?{d}".encode()),
+            (b".linux", b"KERNEL" + version.encode() * 1000),
+            (b".initrd", b"INITRD" + version.encode() * 500),
+        ]
+    )
+    build_layout(path, [os_entries(version, kargs=None, uki=uki)])
+    return f"oci:{path}:latest"
+
+
+def test_ukis_missing_or_sealed_for_another_image(tmp_path: Path) -> None:
+    refs = [_uki_image(tmp_path / f"u{v}", v) for v in ("1", "2")]
+    s = make_sysroot(tmp_path / "s", refs)
+    u1, u2 = s.digests
+    assert fsck(s).exit_code == 0
+    uki1 = s.esp / f"EFI/Linux/bootc/bootc_composefs-{u1}.efi"
+    good = uki1.read_bytes()
+    uki1.unlink()
+    [p] = fsck(s).problems
+    assert (p.code, p.path) == ("boot-file-missing", f"EFI/Linux/bootc/bootc_composefs-{u1}.efi")
+    assert p.message == f"missing (the UKI of deployment {u1[:16]}…)"
+    assert fsck(s, repair=True).exit_code == 0 and uki1.read_bytes() == good
+    other = _uki_image(tmp_path / "other", "1", sealed="ab" * 64)
+    uki1.write_bytes(_uki_of(other, tmp_path))
+    [p] = fsck(s).problems
+    assert (p.code, p.repair) == ("boot-file-wrong", "copy them again from the deployment's image")
+    assert p.message == (
+        f"/EFI/Linux/bootc/bootc_composefs-{u1}.efi: the UKI has the wrong composefs= digest"
+        f" (is {'ab' * 64}, should be {u1}); rebuild the UKI from this image (was the image"
+        " changed after sealing?)"
+    )
+    assert fsck(s, repair=True).exit_code == 0 and uki1.read_bytes() == good
+    assert [m.deployment for m in s.menu()] == [u2, u1]
+
+
+def _uki_of(ref: str, tmp: Path) -> bytes:
+    """The UKI an image built by _uki_image carries (read back through a repository)."""
+    repo = Repository.init(tmp / "uki-repo", insecure=True)
+    result = import_image(ref, repo, tag="")
+    [f] = result.boot.ukis
+    assert f.digest is not None
+    return (repo.path / "objects" / f.digest[:2] / f.digest[2:]).read_bytes()

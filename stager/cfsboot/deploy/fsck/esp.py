@@ -43,6 +43,7 @@ class EspFindings:
     problems: list[Problem] = field(default_factory=list)
     notes: list[Problem] = field(default_factory=list)
     bad_artifacts: set[str] = field(default_factory=set)  # ESP paths (lower case) not bootable
+    checked: set[str] = field(default_factory=set)  # artifacts looked at (each read once)
     entries: int = 0
 
 
@@ -148,7 +149,6 @@ def _artifact_problem(ctx: Context, m: MenuEntry) -> Problem | None:
 
 def _check_menu(ctx: Context, menu: list[MenuEntry], staged: bool, out: EspFindings) -> None:
     which = "staged menu" if staged else "boot menu"
-    seen: set[str] = set()
     for m in menu:
         out.entries += 1
         if not ctx.has_state(m.deployment):
@@ -163,9 +163,9 @@ def _check_menu(ctx: Context, menu: list[MenuEntry], staged: bool, out: EspFindi
             )
             continue
         art = m.artifact.lower()
-        if art in seen:
+        if art in out.checked:
             continue
-        seen.add(art)
+        out.checked.add(art)
         found = _artifact_problem(ctx, m)
         if found is not None:
             out.bad_artifacts.add(art)

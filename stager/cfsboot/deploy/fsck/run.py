@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 
 from cfsboot.boot.bootloader import Bootloader, detect
+from cfsboot.boot.esp import DirEsp, Esp, MtoolsEsp
 from cfsboot.boot.espfind import open_esp
 from cfsboot.composefs.objectcheck import Verdict
 from cfsboot.composefs.repocheck import Code, Problem, RepoCheck, check_repository, quick_layout
@@ -240,6 +241,14 @@ def _run(
     return report
 
 
+def _esp_where(esp: Esp) -> str:
+    if isinstance(esp, DirEsp):
+        return str(esp.root)
+    if isinstance(esp, MtoolsEsp):
+        return esp.drive
+    return type(esp).__name__
+
+
 def fsck_sysroot(
     path: Path, *, esp: str | None, run_dir: Path | None, do_repair: bool
 ) -> FsckReport:
@@ -260,6 +269,7 @@ def fsck_sysroot(
         bl = None
         try:
             bl = detect(stack.enter_context(open_esp(sysroot.path, esp)))
+            sections[2].where = _esp_where(bl.esp)
         except CfsbootError as e:
             sections[2].error = str(e)
         return _run(sysroot, repo, bl, sections, do_repair=do_repair)

@@ -439,3 +439,16 @@ def _uki_of(ref: str, tmp: Path) -> bytes:
     [f] = result.boot.ukis
     assert f.digest is not None
     return (repo.path / "objects" / f.digest[:2] / f.digest[2:]).read_bytes()
+
+
+def test_a_menu_that_cannot_be_read_is_exit_2(tmp_path: Path, refs: dict[str, str]) -> None:
+    s = make_sysroot(tmp_path / "s", [refs["v1"]], kind=BootloaderKind.GRUB)
+    (s.esp / "EFI/BOOT/grub.cfg").write_bytes(b"\xff not a menu")
+    out = cfsboot("fsck", *s.args(), check=False)
+    assert out.returncode == 2
+    assert (
+        f"esp {s.esp}: could not check: EFI/BOOT/grub.cfg on the ESP is not UTF-8 text"
+        " (not cfsboot's menu)\n"
+    ) in out.stdout
+    assert out.stdout.splitlines()[-1].startswith("fsck: could not check everything; ")
+    assert "note:" not in out.stdout  # without a menu, nothing is said about what it boots

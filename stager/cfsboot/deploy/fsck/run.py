@@ -99,7 +99,11 @@ def examine(
     records = Records()
     ctx = Context(sysroot, repo, bl, deep=True) if sysroot is not None else None
     if ctx is not None and bl is not None:
-        _menus(ctx)
+        try:
+            _menus(ctx)
+        except (CfsbootError, OSError) as e:  # a menu that cannot be read: the ESP is unchecked
+            f.sections[2].error = str(e)
+            ctx.bl = None
     wanted_trees = set(sysroot.deployment_dirs()) if sysroot is not None else set()
     if repo is not None and repo_s.error is None:
         f.check, records, repo_s.summary = _check_repo(repo, wanted_trees)

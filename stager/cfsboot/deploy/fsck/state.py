@@ -150,7 +150,7 @@ def check_state(ctx: Context) -> tuple[list[Problem], list[Problem], int]:
     deployments = [n for n in names if _HEX_RE.fullmatch(n)]
     for depl in deployments:
         problems += check_deployment(ctx, depl)
-        if depl not in in_menu and depl not in ctx.protected:
+        if ctx.bl is not None and depl not in in_menu and depl not in ctx.protected:
             notes.append(
                 Problem(
                     StateCode.NOT_IN_MENU,

@@ -341,6 +341,10 @@ def test_an_object_without_verity_and_the_wrong_content_is_corrupt(
     assert (p.code, p.path) == ("object-corrupt", repo.rel(k))
     assert p.message.startswith("its content has the fs-verity digest sha512:")
     assert p.repair == f"fetch {repo.ref} again"
+    # Fetched again, the object is written with fs-verity, as every object of a secure repo.
+    fixed = fsck(repo, repair=True)
+    assert fixed.exit_code == 0, fixed.problems
+    assert os.stat(repo.object(k)).st_ino in secure.enabled
 
 
 def test_a_wrong_measured_digest_is_corrupt(repo: Repo, secure: FakeVerity) -> None:

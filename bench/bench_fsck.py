@@ -8,13 +8,16 @@ import records; the reference hashes the same files once with sha512sum (one
 process, through xargs). Both are whole commands (process start included),
 run alternately on a warm page cache so that both see the same machine load.
 Reported: median seconds, the ratio reference time / cfsboot time (above 1:
-cfsboot is faster), and the load average before and after.
+cfsboot is faster), the median CPU seconds of each (user + system, all
+threads: what a loaded machine makes each pay in time), and the load average
+before and after.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -41,12 +44,18 @@ def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def _timed(
     argv: list[str], *, env: dict[str, str] | None = None, stdin: bytes | None = None
-) -> float:
-    t = time.perf_counter()
+) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the command and its children)."""
+    c, t = _cpu(), time.perf_counter()
     subprocess.run(argv, input=stdin, capture_output=True, check=True, env=env)
-    return time.perf_counter() - t
+    return time.perf_counter() - t, _cpu() - c
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,17 +91,18 @@ def main(argv: list[str] | None = None) -> int:
             f"repository: {len(files)} objects, {size / 1e6:.0f} MB (from {layout}),"
             f" {runs} runs per side; load average {_load()}"
         )
-        mine: list[float] = []
-        ref: list[float] = []
+        mine: list[tuple[float, float]] = []
+        ref: list[tuple[float, float]] = []
         for _ in range(runs):
             mine.append(_timed(ours, env=env))
             ref.append(_timed(reference, stdin=names))
-        mo, mr = statistics.median(mine), statistics.median(ref)
+        mo, mr = (statistics.median(w for w, _ in x) for x in (mine, ref))
+        co, cr = (statistics.median(c for _, c in x) for x in (mine, ref))
         shutil.rmtree(repo)
     print(
         f"fsck: cfsboot {mo:.2f}s ({size / 1e6 / mo:.0f} MB/s), reference {mr:.2f}s"
         f" (sha512sum, {size / 1e6 / mr:.0f} MB/s), ratio {mr / mo:.2f}x;"
-        f" load average after {_load()}"
+        f" CPU seconds {co:.2f} vs {cr:.2f}; load average after {_load()}"
     )
     return 0
 

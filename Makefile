@@ -17,7 +17,7 @@ APT_PACKAGES := \
 	mtools dosfstools fdisk skopeo zstd cpio btrfs-progs xfsprogs \
 	qemu-system-x86 qemu-utils ovmf hyperfine docker-registry systemd-boot-efi \
 	dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
-	python3-zstandard lintian groff-base fakeroot buildah podman
+	python3-zstandard lintian groff-base fakeroot buildah podman grub-common
 
 .PHONY: setup apt venv reftools selinux-oracle testos test unit lint vm-test vm-test-core bench freeze install-dracut-module deb base-image demo clean
 
@@ -63,7 +63,7 @@ lint:
 	shellcheck dracut-module/*/*.sh dracut-module/kernel/cfsboot-kernel-hook tests/reftools/*.sh \
 		.ci/run examples/debian/check-status $(wildcard vm-tests/*.sh bench/*.sh)
 
-# Every VM scenario (1-7); vm-test-core: the ones CI runs on each submission (1-4).
+# Every VM scenario (1-9); vm-test-core: the ones CI runs on each submission (1-4, 8).
 vm-test:
 	$(PY) -m pytest -q -rA -m vm vm-tests
 

@@ -17,6 +17,15 @@ the old or the new menu, never neither and never a mix.
 Kernels and initrds live in `EFI/Linux/bootc_composefs-<ID>/{vmlinuz,initrd}`
 (one directory per distinct pair, shared by deployments that use the same
 one), UKIs in `EFI/Linux/bootc/bootc_composefs-<ID>.efi`, as bootc lays them out.
+
+Boot counting (cfsboot.boot.counting): an entry on trial carries its tries
+(`MenuEntry.tries`). `menu()` lists the entries in the order the boot loader
+tries them, so an entry out of tries comes after every other one; the order
+cfsboot wrote is `written_order()`. Rewriting a menu keeps every entry's
+counter: only the first entry of a new menu may bring a fresh one (the
+deployment just staged, or one an admin rolls back to); the others take the
+live menu's state again when the new menu is made live, since the boot
+loader or a blessing may have changed it meanwhile.
 """
 
 from __future__ import annotations
@@ -29,9 +38,10 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from cfsboot.boot import bls, grub
+from cfsboot.boot import bls
 from cfsboot.boot.bls import BLSEntry, EntryFile
 from cfsboot.boot.boottype import BootType
+from cfsboot.boot.counting import Tries, counted_name, split_name
 from cfsboot.boot.esp import Esp, EspError
 from cfsboot.boot.uki import UKI_DIR, uki_file_name
 from cfsboot.errors import CfsbootError, die
@@ -73,6 +83,7 @@ class MenuEntry:
     initrd: tuple[str, ...] = ()
     options: tuple[str, ...] = ()  # kernel arguments (BLS only; a UKI's are sealed)
     uki: str | None = None  # ESP path of the UKI, with a leading '/'
+    tries: Tries | None = None  # on trial (boot counting); None: not counted
 
     @property
     def artifact(self) -> str:
@@ -84,6 +95,11 @@ class MenuEntry:
 
     def with_options(self, options: Sequence[str]) -> MenuEntry:
         return replace(self, options=tuple(options))
+
+    @property
+    def failed(self) -> bool:
+        """Out of tries: the boot loader passes it over."""
+        return self.tries is not None and self.tries.failed
 
 
 def kernel_dir(name_id: str) -> str:
@@ -125,7 +141,23 @@ class Bootloader(abc.ABC):
 
     def drop_entries(self, deployments: Collection[str]) -> None:
         """Remove the live menu's entries of `deployments`; every other entry stays as it is."""
-        self.write_menu([m for m in self.menu() if m.deployment not in deployments])
+        # In the order cfsboot wrote (menu() puts entries out of tries last).
+        order = {d: i for i, d in enumerate(self.written_order())}
+        kept = [m for m in self.menu() if m.deployment not in deployments]
+        kept.sort(key=lambda m: order.get(m.deployment, len(order)))
+        self.write_menu(kept)
+
+    @abc.abstractmethod
+    def written_order(self) -> list[str]:
+        """The live menu's deployments in the order cfsboot wrote it (out of tries or not)."""
+
+    @abc.abstractmethod
+    def bless(self, deployment: str, *, counter_path: str | None = None) -> str | None:
+        """End the trial of `deployment`'s live entry (its boot was good); what was done.
+
+        counter_path: the entry file the boot loader reported booting (systemd-boot's
+        LoaderBootCountPath), where there is one. None when nothing was on trial.
+        """
 
     def recover(self) -> list[str]:
         """Finish or undo ESP writes a crash interrupted."""
@@ -212,6 +244,22 @@ class SystemdBoot(Bootloader):
     def has_staged(self) -> bool:
         return self.esp.is_dir(bls.STAGED_ENTRIES_DIR)
 
+    def written_order(self) -> list[str]:
+        ours = [ef for ef in bls.parse_entries(self._files(False)) if ef.ours]
+        ours.sort(key=lambda ef: ef.entry.sort_key or "")
+        return [d for ef in ours if (d := ef.entry.deployment()) is not None]
+
+    def bless(self, deployment: str, *, counter_path: str | None = None) -> str | None:
+        d = bls.ENTRIES_DIR
+        for name, text in self._files(False):
+            ef = EntryFile(name, BLSEntry.parse(text))
+            if not ef.ours or ef.tries_left is None or ef.entry.deployment() != deployment:
+                continue
+            good, _ = split_name(name)
+            self.esp.rename(f"{d}/{name}", f"{d}/{good}")
+            return f"renamed {d}/{name} to {good}"
+        return None
+
     def stage(self, entries: Sequence[MenuEntry]) -> None:
         _check_menu(entries)
         staged = bls.STAGED_ENTRIES_DIR
@@ -232,6 +280,7 @@ class SystemdBoot(Bootloader):
             # Created empty and then exchanged (not renamed): a rename through mtools
             # would store the 8.3-sized name "entries" as "ENTRIES".
             self.esp.mkdir(live)
+        self._sync_counters()
         # Other operating systems' entries, as they are now, go along into the new menu.
         ours = {n.lower() for n, _ in self._files(True)}
         for e in self.esp.listdir(live):
@@ -255,6 +304,26 @@ class SystemdBoot(Bootloader):
             if m is not None and m.deployment in deployments:
                 self.esp.remove(f"{bls.ENTRIES_DIR}/{ef.name}")
 
+    def _sync_counters(self) -> None:
+        """Give every staged entry but the first the counter its live entry has now."""
+        live = {}
+        for name, text in self._files(False):
+            ef = EntryFile(name, BLSEntry.parse(text))
+            if ef.ours and (d := ef.entry.deployment()) is not None:
+                live[d] = split_name(name)[1]
+        staged = [EntryFile(n, BLSEntry.parse(t)) for n, t in self._files(True)]
+        staged = [ef for ef in staged if ef.ours]
+        staged.sort(key=lambda ef: ef.entry.sort_key or "")
+        for ef in staged[1:]:
+            d = ef.entry.deployment()
+            if d is None or d not in live:
+                continue
+            base, _ = split_name(ef.name)
+            want = counted_name(base, live[d])
+            if want != ef.name:
+                self.esp.rename(f"{bls.STAGED_ENTRIES_DIR}/{ef.name}",
+                                f"{bls.STAGED_ENTRIES_DIR}/{want}")  # fmt: skip
+
 
 def _is_ours(name: str) -> bool:
     low = name.lower()
@@ -274,7 +343,7 @@ def _to_bls(m: MenuEntry, position: int, total: int) -> tuple[str, str]:
     # bootc: primary file name ends in -1, secondary in -0 (GRUB's BLS sorts names
     # descending); sort keys bootc-<os>-0 then -1 (systemd-boot sorts ascending).
     name = bls.entry_file_name(m.os_id, m.version, primary=True)
-    name = name[: -len("-1.conf")] + f"-{total - 1 - position}.conf"
+    name = counted_name(name[: -len("-1.conf")] + f"-{total - 1 - position}.conf", m.tries)
     sort_key = bls.entry_sort_key(m.os_id, primary=True)[: -len("0")] + str(position)
     if m.boot_type is BootType.UKI:
         entry = BLSEntry(title=m.title, version=m.version, efi=m.uki, sort_key=sort_key)
@@ -306,9 +375,16 @@ def _from_bls(ef: EntryFile) -> MenuEntry | None:
     m = _SORT_KEY_RE.fullmatch(e.sort_key or "")
     os_id = m.group(1) if m else bls.ENTRY_PREFIX.rstrip("_")
     uki = e.uki or e.efi
+    tries = split_name(ef.name)[1]
     if uki is not None:
         return MenuEntry(
-            deployment, BootType.UKI, e.title or deployment, e.version or "", os_id, uki=uki
+            deployment,
+            BootType.UKI,
+            e.title or deployment,
+            e.version or "",
+            os_id,
+            uki=uki,
+            tries=tries,
         )
     if e.linux is None:
         return None
@@ -321,94 +397,7 @@ def _from_bls(ef: EntryFile) -> MenuEntry | None:
         linux=e.linux,
         initrd=e.initrd,
         options=tuple(split_kargs(e.cmdline)),
-    )
-
-
-# ---------------------------------------------------------------------------------------
-# GRUB
-# ---------------------------------------------------------------------------------------
-
-
-class Grub(Bootloader):
-    kind = BootloaderKind.GRUB
-
-    def __init__(self, esp: Esp, *, menu_path: str = GRUB_MENU, timeout: int | None = None) -> None:
-        super().__init__(esp)
-        self.menu_path = menu_path
-        self.timeout = timeout
-
-    def _read(self, path: str) -> grub.GrubMenu | None:
-        if not self.esp.exists(path):
-            return None
-        try:
-            return grub.GrubMenu.parse(self.esp.read_text(path))
-        except grub.GrubError as e:
-            raise MenuError(f"{path} on the ESP: {e}") from None
-        except UnicodeDecodeError:
-            raise MenuError(f"{path} on the ESP is not UTF-8 text (not cfsboot's menu)") from None
-
-    def menu(self, *, staged: bool = False) -> list[MenuEntry]:
-        path = self.menu_path + (STAGED_SUFFIX if staged else "")
-        parsed = self._read(path)
-        if parsed is None:
-            return []
-        return [_from_grub(e) for e in parsed.entries]
-
-    def has_staged(self) -> bool:
-        return self.esp.exists(self.menu_path + STAGED_SUFFIX)
-
-    def stage(self, entries: Sequence[MenuEntry]) -> None:
-        _check_menu(entries)
-        current = self._read(self.menu_path)
-        timeout = self.timeout
-        if timeout is None:
-            timeout = current.timeout if current is not None else grub.DEFAULT_TIMEOUT
-        text = grub.GrubMenu(tuple(_to_grub(m) for m in entries), timeout).render()
-        parent = self.menu_path.rsplit("/", 1)[0]
-        self.esp.mkdir(parent)
-        self.esp.write_text(self.menu_path + STAGED_SUFFIX, text)
-
-    def commit(self) -> None:
-        staged = self.menu_path + STAGED_SUFFIX
-        if not self.has_staged():
-            raise MenuError(f"no staged GRUB menu ({staged}) to make the default")
-        if not self.esp.exists(self.menu_path):
-            self.esp.rename(staged, self.menu_path)
-            return
-        self._read(self.menu_path)  # refuse to replace a menu that is not ours
-        self.esp.exchange(self.menu_path, staged)
-        self.esp.remove(staged)
-
-    def discard_staged(self) -> None:
-        if self.has_staged():
-            self.esp.remove(self.menu_path + STAGED_SUFFIX)
-
-
-def _to_grub(m: MenuEntry) -> grub.GrubEntry:
-    title = f"{m.title} {m.version}".strip() if m.version not in m.title else m.title
-    if m.boot_type is BootType.UKI:
-        return grub.GrubEntry(title=title, deployment=m.deployment, chainload=m.uki)
-    return grub.GrubEntry(
-        title=title,
-        deployment=m.deployment,
-        linux=m.linux,
-        initrd=m.initrd,
-        options=m.options,
-    )
-
-
-def _from_grub(e: grub.GrubEntry) -> MenuEntry:
-    if e.chainload is not None:
-        return MenuEntry(e.deployment, BootType.UKI, e.title, "", "", uki=e.chainload)
-    return MenuEntry(
-        e.deployment,
-        BootType.BLS,
-        e.title,
-        "",
-        "",
-        linux=e.linux,
-        initrd=e.initrd,
-        options=e.options,
+        tries=tries,
     )
 
 
@@ -417,6 +406,8 @@ def _from_grub(e: grub.GrubEntry) -> MenuEntry:
 
 def detect(esp: Esp) -> Bootloader:
     """The bootloader cfsboot installed on this ESP."""
+    from cfsboot.boot.grubloader import Grub  # the GRUB menu builds on this module
+
     try:
         if esp.exists(GRUB_MENU):
             return Grub(esp)
@@ -433,4 +424,6 @@ def detect(esp: Esp) -> Bootloader:
 
 
 def for_kind(kind: BootloaderKind, esp: Esp) -> Bootloader:
+    from cfsboot.boot.grubloader import Grub
+
     return SystemdBoot(esp) if kind is BootloaderKind.SYSTEMD_BOOT else Grub(esp)

@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "deploy",
     "container",
     "fsck",
+    "assessment",
 )
 
 # Which module defines each subcommand: a run imports only the module it needs
@@ -41,6 +42,7 @@ COMMANDS = {
         c: "deploy"
         for c in ("install", "switch", "upgrade", "finalize-staged", "rollback", "status", "gc")
     },
+    **{c: "assessment" for c in ("bless", "health-check", "assess-boot")},
 }
 
 Handler = Callable[[argparse.Namespace], int]

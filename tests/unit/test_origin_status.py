@@ -146,3 +146,35 @@ def test_human_output_names_each_slot() -> None:
     assert "  Rollback image: q.io/x:1" in text
     assert "fs-verity Enforced" in text
     assert text.rstrip().endswith("Rollback queued: the rollback deployment boots next.")
+
+
+def test_human_output_tells_of_an_automatic_rollback() -> None:
+    cfs = {"verity": D, "bootType": "Bls", "bootloader": "grub", "missingVerityAllowed": True}
+    failed = {
+        "state": "failed",
+        "triesLeft": 0,
+        "triesDone": 2,
+        "lastFailure": {"time": "t", "failed": ["health check 50-x exited with status 1"]},
+    }
+    good = {
+        "image": None,
+        "downloadOnly": False,
+        "composefs": cfs,
+        "cfsboot": {"bootAssessment": None},
+    }
+    bad = {**good, "cfsboot": {"bootAssessment": failed}}
+    host = {"fallback": True, "failedDeployment": D, "triesUsed": 2, "message": "it failed"}
+    doc = {
+        "status": {
+            "booted": good,
+            "staged": None,
+            "rollback": bad,
+            "rollbackQueued": False,
+            "cfsboot": {"bootAssessment": host},
+        }
+    }
+    text = human(doc)  # type: ignore[arg-type]
+    assert "    Assessment: failed, 2 tries used, not tried again\n" in text
+    assert "                last failure: health check 50-x exited with status 1\n" in text
+    assert text.rstrip().endswith("Automatic rollback: it failed.")
+    assert text.count("Assessment:") == 1

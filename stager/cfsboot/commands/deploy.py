@@ -56,6 +56,7 @@ def _register_install(sub: Subparsers) -> None:
         )
         q.add_argument("--hash", choices=[a.value for a in HashAlg], default="sha512")
         q.add_argument("--boot-timeout", type=int, help="boot menu timeout in seconds")
+        _boot_tries_option(q, "default 0: a first deployment has nothing to fall back to")
         q.add_argument("--quiet", "-q", action="store_true", help="no progress display")
         if name == "to-disk":
             q.add_argument(
@@ -107,8 +108,27 @@ def _register_switch_upgrade(sub: Subparsers) -> None:
                 help="let the download-only staged deployment boot next (fetches nothing)",
             )
         q.add_argument("--arch", help="from a multi-arch image (default: this machine's)")
+        _boot_tries_option(q, "default: boot-assessment.toml, else 3")
         q.add_argument("--quiet", "-q", action="store_true")
         q.set_defaults(func=cmd_switch if name == "switch" else cmd_upgrade)
+
+
+def _boot_tries(text: str) -> int:
+    from cfsboot.boot.counting import MAX_TRIES
+
+    if not text.isdigit() or int(text) > MAX_TRIES:
+        raise argparse.ArgumentTypeError(f"expected 0 (off) to {MAX_TRIES}, not {text!r}")
+    return int(text)
+
+
+def _boot_tries_option(q: argparse.ArgumentParser, default: str) -> None:
+    q.add_argument(
+        "--boot-tries",
+        type=_boot_tries,
+        metavar="N",
+        help=f"boots the new deployment gets to reach boot-complete.target before the"
+        f" previous one boots again; 0: no boot counting ({default})",
+    )
 
 
 def _register_lifecycle(sub: Subparsers) -> None:
@@ -156,6 +176,7 @@ def _install_options(args: argparse.Namespace) -> install.InstallOptions:
         algorithm=HashAlg(args.hash),
         root_karg=getattr(args, "root_karg", None),
         boot_timeout=args.boot_timeout,
+        boot_tries=args.boot_tries or 0,
         quiet=args.quiet or not sys.stderr.isatty(),
     )
 
@@ -209,7 +230,15 @@ def _stage(args: argparse.Namespace, sysroot: Sysroot, bl: Bootloader, imgref: s
     target = import_target(
         sysroot, imgref, quiet=args.quiet or not sys.stderr.isatty(), arch=args.arch
     )
-    result = stage(sysroot, bl, target, extra_kargs=args.karg, download_only=args.download_only)
+    result = stage(
+        sysroot,
+        bl,
+        target,
+        extra_kargs=args.karg,
+        download_only=args.download_only,
+        boot_tries=args.boot_tries,
+        retry_failed=args.command == "switch",
+    )
     sys.stderr.write(f"{result.message}\n")
     print(result.digest)
     return 0

@@ -26,12 +26,13 @@ from cfsboot.boot.bootloader import (
     SYSTEMD_BOOT_EFI,
     Bootloader,
     BootloaderKind,
-    Grub,
     MenuEntry,
     SystemdBoot,
 )
 from cfsboot.boot.boottype import BootType
+from cfsboot.boot.counting import Tries
 from cfsboot.boot.esp import Esp, MtoolsEsp
+from cfsboot.boot.grubloader import Grub
 from cfsboot.boot.kargs import install_kargs
 from cfsboot.composefs.repository import Repository
 from cfsboot.deploy.entries import build_entry, composefs_karg
@@ -56,6 +57,7 @@ class InstallOptions:
     algorithm: HashAlg = HashAlg.SHA512
     root_karg: str | None = None  # e.g. root=UUID=...; None: none (discoverable partitions)
     boot_timeout: int | None = None  # menu timeout; None: the loader's default (5 s)
+    boot_tries: int = 0  # boot counting for the first deployment (0: off)
     quiet: bool = True
 
 
@@ -72,6 +74,7 @@ def deploy_first(
     target: Target,
     *,
     install_args: Sequence[str],
+    boot_tries: int = 0,
 ) -> MenuEntry:
     """The first deployment of a new system: state, shared var, boot files, the menu."""
     karg = composefs_karg(sysroot, target.digest)
@@ -79,6 +82,7 @@ def deploy_first(
     options = install_kargs(install=install_args, composefs=karg, kargs_d=kargs_d)
     origin = Origin(target.reference, BootType.BLS, None, target.manifest_digest)
     entry, digest = build_entry(sysroot, bl, target, options=options, menu=[])
+    entry = replace(entry, tries=Tries(boot_tries) if boot_tries else None)
     origin = Origin(target.reference, entry.boot_type, digest, target.manifest_digest)
     write_state(sysroot, target, origin, init_var=True)
     bl.write_menu([entry])
@@ -130,7 +134,7 @@ def to_filesystem(imgref: str, root: Path, esp: Esp, opts: InstallOptions) -> In
             die("kernel arguments cannot be added to a UKI (its command line is sealed)")
         bl = _install_loader(esp, sysroot, target, opts)
         args = [*([opts.root_karg] if opts.root_karg else []), "rw", *opts.kargs]
-        entry = deploy_first(sysroot, bl, target, install_args=args)
+        entry = deploy_first(sysroot, bl, target, install_args=args, boot_tries=opts.boot_tries)
         extract_sync(root)
     if repo.insecure:
         log.warning(

@@ -17,6 +17,12 @@ finalize (at shutdown, cfsboot-finalize-staged.service):
 rollback: write the menu with the first two cfsboot entries swapped as the
 staged menu, exchange.
 
+Boot counting (cfsboot.deploy.assessment): the new entry of a staged menu
+carries a fresh trial unless counting is off; every other entry keeps its
+state. A deployment that ran out of tries stays out of the boot loader's way
+until an admin stages it again (`switch` to it, or `rollback` to it): that
+gives it a fresh trial. `upgrade` does not retry it by itself.
+
 A crash before 7 leaves the old menu (and, after a reboot, no marker: the
 staged deployment is simply not there any more; its leftovers are collected
 by the next switch or by gc). After 7 the new menu is complete. A finalize
@@ -28,10 +34,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cfsboot.boot.bootloader import MAX_ENTRIES, Bootloader
 from cfsboot.boot.kargs import upgrade_kargs
+from cfsboot.deploy.assessment import clear_record, trial_tries
 from cfsboot.deploy.entries import build_entry, composefs_karg
 from cfsboot.deploy.etccarry import check_etc, merge_etc
 from cfsboot.deploy.origin import Origin
@@ -66,8 +73,14 @@ def stage(
     *,
     extra_kargs: Sequence[str] = (),
     download_only: bool = False,
+    boot_tries: int | None = None,
+    retry_failed: bool = True,
 ) -> StageResult:
-    """Stage `target` to boot next (see the module docstring for the order of writes)."""
+    """Stage `target` to boot next (see the module docstring for the order of writes).
+
+    boot_tries: the new entry's tries (None: from the configuration files);
+    retry_failed: whether a deployment that ran out of tries may be staged again.
+    """
     current = current_deployment(sysroot, bl)
     d = target.digest
     if d == current:
@@ -83,10 +96,19 @@ def stage(
     live = bl.menu()
     if current is None or not live:
         die("no current deployment to stage an update against", hint="install with cfsboot install")
+    failed = next((m for m in live if m.deployment == d and m.failed), None)
+    if failed is not None and not retry_failed:
+        assert failed.tries is not None
+        return StageResult(
+            d,
+            False,
+            f"{target.reference} ({d[:12]}…) failed its boot assessment ({failed.tries.done}"
+            " tries): not staged again; `cfsboot switch` to it retries it",
+        )
     # Leftovers of an earlier staging (a reboot drops the marker, not the files).
     sysroot.clear_staged()
     bl.discard_staged()
-    if d in (m.deployment for m in live):
+    if failed is None and d in (m.deployment for m in live):
         die(
             f"{target.reference} ({d[:12]}…) is already deployed (it is in the boot menu)",
             hint="`cfsboot rollback` makes the previous deployment the default",
@@ -104,8 +126,14 @@ def stage(
     if target.boot.ukis and extra_kargs:
         die("kernel arguments cannot be added to a UKI (its command line is sealed)")
     entry, boot_digest = build_entry(sysroot, bl, target, options=options, menu=live)
+    entry = replace(entry, tries=trial_tries(sysroot, sysroot.repo, target.tree, boot_tries))
     origin = Origin(target.reference, entry.boot_type, boot_digest, target.manifest_digest)
-    write_state(sysroot, target, origin, init_var=False)
+    if failed is not None and sysroot.deploy_dir(d).is_dir():
+        # Staged again after it failed: its state stays (finalize merges /etc anew);
+        # replacing it would leave a moment with none for an entry still in the menu.
+        sysroot.write_origin(d, origin)
+    else:
+        write_state(sysroot, target, origin, init_var=False)
     menu = [entry, *(m for m in live if m.deployment != d)][:MAX_ENTRIES]
     bl.stage(menu)
     sysroot.write_staged(StagedDeployment(d, finalization_locked=download_only))
@@ -164,6 +192,7 @@ def finalize(sysroot: Sysroot, bl: Bootloader) -> str:
     extract.sync_filesystem(sysroot.path)
     bl.commit()
     sysroot.clear_staged()
+    clear_record(sysroot, d)
     return f"deployment {d[:12]}… is now the default"
 
 
@@ -175,9 +204,17 @@ def rollback(sysroot: Sysroot, bl: Bootloader) -> str:
     menu = bl.menu()
     if len(menu) < 2:
         die("there is no rollback deployment (the boot menu has only one cfsboot entry)")
-    new = [menu[1], menu[0], *menu[2:]]
+    back = menu[1]
+    retried = ""
+    if back.failed:
+        # The admin asks for it: a fresh trial, as if it were staged again.
+        tree = target_from_repo(sysroot, back.deployment).tree
+        back = replace(back, tries=trial_tries(sysroot, sysroot.repo, tree, None))
+        clear_record(sysroot, back.deployment)
+        retried = "; it had failed its boot assessment and gets a new trial"
+    new = [back, menu[0], *menu[2:]]
     bl.write_menu(new)
-    msg = f"deployment {menu[1].deployment[:12]}… ({menu[1].title}) is now the default"
+    msg = f"deployment {back.deployment[:12]}… ({back.title}) is now the default{retried}"
     if dropped is not None:
         msg += f"; dropped the staged deployment {dropped.depl_id[:12]}…"
     return msg

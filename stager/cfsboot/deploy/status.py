@@ -11,6 +11,13 @@ image's manifest and config adds version, timestamp and architecture.
 - staged: named by /run/composefs/staged-deployment, first in the staged menu;
 - rollback: the first other deployment in the live menu; the rest are
   otherDeployments.
+
+Boot assessment is reported in a `cfsboot` object of each BootEntry and of the
+HostStatus: bootc's schema lists no such property and forbids none, so the
+document stays valid, and cfsboot's own fields stay apart from bootc's. An
+entry on trial shows its tries (`state` pending, or failed once they ran
+out, with the last failure recorded by `cfsboot assess-boot`); the host says
+whether the booted deployment runs as the fallback of one that failed.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from typing import Any, Literal, NotRequired, TypedDict
 from cfsboot.boot.bootloader import Bootloader, BootloaderKind, MenuEntry
 from cfsboot.boot.boottype import BootType
 from cfsboot.boot.uki import parse_uki
+from cfsboot.deploy.assessment import read_record
 from cfsboot.deploy.origin import Origin
 from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.deploy.target import VERSION_LABEL, current_deployment
@@ -61,6 +69,37 @@ class BootEntryComposefs(TypedDict):
     missingVerityAllowed: bool
 
 
+class FailureRecord(TypedDict):
+    time: str | None
+    failed: list[str]  # one line per check or unit that failed
+
+
+class EntryAssessment(TypedDict):
+    state: Literal["pending", "failed"]
+    triesLeft: int
+    triesDone: int
+    lastFailure: FailureRecord | None
+
+
+class BootEntryCfsboot(TypedDict):
+    """cfsboot's own fields of a BootEntry (not in bootc's schema, which allows them)."""
+
+    bootAssessment: EntryAssessment | None  # None: not on trial (blessed, or not counted)
+
+
+class HostAssessment(TypedDict):
+    fallback: bool  # the booted deployment runs because the default one failed its trial
+    failedDeployment: str | None
+    triesUsed: int | None
+    message: str | None
+
+
+class HostStatusCfsboot(TypedDict):
+    """cfsboot's own fields of the HostStatus."""
+
+    bootAssessment: HostAssessment
+
+
 class BootEntry(TypedDict):
     image: ImageStatus | None
     cachedUpdate: None
@@ -71,6 +110,7 @@ class BootEntry(TypedDict):
     store: None
     ostree: None
     composefs: BootEntryComposefs
+    cfsboot: BootEntryCfsboot
 
 
 class HostStatus(TypedDict):
@@ -81,6 +121,7 @@ class HostStatus(TypedDict):
     rollbackQueued: bool
     type: None
     usrOverlay: None
+    cfsboot: HostStatusCfsboot
 
 
 class HostSpec(TypedDict):
@@ -183,6 +224,53 @@ def _boot_entry(
             "bootDigest": dep.origin.boot_digest if dep.origin else None,
             "missingVerityAllowed": not dep.verity_required,
         },
+        "cfsboot": {"bootAssessment": _entry_assessment(sysroot, dep.entry)},
+    }
+
+
+def _entry_assessment(sysroot: Sysroot, m: MenuEntry) -> EntryAssessment | None:
+    if m.tries is None:
+        return None
+    record = read_record(sysroot, m.deployment)
+    last: FailureRecord | None = None
+    if record is not None:
+        failed = record.get("failed")
+        time = record.get("time")
+        last = {
+            "time": time if isinstance(time, str) else None,
+            "failed": [str(x) for x in failed] if isinstance(failed, list) else [],
+        }
+    return {
+        "state": "failed" if m.failed else "pending",
+        "triesLeft": max(m.tries.left, 0),
+        "triesDone": m.tries.done,
+        "lastFailure": last,
+    }
+
+
+def _host_assessment(sysroot: Sysroot, bl: Bootloader, current: str | None) -> HostAssessment:
+    """Whether `current` boots because a deployment written ahead of it ran out of tries."""
+    live = {m.deployment: m for m in bl.menu()}
+    order = bl.written_order()
+    ahead = order[: order.index(current)] if current in order else []
+    failed = next((live[d] for d in ahead if d in live and live[d].failed), None)
+    if failed is None or failed.tries is None or current is None:
+        return {"fallback": False, "failedDeployment": None, "triesUsed": None, "message": None}
+    record = read_record(sysroot, failed.deployment) or {}
+    why = record.get("failed")
+    reason = f" ({'; '.join(map(str, why))})" if isinstance(why, list) and why else ""
+    version = f" ({failed.version})" if failed.version else ""
+    message = (
+        f"deployment {failed.deployment[:12]}…{version} failed its boot assessment: "
+        f"{failed.tries.done} tries did not reach boot-complete.target{reason}; "
+        f"{current[:12]}… booted instead. It is not tried again until it is staged again "
+        "(cfsboot switch, or cfsboot rollback to it)"
+    )
+    return {
+        "fallback": True,
+        "failedDeployment": failed.deployment,
+        "triesUsed": failed.tries.done,
+        "message": message,
     }
 
 
@@ -236,6 +324,7 @@ def host_status(sysroot: Sysroot, bl: Bootloader) -> BootcHost:
         "rollbackQueued": rollback_queued,
         "type": None,
         "usrOverlay": None,
+        "cfsboot": {"bootAssessment": _host_assessment(sysroot, bl, current)},
     }
     return {
         "apiVersion": API_VERSION,
@@ -325,6 +414,9 @@ def human(doc: BootcHost) -> str:
         return "No deployments.\n"
     if status["rollbackQueued"]:
         out.append("Rollback queued: the rollback deployment boots next.")
+    assessed = status.get("cfsboot", {}).get("bootAssessment")
+    if assessed and assessed["fallback"]:
+        out.append(f"Automatic rollback: {assessed['message']}.")
     return "\n".join(out).rstrip("\n") + "\n"
 
 
@@ -342,5 +434,14 @@ def _human_entry(label: str, e: BootEntry) -> list[str]:
     out.append(f"     Boot type: {cfs['bootType']} ({cfs['bootloader']}), fs-verity {enforced}")
     if e["downloadOnly"]:
         out.append("                (download only: not finalized at shutdown)")
+    trial = e.get("cfsboot", {}).get("bootAssessment")
+    if trial is not None:
+        done = f"{trial['triesDone']} tries used"
+        if trial["state"] == "failed":
+            out.append(f"    Assessment: failed, {done}, not tried again")
+        else:
+            out.append(f"    Assessment: on trial, {trial['triesLeft']} tries left ({done})")
+        if trial["lastFailure"] is not None and trial["lastFailure"]["failed"]:
+            out.append(f"                last failure: {'; '.join(trial['lastFailure']['failed'])}")
     out.append("")
     return out

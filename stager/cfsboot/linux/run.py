@@ -53,11 +53,13 @@ def run(
     input: bytes | None = None,
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
+    timeout: float | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run a command with a minimal environment and no inherited stdin.
 
     stderr is always captured so that a failure can be reported in one line:
-    `"skopeo copy …" failed with exit code 1: <last stderr line>`.
+    `"skopeo copy …" failed with exit code 1: <last stderr line>`. A command
+    still running after `timeout` seconds is killed, and that is an error too.
     """
     args = [os.fspath(a) for a in argv]
     tool = args[0]
@@ -65,19 +67,23 @@ def run(
         pkg = PACKAGES.get(Path(tool).name)
         die(f"{tool} not found", hint=f"apt-get install {pkg}" if pkg else None)
     log.debug("+ %s", shlex.join(args))
-    proc = subprocess.run(
-        args,
-        input=input,
-        stdin=None if input is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE if capture else None,
-        stderr=subprocess.PIPE,
-        env=minimal_env(env),
-        cwd=cwd,
-        check=False,
-    )
+    short = shlex.join(args[:3]) + (" …" if len(args) > 3 else "")
+    try:
+        proc = subprocess.run(
+            args,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.PIPE,
+            env=minimal_env(env),
+            cwd=cwd,
+            check=False,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        die(f'"{short}" did not finish within {timeout:g} s: killed')
     if check and proc.returncode != 0:
         lines = proc.stderr.decode(errors="replace").strip().splitlines()
         last = lines[-1] if lines else "(no output)"
-        short = shlex.join(args[:3]) + (" …" if len(args) > 3 else "")
         die(f'"{short}" failed with exit code {proc.returncode}: {last}')
     return proc

@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cmp_to_key
 from pathlib import Path
 
@@ -309,6 +309,43 @@ def systemd_boot_menu(files: Iterable[tuple[str, str]], loader_conf: str | None 
     if chosen is None and ordered:
         chosen = ordered[0]
     return Menu(ordered, chosen)
+
+
+# ---------------------------------------------------------------------------------------
+# Boot counting (BLS "Boot counting"; systemd's Automatic Boot Assessment)
+# ---------------------------------------------------------------------------------------
+
+
+def with_counter(entry: Entry, left: int | None, done: int = 0) -> str:
+    """The entry's file name carrying `+LEFT[-DONE]` (None: no counter, a blessed entry)."""
+    suffix = ".conf" if entry.file.endswith(".conf") else ".efi"
+    stem = entry.id[: -len(suffix)]
+    if left is None:
+        return entry.id
+    return f"{stem}+{left}" + (f"-{done}" if done else "") + suffix
+
+
+def counted_try(entry: Entry) -> str | None:
+    """The name the boot loader gives an entry on trial before it boots it (one try less,
+    one more done); None when it renames nothing (no counter, or no try left)."""
+    left = entry.tries_left
+    if left is None or left == 0:
+        return None
+    return with_counter(entry, left - 1, entry.tries_done + 1)
+
+
+def spent(entry: Entry) -> str:
+    """The name of an entry on trial once every try it has left failed."""
+    assert entry.tries_left is not None
+    return with_counter(entry, 0, entry.tries_done + entry.tries_left)
+
+
+def after_rename(menu: Menu, entry: Entry, new_file: str) -> Menu:
+    """The menu once `entry`'s file is renamed (by the boot loader, or by a blessing),
+    for a loader.conf without `default` (the first entry boots)."""
+    entries = [replace(e, file=new_file) if e is entry else e for e in menu.entries]
+    ordered = tuple(sorted(entries, key=cmp_to_key(compare_entries)))
+    return Menu(ordered, ordered[0] if ordered else None)
 
 
 def esp_lookup(esp: Path, path: str) -> Path | None:

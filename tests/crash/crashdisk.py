@@ -354,12 +354,49 @@ def check_boots(
         f"the default boots {names.get(ids[0], ids[0][:12])}, expected one of"
         f" {[names.get(a, a[:12]) for a in allowed]}"
     )
+    check_fallback(bootorder.read_esp(view))
     if fat and fsck(m.esp_image):
         assert in_exchange, "fsck.vfat finds lost clusters outside the exchange's crash window"
         if not after:
             staged = esp_path(view, STAGED_ENTRIES, fat=True)
             assert staged is None, "lost clusters, but loader/entries.staged is still there"
     return Seen(ids[0], ids, view)
+
+
+def check_fallback(menu: bootorder.Menu) -> None:
+    """A default on trial whose tries all fail leaves another cfsboot entry to boot.
+
+    In the oracle's terms: rename the default as the boot loader leaves it once its
+    tries are spent (`+0-N`); the menu's default must then be another cfsboot entry
+    (check_boots has checked that every cfsboot entry boots).
+    """
+    trial = menu.default
+    if trial is None or trial.tries_left is None:
+        return
+    after = bootorder.after_rename(menu, trial, bootorder.spent(trial))
+    fallback = after.default
+    assert fallback is not None and fallback.file != bootorder.spent(trial), (
+        f"{trial.file} is on trial with nothing to fall back to once its tries are spent"
+    )
+    assert fallback.file.startswith("bootc_") and bootorder.entry_digest(fallback), (
+        f"once {trial.file} has spent its tries, {fallback.file} boots: not cfsboot's"
+    )
+
+
+def boot_loader_counts(m: Machine) -> None:
+    """What systemd-boot does before it boots a default entry on trial: the rename."""
+    view = esp_view(m)
+    default = bootorder.read_esp(view).default
+    assert default is not None
+    new = bootorder.counted_try(default)
+    assert new is not None, f"{default.file} is not on trial"
+    if m.backend is Backend.DIR:
+        entries = m.esp_dir / "loader" / "entries"
+        os.rename(entries / default.file, entries / new)
+    else:
+        where = f"::/loader/entries/{default.file}"
+        subprocess.run(["mren", "-i", str(m.esp_image), where, new], env=ENV, check=True,
+                       capture_output=True)  # fmt: skip
 
 
 def disk_names(m: Machine, view: Path) -> set[str]:

@@ -41,7 +41,7 @@ VERSIONS: dict[str, OsOptions] = {
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    op: str  # switch, finalize, rollback, gc: what runs (see `recoveries`)
+    op: str  # switch, finalize, rollback, gc, bless: what runs (see `recoveries`)
     argv: tuple[str, ...]
     pre: str  # the system it starts from (see `systems`)
     after_crash: tuple[str, ...]  # versions the default may boot right after a crash
@@ -54,6 +54,7 @@ SWITCH = ("switch", "@v2", "-q")
 FINALIZE = ("finalize-staged",)
 ROLLBACK = ("rollback",)
 GC = ("gc",)
+BLESS = ("bless", "--deployment", "%v2")
 SCENARIOS = (
     # Staging never touches the live menu: the old default boots at every point.
     Scenario("switch", "switch", SWITCH, "installed", ("v1",), {"v2": (SWITCH, FINALIZE, GC)}),
@@ -81,11 +82,17 @@ SCENARIOS = (
     ),
     # From [v4, v3, v2, v1]: v2 and v1 go; v4 is the default throughout.
     Scenario("gc", "gc", GC, "four-deployed", ("v4",), {"v4": (GC, GC)}),
+    # From [v2 on trial (counted once by the boot loader), v1]: its entry loses the counter.
+    Scenario("bless", "bless", BLESS, "v2-on-trial", ("v2",), {"v2": (BLESS, GC)}),
 )
 
 
 def with_refs(argv: Sequence[str], refs: dict[str, str]) -> list[str]:
-    return [refs[a[1:]] if a.startswith("@") else a for a in argv]
+    """`@v2`: the image reference of v2; `%v2`: its deployment id."""
+    return [
+        refs[a[1:]] if a.startswith("@") else DIGEST_NAMES[a[1:]] if a.startswith("%") else a
+        for a in argv
+    ]
 
 
 # ---------------------------------------------------------------------------------------
@@ -134,6 +141,8 @@ def recoveries(sc: Scenario, crashed: Seen, has_marker: bool) -> list[tuple[Reco
         # rollback toggles: run again, it must make the other one of the two the default.
         other = "v1" if default == "v2" else "v2"
         return [(Recovery("rollback again", (sc.argv,), other), False)]
+    if sc.op == "bless":
+        return [(Recovery("bless again", (sc.argv,), "v2"), False)]
     assert sc.op == "gc"
     return [(Recovery("gc again", (sc.argv,), "v4"), False)]
 

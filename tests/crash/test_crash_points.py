@@ -1,4 +1,4 @@
-"""Crash safety: SIGKILL cfsboot at every write step of switch, finalize, rollback and gc.
+"""Crash safety: SIGKILL cfsboot at every write step of switch, finalize, rollback, gc, bless.
 
 For each operation and each ESP backend (a directory, standing in for a
 mounted ESP; a FAT32 image written through mtools), the operation runs once
@@ -22,6 +22,12 @@ first:
   with its digest, `state/deploy/ID/` has its origin, its `var` link and the
   /etc its setup-root config needs (overlay: upper and work, with the local
   change carried from the first deployment);
+- boot counting, in the oracle's terms (cfstest.bootorder): a default entry on
+  trial (`+LEFT[-DONE]` in its name) must have a fallback: renamed as the boot
+  loader leaves it once its tries are spent (`+0-N`), the menu's default must be
+  another cfsboot entry. The system the bless scenario starts from got the boot
+  loader's first count by the rename systemd-boot does (`boot_loader_counts`),
+  and `cfsboot bless` (the rename that ends a trial) is a scenario of its own;
 - on the FAT image, `fsck.vfat -n` finds nothing wrong, except lost clusters
   where cfsboot.boot.fat documents them: between the two sector writes of an
   exchange whose names lie in different sectors (scenario finalize-split),
@@ -57,6 +63,7 @@ from pathlib import Path
 
 import pytest
 from crashdisk import (
+    boot_loader_counts,
     DIGEST_NAMES,
     ENV,
     FAT_SIZE,
@@ -175,6 +182,11 @@ def systems(
         assert check_boots(out[backend]["four-deployed"], [d["v4"]]).menu == [
             d[v] for v in ("v4", "v3", "v2", "v1")
         ]
+    for backend in Backend:
+        trial = out[backend]["staged-v2"].copy(workdir / "systems" / backend / "v2-on-trial")
+        cfsboot(servers, trial, "finalize-staged")
+        boot_loader_counts(trial)
+        out[backend]["v2-on-trial"] = trial
     split = out[Backend.FAT]["installed"].copy(workdir / "systems" / "fat" / "staged-v2-split")
     split_loader_directory(split, servers, images)
     out[Backend.FAT]["staged-v2-split"] = split

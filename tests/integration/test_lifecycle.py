@@ -161,7 +161,8 @@ def test_switch_finalize_rollback_gc(machine: Machine, images: dict[str, str]) -
     # Staged: the live menu is unchanged, the staged one has v2 first, then v1.
     assert machine.menu() == [d1]
     staged = machine.entries(staged=True)
-    assert [e.file for e in staged] == ["bootc_testos-2-1.conf", "bootc_testos-1-0.conf"]
+    # v2 boots on trial (3 tries by default: BLS boot counting in its name), v1 does not.
+    assert [e.file for e in staged] == ["bootc_testos-2-1+3.conf", "bootc_testos-1-0.conf"]
     assert [bootorder.entry_digest(e) for e in staged] == [d2, d1]
     # Same kernel and initrd: v2 boots v1's copy instead of a second one.
     assert staged[0].linux == staged[1].linux
@@ -286,3 +287,36 @@ def test_other_root_filesystems(tmp_path: Path, images: dict[str, str], fs: str)
         assert (mnt / "state/deploy" / d2 / "etc/upper").is_dir()
     finally:
         subprocess.run(["umount", mnt], check=True)
+
+
+def test_boot_counting_fallback_and_a_new_trial(machine: Machine, images: dict[str, str]) -> None:
+    """v2 on trial runs out of tries (systemd-boot's renames, done here with mtools): v1 is
+    the default again, status says why, and only staging v2 again gives it new tries."""
+    d1, d2 = _digest(images["v1"]), _digest(images["v2"])
+    machine.cfs("switch", images["v2"], "-q", "--boot-tries", "2")
+    machine.cfs("finalize-staged")
+    assert machine.ls("loader/entries") == ["bootc_testos-1-0.conf", "bootc_testos-2-1+2.conf"]
+    trial = machine.status()["status"]["booted"]["cfsboot"]["bootAssessment"]
+    assert trial == {"state": "pending", "triesLeft": 2, "triesDone": 0, "lastFailure": None}
+    # systemd-boot boots it twice (renaming the entry before each boot); both boots fail.
+    for old, new in (("+2", "+1-1"), ("+1-1", "+0-2")):
+        machine._m("mren", f"::/loader/entries/bootc_testos-2-1{old}.conf",
+                   f"bootc_testos-2-1{new}.conf")  # fmt: skip
+    st = machine.status()["status"]
+    # Offline, the default entry stands in for the booted one: v1, the fallback.
+    assert st["booted"]["composefs"]["verity"] == d1 and st["rollbackQueued"] is False
+    assert st["rollback"]["cfsboot"]["bootAssessment"] == {
+        "state": "failed",
+        "triesLeft": 0,
+        "triesDone": 2,
+        "lastFailure": None,
+    }
+    host = st["cfsboot"]["bootAssessment"]
+    assert (host["fallback"], host["failedDeployment"], host["triesUsed"]) == (True, d2, 2)
+    assert host["message"].startswith(f"deployment {d2[:12]}… (2) failed its boot assessment")
+    # A new deployment staged meanwhile keeps v2 passed over (its spent counter stays).
+    again = machine.cfs("switch", images["v2"], "-q")
+    assert "it boots next" in again.stderr
+    machine.cfs("finalize-staged")
+    assert machine.ls("loader/entries") == ["bootc_testos-1-0.conf", "bootc_testos-2-1+3.conf"]
+    assert machine.status()["status"]["cfsboot"]["bootAssessment"]["fallback"] is False

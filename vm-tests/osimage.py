@@ -100,6 +100,9 @@ VARIANTS: dict[str, Variant] = {
         packages=("selinux-policy-default",),
         kargs=("security=selinux", "selinux=1", "enforcing=0"),
     ),
+    # v2 that never passes its health check: tried the tries its own
+    # boot-assessment.toml gives it (2), then the machine boots v1 again (scenario 8).
+    "v2bad": Variant("v2bad", "13.2", failing_health_check=True, boot_tries=2),
 }
 # The variants every VM test session builds; the others are built by the tests that use them.
 DEFAULT_VARIANTS = ("v1", "v2", "uki")

@@ -44,6 +44,10 @@ class Variant:
     # kernel arguments added to KARGS.
     packages: tuple[str, ...] = ()
     kargs: tuple[str, ...] = ()
+    # A health check that always fails (/usr/lib/cfsboot/health.d), and the tries its
+    # boot-assessment.toml gives it: the image a rollback test tries and gives up on.
+    failing_health_check: bool = False
+    boot_tries: int | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,16 @@ def layer_files(
     files[f"{etc}/version"] = (f"{variant.name}\n".encode(), 0o644)
     files[f"{etc}/unchanged"] = (b"the same in every variant\n", 0o644)
     files[f"{etc}/only-{variant.name}"] = (f"only in {variant.name}\n".encode(), 0o644)
+    if variant.failing_health_check:
+        files["/usr/lib/cfsboot/health.d/50-cfsboot-test-fails"] = (
+            b"#!/bin/sh\necho 'this image fails its health check on purpose'\nexit 1\n",
+            0o755,
+        )
+    if variant.boot_tries is not None:
+        files["/usr/lib/cfsboot/boot-assessment.toml"] = (
+            f"tries = {variant.boot_tries}\n".encode(),
+            0o644,
+        )
     if variant.setup_root_conf is not None:
         files["/usr/lib/composefs/setup-root-conf.toml"] = (
             variant.setup_root_conf.encode(),

@@ -43,6 +43,8 @@ PACKAGES = (
     "python3",
     "fsverity",
     "systemd-boot-efi",
+    # systemd-bless-boot (service, generator) for boot counting: not in systemd-boot-efi.
+    "systemd-boot",
     "systemd-ukify",
     "erofs-utils",
     "dosfstools",

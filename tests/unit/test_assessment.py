@@ -105,8 +105,17 @@ class _FakeSysroot:
 
 def _entry(d: str, version: str, tries: Tries | None) -> MenuEntry:
     kdir = f"/EFI/Linux/bootc_composefs-{d}"
-    return MenuEntry(d, BootType.BLS, "OS", version, "os", linux=f"{kdir}/vmlinuz",
-                     initrd=(f"{kdir}/initrd",), options=(f"composefs={d}",), tries=tries)  # fmt: skip
+    return MenuEntry(
+        d,
+        BootType.BLS,
+        "OS",
+        version,
+        "os",
+        linux=f"{kdir}/vmlinuz",
+        initrd=(f"{kdir}/initrd",),
+        options=(f"composefs={d}",),
+        tries=tries,
+    )
 
 
 def _assess(

@@ -25,7 +25,10 @@ cfsboot wrote is `written_order()`. Rewriting a menu keeps every entry's
 counter: only the first entry of a new menu may bring a fresh one (the
 deployment just staged, or one an admin rolls back to); the others take the
 live menu's state again when the new menu is made live, since the boot
-loader or a blessing may have changed it meanwhile.
+loader or a blessing may have changed it meanwhile. A UKI's counter is on its
+`.conf` too: systemd-boot discovers Type #2 entries only directly in
+`EFI/Linux/`, and bootc's `EFI/Linux/bootc/` UKIs are reached through the
+Type #1 entry (`efi` key) that names them.
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from cfsboot.boot.counting import GrubEnv
+from cfsboot.boot.grub import GrubMenu
 from cfsboot.image.importer import import_image
 from cfstest import bootorder, grubmenu
 from cfstest.cli import one_line_error
@@ -110,7 +112,9 @@ def test_grub_menu_lifecycle(tmp: Path, refs: dict[str, str]) -> None:
     assert e.linux == f"/EFI/Linux/bootc_composefs-{d1}/vmlinuz"
     assert f"composefs=?{d1}" in e.options
 
-    sys_.cfs("switch", refs["v2"], "-q")
+    # No boot counting here: grubmenu models no GRUB variables (the counting code is
+    # run by cfstest.grubsim in tests/unit/test_bootcount.py).
+    sys_.cfs("switch", refs["v2"], "-q", "--boot-tries", "0")
     staged = grubmenu.grub_menu((sys_.esp / "EFI/BOOT/grub.cfg.staged").read_text())
     assert _grub_deployments(staged) == [d2, d1]
     assert _grub_deployments(grubmenu.grub_menu(text)) == [d1]
@@ -294,3 +298,57 @@ def test_download_only_then_from_downloaded(tmp: Path, refs: dict[str, str]) -> 
 
     both = sys_.cfs("upgrade", "--check", "--from-downloaded", check=False)
     assert both.returncode == 2 and "not allowed with" in both.stderr
+
+
+def _grub_counter(sys_: System, d: str) -> tuple[str, str | None]:
+    """(key, grubenv value) of deployment d's entry in the live GRUB menu."""
+    live = GrubMenu.parse((sys_.esp / "EFI/BOOT/grub.cfg").read_text())
+    [entry] = [e for e in live.entries if e.deployment == d]
+    assert entry.counter is not None, f"{d[:12]} is not on trial"
+    env = GrubEnv.parse((sys_.esp / "EFI/BOOT/grubenv").read_bytes())
+    return entry.counter[0], env.get(entry.counter[0])
+
+
+def test_grub_boot_counting_and_upgrade_skips_a_failed_image(tmp: Path) -> None:
+    """GRUB: install on trial, bless, an upgrade that fails its tries (GRUB's counts, done
+    here in grubenv) falls back; upgrade then does not stage the failed image again."""
+    img = tmp / "img"
+    ref = os_image(img, "1")
+    sys_ = install(tmp / "s", ref, "--bootloader", "grub", "--boot-tries", "2")
+    d1 = digest(ref)
+    key1, value = _grub_counter(sys_, d1)
+    assert value == "0"
+    trial = sys_.status()["status"]["booted"]["cfsboot"]["bootAssessment"]
+    assert (trial["state"], trial["triesLeft"], trial["triesDone"]) == ("pending", 2, 0)
+    out = sys_.cfs("bless", "--deployment", d1)
+    assert out.stderr.strip() == f"EFI/BOOT/grubenv: {key1} = good"
+    assert sys_.status()["status"]["booted"]["cfsboot"]["bootAssessment"] is None
+    shutil.rmtree(img)
+    os_image(img, "2")
+    d2 = digest(ref)
+    sys_.cfs("upgrade", "-q", "--boot-tries", "1")
+    sys_.cfs("finalize-staged")
+    key2, value = _grub_counter(sys_, d2)
+    assert value == "0"
+    # GRUB boots v2 once (its menu entry counts the try in grubenv); the boot fails.
+    env_path = sys_.esp / "EFI/BOOT/grubenv"
+    env = GrubEnv.parse(env_path.read_bytes())
+    env_path.write_bytes(env.with_counters({**dict(env.counters), key2: "1"}).render())
+    st = sys_.status()["status"]
+    assert st["booted"]["composefs"]["verity"] == d1  # offline: what GRUB boots by default
+    assessed = st["cfsboot"]["bootAssessment"]
+    assert (assessed["fallback"], assessed["failedDeployment"], assessed["triesUsed"]) == (
+        True,
+        d2,
+        1,
+    )
+    out = sys_.cfs("upgrade", "-q")
+    assert out.stderr.strip().endswith(
+        f"({d2[:12]}…) failed its boot assessment (1 tries): not staged again;"
+        " `cfsboot switch` to it retries it"
+    )
+    assert not (sys_.esp / "EFI/BOOT/grub.cfg.staged").exists()
+    # rollback to it is an admin's choice: a new trial under a new key.
+    assert "gets a new trial" in sys_.cfs("rollback").stderr
+    key3, value = _grub_counter(sys_, d2)
+    assert key3 != key2 and value == "0"

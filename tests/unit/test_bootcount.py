@@ -301,3 +301,52 @@ def test_grub_counters_live_in_grubenv(tmp_path: Path) -> None:
     assert GrubEnv.parse(envpath.read_bytes()).counters == counters
     assert g.bless(A) == f"EFI/BOOT/grubenv: {a2.tries.key} = good"
     assert g.menu()[0].tries is None and g.bless(A) is None
+
+
+# -- the GRUB menu, run (cfstest.grubsim: GRUB's manual, not cfsboot's code) ---------------------
+
+CMDPATH = "(hd0,gpt1)/EFI/BOOT"
+ENV_PATH = f"{CMDPATH}/grubenv"
+
+
+def _boots(text: str, env: GrubEnv | None, n: int) -> tuple[list[str], dict[str, bytes]]:
+    from cfstest.grubsim import Grub as GrubSim
+
+    files = {} if env is None else {ENV_PATH: env.render()}
+    sim = GrubSim(files, CMDPATH)
+    booted = [sim.boot(text).entry.id.removeprefix("cfsboot-")[:2] for _ in range(n)]
+    return booted, files
+
+
+def test_grub_tries_the_trial_then_falls_back() -> None:
+    menu = GrubMenu((_grub_entry(A, ("k1", 2)), _grub_entry(B, None)))
+    booted, files = _boots(menu.render(), GrubEnv((("k1", "0"),)), 4)
+    assert booted == ["aa", "aa", "bb", "bb"]
+    assert GrubEnv.parse(files[ENV_PATH]).counters == (("k1", "2"),)
+
+
+def test_grub_keeps_booting_a_blessed_entry_without_counting() -> None:
+    menu = GrubMenu((_grub_entry(A, ("k1", 2)), _grub_entry(B, None)))
+    env = GrubEnv((("k1", "good"),), ("saved_entry=x",))
+    booted, files = _boots(menu.render(), env, 3)
+    assert booted == ["aa", "aa", "aa"]
+    assert files[ENV_PATH] == env.render()  # nothing written
+
+
+def test_grub_without_its_environment_block_boots_the_first_entry() -> None:
+    menu = GrubMenu((_grub_entry(A, ("k1", 2)), _grub_entry(B, None)))
+    assert _boots(menu.render(), None, 3)[0] == ["aa", "aa", "aa"]
+
+
+def test_grub_counts_a_value_it_cannot_read_as_spent() -> None:
+    menu = GrubMenu((_grub_entry(A, ("k1", 2)), _grub_entry(B, ("k2", 3)), _grub_entry(C, None)))
+    booted, files = _boots(menu.render(), GrubEnv((("k1", "x"), ("k2", "2"))), 3)
+    assert booted == ["bb", "cc", "cc"]  # B's last try, then C
+    assert GrubEnv.parse(files[ENV_PATH]).get("k2") == "3"
+
+
+def test_grub_boots_the_first_entry_when_every_trial_is_spent() -> None:
+    menu = GrubMenu((_grub_entry(A, ("k1", 1)), _grub_entry(B, ("k2", 1))))
+    booted, files = _boots(menu.render(), GrubEnv((("k1", "1"), ("k2", "1"))), 2)
+    assert booted == ["aa", "aa"]
+    assert GrubEnv.parse(files[ENV_PATH]).counters == (("k1", "1"), ("k2", "1"))

@@ -63,7 +63,6 @@ from pathlib import Path
 
 import pytest
 from crashdisk import (
-    boot_loader_counts,
     DIGEST_NAMES,
     ENV,
     FAT_SIZE,
@@ -73,6 +72,7 @@ from crashdisk import (
     Backend,
     Machine,
     Servers,
+    boot_loader_counts,
     cfsboot,
     check_boots,
     disk_names,

@@ -23,7 +23,7 @@ from cfsboot.boot.counting import (
 from cfsboot.boot.esp import DirEsp
 from cfsboot.boot.grub import GrubEntry, GrubError, GrubMenu
 from cfsboot.boot.grubloader import Grub
-from conftest import missing_capability
+from cfstest.gates import missing_capability
 
 A, B, C = "aa" * 64, "bb" * 64, "cc" * 64
 

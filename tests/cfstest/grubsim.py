@@ -15,7 +15,10 @@ Written from GRUB's manual (Shell-like scripting, the `test`, `load_env` and
 - `insmod`, `search`, `linux`, `initrd`, `chainloader` are recorded, not interpreted.
 
 Anything else raises NotImplementedError: a menu this model does not understand
-cannot pass for one it does. Files are a dict `{path: bytes}`; `$cmdpath` is given.
+cannot pass for one it does. Files are a dict `{path: bytes}`. The config file is read
+the way `configfile` reads it: `$config_directory` (exported) is its directory, `$root`
+(exported) its device; `$cmdpath` is given (empty: as Debian's monolithic image leaves it
+inside `configfile`). `(DEVICE)/PATH` names a file of that device.
 """
 
 from __future__ import annotations
@@ -105,8 +108,13 @@ class Boot:
 
 
 class Grub:
-    def __init__(self, files: dict[str, bytes], cmdpath: str) -> None:
+    def __init__(
+        self, files: dict[str, bytes], config: str, *, root: str, cmdpath: str = ""
+    ) -> None:
+        """files: `(DEVICE)/PATH` -> bytes; config: the path of the config file on `root`."""
         self.files = files
+        self.config = config
+        self.root = root
         self.cmdpath = cmdpath
 
     # -- environment blocks ---------------------------------------------------------------
@@ -281,11 +289,17 @@ class Grub:
             return 0
         raise NotImplementedError(f"GRUB command {head!r} is not modelled")
 
-    def boot(self, config: str) -> Boot:
-        """Run `config` (the top-level script), then boot the default entry."""
+    def boot(self) -> Boot:
+        """Read the config file (the top-level script), then boot the default entry."""
         self.entries: list[Entry] = []
-        env = {"cmdpath": self.cmdpath}
-        exported = {"cmdpath"}
+        config = self.files[f"({self.root}){self.config}"].decode()
+        env = {
+            "cmdpath": self.cmdpath,
+            "root": self.root,
+            "config_file": f"({self.root}){self.config}",
+            "config_directory": f"({self.root}){self.config.rsplit('/', 1)[0]}",
+        }
+        exported = {"root", "config_file", "config_directory"}
         cmds = []
         for cmd in _commands(config):
             # `menuentry ... {` opens a block closed by a command `}`.

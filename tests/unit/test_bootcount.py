@@ -150,7 +150,10 @@ def test_counting_code_of_an_entry_exact() -> None:
     preamble = text.split("\n\nmenuentry", 1)[0].split(f"set default=cfsboot-{A}\n", 1)[1]
     assert preamble == (
         "# cfsboot-counting menu begin\n"
-        'set cfsboot_env="${cmdpath}/grubenv"\n'
+        'set cfsboot_env="${config_directory}/grubenv"\n'
+        'if [ ! -f "${cfsboot_env}" ]; then\n'
+        '\tset cfsboot_env="(${root})/EFI/BOOT/grubenv"\n'
+        "fi\n"
         "export cfsboot_env\n"
         'if [ -f "${cfsboot_env}" ]; then\n'
         '\tload_env --skip-sig --file "${cfsboot_env}" cfsboot_t_k1\n'
@@ -305,16 +308,20 @@ def test_grub_counters_live_in_grubenv(tmp_path: Path) -> None:
 
 # -- the GRUB menu, run (cfstest.grubsim: GRUB's manual, not cfsboot's code) ---------------------
 
-CMDPATH = "(hd0,gpt1)/EFI/BOOT"
-ENV_PATH = f"{CMDPATH}/grubenv"
+ROOT = "hd0,gpt1"
+ENV_PATH = f"({ROOT})/EFI/BOOT/grubenv"
 
 
-def _boots(text: str, env: GrubEnv | None, n: int) -> tuple[list[str], dict[str, bytes]]:
+def _boots(
+    text: str, env: GrubEnv | None, n: int, *, config: str = "/EFI/BOOT/grub.cfg"
+) -> tuple[list[str], dict[str, bytes]]:
     from cfstest.grubsim import Grub as GrubSim
 
-    files = {} if env is None else {ENV_PATH: env.render()}
-    sim = GrubSim(files, CMDPATH)
-    booted = [sim.boot(text).entry.id.removeprefix("cfsboot-")[:2] for _ in range(n)]
+    files = {f"({ROOT}){config}": text.encode()}
+    if env is not None:
+        files[ENV_PATH] = env.render()
+    sim = GrubSim(files, config, root=ROOT)
+    booted = [sim.boot().entry.id.removeprefix("cfsboot-")[:2] for _ in range(n)]
     return booted, files
 
 
@@ -331,6 +338,13 @@ def test_grub_keeps_booting_a_blessed_entry_without_counting() -> None:
     booted, files = _boots(menu.render(), env, 3)
     assert booted == ["aa", "aa", "aa"]
     assert files[ENV_PATH] == env.render()  # nothing written
+
+
+def test_grub_finds_the_block_on_the_esp_when_the_menu_is_sourced_from_elsewhere() -> None:
+    """$config_directory names another directory: the block at cfsboot's place on $root."""
+    menu = GrubMenu((_grub_entry(A, ("k1", 1)), _grub_entry(B, None)))
+    booted, files = _boots(menu.render(), GrubEnv((("k1", "0"),)), 2, config="/boot/grub.cfg")
+    assert booted == ["aa", "bb"]
 
 
 def test_grub_without_its_environment_block_boots_the_first_entry() -> None:

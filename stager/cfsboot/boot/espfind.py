@@ -269,10 +269,14 @@ def open_esp(sysroot: Path, spec: str | None = None) -> Iterator[Esp]:
     where = locate(sysroot, mounts)
     if where.node is not None:
         node = str(where.node)
+        # Not another cfsboot's private mount (_mounted): it goes when that one is done.
         mounted = [
             m.mount_point
             for m in mounts
-            if m.fstype == "vfat" and not m.is_bind and os.path.realpath(m.source) == node
+            if m.fstype == "vfat"
+            and not m.is_bind
+            and os.path.realpath(m.source) == node
+            and not m.mount_point.startswith(f"{MOUNT_DIR}/")
         ]
         if mounted:
             yield DirEsp(Path(mounted[0]))

@@ -58,6 +58,14 @@ def test_contents(deb: Path) -> None:
         "/usr/lib/dracut/dracut.conf.d/50-cfsboot.conf",
         "/usr/lib/systemd/system/cfsboot-finalize-staged.service",
         "/usr/lib/systemd/system/cfsboot-check.service",
+        # Boot assessment: the health checks boot-complete.target requires, acting on a
+        # failed boot, blessing on GRUB and the drop-in for systemd-bless-boot.
+        "/usr/lib/systemd/system/cfsboot-health-check.service",
+        "/usr/lib/systemd/system/boot-complete.target.requires/cfsboot-health-check.service",
+        "/usr/lib/systemd/system/cfsboot-assess-boot.service",
+        "/usr/lib/systemd/system/multi-user.target.wants/cfsboot-assess-boot.service",
+        "/usr/lib/systemd/system/cfsboot-bless-boot.service",
+        "/usr/lib/systemd/system/systemd-bless-boot.service.d/50-cfsboot.conf",
         "/usr/share/man/man8/cfsboot.8.gz",
         "/etc/kernel/postinst.d/zz-cfsboot",
         "/etc/kernel/postrm.d/zz-cfsboot",

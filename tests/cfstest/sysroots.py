@@ -15,7 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cfsboot.boot.bootloader import Bootloader, BootloaderKind, Grub, MenuEntry, SystemdBoot
+from cfsboot.boot.bootloader import Bootloader, BootloaderKind, MenuEntry, SystemdBoot
+from cfsboot.boot.grubloader import Grub
 from cfsboot.boot.esp import DirEsp
 from cfsboot.composefs.repository import Repository
 from cfsboot.deploy.entries import build_entry, composefs_karg

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cfsboot.boot.bootloader import Bootloader, BootloaderKind, MenuEntry, SystemdBoot
-from cfsboot.boot.grubloader import Grub
 from cfsboot.boot.esp import DirEsp
+from cfsboot.boot.grubloader import Grub
 from cfsboot.composefs.repository import Repository
 from cfsboot.deploy.entries import build_entry, composefs_karg
 from cfsboot.deploy.origin import Origin

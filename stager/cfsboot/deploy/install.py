@@ -14,12 +14,12 @@ import logging
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from cfsboot.boot import bls, disk
+from cfsboot.boot import bls, disk, targetcheck
 from cfsboot.boot.bootloader import (
     GRUB_MENU,
     REMOVABLE_EFI,
@@ -36,6 +36,7 @@ from cfsboot.boot.grubloader import Grub
 from cfsboot.boot.kargs import install_kargs
 from cfsboot.composefs.repository import Repository
 from cfsboot.deploy.entries import build_entry, composefs_karg
+from cfsboot.deploy.installprep import Replace, prepare_root, ssh_keys_tmpfiles
 from cfsboot.deploy.origin import Origin
 from cfsboot.deploy.state import write_state
 from cfsboot.deploy.sysroot import Sysroot
@@ -51,7 +52,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class InstallOptions:
-    bootloader: BootloaderKind = BootloaderKind.SYSTEMD_BOOT
+    # None: no boot loader and no boot entries (`--bootloader none`)
+    bootloader: BootloaderKind | None = BootloaderKind.SYSTEMD_BOOT
     kargs: tuple[str, ...] = ()
     insecure: bool = False
     algorithm: HashAlg = HashAlg.SHA512
@@ -59,38 +61,57 @@ class InstallOptions:
     boot_timeout: int | None = None  # menu timeout; None: the loader's default (5 s)
     boot_tries: int = 0  # boot counting for the first deployment (0: off)
     quiet: bool = True
+    root_ssh_keys: bytes | None = None  # an authorized_keys for root
+    root_ssh_keys_from: str = ""  # where they came from, for messages
+    replace: Replace | None = None  # to-filesystem onto a root that is not empty
+    # What the image's install config asked for, applied where the command line did not
+    # say otherwise (cfsboot.commands.deploy): its kargs come before --karg's.
+    use_image_config: bool = True
 
 
 @dataclass(frozen=True)
 class Installed:
     digest: str
     secure: bool
-    entry: str  # title of the boot entry
+    entry: str  # title of the boot entry ("" without boot entries)
+    options: tuple[str, ...] = ()  # the kernel command line the deployment boots with
 
 
 def deploy_first(
     sysroot: Sysroot,
-    bl: Bootloader,
+    bl: Bootloader | None,
     target: Target,
     *,
     install_args: Sequence[str],
     boot_tries: int = 0,
-) -> MenuEntry:
-    """The first deployment of a new system: state, shared var, boot files, the menu."""
+    etc_files: Mapping[str, bytes] | None = None,
+) -> tuple[MenuEntry | None, list[str]]:
+    """The first deployment of a new system: state, shared var, boot files, the menu.
+
+    Without a boot loader (`bl` None) no boot files or entries are written; the
+    kernel arguments it must boot with are returned all the same.
+    """
     karg = composefs_karg(sysroot, target.digest)
     kargs_d = imagefiles.kargs_d(sysroot.repo, target.boot)
     options = install_kargs(install=install_args, composefs=karg, kargs_d=kargs_d)
     origin = Origin(target.reference, BootType.BLS, None, target.manifest_digest)
+    if bl is None:
+        write_state(sysroot, target, origin, init_var=True, etc_files=etc_files)
+        return None, options
     entry, digest = build_entry(sysroot, bl, target, options=options, menu=[])
     entry = replace(entry, tries=Tries(boot_tries) if boot_tries else None)
     origin = Origin(target.reference, entry.boot_type, digest, target.manifest_digest)
-    write_state(sysroot, target, origin, init_var=True)
+    write_state(sysroot, target, origin, init_var=True, etc_files=etc_files)
     bl.write_menu([entry])
-    return entry
+    return entry, options
 
 
-def _install_loader(esp: Esp, sysroot: Sysroot, target: Target, opts: InstallOptions) -> Bootloader:
+def _install_loader(
+    esp: Esp | None, sysroot: Sysroot, target: Target, opts: InstallOptions
+) -> Bootloader | None:
     repo = sysroot.repo
+    if opts.bootloader is None or esp is None:
+        return None
     if opts.bootloader is BootloaderKind.SYSTEMD_BOOT:
         binary = imagefiles.read_file(repo, target.tree, SYSTEMD_BOOT_IN_IMAGE)
         if binary is None:
@@ -116,14 +137,80 @@ def _install_loader(esp: Esp, sysroot: Sysroot, target: Target, opts: InstallOpt
     return Grub(esp, menu_path=GRUB_MENU, timeout=opts.boot_timeout)
 
 
-def to_filesystem(imgref: str, root: Path, esp: Esp, opts: InstallOptions) -> Installed:
-    """Install into a mounted, empty root filesystem with the ESP given."""
-    if not root.is_dir():
-        die(f"{root} is not a directory", hint="mount the root filesystem first")
-    if (root / REPO_DIR).exists():
-        die(f"{root} already has a composefs repository ({root / REPO_DIR})",
-            hint="install onto an empty filesystem")  # fmt: skip
-    if opts.bootloader is BootloaderKind.GRUB and esp.exists(GRUB_MENU):
+GPT_AUTO_GENERATOR = "/usr/lib/systemd/system-generators/systemd-gpt-auto-generator"
+GPT_AUTO_KEYS = ("systemd.gpt_auto", "rd.systemd.gpt_auto")
+_FALSE = ("0", "no", "n", "false", "f", "off")
+
+
+def gpt_auto_in_initrd(kargs: Sequence[str]) -> bool:
+    """Does systemd-gpt-auto-generator run in the initrd with these arguments? The last
+    of systemd.gpt_auto= and rd.systemd.gpt_auto= wins there (rd.* is ignored after it);
+    root= with any value but gpt-auto turns its root discovery off."""
+    enabled = True
+    for arg in kargs:
+        key, eq, value = arg.partition("=")
+        if key in GPT_AUTO_KEYS:
+            enabled = not (eq and value.lower() in _FALSE)
+        elif key == "root" and value != "gpt-auto":
+            enabled = False
+    return enabled
+
+
+def discoverable_root(
+    sysroot: Sysroot, target: Target, opts: InstallOptions, kargs: Sequence[str], wanted: bool
+) -> bool:
+    """Can the entry leave root= out (the Discoverable Partitions Specification)? Only
+    where systemd-boot tells the initrd the boot disk (LoaderDevicePartUUID) and the
+    initrd has systemd-gpt-auto-generator, on, to find the root partition by its type."""
+    if not wanted or opts.bootloader is not BootloaderKind.SYSTEMD_BOOT:
+        return False
+    if not gpt_auto_in_initrd(kargs):
+        return False
+    kernel = imagefiles.newest_kernel(target.boot)
+    if kernel is None or kernel.initramfs is None:
+        return False  # a UKI: its sealed command line says how it finds the root
+    return imagefiles.initrd_has(sysroot.repo, kernel.initramfs, GPT_AUTO_GENERATOR)
+
+
+def _install_args(
+    sysroot: Sysroot, target: Target, opts: InstallOptions, fs_uuid: str | None
+) -> list[str]:
+    """root= (where it is needed), rw, the image's install config kargs, then --karg's."""
+    config = imagefiles.install_config(sysroot.repo, target.tree)
+    if config.block is not None and "direct" not in config.block:
+        die(f"the image's install config allows only {', '.join(config.block)} block setups",
+            hint="cfsboot installs a plain root filesystem (direct)")  # fmt: skip
+    rest = ["rw", *(config.kargs if opts.use_image_config else ()), *opts.kargs]
+    if opts.root_karg is not None:  # the command line's
+        root = opts.root_karg
+    elif opts.use_image_config and config.root_mount_spec is not None:
+        root = f"root={config.root_mount_spec}" if config.root_mount_spec else ""
+    elif fs_uuid is None:
+        root = ""  # to-filesystem: the caller's business (--root-karg)
+    else:
+        all_kargs = [*rest, *imagefiles.kargs_d(sysroot.repo, target.boot)]
+        wanted = config.discoverable_partitions is not False
+        dps = discoverable_root(sysroot, target, opts, all_kargs, wanted)
+        root = "" if dps else f"root=UUID={fs_uuid}"
+    return [*([root] if root else []), *rest]
+
+
+def to_filesystem(
+    imgref: str,
+    root: Path,
+    esp: Esp | None,
+    opts: InstallOptions,
+    *,
+    fs_uuid: str | None = None,
+) -> Installed:
+    """Install into a mounted root filesystem with the ESP given (None: --bootloader none).
+
+    `fs_uuid`: the root filesystem to_disk just made on a partition typed for the
+    Discoverable Partitions Specification (root=UUID= where the initrd cannot find it).
+    """
+    if fs_uuid is None:
+        prepare_root(root, opts.replace)
+    if opts.bootloader is BootloaderKind.GRUB and esp is not None and esp.exists(GRUB_MENU):
         die(f"the ESP already has {GRUB_MENU}", hint="another system boots from it")
     repo = Repository.init(root / REPO_DIR, algorithm=opts.algorithm, insecure=opts.insecure)
     sysroot = Sysroot(root)
@@ -132,9 +219,16 @@ def to_filesystem(imgref: str, root: Path, esp: Esp, opts: InstallOptions) -> In
         target = import_target(sysroot, imgref, quiet=opts.quiet)
         if target.boot.ukis and opts.kargs:
             die("kernel arguments cannot be added to a UKI (its command line is sealed)")
+        etc_files = None
+        if opts.root_ssh_keys is not None:
+            etc_files = ssh_keys_tmpfiles(
+                opts.root_ssh_keys, target.tree, target.config, where=opts.root_ssh_keys_from
+            )
         bl = _install_loader(esp, sysroot, target, opts)
-        args = [*([opts.root_karg] if opts.root_karg else []), "rw", *opts.kargs]
-        entry = deploy_first(sysroot, bl, target, install_args=args, boot_tries=opts.boot_tries)
+        args = _install_args(sysroot, target, opts, fs_uuid)
+        entry, options = deploy_first(
+            sysroot, bl, target, install_args=args, boot_tries=opts.boot_tries, etc_files=etc_files
+        )
         extract_sync(root)
     if repo.insecure:
         log.warning(
@@ -143,7 +237,8 @@ def to_filesystem(imgref: str, root: Path, esp: Esp, opts: InstallOptions) -> In
             root,
             target.digest[:12],
         )
-    return Installed(target.digest, not repo.insecure, entry.title)
+    title = entry.title if entry is not None else ""
+    return Installed(target.digest, not repo.insecure, title, tuple(options))
 
 
 def extract_sync(root: Path) -> None:
@@ -186,17 +281,28 @@ def to_disk(
     )
     fs_uuid = str(uuid.uuid4())
     made = disk.create_disk(target, plan, root_fs_uuid=fs_uuid)
-    esp = MtoolsEsp(target, made.esp.start)
-    root_karg = opts.root_karg if opts.root_karg is not None else f"root=UUID={made.root_fs_uuid}"
-    opts = replace(opts, root_karg=root_karg)
+    esp = MtoolsEsp(target, made.esp.start) if opts.bootloader is not None else None
     with loop_mounted(target, made.root) as mnt:
-        installed = to_filesystem(imgref, mnt, esp, opts)
+        installed = to_filesystem(imgref, mnt, esp, opts, fs_uuid=made.root_fs_uuid)
     fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
     return installed
+
+
+def prepare_disk_target(target: Path, *, size: int | None, wipe: bool) -> None:
+    """Refuse a target in use, or one holding data without `wipe`; then create or resize
+    an image file to `size` (a new file holds nothing: it needs no --wipe)."""
+    if target.exists():
+        targetcheck.check(target, wipe=wipe)
+    if size is not None:
+        if target.exists() and not target.is_file():
+            die(f"--size is for image files, and {target} is not one")
+        disk.create_image_file(target, size)
+    elif not target.exists():
+        die(f"{target} does not exist", hint="add --size SIZE to create an image file")
 
 
 def parse_size(text: str) -> int:

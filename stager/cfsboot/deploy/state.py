@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 
 from cfsboot.composefs.tree import Inode
@@ -50,13 +51,22 @@ def state_leftovers(sysroot: Sysroot) -> list[Path]:
     return out
 
 
-def write_state(sysroot: Sysroot, target: Target, origin: Origin, *, init_var: bool) -> None:
+def write_state(
+    sysroot: Sysroot,
+    target: Target,
+    origin: Origin,
+    *,
+    init_var: bool,
+    etc_files: Mapping[str, bytes] | None = None,
+) -> None:
     """Create `state/deploy/ID/` complete and durable (temporary name, syncfs, rename).
 
     etc/: a full copy of the image's /etc in bind mode; empty upper and work
     dirs in overlay mode (the booted deployment's changes are carried over at
     finalize). var -> ../../os/default/var; the shared var is seeded from the
-    image's /var the first time only (install), never on upgrade.
+    image's /var the first time only (install), never on upgrade. `etc_files`
+    (path under /etc -> content, mode 0644) are local changes written into the
+    deployment's /etc (the upper dir, or the copy): install puts root's SSH keys there.
     """
     repo = sysroot.repo
     root = sysroot.deploy_root
@@ -91,6 +101,9 @@ def write_state(sysroot: Sysroot, target: Target, origin: Origin, *, init_var: b
             (tmp / "etc" / "upper").mkdir(0o755)
             (tmp / "etc" / "work").mkdir(0o700)
             _label_like(tmp / "etc" / "upper", target.tree, "etc")
+        if etc_files:
+            _write_etc_files(tmp / "etc" / ("upper" if etc_mode is EtcMount.OVERLAY else ""),
+                             etc_files)  # fmt: skip
         (tmp / f"{target.digest}.origin").write_text(origin.serialise())
         extract.sync_filesystem(tmp)
         if final.exists() or final.is_symlink():
@@ -100,6 +113,15 @@ def write_state(sysroot: Sysroot, target: Target, origin: Origin, *, init_var: b
     except BaseException:
         remove_tree(tmp)
         raise
+
+
+def _write_etc_files(etc: Path, files: Mapping[str, bytes]) -> None:
+    for rel, content in files.items():
+        path = etc / rel
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        with open(fd, "wb") as f:
+            f.write(content)
 
 
 def _label_like(path: Path, tree: Inode, image_path: str) -> None:

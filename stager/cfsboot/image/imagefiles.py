@@ -18,7 +18,9 @@ from cfsboot.composefs.erofs.reader import read_image
 from cfsboot.composefs.repository import Repository
 from cfsboot.composefs.tree import Inode, lookup
 from cfsboot.errors import die
+from cfsboot.image import initrdlist, installconfig
 from cfsboot.image.bootscan import BootFile, BootResources, Kernel
+from cfsboot.image.installconfig import InstallConfig
 from cfsboot.image.kargsd import parse_kargs_toml
 from cfsboot.image.osrelease import OS_RELEASE_PATHS, OsRelease
 from cfsboot.image.versions import compare_versions
@@ -114,3 +116,23 @@ def local_copy(repo: Repository, f: BootFile) -> Iterator[Path]:
         tmp.write(bootfile_bytes(repo, f))
         tmp.flush()
         yield Path(tmp.name)
+
+
+def install_config(repo: Repository, tree: Inode, *, arch: str | None = None) -> InstallConfig:
+    """The image's bootc install configuration (usr/lib/bootc/install/*.toml)."""
+    files: dict[str, bytes] = {}
+    for directory in installconfig.DIRS:
+        node = lookup(tree, directory.encode())
+        if node is None or node.children is None:
+            continue
+        for name, child in node.children.items():
+            path = f"{directory}/{os.fsdecode(name)}"
+            if child.is_reg() and installconfig.wanted(path):
+                files[path] = node_bytes(repo, child)
+    return installconfig.merge(files, arch=arch)
+
+
+def initrd_has(repo: Repository, initramfs: BootFile, path: str) -> bool:
+    """Does the initramfs hold `path` (e.g. a systemd generator)?"""
+    with local_copy(repo, initramfs) as local, open(local, "rb") as f:
+        return initrdlist.contains(f, path, f"initramfs {initramfs.path}")

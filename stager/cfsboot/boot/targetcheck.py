@@ -90,7 +90,7 @@ class Usage:
     running_root: bool = False
 
     def describe(self) -> list[str]:
-        out = [f"mounted at {m}" for m in self.mounted]
+        out = [f"is mounted at {m}" for m in self.mounted]
         out += [f"holds swap ({s})" for s in self.swap]
         if self.running_root:
             out.append("backs the running root")
@@ -106,15 +106,15 @@ def target_devices(target: Path, sys: Path = blockdev.SYS) -> set[int]:
 
 
 def usage(
-    target: Path,
+    devs: set[int],
     mounts: Sequence[mountinfo.Mount],
     swaps: Sequence[blockdev.Swap],
     sys: Path = blockdev.SYS,
+    *,
+    image: os.stat_result | None = None,
 ) -> Usage:
-    """Who uses `target` (a block device or an image file) now."""
-    devs = target_devices(target, sys)
-    is_file = blockdev.device_number(target) is None
-    target_st = os.stat(target)
+    """Who uses the devices `devs` (target_devices()) now; `image`: the target's stat
+    when it is an image file (which may itself be a swap file)."""
     mounted = []
     root_devs: set[int] = set()
     for m in mounts:
@@ -131,9 +131,9 @@ def usage(
             continue
         if s.kind == "partition":
             on_target = st.st_rdev in devs
-        else:  # a swap file: the target itself, or a file on a filesystem on it
-            same = (st.st_dev, st.st_ino) == (target_st.st_dev, target_st.st_ino)
-            on_target = (is_file and same) or st.st_dev in devs
+        else:  # a swap file: the image itself, or a file on a filesystem on the target
+            same = image is not None and (st.st_dev, st.st_ino) == (image.st_dev, image.st_ino)
+            on_target = same or st.st_dev in devs
         if on_target:
             swap.append(s.filename)
     return Usage(tuple(dict.fromkeys(mounted)), tuple(swap), bool(root_devs & devs))
@@ -154,7 +154,9 @@ def _all_mounts() -> list[mountinfo.Mount]:
 def check(target: Path, *, wipe: bool) -> None:
     """Refuse (one line naming everything found) to write over a target that is in use,
     or that holds anything unless `wipe`."""
-    used = usage(target, _all_mounts(), blockdev.swaps()).describe()
+    image = os.stat(target) if blockdev.device_number(target) is None else None
+    devs = target_devices(target)
+    used = usage(devs, _all_mounts(), blockdev.swaps(), image=image).describe()
     found = describe_signatures(signatures(target))
     if used:
         what = ", ".join([*used, *_has(found)])

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from cfsboot.composefs.tree import Inode, lookup
 from cfsboot.errors import die
+from cfsboot.linux import mountinfo
 from setuproot.config import Config, EtcMount
 from setuproot.contract import REPO_DIR
 
@@ -49,37 +50,25 @@ def contents(root: Path) -> list[Path]:
     """What makes `root` not empty, shallowest first: everything on its filesystem except
     a top-level lost+found, other filesystems mounted below it, and the directories
     leading to those (which are kept)."""
-    dev = os.lstat(root).st_dev
+    top = os.path.realpath(root)
+    try:
+        mounts = mountinfo.read()
+    except OSError:
+        mounts = ()
+    points = {m.mount_point for m in mounts if m.mount_point.startswith(top.rstrip("/") + "/")}
     found: list[Path] = []
-    todo = [root]
+    todo = [top]
     while todo:
         directory = todo.pop()
-        for e in _entries(directory):
-            path = Path(e.path)
-            if directory == root and e.name == LOST_FOUND:
+        for e in _entries(Path(directory)):
+            if directory == top and e.name == LOST_FOUND or e.path in points:
                 continue
-            st = e.stat(follow_symlinks=False)
-            if st.st_dev != dev:
-                continue  # another filesystem mounted here
-            if stat.S_ISDIR(st.st_mode) and _holds_mount(path, dev):
-                todo.append(path)
+            prefix = e.path + "/"
+            if e.is_dir(follow_symlinks=False) and any(p.startswith(prefix) for p in points):
+                todo.append(e.path)  # only the way to a mount point: kept
             else:
-                found.append(path)
+                found.append(root / os.path.relpath(e.path, top))
     return found
-
-
-def _holds_mount(directory: Path, dev: int) -> bool:
-    """Is another filesystem mounted somewhere below `directory`? (Walks it, iteratively.)"""
-    todo = [directory]
-    while todo:
-        d = todo.pop()
-        for e in _entries(d):
-            st = e.stat(follow_symlinks=False)
-            if st.st_dev != dev:
-                return True
-            if stat.S_ISDIR(st.st_mode):
-                todo.append(Path(e.path))
-    return False
 
 
 def _is_running_root(root: Path) -> bool:
@@ -121,12 +110,15 @@ def prepare_root(root: Path, replace: Replace | None) -> None:
     """Refuse a non-empty root without --replace; wipe it for --replace=wipe."""
     if not root.is_dir():
         die(f"{root} is not a directory", hint="mount the root filesystem first")
-    for name in (REPO_DIR, STATE_DIR):
+    for name, what in ((REPO_DIR, "a composefs repository"), (STATE_DIR, "deployment state")):
         if (root / name).exists():
-            die(f"{root} already has {root / name} (a cfsboot or bootc system)",
+            die(f"{root} already has {what} ({root / name})",
                 hint="install onto another filesystem, or remove it first")  # fmt: skip
     if replace is Replace.ALONGSIDE:
         return
+    if replace is Replace.WIPE and _is_running_root(root):
+        die(f"{root} is the running system's root; --replace=wipe would delete it",
+            hint="use --replace=alongside")  # fmt: skip
     found = contents(root)
     if not found:
         return
@@ -136,9 +128,6 @@ def prepare_root(root: Path, replace: Replace | None) -> None:
         die(f"{root} is not empty: it has {shown}{more}",
             hint="install onto an empty filesystem, or add --replace=alongside (keep"
             " those files) or --replace=wipe (delete them)")  # fmt: skip
-    if _is_running_root(root):
-        die(f"{root} is the running system's root; --replace=wipe would delete it",
-            hint="use --replace=alongside")  # fmt: skip
     dev = os.lstat(root).st_dev
     for path in found:
         remove_tree_here(path, dev)

@@ -8,16 +8,21 @@ EROFS in the repository, or kept from the import).
 
 from __future__ import annotations
 
+import logging
+import lzma
 import os
 import tempfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import zstandard
+
 from cfsboot.composefs.erofs.reader import read_image
 from cfsboot.composefs.repository import Repository
 from cfsboot.composefs.tree import Inode, lookup
-from cfsboot.errors import die
+from cfsboot.errors import CfsbootError, die
 from cfsboot.image import initrdlist, installconfig
 from cfsboot.image.bootscan import BootFile, BootResources, Kernel
 from cfsboot.image.installconfig import InstallConfig
@@ -27,6 +32,8 @@ from cfsboot.image.versions import compare_versions
 from cfsboot.linux.arch import rust_arch
 from setuproot.config import Config, ConfigError, parse_config
 from setuproot.contract import SETUP_ROOT_CONFIG
+
+log = logging.getLogger(__name__)
 
 
 def image_tree(repo: Repository, digest: str) -> Inode:
@@ -132,7 +139,16 @@ def install_config(repo: Repository, tree: Inode, *, arch: str | None = None) ->
     return installconfig.merge(files, arch=arch)
 
 
+_UNREADABLE = (CfsbootError, OSError, ValueError, zstandard.ZstdError, zlib.error, lzma.LZMAError)
+
+
 def initrd_has(repo: Repository, initramfs: BootFile, path: str) -> bool:
-    """Does the initramfs hold `path` (e.g. a systemd generator)?"""
-    with local_copy(repo, initramfs) as local, open(local, "rb") as f:
-        return initrdlist.contains(f, path, f"initramfs {initramfs.path}")
+    """Does the initramfs hold `path` (e.g. a systemd generator)? An initramfs that
+    cannot be read is said not to (with a warning): callers then take the safe way."""
+    where = f"the image's {initramfs.path}"
+    try:
+        with local_copy(repo, initramfs) as local, open(local, "rb") as f:
+            return initrdlist.contains(f, path, where)
+    except _UNREADABLE as e:
+        log.warning("cannot list %s (%s): taken as without %s", where, e, path)
+        return False

@@ -14,7 +14,7 @@ APT_PACKAGES := \
 	python3 python3-venv python3-dev gcc make git \
 	mmdebstrap debian-archive-keyring arch-test \
 	shellcheck fsverity erofs-utils e2fsprogs util-linux \
-	mtools dosfstools fdisk skopeo zstd cpio btrfs-progs xfsprogs \
+	mtools dosfstools fdisk skopeo zstd xz-utils cpio btrfs-progs xfsprogs \
 	qemu-system-x86 qemu-utils ovmf hyperfine docker-registry systemd-boot-efi \
 	dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
 	python3-zstandard lintian groff-base fakeroot buildah podman grub-common

@@ -213,3 +213,22 @@ def esp_text(disk: Path, offset: int) -> str:
         mtype = ["mtype", "-i", image, n]
         out.append(subprocess.run(mtype, env=env, capture_output=True, text=True).stdout)
     return "".join(out)
+
+
+def test_image_config_stateroot_refused_unless_the_command_line_says_default(
+    tmp_path: Path,
+) -> None:
+    ref = image(tmp_path / "img", config='[install]\nstateroot = "os2"\n')
+    root = tmp_path / "root"
+    root.mkdir()
+    proc = cfsboot("install", "to-filesystem", ref, root, "--bootloader", "none", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-1] == (
+        "cfsboot: the image's install config asks for stateroot 'os2': cfsboot keeps one,"
+        " 'default'; install with --no-image-config"
+    )
+    other = tmp_path / "other"
+    other.mkdir()
+    cfsboot(
+        "install", "to-filesystem", ref, other, "--bootloader", "none", "--stateroot", "default"
+    )

@@ -228,6 +228,7 @@ def _install_options(
         root_ssh_keys_from=args.root_ssh_authorized_keys or "",
         replace=Replace(args.replace) if getattr(args, "replace", None) else None,
         use_image_config=not args.no_image_config,
+        stateroot=args.stateroot,
     )
 
 

@@ -67,6 +67,7 @@ class InstallOptions:
     # What the image's install config asked for, applied where the command line did not
     # say otherwise (cfsboot.commands.deploy): its kargs come before --karg's.
     use_image_config: bool = True
+    stateroot: str | None = None  # the command line's (only "default" gets this far)
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,10 @@ def _install_args(
     if config.block is not None and "direct" not in config.block:
         die(f"the image's install config allows only {', '.join(config.block)} block setups",
             hint="cfsboot installs a plain root filesystem (direct)")  # fmt: skip
+    wants = config.stateroot if opts.use_image_config and opts.stateroot is None else None
+    if wants not in (None, "default"):
+        die(f"the image's install config asks for stateroot {wants!r}: cfsboot"
+            " keeps one, 'default'", hint="install with --no-image-config")  # fmt: skip
     rest = ["rw", *(config.kargs if opts.use_image_config else ()), *opts.kargs]
     if opts.root_karg is not None:  # the command line's
         root = opts.root_karg

@@ -16,6 +16,8 @@ cfsboot_dir=/usr/lib/cfsboot/setup-root
 cfsboot_conf=/usr/lib/composefs/setup-root-conf.toml
 cfsboot_freeze=/usr/lib/cfsboot/freeze.py
 cfsboot_src=/usr/lib/python3/dist-packages
+# ostree's, in images made for ostree-era bootc: read when there is no cfsboot_conf.
+ostree_conf=/usr/lib/ostree/prepare-root.conf
 
 check() {
     # Installed means wanted: include the module whenever the program is there.
@@ -47,6 +49,7 @@ install_frozen() {
 }
 
 install() {
+    local f
     if [[ -x "${dracutsysrootdir-}$cfsboot_dir/cfsboot-setup-root" ]]; then
         install_frozen "${dracutsysrootdir-}$cfsboot_dir" "${dracutsysrootdir-}"
     else
@@ -63,9 +66,11 @@ install() {
     fi
     # ctypes' libffi is dlopen()ed by an extension module, not linked by a program.
     inst_libdir_file 'libffi.so.*'
-    if [[ -f "${dracutsysrootdir-}$cfsboot_conf" ]]; then
-        inst_simple "$cfsboot_conf"
-    fi
+    for f in "$cfsboot_conf" "$ostree_conf"; do
+        if [[ -f "${dracutsysrootdir-}$f" ]]; then
+            inst_simple "$f"
+        fi
+    done
     inst_simple "$moddir/cfsboot-setup-root.service" \
         "$systemdsystemunitdir/cfsboot-setup-root.service"
     $SYSTEMCTL -q --root "$initdir" add-wants initrd-root-fs.target cfsboot-setup-root.service

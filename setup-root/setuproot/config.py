@@ -13,13 +13,22 @@ Same keys as composefs-rs and bootc read:
 A missing file at the default path means the defaults. Anything unknown is an
 error naming the file and the key, so a typo cannot silently change how the
 system boots.
+
+Images made for ostree-era bootc carry ostree's /usr/lib/ostree/prepare-root.conf
+instead (a GKeyFile): when there is no setup-root-conf.toml, its `[etc] transient`
+and `[root] transient` are read; its other keys are ostree's own and ignored.
+
+When neither file names an /etc mode, the deployment's state directory decides
+(`etc_mode_on_disk`): a full copy of /etc there (bootc's default, bind) is bound,
+upper and work dirs (cfsboot's default, overlay) are overlaid.
 """
 
 from __future__ import annotations
 
 import enum
+import os
 
-from setuproot.contract import SETUP_ROOT_CONFIG
+from setuproot.contract import OSTREE_PREPARE_ROOT_CONFIG, SETUP_ROOT_CONFIG
 from setuproot.record import record
 
 
@@ -44,6 +53,9 @@ class Config:
     root_transient: bool = False
     etc: EtcMount = EtcMount.OVERLAY
     var: VarMount = VarMount.BIND
+    # The file named the /etc mode; False: `etc` is the default, and a deployment's
+    # state directory laid out for another mode wins (resolve_etc).
+    etc_set: bool = False
 
 
 _KEYS: dict[str, frozenset[str]] = {
@@ -89,7 +101,8 @@ def parse_config(text: str, path: str = SETUP_ROOT_CONFIG) -> Config:
         sections[name] = section
     root, etc, var = (sections.get(n, {}) for n in ("root", "etc", "var"))
     etc_mount = EtcMount(_mount(path, etc, "etc", [e.value for e in EtcMount]))
-    if _bool(path, etc, "etc", "transient"):
+    transient = _bool(path, etc, "etc", "transient")
+    if transient:
         if "mount" in etc and etc_mount is not EtcMount.TRANSIENT:
             raise ConfigError(
                 f"{path}: etc.transient = true contradicts etc.mount = {etc_mount.value!r}"
@@ -99,22 +112,103 @@ def parse_config(text: str, path: str = SETUP_ROOT_CONFIG) -> Config:
         root_transient=_bool(path, root, "root", "transient"),
         etc=etc_mount,
         var=VarMount(_mount(path, var, "var", [v.value for v in VarMount])),
+        etc_set="mount" in etc or transient,
     )
 
 
-def load_config(path: str = SETUP_ROOT_CONFIG, *, must_exist: bool = False) -> Config:
-    """Read a config file; a missing file gives the defaults unless `must_exist`."""
+def _keyfile(text: str, path: str) -> dict[str, dict[str, str]]:
+    """The groups of a GKeyFile: `[group]` lines, then `key = value` lines; `#` comments."""
+    groups: dict[str, dict[str, str]] = {}
+    group: dict[str, str] | None = None
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            group = groups.setdefault(line[1:-1].strip(), {})
+            continue
+        key, eq, value = line.partition("=")
+        if not eq or group is None:
+            raise ConfigError(f"{path}:{n}: expected [group] or key = value, not {line!r}")
+        group[key.strip()] = value.strip()
+    return groups
+
+
+def _keyfile_bool(groups: dict[str, dict[str, str]], path: str, group: str, key: str) -> bool:
+    value = groups.get(group, {}).get(key, "false")
+    if value not in ("true", "false", "1", "0"):  # GKeyFile's booleans
+        raise ConfigError(f"{path}: {group}.{key} must be true or false, not {value!r}")
+    return value in ("true", "1")
+
+
+def parse_prepare_root(text: str, path: str = OSTREE_PREPARE_ROOT_CONFIG) -> Config:
+    """ostree's prepare-root.conf: `[etc] transient` and `[root] transient`, ostree's meaning."""
+    groups = _keyfile(text, path)
+    etc_transient = _keyfile_bool(groups, path, "etc", "transient")
+    return Config(
+        root_transient=_keyfile_bool(groups, path, "root", "transient"),
+        etc=EtcMount.TRANSIENT if etc_transient else EtcMount.OVERLAY,
+        etc_set=etc_transient,
+    )
+
+
+def _read_text(path: str) -> str | None:
+    """A config file's text; None when there is none."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        if must_exist:
-            raise ConfigError(f"{path}: config file not found") from None
-        return Config()
+        return None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
     try:
-        text = data.decode()
+        return data.decode()
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: config is not UTF-8") from None
-    return parse_config(text, path)
+
+
+def load_config(
+    path: str = SETUP_ROOT_CONFIG, *, must_exist: bool = False, fallback: str | None = None
+) -> Config:
+    """Read a config file; a missing file gives the defaults unless `must_exist`.
+
+    fallback: an ostree prepare-root.conf to read when `path` is missing.
+    """
+    text = _read_text(path)
+    if text is not None:
+        return parse_config(text, path)
+    if must_exist:
+        raise ConfigError(f"{path}: config file not found")
+    if fallback is not None:
+        text = _read_text(fallback)
+        if text is not None:
+            return parse_prepare_root(text, fallback)
+    return Config()
+
+
+def etc_mode_on_disk(state_etc: str) -> EtcMount | None:
+    """The /etc mode a deployment's state/deploy/ID/etc is laid out for; None: it does not say.
+
+    overlay: it holds an `upper` dir and at most a `work` dir besides (cfsboot's and
+    composefs-rs's layout); bind: it holds anything else, a full copy of /etc (bootc's).
+    Missing or empty, it says nothing.
+    """
+    try:
+        names = set(os.listdir(state_etc))
+    except OSError:
+        return None
+    if not names:
+        return None
+    if "upper" in names and names <= {"upper", "work"} and os.path.isdir(f"{state_etc}/upper"):
+        return EtcMount.OVERLAY
+    return EtcMount.BIND
+
+
+def resolve_etc(config: Config, state_etc: str) -> Config:
+    """`config` with the /etc mode of the state directory when the config names none."""
+    if config.etc_set:
+        return config
+    mode = etc_mode_on_disk(state_etc)
+    if mode is None or mode is config.etc:
+        return config
+    return Config(config.root_transient, mode, config.var, False)

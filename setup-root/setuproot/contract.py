@@ -33,6 +33,8 @@ ORIGIN_SUFFIX = ".origin"
 TRANSIENT_STATE_DIR = "/run/composefs"
 STAGED_DEPLOYMENT_MARKER = "/run/composefs/staged-deployment"
 SETUP_ROOT_CONFIG = "/usr/lib/composefs/setup-root-conf.toml"
+# ostree's, in images made for ostree-era bootc; read only when SETUP_ROOT_CONFIG is absent.
+OSTREE_PREPARE_ROOT_CONFIG = "/usr/lib/ostree/prepare-root.conf"
 DEFAULT_SYSROOT = "/sysroot"
 
 KARG = "composefs"

@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 import sys
 
-from setuproot.config import ConfigError, load_config
+from setuproot.config import ConfigError, load_config, resolve_etc
 from setuproot.contract import (
     DEFAULT_SYSROOT,
+    OSTREE_PREPARE_ROOT_CONFIG,
     SETUP_ROOT_CONFIG,
     ComposefsKarg,
     KargError,
+    deploy_dir,
     image_path,
     parse_cmdline,
 )
@@ -33,7 +35,8 @@ root at DIR, for systemd to switch into.
 
   --sysroot DIR      the physical root (default {DEFAULT_SYSROOT})
   --cmdline STRING   use this kernel command line instead of /proc/cmdline
-  --config FILE      config file (default {SETUP_ROOT_CONFIG})
+  --config FILE      config file (default {SETUP_ROOT_CONFIG},
+                     else {OSTREE_PREPARE_ROOT_CONFIG})
   --dry-run          print the mount plan and exit
 """
 
@@ -110,13 +113,16 @@ def run(argv: list[str]) -> int:
         raise SetupError(str(e), ExitCode.USAGE) from None
     try:
         if args.config is None:
-            config = load_config(SETUP_ROOT_CONFIG)
+            config = load_config(SETUP_ROOT_CONFIG, fallback=OSTREE_PREPARE_ROOT_CONFIG)
         else:
             config = load_config(args.config, must_exist=True)
     except ConfigError as e:
         raise SetupError(str(e), ExitCode.CONFIG) from None
     sysroot = os.path.abspath(args.sysroot)
-    plan = make_plan(sysroot, choose_karg(sysroot, kargs), config)
+    karg = choose_karg(sysroot, kargs)
+    # No /etc mode configured: the deployment's state says which (bootc writes bind).
+    config = resolve_etc(config, os.path.join(sysroot, deploy_dir(karg.digest), "etc"))
+    plan = make_plan(sysroot, karg, config)
     if args.dry_run:
         sys.stdout.write(plan.describe())
         return ExitCode.OK

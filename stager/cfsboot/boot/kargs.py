@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from cfsboot.errors import die
 from setuproot.contract import KARG, KARG_DIGEST, ComposefsKarg
 
 
@@ -72,3 +73,35 @@ def upgrade_kargs(
     added = [a for a in new_kargs_d if a not in set(old_kargs_d)]
     kept = [a for a in current if a not in removed]
     return dedupe(set_composefs_karg([*kept, *(a for a in added if a not in kept)], composefs))
+
+
+def check_karg_deletes(deletes: Sequence[str]) -> None:
+    """Refuse a --karg-delete that names nothing, or the composefs karg cfsboot owns."""
+    for arg in deletes:
+        if not arg or any(c.isspace() for c in arg):
+            die(f"--karg-delete {arg!r}: expected one KEY or KEY=VALUE")
+        if is_composefs_karg(arg):
+            die(
+                f"--karg-delete {arg}: the composefs karg names the image to boot",
+                hint="cfsboot writes it for every deployment",
+            )
+
+
+def delete_kargs(args: Sequence[str], deletes: Sequence[str]) -> tuple[list[str], list[str]]:
+    """`args` without what `deletes` names (bootc's --karg-delete), and the deletes that
+    matched nothing.
+
+    `KEY` removes every argument with that key (`KEY`, `KEY=anything`); `KEY=VALUE`
+    removes that exact argument only.
+    """
+    kept = list(args)
+    unmatched: list[str] = []
+    for d in deletes:
+        if "=" in d:
+            gone = [a for a in kept if a == d]
+        else:
+            gone = [a for a in kept if karg_key(a) == d]
+        if not gone:
+            unmatched.append(d)
+        kept = [a for a in kept if a not in gone]
+    return kept, unmatched

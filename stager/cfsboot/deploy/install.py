@@ -33,7 +33,7 @@ from cfsboot.boot.boottype import BootType
 from cfsboot.boot.counting import Tries
 from cfsboot.boot.esp import Esp, MtoolsEsp
 from cfsboot.boot.grubloader import Grub
-from cfsboot.boot.kargs import install_kargs
+from cfsboot.boot.kargs import check_karg_deletes, delete_kargs, install_kargs
 from cfsboot.composefs.repository import Repository
 from cfsboot.deploy.entries import build_entry, composefs_karg
 from cfsboot.deploy.installprep import Replace, prepare_root, ssh_keys_tmpfiles
@@ -55,6 +55,7 @@ class InstallOptions:
     # None: no boot loader and no boot entries (`--bootloader none`)
     bootloader: BootloaderKind | None = BootloaderKind.SYSTEMD_BOOT
     kargs: tuple[str, ...] = ()
+    karg_delete: tuple[str, ...] = ()  # bootc's --karg-delete: KEY or KEY=VALUE
     insecure: bool = False
     algorithm: HashAlg = HashAlg.SHA512
     root_karg: str | None = None  # e.g. root=UUID=...; None: none (discoverable partitions)
@@ -86,15 +87,20 @@ def deploy_first(
     install_args: Sequence[str],
     boot_tries: int = 0,
     etc_files: Mapping[str, bytes] | None = None,
+    karg_delete: Sequence[str] = (),
 ) -> tuple[MenuEntry | None, list[str]]:
     """The first deployment of a new system: state, shared var, boot files, the menu.
 
     Without a boot loader (`bl` None) no boot files or entries are written; the
     kernel arguments it must boot with are returned all the same.
+    karg_delete: arguments to leave out, whether given or from the image's kargs.d.
     """
     karg = composefs_karg(sysroot, target.digest)
     kargs_d = imagefiles.kargs_d(sysroot.repo, target.boot)
     options = install_kargs(install=install_args, composefs=karg, kargs_d=kargs_d)
+    options, unmatched = delete_kargs(options, karg_delete)
+    for arg in unmatched:
+        log.warning("--karg-delete %s: the entry has no such kernel argument", arg)
     origin = Origin(target.reference, BootType.BLS, None, target.manifest_digest)
     if bl is None:
         write_state(sysroot, target, origin, init_var=True, etc_files=etc_files)
@@ -213,6 +219,7 @@ def to_filesystem(
     `fs_uuid`: the root filesystem to_disk just made on a partition typed for the
     Discoverable Partitions Specification (root=UUID= where the initrd cannot find it).
     """
+    check_karg_deletes(opts.karg_delete)
     if fs_uuid is None:
         prepare_root(root, opts.replace)
     if opts.bootloader is BootloaderKind.GRUB and esp is not None and esp.exists(GRUB_MENU):
@@ -222,8 +229,11 @@ def to_filesystem(
     sysroot.__dict__["repo"] = repo  # the cached property: the repository just made
     with repo.lock():
         target = import_target(sysroot, imgref, quiet=opts.quiet)
-        if target.boot.ukis and opts.kargs:
-            die("kernel arguments cannot be added to a UKI (its command line is sealed)")
+        if target.boot.ukis and (opts.kargs or opts.karg_delete):
+            die(
+                "kernel arguments cannot be added to or deleted from a UKI"
+                " (its command line is sealed)"
+            )
         etc_files = None
         if opts.root_ssh_keys is not None:
             etc_files = ssh_keys_tmpfiles(
@@ -232,7 +242,13 @@ def to_filesystem(
         bl = _install_loader(esp, sysroot, target, opts)
         args = _install_args(sysroot, target, opts, fs_uuid)
         entry, options = deploy_first(
-            sysroot, bl, target, install_args=args, boot_tries=opts.boot_tries, etc_files=etc_files
+            sysroot,
+            bl,
+            target,
+            install_args=args,
+            boot_tries=opts.boot_tries,
+            etc_files=etc_files,
+            karg_delete=opts.karg_delete,
         )
         extract_sync(root)
     if repo.insecure:

@@ -35,16 +35,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import NoReturn
 
-from cfsboot.boot.bootloader import MAX_ENTRIES, Bootloader
-from cfsboot.boot.kargs import upgrade_kargs
+from cfsboot.boot.bootloader import MAX_ENTRIES, Bootloader, MenuEntry
+from cfsboot.boot.kargs import check_karg_deletes, delete_kargs, upgrade_kargs
 from cfsboot.deploy.assessment import clear_record, trial_tries
 from cfsboot.deploy.entries import build_entry, composefs_karg
 from cfsboot.deploy.etccarry import check_etc, merge_etc
 from cfsboot.deploy.origin import Origin
 from cfsboot.deploy.state import write_state
 from cfsboot.deploy.sysroot import StagedDeployment, Sysroot
-from cfsboot.deploy.target import Target, current_deployment, target_from_repo
+from cfsboot.deploy.target import (
+    Target,
+    current_deployment,
+    follow_etc_mode,
+    target_from_repo,
+)
 from cfsboot.errors import CfsbootError, die
 from cfsboot.image import extract, imagefiles
 from cfsboot.linux.run import run
@@ -62,7 +68,7 @@ class DeployError(CfsbootError):
 @dataclass(frozen=True)
 class StageResult:
     digest: str
-    staged: bool  # False: nothing to do (already booted or already staged)
+    staged: bool  # False: nothing staged (the image is deployed already)
     message: str
 
 
@@ -72,31 +78,35 @@ def stage(
     target: Target,
     *,
     extra_kargs: Sequence[str] = (),
+    karg_delete: Sequence[str] = (),
     download_only: bool = False,
     boot_tries: int | None = None,
     retry_failed: bool = True,
+    switching: bool = False,
 ) -> StageResult:
     """Stage `target` to boot next (see the module docstring for the order of writes).
 
-    boot_tries: the new entry's tries (None: from the configuration files);
-    retry_failed: whether a deployment that ran out of tries may be staged again.
+    An image whose composefs digest is deployed already (booted, staged, or in the
+    boot menu) is not staged again. `switching` (`cfsboot switch`) makes that an
+    error, as bootc does; for `upgrade` it means there is nothing new, and only the
+    download-only lock of an already staged deployment follows the request. A
+    deployment in the menu that ran out of boot tries is the exception: with
+    `retry_failed` it is staged again for a new trial.
+
+    boot_tries: the new entry's tries (None: from the configuration files).
     """
+    check_karg_deletes(karg_delete)
     current = current_deployment(sysroot, bl)
     d = target.digest
-    if d == current:
-        return StageResult(d, False, f"{target.reference} ({d[:12]}…) is already booted")
-    staged = sysroot.staged()
-    if staged is not None and staged.depl_id == d and bl.has_staged():
-        if staged.finalization_locked != download_only:
-            # Staged before, now asked for with(out) --download-only: only the lock changes.
-            sysroot.write_staged(StagedDeployment(d, finalization_locked=download_only))
-            how = "download-only" if download_only else "unlocked; it boots next"
-            return StageResult(d, False, f"{target.reference} ({d[:12]}…) is staged, {how}")
-        return StageResult(d, False, f"{target.reference} ({d[:12]}…) is already staged")
     live = bl.menu()
+    failed = next((m for m in live if m.deployment == d and m.failed), None)
+    slot = _deployed_as(sysroot, bl, d, current, live)
+    if slot is not None and (failed is None or slot in ("booted", "staged")):
+        if switching:
+            _refuse_same_digest(sysroot, target, slot)
+        return _nothing_new(sysroot, target, slot, download_only)
     if current is None or not live:
         die("no current deployment to stage an update against", hint="install with cfsboot install")
-    failed = next((m for m in live if m.deployment == d and m.failed), None)
     if failed is not None and not retry_failed:
         assert failed.tries is not None
         return StageResult(
@@ -108,12 +118,8 @@ def stage(
     # Leftovers of an earlier staging (a reboot drops the marker, not the files).
     sysroot.clear_staged()
     bl.discard_staged()
-    if failed is None and d in (m.deployment for m in live):
-        die(
-            f"{target.reference} ({d[:12]}…) is already deployed (it is in the boot menu)",
-            hint="`cfsboot rollback` makes the previous deployment the default",
-        )
     old = target_from_repo(sysroot, current)
+    target = follow_etc_mode(target, old)
     check_etc(sysroot, old, target)
     karg = composefs_karg(sysroot, d)
     cur_entry = next((m for m in live if m.deployment == current), live[0])
@@ -123,8 +129,13 @@ def stage(
         new_kargs_d=imagefiles.kargs_d(sysroot.repo, target.boot),
         composefs=karg,
     )
-    if target.boot.ukis and extra_kargs:
-        die("kernel arguments cannot be added to a UKI (its command line is sealed)")
+    if target.boot.ukis and (extra_kargs or karg_delete):
+        die(
+            "kernel arguments cannot be added to or deleted from a UKI (its command line is sealed)"
+        )
+    options, unmatched = delete_kargs(options, karg_delete)
+    for arg in unmatched:
+        log.warning("--karg-delete %s: the new entry has no such kernel argument", arg)
     entry, boot_digest = build_entry(sysroot, bl, target, options=options, menu=live)
     entry = replace(entry, tries=trial_tries(sysroot, sysroot.repo, target.tree, boot_tries))
     origin = Origin(target.reference, entry.boot_type, boot_digest, target.manifest_digest)
@@ -141,6 +152,74 @@ def stage(
         # Its ExecStop runs `cfsboot finalize-staged` at shutdown.
         run(["systemctl", "start", FINALIZE_SERVICE], check=False)
     return StageResult(d, True, f"staged {target.reference} ({d[:12]}…); it boots next")
+
+
+def _deployed_as(
+    sysroot: Sysroot, bl: Bootloader, d: str, current: str | None, live: Sequence[MenuEntry]
+) -> str | None:
+    """Which deployment `d` is already, as bootc names them: booted, staged, rollback, other."""
+    if d == current:
+        return "booted"
+    staged = sysroot.staged()
+    if staged is not None and staged.depl_id == d and bl.has_staged():
+        return "staged"
+    others = [m.deployment for m in live if m.deployment != current]
+    if d in others:
+        return "rollback" if others[0] == d else "other"
+    return None
+
+
+def _refuse_same_digest(sysroot: Sysroot, target: Target, slot: str) -> NoReturn:
+    """bootc's rule for switch: an image another deployment already is cannot be switched to."""
+    d = target.digest
+    what = f"{target.reference} has the same composefs digest ({d[:12]}…) as the {slot} deployment"
+    if slot == "booted":
+        hint = "it is running now; `cfsboot upgrade` fetches what the booted deployment follows"
+    elif slot == "staged":
+        staged = sysroot.staged()
+        if staged is not None and staged.finalization_locked:
+            hint = (
+                "it is staged download-only; `cfsboot upgrade --from-downloaded` lets it boot next"
+            )
+        else:
+            hint = "it boots next already"
+    else:
+        hint = (
+            "it is in the boot menu; `cfsboot rollback` makes the previous deployment the default"
+        )
+    die(f"{what}: nothing to switch to", hint=hint)
+
+
+def _nothing_new(sysroot: Sysroot, target: Target, slot: str, download_only: bool) -> StageResult:
+    """`upgrade` to an image that is deployed already: only a staged one's lock may change.
+
+    As `bootc upgrade` on its ostree backend: with --download-only a staged
+    deployment becomes download-only, without it a download-only one is unlocked.
+    """
+    d = target.digest
+    ref = f"{target.reference} ({d[:12]}…)"
+    if slot == "booted":
+        return StageResult(d, False, f"no changes: {ref} is the booted deployment")
+    if slot != "staged":
+        return StageResult(
+            d,
+            False,
+            f"no changes: {ref} is the {slot} deployment in the boot menu"
+            " (`cfsboot rollback` makes the previous deployment the default)",
+        )
+    staged = sysroot.staged()
+    assert staged is not None
+    if staged.finalization_locked == download_only:
+        how = "download-only" if download_only else "it boots next"
+        return StageResult(d, False, f"update already staged: {ref} ({how})")
+    sysroot.write_staged(StagedDeployment(d, finalization_locked=download_only))
+    if download_only:
+        return StageResult(
+            d, False, f"{ref} is staged, now download-only: not finalized at shutdown"
+        )
+    if sysroot.live:
+        run(["systemctl", "start", FINALIZE_SERVICE], check=False)
+    return StageResult(d, False, f"{ref} is staged, unlocked; it boots next")
 
 
 def unlock_staged(sysroot: Sysroot, bl: Bootloader) -> str:

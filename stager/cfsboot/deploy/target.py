@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 
 from cfsboot.boot.bootloader import Bootloader
@@ -13,8 +12,9 @@ from cfsboot.image import imagefiles
 from cfsboot.image.bootscan import BootResources
 from cfsboot.image.info import read_image_info
 from cfsboot.image.osrelease import OsRelease
+from cfsboot.oci.reference import canonical
 from cfsboot.oci.reference import parse as parse_ref
-from setuproot.config import Config
+from setuproot.config import Config, resolve_etc
 
 # Tags (images/refs/deploy/ID) that keep deployed images alive; gc owns them.
 DEPLOY_TAG_PREFIX = "deploy/"
@@ -45,15 +45,31 @@ def target_from_repo(sysroot: Sysroot, digest: str, *, reference: str | None = N
         die(f"repository {repo.path} has no image {digest}")
     info = read_image_info(repo, digest)
     tree = imagefiles.image_tree(repo, digest)
+    # As setup-root boots it: an image that names no /etc mode gets the one its state
+    # directory is laid out for (bind, for a deployment bootc wrote).
+    state_etc = str(sysroot.deploy_dir(digest) / "etc")
     return Target(
         digest=digest,
         reference=reference or (info.reference if info is not None else ""),
         manifest_digest=info.manifest_digest if info is not None else None,
         tree=tree,
         boot=info.boot if info is not None else BootResources(),
-        config=imagefiles.setup_root_config(repo, tree),
+        config=resolve_etc(imagefiles.setup_root_config(repo, tree), state_etc),
         osrel=imagefiles.os_release(repo, tree),
     )
+
+
+def follow_etc_mode(target: Target, booted: Target) -> Target:
+    """`target` with the booted deployment's /etc mode when its image names none.
+
+    An image that says nothing keeps the mode the system already uses, so its
+    local /etc changes can be carried (bootc's bind on a disk bootc installed).
+    """
+    c = target.config
+    if c.etc_set or c.etc is booted.config.etc:
+        return target
+    config = Config(c.root_transient, booted.config.etc, c.var, False)
+    return replace(target, config=config)
 
 
 def import_target(
@@ -62,10 +78,7 @@ def import_target(
     """Import `imgref` into the sysroot's repository (new layers only) and describe it."""
     from cfsboot.image.importer import Progress, import_image  # the pipeline: only when importing
 
-    ref = parse_ref(imgref)
-    if ref.transport.native:
-        # The origin must name the same image from any working directory.
-        imgref = str(replace(ref, path=os.path.abspath(ref.path)))
+    imgref = canonical(parse_ref(imgref))
     repo = sysroot.repo
     # No tag of the reference's own: deployments are kept alive by deployment tags (gc).
     result = import_image(imgref, repo, arch=arch, tag="", progress=Progress(not quiet))

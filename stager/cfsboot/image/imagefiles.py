@@ -30,8 +30,8 @@ from cfsboot.image.kargsd import parse_kargs_toml
 from cfsboot.image.osrelease import OS_RELEASE_PATHS, OsRelease
 from cfsboot.image.versions import compare_versions
 from cfsboot.linux.arch import rust_arch
-from setuproot.config import Config, ConfigError, parse_config
-from setuproot.contract import SETUP_ROOT_CONFIG
+from setuproot.config import Config, ConfigError, parse_config, parse_prepare_root
+from setuproot.contract import OSTREE_PREPARE_ROOT_CONFIG, SETUP_ROOT_CONFIG
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +74,22 @@ def os_release(repo: Repository, tree: Inode) -> OsRelease:
 
 
 def setup_root_config(repo: Repository, tree: Inode) -> Config:
-    """The image's /usr/lib/composefs/setup-root-conf.toml (what its initramfs will use)."""
-    data = read_file(repo, tree, SETUP_ROOT_CONFIG.lstrip("/"))
-    if data is None:
-        return Config()
-    try:
-        return parse_config(data.decode("utf-8"), f"image:{SETUP_ROOT_CONFIG}")
-    except (ConfigError, UnicodeDecodeError) as e:
-        die(f"the image's setup-root config is invalid: {e}")
+    """What the image's initramfs reads: its setup-root-conf.toml, else ostree's prepare-root.conf.
+
+    The same files as setup-root, in the same order (setuproot.config).
+    """
+    for path, parse in (
+        (SETUP_ROOT_CONFIG, parse_config),
+        (OSTREE_PREPARE_ROOT_CONFIG, parse_prepare_root),
+    ):
+        data = read_file(repo, tree, path.lstrip("/"))
+        if data is None:
+            continue
+        try:
+            return parse(data.decode("utf-8"), f"image:{path}")
+        except (ConfigError, UnicodeDecodeError) as e:
+            die(f"the image's setup-root config is invalid: {e}")
+    return Config()
 
 
 def bootfile_bytes(repo: Repository, f: BootFile) -> bytes:

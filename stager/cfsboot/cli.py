@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "container",
     "fsck",
     "assessment",
+    "usroverlay",
 )
 
 # Which module defines each subcommand: a run imports only the module it needs
@@ -43,6 +44,8 @@ COMMANDS = {
         for c in ("install", "switch", "upgrade", "finalize-staged", "rollback", "status", "gc")
     },
     **{c: "assessment" for c in ("bless", "health-check", "assess-boot")},
+    "usr-overlay": "usroverlay",
+    "usroverlay": "usroverlay",  # bootc's alias
 }
 
 Handler = Callable[[argparse.Namespace], int]

@@ -226,7 +226,8 @@ def test_upgrade_follows_the_reference(tmp: Path) -> None:
     d1 = digest(ref)
     out = sys_.cfs("upgrade", "--check")
     assert out.stdout.startswith("no update")
-    assert "already booted" in sys_.cfs("upgrade", "-q").stderr
+    nothing = sys_.cfs("upgrade", "-q")
+    assert nothing.stderr == f"no changes: {ref} ({d1[:12]}…) is the booted deployment\n"
     # A new version under the same reference.
     shutil.rmtree(img)
     os_image(img, "2")
@@ -289,10 +290,20 @@ def test_download_only_then_from_downloaded(tmp: Path, refs: dict[str, str]) -> 
     assert "unlocked; it boots next" in out.stderr
     assert json.loads(marker.read_text())["finalization_locked"] is False
     assert "not download-only" in sys_.cfs("upgrade", "--from-downloaded").stderr
-    # Locked again by asking for it again with --download-only, unlocked by a plain switch.
-    assert "download-only" in sys_.cfs("switch", refs["v2"], "--download-only").stderr
+    # Locked again by upgrade --download-only (it follows the staged image), unlocked by a
+    # plain upgrade: bootc's rule for an update that is already staged.
+    out = sys_.cfs("upgrade", "--download-only", "-q")
+    locked = f"{refs['v2']} ({d2[:12]}…) is staged, now download-only: not finalized at shutdown"
+    assert out.stderr == f"{locked}\n"
     assert json.loads(marker.read_text())["finalization_locked"] is True
-    assert "unlocked" in sys_.cfs("switch", refs["v2"]).stderr
+    # switch to what is staged changes nothing (the same reference), lock included.
+    assert "image specification is unchanged" in sys_.cfs("switch", refs["v2"]).stderr
+    assert json.loads(marker.read_text())["finalization_locked"] is True
+    out = sys_.cfs("upgrade", "-q")
+    assert out.stderr == f"{refs['v2']} ({d2[:12]}…) is staged, unlocked; it boots next\n"
+    assert json.loads(marker.read_text())["finalization_locked"] is False
+    out = sys_.cfs("upgrade", "-q")
+    assert out.stderr == f"update already staged: {refs['v2']} ({d2[:12]}…) (it boots next)\n"
     sys_.cfs("finalize-staged")
     assert sys_.menu() == [d2, d1] and not marker.exists()
 

@@ -14,7 +14,7 @@ from cfsboot.deploy.origin import (
     from_origin_reference,
     to_origin_reference,
 )
-from cfsboot.deploy.status import human, image_reference, to_yaml
+from cfsboot.deploy.status import BootcHost, BootEntry, human, image_reference, only_booted, to_yaml
 from cfsboot.deploy.sysroot import StagedDeployment, running_deployment
 
 D = "ab" * 64
@@ -128,53 +128,168 @@ def test_yaml_quotes_what_yaml_would_misread() -> None:
     )
 
 
-def test_human_output_names_each_slot() -> None:
-    image = {
-        "image": {"image": "q.io/x:1"},
-        "imageDigest": "sha256:aa",
-        "architecture": "amd64",
-        "version": "1.0",
-        "timestamp": None,
+def _entry(ref: str, transport: str, digest: str, version: str | None, created: str | None,
+           **kw: object) -> BootEntry:  # fmt: skip
+    e: BootEntry = {
+        "image": {
+            "image": {"image": ref, "transport": transport},
+            "version": version,
+            "timestamp": created,
+            "imageDigest": digest,
+            "architecture": "amd64",
+        },
+        "cachedUpdate": None,
+        "incompatible": False,
+        "pinned": False,
+        "softRebootCapable": False,
+        "downloadOnly": False,
+        "store": None,
+        "ostree": None,
+        "composefs": {
+            "verity": D[:16],
+            "bootType": "Bls",
+            "bootloader": "systemd",
+            "bootDigest": None,
+            "missingVerityAllowed": False,
+        },
+        "cfsboot": {"bootAssessment": None},
     }
-    cfs = {"verity": D, "bootType": "Bls", "bootloader": "systemd", "missingVerityAllowed": False}
-    entry = {"image": image, "downloadOnly": False, "composefs": cfs}
-    # Only the keys human() reads: a whole BootcHost is what the integration tests check.
-    text = human(
-        {"status": {"booted": entry, "staged": None, "rollback": entry, "rollbackQueued": True}}  # type: ignore[typeddict-item]
+    e.update(kw)  # type: ignore[typeddict-item]
+    return e
+
+
+def _host() -> BootcHost:
+    staged = _entry("/srv/os", "oci", "sha256:cc", None, "2024-08-07T12:00:00.123456789Z")
+    staged["downloadOnly"] = True
+    staged["composefs"]["missingVerityAllowed"] = True
+    other = _entry("q.io/x:0", "registry", "sha256:bb", None, None)
+    other["pinned"] = True
+    return {
+        "apiVersion": "org.containers.bootc/v1",
+        "kind": "BootcHost",
+        "metadata": {"name": "host"},
+        "spec": {"image": {"image": "/srv/os", "transport": "oci"}, "bootOrder": "default"},
+        "status": {
+            "staged": staged,
+            "booted": _entry(
+                "q.io/x:1", "registry", "sha256:aa", "1.0", "2024-08-07T14:00:00+02:00"
+            ),
+            "rollback": None,
+            "otherDeployments": [other],
+            "rollbackQueued": False,
+            "type": "bootcHost",
+            "usrOverlay": {"accessMode": "readWrite", "persistence": "transient"},
+            "cfsboot": {
+                "bootAssessment": {
+                    "fallback": False,
+                    "failedDeployment": None,
+                    "triesUsed": None,
+                    "message": None,
+                }
+            },
+        },
+    }
+
+
+def test_human_output_is_bootcs_layout() -> None:
+    # bootc's rows (crates/lib/src/status.rs): registry images without their transport,
+    # others with it; Version with the timestamp in UTC to the second, or Timestamp alone;
+    # Pinned; /usr overlay on the booted one. cfsboot adds Verity and Boot type.
+    assert human(_host()) == (
+        "  Staged image: oci:/srv/os\n"
+        "        Digest: sha256:cc (amd64)\n"
+        "        Verity: abababababababab\n"
+        "     Timestamp: 2024-08-07T12:00:00Z\n"
+        "     Boot type: Bls (systemd-boot)\n"
+        "\n"
+        "● Booted image: q.io/x:1\n"
+        "        Digest: sha256:aa (amd64)\n"
+        "        Verity: abababababababab\n"
+        "       Version: 1.0 (2024-08-07T12:00:00Z)\n"
+        "     Boot type: Bls (systemd-boot)\n"
+        "  /usr overlay: transient, read/write\n"
+        "\n"
+        "   Other image: q.io/x:0\n"
+        "        Digest: sha256:bb (amd64)\n"
+        "        Verity: abababababababab\n"
+        "     Boot type: Bls (systemd-boot)\n"
+        "        Pinned: yes\n"
     )
-    assert "● Booted image: q.io/x:1" in text
-    assert "  Rollback image: q.io/x:1" in text
-    assert "fs-verity Enforced" in text
-    assert text.rstrip().endswith("Rollback queued: the rollback deployment boots next.")
+
+
+def test_human_verbose_rows() -> None:
+    text = human(_host(), verbose=True)
+    staged, booted, _other = text.split("\n\n")
+    assert staged.splitlines()[-3:] == [
+        "   Soft-reboot: no",
+        "      FsVerity: Not Enforced",
+        " Download-only: yes",
+    ]
+    assert booted.splitlines()[-2:] == ["   Soft-reboot: no", "      FsVerity: Enforced"]
+
+
+def test_human_rollback_queued_and_no_image() -> None:
+    host = _host()
+    booted = host["status"]["booted"]
+    assert booted is not None
+    booted["image"] = None
+    host["status"]["staged"] = None
+    host["status"]["otherDeployments"] = []
+    host["status"]["rollback"] = _entry("q.io/x:0", "registry", "sha256:bb", "0", None)
+    host["status"]["rollbackQueued"] = True
+    assert human(host) == (
+        "● Booted composefs\n"
+        "            Verity: abababababababab\n"
+        "         Boot type: Bls (systemd-boot)\n"
+        "      /usr overlay: transient, read/write\n"
+        "\n"
+        "  Rollback image: q.io/x:0\n"
+        "          Digest: sha256:bb (amd64)\n"
+        "          Verity: abababababababab\n"
+        "         Version: 0\n"
+        "       Boot type: Bls (systemd-boot)\n"
+        "\n"
+        "Rollback queued: the rollback deployment boots next.\n"
+    )
+
+
+def test_booted_only_and_nothing() -> None:
+    host = only_booted(_host())
+    s = host["status"]
+    assert (s["staged"], s["rollback"], "otherDeployments" in s) == (None, None, False)
+    assert s["booted"] == _host()["status"]["booted"]
+    assert (s["type"], s["usrOverlay"]) == ("bootcHost", _host()["status"]["usrOverlay"])
+    assert host["spec"] == _host()["spec"]
+    # The document left is still bootc's: the keys of the whole one, in order.
+    assert list(s) == [k for k in _host()["status"] if k != "otherDeployments"]
+    s["booted"] = None
+    assert human(host) == "System is not deployed via cfsboot (no deployments).\n"
 
 
 def test_human_output_tells_of_an_automatic_rollback() -> None:
-    cfs = {"verity": D, "bootType": "Bls", "bootloader": "grub", "missingVerityAllowed": True}
-    failed = {
-        "state": "failed",
-        "triesLeft": 0,
-        "triesDone": 2,
-        "lastFailure": {"time": "t", "failed": ["health check 50-x exited with status 1"]},
-    }
-    good = {
-        "image": None,
-        "downloadOnly": False,
-        "composefs": cfs,
-        "cfsboot": {"bootAssessment": None},
-    }
-    bad = {**good, "cfsboot": {"bootAssessment": failed}}
-    host = {"fallback": True, "failedDeployment": D, "triesUsed": 2, "message": "it failed"}
-    doc = {
-        "status": {
-            "booted": good,
-            "staged": None,
-            "rollback": bad,
-            "rollbackQueued": False,
-            "cfsboot": {"bootAssessment": host},
+    host = _host()
+    s = host["status"]
+    s["staged"], s["otherDeployments"], s["usrOverlay"] = None, [], None
+    bad = _entry("q.io/x:0", "registry", "sha256:bb", "0", None)
+    bad["cfsboot"] = {
+        "bootAssessment": {
+            "state": "failed",
+            "triesLeft": 0,
+            "triesDone": 2,
+            "lastFailure": {"time": "t", "failed": ["health check 50-x exited with status 1"]},
         }
     }
-    text = human(doc)  # type: ignore[arg-type]
-    assert "    Assessment: failed, 2 tries used, not tried again\n" in text
-    assert "                last failure: health check 50-x exited with status 1\n" in text
+    s["rollback"] = bad
+    s["cfsboot"] = {
+        "bootAssessment": {
+            "fallback": True,
+            "failedDeployment": D,
+            "triesUsed": 2,
+            "message": "it failed",
+        }
+    }
+    text = human(host)
+    assert "      Assessment: failed, 2 tries used, not tried again\n" in text
+    assert "    Last failure: health check 50-x exited with status 1\n" in text
     assert text.rstrip().endswith("Automatic rollback: it failed.")
     assert text.count("Assessment:") == 1

@@ -25,6 +25,29 @@ if TYPE_CHECKING:
 # `cfsboot` run builds this parser, and most runs need none of them.
 log = logging.getLogger(__name__)
 BOOTLOADERS = ("systemd-boot", "grub")  # cfsboot.boot.bootloader.BootloaderKind
+# cfsboot.oci.reference.SWITCH_TRANSPORTS: bootc's --transport names.
+TRANSPORTS = (
+    "registry",
+    "oci",
+    "oci-archive",
+    "docker-archive",
+    "containers-storage",
+    "docker-daemon",
+    "dir",
+)
+STATUS_FORMATS = ("human", "humanreadable", "yaml", "json")  # humanreadable: bootc's name
+
+
+def _karg_options(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--karg", action="append", default=[], help="add a kernel argument (repeat)")
+    q.add_argument(
+        "--karg-delete",
+        action="append",
+        default=[],
+        metavar="KEY[=VALUE]",
+        help="remove a kernel argument, from the image's kargs.d too: KEY removes every"
+        " KEY and KEY=..., KEY=VALUE that one only (repeat; not with a UKI)",
+    )
 
 
 def register(sub: Subparsers) -> None:
@@ -44,7 +67,7 @@ def _register_install(sub: Subparsers) -> None:
         q = isub.add_parser(name, help=help_text)
         q.add_argument("imgref", metavar="IMGREF")
         q.add_argument("target", metavar="DEVICE|IMAGEFILE" if name == "to-disk" else "DIR")
-        q.add_argument("--karg", action="append", default=[], help="a kernel argument (repeat)")
+        _karg_options(q)
         q.add_argument(
             "--bootloader",
             choices=[*BOOTLOADERS, "systemd", "none"],
@@ -114,10 +137,29 @@ def _register_switch_upgrade(sub: Subparsers) -> None:
     ):
         q = sub.add_parser(name, help=help_text)
         if name == "switch":
-            q.add_argument("imgref", metavar="IMGREF")
+            q.add_argument(
+                "imgref",
+                metavar="IMGREF",
+                help="TRANSPORT:DETAILS (oci:DIR[:TAG], docker://NAME, ...); a bare NAME[:TAG] is"
+                " a registry image, as in bootc",
+            )
+            q.add_argument(
+                "--transport",
+                choices=TRANSPORTS,
+                help="bootc's: IMGREF is then the image without a transport (registry: NAME[:TAG])",
+            )
+            q.add_argument(
+                "--retain",
+                action="store_true",
+                help="accepted for bootc, changes nothing: bootc drops an ostree ref of the"
+                " booted deployment without it, and cfsboot deployments have none (the booted"
+                " one stays as the rollback until gc)",
+            )
         sysroot_options(q)
-        q.add_argument("--karg", action="append", default=[], help="add a kernel argument")
-        q.add_argument("--apply", action="store_true", help="reboot when done")
+        _karg_options(q)
+        q.add_argument(
+            "--apply", action="store_true", help="reboot when a deployment is staged to boot"
+        )
         what = q.add_mutually_exclusive_group()
         what.add_argument(
             "--download-only",
@@ -134,6 +176,10 @@ def _register_switch_upgrade(sub: Subparsers) -> None:
                 "--from-downloaded",
                 action="store_true",
                 help="let the download-only staged deployment boot next (fetches nothing)",
+            )
+            q.add_argument(
+                "--tag",
+                help="another tag of the image followed (bootc's): it is followed from then on",
             )
         q.add_argument("--arch", help="from a multi-arch image (default: this machine's)")
         _boot_tries_option(q, "default: boot-assessment.toml, else 3")
@@ -172,8 +218,27 @@ def _register_lifecycle(sub: Subparsers) -> None:
     q = sub.add_parser("status", help="show the deployments")
     sysroot_options(q)
     fmt = q.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true", help="bootc's BootcHost as JSON")
-    fmt.add_argument("--yaml", action="store_true", help="bootc's BootcHost as YAML")
+    fmt.add_argument(
+        "--format",
+        choices=STATUS_FORMATS,
+        help="bootc's BootcHost as YAML or JSON, or for people (default: human on a"
+        " terminal, else YAML)",
+    )
+    fmt.add_argument("--json", action="store_true", help="--format json")
+    fmt.add_argument("--yaml", action="store_true", help="--format yaml")
+    q.add_argument(
+        "--format-version",
+        type=int,
+        metavar="N",
+        help="the document's version: 0 and 1 both mean bootc's v1, the only one",
+    )
+    q.add_argument("--booted", action="store_true", help="only the booted deployment")
+    q.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="human output adds soft-reboot, fs-verity and download-only rows",
+    )
     q.set_defaults(func=cmd_status)
 
     q = sub.add_parser("gc", help="remove deployments and data nothing needs")
@@ -188,6 +253,12 @@ def _reboot(apply: bool) -> None:
         from cfsboot.linux.run import run
 
         run(["systemctl", "reboot"])
+
+
+def _reboot_if_staged(apply: bool, sysroot: Sysroot) -> None:
+    """--apply of switch and upgrade: reboot when something is staged to boot next."""
+    marker = sysroot.staged()
+    _reboot(apply and marker is not None and not marker.finalization_locked)
 
 
 # -- install -------------------------------------------------------------------------------
@@ -218,6 +289,7 @@ def _install_options(
     return install.InstallOptions(
         bootloader=bootloader,
         kargs=tuple(args.karg),
+        karg_delete=tuple(args.karg_delete),
         insecure=args.insecure,
         algorithm=HashAlg(args.hash),
         root_karg=getattr(args, "root_karg", None),
@@ -290,7 +362,9 @@ def cmd_install_to_filesystem(args: argparse.Namespace) -> int:
 # -- switch / upgrade --------------------------------------------------------------------
 
 
-def _stage(args: argparse.Namespace, sysroot: Sysroot, bl: Bootloader, imgref: str) -> int:
+def _stage(
+    args: argparse.Namespace, sysroot: Sysroot, bl: Bootloader, imgref: str, *, switching: bool
+) -> int:
     from cfsboot.deploy.stage import stage
     from cfsboot.deploy.target import import_target
 
@@ -302,9 +376,11 @@ def _stage(args: argparse.Namespace, sysroot: Sysroot, bl: Bootloader, imgref: s
         bl,
         target,
         extra_kargs=args.karg,
+        karg_delete=args.karg_delete,
         download_only=args.download_only,
         boot_tries=args.boot_tries,
         retry_failed=args.command == "switch",
+        switching=switching,
     )
     sys.stderr.write(f"{result.message}\n")
     print(result.digest)
@@ -312,13 +388,28 @@ def _stage(args: argparse.Namespace, sysroot: Sysroot, bl: Bootloader, imgref: s
 
 
 def cmd_switch(args: argparse.Namespace) -> int:
+    from cfsboot.boot.kargs import check_karg_deletes
+    from cfsboot.oci.reference import canonical, switch_reference
+
+    check_karg_deletes(args.karg_delete)
+    imgref = canonical(switch_reference(args.imgref, args.transport))
     with opened(args) as (sysroot, bl):
-        rc = _stage(args, sysroot, bl, args.imgref)
-    _reboot(args.apply)
+        following = _following(sysroot, bl)
+        if following is not None and following[1] == imgref:
+            # bootc: the same reference is no change (nothing is fetched); what it
+            # names now is `upgrade`'s to fetch.
+            sys.stderr.write(
+                f"image specification is unchanged: {imgref} is what deployment"
+                f" {following[0][:12]}… follows; `cfsboot upgrade` fetches a newer version of it\n"
+            )
+            rc = 0
+        else:
+            rc = _stage(args, sysroot, bl, imgref, switching=True)
+    _reboot_if_staged(args.apply, sysroot)
     return rc
 
 
-def _followed(sysroot: Sysroot, bl: Bootloader) -> tuple[str, str]:
+def _following(sysroot: Sysroot, bl: Bootloader) -> tuple[str, str] | None:
     """The deployment upgrade starts from (staged, else booted) and the reference it follows."""
     from cfsboot.deploy.target import current_deployment
 
@@ -329,8 +420,15 @@ def _followed(sysroot: Sysroot, bl: Bootloader) -> tuple[str, str]:
         origin = sysroot.origin(depl)
         if origin is not None:
             return depl, origin.image
-    die("the booted deployment has no origin (image reference) to upgrade from",
-        hint="use cfsboot switch IMGREF")  # fmt: skip
+    return None
+
+
+def _followed(sysroot: Sysroot, bl: Bootloader) -> tuple[str, str]:
+    following = _following(sysroot, bl)
+    if following is None:
+        die("the booted deployment has no origin (image reference) to upgrade from",
+            hint="use cfsboot switch IMGREF")  # fmt: skip
+    return following
 
 
 def _check(sysroot: Sysroot, depl: str, imgref: str, arch: str | None) -> None:
@@ -349,19 +447,26 @@ def _check(sysroot: Sysroot, depl: str, imgref: str, arch: str | None) -> None:
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
+    from cfsboot.boot.kargs import check_karg_deletes
     from cfsboot.deploy.stage import unlock_staged
+    from cfsboot.oci.reference import parse, with_tag
 
+    if args.tag is not None and args.from_downloaded:
+        die("--tag and --from-downloaded do not go together: the latter fetches nothing")
+    check_karg_deletes(args.karg_delete)
     with opened(args) as (sysroot, bl):
         if args.from_downloaded:
             sys.stderr.write(f"{unlock_staged(sysroot, bl)}\n")
             rc = 0
         else:
             depl, imgref = _followed(sysroot, bl)
+            if args.tag is not None:
+                imgref = str(with_tag(parse(imgref), args.tag))
             if args.check:
                 _check(sysroot, depl, imgref, args.arch)
                 return 0
-            rc = _stage(args, sysroot, bl, imgref)
-    _reboot(args.apply)
+            rc = _stage(args, sysroot, bl, imgref, switching=False)
+    _reboot_if_staged(args.apply, sysroot)
     return rc
 
 
@@ -402,15 +507,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     from cfsboot.deploy import status
     from cfsboot.deploy.fsck.run import warn_problems
 
+    if args.format_version not in (None, 0, 1):
+        die(
+            f"unsupported format version {args.format_version}",
+            hint="0 and 1 both mean bootc's v1, the only version there is",
+        )
     with opened(args, write=False) as (sysroot, bl):
         warn_problems(sysroot, bl)  # a broken state is reported, not tripped on
         doc = status.host_status(sysroot, bl)
-    if args.json:
+    if args.booted:
+        doc = status.only_booted(doc)
+    fmt = args.format or ("json" if args.json else "yaml" if args.yaml else None)
+    if fmt is None:
+        fmt = "human" if sys.stdout.isatty() else "yaml"
+    if fmt == "json":
         print(json.dumps(doc, indent=2))
-    elif args.yaml or not sys.stdout.isatty():
+    elif fmt == "yaml":
         print(status.to_yaml(doc))
     else:
-        sys.stdout.write(status.human(doc))
+        sys.stdout.write(status.human(doc, verbose=args.verbose))
     return 0
 
 

@@ -18,6 +18,12 @@ document stays valid, and cfsboot's own fields stay apart from bootc's. An
 entry on trial shows its tries (`state` pending, or failed once they ran
 out, with the last failure recorded by `cfsboot assess-boot`); the host says
 whether the booted deployment runs as the fallback of one that failed.
+
+`status.type` is `bootcHost` when the booted deployment came from a container
+image (bootc's rule), and `usrOverlay` describes an overlay `cfsboot
+usr-overlay` put on /usr of the running system. bootc's schema has no
+`readOnly` property on the host status (host-v1.schema.json, spec.rs): none is
+written.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal, NotRequired, TypedDict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, NotRequired, TypedDict, cast
 
 from cfsboot.boot.bootloader import Bootloader, BootloaderKind, MenuEntry
 from cfsboot.boot.boottype import BootType
@@ -34,6 +42,7 @@ from cfsboot.deploy.assessment import read_record
 from cfsboot.deploy.origin import Origin
 from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.deploy.target import VERSION_LABEL, current_deployment
+from cfsboot.deploy.usroverlay import FilesystemOverlay, usr_overlay_status
 from cfsboot.image.imagefiles import bootfile_bytes
 from cfsboot.image.info import ImageInfo, read_config, read_image_info, read_manifest
 from setuproot.contract import KargError, parse_cmdline
@@ -119,8 +128,8 @@ class HostStatus(TypedDict):
     rollback: BootEntry | None
     otherDeployments: NotRequired[list[BootEntry]]  # left out when empty, as bootc does
     rollbackQueued: bool
-    type: None
-    usrOverlay: None
+    type: Literal["bootcHost"] | None
+    usrOverlay: FilesystemOverlay | None
     cfsboot: HostStatusCfsboot
 
 
@@ -278,8 +287,14 @@ class _Others(TypedDict, total=False):
     otherDeployments: list[BootEntry]
 
 
-def host_status(sysroot: Sysroot, bl: Bootloader) -> BootcHost:
-    """The BootcHost document for this physical root."""
+def host_status(sysroot: Sysroot, bl: Bootloader, *, usr: Path | None = None) -> BootcHost:
+    """The BootcHost document for this physical root.
+
+    usr: the /usr whose overlay `usrOverlay` reports (default: /usr when the
+    physical root is the running system's, else none).
+    """
+    if usr is None and sysroot.live:
+        usr = Path("/usr")
     live = bl.menu()
     current = current_deployment(sysroot, bl)
     marker = sysroot.staged()
@@ -322,8 +337,8 @@ def host_status(sysroot: Sysroot, bl: Bootloader) -> BootcHost:
         "rollback": rollback_doc,
         **more,
         "rollbackQueued": rollback_queued,
-        "type": None,
-        "usrOverlay": None,
+        "type": "bootcHost" if booted_doc is not None and booted_doc["image"] else None,
+        "usrOverlay": usr_overlay_status(usr) if usr is not None else None,
         "cfsboot": {"bootAssessment": _host_assessment(sysroot, bl, current)},
     }
     return {
@@ -397,21 +412,31 @@ def to_yaml(doc: Any, indent: int = 0) -> str:
     return "\n".join(lines)
 
 
-def human(doc: BootcHost) -> str:
-    """bootc's human-readable layout: one block per deployment."""
+def only_booted(doc: BootcHost) -> BootcHost:
+    """`status --booted`: the document with the booted deployment only (no staged,
+    rollback or other deployments); the host's own fields stay."""
+    status = cast(HostStatus, {k: v for k, v in doc["status"].items() if k != "otherDeployments"})
+    status["staged"] = None
+    status["rollback"] = None
+    return {**doc, "status": status}
+
+
+def human(doc: BootcHost, *, verbose: bool = False) -> str:
+    """bootc's human-readable layout: one block per deployment, rows aligned on the label."""
     status = doc["status"]
     blocks: list[tuple[str, BootEntry | None]] = [
-        ("  Staged image", status["staged"]),
-        ("● Booted image", status["booted"]),
-        ("  Rollback image", status["rollback"]),
+        ("Staged", status["staged"]),
+        ("Booted", status["booted"]),
+        ("Rollback", status["rollback"]),
     ]
-    blocks += [("  Other image", e) for e in status.get("otherDeployments", [])]
+    blocks += [("Other", e) for e in status.get("otherDeployments", [])]
     out: list[str] = []
-    for label, e in blocks:
+    for slot, e in blocks:
         if e is not None:
-            out += _human_entry(label, e)
+            out += _human_entry(slot, e, status, verbose)
+            out.append("")
     if not out:
-        return "No deployments.\n"
+        return "System is not deployed via cfsboot (no deployments).\n"
     if status["rollbackQueued"]:
         out.append("Rollback queued: the rollback deployment boots next.")
     assessed = status.get("cfsboot", {}).get("bootAssessment")
@@ -420,28 +445,64 @@ def human(doc: BootcHost) -> str:
     return "\n".join(out).rstrip("\n") + "\n"
 
 
-def _human_entry(label: str, e: BootEntry) -> list[str]:
+def _timestamp(value: str) -> str:
+    """An image's `created` the way bootc shows it: UTC, to the second."""
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if t.tzinfo is not None:
+        t = t.astimezone(UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _human_entry(slot: str, e: BootEntry, status: HostStatus, verbose: bool) -> list[str]:
     img, cfs = e["image"], e["composefs"]
-    out = [f"{label}: {img['image']['image'] if img else '(unknown)'}"]
-    if img and img["imageDigest"]:
+    mark = "●" if slot == "Booted" else " "
+    label = f"{mark} {slot} {'image' if img else 'composefs'}"
+    if slot == "Other":
+        label = " " + label  # bootc's indent for it
+    width = len(label)
+
+    def row(name: str, value: str) -> str:
+        return f"{name:>{width}}: {value}"
+
+    if img is None:
+        out = [label, row("Verity", cfs["verity"])]
+    else:
+        ref = img["image"]
+        name = (
+            ref["image"] if ref["transport"] == "registry" else f"{ref['transport']}:{ref['image']}"
+        )
+        out = [f"{label}: {name}"]
         arch = f" ({img['architecture']})" if img["architecture"] else ""
-        out.append(f"        Digest: {img['imageDigest']}{arch}")
-    out.append(f"        Verity: {cfs['verity']}")
-    if img and (img["version"] or img["timestamp"]):
-        when = f" ({img['timestamp']})" if img["timestamp"] else ""
-        out.append(f"       Version: {img['version'] or '-'}{when}")
-    enforced = "Not Enforced" if cfs["missingVerityAllowed"] else "Enforced"
-    out.append(f"     Boot type: {cfs['bootType']} ({cfs['bootloader']}), fs-verity {enforced}")
-    if e["downloadOnly"]:
-        out.append("                (download only: not finalized at shutdown)")
+        out.append(row("Digest", f"{img['imageDigest'] or '(not recorded)'}{arch}"))
+        out.append(row("Verity", cfs["verity"]))
+        when = _timestamp(img["timestamp"]) if img["timestamp"] else None
+        if img["version"]:
+            out.append(row("Version", img["version"] + (f" ({when})" if when else "")))
+        elif when:
+            out.append(row("Timestamp", when))
+    loader = "systemd-boot" if cfs["bootloader"] == "systemd" else cfs["bootloader"]
+    out.append(row("Boot type", f"{cfs['bootType']} ({loader})"))
+    if e["pinned"]:
+        out.append(row("Pinned", "yes"))
+    overlay = status["usrOverlay"]
+    if slot == "Booted" and overlay is not None:
+        access = "read-only" if overlay["accessMode"] == "readOnly" else "read/write"
+        out.append(row("/usr overlay", f"{overlay['persistence']}, {access}"))
+    if verbose:
+        out.append(row("Soft-reboot", "yes" if e["softRebootCapable"] else "no"))
+        out.append(row("FsVerity", "Not Enforced" if cfs["missingVerityAllowed"] else "Enforced"))
+        if slot == "Staged":
+            out.append(row("Download-only", "yes" if e["downloadOnly"] else "no"))
     trial = e.get("cfsboot", {}).get("bootAssessment")
     if trial is not None:
         done = f"{trial['triesDone']} tries used"
         if trial["state"] == "failed":
-            out.append(f"    Assessment: failed, {done}, not tried again")
+            out.append(row("Assessment", f"failed, {done}, not tried again"))
         else:
-            out.append(f"    Assessment: on trial, {trial['triesLeft']} tries left ({done})")
+            out.append(row("Assessment", f"on trial, {trial['triesLeft']} tries left ({done})"))
         if trial["lastFailure"] is not None and trial["lastFailure"]["failed"]:
-            out.append(f"                last failure: {'; '.join(trial['lastFailure']['failed'])}")
-    out.append("")
+            out.append(row("Last failure", "; ".join(trial["lastFailure"]["failed"])))
     return out

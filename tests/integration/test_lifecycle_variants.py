@@ -10,11 +10,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -24,6 +21,7 @@ from cfsboot.image.importer import import_image
 from cfstest import bootorder, grubmenu
 from cfstest.cli import one_line_error
 from cfstest.cli import run as cfsboot
+from cfstest.dirsystem import install
 from cfstest.ocibuild import build_layout
 from cfstest.osimages import os_entries, os_image
 from cfstest.pe import make_pe
@@ -33,40 +31,6 @@ pytestmark = [pytest.mark.integration]
 
 def digest(ref: str) -> str:
     return import_image(ref, None).image_digest
-
-
-@dataclass
-class System:
-    root: Path
-    esp: Path
-    run: Path
-
-    def cfs(self, *args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-        opts: list[str | Path] = ["--sysroot", self.root, "--esp", self.esp, "--run-dir", self.run]
-        return cfsboot(*args, *opts, check=check)
-
-    def entries(self) -> list[bootorder.Entry]:
-        """The menu systemd-boot would show (cfstest.bootorder: the BLS rules, not cfsboot's)."""
-        return list(bootorder.read_esp(self.esp).entries)
-
-    def menu(self) -> list[str]:
-        """Deployments (other systems' entries by file name) in menu order; the first boots."""
-        menu = bootorder.read_esp(self.esp)
-        # cfsboot writes no loader.conf `default`: the first entry is the default one.
-        assert menu.default is (menu.entries[0] if menu.entries else None)
-        return [bootorder.entry_digest(e, self.esp) or e.file for e in menu.entries]
-
-    def status(self) -> dict[str, Any]:
-        doc: dict[str, Any] = json.loads(self.cfs("status", "--json").stdout)
-        return doc
-
-
-def install(tmp: Path, imgref: str, *extra: str) -> System:
-    root, esp = tmp / "root", tmp / "esp"
-    root.mkdir(parents=True)
-    esp.mkdir()
-    cfsboot("install", "to-filesystem", imgref, root, "--esp", esp, "-q", *extra)
-    return System(root, esp, tmp / "run")
 
 
 @pytest.fixture(scope="module")

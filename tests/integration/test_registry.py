@@ -23,7 +23,8 @@ from cfsboot.image.importer import fetch_config, import_image
 from cfstest import REPO_ROOT, cli
 from cfstest.cli import run as cfsboot
 from cfstest.gates import missing_capability
-from cfstest.osimages import os_image
+from cfstest.ocibuild import build_layout
+from cfstest.osimages import os_entries, os_image
 
 if TYPE_CHECKING:  # loaded from vm-tests/ at run time (_registry_module)
     from registry import Registry
@@ -113,3 +114,48 @@ def test_upgrade_check_reads_only_the_config(
         cli.one_line_error(bad)
         assert "skopeo" in bad.stderr
     assert not (run / "composefs/staged-deployment").exists()
+
+
+def test_bare_names_transport_and_upgrade_tag(
+    reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bootc's forms against a registry: `switch NAME[:TAG]` and `--transport registry`,
+    the same image under another tag refused (test-43), `upgrade --tag` (test-39)."""
+    home = reg.client_env()["HOME"]
+    monkeypatch.setitem(cli.ENV, "HOME", home)
+    v1, v2 = tmp_path / "v1", tmp_path / "v2"
+    layout = build_layout(v1, [os_entries("1")], tag="v1")
+    layout.add_to_index(layout.index[0], "same")  # the same image, another name
+    build_layout(v2, [os_entries("2", kernel="k2")], tag="v2")
+    for path, tag in ((v1, "v1"), (v1, "same"), (v2, "v2")):
+        reg.push(path, tag)
+    name = reg.ref("v1").removeprefix("docker://").rsplit(":", 1)[0]  # HOST:PORT/REPO
+    d1 = import_image(f"oci:{v1}:v1", None).image_digest
+    d2 = import_image(f"oci:{v2}:v2", None).image_digest
+
+    root, esp, run = tmp_path / "root", tmp_path / "esp", tmp_path / "run"
+    root.mkdir()
+    esp.mkdir()
+    cfsboot("install", "to-filesystem", reg.ref("v1"), root, "--esp", esp, "-q")
+    opts = ("--sysroot", root, "--esp", esp, "--run-dir", run)
+
+    # A bare name is a registry image: the booted reference, no change.
+    out = cfsboot("switch", f"{name}:v1", *opts)
+    assert out.stderr.startswith(f"image specification is unchanged: {reg.ref('v1')} is what")
+    out = cfsboot("switch", "--transport", "registry", f"{name}:v1", *opts)
+    assert out.stderr.startswith("image specification is unchanged")
+    # Another tag of the same bytes: the booted composefs digest, refused.
+    same = cfsboot("switch", f"{name}:same", "-q", *opts, check=False)
+    assert cli.one_line_error(same).startswith(
+        f"cfsboot: {reg.ref('same')} has the same composefs digest ({d1[:12]}…) as the booted"
+    )
+    assert not (run / "composefs/staged-deployment").exists()
+
+    out = cfsboot("upgrade", "--check", "--tag", "v2", *opts).stdout
+    assert out.splitlines()[0] == f"update available: {reg.ref('v2')}"
+    assert cfsboot("upgrade", "--tag", "v2", "-q", *opts).stdout == f"{d2}\n"
+    staged = json.loads(cfsboot("status", "--json", *opts).stdout)["status"]["staged"]
+    assert staged["image"]["image"] == {"image": f"{name}:v2", "transport": "registry"}
+    cfsboot("finalize-staged", *opts)
+    out = cfsboot("upgrade", "-q", *opts)
+    assert out.stderr == f"no changes: {reg.ref('v2')} ({d2[:12]}…) is the booted deployment\n"

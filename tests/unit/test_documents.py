@@ -317,6 +317,7 @@ HOST_V1: dict[str, tuple[set[str], set[str]]] = {
         {"image", "imageDigest", "architecture"},
     ),
     "ImageReference": ({"image", "signature", "transport"}, {"image", "transport"}),
+    "FilesystemOverlay": ({"accessMode", "persistence"}, {"accessMode", "persistence"}),
 }
 OURS: dict[str, Any] = {
     "Host": status.BootcHost,
@@ -327,6 +328,7 @@ OURS: dict[str, Any] = {
     "BootEntryComposefs": status.BootEntryComposefs,
     "ImageStatus": status.ImageStatus,
     "ImageReference": status.ImageReference,
+    "FilesystemOverlay": status.FilesystemOverlay,
 }
 
 
@@ -352,3 +354,8 @@ def test_status_enumerations_are_bootcs() -> None:
     assert set(get_args(hints["bootType"])) <= {"Bls", "Uki"}
     assert set(get_args(hints["bootloader"])) <= {"grub", "systemd", "none"}
     assert set(get_args(get_type_hints(status.HostSpec)["bootOrder"])) <= {"default", "rollback"}
+    host = get_type_hints(status.HostStatus)
+    assert set(get_args(get_args(host["type"])[0])) == {"bootcHost"}  # HostType | None
+    overlay = get_type_hints(status.FilesystemOverlay)
+    assert set(get_args(overlay["accessMode"])) == {"readOnly", "readWrite"}
+    assert set(get_args(overlay["persistence"])) == {"transient", "persistent"}

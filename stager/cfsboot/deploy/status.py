@@ -66,8 +66,10 @@ class ImageStatus(TypedDict):
     image: ImageReference
     version: str | None
     timestamp: str | None
-    imageDigest: str | None  # None: a deployment whose manifest digest was not recorded
-    architecture: str | None  # None: an image config without one
+    # The schema requires both strings: "" when unknown (bootc writes "" too), e.g. a
+    # deployment whose manifest digest was not recorded, a config without an architecture.
+    imageDigest: str
+    architecture: str
 
 
 class BootEntryComposefs(TypedDict):
@@ -208,8 +210,8 @@ def _image_status(sysroot: Sysroot, dep: Deployment) -> ImageStatus | None:
         "image": image_reference(ref),
         "version": version,
         "timestamp": config.created if config else None,
-        "imageDigest": manifest_digest,
-        "architecture": config.architecture if config else None,
+        "imageDigest": manifest_digest or "",
+        "architecture": (config.architecture if config else None) or "",
     }
 
 

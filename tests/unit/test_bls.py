@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import itertools
+import os
+from pathlib import Path
 from typing import TypedDict, Unpack
 
 import pytest
@@ -17,7 +19,11 @@ from cfsboot.boot.bls import (
     parse_entries,
     sort_entries,
 )
+from cfsboot.boot.bootloader import MenuEntry, SystemdBoot
+from cfsboot.boot.boottype import BootType
+from cfsboot.boot.esp import DirEsp
 from cfsboot.image.versions import compare_versions
+from cfstest import bootorder
 
 SHA512 = "ab" * 64
 
@@ -282,3 +288,28 @@ def test_version_order_is_a_total_preorder(a: str, b: str, c: str) -> None:
     assert compare_versions(a, b) == -compare_versions(b, a)
     if compare_versions(a, b) <= 0 and compare_versions(b, c) <= 0:
         assert compare_versions(a, c) <= 0
+
+
+def test_menu_order_survives_another_os_id(tmp_path: Path) -> None:
+    """Switching from one OS (os-release ID) to another: the menu keeps its order.
+
+    Sort keys `bootc-<os>-<position>` of two IDs would sort by ID (bootc-bootcos-1 before
+    bootc-testos-0); every key of a menu carries the default entry's ID instead. The order
+    is read back with systemd-boot's rules (cfstest.bootorder), not cfsboot's.
+    """
+    esp = tmp_path / "esp"
+    esp.mkdir()
+    a, b = "a" * 64, "b" * 64
+    new = MenuEntry(
+        b, BootType.BLS, "Test OS 2", "2", "testos", linux="/k", options=(f"composefs=?{b}",)
+    )
+    old = MenuEntry(
+        a, BootType.BLS, "bootc OS 41", "41", "bootcos", linux="/k", options=(f"composefs=?{a}",)
+    )
+    SystemdBoot(DirEsp(esp)).write_menu([new, old])
+    files = sorted(os.listdir(esp / "loader/entries"))
+    assert files == ["bootc_bootcos-41-0.conf", "bootc_testos-2-1.conf"]
+    menu = bootorder.read_esp(esp)
+    assert [e.fields["sort-key"] for e in menu.entries] == ["bootc-testos-0", "bootc-testos-1"]
+    assert [e.fields["title"] for e in menu.entries] == ["Test OS 2", "bootc OS 41"]
+    assert [m.deployment for m in SystemdBoot(DirEsp(esp)).menu()] == [b, a]

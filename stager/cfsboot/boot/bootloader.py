@@ -269,7 +269,7 @@ class SystemdBoot(Bootloader):
         self.discard_staged()
         self.esp.mkdir(staged)
         for i, m in enumerate(entries):
-            name, text = _to_bls(m, i, len(entries))
+            name, text = _to_bls(m, i, len(entries), sort_os=entries[0].os_id)
             self.esp.write_text(f"{staged}/{name}", text)
         if not self.esp.exists(bls.LOADER_CONF):
             # Only when there is none: loader.conf belongs to whoever installed the loader.
@@ -341,13 +341,18 @@ def _check_menu(entries: Sequence[MenuEntry]) -> None:
         raise MenuError(f"a boot menu holds at most {MAX_ENTRIES} cfsboot entries")
 
 
-def _to_bls(m: MenuEntry, position: int, total: int) -> tuple[str, str]:
-    """(file name, text) of the entry at `position` (0 = default) of a menu of `total`."""
+def _to_bls(m: MenuEntry, position: int, total: int, *, sort_os: str) -> tuple[str, str]:
+    """(file name, text) of the entry at `position` (0 = default) of a menu of `total`.
+
+    sort_os: the os-id every sort key of the menu carries (the default entry's): the
+    keys must differ by position alone, or an image with another os-release ID (a
+    switch from bootc-os to debian) would sort by name instead of by position.
+    """
     # bootc: primary file name ends in -1, secondary in -0 (GRUB's BLS sorts names
     # descending); sort keys bootc-<os>-0 then -1 (systemd-boot sorts ascending).
     name = bls.entry_file_name(m.os_id, m.version, primary=True)
     name = counted_name(name[: -len("-1.conf")] + f"-{total - 1 - position}.conf", m.tries)
-    sort_key = bls.entry_sort_key(m.os_id, primary=True)[: -len("0")] + str(position)
+    sort_key = bls.entry_sort_key(sort_os, primary=True)[: -len("0")] + str(position)
     if m.boot_type is BootType.UKI:
         entry = BLSEntry(title=m.title, version=m.version, efi=m.uki, sort_key=sort_key)
     else:

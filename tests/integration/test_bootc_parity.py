@@ -10,6 +10,7 @@ test_registry.py; usr-overlay: test_usroverlay.py.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -236,3 +237,20 @@ def test_status_formats(tmp_path: Path, refs: dict[str, str]) -> None:
     only = sys_.cfs("status", "--format", "human", "--booted").stdout
     assert only.splitlines()[0] == f"● Booted image: oci:{refs['v1'].removeprefix('oci:')}"
     assert "Staged" not in only
+
+
+PREPARE_ROOT = "[composefs]\nenabled = yes\n[etc]\ntransient = true\n"
+
+
+def test_image_prepare_root_conf(tmp_path: Path) -> None:
+    """An image made for ostree-era bootc: its prepare-root.conf says how /etc is mounted,
+    unless it has a setup-root-conf.toml too (ours wins)."""
+    ostree = {"usr/lib/ostree/prepare-root.conf": PREPARE_ROOT.encode()}
+    sys_ = install(tmp_path / "a", os_image(tmp_path / "ostree-era", "1", extra=ostree))
+    [d] = os.listdir(sys_.root / "state/deploy")
+    # Transient /etc: nothing of /etc is kept in the deployment's state.
+    assert sorted(os.listdir(sys_.root / "state/deploy" / d)) == [f"{d}.origin", "var"]
+    both = os_image(tmp_path / "both", "1", extra=ostree, etc_mode="bind")
+    sys_ = install(tmp_path / "b", both)
+    [d] = os.listdir(sys_.root / "state/deploy")
+    assert (sys_.root / "state/deploy" / d / "etc/hostname").read_text() == "testos\n"

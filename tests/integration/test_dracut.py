@@ -26,6 +26,7 @@ PROGRAM = "usr/lib/cfsboot/setup-root/cfsboot-setup-root"
 UNIT = "usr/lib/systemd/system/cfsboot-setup-root.service"
 WANTS = "etc/systemd/system/initrd-root-fs.target.wants/cfsboot-setup-root.service"
 CONFIG = "usr/lib/composefs/setup-root-conf.toml"
+OSTREE_CONFIG = "usr/lib/ostree/prepare-root.conf"
 DIGEST = "5e" * 64
 
 
@@ -65,6 +66,9 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     (dest / CONFIG).parent.mkdir(parents=True)
     (dest / CONFIG).write_text('[etc]\nmount = "bind"\n')
+    # An image made for ostree-era bootc has ostree's too: installed, and ours wins.
+    (dest / OSTREE_CONFIG).parent.mkdir(parents=True)
+    (dest / OSTREE_CONFIG).write_text("[etc]\ntransient = true\n")
     return dest
 
 
@@ -104,7 +108,7 @@ def test_initramfs_contains_the_module(testos: ModuleType, staged: Path, tmp_pat
     names |= {
         line.split()[-3] for line in listing.splitlines() if line.startswith("l") and "->" in line
     }
-    for path in (PROGRAM, UNIT, WANTS, CONFIG):
+    for path in (PROGRAM, UNIT, WANTS, CONFIG, OSTREE_CONFIG):
         assert path in names, f"{path} not in the initramfs"
     for mod in ("fs/erofs/erofs.ko", "fs/overlayfs/overlay.ko", "drivers/block/loop.ko"):
         assert any(f"kernel/{mod}" in n for n in names), f"{mod} not in the initramfs"

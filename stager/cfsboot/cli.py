@@ -44,6 +44,7 @@ COMMANDS = {
         for c in ("install", "switch", "upgrade", "finalize-staged", "rollback", "status", "gc")
     },
     **{c: "assessment" for c in ("bless", "health-check", "assess-boot")},
+    "update": "deploy",  # bootc's alias of upgrade
     "usr-overlay": "usroverlay",
     "usroverlay": "usroverlay",  # bootc's alias
 }

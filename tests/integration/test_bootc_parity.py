@@ -76,7 +76,8 @@ def test_switch_to_a_deployed_digest_is_refused(tmp_path: Path, refs: dict[str, 
         "as the staged deployment: nothing to switch to; it is staged download-only;"
         " `cfsboot upgrade --from-downloaded` lets it boot next"
     )
-    sys_.cfs("upgrade", "--from-downloaded")
+    out = sys_.cfs("switch", "--from-downloaded")  # bootc's switch has it too
+    assert out.stderr == f"staged deployment {d2[:12]}… unlocked; it boots next\n"
     out = sys_.cfs("switch", refs["v2-again"], "-q", check=False)
     assert one_line_error(out).endswith("as the staged deployment: nothing to switch to;"
                                         " it boots next already")  # fmt: skip

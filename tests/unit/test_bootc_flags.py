@@ -189,11 +189,29 @@ def test_status_format_and_json_are_one_choice(capsys: pytest.CaptureFixture[str
     )
 
 
-def test_upgrade_tag_and_from_downloaded(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["upgrade", "--tag", "2", "--from-downloaded"]) == 1
+@pytest.mark.parametrize("command", ["upgrade", "update"])  # update: bootc's alias
+def test_upgrade_tag_and_from_downloaded(capsys: pytest.CaptureFixture[str], command: str) -> None:
+    assert cli.main([command, "--tag", "2", "--from-downloaded"]) == 1
     assert capsys.readouterr().err == (
         "cfsboot: --tag and --from-downloaded do not go together: the latter fetches nothing\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["x", "--from-downloaded"],
+            "switch --from-downloaded takes no IMGREF: it fetches nothing",
+        ),
+        ([], "switch needs an IMGREF (or --from-downloaded); see cfsboot switch --help"),
+    ],
+)
+def test_switch_imgref_or_from_downloaded(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    assert cli.main(["switch", *argv]) == 1
+    assert capsys.readouterr().err == f"cfsboot: {message}\n"
 
 
 def test_usr_overlay_refuses_a_root_cfsboot_did_not_boot(

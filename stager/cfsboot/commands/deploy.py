@@ -135,10 +135,11 @@ def _register_switch_upgrade(sub: Subparsers) -> None:
         ("switch", "stage another image to boot next"),
         ("upgrade", "stage the newest version of the booted image"),
     ):
-        q = sub.add_parser(name, help=help_text)
+        q = sub.add_parser(name, help=help_text, aliases=["update"] if name == "upgrade" else [])
         if name == "switch":
             q.add_argument(
                 "imgref",
+                nargs="?",
                 metavar="IMGREF",
                 help="TRANSPORT:DETAILS (oci:DIR[:TAG], docker://NAME, ...); a bare NAME[:TAG] is"
                 " a registry image, as in bootc",
@@ -166,16 +167,16 @@ def _register_switch_upgrade(sub: Subparsers) -> None:
             action="store_true",
             help="stage it, but do not finalize it at shutdown",
         )
+        what.add_argument(
+            "--from-downloaded",
+            action="store_true",
+            help="let the download-only staged deployment boot next (fetches nothing)",
+        )
         if name == "upgrade":
             what.add_argument(
                 "--check",
                 action="store_true",
                 help="only say whether there is an update (reads no layer)",
-            )
-            what.add_argument(
-                "--from-downloaded",
-                action="store_true",
-                help="let the download-only staged deployment boot next (fetches nothing)",
             )
             q.add_argument(
                 "--tag",
@@ -392,6 +393,12 @@ def cmd_switch(args: argparse.Namespace) -> int:
     from cfsboot.oci.reference import canonical, switch_reference
 
     check_karg_deletes(args.karg_delete)
+    if args.from_downloaded:
+        if args.imgref is not None:
+            die("switch --from-downloaded takes no IMGREF: it fetches nothing")
+        return cmd_upgrade(args)
+    if args.imgref is None:
+        die("switch needs an IMGREF (or --from-downloaded)", hint="see cfsboot switch --help")
     imgref = canonical(switch_reference(args.imgref, args.transport))
     with opened(args) as (sysroot, bl):
         following = _following(sysroot, bl)
@@ -451,7 +458,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     from cfsboot.deploy.stage import unlock_staged
     from cfsboot.oci.reference import parse, with_tag
 
-    if args.tag is not None and args.from_downloaded:
+    if getattr(args, "tag", None) is not None and args.from_downloaded:
         die("--tag and --from-downloaded do not go together: the latter fetches nothing")
     check_karg_deletes(args.karg_delete)
     with opened(args) as (sysroot, bl):

@@ -151,8 +151,8 @@ def test_bare_names_transport_and_upgrade_tag(
     )
     assert not (run / "composefs/staged-deployment").exists()
 
-    out = cfsboot("upgrade", "--check", "--tag", "v2", *opts).stdout
-    assert out.splitlines()[0] == f"update available: {reg.ref('v2')}"
+    check = cfsboot("upgrade", "--check", "--tag", "v2", *opts).stdout
+    assert check.splitlines()[0] == f"update available: {reg.ref('v2')}"
     assert cfsboot("upgrade", "--tag", "v2", "-q", *opts).stdout == f"{d2}\n"
     staged = json.loads(cfsboot("status", "--json", *opts).stdout)["status"]["staged"]
     assert staged["image"]["image"] == {"image": f"{name}:v2", "transport": "registry"}

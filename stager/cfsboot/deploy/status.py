@@ -42,7 +42,8 @@ from cfsboot.deploy.assessment import read_record
 from cfsboot.deploy.origin import Origin
 from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.deploy.target import VERSION_LABEL, current_deployment
-from cfsboot.deploy.usroverlay import FilesystemOverlay, usr_overlay_status
+from cfsboot.deploy.usroverlay import FilesystemOverlay as FilesystemOverlay  # host-v1's
+from cfsboot.deploy.usroverlay import usr_overlay_status
 from cfsboot.image.imagefiles import bootfile_bytes
 from cfsboot.image.info import ImageInfo, read_config, read_image_info, read_manifest
 from setuproot.contract import KargError, parse_cmdline

@@ -189,19 +189,17 @@ def load_config(
 def etc_mode_on_disk(state_etc: str) -> EtcMount | None:
     """The /etc mode a deployment's state/deploy/ID/etc is laid out for; None: it does not say.
 
-    overlay: it holds an `upper` dir and at most a `work` dir besides (cfsboot's and
-    composefs-rs's layout); bind: it holds anything else, a full copy of /etc (bootc's).
-    Missing or empty, it says nothing.
+    overlay: besides hidden names (the stager's temporary ones), it holds `upper` or
+    `work` and nothing else (cfsboot's and composefs-rs's layout); bind: anything else,
+    a full copy of /etc (bootc's). Missing, or with hidden names only, it says nothing.
     """
     try:
-        names = set(os.listdir(state_etc))
+        names = {n for n in os.listdir(state_etc) if not n.startswith(".")}
     except OSError:
         return None
     if not names:
         return None
-    if "upper" in names and names <= {"upper", "work"} and os.path.isdir(f"{state_etc}/upper"):
-        return EtcMount.OVERLAY
-    return EtcMount.BIND
+    return EtcMount.OVERLAY if names <= {"upper", "work"} else EtcMount.BIND
 
 
 def resolve_etc(config: Config, state_etc: str) -> Config:

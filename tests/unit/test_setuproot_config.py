@@ -152,14 +152,20 @@ def test_etc_mode_on_disk(tmp_path: Path) -> None:
     assert etc_mode_on_disk(str(etc)) is EtcMount.OVERLAY
     (etc / "work").mkdir()
     assert etc_mode_on_disk(str(etc)) is EtcMount.OVERLAY
+    # The stager's temporary names (a carry or a reset a crash interrupted) change nothing,
+    # even while `upper` is moved away.
+    (etc / ".upper.cfsboot-tmp-1a2b").mkdir()
+    assert etc_mode_on_disk(str(etc)) is EtcMount.OVERLAY
+    (etc / "upper").rmdir()
+    assert etc_mode_on_disk(str(etc)) is EtcMount.OVERLAY
     # A full /etc (bootc's bind layout), even one that happens to hold a "work".
     (etc / "passwd").write_text("root:x:0:0::/root:/bin/sh\n")
     assert etc_mode_on_disk(str(etc)) is EtcMount.BIND
-    (etc / "passwd").unlink()
-    (etc / "upper").rmdir()
-    assert etc_mode_on_disk(str(etc)) is EtcMount.BIND  # "work" alone is no overlay
     (etc / "work").rmdir()
-    (etc / "upper").write_text("a file named upper\n")
+    (etc / "passwd").unlink()
+    # Hidden names only (a /etc has more than .pwd.lock): nothing said.
+    assert etc_mode_on_disk(str(etc)) is None
+    (etc / "hostname").write_text("h\n")
     assert etc_mode_on_disk(str(etc)) is EtcMount.BIND
 
 

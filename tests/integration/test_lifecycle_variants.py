@@ -21,7 +21,7 @@ from cfsboot.image.importer import import_image
 from cfstest import bootorder, grubmenu
 from cfstest.cli import one_line_error
 from cfstest.cli import run as cfsboot
-from cfstest.dirsystem import install
+from cfstest.dirsystem import System, install
 from cfstest.ocibuild import build_layout
 from cfstest.osimages import os_entries, os_image
 from cfstest.pe import make_pe

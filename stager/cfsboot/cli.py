@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "mkcomposefs",
     "composefs_info",
     "image",
+    "install",
     "deploy",
     "container",
     "fsck",
@@ -39,10 +40,8 @@ COMMANDS = {
     "image": "image",
     "container": "container",
     "fsck": "fsck",
-    **{
-        c: "deploy"
-        for c in ("install", "switch", "upgrade", "finalize-staged", "rollback", "status", "gc")
-    },
+    "install": "install",
+    **{c: "deploy" for c in ("switch", "upgrade", "finalize-staged", "rollback", "status", "gc")},
     **{c: "assessment" for c in ("bless", "health-check", "assess-boot")},
     "update": "deploy",  # bootc's alias of upgrade
     "usr-overlay": "usroverlay",

@@ -62,3 +62,33 @@ def hash_alg(text: str) -> HashAlg:
     except ValueError:
         names = " or ".join(HashAlg)
         raise argparse.ArgumentTypeError(f"unknown hash algorithm {text!r} ({names})") from None
+
+
+def karg_options(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--karg", action="append", default=[], help="add a kernel argument (repeat)")
+    q.add_argument(
+        "--karg-delete",
+        action="append",
+        default=[],
+        metavar="KEY[=VALUE]",
+        help="remove a kernel argument, from the image's kargs.d too: KEY removes every"
+        " KEY and KEY=..., KEY=VALUE that one only (repeat; not with a UKI)",
+    )
+
+
+def _boot_tries(text: str) -> int:
+    from cfsboot.boot.counting import MAX_TRIES
+
+    if not text.isdigit() or int(text) > MAX_TRIES:
+        raise argparse.ArgumentTypeError(f"expected 0 (off) to {MAX_TRIES}, not {text!r}")
+    return int(text)
+
+
+def boot_tries_option(q: argparse.ArgumentParser, default: str) -> None:
+    q.add_argument(
+        "--boot-tries",
+        type=_boot_tries,
+        metavar="N",
+        help=f"boots the new deployment gets to reach boot-complete.target before the"
+        f" previous one boots again; 0: no boot counting ({default})",
+    )

@@ -1,4 +1,4 @@
-"""`cfsboot install|switch|upgrade|finalize-staged|rollback|status|gc`: the deployment lifecycle."""
+"""`cfsboot switch|upgrade|finalize-staged|rollback|status|gc`: the deployment lifecycle."""
 
 from __future__ import annotations
 
@@ -6,25 +6,20 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cfsboot.commands.common import opened, sysroot_options
+from cfsboot.commands.common import boot_tries_option, karg_options, opened, sysroot_options
 from cfsboot.errors import die
-from setuproot.contract import HashAlg
 
 if TYPE_CHECKING:
     from cfsboot.boot.bootloader import Bootloader
-    from cfsboot.deploy import install
     from cfsboot.deploy.sysroot import Sysroot
-    from cfsboot.image.installconfig import InstallConfig
 
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 # The deployment modules are imported by the commands that use them: every
 # `cfsboot` run builds this parser, and most runs need none of them.
 log = logging.getLogger(__name__)
-BOOTLOADERS = ("systemd-boot", "grub")  # cfsboot.boot.bootloader.BootloaderKind
 # cfsboot.oci.reference.SWITCH_TRANSPORTS: bootc's --transport names.
 TRANSPORTS = (
     "registry",
@@ -38,96 +33,9 @@ TRANSPORTS = (
 STATUS_FORMATS = ("human", "humanreadable", "yaml", "json")  # humanreadable: bootc's name
 
 
-def _karg_options(q: argparse.ArgumentParser) -> None:
-    q.add_argument("--karg", action="append", default=[], help="add a kernel argument (repeat)")
-    q.add_argument(
-        "--karg-delete",
-        action="append",
-        default=[],
-        metavar="KEY[=VALUE]",
-        help="remove a kernel argument, from the image's kargs.d too: KEY removes every"
-        " KEY and KEY=..., KEY=VALUE that one only (repeat; not with a UKI)",
-    )
-
-
 def register(sub: Subparsers) -> None:
-    _register_install(sub)
     _register_switch_upgrade(sub)
     _register_lifecycle(sub)
-
-
-def _register_install(sub: Subparsers) -> None:
-    p = sub.add_parser("install", help="install a new system from an image")
-    isub = p.add_subparsers(dest="install_command", metavar="SUBCOMMAND", parser_class=type(p))
-    isub.required = True
-    for name, help_text in (
-        ("to-disk", "partition and format a disk (or image file) and install onto it"),
-        ("to-filesystem", "install onto a mounted, empty root filesystem"),
-    ):
-        q = isub.add_parser(name, help=help_text)
-        q.add_argument("imgref", metavar="IMGREF")
-        q.add_argument("target", metavar="DEVICE|IMAGEFILE" if name == "to-disk" else "DIR")
-        _karg_options(q)
-        q.add_argument(
-            "--bootloader",
-            choices=[*BOOTLOADERS, "systemd", "none"],
-            help="default: the image's install config, else systemd-boot (systemd: bootc's"
-            " name for it; none: no boot loader and no boot entries, the kernel arguments"
-            " to boot with are printed)",
-        )
-        q.add_argument(
-            "--insecure",
-            action="store_true",
-            help="do not require fs-verity (the karg becomes composefs=?DIGEST)",
-        )
-        q.add_argument("--hash", choices=[a.value for a in HashAlg], default="sha512")
-        q.add_argument("--boot-timeout", type=int, help="boot menu timeout in seconds")
-        _boot_tries_option(q, "default 0: a first deployment has nothing to fall back to")
-        q.add_argument("--quiet", "-q", action="store_true", help="no progress display")
-        q.add_argument(
-            "--root-ssh-authorized-keys",
-            metavar="FILE",
-            help="an authorized_keys for root, written into root's home at boot",
-        )
-        q.add_argument(
-            "--stateroot",
-            help="only 'default': cfsboot keeps one stateroot (state/os/default)",
-        )
-        q.add_argument(
-            "--no-image-config",
-            action="store_true",
-            help="ignore the image's /usr/lib/bootc/install/*.toml",
-        )
-        if name == "to-disk":
-            q.add_argument(
-                "--filesystem",
-                choices=["ext4", "btrfs", "xfs"],  # cfsboot.boot.disk.FILESYSTEMS
-                help="the root filesystem (default: the image's install config, else"
-                " ext4; xfs needs --insecure)",
-            )
-            q.add_argument("--root-size", help="size of the root partition (default: the rest)")
-            q.add_argument("--root-label", default="root", help="root filesystem label")
-            q.add_argument(
-                "--size",
-                help="create (or grow) IMAGEFILE to this size first (e.g. 8G)",
-            )
-            q.add_argument(
-                "--wipe",
-                action="store_true",
-                help="overwrite a target that holds a partition table or a filesystem",
-            )
-            q.set_defaults(func=cmd_install_to_disk)
-        else:
-            q.add_argument("--esp", help="the mounted ESP (directory)")
-            q.add_argument("--boot", help="alias of --esp (the ESP mounted at /boot)")
-            q.add_argument("--root-karg", help="e.g. root=UUID=... (default: none)")
-            q.add_argument(
-                "--replace",
-                choices=["wipe", "alongside"],  # cfsboot.deploy.installprep.Replace
-                help="a root that is not empty: delete what is there (wipe), or install"
-                " next to it, leaving its files alone (alongside)",
-            )
-            q.set_defaults(func=cmd_install_to_filesystem)
 
 
 def _register_switch_upgrade(sub: Subparsers) -> None:
@@ -157,7 +65,7 @@ def _register_switch_upgrade(sub: Subparsers) -> None:
                 " one stays as the rollback until gc)",
             )
         sysroot_options(q)
-        _karg_options(q)
+        karg_options(q)
         q.add_argument(
             "--apply", action="store_true", help="reboot when a deployment is staged to boot"
         )
@@ -183,27 +91,9 @@ def _register_switch_upgrade(sub: Subparsers) -> None:
                 help="another tag of the image followed (bootc's): it is followed from then on",
             )
         q.add_argument("--arch", help="from a multi-arch image (default: this machine's)")
-        _boot_tries_option(q, "default: boot-assessment.toml, else 3")
+        boot_tries_option(q, "default: boot-assessment.toml, else 3")
         q.add_argument("--quiet", "-q", action="store_true")
         q.set_defaults(func=cmd_switch if name == "switch" else cmd_upgrade)
-
-
-def _boot_tries(text: str) -> int:
-    from cfsboot.boot.counting import MAX_TRIES
-
-    if not text.isdigit() or int(text) > MAX_TRIES:
-        raise argparse.ArgumentTypeError(f"expected 0 (off) to {MAX_TRIES}, not {text!r}")
-    return int(text)
-
-
-def _boot_tries_option(q: argparse.ArgumentParser, default: str) -> None:
-    q.add_argument(
-        "--boot-tries",
-        type=_boot_tries,
-        metavar="N",
-        help=f"boots the new deployment gets to reach boot-complete.target before the"
-        f" previous one boots again; 0: no boot counting ({default})",
-    )
 
 
 def _register_lifecycle(sub: Subparsers) -> None:
@@ -260,104 +150,6 @@ def _reboot_if_staged(apply: bool, sysroot: Sysroot) -> None:
     """--apply of switch and upgrade: reboot when something is staged to boot next."""
     marker = sysroot.staged()
     _reboot(apply and marker is not None and not marker.finalization_locked)
-
-
-# -- install -------------------------------------------------------------------------------
-
-
-def _install_options(
-    args: argparse.Namespace, config: InstallConfig | None = None
-) -> install.InstallOptions:
-    """The options from the command line; where it says nothing, the image's install
-    config (`config`, read before the import by to-disk) fills in the boot loader."""
-    from cfsboot.boot.bootloader import BootloaderKind
-    from cfsboot.deploy import install
-    from cfsboot.deploy.installprep import Replace
-
-    stateroot = args.stateroot or (config.stateroot if config else None)
-    if stateroot not in (None, "default"):
-        die(f"stateroot {stateroot!r} is not supported: cfsboot keeps one, 'default'",
-            hint="leave out --stateroot, or give --stateroot default")  # fmt: skip
-    name = args.bootloader or (config.bootloader if config else None) or BOOTLOADERS[0]
-    kind = "systemd-boot" if name == "systemd" else name
-    bootloader = None if name == "none" else BootloaderKind(kind)
-    keys = None
-    if args.root_ssh_authorized_keys:
-        try:
-            keys = Path(args.root_ssh_authorized_keys).read_bytes()
-        except OSError as e:
-            die(f"cannot read {args.root_ssh_authorized_keys}: {e.strerror}")
-    return install.InstallOptions(
-        bootloader=bootloader,
-        kargs=tuple(args.karg),
-        karg_delete=tuple(args.karg_delete),
-        insecure=args.insecure,
-        algorithm=HashAlg(args.hash),
-        root_karg=getattr(args, "root_karg", None),
-        boot_timeout=args.boot_timeout,
-        boot_tries=args.boot_tries or 0,
-        quiet=args.quiet or not sys.stderr.isatty(),
-        root_ssh_keys=keys,
-        root_ssh_keys_from=args.root_ssh_authorized_keys or "",
-        replace=Replace(args.replace) if getattr(args, "replace", None) else None,
-        use_image_config=not args.no_image_config,
-        stateroot=args.stateroot,
-    )
-
-
-def _report_install(done: install.Installed) -> None:
-    mode = "fs-verity enforced" if done.secure else "fs-verity NOT enforced (composefs=?)"
-    if done.entry:
-        sys.stderr.write(f"installed {done.entry} ({mode})\n")
-    else:
-        sys.stderr.write(
-            f"installed without a boot loader ({mode}); boot the image's kernel with:"
-            f" {' '.join(done.options)}\n"
-        )
-    print(done.digest)
-
-
-def cmd_install_to_disk(args: argparse.Namespace) -> int:
-    from cfsboot.deploy import install
-
-    target = Path(args.target)
-    size = install.parse_size(args.size) if args.size else None
-    root_size = install.parse_size(args.root_size) if args.root_size else None
-    install.prepare_disk_target(target, size=size, wipe=args.wipe)
-    config = None
-    if not args.no_image_config and (args.filesystem is None or args.bootloader is None):
-        from cfsboot.image.installpeek import peek  # streams the layers: only when needed
-
-        config = peek(args.imgref)
-    filesystem = args.filesystem or (config.root_fs_type if config else None) or "ext4"
-    done = install.to_disk(
-        args.imgref,
-        target,
-        _install_options(args, config),
-        root_size=root_size,
-        root_label=args.root_label,
-        filesystem=filesystem,
-    )
-    _report_install(done)
-    return 0
-
-
-def cmd_install_to_filesystem(args: argparse.Namespace) -> int:
-    from cfsboot.boot.espfind import open_esp
-    from cfsboot.deploy import install
-
-    opts = _install_options(args)
-    esp_dir = args.esp or args.boot
-    if opts.bootloader is None:
-        done = install.to_filesystem(args.imgref, Path(args.target), None, opts)
-    else:
-        if not esp_dir:
-            die("install to-filesystem needs --esp DIR (or --boot DIR)",
-                hint="or --bootloader none")  # fmt: skip
-        with open_esp(Path(args.target), esp_dir) as esp:
-            done = install.to_filesystem(args.imgref, Path(args.target), esp, opts)
-    _report_install(done)
-    return 0
 
 
 # -- switch / upgrade --------------------------------------------------------------------
@@ -511,7 +303,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from cfsboot.deploy import status
+    from cfsboot.deploy import status, statusformat
     from cfsboot.deploy.fsck.run import warn_problems
 
     if args.format_version not in (None, 0, 1):
@@ -523,16 +315,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         warn_problems(sysroot, bl)  # a broken state is reported, not tripped on
         doc = status.host_status(sysroot, bl)
     if args.booted:
-        doc = status.only_booted(doc)
+        doc = statusformat.only_booted(doc)
     fmt = args.format or ("json" if args.json else "yaml" if args.yaml else None)
     if fmt is None:
         fmt = "human" if sys.stdout.isatty() else "yaml"
     if fmt == "json":
         print(json.dumps(doc, indent=2))
     elif fmt == "yaml":
-        print(status.to_yaml(doc))
+        print(statusformat.to_yaml(doc))
     else:
-        sys.stdout.write(status.human(doc, verbose=args.verbose))
+        sys.stdout.write(statusformat.human(doc, verbose=args.verbose))
     return 0
 
 

@@ -134,3 +134,10 @@ def check(doc: Any) -> list[str]:
     extra += [f"$.{k}" for k in sorted(set(host) - _HOST)]
     extra += [f"$.status.{k}" for k in sorted(set(status) - _STATUS)]
     return extra
+
+
+def unknown(doc: Any) -> list[str]:
+    """check(doc) without cfsboot's own `cfsboot` objects (boot assessment), which bootc's
+    schema allows as it allows any extra property: what is left is a property no one
+    declared."""
+    return [p for p in check(doc) if not p.endswith(".cfsboot")]

@@ -213,6 +213,9 @@ def _following(sysroot: Sysroot, bl: Bootloader) -> tuple[str, str] | None:
     from cfsboot.deploy.target import current_deployment
 
     staged = sysroot.staged()
+    # A marker whose staged menu or state is gone (a crash) stages nothing: not followed.
+    if staged is not None and not (bl.has_staged() and sysroot.deploy_dir(staged.depl_id).is_dir()):
+        staged = None
     for depl in (staged.depl_id if staged else None, current_deployment(sysroot, bl)):
         if depl is None:
             continue

@@ -55,6 +55,8 @@ PACKAGES = (
     "python3-zstandard",
     "python3-construct",
     "python3-pyudev",
+    # The update timer's network check (cfsboot.linux.route: a netlink route lookup).
+    "python3-pyroute2",
     "skopeo",
     "grub-efi-amd64-bin",
 )

@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "container",
     "fsck",
     "assessment",
+    "updates",
     "usroverlay",
 )
 
@@ -43,6 +44,7 @@ COMMANDS = {
     "install": "install",
     **{c: "deploy" for c in ("switch", "upgrade", "finalize-staged", "rollback", "status", "gc")},
     **{c: "assessment" for c in ("bless", "health-check", "assess-boot")},
+    **{c: "updates" for c in ("diff", "pin", "unpin")},
     "update": "deploy",  # bootc's alias of upgrade
     "usr-overlay": "usroverlay",
     "usroverlay": "usroverlay",  # bootc's alias

@@ -66,6 +66,9 @@ def test_contents(deb: Path) -> None:
         "/usr/lib/systemd/system/multi-user.target.wants/cfsboot-assess-boot.service",
         "/usr/lib/systemd/system/cfsboot-bless-boot.service",
         "/usr/lib/systemd/system/systemd-bless-boot.service.d/50-cfsboot.conf",
+        # Automatic updates (shipped, not enabled: no .wants link).
+        "/usr/lib/systemd/system/cfsboot-fetch-apply-updates.service",
+        "/usr/lib/systemd/system/cfsboot-fetch-apply-updates.timer",
         "/usr/share/man/man8/cfsboot.8.gz",
         "/etc/kernel/postinst.d/zz-cfsboot",
         "/etc/kernel/postrm.d/zz-cfsboot",
@@ -74,11 +77,18 @@ def test_contents(deb: Path) -> None:
     # No byte code in the package (py3compile makes it at install), no setup-root in PATH.
     assert not [p for p in paths if p.endswith(".pyc")]
     assert "/usr/bin/cfsboot-setup-root" not in paths
+    assert not [p for p in paths if p.endswith(".wants/cfsboot-fetch-apply-updates.timer")]
     fields = subprocess.run(
         ["dpkg-deb", "-f", str(deb), "Architecture", "Depends"], capture_output=True, text=True
     ).stdout
     assert "Architecture: all" in fields
-    for dep in ("python3-zstandard", "dracut", "skopeo", "systemd-boot-efi | grub-efi-amd64-bin"):
+    for dep in (
+        "python3-zstandard",
+        "python3-pyroute2",  # the update timer's route check
+        "dracut",
+        "skopeo",
+        "systemd-boot-efi | grub-efi-amd64-bin",
+    ):
         assert dep in fields, dep
 
 

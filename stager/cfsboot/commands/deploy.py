@@ -31,6 +31,9 @@ TRANSPORTS = (
     "dir",
 )
 STATUS_FORMATS = ("human", "humanreadable", "yaml", "json")  # humanreadable: bootc's name
+# upgrade's exit code when the registry cannot be reached (sysexits.h EX_TEMPFAIL; the
+# update timer's unit counts it a success): cfsboot.oci.network says why.
+OFFLINE = 75
 
 
 def register(sub: Subparsers) -> None:
@@ -84,7 +87,8 @@ def _register_switch_upgrade(sub: Subparsers) -> None:
             what.add_argument(
                 "--check",
                 action="store_true",
-                help="only say whether there is an update (reads no layer)",
+                help="only say whether there is an update and what it changes (exit 0: there"
+                " is one, 77: none; fetches its new layers, stages nothing)",
             )
             q.add_argument(
                 "--tag",
@@ -233,19 +237,37 @@ def _followed(sysroot: Sysroot, bl: Bootloader) -> tuple[str, str]:
     return following
 
 
-def _check(sysroot: Sysroot, depl: str, imgref: str, arch: str | None) -> None:
-    from cfsboot.deploy.target import check_update
+def _check(
+    args: argparse.Namespace, sysroot: Sysroot, bl: Bootloader, depl: str, imgref: str
+) -> int:
+    """upgrade --check: 0 an update, 77 none (cfsboot.deploy.updates), its changes on stdout."""
+    from cfsboot.deploy import updates
 
-    found = check_update(sysroot, depl, imgref, arch=arch)
-    short = found.config_digest[:19] + "…"
-    if not found.available:
+    quiet = args.quiet or not sys.stderr.isatty()
+    result = updates.check(sysroot, bl, depl, imgref, arch=args.arch, quiet=quiet)
+    found = result.found
+    if result.diff is None:
+        short = found.config_digest[:19] + "…"
         print(f"no update: {imgref} still names the deployed image (config {short})")
-        return
+        return updates.NO_UPDATE
     version = f" (version {found.version})" if found.version else ""
     print(f"update available: {imgref}{version}")
     print(f"  config {found.config_digest}")
     if found.current_config_digest is None:
         print(f"  (deployment {depl[:12]}… has no config on record to compare with)")
+    sys.stdout.write(result.diff.human(files=False))
+    return 0
+
+
+def _offline(imgref: str) -> bool:
+    """Say so when the registry of `imgref` has no route (the timer's case): no skopeo timeout."""
+    from cfsboot.oci.network import offline_reason
+    from cfsboot.oci.reference import parse
+
+    reason = offline_reason(parse(imgref))
+    if reason is not None:
+        sys.stderr.write(f"cfsboot: {reason}\n")
+    return reason is not None
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
@@ -264,9 +286,10 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
             depl, imgref = _followed(sysroot, bl)
             if args.tag is not None:
                 imgref = str(with_tag(parse(imgref), args.tag))
+            if _offline(imgref):
+                return OFFLINE
             if args.check:
-                _check(sysroot, depl, imgref, args.arch)
-                return 0
+                return _check(args, sysroot, bl, depl, imgref)
             rc = _stage(args, sysroot, bl, imgref, switching=False)
     _reboot_if_staged(args.apply, sysroot)
     return rc

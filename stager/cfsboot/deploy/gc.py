@@ -1,11 +1,11 @@
 """`cfsboot gc`: remove deployments, boot files, images and objects nothing needs any more.
 
 Kept: the booted deployment, the staged one, the rollback one, `--keep N`
-more from the boot menu in menu order, and every image a tag of the user's
-names (`images/refs/`, except cfsboot's own `deploy/` tags). Everything a kept
-image needs stays: its EROFS, the objects it references, its manifest, config
-and layer records, and the objects those records reference (so a re-import
-reads nothing again).
+more from the boot menu in menu order, the pinned ones (`cfsboot pin`, not
+counted in N), and every image a tag of the user's names (`images/refs/`,
+except cfsboot's own `deploy/` tags). Everything a kept image needs stays:
+its EROFS, the objects it references, its manifest, config and layer records,
+and the objects those records reference (so a re-import reads nothing again).
 
 Order (each step leaves a bootable, consistent system if the power goes):
   1. the boot menu without the dropped deployments (one atomic exchange);
@@ -31,6 +31,7 @@ from cfsboot.boot.bootloader import Bootloader, MenuEntry
 from cfsboot.composefs.objectstore import STAGING_PREFIX
 from cfsboot.composefs.repocheck import file_refs
 from cfsboot.composefs.repository import Repository
+from cfsboot.deploy.pins import pinned
 from cfsboot.deploy.state import remove_state, remove_tree, state_leftovers
 from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.deploy.target import DEPLOY_TAG_PREFIX, current_deployment, deployment_tag
@@ -92,9 +93,14 @@ def choose_kept(sysroot: Sysroot, bl: Bootloader, *, keep: int) -> tuple[set[str
         kept.add(current)
     if staged is not None:
         kept.add(staged.depl_id)
+    pins = pinned(sysroot)
     others = [m for m in live if m.deployment not in kept]
-    for m in others[: 1 + max(0, keep)]:  # the rollback one, then --keep more
+    if others:
+        kept.add(others[0].deployment)  # the rollback one
+    # Then --keep more; pinned ones are kept besides, not counted.
+    for m in [m for m in others[1:] if m.deployment not in pins][: max(0, keep)]:
         kept.add(m.deployment)
+    kept |= pins
     return kept, [m for m in live if m.deployment in kept]
 
 

@@ -43,6 +43,7 @@ from cfsboot.deploy.assessment import clear_record, trial_tries
 from cfsboot.deploy.entries import build_entry, composefs_karg
 from cfsboot.deploy.etccarry import check_etc, merge_etc
 from cfsboot.deploy.origin import Origin
+from cfsboot.deploy.pins import cap_menu, pinned
 from cfsboot.deploy.state import write_state
 from cfsboot.deploy.sysroot import StagedDeployment, Sysroot
 from cfsboot.deploy.target import (
@@ -145,7 +146,8 @@ def stage(
         sysroot.write_origin(d, origin)
     else:
         write_state(sysroot, target, origin, init_var=False)
-    menu = [entry, *(m for m in live if m.deployment != d)][:MAX_ENTRIES]
+    menu = [entry, *(m for m in live if m.deployment != d)]
+    menu = cap_menu(menu, {current, *pinned(sysroot)}, MAX_ENTRIES)
     bl.stage(menu)
     sysroot.write_staged(StagedDeployment(d, finalization_locked=download_only))
     if sysroot.live:

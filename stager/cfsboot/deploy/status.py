@@ -31,15 +31,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NotRequired, TypedDict
+from typing import Literal, NotRequired, TypedDict, cast
 
 from cfsboot.boot.bootloader import Bootloader, BootloaderKind, MenuEntry
 from cfsboot.boot.boottype import BootType
 from cfsboot.boot.uki import parse_uki
 from cfsboot.deploy.assessment import read_record
 from cfsboot.deploy.origin import Origin
+from cfsboot.deploy.pins import pinned
 from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.deploy.target import VERSION_LABEL, current_deployment
+from cfsboot.deploy.updatecache import read_cached_update
 from cfsboot.deploy.usroverlay import FilesystemOverlay as FilesystemOverlay  # host-v1's
 from cfsboot.deploy.usroverlay import usr_overlay_status
 from cfsboot.image.imagefiles import bootfile_bytes
@@ -112,7 +114,7 @@ class HostStatusCfsboot(TypedDict):
 
 class BootEntry(TypedDict):
     image: ImageStatus | None
-    cachedUpdate: None
+    cachedUpdate: ImageStatus | None  # what `upgrade --check` last found (updatecache)
     incompatible: bool
     pinned: bool
     softRebootCapable: bool
@@ -215,14 +217,20 @@ def _image_status(sysroot: Sysroot, dep: Deployment) -> ImageStatus | None:
 
 
 def _boot_entry(
-    sysroot: Sysroot, dep: Deployment, bootloader: BootloaderKind, *, download_only: bool = False
+    sysroot: Sysroot,
+    dep: Deployment,
+    bootloader: BootloaderKind,
+    *,
+    download_only: bool = False,
+    pinned: bool = False,
+    cached_update: ImageStatus | None = None,
 ) -> BootEntry:
     boot_type = dep.origin.boot_type if dep.origin else dep.entry.boot_type
     return {
         "image": _image_status(sysroot, dep),
-        "cachedUpdate": None,
+        "cachedUpdate": cached_update,
         "incompatible": False,
-        "pinned": False,
+        "pinned": pinned,
         "softRebootCapable": False,
         "downloadOnly": download_only,
         "store": None,
@@ -316,9 +324,20 @@ def host_status(sysroot: Sysroot, bl: Bootloader, *, usr: Path | None = None) ->
     ]
     rollback = others[0] if others else None
 
+    pins = pinned(sysroot)
+    cached = read_cached_update(sysroot)
+
     def entry(m: MenuEntry, *, download_only: bool = False) -> BootEntry:
         dep = _deployment(sysroot, m)
-        return _boot_entry(sysroot, dep, bl.kind, download_only=download_only)
+        update = cached.image if cached is not None and cached.deployment == m.deployment else None
+        return _boot_entry(
+            sysroot,
+            dep,
+            bl.kind,
+            download_only=download_only,
+            pinned=m.deployment in pins,
+            cached_update=cast(ImageStatus, update) if update is not None else None,
+        )
 
     rollback_queued = bool(live) and current is not None and live[0].deployment != current
     spec_source = staged_entry or booted

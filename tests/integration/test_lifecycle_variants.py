@@ -188,21 +188,23 @@ def test_upgrade_follows_the_reference(tmp: Path) -> None:
     ref = os_image(img, "1")
     sys_ = install(tmp / "s", ref)
     d1 = digest(ref)
-    out = sys_.cfs("upgrade", "--check")
-    assert out.stdout.startswith("no update")
+    out = sys_.cfs("upgrade", "--check", check=False)
+    assert (out.returncode, out.stdout[:9]) == (77, "no update")
     nothing = sys_.cfs("upgrade", "-q")
     assert nothing.stderr == f"no changes: {ref} ({d1[:12]}…) is the booted deployment\n"
     # A new version under the same reference.
     shutil.rmtree(img)
     os_image(img, "2")
     d2 = digest(ref)
-    objects = sorted((sys_.root / "composefs/objects").rglob("*"))
     out = sys_.cfs("upgrade", "--check")
     lines = out.stdout.splitlines()
     assert lines[0] == f"update available: {ref}"
     assert lines[1] == f"  config {_config_digest(img)}"
-    # Only the manifest and config were read: nothing new in the repository.
-    assert sorted((sys_.root / "composefs/objects").rglob("*")) == objects
+    # Fetched to be compared, not staged: no marker, no deployment; status records it.
+    assert not (sys_.run / "composefs/staged-deployment").exists()
+    assert sys_.menu() == [d1]
+    booted = sys_.status()["status"]["booted"]
+    assert booted["cachedUpdate"]["image"] == {"image": f"{img}:latest", "transport": "oci"}
     sys_.cfs("upgrade", "-q")
     sys_.cfs("finalize-staged")
     assert sys_.menu() == [d2, d1]

@@ -86,24 +86,27 @@ def test_upgrade_check_reads_only_the_config(
     esp.mkdir()
     cfsboot("install", "to-filesystem", ref, root, "--esp", esp, "-q")
     opts = ("--sysroot", root, "--esp", esp, "--run-dir", run)
-    out = cfsboot("upgrade", "--check", *opts).stdout
-    assert out.startswith(f"no update: {ref} still names the deployed image")
+    none = cfsboot("upgrade", "--check", *opts, check=False)
+    assert none.returncode == 77  # cfsboot.deploy.updates.NO_UPDATE
+    assert none.stdout.startswith(f"no update: {ref} still names the deployed image")
 
-    # A new version under the same tag: the check sees it and writes nothing.
+    # A new version under the same tag: the check sees it, fetches it to say what it
+    # changes and records it as cachedUpdate, and stages nothing.
     reg.push(v2, "latest")
-    objects = sorted((root / "composefs/objects").rglob("*"))
-    streams = sorted((root / "composefs/streams").rglob("*"))
     lines = cfsboot("upgrade", "--check", *opts).stdout.splitlines()
-    assert lines == [f"update available: {ref}", f"  config {_config_digest(v2)}"]
-    assert sorted((root / "composefs/objects").rglob("*")) == objects
-    assert sorted((root / "composefs/streams").rglob("*")) == streams
+    assert lines[:2] == [f"update available: {ref}", f"  config {_config_digest(v2)}"]
+    # os-release, /usr/share/version and /etc/os-release-version differ (cfstest.osimages).
+    assert "files: 0 added, 0 removed, 3 changed" in lines
+    assert not (run / "composefs/staged-deployment").exists()
+    booted = json.loads(cfsboot("status", "--json", *opts).stdout)["status"]["booted"]
+    assert booted["cachedUpdate"]["imageDigest"] == reg.manifest_digest("latest")
 
     cfsboot("upgrade", "-q", *opts)
     cfsboot("finalize-staged", *opts)
     image = json.loads(cfsboot("status", "--json", *opts).stdout)["status"]["booted"]["image"]
     assert image["image"]["transport"] == "registry"
     assert image["imageDigest"] == reg.manifest_digest("latest")
-    assert cfsboot("upgrade", "--check", *opts).stdout.startswith("no update")
+    assert cfsboot("upgrade", "--check", *opts, check=False).stdout.startswith("no update")
 
     # A tag the registry does not know: one line on stderr, non-zero, nothing staged.
     missing = reg.ref("nosuchtag")

@@ -3,7 +3,8 @@
 Files: both EROFS images are read back from the repository (the composefs
 reader) and compared path by path: a file changed when its type, mode,
 owner, device number, size, xattrs or content (the inline bytes, the object's
-fs-verity digest, a symlink's target) differ. Modification times are left
+fs-verity digest, a symlink's target) differ; a directory when its type, mode,
+owner or xattrs do (its entries are paths of their own). Modification times are left
 out: a rebuilt image stamps files whose content did not change.
 Packages: each image's `/var/lib/dpkg/status`, versions ordered as dpkg
 orders them. Kernel: the newest kernel with an initramfs, or the UKI's file.
@@ -143,6 +144,9 @@ def _flatten(tree: Inode) -> dict[str, Inode]:
 
 
 def _identity(n: Inode) -> tuple[object, ...]:
+    if stat.S_ISDIR(n.mode):
+        # A directory's size is the image format's (its entries'), not something set.
+        return (n.mode, n.uid, n.gid, sorted(n.xattrs.items()))
     content: object = None
     if stat.S_ISREG(n.mode):
         content = n.digest if n.digest is not None else (n.content or b"")

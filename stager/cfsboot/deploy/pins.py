@@ -14,7 +14,7 @@ import re
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
-from cfsboot.boot.bootloader import Bootloader, MenuEntry
+from cfsboot.boot.bootloader import MAX_ENTRIES, Bootloader, MenuEntry
 from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.deploy.target import current_deployment
 from cfsboot.errors import die
@@ -114,7 +114,9 @@ def unpin(sysroot: Sysroot, bl: Bootloader, ident: str) -> str:
     return f"unpinned deployment {depl[:12]}…: gc may remove it once it is not needed"
 
 
-def cap_menu(menu: Sequence[MenuEntry], keep: Collection[str], limit: int) -> list[MenuEntry]:
+def cap_menu(
+    menu: Sequence[MenuEntry], keep: Collection[str], limit: int = MAX_ENTRIES
+) -> list[MenuEntry]:
     """`menu` cut to `limit` entries: the first and every one of `keep` stay, then menu order."""
     must = {menu[0].deployment, *keep} if menu else set(keep)
     must &= {m.deployment for m in menu}

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import NoReturn
 
-from cfsboot.boot.bootloader import MAX_ENTRIES, Bootloader, MenuEntry
+from cfsboot.boot.bootloader import Bootloader, MenuEntry
 from cfsboot.boot.kargs import check_karg_deletes, delete_kargs, upgrade_kargs
 from cfsboot.deploy.assessment import clear_record, trial_tries
 from cfsboot.deploy.entries import build_entry, composefs_karg
@@ -146,8 +146,7 @@ def stage(
         sysroot.write_origin(d, origin)
     else:
         write_state(sysroot, target, origin, init_var=False)
-    menu = [entry, *(m for m in live if m.deployment != d)]
-    menu = cap_menu(menu, {current, *pinned(sysroot)}, MAX_ENTRIES)
+    menu = cap_menu([entry, *(m for m in live if m.deployment != d)], {current, *pinned(sysroot)})
     bl.stage(menu)
     sysroot.write_staged(StagedDeployment(d, finalization_locked=download_only))
     if sysroot.live:

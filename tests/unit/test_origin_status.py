@@ -294,3 +294,19 @@ def test_human_output_tells_of_an_automatic_rollback() -> None:
     assert "    Last failure: health check 50-x exited with status 1\n" in text
     assert text.rstrip().endswith("Automatic rollback: it failed.")
     assert text.count("Assessment:") == 1
+
+
+def test_human_output_shows_a_cached_update() -> None:
+    host = _host()
+    booted = host["status"]["booted"]
+    assert booted is not None
+    new = _entry("q.io/x:1", "registry", "sha256:dd", "1.1", None)["image"]
+    booted["cachedUpdate"] = new
+    lines = human(host).split("\n\n")[1].splitlines()
+    assert lines[4:6] == [
+        "     Boot type: Bls (systemd-boot)",
+        "        Update: 1.1 available (cfsboot upgrade)",
+    ]
+    assert new is not None
+    booted["cachedUpdate"] = {**new, "version": None}
+    assert "        Update: sha256:dd available (cfsboot upgrade)" in human(host).splitlines()

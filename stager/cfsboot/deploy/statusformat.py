@@ -143,6 +143,10 @@ def _human_entry(slot: str, e: BootEntry, status: HostStatus, verbose: bool) -> 
     out.append(row("Boot type", f"{cfs['bootType']} ({loader})"))
     if e["pinned"]:
         out.append(row("Pinned", "yes"))
+    update = e["cachedUpdate"]
+    if update is not None:  # what `upgrade --check` found
+        what = update["version"] or update["imageDigest"] or "a new image"
+        out.append(row("Update", f"{what} available (cfsboot upgrade)"))
     overlay = status["usrOverlay"]
     if slot == "Booted" and overlay is not None:
         access = "read-only" if overlay["accessMode"] == "readOnly" else "read/write"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -201,3 +202,33 @@ def test_file_changed_while_read(source: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(srctree._Walker, "node", node_then_grow)
     with pytest.raises(OSError, match="file changed while it was read"):
         tree_from_directory(source, threads=1)
+
+
+def test_directory_deeper_than_the_recursion_limit(tmp_path: Path) -> None:
+    depth = 1500  # the default recursion limit is 1000
+    top = tmp_path / "deep"
+    top.mkdir()
+    # One level at a time through directory fds (os.makedirs and shutil.rmtree recurse:
+    # the tree is removed here, before pytest's own cleanup would meet it).
+    fds = [os.open(top, os.O_RDONLY | os.O_DIRECTORY)]
+    try:
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=fds[-1])
+            fds.append(os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fds[-1]))
+        with open(os.open("f", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fds[-1]), "wb") as f:
+            f.write(b"x" * 100)
+        root = tree_from_directory(top)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink("f", dir_fd=fds[-1])
+        while fds:
+            fd = fds.pop()
+            os.close(fd)
+            if fds:
+                os.rmdir("d", dir_fd=fds[-1])
+    paths = [path for path, _ in walk(root)]
+    assert len(paths) == depth + 2
+    assert paths[-1] == b"/d" * depth + b"/f"
+    leaf = lookup(root, paths[-1])
+    assert leaf is not None and leaf.digest == digest_bytes(b"x" * 100)
+    assert lookup(root, b"/d" * (depth - 1)).nlink == 3  # type: ignore[union-attr]

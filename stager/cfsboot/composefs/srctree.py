@@ -218,12 +218,18 @@ class _Walker:
             self.batch_bytes = 0
 
     def walk_dir(self, path: bytes, node: Inode) -> None:
-        children = node.children
-        assert children is not None
-        with os.scandir(path) as it:
-            entries = [(e.name, e.path) for e in it]
-        subdirs = 0
-        for name, child_path in entries:
+        """Read the directory at `path` into `node`, and everything below it (depth first,
+        with its own stack: the depth of a tree is not limited by Python's recursion)."""
+        stack = [(path, node, self._list(path))]
+        while stack:
+            dir_path, dir_node, entries = stack[-1]
+            children = dir_node.children
+            assert children is not None
+            if not entries:
+                stack.pop()
+                dir_node.nlink = 2 + sum(1 for c in children.values() if c.children is not None)
+                continue
+            name, child_path = entries.pop()
             st = os.lstat(child_path)
             if self.hardlinks and st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
                 key = (st.st_dev, st.st_ino)
@@ -237,10 +243,16 @@ class _Walker:
                 self.seen[(st.st_dev, st.st_ino)] = child
             children[name] = child
             if child.children is not None:
-                subdirs += 1
                 if self.device is None or st.st_dev == self.device:
-                    self.walk_dir(child_path, child)
-        node.nlink = 2 + subdirs
+                    stack.append((child_path, child, self._list(child_path)))
+
+    @staticmethod
+    def _list(path: bytes) -> list[tuple[bytes, bytes]]:
+        """(name, path) of a directory's entries, last first (they are popped)."""
+        with os.scandir(path) as it:
+            entries = [(e.name, e.path) for e in it]
+        entries.reverse()
+        return entries
 
 
 def _read_small(path: bytes, size: int) -> bytes:

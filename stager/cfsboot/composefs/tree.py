@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from typing import Final
 
 # Regular files of this many bytes or fewer keep their contents in the tree (and inline in
 # the EROFS image); larger ones are objects named by their fs-verity digest.
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 INLINE_MAX = 64
 
 # The file types a composefs tree (dumpfile, EROFS image) can hold.
-FILE_TYPES = frozenset(
+FILE_TYPES: Final = frozenset(
     (
         stat.S_IFREG,
         stat.S_IFDIR,
@@ -29,7 +29,12 @@ FILE_TYPES = frozenset(
 )
 
 
-@dataclass(eq=False, slots=True)
+_FIELDS: Final = (
+    "mode", "uid", "gid", "mtime", "mtime_nsec", "rdev", "nlink", "size", "xattrs", "content",
+    "payload", "digest", "children",
+)  # fmt: skip
+
+
 class Inode:
     """One file, directory, symlink or special file.
 
@@ -37,21 +42,70 @@ class Inode:
     `content` (stored inline in the image), or `payload` + `digest` (an external
     object: `payload` is its path relative to the objects directory, `digest`
     its raw fs-verity digest), or neither with size 0 (empty file).
+
+    A plain class rather than a dataclass: mypyc compiles its __init__ (native.py),
+    and the EROFS build makes one per line of a dumpfile.
     """
 
+    __slots__ = _FIELDS
+
     mode: int  # st_mode, including the file type bits
-    uid: int = 0
-    gid: int = 0
-    mtime: int = 0  # seconds
-    mtime_nsec: int = 0
-    rdev: int = 0
-    nlink: int = 1
-    size: int = 0
-    xattrs: dict[bytes, bytes] = field(default_factory=dict)
-    content: bytes | None = None  # inline content of a regular file
-    payload: bytes | None = None  # symlink target, or object path "xx/rest…"
-    digest: bytes | None = None  # fs-verity digest of an external file's content
-    children: dict[bytes, Inode] | None = None  # directories only
+    uid: int
+    gid: int
+    mtime: int  # seconds
+    mtime_nsec: int
+    rdev: int
+    nlink: int
+    size: int
+    xattrs: dict[bytes, bytes]
+    content: bytes | None  # inline content of a regular file
+    payload: bytes | None  # symlink target, or object path "xx/rest…"
+    digest: bytes | None  # fs-verity digest of an external file's content
+    children: dict[bytes, Inode] | None  # directories only
+
+    def __init__(
+        self,
+        mode: int,
+        uid: int = 0,
+        gid: int = 0,
+        mtime: int = 0,
+        mtime_nsec: int = 0,
+        rdev: int = 0,
+        nlink: int = 1,
+        size: int = 0,
+        xattrs: dict[bytes, bytes] | None = None,
+        content: bytes | None = None,
+        payload: bytes | None = None,
+        digest: bytes | None = None,
+        children: dict[bytes, Inode] | None = None,
+    ) -> None:
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.mtime = mtime
+        self.mtime_nsec = mtime_nsec
+        self.rdev = rdev
+        self.nlink = nlink
+        self.size = size
+        self.xattrs = {} if xattrs is None else xattrs
+        self.content = content
+        self.payload = payload
+        self.digest = digest
+        self.children = children
+
+    def __reduce__(self) -> tuple[type[Inode], tuple[object, ...]]:
+        """For copy and pickle (which cannot see the fields of a compiled class)."""
+        return Inode, tuple(getattr(self, name) for name in _FIELDS)
+
+    def __repr__(self) -> str:
+        # Children by name only: a repr must not walk the tree (nor recurse into it).
+        fields = ", ".join(
+            f"children=[{', '.join(map(repr, self.children))}]"
+            if name == "children" and self.children is not None
+            else f"{name}={getattr(self, name)!r}"
+            for name in _FIELDS
+        )
+        return f"Inode({fields})"
 
     @property
     def ftype(self) -> int:
@@ -104,17 +158,26 @@ def walk(root: Inode) -> Iterator[tuple[bytes, Inode]]:
     """Depth-first, children sorted by name bytes, parents before children.
 
     Yields (absolute path, inode); a hardlinked inode is yielded once per name.
-    This is the order of a composefs dumpfile.
+    This is the order of a composefs dumpfile. The walk keeps its own stack, so
+    the depth of a tree is not limited by Python's recursion limit.
     """
     yield b"/", root
-    yield from _walk_children(b"", root)
+    assert root.children is not None
+    # (path of a directory, its remaining children in name order)
+    stack: list[tuple[bytes, Iterator[tuple[bytes, Inode]]]] = [
+        (b"", iter(sorted(root.children.items(), key=_name)))
+    ]
+    while stack:
+        path, children = stack[-1]
+        for name, child in children:
+            child_path = path + b"/" + name
+            yield child_path, child
+            if child.children is not None:
+                stack.append((child_path, iter(sorted(child.children.items(), key=_name))))
+                break
+        else:
+            stack.pop()
 
 
-def _walk_children(path: bytes, node: Inode) -> Iterator[tuple[bytes, Inode]]:
-    assert node.children is not None
-    for name in sorted(node.children):
-        child = node.children[name]
-        child_path = path + b"/" + name
-        yield child_path, child
-        if child.children is not None:
-            yield from _walk_children(child_path, child)
+def _name(item: tuple[bytes, Inode]) -> bytes:
+    return item[0]

@@ -428,3 +428,24 @@ def test_c_redirect_overread_is_not_copied(c: C) -> None:
     root = read_image(image)
     assert root.children is not None and root.children[b"f"].payload == payload
     assert dumps(root) == text
+
+
+def test_image_deeper_than_the_recursion_limit(c: C, tmp_path: Path) -> None:
+    """A valid image 1500 directories deep (C's composefs-info crashes on such depths):
+    `composefs-info dump` prints one line per file, and the tree it read is the input."""
+    depth = 1500
+    lines = [b"/ 4096 40755 3 0 0 0 0.0 - - -"]
+    for level in range(1, depth + 1):
+        nlink = 2 if level == depth else 3
+        lines.append(b"/d" * level + b" 4096 40755 %d 0 0 0 0.0 - - -" % nlink)
+    lines.append(b"/d" * depth + b"/f 4 100644 1 0 0 0 0.0 - deep -")
+    # dumpfile order: depth first, so the file comes right after its directory
+    dump = b"\n".join(lines) + b"\n"
+    image_path = tmp_path / "deep.cfs"
+    image_path.write_bytes(c.image(dump))
+    proc = cfsboot("composefs-info", "dump", image_path)
+    assert (proc.returncode, proc.stderr) == (0, b"")
+    assert proc.stdout == dumps(read_image(image_path.read_bytes()))
+    out = proc.stdout.splitlines()
+    assert [line.split(b" ")[0] for line in out] == [line.split(b" ")[0] for line in lines]
+    assert out[-1] == lines[-1]

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Final
 
 # --- unescaping ------------------------------------------------------------------------
 
-_ESCAPE = re.compile(rb"\\(?:x([0-9A-Fa-f]{2})|([\\nrt]))")
-_SIMPLE = {b"\\": b"\\", b"n": b"\n", b"r": b"\r", b"t": b"\t"}
+_ESCAPE: Final = re.compile(rb"\\(?:x([0-9A-Fa-f]{2})|([\\nrt]))")
+_SIMPLE: Final = {b"\\": b"\\", b"n": b"\n", b"r": b"\r", b"t": b"\t"}
 
 
 class EscapeError(ValueError):
@@ -45,19 +46,19 @@ def _bad_escape(field: bytes) -> str:
 
 def unescape(field: bytes) -> bytes:
     """Undo the dumpfile escapes (`\\\\ \\n \\r \\t \\xXY`); any other escape is a ValueError."""
-    if b"\\" not in field:
+    if field.find(b"\\") < 0:
         return field
     pieces: list[bytes] = []
     pos = 0
     for m in _ESCAPE.finditer(field):
         chunk = field[pos : m.start()]
-        if b"\\" in chunk:
+        if chunk.find(b"\\") >= 0:
             raise EscapeError(_bad_escape(field))
         pieces.append(chunk)
         pieces.append(_unescape_match(m))
         pos = m.end()
     tail = field[pos:]
-    if b"\\" in tail:
+    if tail.find(b"\\") >= 0:
         raise EscapeError(_bad_escape(field))
     pieces.append(tail)
     return b"".join(pieces)
@@ -84,18 +85,18 @@ def _escape_table(escape_equal: bool) -> list[bytes]:
     return table
 
 
-_TABLE = _escape_table(False)
-_TABLE_EQ = _escape_table(True)
-_NEEDS = re.compile(rb"[^\x21-\x5b\x5d-\x7e]")
-_NEEDS_EQ = re.compile(rb"[^\x21-\x3c\x3e-\x5b\x5d-\x7e]")
+_TABLE: Final = _escape_table(False)
+_TABLE_EQ: Final = _escape_table(True)
+_NEEDS: Final = re.compile(rb"[^\x21-\x5b\x5d-\x7e]")
+_NEEDS_EQ: Final = re.compile(rb"[^\x21-\x3c\x3e-\x5b\x5d-\x7e]")
 
 
 def _sub(table: list[bytes]) -> Callable[[re.Match[bytes]], bytes]:
     return lambda m: table[m.group()[0]]
 
 
-_SUB = _sub(_TABLE)
-_SUB_EQ = _sub(_TABLE_EQ)
+_SUB: Final = _sub(_TABLE)
+_SUB_EQ: Final = _sub(_TABLE_EQ)
 
 
 def escape(value: bytes, *, equal: bool = False, lone_dash: bool = False) -> bytes:

@@ -114,7 +114,6 @@ class _Reader:
         tailpacked = layout == f.DataLayout.FLAT_INLINE
         if tailpacked and size % f.BLOCK_SIZE == 0:
             raise ImageFormatError(f"inode {nid} has an inline layout without a tail")
-        tail_size = size % f.BLOCK_SIZE if tailpacked else 0
         n_blocks = -(-size // f.BLOCK_SIZE)
         oob_blocks = n_blocks - 1 if tailpacked else n_blocks
         oob_off = i_u * f.BLOCK_SIZE
@@ -124,46 +123,78 @@ class _Reader:
             node.children = {}
             if layout == f.DataLayout.CHUNK_BASED:
                 raise ImageFormatError(f"directory inode {nid} is chunk-based")
-            for block in range(oob_blocks):
-                block_size = f.BLOCK_SIZE
-                if not tailpacked and block + 1 == oob_blocks and size % f.BLOCK_SIZE:
-                    block_size = size % f.BLOCK_SIZE
-                start = oob_off + block * f.BLOCK_SIZE
-                self._check(start, block_size, f"directory block of inode {nid}")
-                self._dirents(nid, start, block_size, entries)
-            if tailpacked:
-                self._check(tail_off, tail_size, f"directory tail of inode {nid}")
-                self._dirents(nid, tail_off, tail_size, entries)
+            self._directory(nid, size, oob_off, oob_blocks, tail_off, tailpacked, entries)
         elif ftype == stat.S_IFLNK:
             if size >= _PATH_MAX:
                 raise ImageFormatError(f"symlink inode {nid} has a target of {size} bytes")
             where = tail_off if tailpacked else oob_off
             self._check(where, size, f"symlink target of inode {nid}")
             target = self.data[where : where + size]
-            if not target or b"\0" in target:
+            if not target or target.find(b"\0") >= 0:
                 raise ImageFormatError(f"symlink inode {nid} has an empty or NUL-bearing target")
             node.payload = target
             node.size = len(target)
         elif ftype == stat.S_IFREG and size != 0:
-            if layout == f.DataLayout.CHUNK_BASED:
-                chunkbits = f.BLOCK_BITS + (i_u & f.CHUNK_FORMAT_BLKBITS_MASK)
-                count = -(-size // (1 << chunkbits))
-                entry = 8 if i_u & f.CHUNK_FORMAT_INDEXES else f.CHUNK_ADDR.size
-                self._check(tail_off, count * entry, f"chunk table of inode {nid}")
-            else:
-                if size > min(f.INLINE_CONTENT_MAX, len(self.data)):
-                    raise ImageFormatError(f"inode {nid} has {size} bytes of inline content")
-                oob_size = oob_blocks * f.BLOCK_SIZE if tailpacked else size
-                self._check(oob_off, oob_size, f"content of inode {nid}")
-                content = self.data[oob_off : oob_off + oob_size]
-                if tailpacked:
-                    self._check(tail_off, tail_size, f"content tail of inode {nid}")
-                    content += self.data[tail_off : tail_off + tail_size]
-                node.content = content
+            node.content = self._file_data(
+                nid, layout, size, i_u, oob_off, oob_blocks, tail_off, tailpacked
+            )
 
         if icount:
             self._xattrs(nid, node, xattr_off, xattr_size)
         return node, entries
+
+    def _directory(
+        self,
+        nid: int,
+        size: int,
+        oob_off: int,
+        oob_blocks: int,
+        tail_off: int,
+        tailpacked: bool,
+        out: list[tuple[bytes, int]],
+    ) -> None:
+        """The entries of a directory: in its blocks, then in its tail if inline."""
+        for block in range(oob_blocks):
+            block_size = f.BLOCK_SIZE
+            if not tailpacked and block + 1 == oob_blocks and size % f.BLOCK_SIZE:
+                block_size = size % f.BLOCK_SIZE
+            start = oob_off + block * f.BLOCK_SIZE
+            self._check(start, block_size, f"directory block of inode {nid}")
+            self._dirents(nid, start, block_size, out)
+        if tailpacked:
+            tail_size = size % f.BLOCK_SIZE
+            self._check(tail_off, tail_size, f"directory tail of inode {nid}")
+            self._dirents(nid, tail_off, tail_size, out)
+
+    def _file_data(
+        self,
+        nid: int,
+        layout: int,
+        size: int,
+        i_u: int,
+        oob_off: int,
+        oob_blocks: int,
+        tail_off: int,
+        tailpacked: bool,
+    ) -> bytes | None:
+        """The inline content of a regular file: its blocks, then its tail if inline;
+        None for an external file (whose chunk table, after the xattrs, is checked)."""
+        if layout == f.DataLayout.CHUNK_BASED:
+            chunkbits = f.BLOCK_BITS + (i_u & f.CHUNK_FORMAT_BLKBITS_MASK)
+            count = -(-size // (1 << chunkbits))
+            entry = 8 if i_u & f.CHUNK_FORMAT_INDEXES else f.CHUNK_ADDR.size
+            self._check(tail_off, count * entry, f"chunk table of inode {nid}")
+            return None
+        if size > min(f.INLINE_CONTENT_MAX, len(self.data)):
+            raise ImageFormatError(f"inode {nid} has {size} bytes of inline content")
+        oob_size = oob_blocks * f.BLOCK_SIZE if tailpacked else size
+        self._check(oob_off, oob_size, f"content of inode {nid}")
+        content = self.data[oob_off : oob_off + oob_size]
+        if tailpacked:
+            tail_size = size % f.BLOCK_SIZE
+            self._check(tail_off, tail_size, f"content tail of inode {nid}")
+            content += self.data[tail_off : tail_off + tail_size]
+        return content
 
     def _dirents(self, nid: int, start: int, block_size: int, out: list[tuple[bytes, int]]) -> None:
         data = self.data
@@ -188,7 +219,7 @@ class _Reader:
             name = data[start + nameoff : start + end]
             if name in (b".", b".."):
                 continue
-            if not name or b"/" in name or b"\0" in name or len(name) > f.NAME_MAX:
+            if not name or name.find(b"/") >= 0 or name.find(b"\0") >= 0 or len(name) > f.NAME_MAX:
                 raise ImageFormatError(f"directory inode {nid} has an invalid name {name!r}")
             out.append((name, child_nid))
 
@@ -253,7 +284,7 @@ class _Reader:
             if not name.startswith(f.OVERLAY_ESCAPED_PREFIX):
                 return
             name = b"trusted." + name[len(f.OVERLAY_PREFIX) :]
-        if b"\0" in name or not 0 < len(name) <= 255:
+        if name.find(b"\0") >= 0 or not 0 < len(name) <= 255:
             raise ImageFormatError(f"inode {nid} has an invalid xattr name {name[:64]!r}")
         budget.add(nid, node, name, value)
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from cfsboot.composefs import dumpfile
 from cfsboot.composefs.dumpfile import dumps
 from cfsboot.composefs.erofs import format as fmt
-from cfsboot.composefs.erofs.writer import build_image, dumpfile_link_paths
+from cfsboot.composefs.erofs.writer import build_image
 from cfsboot.composefs.tree import Inode
 from cfstest import cli
 from cfstest.cli import one_line_error
@@ -362,7 +362,7 @@ _LINK_FIRST_DUMP = b"""/ 4096 40755 2 0 0 0 0.0 - - -
 def test_hardlink_placed_at_its_non_link_line_like_c(reftools: RefTools) -> None:
     expected = c_image(reftools, _LINK_FIRST_DUMP, [])
     root = dumpfile.parse(_LINK_FIRST_DUMP)
-    links = dumpfile_link_paths(_LINK_FIRST_DUMP)
+    links = dumpfile.link_paths(_LINK_FIRST_DUMP)
     assert links == [b"/a", b"/sub/c"]
     assert build_image(root, link_paths=links) == expected
     # Without the hint the inode sits at its first name, as in `composefs-info dump` output.
@@ -427,6 +427,33 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "out.img").exists()
     proc = _cli("mkcomposefs", "--from-file", bad)
     assert proc.returncode == 1 and b"no IMAGE given" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"/f %s 100644 1 0 0 0 0.0 - - -",
+        b"/f 0 %s 1 0 0 0 0.0 - - -",
+        b"/f 0 100644 %s 0 0 0 0.0 - - -",
+        b"/f 0 100644 1 %s 0 0 0.0 - - -",
+        b"/f 0 100644 1 0 %s 0 0.0 - - -",
+        b"/f 0 100644 1 0 0 %s 0.0 - - -",
+        b"/f 0 100644 1 0 0 0 %s.0 - - -",
+        b"/f 0 100644 1 0 0 0 0.%s - - -",
+        b"/f 0 @100644 1 0 0 0 0.0 - - -".replace(b"100644", b"%s"),
+    ],
+)
+def test_cli_numbers_of_thousands_of_digits_are_one_line(tmp_path: Path, value: bytes) -> None:
+    """SIZE, MODE, NLINK, UID, GID, RDEV, MTIME seconds or nanoseconds with 5000 digits."""
+    line = value % (b"7" * 5000)
+    bad = tmp_path / "bad.dump"
+    bad.write_bytes(b"/ 4096 40755 2 0 0 0 0.0 - - -\n" + line + b"\n")
+    proc = _cli("mkcomposefs", "--from-file", bad, tmp_path / "out.img")
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(b"cfsboot: dumpfile line 2: ")
+    assert b" of 5000 digits " in proc.stderr
+    assert proc.stderr.count(b"\n") == 1 and len(proc.stderr) < 200
+    assert not (tmp_path / "out.img").exists()
 
 
 def test_symlinks_longer_than_a_dumpfile_allows(reftools: RefTools, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 from cfsboot.commands.mkcomposefs import versions
 from cfsboot.composefs import dumpfile
 from cfsboot.composefs.erofs import format as fmt
-from cfsboot.composefs.erofs.writer import build_image, dumpfile_link_paths
+from cfsboot.composefs.erofs.writer import build_image
 from cfsboot.composefs.erofs.xxhash import xxh32
 from cfsboot.composefs.fsverity import digest_bytes
 from cfsboot.composefs.tree import Inode
@@ -275,8 +275,8 @@ def test_link_paths_place_hardlinks_at_their_target_line() -> None:
         b"/a 0 @100644 - - - - 0.0 /z - -\n"
         b"/z 5 100644 2 0 0 0 0.0 - hello -\n"
     )
-    assert dumpfile_link_paths(dump) == [b"/a"]
-    assert dumpfile_link_paths(dump.replace(b"@", b"")) == []
+    assert dumpfile.link_paths(dump) == [b"/a"]
+    assert dumpfile.link_paths(dump.replace(b"@", b"")) == []
     root = dumpfile.parse(dump)
     plain, placed = build_image(root), build_image(root, link_paths=[b"/a"])
     assert plain != placed and len(plain) == len(placed)

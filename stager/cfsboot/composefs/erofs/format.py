@@ -34,14 +34,14 @@ SYMLINK_MAX: Final = 1024  # symlink targets longer than this are rejected by th
 # --- composefs header at offset 0 (lcfs-erofs.h: struct lcfs_erofs_header_s, 32 bytes) -----
 # magic u32, version u32 (LCFS_EROFS_VERSION, the header layout version = 1),
 # flags u32, composefs_version u32 (image format version 0/1), unused u32[4]
-COMPOSEFS_HEADER = struct.Struct("<IIII16x")
+COMPOSEFS_HEADER: Final = struct.Struct("<IIII16x")
 COMPOSEFS_MAGIC: Final = 0xD078629A
 COMPOSEFS_HEADER_VERSION: Final = 1
 COMPOSEFS_FLAG_HAS_ACL: Final = 1 << 0  # LCFS_EROFS_FLAGS_HAS_ACL: mount without "noacl"
 COMPOSEFS_VERSION_MAX: Final = 1  # LCFS_VERSION_MAX (0: initial, 1: opaque=x xwhiteouts)
 
 # --- superblock at offset 1024 (erofs_fs.h: struct erofs_super_block, 128 bytes) ----------
-SUPERBLOCK = struct.Struct(
+SUPERBLOCK: Final = struct.Struct(
     "<"
     "I"  # magic (EROFS_SUPER_MAGIC_V1)
     "I"  # checksum (crc32c; unused: SB_CHKSUM not set)
@@ -105,31 +105,31 @@ def i_format(layout: DataLayout, extended: bool) -> int:
 # Compact inode, 32 bytes: i_format u16, i_xattr_icount u16, i_mode u16, i_nlink u16,
 # i_size u32, i_reserved u32, i_u u32 (raw_blkaddr | rdev | chunk_info), i_ino u32,
 # i_uid u16, i_gid u16, i_reserved2 u32. Its mtime is the superblock build_time.
-INODE_COMPACT = struct.Struct("<HHHHIIIIHH4x")
+INODE_COMPACT: Final = struct.Struct("<HHHHIIIIHH4x")
 assert INODE_COMPACT.size == 32
 # Extended inode, 64 bytes: i_format u16, i_xattr_icount u16, i_mode u16, i_reserved u16,
 # i_size u64, i_u u32, i_ino u32, i_uid u32, i_gid u32, i_mtime u64, i_mtime_nsec u32,
 # i_nlink u32, i_reserved2[16]
-INODE_EXTENDED = struct.Struct("<HHHxxQIIIIQII16x")
+INODE_EXTENDED: Final = struct.Struct("<HHHxxQIIIIQII16x")
 assert INODE_EXTENDED.size == 64
 # Just the first field, to tell the two layouts apart when reading.
-INODE_FORMAT = struct.Struct("<H")
+INODE_FORMAT: Final = struct.Struct("<H")
 # erofs_inode_chunk_info (the i_u union member of CHUNK_BASED inodes): format u16, reserved u16
-CHUNK_INFO = struct.Struct("<HH")
+CHUNK_INFO: Final = struct.Struct("<HH")
 # A 4-byte chunk address (EROFS_BLOCK_MAP_ENTRY_SIZE) as written by composefs.
-CHUNK_ADDR = struct.Struct("<I")
+CHUNK_ADDR: Final = struct.Struct("<I")
 
 # --- xattrs (erofs_fs.h: erofs_xattr_ibody_header, erofs_xattr_entry) ---------------------
 # In-inode header, 12 bytes: h_name_filter u32 (bloom filter, a 1 bit means "absent"),
 # h_shared_count u8, h_reserved2[7]; followed by h_shared_count u32 shared-xattr ids
 # (id = byte offset from xattr_blkaddr * 4096, divided by 4), then the inline entries.
 # i_xattr_icount = (ibody size - 12) / 4 + 1, or 0 when there are no xattrs.
-XATTR_IBODY_HEADER = struct.Struct("<IB7x")
+XATTR_IBODY_HEADER: Final = struct.Struct("<IB7x")
 assert XATTR_IBODY_HEADER.size == 12
-XATTR_SHARED_ID = struct.Struct("<I")
+XATTR_SHARED_ID: Final = struct.Struct("<I")
 # Entry, 4 bytes: e_name_len u8, e_name_index u8, e_value_size u16; then the name suffix
 # and the value, the whole padded to 4 bytes. Shared xattrs use the same encoding.
-XATTR_ENTRY = struct.Struct("<BBH")
+XATTR_ENTRY: Final = struct.Struct("<BBH")
 assert XATTR_ENTRY.size == 4
 XATTR_ALIGN: Final = 4
 XATTR_FILTER_BITS: Final = 32
@@ -175,7 +175,7 @@ ACL_XATTRS: Final = (b"system.posix_acl_access", b"system.posix_acl_default")
 # A directory block is: all dirents, then all names (not NUL-terminated); the first
 # dirent's nameoff / 12 is the number of entries in the block. Entries (".", ".." and the
 # children) are sorted by name bytes.
-DIRENT = struct.Struct("<QHBx")
+DIRENT: Final = struct.Struct("<QHBx")
 assert DIRENT.size == 12
 
 
@@ -216,7 +216,7 @@ XATTR_USER_WHITEOUTS: Final = b"user.overlay.whiteouts"
 XATTR_USER_OPAQUE: Final = b"user.overlay.opaque"
 # struct ovl_metacopy header: version u8 (0), len u8 (4 + digest length), flags u8 (0),
 # digest_algo u8 (FS_VERITY_HASH_ALG_*); then the fs-verity digest.
-OVL_METACOPY_HEADER = struct.Struct("<BBBB")
+OVL_METACOPY_HEADER: Final = struct.Struct("<BBBB")
 FS_VERITY_HASH_ALG_SHA256: Final = 1
 FS_VERITY_HASH_ALG_SHA512: Final = 2
 METACOPY_ALG_OF_DIGEST_LEN: Final[dict[int, int]] = {

@@ -4,307 +4,145 @@ Every rule here reproduces a decision of the C writer, because the image digest 
 compatibility contract: inode placement and padding, when an inode is compact, which
 xattrs are shared and in which order, when a tail is inlined, where data blocks go.
 
-The image is written in one pass over the inodes into a preallocated buffer. What depends
-on later inodes is patched in afterwards: directory entries (the nids of children placed
-later), the ids of shared xattrs (they count from the end of the inode table) and the block
-addresses of data blocks (they follow the shared xattrs).
+The inode table is made in one pass over the inodes, as a list of byte strings. What
+depends on later inodes is patched into the whole image afterwards: directory entries (the
+nids of children placed later), the ids of shared xattrs (they count from the end of the
+inode table) and the block addresses of data blocks (they follow the shared xattrs).
+
+Built as native code with mypyc when it can be (see `native.py`); the same source runs as
+pure Python too.
 """
 
 from __future__ import annotations
 
-import stat
 import struct
-from bisect import bisect_left
+import sys
 from collections.abc import Callable
-from itertools import accumulate
+from typing import Final
 
+from cfsboot.composefs.erofs import dirents
 from cfsboot.composefs.erofs import format as fmt
-from cfsboot.composefs.erofs.xattrs import XattrPlan
+from cfsboot.composefs.erofs.dirents import Directory
+from cfsboot.composefs.erofs.xattrs import OWN_METACOPY, XattrPlan
 from cfsboot.composefs.tree import Inode
 
-BLK = fmt.BLOCK_SIZE
-HALF_BLK = BLK // 2
-_S_IFMT = 0o170000
-_U16 = 0xFFFF
-_U32 = 0xFFFFFFFF
-_U64 = 0xFFFFFFFFFFFFFFFF
-_DIRENT_LEN = fmt.DIRENT.size
-_FT = {k: int(v) for k, v in fmt.FILE_TYPE_OF_MODE.items()}
-_NULL_BLOCK = fmt.CHUNK_ADDR.pack(fmt.NULL_ADDR) * (BLK // 4)
-_NULL_PTR = fmt.CHUNK_ADDR.pack(fmt.NULL_ADDR)
-_PACK_DIRENT = fmt.DIRENT.pack
-_PACK_ID = fmt.XATTR_SHARED_ID.pack
-_PACK_U32 = fmt.CHUNK_ADDR.pack_into
-_FMT_COMPACT_INLINE = fmt.i_format(fmt.DataLayout.FLAT_INLINE, False)
-_FMT_COMPACT_CHUNK = fmt.i_format(fmt.DataLayout.CHUNK_BASED, False)
-_EXTENDED = fmt.INODE_LAYOUT_EXTENDED
-_IFREG = stat.S_IFREG
+__all__ = ["Directory", "lay_out_and_emit"]
+
+BLK: Final = 4096  # fmt.BLOCK_SIZE
+HALF_BLK: Final = BLK // 2
+_S_IFMT: Final = 0o170000
+_IFREG: Final = 0o100000
+_IFDIR: Final = 0o040000
+_IFLNK: Final = 0o120000
+_IFCHR: Final = 0o020000
+_IFBLK: Final = 0o060000
+_IFIFO: Final = 0o010000
+_IFSOCK: Final = 0o140000
+_U16: Final = 0xFFFF
+_U32: Final = 0xFFFFFFFF
+_U64: Final = 0xFFFFFFFFFFFFFFFF
+_INLINE_CONTENT_MAX: Final = 5000  # fmt.INLINE_CONTENT_MAX
+_MAX_CHUNKS: Final = 1024  # fmt.MAX_NONINLINE_CHUNKS
+_BLOCK_BITS: Final = 12  # fmt.BLOCK_BITS
 # Largest size with a single chunk: chunks grow with the file up to 2**(12 + 31) bytes.
-_ONE_CHUNK_MAX = 1 << (fmt.BLOCK_BITS + fmt.CHUNK_FORMAT_BLKBITS_MASK)
-_IFDIR = stat.S_IFDIR
-_IFLNK = stat.S_IFLNK
-_IFCHR = stat.S_IFCHR
-_IFBLK = stat.S_IFBLK
-_IFIFO = stat.S_IFIFO
-_IFSOCK = stat.S_IFSOCK
-_I_U = 16  # offset of i_u in both inode layouts
+_ONE_CHUNK_MAX: Final = 1 << (12 + 31)
+# EROFS dirent file type by the file type bits of a mode, shifted down (mode >> 12)
+_FT: Final = [0] * 16
+for _mode, _ft in fmt.FILE_TYPE_OF_MODE.items():
+    _FT[_mode >> 12] = int(_ft)
+_NULL_BLOCK: Final = fmt.CHUNK_ADDR.pack(fmt.NULL_ADDR) * (BLK // 4)
+_NULL_PTR: Final = fmt.CHUNK_ADDR.pack(fmt.NULL_ADDR)
+_PACK_U32: Final = fmt.CHUNK_ADDR.pack_into
+_ZEROS: Final = bytes(BLK)
+_LITTLE: Final = sys.byteorder == "little"
+_FMT_INLINE: Final = 2 << 1  # i_format(FLAT_INLINE, compact)
+_FMT_CHUNK: Final = 4 << 1  # i_format(CHUNK_BASED, compact)
+_EXTENDED: Final = 1  # fmt.INODE_LAYOUT_EXTENDED
+_I_U: Final = 16  # offset of i_u in both inode layouts
+_XATTR_IDS: Final = 12  # offset of the shared xattr ids in an inode's xattrs
 
-
-class Directory:
-    """A directory's entries: names in byte order and the inodes (indexes) they name."""
-
-    __slots__ = ("parent", "names", "name_bytes", "first", "targets", "nlink")
-
-    def __init__(
-        self,
-        parent: int,
-        names: list[bytes],
-        name_bytes: int,
-        first: int,
-        targets: list[int] | None,
-        nlink: int,
-    ) -> None:
-        self.parent = parent  # index of '..'
-        self.names = names
-        self.name_bytes = name_bytes  # sum of the name lengths
-        # Index of the first child placed in this directory; the children placed here
-        # follow it. `targets` is None when every entry is a child placed here (names[k]
-        # is inode first + k), else the index of each entry's inode (hardlinks).
-        self.first = first
-        self.targets = targets
-        self.nlink = nlink  # 2 + subdirectories, as lcfs_compute_tree counts
+assert fmt.BLOCK_SIZE == BLK and fmt.BLOCK_BITS == _BLOCK_BITS and fmt.DIRENT.size == 12
+assert fmt.i_format(fmt.DataLayout.FLAT_INLINE, False) == _FMT_INLINE
+assert fmt.i_format(fmt.DataLayout.CHUNK_BASED, False) == _FMT_CHUNK
+assert (fmt.INLINE_CONTENT_MAX, fmt.MAX_NONINLINE_CHUNKS) == (_INLINE_CONTENT_MAX, _MAX_CHUNKS)
 
 
 def _chunking(size: int) -> tuple[int, int]:
     """(chunk bits, chunk count) of an external file (erofs_compute_chunking)."""
     chunkbits = (size - 1).bit_length() if size > 1 else 0
-    chunkbits = max(chunkbits, fmt.BLOCK_BITS)
-    chunkbits = min(chunkbits, fmt.CHUNK_FORMAT_BLKBITS_MASK + fmt.BLOCK_BITS)
+    chunkbits = max(chunkbits, _BLOCK_BITS)
+    chunkbits = min(chunkbits, fmt.CHUNK_FORMAT_BLKBITS_MASK + _BLOCK_BITS)
     chunksize = 1 << chunkbits
     return chunkbits, (size + chunksize - 1) // chunksize
 
 
-def _entries(index: int, d: Directory, nids: list[int], fts: list[int]) -> list[_Chunk]:
-    """The directory's entries ('.' and '..' included, name order) as blocks of (names,
-    nids, file types) that each fit in one block."""
-    names = list(d.names)
-    if d.targets is None:
-        end = d.first + len(names)
-        e_nids = nids[d.first : end]
-        e_fts = fts[d.first : end]
-    else:
-        e_nids = [nids[t] for t in d.targets]
-        e_fts = [fts[t] for t in d.targets]
-    # entries are sorted by name; put "." and ".." where strcmp order puts them
-    for name, target in ((b".", index), (b"..", d.parent)):
-        i = bisect_left(names, name)
-        names.insert(i, name)
-        e_nids.insert(i, nids[target])
-        e_fts.insert(i, fts[target])
-    if _DIRENT_LEN * len(names) + d.name_bytes + 3 <= BLK:
-        return [(names, e_nids, e_fts)]
-    chunks: list[_Chunk] = []
-    start = 0
-    used = 0
-    for k, name in enumerate(names):
-        ln = _DIRENT_LEN + len(name)
-        if used + ln > BLK:
-            chunks.append((names[start:k], e_nids[start:k], e_fts[start:k]))
-            start = k
-            used = 0
-        used += ln
-    chunks.append((names[start:], e_nids[start:], e_fts[start:]))
-    return chunks
+# What the type of an inode decides (`_Table.data`): i_format data layout, i_u, size,
+# nlink, inline tail size and bytes, data blocks and the first one's bytes, and whether
+# the size fits a compact inode.
+_Data = tuple[int, int, int, int, int, bytes, int, bytes, bool]
 
 
-def _dir_block_sizes(d: Directory) -> tuple[int, int]:
-    """(number of blocks of entries, byte size of the last one) of a directory."""
-    total = _DIRENT_LEN * (len(d.names) + 2) + d.name_bytes + 3
-    if total <= BLK:
-        return 1, total
-    names = list(d.names)
-    names.insert(bisect_left(names, b"."), b".")
-    names.insert(bisect_left(names, b".."), b"..")
-    count = 1
-    used = 0
-    for name in names:
-        ln = _DIRENT_LEN + len(name)
-        if used + ln > BLK:
-            count += 1
-            used = 0
-        used += ln
-    return count, used
+class _Table:
+    """The inode table being written, and what is patched in once it ends."""
 
+    def __init__(
+        self, count: int, plan: XattrPlan, dirs: dict[int, Directory], min_sec: int, min_nsec: int
+    ) -> None:
+        self.plan = plan
+        self.dirs = dirs
+        self.min_sec = min_sec
+        self.min_nsec = min_nsec
+        # End of the inode table so far (with the last inode's inline tail, if any).
+        self.end = fmt.SUPERBLOCK_OFFSET + fmt.SUPERBLOCK.size
+        # The image up to `written` bytes: room for the header and superblock (written last),
+        # the inodes and the padding between them (where directory tails go later).
+        self.parts: list[bytes] = [bytes(self.end)]
+        self.written = self.end
+        self.nids = [0] * count
+        self.fts = [0] * count
+        # Directories: (index, offset of the inline entries or -1, first data block or -1).
+        self.dir_fills: list[tuple[int, int, int]] = []
+        # Inodes that own data blocks: (offset, first block, low 16 bits of i_u to keep or -1).
+        self.block_inodes: list[tuple[int, int, int]] = []
+        self.blocks: list[tuple[int, bytes]] = []  # first data block of files and symlinks
+        self.n_data_blocks = 0
+        # Shared xattr ids to write: where, and the xattr's offset in the shared blob in
+        # 4-byte units.
+        self.id_pos: list[int] = []
+        self.id_units: list[int] = []
+        # pack_into of an inode, its xattrs and its inline tail, by their shape
+        self.packers: dict[int, Callable[..., bytes]] = {}
 
-# A block of directory entries: names, nids and file types, in name order.
-_Chunk = tuple[list[bytes], list[int], list[int]]
-
-
-def _dirent_block(chunk: _Chunk) -> bytes:
-    names, nids, fts = chunk
-    offsets = accumulate(map(len, names), initial=_DIRENT_LEN * len(names))
-    return b"".join(map(_PACK_DIRENT, nids, offsets, fts)) + b"".join(names)
-
-
-def lay_out_and_emit(
-    order: list[Inode],
-    dirs: dict[int, Directory],
-    final_xattrs: dict[int, dict[bytes, bytes]],
-    version: int,
-) -> bytes:
-    """The image bytes for inodes in breadth-first order (order[0] is the root).
-
-    `final_xattrs` are the xattrs of the nodes the overlay rewrite changed (by index), as
-    they go into the image; every other node's are its input xattrs, escaped, plus the
-    metacopy and redirect xattrs of an external file.
-    """
-    count = len(order)
-    min_sec = min([x.mtime for x in order])
-    min_nsec = min([x.mtime_nsec for x in order if x.mtime == min_sec])
-    externals = [x for x in order if x.mode & _S_IFMT == _IFREG and not x.content and x.size > 0]
-    plan = XattrPlan(order, final_xattrs, externals)
-    set_ids = plan.set_ids
-    shared_size = len(plan.shared_blob)
-    shared_digests = plan.shared_digests
-    shared_payloads = plan.shared_payloads
-    set_bodies: list[tuple[bytes, int, list[int] | None]] = []
-    set_shared: list[list[tuple[bytes, bytes]]] = []
-    for items in plan.sets:
-        body, shared = plan.body(items)
-        set_bodies.append((body, len(body) // 4 - 2 if body else 0, [] if shared else None))
-        set_shared.append(shared)
-    # Offsets of shared ids to patch once the inode table's end is known:
-    # per set (in set_bodies), and (offset, shared pairs) of other nodes.
-    id_patches: list[tuple[int, list[tuple[bytes, bytes]]]] = []
-    # (set, digest length, payload length) of external files -> `XattrPlan.splice()`
-    # and the set's list of id offsets to patch
-    splices: dict[tuple[int, int, int], tuple[bytes, bytes, bytes, int, list[int] | None]] = {}
-
-    nids = [0] * count
-    fts = [0] * count
-    # Directories (index, offset of the inline entries or -1, first data block) and the
-    # block-owning inodes (offset, first data block, low 16 bits of i_u to keep or -1).
-    dir_fills: list[tuple[int, int, int]] = []
-    block_inodes: list[tuple[int, int, int]] = []
-    blocks: list[tuple[int, bytes]] = []  # data blocks of files and symlinks
-    n_data_blocks = 0
-
-    pos = fmt.SUPERBLOCK_OFFSET + fmt.SUPERBLOCK.size
-    cap = pos + 128 * count + BLK
-    buf = bytearray(cap)
-    # pack_into of an inode, its xattrs and its inline tail, by their shape
-    packers: dict[int, Callable[..., None]] = {}
-    ft_of = _FT
-    for i, x in enumerate(order):
+    def add(self, i: int, x: Inode) -> None:
+        """Place and write inode `i` (the root is 0)."""
         mode = x.mode
         ftype = mode & _S_IFMT
-        uid = x.uid
-        gid = x.gid
-        nlink = x.nlink
-        nsec = x.mtime_nsec
-        if (uid | gid | nlink | nsec | x.rdev) >> 32:
+        if (x.uid | x.gid | x.nlink | x.mtime_nsec | x.rdev) >> 32:
             raise ValueError("uid, gid, nlink, rdev and mtime nsec must fit in 32 bits")
-        body, icount, patch = set_bodies[set_ids[i]]
-        own_shared = None  # shared pairs of a body not taken from set_bodies
-        tail = 0
-        tail_bytes = b""
-        n_blocks = 0
-        i_u = 0
-        layout = 0  # FLAT_PLAIN, or FLAT_INLINE with a tail
-        block_data = b""
-        size_u32 = True
-        if ftype == _IFREG:
-            size = x.size
-            content = x.content
-            if content:
-                size = len(content)
-                if size > fmt.INLINE_CONTENT_MAX:
-                    raise ValueError(
-                        f"inline content of {size} bytes exceeds {fmt.INLINE_CONTENT_MAX}"
-                    )
-                if size <= HALF_BLK:
-                    tail = size
-                    tail_bytes = content
-                else:
-                    n_blocks, tail = divmod(size, BLK)
-                    if tail > HALF_BLK:
-                        n_blocks += 1
-                        tail = 0
-                    block_data = content[:BLK]
-                    tail_bytes = content[size - tail :] if tail else b""
-            elif size > 0:
-                layout = _FMT_COMPACT_CHUNK
-                if size <= _ONE_CHUNK_MAX:  # the common case: one chunk
-                    bits = (size - 1).bit_length()
-                    i_u = bits - fmt.BLOCK_BITS if bits > fmt.BLOCK_BITS else 0
-                    tail = 4
-                    tail_bytes = _NULL_PTR
-                else:
-                    bits, n_chunks = _chunking(size)
-                    if n_chunks > fmt.MAX_NONINLINE_CHUNKS:
-                        raise ValueError(f"file of {size} bytes is too big for composefs")
-                    i_u = bits - fmt.BLOCK_BITS
-                    tail = 4 * n_chunks
-                    tail_bytes = _NULL_PTR * n_chunks
-                # The file's own metacopy and redirect xattrs join its set's.
-                digest = x.digest or b""
-                payload = x.payload
-                sid = set_ids[i]
-                if digest in shared_digests or payload in shared_payloads:
-                    body, shared = plan.body(plan.full_items(x, sid))
-                    icount = len(body) // 4 - 2
-                    patch = None
-                    own_shared = shared
-                else:
-                    if payload is None:
-                        payload = b""
-                    key = (sid, len(digest), len(payload))
-                    splice = splices.get(key)
-                    if splice is None:
-                        splice = (*plan.splice(sid, len(digest), len(payload)), set_bodies[sid][2])
-                        splices[key] = splice
-                    before, middle, after, icount, patch = splice
-                    body = b"".join((before, digest, middle, payload, after))
-        elif ftype == _IFDIR:
-            d = dirs[i]
-            nlink = d.nlink
-            n_dir_blocks, tail = _dir_block_sizes(d)
-            n_blocks = n_dir_blocks - 1
-            if tail > HALF_BLK:
-                n_blocks += 1
-                tail = 0
-            size = n_blocks * BLK + tail
-        elif ftype == _IFLNK:
-            symlink = x.payload
-            if not symlink:
-                raise ValueError("symlink with an empty target")
-            size = tail = len(symlink)
-            tail_bytes = symlink
-        elif ftype == _IFCHR or ftype == _IFBLK or ftype == _IFIFO or ftype == _IFSOCK:
-            if ftype == _IFCHR or ftype == _IFBLK:
-                i_u = x.rdev
-            # C stores no size for these, but a size past 32 bits still makes the inode
-            # extended.
-            size = 0
-            if x.size > _U32:
-                size_u32 = False
-        else:
-            raise ValueError(f"invalid file type in mode {mode:o}")
-        fts[i] = ft_of[ftype]
-
-        compact = (
-            x.mtime == min_sec
-            and nsec == min_nsec
-            and nlink <= _U16
-            and uid <= _U16
-            and gid <= _U16
-            and size <= _U32
-            and size_u32
+        plan = self.plan
+        sid = plan.set_ids[i]
+        layout, i_u, size, nlink, tail, tail_bytes, n_blocks, block_data, size_fits = self.data(
+            i, x, ftype
         )
-        inode_size = 32 if compact else 64
-        non_tail = inode_size + len(body)
-
-        pos = (pos + 31) & ~31
+        mc_off = rd_off = -1
+        if layout == _FMT_CHUNK:
+            body, icount, shared, mc_off, rd_off = self._external_xattrs(x, sid)
+        else:
+            body = plan.set_body[sid]
+            icount = plan.set_icount[sid]
+            shared = plan.set_shared[sid]
+        self.fts[i] = _FT[ftype >> 12]
+        compact = (
+            x.mtime == self.min_sec
+            and x.mtime_nsec == self.min_nsec
+            and nlink <= _U16
+            and x.uid <= _U16
+            and x.gid <= _U16
+            and size <= _U32
+            and size_fits
+        )
+        non_tail = (32 if compact else 64) + len(body)
+        pos = (self.end + 31) & ~31
         # Pad before the inode so that its inline tail does not cross a block boundary
         # (compute_erofs_inode_padding_for_tail).
         if ftype == _IFLNK:
@@ -332,118 +170,237 @@ def lay_out_and_emit(
                 else:
                     pos += extra
         if tail and not layout:
-            layout = _FMT_COMPACT_INLINE
-        end = pos + non_tail + tail
-        if end > cap:
-            buf += bytes(end - cap + cap // 2)
-            cap = len(buf)
-        nids[i] = pos >> 5
+            layout = _FMT_INLINE
+        self._blocks(i, ftype, pos, non_tail, tail, n_blocks, block_data, layout, i_u)
+        self.nids[i] = pos >> 5
+        if shared:
+            ids = pos + (32 if compact else 64) + _XATTR_IDS
+            for off in shared:
+                if off < 0:  # the file's own metacopy or redirect
+                    off = mc_off if off == OWN_METACOPY else rd_off
+                self.id_pos.append(ids)
+                self.id_units.append(off >> 2)
+                ids += 4
+        self._pack(i, x, pos, compact, layout, icount, nlink, size, i_u, body, tail_bytes)
+        self.end = pos + non_tail + tail
 
+    def data(self, i: int, x: Inode, ftype: int) -> _Data:
+        """What the type of inode `i` decides about it (see _Data)."""
+        if ftype == _IFREG:
+            content = x.content
+            size = x.size
+            if content:
+                return _inline_content(content, x.nlink)
+            if size > 0:
+                if size <= _ONE_CHUNK_MAX:  # the common case: one chunk
+                    bits = (size - 1).bit_length()
+                    i_u = bits - _BLOCK_BITS if bits > _BLOCK_BITS else 0
+                    return _FMT_CHUNK, i_u, size, x.nlink, 4, _NULL_PTR, 0, b"", True
+                bits, n_chunks = _chunking(size)
+                if n_chunks > _MAX_CHUNKS:
+                    raise ValueError(f"file of {size} bytes is too big for composefs")
+                nulls = _NULL_PTR * n_chunks
+                return (
+                    _FMT_CHUNK,
+                    bits - _BLOCK_BITS,
+                    size,
+                    x.nlink,
+                    4 * n_chunks,
+                    nulls,
+                    0,
+                    b"",
+                    True,
+                )
+            return 0, 0, size, x.nlink, 0, b"", 0, b"", True
+        if ftype == _IFDIR:
+            d = self.dirs[i]
+            n_dir_blocks, tail = dirents.block_sizes(d)
+            n_blocks = n_dir_blocks - 1
+            if tail > HALF_BLK:
+                n_blocks += 1
+                tail = 0
+            return 0, 0, n_blocks * BLK + tail, d.nlink, tail, b"", n_blocks, b"", True
+        if ftype == _IFLNK:
+            symlink = x.payload
+            if not symlink:
+                raise ValueError("symlink with an empty target")
+            return 0, 0, len(symlink), x.nlink, len(symlink), symlink, 0, b"", True
+        if ftype == _IFCHR or ftype == _IFBLK or ftype == _IFIFO or ftype == _IFSOCK:
+            i_u = x.rdev if ftype == _IFCHR or ftype == _IFBLK else 0
+            # C stores no size for these, but a size past 32 bits still makes the inode
+            # extended.
+            return 0, i_u, 0, x.nlink, 0, b"", 0, b"", x.size <= _U32
+        raise ValueError(f"invalid file type in mode {x.mode:o}")
+
+    def _external_xattrs(self, x: Inode, sid: int) -> tuple[bytes, int, list[int], int, int]:
+        """(xattr body, i_xattr_icount, shared offsets, offset of its own metacopy, of its
+        own redirect) of an external file: its set's xattrs and its own metacopy and
+        redirect (offsets -1 when not shared)."""
+        digest = x.digest or b""
+        payload = x.payload or b""
+        t, mc_off, rd_off = self.plan.external(sid, digest, payload)
+        body = b"".join(
+            (
+                t.before,
+                digest if t.digest_inline else b"",
+                t.middle,
+                payload if t.payload_inline else b"",
+                t.after,
+            )
+        )
+        return body, t.icount, t.shared, mc_off, rd_off
+
+    def _blocks(
+        self,
+        i: int,
+        ftype: int,
+        pos: int,
+        non_tail: int,
+        tail: int,
+        n_blocks: int,
+        block_data: bytes,
+        layout: int,
+        i_u: int,
+    ) -> None:
+        """Note the data blocks of inode `i` (placed after the inode table)."""
         if n_blocks:
             if ftype == _IFDIR:
-                dir_fills.append((i, pos + non_tail if tail else -1, n_data_blocks))
+                self.dir_fills.append((i, pos + non_tail if tail else -1, self.n_data_blocks))
             else:
                 # C writes only the first block here; more than one cannot happen (<= 5000 B).
                 assert n_blocks == 1
-                blocks.append((n_data_blocks, block_data))
-            block_inodes.append((pos, n_data_blocks, i_u if layout == _FMT_COMPACT_CHUNK else -1))
-            n_data_blocks += n_blocks
+                self.blocks.append((self.n_data_blocks, block_data))
+            self.block_inodes.append((pos, self.n_data_blocks, i_u if layout == _FMT_CHUNK else -1))
+            self.n_data_blocks += n_blocks
         elif ftype == _IFDIR:
-            dir_fills.append((i, pos + non_tail, -1))
-        blen = non_tail - inode_size
-        tlen = len(tail_bytes)
-        skey = (blen << 13 | tlen) << 1 | compact
-        packer = packers.get(skey)
+            self.dir_fills.append((i, pos + non_tail, -1))
+
+    def _pack(
+        self,
+        i: int,
+        x: Inode,
+        pos: int,
+        compact: bool,
+        layout: int,
+        icount: int,
+        nlink: int,
+        size: int,
+        i_u: int,
+        body: bytes,
+        tail_bytes: bytes,
+    ) -> None:
+        gap = pos - self.written
+        if gap:
+            self.parts.append(_ZEROS[:gap] if gap <= BLK else bytes(gap))
+        key = (len(body) << 13 | len(tail_bytes)) << 1 | compact
+        packer = self.packers.get(key)
         if packer is None:
-            packer = packers[skey] = struct.Struct(
+            packer = self.packers[key] = struct.Struct(
                 (fmt.INODE_COMPACT.format if compact else fmt.INODE_EXTENDED.format)
-                + f"{blen}s{tlen}s"
-            ).pack_into
+                + f"{len(body)}s{len(tail_bytes)}s"
+            ).pack
+        mode = x.mode & _U16
         if compact:
-            packer(
-                buf,
-                pos,
-                layout,
-                icount,
-                mode & _U16,
-                nlink,
-                size & _U32,
-                0,
-                i_u,
-                i,
-                uid,
-                gid,
-                body,
-                tail_bytes,
+            packed = packer(
+                layout, icount, mode, nlink, size, 0, i_u, i, x.uid, x.gid, body, tail_bytes
             )
         else:
-            packer(
-                buf,
-                pos,
-                layout | _EXTENDED,
-                icount,
-                mode & _U16,
-                size,
-                i_u,
-                i,
-                uid,
-                gid,
-                x.mtime & _U64,
-                nsec,
-                nlink,
-                body,
-                tail_bytes,
-            )
-        if patch is not None:
-            patch.append(pos + inode_size + 12)
-        elif own_shared:
-            id_patches.append((pos + inode_size + 12, own_shared))
-        pos += non_tail + tail
-    inodes_end = (pos + 31) & ~31
+            packed = packer(
+                layout | _EXTENDED, icount, mode, size, i_u, i, x.uid, x.gid, x.mtime & _U64,
+                x.mtime_nsec, nlink, body, tail_bytes,
+            )  # fmt: skip
+        self.parts.append(packed)
+        self.written = pos + len(packed)
 
+
+def put_u32s(
+    buf: bytearray, where: list[int], values: list[int], add: int, little: bool = _LITTLE
+) -> None:
+    """Write values[k] + add at where[k] (a multiple of 4) as a little-endian u32, for
+    every k. On a little-endian host through a u32 view of the buffer, which costs a
+    third of a pack_into per value (there are two per external file)."""
+    n = len(where)
+    if little:
+        words = memoryview(buf).cast("I")
+        for k in range(n):
+            words[where[k] >> 2] = values[k] + add
+        words.release()
+    else:
+        for k in range(n):
+            _PACK_U32(buf, where[k], values[k] + add)
+
+
+def _inline_content(content: bytes, nlink: int) -> _Data:
+    """The data of a regular file with inline content: a tail, or one block and a tail."""
+    size = len(content)
+    if size > _INLINE_CONTENT_MAX:
+        raise ValueError(f"inline content of {size} bytes exceeds {_INLINE_CONTENT_MAX}")
+    if size <= HALF_BLK:
+        return 0, 0, size, nlink, size, content, 0, b"", True
+    n_blocks, tail = divmod(size, BLK)
+    if tail > HALF_BLK:
+        n_blocks += 1
+        tail = 0
+    tail_bytes = content[size - tail :] if tail else b""
+    return 0, 0, size, nlink, tail, tail_bytes, n_blocks, content[:BLK], True
+
+
+def lay_out_and_emit(
+    order: list[Inode],
+    dirs: dict[int, Directory],
+    final_xattrs: dict[int, dict[bytes, bytes]],
+    version: int,
+) -> bytes:
+    """The image bytes for inodes in breadth-first order (order[0] is the root).
+
+    `final_xattrs` are the xattrs of the nodes the overlay rewrite changed (by index), as
+    they go into the image; every other node's are its input xattrs, escaped, plus the
+    metacopy and redirect xattrs of an external file.
+    """
+    count = len(order)
+    min_sec = min([x.mtime for x in order])
+    min_nsec = min([x.mtime_nsec for x in order if x.mtime == min_sec])
+    externals = [x for x in order if x.mode & _S_IFMT == _IFREG and not x.content and x.size > 0]
+    plan = XattrPlan(order, final_xattrs, externals)
+    table = _Table(count, plan, dirs, min_sec, min_nsec)
+    for i in range(count):
+        table.add(i, order[i])
+    return _finish(table, count, version)
+
+
+def _finish(table: _Table, count: int, version: int) -> bytes:
+    """The whole image, once every inode is in the table: shared xattrs, their ids, data
+    blocks and their addresses, directory entries, the header and the superblock."""
+    plan = table.plan
+    shared_size = len(plan.shared_blob)
+    inodes_end = (table.end + 31) & ~31
     data_start = (inodes_end + shared_size + BLK - 1) & ~(BLK - 1)
     first_block = data_start // BLK
-    image_size = data_start + n_data_blocks * BLK
-    if len(buf) < image_size:
-        buf += bytes(image_size - len(buf))
-    del buf[image_size:]  # what follows the inode table is still zeros
+    image_size = data_start + table.n_data_blocks * BLK
+    buf = bytearray(image_size)
+    buf[: table.written] = b"".join(table.parts)
     buf[inodes_end : inodes_end + shared_size] = plan.shared_blob
 
-    # Patch: shared xattr ids, block addresses, directory entries.
-    xattr_base = inodes_end % BLK
-    shared_offset = plan.shared_offset
-
-    def ids(shared: list[tuple[bytes, bytes]]) -> bytes:
-        return b"".join([_PACK_ID((xattr_base + shared_offset[kv]) // 4) for kv in shared])
-
-    for (_, _, offsets), shared in zip(set_bodies, set_shared, strict=True):
-        if offsets:
-            value = ids(shared)
-            n = len(value)
-            for off in offsets:
-                buf[off : off + n] = value
-    for off, shared in id_patches:
-        value = ids(shared)
-        buf[off : off + len(value)] = value
-    for off, block, low in block_inodes:
-        addr = first_block + block
-        _PACK_U32(buf, off + _I_U, addr if low < 0 else (addr & 0xFFFF0000) | low)
-    for block, data in blocks:
+    base = (inodes_end % BLK) // 4  # shared xattr ids count 4-byte units from the block
+    put_u32s(buf, table.id_pos, table.id_units, base)
+    where = [pos + _I_U for pos, _, _ in table.block_inodes]
+    addrs = [
+        first_block + block if low < 0 else ((first_block + block) & 0xFFFF0000) | low
+        for _, block, low in table.block_inodes
+    ]
+    put_u32s(buf, where, addrs, 0)
+    for block, data in table.blocks:
         start = data_start + block * BLK
         buf[start : start + len(data)] = data
-    for i, tail_off, block in dir_fills:
-        chunks = _entries(i, dirs[i], nids, fts)
-        if block >= 0:
-            start = data_start + block * BLK
-            for chunk in chunks[:-1] if tail_off >= 0 else chunks:
-                data = _dirent_block(chunk)
-                buf[start : start + len(data)] = data
-                start += BLK
+    for i, tail_off, block in table.dir_fills:
+        d = table.dirs[i]
+        n, _ = dirents.block_sizes(d)
+        starts = [data_start + (block + k) * BLK for k in range(n)] if block >= 0 else []
         if tail_off >= 0:
-            data = _dirent_block(chunks[-1])
-            buf[tail_off : tail_off + len(data)] = data
+            starts = starts[: n - 1] + [tail_off]
+        dirents.write(buf, i, d, table.nids, table.fts, starts)
 
-    root_nid = nids[0]
+    root_nid = table.nids[0]
     if root_nid > _U16:
         raise ValueError("root inode placed beyond nid 65535")
     header_flags = fmt.COMPOSEFS_FLAG_HAS_ACL if plan.has_acl else 0
@@ -460,9 +417,9 @@ def lay_out_and_emit(
         0,
         root_nid,
         count,
-        min_sec & _U64,
-        min_nsec,
-        first_block + n_data_blocks,
+        table.min_sec & _U64,
+        table.min_nsec,
+        first_block + table.n_data_blocks,
         (fmt.SUPERBLOCK_OFFSET + fmt.SUPERBLOCK.size) // BLK,
         inodes_end // BLK,
         b"",

@@ -23,21 +23,20 @@ import struct
 from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Iterable
-from itertools import compress, count, repeat
-from operator import and_, attrgetter, eq
+from itertools import compress, count
+from typing import Final
 
 from cfsboot.composefs.erofs import format as fmt
 from cfsboot.composefs.erofs.layout import Directory, lay_out_and_emit
 from cfsboot.composefs.tree import Inode, lookup, split_path
 
-_OVERLAY_PREFIX = fmt.OVERLAY_PREFIX
-_OVERLAY_PREFIX_LEN = len(_OVERLAY_PREFIX)
-_HEX = "0123456789abcdef"
-_STUB_NAMES = tuple((_HEX[i >> 4] + _HEX[i & 15]).encode() for i in range(256))
-_IFMT = 0o170000
-_IFDIR = stat.S_IFDIR
-_IFCHR = stat.S_IFCHR
-_get_mode = attrgetter("mode")
+_OVERLAY_PREFIX: Final = fmt.OVERLAY_PREFIX
+_OVERLAY_PREFIX_LEN: Final = len(_OVERLAY_PREFIX)
+_HEX: Final = "0123456789abcdef"
+_STUB_NAMES: Final = tuple((_HEX[i >> 4] + _HEX[i & 15]).encode() for i in range(256))
+_IFMT: Final = 0o170000
+_IFDIR: Final = stat.S_IFDIR
+_IFCHR: Final = stat.S_IFCHR
 
 
 def build_image(
@@ -54,7 +53,7 @@ def build_image(
 
     A hardlinked inode is stored once, at its first name in dumpfile order; C instead uses
     the name of the dumpfile line that is not an '@' hardlink line. Pass those '@' paths as
-    `link_paths` (see `dumpfile_link_paths`) to place such inodes exactly as C does.
+    `link_paths` (see `dumpfile.link_paths`) to place such inodes exactly as C does.
     """
     if not root.is_dir():
         raise ValueError("the root of an image must be a directory")
@@ -70,15 +69,14 @@ def build_image(
     try:
         link_keys = _link_keys(root, link_paths)
         order, dirs, stubs = _walk(root)
-        names = Counter(map(id, order))  # of each inode
-        if link_keys or len(names) != len(order):
+        if link_keys or len(set(map(id, order))) != len(order):
+            names = Counter(map(id, order))  # of each inode
             order, dirs = _place_hardlinks(order, dirs, names, link_keys)
         stub_ids = set(map(id, stubs))
-        ftypes = map(and_, map(_get_mode, order), repeat(_IFMT))
         whiteouts = [
             i
-            for i in compress(count(), map(eq, ftypes, repeat(_IFCHR)))
-            if order[i].rdev == 0 and id(order[i]) not in stub_ids
+            for i, x in enumerate(order)
+            if x.mode & _IFMT == _IFCHR and x.rdev == 0 and id(x) not in stub_ids
         ]
         version = min_version
         if version < 1 <= max_version and whiteouts:
@@ -107,34 +105,39 @@ def _walk(root: Inode) -> tuple[list[Inode], dict[int, Directory], list[Inode]]:
     order = [root]
     dirs: dict[int, Directory] = {}
     seen: set[int] = set()
-    # (directory, its index, its parent's index, its children)
+    # Directories to list: (directory, its index, its parent's index, its children).
     queue: list[tuple[Inode, int, int, dict[bytes, Inode] | None]] = [(root, 0, 0, children)]
-    for node, index, parent, kids in queue:
+    q = 0
+    while q < len(queue):
+        node, index, parent, kids = queue[q]
+        q += 1
         if kids is None:
             raise ValueError("directory without children mapping")
         if id(node) in seen:
             raise ValueError("directory hardlinked (reachable under two names)")
         seen.add(id(node))
         names = sorted(kids)
-        name_bytes = sum(map(len, names))
-        if names and (
-            b"" in kids
-            or b"." in kids
-            or b".." in kids
-            or max(map(len, names)) > fmt.NAME_MAX
-            or b"/" in b"".join(names)
-        ):
-            bad = next(n for n in names if not n or n in (b".", b"..") or len(n) > 255 or b"/" in n)
-            raise ValueError(f"invalid file name {bad!r}")
         start = len(order)
-        order += map(kids.__getitem__, names)
-        subdirs = [
-            (c, start + j, index, c.children)
-            for j, c in enumerate(order[start:], start=0)
-            if c.mode & _IFMT == _IFDIR
-        ]
-        queue += subdirs
-        dirs[index] = Directory(parent, names, name_bytes, start, None, 2 + len(subdirs))
+        name_bytes = 0
+        subdirs = 0
+        slashes = b"".join(names).find(b"/") >= 0
+        for name in names:
+            n = len(name)
+            if (
+                not n
+                or n > fmt.NAME_MAX
+                or name == b"."
+                or name == b".."
+                or (slashes and name.find(b"/") >= 0)
+            ):
+                raise ValueError(f"invalid file name {name!r}")
+            name_bytes += n
+            child = kids[name]
+            if child.mode & _IFMT == _IFDIR:
+                queue.append((child, len(order), index, child.children))
+                subdirs += 1
+            order.append(child)
+        dirs[index] = Directory(parent, names, name_bytes, start, None, 2 + subdirs)
     return order, dirs, stubs
 
 
@@ -216,7 +219,14 @@ def _place_hardlinks(
         for pos in positions:
             if pos != canonical:
                 canonical_of[pos] = canonical
-    # Renumber without the non-canonical names.
+    return _renumber(order, dir_list, canonical_of)
+
+
+def _renumber(
+    order: list[Inode], dir_list: list[tuple[int, Directory]], canonical_of: dict[int, int]
+) -> tuple[list[Inode], dict[int, Directory]]:
+    """The order and directories without the non-canonical names of hardlinked inodes
+    (`canonical_of`: their positions, and where their inode is kept)."""
     removed = sorted(canonical_of)
 
     def new_index(pos: int) -> int:
@@ -321,10 +331,10 @@ def _rewrite_for_overlay(
     return final
 
 
-_XATTR_META = 4  # LCFS_INODE_XATTRMETA_SIZE
-_XATTR_HEADER = 12  # LCFS_XATTR_HEADER_SIZE
-_EXTERNAL_XATTR_MAX = 0xFFFF // 2  # LCFS_INODE_EXTERNAL_XATTR_MAX
-_SIZE_T = (1 << 64) - 1
+_XATTR_META: Final = 4  # LCFS_INODE_XATTRMETA_SIZE
+_XATTR_HEADER: Final = 12  # LCFS_XATTR_HEADER_SIZE
+_EXTERNAL_XATTR_MAX: Final = 0xFFFF // 2  # LCFS_INODE_EXTERNAL_XATTR_MAX
+_SIZE_T: Final = (1 << 64) - 1
 
 
 def _c_set_xattr(
@@ -355,20 +365,3 @@ def _c_set_xattr(
         )
     xattrs[key] = value
     budget[index] = used + entry
-
-
-def dumpfile_link_paths(data: bytes) -> list[bytes]:
-    """The (unescaped) paths of a dumpfile's '@' hardlink lines, for `build_image`."""
-    from cfsboot.composefs.dumpescape import unescape
-
-    paths = []
-    # A hardlink line's third field (MODE) starts with '@'. Spaces in fields are escaped,
-    # so every " @" starts a field; it is MODE if one space precedes it on its line.
-    at = data.find(b" @")
-    while at >= 0:
-        start = data.rfind(b"\n", 0, at) + 1
-        first = data.find(b" ", start, at)
-        if first >= 0 and data.find(b" ", first + 1, at) < 0:
-            paths.append(unescape(data[start:first]))
-        at = data.find(b" @", at + 1)
-    return paths

@@ -9,18 +9,18 @@ index and a suffix, and each inode's header has a bloom filter of its names (xxh
 from __future__ import annotations
 
 from collections import Counter
-from operator import attrgetter
+from typing import Final, cast
 
 from cfsboot.composefs.erofs import format as fmt
 from cfsboot.composefs.erofs.xxhash import xxh32
 from cfsboot.composefs.tree import Inode
 
-_U16 = 0xFFFF
-_ZEROS = bytes(4)
-_PACK_XHDR = fmt.XATTR_IBODY_HEADER.pack
-_PACK_XENTRY = fmt.XATTR_ENTRY.pack
-_METACOPY = fmt.XATTR_METACOPY
-_REDIRECT = fmt.XATTR_REDIRECT
+_U16: Final = 0xFFFF
+_ZEROS: Final = bytes(4)
+_PACK_XHDR: Final = fmt.XATTR_IBODY_HEADER.pack
+_PACK_XENTRY: Final = fmt.XATTR_ENTRY.pack
+_METACOPY: Final = fmt.XATTR_METACOPY
+_REDIRECT: Final = fmt.XATTR_REDIRECT
 
 
 def _xattr_index(key: bytes) -> tuple[int, bytes]:
@@ -63,15 +63,50 @@ class XattrCodec:
 
 
 _Items = tuple[tuple[bytes, bytes], ...]
+_Pair = tuple[bytes, bytes]
+# Stand-ins for an external file's own metacopy and redirect in a template's shared ids.
+OWN_METACOPY: Final = -1
+OWN_REDIRECT: Final = -2
+
+
+class Template:
+    """How the xattrs of external files with one shape are encoded: a file's are
+    `before + digest + middle + payload + after`, its digest only if `digest_inline` and its
+    payload only if `payload_inline`; its shared ids are `shared` (offsets in the shared
+    blob, or OWN_METACOPY / OWN_REDIRECT for its own metacopy and redirect)."""
+
+    __slots__ = (
+        "before", "middle", "after", "digest_inline", "payload_inline", "icount", "shared", "own"
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        before: bytes,
+        middle: bytes,
+        after: bytes,
+        digest_inline: bool,
+        payload_inline: bool,
+        icount: int,
+        shared: list[int],
+    ) -> None:
+        self.before = before
+        self.middle = middle
+        self.after = after
+        self.digest_inline = digest_inline
+        self.payload_inline = payload_inline
+        self.icount = icount
+        self.shared = shared
+        self.own = OWN_METACOPY in shared or OWN_REDIRECT in shared
 
 
 class XattrPlan:
     """Which (name, value) pairs are shared, and the encoded xattrs of each distinct set.
 
-    The nodes' xattr sets are numbered (`set_of`): most nodes share their set with many
-    others (the same SELinux label), so each set is encoded once. External files also
-    carry their own metacopy and redirect xattrs; those are counted here, and spliced
-    into the encoding of the file's set (`splice()`) unless they are shared.
+    The nodes' xattr sets are numbered (`set_ids`): most nodes share their set with many
+    others (the same SELinux label), so each set is encoded once (`set_body`,
+    `set_icount`, `set_shared`). External files also carry their own metacopy and redirect
+    xattrs; those are counted here, and joined to their set's encoding by a `Template`
+    per shape (`external()`).
     """
 
     def __init__(
@@ -80,127 +115,251 @@ class XattrPlan:
         final_xattrs: dict[int, dict[bytes, bytes]],
         externals: list[Inode],
     ) -> None:
-        codec = self.codec = XattrCodec()
-        # Key of a node's set: its input xattrs as given (escaped later, once per set), or
-        # for rewritten nodes, (None, *final items).
-        set_of: dict[object, int] = {}
-        number = set_of.setdefault
-        self.set_ids = set_ids = [
-            number(key, len(set_of)) for key in map(tuple, map(dict.items, map(_get_xattrs, order)))
-        ]
-        for index, xattrs in final_xattrs.items():
-            set_ids[index] = number((None, *xattrs.items()), len(set_of))
-        uses = Counter(set_ids)
-        self.sets: list[list[tuple[bytes, bytes]]] = []
-        counts: Counter[tuple[bytes, bytes]] = Counter()
-        for key, sid in set_of.items():
-            if isinstance(key, tuple) and key and key[0] is None:
-                items = sorted(key[1:])
+        self.codec = XattrCodec()
+        self.set_ids = self._number_sets(order, final_xattrs)
+        counts = self._count(externals)
+        self.has_acl = any(kv[0] in fmt.ACL_XATTRS for kv in counts)
+        self._share(counts)
+        self.set_body: list[bytes] = []
+        self.set_icount: list[int] = []
+        self.set_shared: list[list[int]] = []
+        for items in self.sets:
+            body, shared = self.body(items)
+            self.set_body.append(body)
+            self.set_icount.append(len(body) // 4 - 2 if body else 0)
+            self.set_shared.append([self.shared_offset[kv] for kv in shared])
+        _, _, self.metacopy_bit = self.codec.name(_METACOPY)
+        _, _, self.redirect_bit = self.codec.name(_REDIRECT)
+        self.templates: dict[int, Template] = {}
+
+    def _number_sets(
+        self, order: list[Inode], final_xattrs: dict[int, dict[bytes, bytes]]
+    ) -> list[int]:
+        """The set number of each node, and `sets` (sorted, escaped items) and `uses`."""
+        # Key of a set: the input xattrs as given (escaped later, once per set), or for
+        # nodes the overlay rewrite changed, (None, *final items).
+        set_of: dict[tuple[object, ...], int] = {(): 0}
+        set_ids = [0] * len(order)
+        for i, x in enumerate(order):
+            xattrs = x.xattrs
+            if xattrs:
+                key: tuple[object, ...] = tuple(xattrs.items())
+                sid = set_of.get(key)
+                if sid is None:
+                    sid = set_of[key] = len(set_of)
+                set_ids[i] = sid
+        for index, final in final_xattrs.items():
+            fkey = (None, *final.items())
+            sid = set_of.get(fkey)
+            if sid is None:
+                sid = set_of[fkey] = len(set_of)
+            set_ids[index] = sid
+        self.uses = [0] * len(set_of)  # how many nodes have each set
+        for sid in set_ids:
+            self.uses[sid] += 1
+        self.sets: list[list[_Pair]] = []
+        for skey in set_of:
+            if skey and skey[0] is None:
+                items = cast(list[_Pair], list(skey[1:]))
             else:
-                items = sorted(_escaped_items(key))  # type: ignore[arg-type]
-            self.sets.append(items)
-            n = uses[sid]
+                items = _escaped_items(cast(_Items, skey))
+            self.sets.append(sorted(items))
+        return set_ids
+
+    def _count(self, externals: list[Inode]) -> Counter[_Pair]:
+        """How many inodes use each (name, value) of the sets; `shared_digests` and
+        `shared_payloads`: the digests and payloads of more than one external file."""
+        counts: Counter[_Pair] = Counter()
+        for sid, items in enumerate(self.sets):
+            n = self.uses[sid]
             if n:
                 for kv in items:
                     counts[kv] += n
         # The metacopy and redirect values of external files: only they have these names
-        # (input `trusted.overlay.*` xattrs are escaped).
-        digest_uses = Counter([x.digest or b"" for x in externals])
-        payload_uses = Counter([x.payload for x in externals if x.payload])
-        for length in set(map(len, digest_uses)):
+        # (input `trusted.overlay.*` xattrs are escaped). Only values used more than once
+        # matter for sharing.
+        seen_digests: set[bytes] = set()
+        seen_payloads: set[bytes] = set()
+        self.shared_digests: set[bytes] = set()
+        self.shared_payloads: set[bytes] = set()
+        for x in externals:
+            digest = x.digest or b""
+            if digest in seen_digests:
+                self.shared_digests.add(digest)
+            else:
+                seen_digests.add(digest)
+            payload = x.payload
+            if payload:
+                if payload in seen_payloads:
+                    self.shared_payloads.add(payload)
+                else:
+                    seen_payloads.add(payload)
+        for length in {len(d) for d in seen_digests}:
             _metacopy(bytes(length))  # refuses digests of unknown sizes
-        # Only values used more than once matter for sharing.
-        self.shared_digests = {d for d, n in digest_uses.items() if n > 1}
-        self.shared_payloads = {p for p, n in payload_uses.items() if n > 1}
-        for digest in self.shared_digests:
-            counts[(_METACOPY, _metacopy(digest))] += digest_uses[digest]
-        for payload in self.shared_payloads:
-            counts[(_REDIRECT, b"/" + payload)] += payload_uses[payload]
-        self.has_acl = any(kv[0] in fmt.ACL_XATTRS for kv in counts)
+        return counts
 
-        # Shared xattrs: every (name, value) used more than once, in descending order
-        # (xattrs_ht_sort in lcfs-writer-erofs.c).
-        shared = sorted(
-            (kv for kv, count in counts.items() if count > 1),
-            key=lambda kv: (kv[0], len(kv[1]), kv[1]),
-            reverse=True,
-        )
-        self.shared_offset: dict[tuple[bytes, bytes], int] = {}
+    def _share(self, counts: Counter[_Pair]) -> None:
+        """The shared xattrs: every (name, value) used by more than one inode, in
+        descending order (xattrs_ht_sort in lcfs-writer-erofs.c); `shared_blob`,
+        `shared_offset`, and the offsets of external files' own metacopy and redirect
+        (`digest_offset`, `payload_offset`: by digest and by payload)."""
+        # (name, value) in descending order of (name, value length, value). External files'
+        # metacopy values are a header that depends on the digest length, then the digest;
+        # redirects are "/" + payload: both sort as their digests and payloads do.
+        by_name: dict[bytes, list[_Pair]] = {}
+        for kv in counts:
+            if counts[kv] > 1:
+                by_name.setdefault(kv[0], []).append(kv)
+        names = set(by_name)
+        if self.shared_digests:
+            names.add(_METACOPY)
+        if self.shared_payloads:
+            names.add(_REDIRECT)
+        self.shared_offset: dict[_Pair, int] = {}
+        self.own_shapes: dict[int, tuple[bytes, bytes]] = {}
+        self.digest_offset: dict[bytes, int] = {}
+        self.payload_offset: dict[bytes, int] = {}
         blob: list[bytes] = []
         off = 0
-        for kv in shared:
-            e = codec.entry(*kv)
-            self.shared_offset[kv] = off
-            blob.append(e)
-            off += len(e)
+        codec = self.codec
+        for name in sorted(names, reverse=True):
+            if name == _METACOPY and self.shared_digests:
+                for digest in _descending(self.shared_digests):
+                    e = self._own_entry(_METACOPY, digest)
+                    self.digest_offset[digest] = off
+                    blob.append(e)
+                    off += len(e)
+            if name == _REDIRECT and self.shared_payloads:
+                for payload in _descending(self.shared_payloads):
+                    e = self._own_entry(_REDIRECT, payload)
+                    self.payload_offset[payload] = off
+                    blob.append(e)
+                    off += len(e)
+            for kv in sorted(by_name.get(name, ()), key=_by_value_length, reverse=True):
+                e = codec.entry(kv[0], kv[1])
+                self.shared_offset[kv] = off
+                blob.append(e)
+                off += len(e)
         self.shared_blob = b"".join(blob)
-        _, _, self.metacopy_bit = codec.name(_METACOPY)
-        _, _, self.redirect_bit = codec.name(_REDIRECT)
 
-    def encode(
-        self, items: list[tuple[bytes, bytes]]
-    ) -> tuple[int, list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
-        """(filter, shared pairs, (name, inline entry) pairs) of sorted xattrs."""
+    def _own_entry(self, name: bytes, value: bytes) -> bytes:
+        """The entry of an external file's own metacopy (`value`: its digest) or redirect
+        (`value`: its payload). Such entries differ only by `value`: what precedes and
+        follows it is made once per name and length."""
+        key = len(value) << 1 | (name == _REDIRECT)
+        got = self.own_shapes.get(key)
+        if got is None:
+            shape = b"/" + bytes(len(value)) if name == _REDIRECT else _metacopy(bytes(len(value)))
+            raw = self.codec.head(name, len(shape)) + shape
+            got = self.own_shapes[key] = (raw[: len(raw) - len(value)], _ZEROS[: -len(raw) & 3])
+        return got[0] + value + got[1]
+
+    def encode(self, items: list[_Pair]) -> tuple[int, list[_Pair], list[bytes]]:
+        """(filter, shared pairs, inline entries) of sorted xattrs."""
         shared_offset = self.shared_offset
-        name_of = self.codec.name
-        entry = self.codec.entry
-        shared: list[tuple[bytes, bytes]] = []
-        inline: list[tuple[bytes, bytes]] = []
+        codec = self.codec
+        shared: list[_Pair] = []
+        inline: list[bytes] = []
         filt = 0
         for kv in items:
-            filt |= name_of(kv[0])[2]
+            filt |= codec.name(kv[0])[2]
             # composefs shares at most 128 xattrs of an inode, the rest is inline
             if kv in shared_offset and len(shared) < fmt.XATTR_LONG_PREFIX:
                 shared.append(kv)
             else:
-                inline.append((kv[0], entry(*kv)))
+                inline.append(codec.entry(kv[0], kv[1]))
         return fmt.XATTR_FILTER_DEFAULT & ~filt, shared, inline
 
-    def body(self, items: list[tuple[bytes, bytes]]) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    def body(self, items: list[_Pair]) -> tuple[bytes, list[_Pair]]:
         """The in-inode xattrs (header, shared ids as 0, entries) and the shared pairs."""
         if not items:
             return b"", []
         filt, shared, inline = self.encode(items)
-        blob = b"".join([e for _, e in inline])
+        blob = b"".join(inline)
         return _PACK_XHDR(filt, len(shared)) + bytes(4 * len(shared)) + blob, shared
 
-    def splice(
-        self, sid: int, digest_len: int, payload_len: int
-    ) -> tuple[bytes, bytes, bytes, int]:
-        """How an external file's xattrs are encoded when its metacopy and redirect are
-        not shared: (before, middle, after, i_xattr_icount) such that they are
-        before + digest + middle + payload + after (no redirect if payload_len is 0)."""
-        filt, shared, inline = self.encode(self.sets[sid])
-        # The set's inline entries around the two: the names sort as
-        # ... < trusted.overlay.metacopy < (escaped trusted.overlay.overlay.*) < redirect < ...
-        head = b"".join([e for name, e in inline if name < _METACOPY])
-        between = b"".join([e for name, e in inline if _METACOPY < name < _REDIRECT])
-        tail = b"".join([e for name, e in inline if name > _REDIRECT])
-        metacopy = _metacopy(bytes(digest_len))
-        before = self.codec.head(_METACOPY, len(metacopy)) + metacopy[: len(metacopy) - digest_len]
-        filt &= ~self.metacopy_bit
-        middle = between
-        after = tail
+    def external(self, sid: int, digest: bytes, payload: bytes) -> tuple[Template, int, int]:
+        """The template of an external file with xattr set `sid`, this digest (b"": none)
+        and payload (b"": no redirect), and the shared offsets of its own metacopy and
+        redirect (-1: not shared)."""
+        mc_off = self.digest_offset.get(digest, -1)
+        rd_off = self.payload_offset.get(payload, -1) if payload else -1
+        key = (sid << 7 | len(digest)) << 32 | len(payload)
+        key = key << 2 | (mc_off >= 0) << 1 | (rd_off >= 0)
+        template = self.templates.get(key)
+        if template is None:
+            template = self.templates[key] = self._template(
+                sid, len(digest), len(payload), mc_off >= 0, rd_off >= 0
+            )
+        return template, mc_off, rd_off
+
+    def _template(
+        self, sid: int, digest_len: int, payload_len: int, mc_shared: bool, rd_shared: bool
+    ) -> Template:
+        codec = self.codec
+        # The file's own two join its set's items where their names sort (no input name
+        # equals theirs: input `trusted.overlay.*` xattrs are escaped).
+        items = [kv for kv in self.sets[sid] if kv[0] != _METACOPY and kv[0] != _REDIRECT]
+        items.append((_METACOPY, b""))
         if payload_len:
-            filt &= ~self.redirect_bit
-            redirect = self.codec.head(_REDIRECT, payload_len + 1) + b"/"
-            middle += redirect
-            after = _ZEROS[: -(len(redirect) + payload_len) & 3] + tail
-        before = _PACK_XHDR(filt, len(shared)) + bytes(4 * len(shared)) + head + before
-        size = len(before) + digest_len + len(middle) + payload_len + len(after)
-        return before, middle, after, size // 4 - 2
-
-    def full_items(self, x: Inode, sid: int) -> list[tuple[bytes, bytes]]:
-        """All xattrs of an external file, sorted."""
-        items = [kv for kv in self.sets[sid] if kv[0] not in (_METACOPY, _REDIRECT)]
-        items.append((_METACOPY, _metacopy(x.digest or b"")))
-        if x.payload:
-            items.append((_REDIRECT, b"/" + x.payload))
+            items.append((_REDIRECT, b""))
         items.sort()
-        return items
+        pieces: list[bytes] = []  # before, middle, after: split where digest/payload go
+        current: list[bytes] = []
+        shared: list[int] = []
+        filt = 0
+        digest_inline = payload_inline = False
+        limit = fmt.XATTR_LONG_PREFIX  # composefs shares at most 128 xattrs of an inode
+        for kv in items:
+            name = kv[0]
+            filt |= codec.name(name)[2]
+            if name == _METACOPY:
+                if mc_shared and len(shared) < limit:
+                    shared.append(OWN_METACOPY)
+                    continue
+                digest_inline = True
+                value = _metacopy(bytes(digest_len))
+                current.append(codec.head(name, len(value)) + value[: len(value) - digest_len])
+                pieces.append(b"".join(current))
+                current = [_ZEROS[: -(4 + len(codec.name(name)[1]) + len(value)) & 3]]
+            elif name == _REDIRECT:
+                if rd_shared and len(shared) < limit:
+                    shared.append(OWN_REDIRECT)
+                    continue
+                payload_inline = True
+                current.append(codec.head(name, payload_len + 1) + b"/")
+                pieces.append(b"".join(current))
+                current = [_ZEROS[: -(4 + len(codec.name(name)[1]) + 1 + payload_len) & 3]]
+            elif kv in self.shared_offset and len(shared) < limit:
+                shared.append(self.shared_offset[kv])
+            else:
+                current.append(codec.entry(name, kv[1]))
+        pieces.append(b"".join(current))
+        if not digest_inline:
+            pieces.insert(0, b"")
+        if not payload_inline:
+            pieces.insert(2, b"")
+        header = _PACK_XHDR(fmt.XATTR_FILTER_DEFAULT & ~filt, len(shared)) + bytes(4 * len(shared))
+        before, middle, after = header + pieces[0], pieces[1], pieces[2]
+        size = len(before) + len(middle) + len(after)
+        size += digest_len if digest_inline else 0
+        size += payload_len if payload_inline else 0
+        return Template(before, middle, after, digest_inline, payload_inline, size // 4 - 2, shared)
 
 
-_get_xattrs = attrgetter("xattrs")
+def _descending(values: set[bytes]) -> list[bytes]:
+    """`values` by descending (length, value)."""
+    by_length: dict[int, list[bytes]] = {}
+    for v in values:
+        by_length.setdefault(len(v), []).append(v)
+    out: list[bytes] = []
+    for length in sorted(by_length, reverse=True):
+        out += sorted(by_length[length], reverse=True)
+    return out
+
+
+def _by_value_length(kv: _Pair) -> tuple[int, bytes]:
+    return len(kv[1]), kv[1]
 
 
 def _escaped_items(items: _Items) -> list[tuple[bytes, bytes]]:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import functools
 import struct
+from typing import Final
 
-_P1 = 2654435761
-_P2 = 2246822519
-_P3 = 3266489917
-_P4 = 668265263
-_P5 = 374761393
-_M = 0xFFFFFFFF
+_P1: Final = 2654435761
+_P2: Final = 2246822519
+_P3: Final = 3266489917
+_P4: Final = 668265263
+_P5: Final = 374761393
+_M: Final = 0xFFFFFFFF
 
 
 def _rotl(x: int, r: int) -> int:

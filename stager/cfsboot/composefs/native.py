@@ -1,0 +1,103 @@
+"""The modules of the EROFS build that run as native code, and the way back to pure Python.
+
+`mkcomposefs --from-file` spends its time in a few loops that run once per line or per
+inode (parse a line, place and encode an inode). Where they run as interpreted Python,
+cfsboot takes about three times as long as C mkcomposefs on a real OS tree; compiled by
+mypyc (setup.py, at `pip install` time: `make venv`) the same source runs as C and the
+build beats C. The modules stay plain, typed Python: every one of them runs either way,
+and the tests run them both ways (`make test`).
+
+A compiled module is an extension module next to its source, and Python imports those
+first. Importing `cfsboot.composefs` calls `select()`, which makes the sources win
+instead when
+- CFSBOOT_PURE_PYTHON=1 is set (the pure-Python test run, debugging), or
+- a compiled module is older than its source: an edit not yet rebuilt (`make native`)
+  must not be shadowed by the old code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from importlib.machinery import EXTENSION_SUFFIXES, ModuleSpec, SourceFileLoader
+
+# Compiled together (one mypyc group: calls between them stay native).
+MODULES = (
+    "cfsboot.composefs.tree",
+    "cfsboot.composefs.dumpescape",
+    "cfsboot.composefs.dumpread",
+    "cfsboot.composefs.dumpfast",
+    "cfsboot.composefs.dumpfile",
+    "cfsboot.composefs.erofs.format",
+    "cfsboot.composefs.erofs.xxhash",
+    "cfsboot.composefs.erofs.xattrs",
+    "cfsboot.composefs.erofs.layout",
+    "cfsboot.composefs.erofs.dirents",
+    "cfsboot.composefs.erofs.writer",
+)
+GROUP = "cfsboot.composefs._native"  # the shared library: cfsboot/composefs/_native__mypyc*.so
+PURE_ENV = "CFSBOOT_PURE_PYTHON"
+
+_STAGER = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_pure = False
+
+
+def source_path(module: str) -> str:
+    return os.path.join(_STAGER, *module.split(".")) + ".py"
+
+
+def compiled_path(module: str) -> str | None:
+    """The extension module built for `module` by this interpreter, if there is one."""
+    base = os.path.join(_STAGER, *module.split("."))
+    for suffix in EXTENSION_SUFFIXES:
+        if os.path.exists(base + suffix):
+            return base + suffix
+    return None
+
+
+def stale() -> list[str]:
+    """The compiled modules older than their sources (or missing while others exist)."""
+    built = [(m, compiled_path(m)) for m in MODULES]
+    if all(path is None for _, path in built):
+        return []
+    out = []
+    for module, path in built:
+        if path is None or os.stat(path).st_mtime < os.stat(source_path(module)).st_mtime:
+            out.append(module)
+    return out
+
+
+class _SourceFinder:
+    """Finds the compiled modules' sources, ahead of the extension modules."""
+
+    @staticmethod
+    def find_spec(name: str, path: object = None, target: object = None) -> ModuleSpec | None:
+        if name not in MODULES:
+            return None
+        origin = source_path(name)
+        spec = ModuleSpec(name, SourceFileLoader(name, origin), origin=origin)
+        spec.has_location = True
+        return spec
+
+
+def select() -> None:
+    """Use the sources instead of the compiled modules when asked to or when stale."""
+    global _pure
+    if _pure:
+        return
+    if os.environ.get(PURE_ENV) == "1" or stale():
+        sys.meta_path.insert(0, _SourceFinder())
+        _pure = True
+
+
+def describe() -> str:
+    """How the modules run: for `make bench` and the tests."""
+    loaded = [sys.modules[m] for m in MODULES if m in sys.modules]
+    native = [m for m in loaded if not (getattr(m, "__file__", None) or "").endswith(".py")]
+    if not loaded:
+        return "not loaded yet"
+    if len(native) == len(loaded):
+        return "native (compiled with mypyc)"
+    if not native:
+        return "pure Python" + (f" ({PURE_ENV}=1)" if os.environ.get(PURE_ENV) == "1" else "")
+    return f"mixed: {len(native)} of {len(loaded)} modules native"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import os
 import random
 import statistics
@@ -26,12 +27,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent / d) for d in ("stager", "setup-root", "tests")]
+sys.path[:0] = [str(HERE.parent / d) for d in ("stager", "setup-root", "tests")] + [str(HERE)]
 
-from cfsboot.composefs import dumpfile  # noqa: E402
-from cfsboot.composefs.erofs.writer import build_image, dumpfile_link_paths  # noqa: E402
+from cfsboot.composefs import dumpfile, native  # noqa: E402
+from cfsboot.composefs.erofs.writer import build_image  # noqa: E402
+from figures import figure, load  # noqa: E402
 
 CACHE = Path(os.environ.get("CFSBOOT_CACHE", "/var/cache/cfsboot"))
 REFTOOLS = Path(os.environ.get("CFSBOOT_REFTOOLS", CACHE / "reftools-bin"))
@@ -103,78 +106,164 @@ def generate_dump(n_entries: int, seed: int = 1) -> bytes:
     return b"\n".join([root_line, *rest]) + b"\n"
 
 
+def real_dump(work: Path, copies: int = 6) -> bytes:
+    """The trixie test OS's own dumpfile (`composefs-info dump` of the C image of its rootfs),
+    replicated `copies` times under different top directories (~16k entries each)."""
+    testos = _load_module(HERE.parent / "vm-tests" / "testos.py")
+    rootfs = testos.ensure_base_rootfs(CACHE)
+    img = work / "testos.img"
+    subprocess.run([str(REFTOOLS / "mkcomposefs"), str(rootfs), str(img)], check=True)
+    dump = subprocess.run(
+        [str(REFTOOLS / "composefs-info"), "dump", str(img)], check=True, capture_output=True
+    ).stdout
+    img.unlink()
+    lines = dump.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    root, rest = lines[0], lines[1:]
+    out = [root]
+    for k in range(copies):
+        top = b"/os%d" % k
+        out.append(top + b" " + root.split(b" ", 1)[1])
+        # '@' hardlink targets (the PAYLOAD field) move with their copy
+        out += [_relocate(line, top) for line in rest]
+    return b"\n".join(out) + b"\n"
+
+
+def _relocate(line: bytes, top: bytes) -> bytes:
+    fields = line.split(b" ", 9)
+    if fields[2].startswith(b"@"):
+        fields[8] = top + fields[8]
+    fields[0] = top + fields[0]
+    return b" ".join(fields)
+
+
+def _load_module(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def _time(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
 
 
+def compare(label: str, dump: Path, runs: int) -> dict[str, float]:
+    """Median seconds of each variant on one dumpfile (after checking the bytes are C's)."""
+    c_tool = REFTOOLS / "mkcomposefs"
+    data = dump.read_bytes()
+    lines = data.count(b"\n")
+    work = dump.parent
+    c_img, cli_img, out_img = work / "c.img", work / "cli.img", work / "stdout.img"
+
+    def run_c() -> None:
+        subprocess.run([str(c_tool), "--from-file", str(dump), str(c_img)], check=True)
+
+    def run_cli() -> None:
+        subprocess.run(
+            [str(CFSBOOT), "mkcomposefs", "--from-file", str(dump), str(cli_img)], check=True
+        )
+
+    def run_cli_stdout() -> None:
+        with out_img.open("wb") as out:
+            subprocess.run(
+                [str(CFSBOOT), "mkcomposefs", "--from-file", str(dump), "-"],
+                check=True,
+                stdout=out,
+            )
+
+    images: list[bytes] = []
+
+    def run_inproc() -> None:
+        raw = dump.read_bytes()
+        images.append(build_image(dumpfile.parse(raw), link_paths=dumpfile.link_paths(raw)))
+
+    tree = dumpfile.parse(data)
+    links = dumpfile.link_paths(data)
+
+    def run_build() -> None:
+        build_image(tree, link_paths=links)
+
+    run_c()
+    run_cli()
+    run_cli_stdout()
+    run_inproc()
+    expected = c_img.read_bytes()
+    if not (expected == cli_img.read_bytes() == out_img.read_bytes() == images[-1]):
+        raise SystemExit(f"{label}: images differ from C mkcomposefs: benchmark invalid")
+    variants = {
+        "C mkcomposefs": run_c,
+        "cfsboot CLI": run_cli,
+        "cfsboot CLI, no fsync": run_cli_stdout,
+        "cfsboot parse+build": run_inproc,
+        "cfsboot build only": run_build,
+    }
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(runs):
+        for name, fn in variants.items():
+            times[name].append(_time(fn))
+            images.clear()
+    medians = {name: statistics.median(samples) for name, samples in times.items()}
+    c_median = medians["C mkcomposefs"]
+    print(f"{label}: {lines} entries, {runs} interleaved runs (median s), {load()}:")
+    for name, median in medians.items():
+        print(
+            f"  {name:22} {median:7.3f}s  {lines / median:9.0f} entries/s"
+            f"  {median / c_median:5.2f}x C"
+        )
+    return medians
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="20k entries, 3 runs")
-    parser.add_argument("--entries", type=int, help="number of dumpfile lines (default 100k)")
+    parser.add_argument("--quick", action="store_true", help="20k synthetic entries, 3 runs")
+    parser.add_argument("--entries", type=int, help="synthetic dumpfile lines (default 100k)")
     parser.add_argument("--runs", type=int, help="runs per variant (default 7)")
+    parser.add_argument("--copies", type=int, default=6, help="copies of the test OS dump")
+    parser.add_argument("--no-real", action="store_true", help="skip the test OS dumpfile")
     args = parser.parse_args(argv)
     entries = args.entries or (20_000 if args.quick else 100_000)
     runs = args.runs or (3 if args.quick else 7)
-    c_tool = REFTOOLS / "mkcomposefs"
-    if not c_tool.exists():
+    if not (REFTOOLS / "mkcomposefs").exists():
         print(f"C mkcomposefs not found in {REFTOOLS} (run `make setup`)", file=sys.stderr)
         return 1
-
+    print(f"cfsboot EROFS writer: {native.describe()}")
     with tempfile.TemporaryDirectory(prefix="bench-mkcfs-") as tmp:
         work = Path(tmp)
-        dump = work / "in.dump"
-        data = generate_dump(entries)
-        dump.write_bytes(data)
-        lines = data.count(b"\n")
-        c_img, cli_img = work / "c.img", work / "cli.img"
-
-        def run_c() -> None:
-            subprocess.run([str(c_tool), "--from-file", str(dump), str(c_img)], check=True)
-
-        def run_cli() -> None:
-            subprocess.run(
-                [str(CFSBOOT), "mkcomposefs", "--from-file", str(dump), str(cli_img)], check=True
-            )
-
-        images: list[bytes] = []
-
-        def run_inproc() -> None:
-            raw = dump.read_bytes()
-            root = dumpfile.parse(raw)
-            images.append(build_image(root, link_paths=dumpfile_link_paths(raw)))
-
-        tree = dumpfile.parse(data)
-        links = dumpfile_link_paths(data)
-
-        def run_build() -> None:
-            build_image(tree, link_paths=links)
-
-        run_c()
-        run_cli()
-        run_inproc()
-        if not (c_img.read_bytes() == cli_img.read_bytes() == images[-1]):
-            print("images differ from C mkcomposefs: benchmark invalid", file=sys.stderr)
-            return 1
-        variants = {
-            "C mkcomposefs": run_c,
-            "cfsboot CLI": run_cli,
-            "cfsboot parse+build": run_inproc,
-            "cfsboot build only": run_build,
-        }
-        times: dict[str, list[float]] = {name: [] for name in variants}
-        for _ in range(runs):
-            for name, fn in variants.items():
-                times[name].append(_time(fn))
-                images.clear()
-
-    c_median = statistics.median(times["C mkcomposefs"])
-    print(f"mkcomposefs --from-file, {lines} entries, {runs} interleaved runs (median s):")
-    for name, samples in times.items():
-        median = statistics.median(samples)
-        ratio = median / c_median
-        print(f"  {name:22} {median:7.3f}s  {lines / median:9.0f} entries/s  {ratio:5.2f}x C")
+        (work / "synthetic").mkdir()
+        synthetic = work / "synthetic" / "in.dump"
+        synthetic.write_bytes(generate_dump(entries))
+        syn = compare("synthetic dumpfile", synthetic, runs)
+        real = None
+        if not args.no_real:
+            (work / "real").mkdir()
+            real_path = work / "real" / "in.dump"
+            real_path.write_bytes(real_dump(work / "real", args.copies))
+            real = compare(f"test OS dumpfile x{args.copies}", real_path, runs)
+    if real is not None:
+        figure(
+            "mkcomposefs --from-file, test OS dump (CLI)",
+            real["cfsboot CLI"],
+            real["C mkcomposefs"],
+            "<= 1.00",
+        )
+        figure(
+            "mkcomposefs --from-file, test OS dump (CLI, no fsync)",
+            real["cfsboot CLI, no fsync"],
+            real["C mkcomposefs"],
+            "none (for the record)",
+        )
+    figure(
+        "mkcomposefs --from-file, synthetic dump (CLI)",
+        syn["cfsboot CLI"],
+        syn["C mkcomposefs"],
+        "none (for the record)",
+    )
     return 0
 
 

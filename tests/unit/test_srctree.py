@@ -192,16 +192,20 @@ def test_not_a_directory(source: Path) -> None:
 def test_file_changed_while_read(source: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = srctree._Walker.node
 
-    def node_then_grow(self: srctree._Walker, path: bytes, st: os.stat_result) -> Inode:
-        n = real(self, path, st)
+    def node_then_grow(
+        self: srctree._Walker, path: bytes, st: os.stat_result, work: srctree._Work
+    ) -> Inode:
+        n = real(self, path, st, work)
         if path.endswith(b"/sub/big"):
             with open(path, "ab") as f:
                 f.write(b"more")
         return n
 
     monkeypatch.setattr(srctree._Walker, "node", node_then_grow)
-    with pytest.raises(OSError, match="file changed while it was read"):
-        tree_from_directory(source, threads=1)
+    for threads in (1, 8):
+        with pytest.raises(OSError, match="file changed while it was read"):
+            tree_from_directory(source, threads=threads)
+        (source / "sub" / "big").write_bytes(bytes(range(256)) * 1000)
 
 
 def test_directory_deeper_than_the_recursion_limit(tmp_path: Path) -> None:

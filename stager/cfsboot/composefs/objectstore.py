@@ -30,7 +30,7 @@ from pathlib import Path
 
 from cfsboot.errors import die
 from cfsboot.linux.fsutil import fsync_dir
-from setuproot.contract import HashAlg, object_relpath
+from setuproot.contract import HashAlg
 from setuproot.verity import (
     NoVerity,
     VerityAlreadyEnabled,
@@ -131,8 +131,10 @@ class ObjectStore:
         self._mutex = threading.Lock()
         self._batch_depth = 0
         self._staging: Path | None = None
-        self._pending: dict[str, Path] = {}  # hex -> staged file, during a batch
+        self._pending: dict[str, str] = {}  # hex -> staged file, during a batch
         self._known_dirs: set[str] = set()
+        # Plain strings in the per-object paths: pathlib would cost more than the syscalls.
+        self._root = os.fspath(self.root)
         self._reflink_works: bool | None = None
         # fchmod only where the umask would take bits away from OBJECT_MODE.
         umask = _current_umask()
@@ -141,14 +143,16 @@ class ObjectStore:
     # -- names -------------------------------------------------------------------------
 
     def check_hex(self, hexdigest: str) -> str:
-        if len(hexdigest) != self.alg.hex_len or not all(
-            c in "0123456789abcdef" for c in hexdigest
-        ):
+        if len(hexdigest) != self.alg.hex_len or hexdigest.strip("0123456789abcdef"):
             raise ValueError(f"not a lowercase {self.alg} hex digest: {hexdigest!r}")
         return hexdigest
 
     def path(self, hexdigest: str) -> Path:
-        return self.root / object_relpath(self.check_hex(hexdigest))
+        return Path(self._path(hexdigest))
+
+    def _path(self, hexdigest: str) -> str:
+        self.check_hex(hexdigest)
+        return f"{self._root}/{hexdigest[:2]}/{hexdigest[2:]}"
 
     def contains(self, hexdigest: str) -> bool:
         """Is the object present (or staged in the current batch)?"""
@@ -183,7 +187,7 @@ class ObjectStore:
         self._add(hexdigest, fill, size)
 
     def _add(self, hexdigest: str, fill: Filler, size: int) -> None:
-        target = self.path(hexdigest)
+        target = self._path(hexdigest)
         if os.path.exists(target):
             return
         with self._mutex:
@@ -191,23 +195,23 @@ class ObjectStore:
                 return
             deferred = self._batch_depth > 0
             if deferred:
-                staging = self._ensure_staging()
+                staged = f"{self._ensure_staging()}/{hexdigest}"
                 # Reserve the name now so that another thread skips this object.
-                self._pending[hexdigest] = staging / hexdigest
+                self._pending[hexdigest] = staged
         if deferred:
             try:
-                self._write_staged(staging / hexdigest, hexdigest, fill, size)
+                self._write_file(staged, hexdigest, fill, size, sync=False)
             except BaseException:
                 with self._mutex:
                     self._pending.pop(hexdigest, None)
                 raise
         else:
-            self._write_now(target, hexdigest, fill, size)
+            self._write_now(Path(target), hexdigest, fill, size)
 
     def _ensure_dir(self, sub: str, *, sync: bool = True) -> None:
         if sub in self._known_dirs:
             return
-        d = self.root / sub
+        d = f"{self._root}/{sub}"
         try:
             os.mkdir(d, DIR_MODE)
             os.chmod(d, DIR_MODE)
@@ -260,11 +264,8 @@ class ObjectStore:
             tmp.unlink(missing_ok=True)
         fsync_dir(parent)
 
-    def _write_staged(self, path: Path, hexdigest: str, fill: Filler, size: int) -> None:
-        self._write_file(path, hexdigest, fill, size, sync=False)
-
     def _write_file(
-        self, path: Path, hexdigest: str, fill: Filler, size: int, *, sync: bool
+        self, path: str | Path, hexdigest: str, fill: Filler, size: int, *, sync: bool
     ) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, OBJECT_MODE)
         try:
@@ -281,12 +282,12 @@ class ObjectStore:
         finally:
             os.close(ro)
 
-    def _fill(self, fd: int, fill: Filler, size: int, path: Path) -> None:
+    def _fill(self, fd: int, fill: Filler, size: int, path: str | Path) -> None:
         if self._need_chmod:
             os.fchmod(fd, OBJECT_MODE)
         fill(fd)  # fillers write exactly `size` bytes or raise
 
-    def _enable(self, ro_fd: int, path: Path) -> None:
+    def _enable(self, ro_fd: int, path: str | Path) -> None:
         for attempt in range(ENABLE_RETRIES + 1):
             try:
                 enable_verity(ro_fd, self.alg, path=str(path))
@@ -300,7 +301,7 @@ class ObjectStore:
                     raise
                 time.sleep(0.001 * (attempt + 1))
 
-    def _seal(self, ro_fd: int, hexdigest: str, path: Path) -> None:
+    def _seal(self, ro_fd: int, hexdigest: str, path: str | Path) -> None:
         """Enable fs-verity and check the kernel's digest against the name."""
         if self._verity_works is False and not self.require_verity:
             return
@@ -369,7 +370,7 @@ class ObjectStore:
                 for hexdigest, src in sorted(pending.items()):
                     self._ensure_dir(hexdigest[:2], sync=False)  # the syncfs below covers it
                     # Same content under the same name: replacing a racing copy is harmless.
-                    os.rename(src, self.path(hexdigest))
+                    os.rename(src, self._path(hexdigest))
                 syncfs(dfd)
             finally:
                 os.close(dfd)

@@ -12,8 +12,12 @@ Facts taken from composefs 1.0.8 (`lcfs_build`, `lcfs_load_node_from_file`):
   (`hardlinks=True` shares them instead, for callers that want real links);
 - directories' link counts are 2 + number of subdirectories.
 
-Reading and hashing run in threads (hashlib and the copies release the GIL);
-the walk feeds them batches while it goes on.
+Everything runs in a pool of threads: listing a directory (with the lstat,
+xattrs and small reads of its entries) is one task, hashing and storing a batch
+of its larger files another. Python holds the GIL only between system calls,
+so with a cold page cache many reads are in flight at once, which is what a
+disk (and a virtio one) needs to go fast; with a warm one hashlib and the
+copies run on every core.
 """
 
 from __future__ import annotations
@@ -32,10 +36,13 @@ from cfsboot.composefs.objectstore import ObjectStore
 from cfsboot.composefs.tree import INLINE_MAX, Inode
 from setuproot.contract import HashAlg, object_relpath
 
-# Work is handed to the threads in batches of this many files or bytes, which
-# keeps the per-file thread hand-off cost low.
-_BATCH_FILES = 64
-_BATCH_BYTES = 32 << 20
+# Files are hashed in batches of this many files or bytes, which keeps the
+# per-task cost low while leaving work for every thread.
+_BATCH_FILES = 16
+_BATCH_BYTES = 16 << 20
+# Threads per core: most of their time is spent waiting for the disk when the
+# page cache is cold.
+_THREADS_PER_CORE = 4
 
 _Work = list[tuple[Inode, bytes]]
 
@@ -62,7 +69,7 @@ def tree_from_directory(
     st = os.lstat(src)
     if not stat.S_ISDIR(st.st_mode):
         raise NotADirectoryError(20, "not a directory", os.fsdecode(src))
-    nthreads = threads if threads is not None else fsverity._default_threads()
+    nthreads = threads if threads is not None else _THREADS_PER_CORE * fsverity._default_threads()
     store = (
         ObjectStore(Path(os.fsdecode(os.fspath(digest_store))), alg)
         if digest_store is not None
@@ -74,67 +81,66 @@ def tree_from_directory(
     with ExitStack() as stack:
         if store is not None:
             stack.enter_context(store.batch())
-        pool = _Pool(hasher.run, nthreads)
-        try:
-            walker = _Walker(use_epoch, hardlinks, pool.submit)
-            walker.device = st.st_dev if one_file_system else None
-            root = walker.node(src, st)
-            walker.walk_dir(src, root)
-            walker.flush()
-        except BaseException:
-            pool.abort()
-            raise
-        pool.finish()  # re-raises the first error of a worker
+        tasks = _Tasks(nthreads)
+        walker = _Walker(use_epoch, hardlinks, tasks, hasher.run)
+        walker.device = st.st_dev if one_file_system else None
+        root = walker.node(src, st, [])
+        tasks.add(walker.walk_dir, src, root)
+        tasks.run()  # re-raises the first error of a task
     return root
 
 
-class _Pool:
-    """Worker threads fed through a queue.
+class _Tasks:
+    """Threads that run tasks, which may add more tasks; `run()` returns when all are done.
 
-    While the walk runs, nthreads-1 workers hash; then the walking thread
-    joins them (as C mkcomposefs's main thread does), so that no more
-    threads than cores compete for the GIL.
+    The calling thread works too, so `threads` threads compete for the GIL in all.
     """
 
-    def __init__(self, fn: Callable[[_Work], None], nthreads: int) -> None:
-        self.fn = fn
-        self.queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+    def __init__(self, threads: int) -> None:
+        self.threads = max(1, threads)
+        self.queue: queue.SimpleQueue[tuple[Callable[..., None], tuple[object, ...]] | None] = (
+            queue.SimpleQueue()
+        )
+        self.lock = threading.Lock()
+        self.pending = 0  # tasks added and not finished
         self.error: BaseException | None = None
-        self.threads = [
-            threading.Thread(target=self._work, name=f"srctree-{i}", daemon=True)
-            for i in range(max(0, nthreads - 1))
-        ]
-        for t in self.threads:
-            t.start()
 
-    def submit(self, work: _Work) -> None:
-        self.queue.put(work)
+    def add(self, fn: Callable[..., None], *args: object) -> None:
+        with self.lock:
+            self.pending += 1
+        self.queue.put((fn, args))
 
     def _work(self) -> None:
-        while (work := self.queue.get()) is not None:
-            if self.error is not None:
-                continue  # drain: an error already decided the outcome
+        while (task := self.queue.get()) is not None:
+            fn, args = task
             try:
-                self.fn(work)
-            except BaseException as e:  # handed to the caller by finish()
+                if self.error is None:  # else drain: an error already decided the outcome
+                    fn(*args)
+            except BaseException as e:  # handed to the caller by run()
                 if self.error is None:
                     self.error = e
+            with self.lock:
+                self.pending -= 1
+                done = self.pending == 0
+            if done:  # wake every thread up to stop
+                for _ in range(self.threads):
+                    self.queue.put(None)
 
-    def finish(self) -> None:
-        for _ in range(len(self.threads) + 1):
-            self.queue.put(None)
-        self._work()
-        for t in self.threads:
+    def run(self) -> None:
+        workers = [
+            threading.Thread(target=self._work, name=f"srctree-{i}", daemon=True)
+            for i in range(self.threads - 1)
+        ]
+        for t in workers:
+            t.start()
+        try:
+            self._work()
+        except BaseException as e:  # KeyboardInterrupt in the calling thread
+            self.error = self.error or e
+        for t in workers:
             t.join()
         if self.error is not None:
             raise self.error
-
-    def abort(self) -> None:
-        self.error = self.error or RuntimeError("aborted")
-        for _ in self.threads:
-            self.queue.put(None)
-        for t in self.threads:
-            t.join()
 
 
 class _Hasher:
@@ -171,17 +177,19 @@ class _Walker:
         self,
         use_epoch: bool,
         hardlinks: bool,
-        submit: Callable[[_Work], None],
+        tasks: _Tasks,
+        hash_files: Callable[[_Work], None],
     ) -> None:
         self.use_epoch = use_epoch
         self.hardlinks = hardlinks
-        self.submit = submit
-        self.batch: _Work = []
-        self.batch_bytes = 0
+        self.tasks = tasks
+        self.hash_files = hash_files
         self.seen: dict[tuple[int, int], Inode] = {}
+        self.seen_lock = threading.Lock()
         self.device: int | None = None  # only descend into directories on this device
 
-    def node(self, path: bytes, st: os.stat_result) -> Inode:
+    def node(self, path: bytes, st: os.stat_result, work: _Work) -> Inode:
+        """The inode of `path` (lstat()ed as `st`); a file to hash is added to `work`."""
         mode = st.st_mode
         if self.use_epoch:
             mtime, nsec = 0, 0
@@ -196,10 +204,7 @@ class _Walker:
             if 0 < st.st_size <= INLINE_MAX:
                 node.content = _read_small(path, st.st_size)
             elif st.st_size > INLINE_MAX:
-                self.batch.append((node, path))
-                self.batch_bytes += st.st_size
-                if len(self.batch) >= _BATCH_FILES or self.batch_bytes >= _BATCH_BYTES:
-                    self.flush()
+                work.append((node, path))
         elif fmt == stat.S_IFLNK:
             node.payload = os.readlink(path)
             node.size = len(node.payload)
@@ -211,48 +216,51 @@ class _Walker:
             node.xattrs[os.fsencode(name)] = os.getxattr(path, name, follow_symlinks=False)
         return node
 
-    def flush(self) -> None:
-        if self.batch:
-            self.submit(self.batch)
-            self.batch = []
-            self.batch_bytes = 0
-
     def walk_dir(self, path: bytes, node: Inode) -> None:
-        """Read the directory at `path` into `node`, and everything below it (depth first,
-        with its own stack: the depth of a tree is not limited by Python's recursion)."""
-        stack = [(path, node, self._list(path))]
-        while stack:
-            dir_path, dir_node, entries = stack[-1]
-            children = dir_node.children
-            assert children is not None
-            if not entries:
-                stack.pop()
-                dir_node.nlink = 2 + sum(1 for c in children.values() if c.children is not None)
-                continue
-            name, child_path = entries.pop()
-            st = os.lstat(child_path)
-            if self.hardlinks and st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
-                key = (st.st_dev, st.st_ino)
-                shared = self.seen.get(key)
-                if shared is not None:
-                    shared.nlink += 1
-                    children[name] = shared
-                    continue
-            child = self.node(child_path, st)
-            if self.hardlinks and st.st_nlink > 1 and not child.is_dir():
-                self.seen[(st.st_dev, st.st_ino)] = child
-            children[name] = child
-            if child.children is not None:
-                if self.device is None or st.st_dev == self.device:
-                    stack.append((child_path, child, self._list(child_path)))
-
-    @staticmethod
-    def _list(path: bytes) -> list[tuple[bytes, bytes]]:
-        """(name, path) of a directory's entries, last first (they are popped)."""
+        """Read the directory at `path` into `node`; its subdirectories and its files to
+        hash become tasks of their own (no recursion: depth is not limited)."""
+        children = node.children
+        assert children is not None
         with os.scandir(path) as it:
             entries = [(e.name, e.path) for e in it]
-        entries.reverse()
-        return entries
+        subdirs = 0
+        work: _Work = []
+        work_bytes = 0
+        for name, child_path in entries:
+            st = os.lstat(child_path)
+            shared_key = None
+            if self.hardlinks and st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+                shared_key = (st.st_dev, st.st_ino)
+                with self.seen_lock:
+                    shared = self.seen.get(shared_key)
+                    if shared is not None:
+                        shared.nlink += 1
+                        children[name] = shared
+                        continue
+            before = len(work)
+            child = self.node(child_path, st, work)
+            if shared_key is not None:
+                with self.seen_lock:
+                    shared = self.seen.setdefault(shared_key, child)
+                    if shared is not child:  # another thread got there first
+                        shared.nlink += 1
+                        del work[before:]
+                        children[name] = shared
+                        continue
+            children[name] = child
+            if len(work) > before:
+                work_bytes += child.size
+                if len(work) >= _BATCH_FILES or work_bytes >= _BATCH_BYTES:
+                    self.tasks.add(self.hash_files, work)
+                    work = []
+                    work_bytes = 0
+            if child.children is not None:
+                subdirs += 1
+                if self.device is None or st.st_dev == self.device:
+                    self.tasks.add(self.walk_dir, child_path, child)
+        if work:
+            self.tasks.add(self.hash_files, work)
+        node.nlink = 2 + subdirs
 
 
 def _read_small(path: bytes, size: int) -> bytes:

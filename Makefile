@@ -2,7 +2,9 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := test
 
-PYTHON ?= python3
+# The distribution's interpreter (what the Debian package runs, built with PGO and LTO),
+# not whatever `python3` a version manager puts first in PATH.
+PYTHON ?= /usr/bin/python3
 VENV ?= .venv
 CACHE ?= /var/cache/cfsboot
 PY := $(VENV)/bin/python

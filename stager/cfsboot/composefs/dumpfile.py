@@ -143,7 +143,8 @@ def _read(raw: bytes, nul_line: int, fast_path: bool) -> tuple[Inode, list[bytes
     pos = 0
     try:
         # One line at a time (BytesIO finds them in C): a list of all of them would be
-        # as big as the dumpfile again.
+        # as big as the dumpfile again (and measured slower than this, as were lists of
+        # a megabyte of lines at a time).
         for line in io.BytesIO(raw):
             lineno += 1
             end = pos + len(line)

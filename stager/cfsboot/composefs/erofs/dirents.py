@@ -85,52 +85,61 @@ def write(
     dot = bisect_left(names, b".")
     dotdot = bisect_left(names, b"..") + 1
     total = len(names) + 2
-    block = 0
-    values: list[int] = []  # nid, nameoff, file type of each dirent of the block
-    block_names: list[bytes] = []
-    used = 0
-    nameoff = 0
-    for k in range(total):
+    counts = [total] if len(starts) == 1 else _block_counts(names, dot, dotdot)
+    k = 0
+    for block, count in enumerate(counts):
+        values: list[int] = []  # nid, name offset and file type of each dirent
+        block_names: list[bytes] = []
+        nameoff = _DIRENT_LEN * count
+        for _ in range(count):
+            if k == dot:
+                name = b"."
+                target = index
+            elif k == dotdot:
+                name = b".."
+                target = d.parent
+            else:
+                j = k if k < dot else k - 1 if k < dotdot else k - 2
+                name = names[j]
+                target = first + j if targets is None else targets[j]
+            values.append(nids[target])
+            values.append(nameoff)
+            values.append(fts[target])
+            block_names.append(name)
+            nameoff += len(name)
+            k += 1
+        pack = _PACKERS.get(count)
+        if pack is None:
+            pack = _PACKERS[count] = struct.Struct(
+                "<" + DIRENT.format.lstrip("<") * count
+            ).pack_into
+        start = starts[block]
+        pack(buf, start, *values)
+        blob = b"".join(block_names)
+        off = start + _DIRENT_LEN * count
+        buf[off : off + len(blob)] = blob
+
+
+def _block_counts(names: list[bytes], dot: int, dotdot: int) -> list[int]:
+    """How many entries each block holds, for a directory of more than one block."""
+    counts: list[int] = []
+    count = used = 0
+    j = 0
+    for k in range(len(names) + 2):
         if k == dot:
-            name = b"."
-            target = index
+            ln = _DIRENT_LEN + 1
         elif k == dotdot:
-            name = b".."
-            target = d.parent
+            ln = _DIRENT_LEN + 2
         else:
-            j = k if k < dot else k - 1 if k < dotdot else k - 2
-            name = names[j]
-            target = first + j if targets is None else targets[j]
-        ln = _DIRENT_LEN + len(name)
+            ln = _DIRENT_LEN + len(names[j])
+            j += 1
         if used + ln > BLK:
-            _block(buf, starts[block], values, block_names)
-            block += 1
-            values = []
-            block_names = []
-            used = 0
+            counts.append(count)
+            count = used = 0
         used += ln
-        values.append(nids[target])
-        values.append(nameoff)  # for now, from the end of the dirents (see _block)
-        values.append(fts[target])
-        block_names.append(name)
-        nameoff += len(name)
-    _block(buf, starts[block], values, block_names)
-
-
-def _block(buf: bytearray, start: int, values: list[int], names: list[bytes]) -> None:
-    """One block: its dirents (values: nid, name offset past the dirents, type), then its
-    names."""
-    n = len(names)
-    base = _DIRENT_LEN * n
-    first_off = values[1]
-    for k in range(1, 3 * n, 3):
-        values[k] += base - first_off
-    pack = _PACKERS.get(n)
-    if pack is None:
-        pack = _PACKERS[n] = struct.Struct("<" + DIRENT.format.lstrip("<") * n).pack_into
-    pack(buf, start, *values)
-    blob = b"".join(names)
-    buf[start + base : start + base + len(blob)] = blob
+        count += 1
+    counts.append(count)
+    return counts
 
 
 # pack_into of a block's dirents, by their number (at most 4096 / 13)

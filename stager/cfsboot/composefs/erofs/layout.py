@@ -53,7 +53,7 @@ for _mode, _ft in fmt.FILE_TYPE_OF_MODE.items():
 _NULL_BLOCK: Final = fmt.CHUNK_ADDR.pack(fmt.NULL_ADDR) * (BLK // 4)
 _NULL_PTR: Final = fmt.CHUNK_ADDR.pack(fmt.NULL_ADDR)
 _PACK_U32: Final = fmt.CHUNK_ADDR.pack_into
-_ZEROS: Final = bytes(BLK)
+_PADS: Final = [bytes(n) for n in range(32)]
 _LITTLE: Final = sys.byteorder == "little"
 _FMT_INLINE: Final = 2 << 1  # i_format(FLAT_INLINE, compact)
 _FMT_CHUNK: Final = 4 << 1  # i_format(CHUNK_BASED, compact)
@@ -112,6 +112,8 @@ class _Table:
         self.id_units: list[int] = []
         # pack_into of an inode, its xattrs and its inline tail, by their shape
         self.packers: dict[int, Callable[..., bytes]] = {}
+        self.last_key = -1
+        self.last_packer: Callable[..., bytes] = bytes
 
     def add(self, i: int, x: Inode) -> None:
         """Place and write inode `i` (the root is 0)."""
@@ -291,14 +293,19 @@ class _Table:
     ) -> None:
         gap = pos - self.written
         if gap:
-            self.parts.append(_ZEROS[:gap] if gap <= BLK else bytes(gap))
+            self.parts.append(_PADS[gap] if gap < 32 else bytes(gap))
         key = (len(body) << 13 | len(tail_bytes)) << 1 | compact
-        packer = self.packers.get(key)
-        if packer is None:
-            packer = self.packers[key] = struct.Struct(
-                (fmt.INODE_COMPACT.format if compact else fmt.INODE_EXTENDED.format)
-                + f"{len(body)}s{len(tail_bytes)}s"
-            ).pack
+        if key == self.last_key:  # inodes of one shape often come in a row
+            packer = self.last_packer
+        else:
+            got = self.packers.get(key)
+            if got is None:
+                got = self.packers[key] = struct.Struct(
+                    (fmt.INODE_COMPACT.format if compact else fmt.INODE_EXTENDED.format)
+                    + f"{len(body)}s{len(tail_bytes)}s"
+                ).pack
+            packer = self.last_packer = got
+            self.last_key = key
         mode = x.mode & _U16
         if compact:
             packed = packer(

@@ -69,7 +69,7 @@ def build_image(
     try:
         link_keys = _link_keys(root, link_paths)
         order, dirs, stubs = _walk(root)
-        if link_keys or len(set(map(id, order))) != len(order):
+        if link_keys or len(set(order)) != len(order):  # (Inode hashes by identity)
             names = Counter(map(id, order))  # of each inode
             order, dirs = _place_hardlinks(order, dirs, names, link_keys)
         stub_ids = set(map(id, stubs))

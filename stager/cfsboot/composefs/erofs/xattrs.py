@@ -131,6 +131,8 @@ class XattrPlan:
         _, _, self.metacopy_bit = self.codec.name(_METACOPY)
         _, _, self.redirect_bit = self.codec.name(_REDIRECT)
         self.templates: dict[int, Template] = {}
+        self.last_key = -1
+        self.last_template = Template(b"", b"", b"", False, False, 0, [])
 
     def _number_sets(
         self, order: list[Inode], final_xattrs: dict[int, dict[bytes, bytes]]
@@ -182,18 +184,18 @@ class XattrPlan:
         seen_payloads: set[bytes] = set()
         self.shared_digests: set[bytes] = set()
         self.shared_payloads: set[bytes] = set()
-        for x in externals:
+        for x in externals:  # (a value seen before leaves the set's size as it was)
             digest = x.digest or b""
-            if digest in seen_digests:
+            n = len(seen_digests)
+            seen_digests.add(digest)
+            if len(seen_digests) == n:
                 self.shared_digests.add(digest)
-            else:
-                seen_digests.add(digest)
             payload = x.payload
             if payload:
-                if payload in seen_payloads:
+                n = len(seen_payloads)
+                seen_payloads.add(payload)
+                if len(seen_payloads) == n:
                     self.shared_payloads.add(payload)
-                else:
-                    seen_payloads.add(payload)
         for length in {len(d) for d in seen_digests}:
             _metacopy(bytes(length))  # refuses digests of unknown sizes
         return counts
@@ -286,11 +288,15 @@ class XattrPlan:
         rd_off = self.payload_offset.get(payload, -1) if payload else -1
         key = (sid << 7 | len(digest)) << 32 | len(payload)
         key = key << 2 | (mc_off >= 0) << 1 | (rd_off >= 0)
+        if key == self.last_key:  # files of one shape often come in a row
+            return self.last_template, mc_off, rd_off
         template = self.templates.get(key)
         if template is None:
             template = self.templates[key] = self._template(
                 sid, len(digest), len(payload), mc_off >= 0, rd_off >= 0
             )
+        self.last_key = key
+        self.last_template = template
         return template, mc_off, rd_off
 
     def _template(

@@ -15,7 +15,7 @@ keeps the inode, every other name with a different label gets its own copy.
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -128,7 +128,7 @@ def relabel(root: Inode, policy: Policy) -> LabelStats:
         if id(child) in first:
             if first[id(child)] == label:
                 continue  # the same inode, already labelled
-            child = dataclasses.replace(child)
+            child = copy.copy(child)  # (Inode.__reduce__: a shallow copy)
             parent.children[name] = child
             stats.split_hardlinks += 1
         first[id(child)] = label

@@ -76,6 +76,9 @@ def test_contents(deb: Path) -> None:
         assert path in paths, path
     # No byte code in the package (py3compile makes it at install), no setup-root in PATH.
     assert not [p for p in paths if p.endswith(".pyc")]
+    # The EROFS build's modules as pure Python (debian/rules): no compiled module.
+    assert "/usr/lib/python3/dist-packages/cfsboot/composefs/erofs/layout.py" in paths
+    assert not [p for p in paths if p.endswith(".so")]
     assert "/usr/bin/cfsboot-setup-root" not in paths
     assert not [p for p in paths if p.endswith(".wants/cfsboot-fetch-apply-updates.timer")]
     fields = subprocess.run(

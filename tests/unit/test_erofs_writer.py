@@ -14,12 +14,18 @@ import pytest
 from cfsboot.commands.mkcomposefs import versions
 from cfsboot.composefs import dumpfile
 from cfsboot.composefs.erofs import format as fmt
+from cfsboot.composefs.erofs.reader import read_image
 from cfsboot.composefs.erofs.writer import build_image
 from cfsboot.composefs.erofs.xxhash import xxh32
 from cfsboot.composefs.fsverity import digest_bytes
 from cfsboot.composefs.tree import Inode
+from cfsboot.errors import CfsbootError
+from cfsboot.image.importer import import_image
 from cfstest.gates import missing_capability
 from cfstest.lenientdump import local_parse
+from cfstest.ocibuild import Entry
+from cfstest.ocirepo import base_layer, layout
+from setuproot.contract import HashAlg
 
 
 def _empty() -> Inode:
@@ -284,3 +290,49 @@ def test_link_paths_place_hardlinks_at_their_target_line() -> None:
         build_image(root, link_paths=[b"/a", b"/z"])
     with pytest.raises(ValueError, match="not in the tree"):
         build_image(root, link_paths=[b"/nope/x"])
+
+
+# --- what an EROFS image cannot hold (issue 15) --------------------------------------------
+
+
+def test_xattrs_c_would_refuse_are_one_line_naming_the_file(tmp_path: Path) -> None:
+    """Linux allows 65536-byte values (XATTR_SIZE_MAX) and so does the tar reader; C's
+    writer allows one file 32767 bytes of xattrs (and an EROFS entry's value size is 16
+    bits). Through a layer, as a user would meet it."""
+    ping = Entry(
+        "usr/bin/ping",
+        data=b"p" * 100,
+        mode=0o755,
+        xattrs={"security.capability": bytes(65536)},
+    )
+    ref = layout(tmp_path / "img", [[*base_layer(), ping]])
+    with pytest.raises(CfsbootError) as e:
+        import_image(ref, None, algorithm=HashAlg.SHA256)
+    assert str(e.value) == (
+        "cannot build the composefs image: the xattrs of /usr/bin/ping take 65574 bytes"
+        " (security.capability alone 65536), more than the 32767 composefs allows for one"
+        " file; remove or shorten them in the source"
+    )
+
+
+ROOT_LINE = b"/ 4096 40755 2 0 0 0 0.0 - - -\n"
+
+
+@pytest.mark.parametrize("value_len", [32767 - 12 - 7 - 8, 32767 - 12 - 7 - 8 + 1])
+def test_xattr_space_of_one_file_ends_where_c_ends_it(value_len: int) -> None:
+    """The largest xattrs C's writer takes fit, and are read back; one byte more is refused
+    (the same limit as the dumpfile reader's)."""
+    xattrs = {b"user.big": b"v" * value_len}
+    root = Inode(mode=stat.S_IFDIR | 0o755, children={b"f": Inode(stat.S_IFREG | 0o644)})
+    assert root.children is not None
+    root.children[b"f"].xattrs = xattrs
+    line = b"/f 0 100644 1 0 0 0 0.0 - - - user.big=" + b"v" * value_len
+    if value_len <= 32767 - 12 - 7 - 8:
+        back = read_image(build_image(root))
+        assert back.children is not None and back.children[b"f"].xattrs == xattrs
+        dumpfile.parse(ROOT_LINE + line + b"\n")
+    else:
+        with pytest.raises(CfsbootError, match=r"^cannot build .* /f take 32768 bytes"):
+            build_image(root)
+        with pytest.raises(CfsbootError, match="xattrs exceed the 32767-byte limit"):
+            dumpfile.parse(ROOT_LINE + line + b"\n")

@@ -28,7 +28,9 @@ from typing import Final
 
 from cfsboot.composefs.erofs import format as fmt
 from cfsboot.composefs.erofs.layout import Directory, lay_out_and_emit
+from cfsboot.composefs.erofs.xattrs import XATTR_SPACE_MAX, XattrsTooLarge, xattr_space
 from cfsboot.composefs.tree import Inode, lookup, split_path
+from cfsboot.errors import CfsbootError
 
 _OVERLAY_PREFIX: Final = fmt.OVERLAY_PREFIX
 _OVERLAY_PREFIX_LEN: Final = len(_OVERLAY_PREFIX)
@@ -85,9 +87,39 @@ def build_image(
         return lay_out_and_emit(order, dirs, final_xattrs, version)
     except struct.error as e:  # a number that does not fit its on-disk field
         raise ValueError(f"value out of range for a composefs image: {e}") from None
+    except XattrsTooLarge:
+        raise _xattrs_too_large(root) from None
     finally:
         if gc_was_enabled:
             gc.enable()
+
+
+class ImageLimitError(CfsbootError):
+    """A tree that an EROFS image cannot hold as it is: one line that names the file."""
+
+
+def _xattrs_too_large(root: Inode) -> ImageLimitError:
+    """The error for the first file (depth first, by name) whose xattrs C's writer would
+    refuse; only called once the build has met one."""
+    stack: list[tuple[bytes, Inode]] = [(b"/", root)]
+    while stack:
+        path, node = stack.pop()
+        space = xattr_space(node.xattrs)
+        if space > XATTR_SPACE_MAX:
+            key, value = max(node.xattrs.items(), key=lambda kv: len(kv[1]))
+            return ImageLimitError(
+                f"cannot build the composefs image: the xattrs of"
+                f" {path.decode(errors='backslashreplace')} take {space} bytes"
+                f" ({key.decode(errors='backslashreplace')} alone {len(value)}),"
+                f" more than the {XATTR_SPACE_MAX} composefs allows for one file",
+                hint="remove or shorten them in the source",
+            )
+        if node.children:
+            prefix = path if path.endswith(b"/") else path + b"/"
+            stack.extend(
+                (prefix + name, node.children[name]) for name in sorted(node.children, reverse=True)
+            )
+    return ImageLimitError("cannot build the composefs image: an xattr value exceeds 65535 bytes")
 
 
 def _walk(root: Inode) -> tuple[list[Inode], dict[int, Directory], list[Inode]]:
@@ -223,7 +255,9 @@ def _place_hardlinks(
 
 
 def _renumber(
-    order: list[Inode], dir_list: list[tuple[int, Directory]], canonical_of: dict[int, int]
+    order: list[Inode],
+    dir_list: list[tuple[int, Directory]],
+    canonical_of: dict[int, int],
 ) -> tuple[list[Inode], dict[int, Directory]]:
     """The order and directories without the non-canonical names of hardlinked inodes
     (`canonical_of`: their positions, and where their inode is kept)."""
@@ -257,7 +291,12 @@ def _renumber(
                 pos = other + 1
             targets += range(kept, kept + end - pos)
         new_dirs[new_index(index)] = Directory(
-            new_index(d.parent), d.names, d.name_bytes, new_index(first), targets, d.nlink
+            new_index(d.parent),
+            d.names,
+            d.name_bytes,
+            new_index(first),
+            targets,
+            d.nlink,
         )
     return new_order, new_dirs
 
@@ -338,7 +377,11 @@ _SIZE_T: Final = (1 << 64) - 1
 
 
 def _c_set_xattr(
-    xattrs: dict[bytes, bytes], key: bytes, value: bytes, budget: dict[int, int], index: int
+    xattrs: dict[bytes, bytes],
+    key: bytes,
+    value: bytes,
+    budget: dict[int, int],
+    index: int,
 ) -> None:
     """Set an xattr the way lcfs_node_set_xattr() does on C's cloned tree, failing where it fails.
 

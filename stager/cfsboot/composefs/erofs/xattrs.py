@@ -30,6 +30,22 @@ def _xattr_index(key: bytes) -> tuple[int, bytes]:
     return 0, key
 
 
+# What C's writer lets one inode's xattrs take (lcfs_node_set_xattr): a 12-byte header
+# and 7 + name + value bytes each, at most LCFS_INODE_EXTERNAL_XATTR_MAX bytes in all.
+XATTR_SPACE_MAX: Final = 0x7FFF
+
+
+def xattr_space(xattrs: dict[bytes, bytes]) -> int:
+    """The space C's writer counts for an inode's xattrs (compared with XATTR_SPACE_MAX)."""
+    return 12 + sum([7 + len(k) + len(v) for k, v in xattrs.items()])
+
+
+class XattrsTooLarge(ValueError):
+    """An inode's xattrs take more space than C's writer allows (Linux allows values of up
+    to 65536 bytes, XATTR_SIZE_MAX, more than an EROFS entry can even say): build_image
+    names the file."""
+
+
 class XattrCodec:
     """Encoded entries and bloom-filter bits of xattr names, cached: names repeat a lot."""
 
@@ -52,7 +68,7 @@ class XattrCodec:
         """The start of an xattr entry: its header and name suffix (the value follows)."""
         index, suffix, _ = self.name(key)
         if value_len > _U16:
-            raise ValueError(f"xattr {key!r} value longer than 65535 bytes")
+            raise XattrsTooLarge(f"xattr {key!r} value longer than {_U16} bytes")
         return _PACK_XENTRY(len(suffix), index, value_len) + suffix
 
     def entry(self, key: bytes, value: bytes) -> bytes:
@@ -149,6 +165,8 @@ class XattrPlan:
                 sid = set_of.get(key)
                 if sid is None:
                     sid = set_of[key] = len(set_of)
+                    if xattr_space(xattrs) > XATTR_SPACE_MAX:
+                        raise XattrsTooLarge(f"xattrs of inode {i} take too much space")
                 set_ids[i] = sid
         for index, final in final_xattrs.items():
             fkey = (None, *final.items())
@@ -253,7 +271,10 @@ class XattrPlan:
         if got is None:
             shape = b"/" + bytes(len(value)) if name == _REDIRECT else _metacopy(bytes(len(value)))
             raw = self.codec.head(name, len(shape)) + shape
-            got = self.own_shapes[key] = (raw[: len(raw) - len(value)], _ZEROS[: -len(raw) & 3])
+            got = self.own_shapes[key] = (
+                raw[: len(raw) - len(value)],
+                _ZEROS[: -len(raw) & 3],
+            )
         return got[0] + value + got[1]
 
     def encode(self, items: list[_Pair]) -> tuple[int, list[_Pair], list[bytes]]:
@@ -300,7 +321,12 @@ class XattrPlan:
         return template, mc_off, rd_off
 
     def _template(
-        self, sid: int, digest_len: int, payload_len: int, mc_shared: bool, rd_shared: bool
+        self,
+        sid: int,
+        digest_len: int,
+        payload_len: int,
+        mc_shared: bool,
+        rd_shared: bool,
     ) -> Template:
         codec = self.codec
         # The file's own two join its set's items where their names sort (no input name

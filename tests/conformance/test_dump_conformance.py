@@ -449,3 +449,76 @@ def test_image_deeper_than_the_recursion_limit(c: C, tmp_path: Path) -> None:
     out = proc.stdout.splitlines()
     assert [line.split(b" ")[0] for line in out] == [line.split(b" ")[0] for line in lines]
     assert out[-1] == lines[-1]
+
+
+# --- dumpfiles C accepts and we refuse (issue 15), decided one by one ---------------------
+
+_ROOT_LINE = b"/ 4096 40755 2 0 0 0 0.0 - - -\n"
+# (the line after the root, what C mkcomposefs 1.0.8 does with it, our one-line refusal)
+_REFUSED = [
+    # Nanoseconds of a second or more: C stores them as written (5.1000000000 comes back
+    # from composefs-info; 4294967296 wraps to 0): the kernel would hand out a timespec
+    # that utimensat() itself refuses.
+    (
+        b"/f 0 100644 1 0 0 0 5.1000000000 - - -",
+        b"/f 0 100644 1 0 0 0 5.1000000000 - - -",
+        "mtime nanoseconds 1000000000 are out of range",
+    ),
+    (
+        b"/f 0 100644 1 0 0 0 5.4294967296 - - -",
+        b"/f 0 100644 1 0 0 0 5.0 - - -",
+        "mtime nanoseconds 4294967296 are out of range",
+    ),
+    # A repeated xattr name: C keeps the last value. Which one the author meant is a guess.
+    (
+        b"/f 0 100644 1 0 0 0 0.0 - - - user.a=1 user.a=2",
+        b"/f 0 100644 1 0 0 0 0.0 - - - user.a=2",
+        "duplicate xattr b'user.a'",
+    ),
+    # A size of 2**64-1: C writes it into the inode, with a payload or without one (a file
+    # with neither content nor object, 16 EiB long); no file of an OS image is that big.
+    (
+        b"/f 18446744073709551615 100644 1 0 0 0 0.0 ab/cdef - -",
+        b"/f 18446744073709551615 100644 1 0 0 0 0.0 ab/cdef - -",
+        "file size 18446744073709551615 is too big for a composefs image",
+    ),
+    (
+        b"/f 18446744073709551615 100644 1 0 0 0 0.0 - - -",
+        b"/f 18446744073709551615 100644 1 0 0 0 0.0 - - -",
+        "file size 18446744073709551615 is too big for a composefs image",
+    ),
+    # Signs: C's strtoull() reads -0 as 0, +5 as 5 and -1 as 2**64-1 (then uid 4294967295).
+    # composefs-info never writes a sign: a signed number is a damaged or forged line.
+    (b"/f 0 100644 1 -0 0 0 0.0 - - -", b"/f 0 100644 1 0 0 0 0.0 - - -", "invalid uid '-0'"),
+    (b"/f 0 100644 1 +5 0 0 0.0 - - -", b"/f 0 100644 1 5 0 0 0.0 - - -", "invalid uid '+5'"),
+    (
+        b"/f 0 100644 1 -1 0 0 0.0 - - -",
+        b"/f 0 100644 1 4294967295 0 0 0.0 - - -",
+        "invalid uid '-1'",
+    ),
+    (b"/d 0 20644 1 0 0 -0 0.0 - - -", b"/d 0 20644 1 0 0 0 0.0 - - -", "invalid rdev '-0'"),
+    # An rdev written in hex: C refuses it too ("Invalid integer 0x10").
+    (b"/d 0 20644 1 0 0 0x10 0.0 - - -", None, "invalid rdev '0x10'"),
+]
+
+
+@pytest.mark.parametrize(("line", "c_reads", "refusal"), _REFUSED)
+def test_dumpfiles_c_is_lenient_with_are_refused_in_one_line(
+    c: C, tmp_path: Path, line: bytes, c_reads: bytes | None, refusal: str
+) -> None:
+    dump = tmp_path / "in.dump"
+    dump.write_bytes(_ROOT_LINE + line + b"\n")
+    proc = subprocess.run(
+        [str(c.tools.mkcomposefs), "--from-file", str(dump), str(tmp_path / "c.img")],
+        capture_output=True,
+        check=False,
+    )
+    if c_reads is None:
+        assert proc.returncode != 0
+    else:
+        assert proc.returncode == 0, proc.stderr
+        read_back = c.tools.run("composefs-info", "dump", tmp_path / "c.img")
+        assert read_back.splitlines()[-1] == c_reads
+    ours = cfsboot("mkcomposefs", "--from-file", dump, tmp_path / "ours.img")
+    assert one_line_error(ours) == f"cfsboot: dumpfile line 2: {refusal}"
+    assert not (tmp_path / "ours.img").exists()

@@ -13,7 +13,7 @@ export CFSBOOT_REFTOOLS := $(CACHE)/reftools-bin
 export CFSBOOT_COMPOSEFS_ASSETS := $(CACHE)/composefs-assets
 
 APT_PACKAGES := \
-	python3 python3-venv python3-dev gcc make git \
+	python3 python3-venv python3-dev gcc make git libffi-dev pkg-config \
 	mmdebstrap debian-archive-keyring arch-test \
 	shellcheck fsverity erofs-utils e2fsprogs util-linux \
 	mtools dosfstools fdisk skopeo zstd xz-utils cpio btrfs-progs xfsprogs \
@@ -21,9 +21,9 @@ APT_PACKAGES := \
 	dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
 	python3-zstandard lintian groff-base fakeroot buildah podman grub-common
 
-.PHONY: setup apt venv native reftools selinux-oracle testos test unit lint vm-test vm-test-core bench freeze install-dracut-module deb base-image demo clean
+.PHONY: setup apt venv native reftools pymin selinux-oracle testos test unit lint vm-test vm-test-core bench freeze install-dracut-module deb base-image demo clean
 
-setup: apt venv reftools selinux-oracle testos
+setup: apt venv reftools pymin selinux-oracle testos
 
 apt:
 	@if [ "$$(id -u)" = 0 ]; then \
@@ -48,6 +48,10 @@ native:
 reftools:
 	bash tests/reftools/build.sh $(CACHE)
 	bash tests/reftools/bootctl.sh $(CACHE)
+
+# The small CPython the frozen setup-root runs on (setup-root/pymin.sh; cached).
+pymin:
+	bash setup-root/pymin.sh $(CACHE)
 
 # A trixie chroot with selinux-policy-default: libselinux answers for the labelling tests.
 selinux-oracle:
@@ -75,7 +79,7 @@ lint:
 	$(VENV)/bin/ruff format --check stager setup-root tests vm-tests bench debian
 	$(VENV)/bin/mypy stager/cfsboot setup-root/setuproot tests bench debian/manpage.py
 	$(VENV)/bin/mypy vm-tests
-	shellcheck dracut-module/*/*.sh dracut-module/kernel/cfsboot-kernel-hook tests/reftools/*.sh \
+	shellcheck dracut-module/*/*.sh dracut-module/kernel/cfsboot-kernel-hook tests/reftools/*.sh setup-root/*.sh \
 		.ci/run examples/debian/check-status $(wildcard vm-tests/*.sh bench/*.sh)
 
 # Every VM scenario (1-10); vm-test-core: the ones CI runs on each submission (1-4, 8).

@@ -25,21 +25,21 @@ upper and work dirs (cfsboot's default, overlay) are overlaid.
 
 from __future__ import annotations
 
-import enum
 import os
 
+from setuproot.choice import StrEnum
 from setuproot.contract import OSTREE_PREPARE_ROOT_CONFIG, SETUP_ROOT_CONFIG
 from setuproot.record import record
 
 
-class EtcMount(enum.StrEnum):
+class EtcMount(StrEnum):
     OVERLAY = "overlay"  # upper/work in state/deploy/ID/etc/{upper,work}
     BIND = "bind"  # state/deploy/ID/etc is a full writable copy (bootc's default)
     TRANSIENT = "transient"  # tmpfs upper: changes are lost at reboot
     NONE = "none"  # the image's read-only /etc
 
 
-class VarMount(enum.StrEnum):
+class VarMount(StrEnum):
     BIND = "bind"  # state/os/default/var, shared by every deployment
     NONE = "none"
 
@@ -83,12 +83,14 @@ def _mount(path: str, section: dict[str, object], name: str, choices: list[str])
 
 def parse_config(text: str, path: str = SETUP_ROOT_CONFIG) -> Config:
     """Parse the TOML text of a config file."""
-    import tomllib  # only when there is a file: it (and datetime) cost start-up time
+    doc = simple_toml(text)
+    if doc is None:
+        import tomllib  # only for what simple_toml leaves: it imports typing, re, datetime
 
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: invalid TOML: {e}") from None
     sections: dict[str, dict[str, object]] = {}
     for name, section in doc.items():
         if name not in _KEYS:
@@ -150,6 +152,62 @@ def parse_prepare_root(text: str, path: str = OSTREE_PREPARE_ROOT_CONFIG) -> Con
         etc=EtcMount.TRANSIENT if etc_transient else EtcMount.OVERLAY,
         etc_set=etc_transient,
     )
+
+
+_BARE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+# Control characters TOML strings may not hold (the tab is allowed).
+_CONTROL = frozenset(chr(c) for c in (*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F))
+
+
+def simple_toml(text: str) -> dict[str, object] | None:
+    """What tomllib.loads(text) gives, for the TOML config files are written in: [table]
+    headers, `key = value` lines with true, false or a string without escapes, comments.
+    None for anything else, which tomllib then reads (or refuses): importing tomllib
+    would cost every boot that has a config file several milliseconds."""
+    doc: dict[str, object] = {}
+    table = doc
+    for raw in text.split("\n"):
+        line = raw[:-1] if raw.endswith("\r") else raw
+        line = line.strip(" \t")
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            name, sep, rest = line[1:].partition("]")
+            if not sep or not _bare(name) or name in doc or not _trailer(rest):
+                return None
+            table = doc[name] = {}
+            continue
+        key, sep, rest = line.partition("=")
+        key = key.strip(" \t")
+        if not sep or not _bare(key) or key in table:
+            return None
+        rest = rest.strip(" \t")
+        value: object
+        if rest.startswith(("true", "false")):
+            value = rest.startswith("true")
+            rest = rest[4 if value else 5 :]
+        elif rest[:1] in ('"', "'"):
+            end = rest.find(rest[0], 1)
+            value = rest[1:end]
+            if end < 0 or any(c in _CONTROL for c in value) or "\\" in value and rest[0] == '"':
+                return None
+            rest = rest[end + 1 :]
+        else:
+            return None
+        if not _trailer(rest):
+            return None
+        table[key] = value
+    return doc
+
+
+def _bare(key: str) -> bool:
+    return bool(key) and all(c in _BARE for c in key)
+
+
+def _trailer(rest: str) -> bool:
+    """Whether what follows a value or a header is only blanks and a comment."""
+    rest = rest.lstrip(" \t")
+    return not rest or rest.startswith("#") and not any(c in _CONTROL for c in rest)
 
 
 def _read_text(path: str) -> str | None:

@@ -7,9 +7,7 @@ repository and state paths, the `composefs=` karg and its newer
 
 from __future__ import annotations
 
-import enum
-import re
-
+from setuproot.choice import StrEnum
 from setuproot.record import record
 
 # Repository layout, relative to the physical root (`/sysroot` in the initramfs).
@@ -41,7 +39,7 @@ KARG = "composefs"
 KARG_DIGEST = "composefs.digest"
 
 
-class HashAlg(enum.StrEnum):
+class HashAlg(StrEnum):
     """fs-verity hash algorithms; the value is the name hashlib knows."""
 
     SHA256 = "sha256"
@@ -90,8 +88,14 @@ class ComposefsKarg:
         return f"{KARG}={'?' if self.insecure else ''}{self.digest}"
 
 
-_HEX = re.compile(r"[0-9a-fA-F]+")
-_DIGEST_V = re.compile(r"v[12]-(sha256|sha512)-12:([0-9a-fA-F]+)")
+_HEX_DIGITS = "0123456789abcdefABCDEF"
+# composefs.digest= prefixes (v1 and v2 of the spelling), and their algorithms
+_DIGEST_V = {f"v{v}-{alg}-12": HashAlg(alg) for v in (1, 2) for alg in ("sha256", "sha512")}
+
+
+def _is_hex(text: str) -> bool:
+    # (no `re` here: setup-root runs on every boot, and importing re costs start-up time)
+    return bool(text) and not text.strip(_HEX_DIGITS)
 
 
 def split_cmdline(cmdline: str) -> list[str]:
@@ -122,7 +126,7 @@ def parse_digest_value(value: str, *, arg: str = KARG) -> ComposefsKarg:
     insecure = value.startswith("?")
     hexpart = value[1:] if insecure else value
     alg = HashAlg.from_hex_len(len(hexpart))
-    if not _HEX.fullmatch(hexpart) or alg is None:
+    if not _is_hex(hexpart) or alg is None:
         raise KargError(
             f"invalid kernel argument {arg}={value}: expected 64 (sha256) or 128 (sha512)"
             " hex digits, optionally prefixed with '?'"
@@ -134,19 +138,19 @@ def parse_versioned_digest(value: str) -> ComposefsKarg:
     """Parse the value of `composefs.digest=` (`[?]v1-sha512-12:HEX`)."""
     insecure = value.startswith("?")
     body = value[1:] if insecure else value
-    m = _DIGEST_V.fullmatch(body)
-    if m is None:
+    prefix, _, hexpart = body.partition(":")
+    alg = _DIGEST_V.get(prefix)
+    if alg is None or not _is_hex(hexpart):
         raise KargError(
             f"invalid kernel argument {KARG_DIGEST}={value}:"
             " expected [?]v1-sha256-12:HEX or [?]v1-sha512-12:HEX"
         )
-    alg = HashAlg(m.group(1))
-    if len(m.group(2)) != alg.hex_len:
+    if len(hexpart) != alg.hex_len:
         raise KargError(
             f"invalid kernel argument {KARG_DIGEST}={value}:"
-            f" a {alg} digest has {alg.hex_len} hex digits, not {len(m.group(2))}"
+            f" a {alg} digest has {alg.hex_len} hex digits, not {len(hexpart)}"
         )
-    return ComposefsKarg(m.group(2).lower(), alg, insecure)
+    return ComposefsKarg(hexpart.lower(), alg, insecure)
 
 
 def parse_cmdline(cmdline: str) -> list[ComposefsKarg]:

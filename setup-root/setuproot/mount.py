@@ -8,11 +8,11 @@ or as the classic `lowerdir=A::B` string where the kernel has no lowerdir+
 
 from __future__ import annotations
 
-import enum
 import errno
 import os
 
 from setuproot import syscalls
+from setuproot.choice import IntEnum
 from setuproot.contract import ComposefsKarg
 from setuproot.plan import (
     Attach,
@@ -34,7 +34,7 @@ from setuproot.record import record
 from setuproot.verity import NoVerity, VerityUnsupported, measure_verity
 
 
-class ExitCode(enum.IntEnum):
+class ExitCode(IntEnum):
     """setup-root's exit codes: one per kind of failure, so tests and logs can tell them apart."""
 
     OK = 0

@@ -6,6 +6,7 @@ the fast part, so that a broken unit ordering shows up in every run.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 from pathlib import Path
@@ -13,7 +14,12 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODULE = REPO_ROOT / "dracut-module" / "90cfsboot"
 UNIT = MODULE / "cfsboot-setup-root.service"
+_spec = importlib.util.spec_from_file_location("freeze", REPO_ROOT / "setup-root" / "freeze.py")
+assert _spec is not None and _spec.loader is not None
+freeze = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(freeze)
 PROGRAM = "/usr/lib/cfsboot/setup-root/cfsboot-setup-root"
+INTERPRETER = "/usr/lib/cfsboot/setup-root/python"
 
 
 def unit_directives(text: str) -> dict[tuple[str, str], list[str]]:
@@ -47,7 +53,10 @@ def test_unit_runs_between_sysroot_mount_and_initrd_root_fs() -> None:
     # Either spelling of the karg triggers it ('|': any of the conditions).
     assert sorted(d[("Unit", "ConditionKernelCommandLine")]) == ["|composefs", "|composefs.digest"]
     assert d[("Service", "Type")] == ["oneshot"]
-    assert d[("Service", "ExecStart")] == [PROGRAM]
+    # The interpreter with the wrapper's code, and the wrapper's name in the journal.
+    assert d[("Service", "ExecStart")] == [f'{INTERPRETER} -c "{freeze.UNIT_CODE}"']
+    assert d[("Service", "SyslogIdentifier")] == ["cfsboot-setup-root"]
+    assert f"'{freeze.UNIT_CODE}'" in freeze.WRAPPER
     # The one-line failure reaches the console, not only the journal.
     assert "console" in d[("Service", "StandardError")][0]
 

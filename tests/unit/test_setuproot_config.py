@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from setuproot.config import (
     Config,
@@ -14,6 +17,7 @@ from setuproot.config import (
     parse_config,
     parse_prepare_root,
     resolve_etc,
+    simple_toml,
 )
 
 
@@ -225,3 +229,36 @@ def test_setup_root_reads_prepare_root_conf_and_the_state_layout(
     plan = _dry_run(monkeypatch, capsys, sysroot, conf)
     assert f"mkdir    {etc}/upper 0755" in plan
     assert not any("transient" in line for line in plan)
+
+
+# --- the TOML subset read without tomllib ----------------------------------------------
+
+_PIECES = [
+    "[etc]", "[var]", "[root]", "[ etc ]", "[a.b]", "[[etc]]", "[etc] # c", "[etc]x",
+    'mount = "bind"', "mount='none'", 'mount = "a#b" # c', 'mount = ""', 'mount = "é"',
+    'mount = "a\\\\b"', 'mount = "a\\tb"', 'mount = """x"""', "mount = 'x\\y'",
+    "transient = true", "transient=false#c", "transient = True", "transient = truex",
+    "transient = 1", '"etc" = 1', "a-b_1 = true", "x = true\r", "# comment", "  ",
+    "\t# indented", "k = 'a' b", "k =", "= 1", "k = \"x\x01\"", "k = 'x' # \x7f",
+    "\ufeff[etc]", 'k = "x', "k = true # \u00e9",
+]  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=8), st.sampled_from(["\n", "\r\n"]))
+def test_simple_toml_reads_what_tomllib_reads(lines: list[str], newline: str) -> None:
+    """Where simple_toml answers, tomllib gives the same; where tomllib refuses, it passes."""
+    text = newline.join(lines) + newline
+    ours = simple_toml(text)
+    try:
+        theirs: object = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        theirs = None
+    if ours is not None:
+        assert ours == theirs, text
+
+
+def test_simple_toml_takes_the_usual_file() -> None:
+    text = '# setup-root\n[root]\ntransient = false\n\n[etc]\nmount = "bind"  # bootc\n'
+    assert simple_toml(text) == {"root": {"transient": False}, "etc": {"mount": "bind"}}
+    assert simple_toml("[etc]\nmount = { x = 1 }\n") is None  # left to tomllib

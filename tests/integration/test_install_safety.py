@@ -21,6 +21,9 @@ from cfstest.osimages import os_image
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("can_mount")]
 
 SIZE = 3 << 30
+# No lazy inode-table or journal initialisation: the kernel would go on writing to a
+# fresh filesystem after mount, and a test comparing the device's bytes would race it.
+EAGER = ("-E", "lazy_itable_init=0,lazy_journal_init=0")
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +71,7 @@ def refused(image: str, target: Path, *extra: str) -> str:
 
 
 def test_ext4_refused_without_wipe_and_installed_with_it(image: str, loop: Path) -> None:
-    sh("mkfs.ext4", "-q", "-F", loop)
+    sh("mkfs.ext4", "-q", "-F", *EAGER, loop)
     line = refused(image, loop)
     assert f"refusing to install to {loop}: it has an ext4 filesystem" in line
     assert "add --wipe" in line
@@ -85,7 +88,7 @@ def test_partition_table_refused(image: str, loop: Path) -> None:
 
 
 def test_mounted_refused_even_with_wipe(image: str, loop: Path, tmp_path: Path) -> None:
-    sh("mkfs.ext4", "-q", "-F", loop)
+    sh("mkfs.ext4", "-q", "-F", *EAGER, loop)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     sh("mount", loop, mnt)
@@ -101,7 +104,7 @@ def test_image_file_attached_and_mounted_refused(
     image: str, backing: Path, loop: Path, tmp_path: Path
 ) -> None:
     """The image file itself is named: its loop device is mounted, so it is in use."""
-    sh("mkfs.ext4", "-q", "-F", loop)
+    sh("mkfs.ext4", "-q", "-F", *EAGER, loop)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     sh("mount", loop, mnt)
@@ -125,7 +128,7 @@ def test_swap_refused_even_with_wipe(image: str, loop: Path) -> None:
 
 
 def test_image_file_with_filesystem_refused(image: str, backing: Path) -> None:
-    sh("mkfs.ext4", "-q", "-F", backing)
+    sh("mkfs.ext4", "-q", "-F", *EAGER, backing)
     line = refused(image, backing, "--size", "3G")
     assert f"refusing to install to {backing}: it has an ext4 filesystem" in line
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
-import shlex
 import sys
-import traceback
-from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING
 
 from cfsboot import __version__
 from cfsboot.errors import CfsbootError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import NoReturn
+
+# Every run pays for what this module imports (`--help` and `status` are what people and
+# monitoring run most): logging, traceback and shlex are imported where they are used.
 
 # Modules under cfsboot.commands that add subcommands, in --help order.
 COMMAND_MODULES = (
@@ -50,7 +53,6 @@ COMMANDS = {
     "usroverlay": "usroverlay",  # bootc's alias
 }
 
-Handler = Callable[[argparse.Namespace], int]
 # An unexpected exception (a bug): sysexits.h's EX_SOFTWARE, distinct from user errors (1, 2).
 INTERNAL_ERROR = 70
 
@@ -88,11 +90,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(first if first in COMMANDS and "--help" not in argv[:1] else None)
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("CFSBOOT_DEBUG") == "1"
+    import logging
+
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(levelname)s: %(message)s",
     )
-    func: Handler = args.func
+    func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
     except CfsbootError as e:
@@ -111,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as e:  # a bug: still one line, naming what it was given
         if debug:
+            import traceback
+
             traceback.print_exc()
         sys.stderr.write(f"cfsboot: {internal_error(argv, e)}\n")
         return INTERNAL_ERROR
@@ -118,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def internal_error(argv: Sequence[str], e: BaseException) -> str:
     """The one line an unexpected exception becomes: the command line, the exception, a hint."""
+    import shlex
+
     shown = shlex.join(argv)
     if len(shown) > 200:
         shown = shown[:199] + "…"

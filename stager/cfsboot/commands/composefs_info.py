@@ -8,9 +8,12 @@ import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cfsboot.composefs.tree import Inode
 from cfsboot.errors import die
+
+if TYPE_CHECKING:
+    from cfsboot.composefs.tree import Inode
 
 COMMANDS = ("ls", "objects", "missing-objects", "dump", "measure-file")
 

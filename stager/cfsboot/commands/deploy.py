@@ -330,7 +330,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from cfsboot.deploy import status, statusformat
-    from cfsboot.deploy.fsck.run import warn_problems
+    from cfsboot.deploy.fsck.quick import warn_problems
 
     if args.format_version not in (None, 0, 1):
         die(
@@ -356,7 +356,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     from cfsboot.deploy import gc
-    from cfsboot.deploy.fsck.run import warn_problems
+    from cfsboot.deploy.fsck.quick import warn_problems
 
     with opened(args) as (sysroot, bl):
         warn_problems(sysroot, bl)

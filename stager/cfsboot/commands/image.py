@@ -9,8 +9,7 @@ import sys
 from typing import TYPE_CHECKING, TypedDict
 
 from cfsboot.errors import die
-from cfsboot.image.transform import XattrFilter
-from cfsboot.linux.arch import oci_arch
+from cfsboot.image.xattrfilter import XattrFilter
 from setuproot.contract import DEFAULT_SYSROOT, REPO_DIR, HashAlg
 
 if TYPE_CHECKING:
@@ -37,7 +36,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "imgref", metavar="IMGREF", help="oci:DIR[:TAG], oci-archive:FILE, docker://…"
         )
         q.add_argument(
-            "--arch", help=f"architecture to pick from a multi-arch image (default {oci_arch()})"
+            "--arch",
+            help="architecture to pick from a multi-arch image (default: this machine's, as OCI"
+            " names it: amd64 on x86_64)",
         )
         q.add_argument(
             "--src-tls-verify",

@@ -7,9 +7,12 @@ import gc
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cfsboot.composefs.tree import Inode
 from cfsboot.errors import die
+
+if TYPE_CHECKING:
+    from cfsboot.composefs.tree import Inode
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -15,7 +15,7 @@ from cfsboot.deploy.origin import Origin
 from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.deploy.target import Target
 from cfsboot.errors import die
-from cfsboot.image import extract, selabel
+from cfsboot.image import extract
 from cfsboot.linux.fsutil import fsync_dir
 from setuproot.config import EtcMount
 
@@ -130,6 +130,8 @@ def _label_like(path: Path, tree: Inode, image_path: str) -> None:
     The overlay's root directory is its upper dir: unlabelled, /etc would show as
     unlabeled_t and so would every file created in it.
     """
+    from cfsboot.image import selabel  # the labelling rules: not for status, which imports this
+
     node = extract.subtree(tree, image_path)
     label = node.xattrs.get(selabel.XATTR) if node is not None else None
     if label is None:

@@ -9,23 +9,15 @@ EROFS in the repository, or kept from the import).
 from __future__ import annotations
 
 import logging
-import lzma
 import os
 import tempfile
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import zstandard
-
-from cfsboot.composefs.erofs.reader import read_image
-from cfsboot.composefs.repository import Repository
 from cfsboot.composefs.tree import Inode, lookup
 from cfsboot.errors import CfsbootError, die
-from cfsboot.image import initrdlist, installconfig
-from cfsboot.image.bootscan import BootFile, BootResources, Kernel
-from cfsboot.image.installconfig import InstallConfig
 from cfsboot.image.kargsd import parse_kargs_toml
 from cfsboot.image.osrelease import OS_RELEASE_PATHS, OsRelease
 from cfsboot.image.versions import compare_versions
@@ -33,11 +25,20 @@ from cfsboot.linux.arch import rust_arch
 from setuproot.config import Config, ConfigError, parse_config, parse_prepare_root
 from setuproot.contract import OSTREE_PREPARE_ROOT_CONFIG, SETUP_ROOT_CONFIG
 
+if TYPE_CHECKING:
+    from cfsboot.composefs.repository import Repository
+    from cfsboot.image.bootscan import BootFile, BootResources, Kernel
+    from cfsboot.image.installconfig import InstallConfig
+
+# status reads deployments through this module on every run: the EROFS reader, the
+# decompressors and the install config are imported by the functions that need them.
 log = logging.getLogger(__name__)
 
 
 def image_tree(repo: Repository, digest: str) -> Inode:
     """The tree of the boot image `digest` as stored in the repository."""
+    from cfsboot.composefs.erofs.reader import read_image
+
     return read_image(repo.read_object(digest))
 
 
@@ -135,6 +136,8 @@ def local_copy(repo: Repository, f: BootFile) -> Iterator[Path]:
 
 def install_config(repo: Repository, tree: Inode, *, arch: str | None = None) -> InstallConfig:
     """The image's bootc install configuration (usr/lib/bootc/install/*.toml)."""
+    from cfsboot.image import installconfig
+
     files: dict[str, bytes] = {}
     for directory in installconfig.DIRS:
         node = lookup(tree, directory.encode())
@@ -147,16 +150,28 @@ def install_config(repo: Repository, tree: Inode, *, arch: str | None = None) ->
     return installconfig.merge(files, arch=arch)
 
 
-_UNREADABLE = (CfsbootError, OSError, ValueError, zstandard.ZstdError, zlib.error, lzma.LZMAError)
-
-
 def initrd_has(repo: Repository, initramfs: BootFile, path: str) -> bool:
     """Does the initramfs hold `path` (e.g. a systemd generator)? An initramfs that
     cannot be read is said not to (with a warning): callers then take the safe way."""
+    import lzma
+    import zlib
+
+    import zstandard
+
+    from cfsboot.image import initrdlist
+
+    unreadable = (
+        CfsbootError,
+        OSError,
+        ValueError,
+        zstandard.ZstdError,
+        zlib.error,
+        lzma.LZMAError,
+    )
     where = f"the image's {initramfs.path}"
     try:
         with local_copy(repo, initramfs) as local, open(local, "rb") as f:
             return initrdlist.contains(f, path, where)
-    except _UNREADABLE as e:
+    except unreadable as e:
         log.warning("cannot list %s (%s): taken as without %s", where, e, path)
         return False

@@ -22,7 +22,7 @@ from typing import Any
 
 from cfsboot.composefs.repository import Repository
 from cfsboot.image.bootscan import BootResources
-from cfsboot.image.transform import XattrFilter
+from cfsboot.image.xattrfilter import XattrFilter
 from cfsboot.jsondoc import DocumentError, Fields, parse_object
 from cfsboot.oci.documents import ImageConfig, Manifest, check_digest
 

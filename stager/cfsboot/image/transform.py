@@ -16,22 +16,17 @@ Same OCI image in, same digest out, here and in composefs-rs/bootc:
 
 from __future__ import annotations
 
-import enum
 import logging
 
 from cfsboot.composefs.tree import Inode
 from cfsboot.errors import die
 from cfsboot.image import selabel
+from cfsboot.image.xattrfilter import XattrFilter as XattrFilter  # re-exported
 
 log = logging.getLogger(__name__)
 
 XATTR_ALLOWLIST = (b"security.capability",)
 EMPTIED_FOR_BOOT = (b"boot", b"sysroot")
-
-
-class XattrFilter(enum.StrEnum):
-    ALLOWLIST = "allowlist-only"  # composefs-rs XattrFiltering::AllowlistOnly (default)
-    KEEP_USER = "keep-user-xattrs"  # composefs-rs XattrFiltering::KeepUserXattrs
 
 
 def _usr(root: Inode) -> Inode:

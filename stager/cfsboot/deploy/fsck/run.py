@@ -7,13 +7,13 @@ and everything is checked again, so the report says what is left. The
 repository lock is held throughout: nothing writes meanwhile, and nothing a
 running import has not finished is mistaken for a leftover.
 
-`quick_problems` is the cheap part (no object, no boot file is read) that
-status and gc run first, to warn about a broken state instead of tripping on it.
+`quick_problems` (cfsboot.deploy.fsck.quick) is the cheap part (no object, no
+boot file is read) that status and gc run first, to warn about a broken state
+instead of tripping on it.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -24,11 +24,12 @@ from cfsboot.boot.bootloader import Bootloader, detect
 from cfsboot.boot.esp import DirEsp, Esp, MtoolsEsp
 from cfsboot.boot.espfind import open_esp
 from cfsboot.composefs.objectcheck import Verdict
-from cfsboot.composefs.repocheck import Code, Problem, RepoCheck, check_repository, quick_layout
+from cfsboot.composefs.repocheck import Code, Problem, RepoCheck, check_repository
 from cfsboot.composefs.repository import Repository
 from cfsboot.deploy.fsck import refetch
 from cfsboot.deploy.fsck.context import Context
 from cfsboot.deploy.fsck.esp import check_esp
+from cfsboot.deploy.fsck.quick import menus as _menus
 from cfsboot.deploy.fsck.repair import (
     DROP_ENTRY,
     DROP_MARKER,
@@ -41,13 +42,10 @@ from cfsboot.deploy.fsck.repair import (
     repair_text,
 )
 from cfsboot.deploy.fsck.report import FsckReport, Group, Section
-from cfsboot.deploy.fsck.state import StateCode, check_state
+from cfsboot.deploy.fsck.state import check_state
 from cfsboot.deploy.sysroot import Sysroot
-from cfsboot.deploy.target import current_deployment
 from cfsboot.errors import CfsbootError
 from cfsboot.image.recordcheck import Records, check_records, keep_stream
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,16 +77,6 @@ def _sections(sysroot: Sysroot | None, repo_where: str, esp_where: str) -> list[
     if sysroot is not None:
         out += [Section(Group.STATE, str(sysroot.path)), Section(Group.ESP, esp_where)]
     return out
-
-
-def _menus(ctx: Context) -> None:
-    bl = ctx.bl
-    if bl is None:
-        return
-    ctx.live = bl.menu()
-    ctx.staged_menu = bl.menu(staged=True) if bl.has_staged() else []
-    current = current_deployment(ctx.sysroot, bl)
-    ctx.protected = frozenset(d for d in (ctx.sysroot.booted(), current) if d)
 
 
 def examine(
@@ -291,38 +279,3 @@ def fsck_repository(path: Path, *, do_repair: bool) -> FsckReport:
             stack.enter_context(repo.lock())
         return _run(None, repo, None, sections, do_repair=do_repair)
     raise AssertionError("unreachable")
-
-
-# -- the cheap part, for status and gc -------------------------------------------------
-
-
-_QUIET_CODES = {Code.LEFTOVER}  # a concurrent writer's temporary names: gc's to collect
-
-
-def quick_problems(sysroot: Sysroot, bl: Bootloader) -> list[Problem]:
-    """What is wrong that can be seen without reading objects or boot files."""
-    problems: list[Problem] = []
-    ctx = Context(sysroot, None, bl, deep=False)
-    try:
-        repo = sysroot.repo
-        layout = quick_layout(repo)
-        ctx.repo, ctx.images = repo, set(layout.images)
-        problems += layout.problems
-    except CfsbootError as e:
-        problems.append(Problem("repository", str(sysroot.repo_path), str(e)))
-    _menus(ctx)
-    problems += check_state(ctx)[0]
-    problems += check_esp(ctx).problems
-    return [p for p in problems if p.code not in _QUIET_CODES]
-
-
-def warn_problems(sysroot: Sysroot, bl: Bootloader) -> list[Problem]:
-    """quick_problems, each logged as a warning (one line), with one hint at the end."""
-    problems = quick_problems(sysroot, bl)
-    for p in problems:
-        log.warning("%s", p.line())
-        if p.code in (StateCode.NO_ORIGIN, StateCode.BAD_ORIGIN):
-            sysroot.origin_reported.add(p.subject)
-    if problems:
-        log.warning("`cfsboot fsck` checks everything, `cfsboot fsck --repair` fixes what is safe")
-    return problems

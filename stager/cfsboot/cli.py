@@ -6,14 +6,14 @@ import argparse
 import importlib
 import os
 import sys
-from typing import TYPE_CHECKING
 
 from cfsboot import __version__
 from cfsboot.errors import CfsbootError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every run
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
-    from typing import NoReturn
+    from typing import Any, NoReturn
 
 # Every run pays for what this module imports (`--help` and `status` are what people and
 # monitoring run most): logging, traceback and shlex are imported where they are used.
@@ -65,8 +65,38 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def build_parser(only: str | None = None) -> ArgumentParser:
-    """The whole parser, or (`only`: a subcommand name) one with just that module's commands."""
+class _Unbuilt:
+    """A command's parser as the top-level listing gets it: whatever is added to it is dropped."""
+
+    def __getattr__(self, name: str) -> Callable[..., _Unbuilt]:
+        return self._ignore
+
+    def _ignore(self, *args: object, **kwargs: object) -> _Unbuilt:
+        return self
+
+
+class _Listing:
+    """The subparsers action as command modules see it for the top-level parser alone.
+
+    `cfsboot --help`, `--version`, no command or an unknown one need each command's name,
+    aliases and help line, not its arguments: building every command's parser costs more
+    than the rest of such a run.
+    """
+
+    def __init__(self, sub: argparse._SubParsersAction[ArgumentParser]) -> None:
+        self._sub = sub
+
+    def add_parser(self, name: str, **kwargs: Any) -> _Unbuilt:
+        self._sub.add_parser(name, help=kwargs.get("help"), aliases=kwargs.get("aliases", ()))
+        return _Unbuilt()
+
+
+def build_parser(only: str | None = None, *, listing: bool = False) -> ArgumentParser:
+    """The whole parser, or (`only`: a subcommand name) one with just that module's commands.
+
+    `listing`: every command by name and help line, without their own arguments (for the
+    top-level --help and errors; parsing a command's arguments needs the whole parser).
+    """
     parser = ArgumentParser(
         prog="cfsboot",
         description="Boot Linux from OCI container images through composefs.",
@@ -80,15 +110,18 @@ def build_parser(only: str | None = None) -> ArgumentParser:
     modules = [COMMANDS[only]] if only in COMMANDS else COMMAND_MODULES
     for name in modules:
         module = importlib.import_module(f"cfsboot.commands.{name}")
-        module.register(sub)
+        module.register(_Listing(sub) if listing else sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     first = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(first if first in COMMANDS and "--help" not in argv[:1] else None)
-    args = parser.parse_args(argv)
+    if first in COMMANDS and argv[:1] not in (["--help"], ["-h"]):
+        args = build_parser(first).parse_args(argv)
+    else:
+        # No known command in argv: this exits (help, version, or an error naming the choices).
+        args = build_parser(listing=True).parse_args(argv)
     debug = args.debug or os.environ.get("CFSBOOT_DEBUG") == "1"
     import logging
 

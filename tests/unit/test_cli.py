@@ -99,3 +99,20 @@ def test_every_subcommand_is_mapped_to_its_module() -> None:
         only = cli.build_parser(name)
         sub = next(a for a in only._actions if isinstance(a, argparse._SubParsersAction))
         assert name in sub.choices, (name, module)
+
+
+def test_the_listing_parser_shows_what_the_full_one_shows() -> None:
+    """`cfsboot --help` and its errors come from the listing parser: same text, same choices."""
+    import argparse
+
+    from cfsboot import cli
+
+    full, listing = cli.build_parser(), cli.build_parser(listing=True)
+    assert listing.format_help() == full.format_help()
+    assert listing.format_usage() == full.format_usage()
+    choices = [
+        next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices
+        for p in (full, listing)
+    ]
+    assert list(choices[1]) == list(choices[0])
+

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from setuproot.contract import DEFAULT_SYSROOT, HashAlg
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every run
 if TYPE_CHECKING:
     from cfsboot.boot.bootloader import Bootloader
     from cfsboot.deploy.sysroot import Sysroot
-
-log = logging.getLogger(__name__)
 
 
 def sysroot_options(p: argparse.ArgumentParser) -> None:
@@ -50,8 +47,11 @@ def opened(args: argparse.Namespace, *, write: bool = True) -> Iterator[tuple[Sy
             return
         with sysroot.repo.lock():
             done = bl.recover()
-            for line in done:
-                log.info("ESP: %s", line)
+            if done:
+                import logging
+
+                for line in done:
+                    logging.getLogger(__name__).info("ESP: %s", line)
             yield sysroot, bl
 
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
-from typing import TYPE_CHECKING
 
 from cfsboot.commands.common import boot_tries_option, karg_options, opened, sysroot_options
 from cfsboot.errors import die
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every run
 if TYPE_CHECKING:
     from cfsboot.boot.bootloader import Bootloader
     from cfsboot.deploy.sysroot import Sysroot
@@ -19,7 +18,6 @@ if TYPE_CHECKING:
 
 # The deployment modules are imported by the commands that use them: every
 # `cfsboot` run builds this parser, and most runs need none of them.
-log = logging.getLogger(__name__)
 # cfsboot.oci.reference.SWITCH_TRANSPORTS: bootc's --transport names.
 TRANSPORTS = (
     "registry",
@@ -305,7 +303,9 @@ def cmd_finalize(args: argparse.Namespace) -> int:
     sysroot = Sysroot(args.sysroot, run_dir=args.run_dir)
     staged = sysroot.staged()
     if staged is None:
-        log.info("no staged deployment")
+        import logging
+
+        logging.getLogger(__name__).info("no staged deployment")
         return 0
     sys.stderr.write(f"finalizing the staged deployment {staged.depl_id[:12]}…\n")
     sys.stderr.flush()

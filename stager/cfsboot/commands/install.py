@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from cfsboot.commands.common import boot_tries_option, karg_options
 from cfsboot.errors import die
 from setuproot.contract import HashAlg
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every run
 if TYPE_CHECKING:
     from cfsboot.deploy import install
     from cfsboot.image.installconfig import InstallConfig

@@ -7,10 +7,10 @@ import gc
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from cfsboot.errors import die
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every run
 if TYPE_CHECKING:
     from cfsboot.composefs.tree import Inode
 

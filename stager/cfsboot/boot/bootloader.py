@@ -414,10 +414,10 @@ def _from_bls(ef: EntryFile) -> MenuEntry | None:
 
 def detect(esp: Esp) -> Bootloader:
     """The bootloader cfsboot installed on this ESP."""
-    from cfsboot.boot.grubloader import Grub  # the GRUB menu builds on this module
-
     try:
         if esp.exists(GRUB_MENU):
+            from cfsboot.boot.grubloader import Grub  # the GRUB menu builds on this module
+
             return Grub(esp)
         if esp.is_dir(bls.ENTRIES_DIR) or esp.is_dir(bls.STAGED_ENTRIES_DIR):
             return SystemdBoot(esp)

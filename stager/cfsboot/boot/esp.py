@@ -35,14 +35,25 @@ import abc
 import errno
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISDIR
 
 from cfsboot.errors import CfsbootError
-from cfsboot.linux import fsutil, syscalls
-from cfsboot.linux.run import run
+from cfsboot.linux import fsutil
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from cfsboot.linux.run import run
+else:
+
+    def run(*args, **kwargs):
+        """cfsboot.linux.run.run, imported at the first command: `status` reads the ESP or
+        the deployment without running one, and subprocess is a cost on every such run."""
+        from cfsboot.linux.run import run as run_
+
+        return run_(*args, **kwargs)
+
 
 NEW_SUFFIX = ".cfsboot-new"
 KEEP_READ_MAX = 64 << 10  # MtoolsEsp keeps files read up to this size (boot entries, menus)
@@ -297,6 +308,8 @@ class DirEsp(Esp):
     def exchange(self, a: str, b: str) -> None:
         parent, _, _ = self._exchange_names(a, b)
         try:
+            from cfsboot.linux import syscalls
+
             syscalls.renameat2(self._abs(a), self._abs(b), syscalls.RENAME_EXCHANGE)
         except OSError as e:
             if e.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
@@ -428,6 +441,8 @@ class MtoolsEsp(Esp):
         return data
 
     def write(self, path: str, data: bytes) -> None:
+        import tempfile
+
         with tempfile.NamedTemporaryFile(prefix="cfsboot-esp-") as tmp:
             tmp.write(data)
             tmp.flush()

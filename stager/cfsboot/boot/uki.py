@@ -9,7 +9,6 @@ sections after `.profile`; the first occurrence (the base profile) is used.
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -136,6 +135,8 @@ def parse_uki(data: bytes, *, name: str = "<memory>", addon: bool = False) -> UK
 
 def hash_sections(path: Path, uki: UKI, names: Iterable[str]) -> str:
     """sha256 hex of the named sections' contents, concatenated in order (missing ones skipped)."""
+    import hashlib  # status reads UKIs, and hashes none
+
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for name in names:
@@ -160,6 +161,8 @@ def boot_digest(path: Path, uki: UKI) -> str:
 
 def boot_digest_of(data: bytes, uki: UKI) -> str:
     """boot_digest of a UKI held in memory (parse_uki of `data` gave `uki`)."""
+    import hashlib  # status reads UKIs, and hashes none
+
     h = hashlib.sha256()
     for name in (".linux", ".initrd"):
         sec = uki.section(name)

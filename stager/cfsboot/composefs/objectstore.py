@@ -20,7 +20,6 @@ import ctypes
 import errno
 import fcntl
 import os
-import secrets
 import shutil
 import threading
 import time
@@ -253,7 +252,7 @@ class ObjectStore:
     def _write_named(self, target: Path, hexdigest: str, fill: Filler, size: int) -> None:
         """The same without O_TMPFILE: a hidden temp name next to the target."""
         parent = target.parent
-        tmp = parent / f"{TEMP_OBJECT_PREFIX}{secrets.token_hex(8)}"
+        tmp = parent / f"{TEMP_OBJECT_PREFIX}{os.urandom(8).hex()}"
         try:
             self._write_file(tmp, hexdigest, fill, size, sync=True)
             try:
@@ -329,7 +328,7 @@ class ObjectStore:
     def _ensure_staging(self) -> Path:
         if self._staging is None:
             self.root.mkdir(parents=True, exist_ok=True)
-            path = self.root / f"{STAGING_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+            path = self.root / f"{STAGING_PREFIX}{os.getpid()}-{os.urandom(4).hex()}"
             os.mkdir(path, 0o700)
             self._staging = path
         return self._staging

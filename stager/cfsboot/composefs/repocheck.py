@@ -26,13 +26,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cfsboot.composefs.erofs.reader import ImageFormatError, read_image
-from cfsboot.composefs.objectcheck import Finding, Verdict, read_verified, verify_file
 from cfsboot.composefs.objectstore import STAGING_PREFIX, TEMP_OBJECT_PREFIX
 from cfsboot.composefs.repository import Repository
 from cfsboot.composefs.tree import Inode
 from cfsboot.linux.fsutil import TEMP_MARKER
 from setuproot.contract import IMAGES_DIR, OBJECTS_DIR, REFS_DIR, STREAMS_DIR
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from cfsboot.composefs.objectcheck import Finding
+
+# status and gc run quick_layout on every call: the EROFS reader and the object checks are
+# imported by the full check that uses them.
 
 _HEX = frozenset("0123456789abcdef")
 
@@ -322,6 +327,8 @@ def _check_tree(check: RepoCheck, repo: Repository, image: str, tree: Inode) -> 
 
 
 def _check_image(check: RepoCheck, repo: Repository, image: str, data: bytes, keep: bool) -> None:
+    from cfsboot.composefs.erofs.reader import ImageFormatError, read_image
+
     try:
         tree = read_image(data)
     except ImageFormatError as e:
@@ -336,6 +343,8 @@ def _check_image(check: RepoCheck, repo: Repository, image: str, data: bytes, ke
 
 def _in_memory(check: RepoCheck, repo: Repository, hexdigest: str) -> bytes | None:
     """Read and check one object in memory; its content if it is right."""
+    from cfsboot.composefs.objectcheck import read_verified
+
     path = str(repo.path / object_relpath(hexdigest))
     data, found = read_verified(path, hexdigest, repo.algorithm, secure=not repo.insecure)
     check.bytes_read += check.layout.objects.get(hexdigest, 0)
@@ -362,6 +371,8 @@ def check_repository(
     layout = Layout()
     scan_objects(repo, layout)
     scan_links(repo, layout, layout.objects.__contains__)
+    from cfsboot.composefs.objectcheck import Verdict
+
     check = RepoCheck(layout)
     in_memory = set(layout.images.values())
     kept = {name: h for name, h in layout.streams.items() if keep_stream(name)}
@@ -414,6 +425,8 @@ def _batches(hexes: list[str], sizes: dict[str, int]) -> Iterator[list[str]]:
 
 def _verify_batch(repo: Repository, batch: list[str]) -> list[tuple[str, Finding]]:
     """(object, what is wrong) for the objects of `batch` that are not sound."""
+    from cfsboot.composefs.objectcheck import verify_file
+
     out = []
     alg, secure, root = repo.algorithm, not repo.insecure, repo.path
     for h in batch:

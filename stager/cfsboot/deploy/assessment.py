@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import time
-import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,19 @@ from cfsboot.errors import die
 from cfsboot.image import imagefiles
 from cfsboot.linux import efivars
 from cfsboot.linux.fsutil import write_file_atomic
-from cfsboot.linux.run import run
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from cfsboot.linux.run import run
+else:
+
+    def run(*args, **kwargs):
+        """cfsboot.linux.run.run, imported at the first command: `status` reads the ESP or
+        the deployment without running one, and subprocess is a cost on every such run."""
+        from cfsboot.linux.run import run as run_
+
+        return run_(*args, **kwargs)
+
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +81,8 @@ class AssessmentConfig:
 def parse_config(text: str, *, name: str, base: AssessmentConfig) -> AssessmentConfig:
     """`base` with what the TOML file `name` sets; a bad file is a one-line error."""
     try:
+        import tomllib
+
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         die(f"{name}: {e}")

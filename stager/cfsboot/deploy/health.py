@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cfsboot.errors import CfsbootError
-from cfsboot.linux.run import run
 
 HEALTH_DIRS = (Path("/usr/lib/cfsboot/health.d"), Path("/etc/cfsboot/health.d"))
 RESULTS_FILE = Path("/run/cfsboot/health-checks.json")
@@ -69,6 +68,8 @@ def run_checks(checks: list[Path], *, timeout: float = CHECK_TIMEOUT) -> list[Ch
     for path in checks:
         started = time.monotonic()
         try:
+            from cfsboot.linux.run import run  # status imports this module, and runs nothing
+
             proc = run([path], check=False, capture=True, timeout=timeout)
         except CfsbootError as e:
             results.append(CheckResult(path.name, None, time.monotonic() - started, e.message))

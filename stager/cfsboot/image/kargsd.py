@@ -7,7 +7,6 @@ key is an error. Files apply in lexical order of their names.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 from cfsboot.errors import die
@@ -41,6 +40,8 @@ def split_kargs(cmdline: str) -> list[str]:
 
 def parse_kargs_toml(text: str, *, name: str, arch: str) -> list[str]:
     """The arguments one kargs.d file contributes on `arch` (empty if it does not match)."""
+    import tomllib  # status reads kargs (split_kargs), never kargs.d files
+
     where = f"{KARGS_D}/{name}"
     try:
         doc = tomllib.loads(text)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +13,7 @@ TEMP_MARKER = ".cfsboot-tmp-"
 
 def temp_name(final_name: str) -> str:
     """A unique hidden name next to `final_name` for writing before the rename."""
-    return f".{final_name}{TEMP_MARKER}{secrets.token_hex(6)}"
+    return f".{final_name}{TEMP_MARKER}{os.urandom(6).hex()}"
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

@@ -90,7 +90,7 @@ vm-test-core:
 	$(PY) -m pytest -q -rA -m "vm and vmcore" vm-tests
 
 bench:
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH)
 
 freeze:
 	$(PY) setup-root/freeze.py

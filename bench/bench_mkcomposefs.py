@@ -272,24 +272,28 @@ def main(argv: list[str] | None = None) -> int:
             real["cfsboot CLI"],
             real["C mkcomposefs"],
             "<= 1.00",
+            unit="s",
         )
         figure(
             "mkcomposefs --from-file, test OS dump (CLI, CPU time)",
             real["cfsboot CLI CPU"],
             real["C mkcomposefs CPU"],
             "none (for the record: the work, where the wall time waits on a loaded machine)",
+            unit="s",
         )
         figure(
             "mkcomposefs --from-file, test OS dump (CLI, no fsync)",
             real["cfsboot CLI, no fsync"],
             real["C mkcomposefs"],
             "none (for the record)",
+            unit="s",
         )
     figure(
         "mkcomposefs --from-file, synthetic dump (CLI)",
         syn["cfsboot CLI"],
         syn["C mkcomposefs"],
         "none (for the record)",
+        unit="s",
     )
     return 0
 

@@ -1,8 +1,22 @@
-"""The one line every benchmark prints per target: "cfsboot X, reference Y, ratio Z, goal G"."""
+"""The one line format every benchmark's figures are printed in, and the table `make bench` ends with.
+
+    NAME: cfsboot X, reference Y, ratio Z, goal G
+
+X and Y carry their unit ("12.3 ms", "0.41 s", "5.2 MB"); Z is X/Y (or, for a
+throughput, what the goal names); G says which way the goal points ("<= 2.0").
+bench/run.py collects every line of this form, whoever printed it, so a
+benchmark needs nothing from here but may use `figure()` to print one.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+
+LINE = re.compile(
+    r"^(?P<name>.*?):?\s*cfsboot (?P<cfsboot>.+?), reference (?P<reference>.+?),"
+    r" ratio (?P<ratio>\S+?), goal (?P<goal>.+?)\s*$"
+)
 
 
 def load() -> str:
@@ -11,12 +25,26 @@ def load() -> str:
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
 
 
-def figure(name: str, ours: float, reference: float, goal: str, unit: str = "s") -> float:
-    """Print one target's figure; the ratio is ours / reference (below 1: cfsboot is faster)."""
-    ratio = ours / reference if reference else float("inf")
-    print(
-        f"{name}: cfsboot {ours:.3f} {unit}, reference {reference:.3f} {unit}, "
-        f"ratio {ratio:.2f}, goal {goal}",
-        flush=True,
-    )
-    return ratio
+def figure(
+    name: str, cfsboot: float, reference: float, goal: str, *, unit: str = "", ratio: float | None = None
+) -> str:
+    """Print (and return) one figure's line; `ratio` defaults to cfsboot / reference."""
+    r = cfsboot / reference if ratio is None else ratio
+    u = f" {unit}" if unit else ""
+    line = f"{name}: cfsboot {cfsboot:.4g}{u}, reference {reference:.4g}{u}, ratio {r:.3f}, goal {goal}"
+    print(line, flush=True)
+    return line
+
+
+def table(lines: list[str], load: str) -> str:
+    """The closing table of `make bench`: one row per figure line, columns aligned."""
+    rows = [("figure", "cfsboot", "reference", "ratio", "goal")]
+    for text in lines:
+        m = LINE.match(text.strip())
+        if m is not None:
+            rows.append(tuple(m.group(k).strip() for k in ("name", "cfsboot", "reference", "ratio", "goal")))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    out = [f"figures ({load}):"]
+    for r in rows:
+        out.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return "\n".join(out)

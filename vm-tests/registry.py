@@ -31,13 +31,19 @@ REPOSITORY = "cfsboot/testos"
 START_TIMEOUT = 30.0
 
 
-def config_yaml(storage: Path, host: str = HOST, port: int = PORT) -> str:
-    """The registry's config file (distribution's configuration format, version 0.1)."""
+def config_yaml(
+    storage: Path, host: str = HOST, port: int = PORT, *, access_log: bool = False
+) -> str:
+    """The registry's config file (distribution's configuration format, version 0.1).
+
+    access_log: one line per request in registry.log (combined log format: the status
+    and the bytes sent), for tests and benchmarks that count what a client fetched.
+    """
     return f"""version: 0.1
 log:
   level: warn
   accesslog:
-    disabled: true
+    disabled: {"false" if access_log else "true"}
 storage:
   filesystem:
     rootdirectory: {storage}
@@ -137,7 +143,9 @@ def _answers(host: str, port: int) -> bool:
 
 
 @contextmanager
-def running(workdir: Path, host: str = HOST, port: int = PORT) -> Iterator[Registry]:
+def running(
+    workdir: Path, host: str = HOST, port: int = PORT, *, access_log: bool = False
+) -> Iterator[Registry]:
     """Start a registry with its storage under workdir; stop it (and keep the log) at the end."""
     if shutil.which(BINARY) is None:
         raise RuntimeError(f"{BINARY} not found (apt-get install docker-registry)")
@@ -147,7 +155,7 @@ def running(workdir: Path, host: str = HOST, port: int = PORT) -> Iterator[Regis
     storage = workdir / "storage"
     storage.mkdir(exist_ok=True)
     config = workdir / "config.yml"
-    config.write_text(config_yaml(storage, host, port))
+    config.write_text(config_yaml(storage, host, port, access_log=access_log))
     log = open(workdir / "registry.log", "wb")
     proc = subprocess.Popen(
         [BINARY, "serve", str(config)],

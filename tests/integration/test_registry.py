@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -23,7 +23,8 @@ from cfsboot.image.importer import fetch_config, import_image
 from cfstest import REPO_ROOT, cli
 from cfstest.cli import run as cfsboot
 from cfstest.gates import missing_capability
-from cfstest.ocibuild import build_layout
+from cfstest.ocibuild import Entry, build_layout
+from cfstest.ocirepo import make_repo
 from cfstest.osimages import os_entries, os_image
 
 if TYPE_CHECKING:  # loaded from vm-tests/ at run time (_registry_module)
@@ -50,7 +51,8 @@ def reg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     for tool in ("skopeo", registry.BINARY):
         if shutil.which(tool) is None:
             missing_capability(f"{tool} not installed (run `make setup`)")
-    with registry.running(tmp_path_factory.mktemp("registry"), port=PORT) as running:
+    workdir = tmp_path_factory.mktemp("registry")
+    with registry.running(workdir, port=PORT, access_log=True) as running:
         yield running
 
 
@@ -162,3 +164,58 @@ def test_bare_names_transport_and_upgrade_tag(
     cfsboot("finalize-staged", *opts)
     out = cfsboot("upgrade", "-q", *opts)
     assert out.stderr == f"no changes: {reg.ref('v2')} ({d2[:12]}…) is the booted deployment\n"
+
+
+def _fetched_blobs(log: Path, start: int) -> list[str]:
+    """The blob digests the registry served (GET, 200) since byte `start` of its access log."""
+    out = []
+    with open(log, "rb") as f:
+        f.seek(start)
+        for line in f.read().decode(errors="replace").splitlines():
+            if '"GET /v2/' in line and "/blobs/" in line and '" 200 ' in line:
+                out.append(line.split("/blobs/", 1)[1].split()[0])
+    return out
+
+
+def test_an_import_fetches_only_the_layers_the_repository_lacks(
+    reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """v2 shares v1's base layer: importing v2 after v1 fetches its config and its top layer
+    (skopeo finds the base blob's stand-in and skips it), and the image is the one a full
+    import of v2 makes."""
+    home = reg.client_env()["HOME"]
+    monkeypatch.setenv("HOME", home)
+    base = [Entry("usr", "dir"), Entry("usr/share", "dir")] + [
+        Entry(f"usr/share/f{i}", data=bytes([i]) * 5000) for i in range(20)
+    ]
+    layouts = {}
+    for version in ("1", "2"):
+        layouts[version] = tmp_path / f"v{version}"
+        build_layout(layouts[version], [base, os_entries(version)], tag=f"shared{version}")
+        reg.push(layouts[version], f"shared{version}")
+    blobs = {v: [layer["digest"] for layer in _manifest(layouts[v])["layers"]] for v in ("1", "2")}
+    assert blobs["1"][0] == blobs["2"][0] and blobs["1"][1] != blobs["2"][1]
+    config2 = _manifest(layouts["2"])["config"]["digest"]
+
+    repo = make_repo(tmp_path / "repo")
+    log = reg.workdir / "registry.log"
+    start = log.stat().st_size
+    import_image(reg.ref("shared1"), repo)
+    assert set(_fetched_blobs(log, start)) >= set(blobs["1"])  # a fresh repository: every layer
+
+    start = log.stat().st_size
+    result = import_image(reg.ref("shared2"), repo)
+    assert (result.layers_read, result.layers_reused) == (1, 1)
+    fetched = _fetched_blobs(log, start)
+    assert blobs["2"][0] not in fetched
+    assert blobs["2"][1] in fetched
+    assert set(fetched) <= {blobs["2"][1], config2}
+    full = import_image(f"oci:{layouts['2']}:shared2", None, algorithm=repo.algorithm)
+    assert result.image_digest == full.image_digest
+
+
+def _manifest(layout: Path) -> dict[str, Any]:
+    index = json.loads((layout / "index.json").read_text())
+    blob = layout / "blobs/sha256" / index["manifests"][0]["digest"][7:]
+    doc: dict[str, Any] = json.loads(blob.read_text())
+    return doc

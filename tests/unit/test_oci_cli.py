@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from cfsboot.image.importer import Progress, import_image
 from cfsboot.oci import skopeo
 from cfstest.ocibuild import Entry, build_layout
 from cfstest.ocirepo import base_layer, layout
+from setuproot.contract import HashAlg
 
 LAYERS = [
     [
@@ -189,3 +191,100 @@ def test_quiet_on_a_terminal_and_default_repository(
     rc, out, err = _run(capsys, "image", "import", ref, "--repo", repo)
     assert rc == 0 and "layer 1/1 " in err  # progress on a terminal without --quiet
     assert "0 layers read, 1 already present, 0 new objects" in err
+
+
+def _served(layout_dir: Path) -> tuple[dict[str, Any], bytes]:
+    """The manifest and the raw config of the one image of a layout."""
+    index = json.loads((layout_dir / "index.json").read_text())
+    blobs = layout_dir / "blobs/sha256"
+    manifest = json.loads((blobs / index["manifests"][0]["digest"][7:]).read_text())
+    return manifest, (blobs / manifest["config"]["digest"][7:]).read_bytes()
+
+
+def test_skopeo_skips_the_layers_the_repository_has(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Importing v2 after v1 through skopeo: config and layer list first (`skopeo inspect`),
+    then an empty stand-in for the shared base layer's blob in the copy's layout, which
+    skopeo leaves as it is and the import never reads; the image is the one v2 makes."""
+    top = {v: [Entry("usr/lib/v", data=v.encode() * 100)] for v in ("1", "2")}
+    layouts = {v: tmp_path / f"v{v}" for v in top}
+    for v, path in layouts.items():
+        build_layout(path, [LAYERS[0], top[v]], tag="image")
+    calls: list[list[str]] = []
+    stand_ins: list[tuple[str, int]] = []
+
+    class Done:
+        def __init__(self, stdout: bytes) -> None:
+            self.stdout = stdout
+
+    def fake_run(argv: Sequence[str], **kw: Any) -> Done:
+        calls.append(list(argv))
+        served = layouts[argv[-2 if "copy" in argv else -1].rsplit(":", 1)[1]]
+        manifest, config = _served(served)
+        if "--config" in argv:
+            return Done(config)
+        if "--no-tags" in argv:
+            return Done(json.dumps({"Layers": [d["digest"] for d in manifest["layers"]]}).encode())
+        dest = Path(argv[-1].removeprefix("oci:").rsplit(":", 1)[0])
+        for blob in sorted(dest.rglob("*")) if dest.exists() else []:
+            if blob.is_file():
+                stand_ins.append((blob.name, blob.stat().st_size))
+        for src in served.rglob("*"):  # what skopeo does: blobs already there stay as they are
+            out = dest / src.relative_to(served)
+            if src.is_dir():
+                out.mkdir(parents=True, exist_ok=True)
+            elif not out.exists():
+                out.write_bytes(src.read_bytes())
+        return Done(b"")
+
+    monkeypatch.setattr(skopeo, "run", fake_run)
+    repo = Repository.init(tmp_path / "repo", algorithm=HashAlg.SHA256, insecure=True)
+    first = import_image("docker://registry.example/os:1", repo)
+    assert (first.layers_read, first.layers_reused, stand_ins) == (2, 0, [])
+    calls.clear()
+    second = import_image("docker://registry.example/os:2", repo)
+    src = "docker://registry.example/os:2"
+    assert [c[:-1] if c[1] == "copy" else c for c in calls] == [
+        ["skopeo", "inspect", "--config", "--raw", src],
+        ["skopeo", "inspect", "--no-tags", src],
+        ["skopeo", "copy", "--quiet", src],
+    ]
+    base_blob = _served(layouts["2"])[0]["layers"][0]["digest"][7:]
+    assert stand_ins == [(base_blob, 0)]
+    assert (second.layers_read, second.layers_reused) == (1, 1)
+    direct = import_image(f"oci:{layouts['2']}:image", None, algorithm=HashAlg.SHA256)
+    assert second.image_digest == direct.image_digest
+
+
+def test_a_layer_list_that_does_not_pair_with_the_config_skips_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layouts = {v: tmp_path / f"v{v}" for v in ("1", "2")}
+    for v, path in layouts.items():
+        build_layout(path, [LAYERS[0], [Entry("usr/lib/v", data=v.encode())]], tag="image")
+
+    class Done:
+        def __init__(self, stdout: bytes) -> None:
+            self.stdout = stdout
+
+    copied_into: list[list[Path]] = []
+
+    def fake_run(argv: Sequence[str], **kw: Any) -> Done:
+        served = layouts[argv[-2 if "copy" in argv else -1].rsplit(":", 1)[1]]
+        manifest, config = _served(served)
+        if "--config" in argv:
+            return Done(config)
+        if "--no-tags" in argv:
+            return Done(json.dumps({"Layers": [manifest["layers"][0]["digest"]]}).encode())
+        dest = Path(argv[-1].removeprefix("oci:").rsplit(":", 1)[0])
+        copied_into.append(sorted(dest.rglob("*")) if dest.exists() else [])
+        shutil.copytree(served, dest, dirs_exist_ok=True)
+        return Done(b"")
+
+    monkeypatch.setattr(skopeo, "run", fake_run)
+    repo = Repository.init(tmp_path / "repo", algorithm=HashAlg.SHA256, insecure=True)
+    import_image("docker://registry.example/os:1", repo)
+    second = import_image("docker://registry.example/os:2", repo)
+    assert copied_into == [[], []]  # no stand-in: skopeo fetches every layer
+    assert (second.layers_read, second.layers_reused) == (1, 1)  # the record is used all the same

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,18 +79,24 @@ class ImportResult:
 
 @contextmanager
 def opened(
-    ref: ImageRef, arch: str | None, *, tls_verify: bool | None = None
+    ref: ImageRef,
+    arch: str | None,
+    *,
+    tls_verify: bool | None = None,
+    skip: Collection[str] = (),
 ) -> Iterator[OpenedImage]:
     """Open a reference natively, or through `skopeo copy` into a temporary OCI layout.
 
     `tls_verify` is for skopeo's registries (None: skopeo's default and registries.conf).
+    `skip`: layer blobs skopeo need not fetch (skopeo.copy_to_oci): the caller must not
+    read them.
     """
     with ExitStack() as stack:
         if not ref.transport.native:
             tmp = stack.enter_context(
                 tempfile.TemporaryDirectory(prefix="cfsboot-pull-", dir="/var/tmp")
             )
-            ref = skopeo.copy_to_oci(ref, Path(tmp), arch=arch, tls_verify=tls_verify)
+            ref = skopeo.copy_to_oci(ref, Path(tmp), arch=arch, tls_verify=tls_verify, skip=skip)
         image = open_image(ref, arch=arch)
         stack.callback(image.close)
         yield image
@@ -112,6 +118,26 @@ def fetch_config(
     return "sha256:" + hashlib.sha256(raw).hexdigest(), config
 
 
+def known_layers(
+    ref: ImageRef, repo: Repository, arch: str | None, tls_verify: bool | None
+) -> tuple[dict[str, LayerRecord], list[str]]:
+    """The records the repository has of `ref`'s layers (by diff ID), and the digests of
+    those layers' blobs, for an image skopeo copies: an upgrade fetches only what changed.
+
+    Asks skopeo for the config and the layer list (no layer travels). Nothing is
+    skipped when the two do not pair up, or when the repository has none of the layers.
+    """
+    raw = skopeo.inspect_config(ref, arch=arch, tls_verify=tls_verify)
+    diff_ids = ImageConfig.parse(raw, f"{ref}: the image config skopeo returned").diff_ids or ()
+    records = {d: r for d in dict.fromkeys(diff_ids) if (r := stored_record(repo, d)) is not None}
+    if not records:
+        return {}, []
+    blobs = skopeo.inspect_layers(ref, arch=arch, tls_verify=tls_verify)
+    if len(blobs) != len(diff_ids):
+        return records, []
+    return records, [blob for blob, d in zip(blobs, diff_ids, strict=True) if d in records]
+
+
 @dataclass(frozen=True)
 class _Layers:
     records: list[LayerRecord]  # every layer's, bottom first
@@ -120,15 +146,22 @@ class _Layers:
 
 
 def _read_layers(
-    image: OpenedImage, repo: Repository | None, sink: ObjectSink, progress: Progress
+    image: OpenedImage,
+    repo: Repository | None,
+    sink: ObjectSink,
+    progress: Progress,
+    known: Mapping[str, LayerRecord],
 ) -> _Layers:
-    """Every layer's record: the repository's when it has it, else read from the blob."""
+    """Every layer's record: the repository's when it has it (`known`: found already),
+    else read from the blob."""
     records: list[LayerRecord] = []
     new: list[LayerRecord] = []
     try:
         for i, layer in enumerate(image.layers, 1):
             progress.begin_layer(i, len(image.layers), layer.diff_id[7:], layer.size)
-            record = stored_record(repo, layer.diff_id) if repo is not None else None
+            record = known.get(layer.diff_id)
+            if record is None and repo is not None:
+                record = stored_record(repo, layer.diff_id)
             if record is None:
                 record = read_layer(image, layer, sink, progress)
                 new.append(record)
@@ -212,11 +245,15 @@ def import_image(
         stack.callback(progress.done)  # clear the progress line, also before an error message
         if repo is not None:
             stack.enter_context(repo.lock())
-        image = stack.enter_context(opened(ref, arch, tls_verify=tls_verify))
+        known: dict[str, LayerRecord] = {}
+        skip: list[str] = []
+        if repo is not None and not ref.transport.native:
+            known, skip = known_layers(ref, repo, arch, tls_verify)  # under the lock: they stay
+        image = stack.enter_context(opened(ref, arch, tls_verify=tls_verify, skip=skip))
         sink = ObjectSink(alg, repo)
         stack.callback(sink.close)
         with repo.batch() if repo is not None else ExitStack():
-            layers = _read_layers(image, repo, sink, progress)
+            layers = _read_layers(image, repo, sink, progress, known)
             bytes_read = progress.bytes
             # Still inside the batch: a layer that cannot be applied publishes nothing either.
             progress.message("building the boot image")

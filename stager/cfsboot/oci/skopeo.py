@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Collection
 from pathlib import Path
 
+from cfsboot.errors import die
 from cfsboot.linux.run import run
+from cfsboot.oci.documents import is_digest
 from cfsboot.oci.reference import ImageRef, Transport
 
 LOCAL_TAG = "image"
@@ -56,12 +60,58 @@ def copy_argv(
 
 
 def copy_to_oci(
-    ref: ImageRef, dest: Path, *, arch: str | None = None, tls_verify: bool | None = None
+    ref: ImageRef,
+    dest: Path,
+    *,
+    arch: str | None = None,
+    tls_verify: bool | None = None,
+    skip: Collection[str] = (),
 ) -> ImageRef:
-    """Copy `ref` into the OCI layout `dest` and return a reference to the copy."""
+    """Copy `ref` into the OCI layout `dest` and return a reference to the copy.
+
+    skip: digests of layer blobs the caller will not read (the repository has their
+    records). skopeo's OCI destination reuses a blob whose file is already there
+    (without reading it, and leaving the manifest as the registry serves it), so an
+    empty file stands in for each and the blob is never fetched.
+    """
+    for digest in skip:
+        if not is_digest(digest):
+            die(f"{ref}: skopeo named a layer {digest!r}, which is not a digest")
+        alg, _, hexdigest = digest.partition(":")
+        blob = dest / "blobs" / alg / hexdigest
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.touch()
     env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
     run(copy_argv(ref, dest, arch=arch, tls_verify=tls_verify), env=env)
     return ImageRef(Transport.OCI, str(dest), LOCAL_TAG)
+
+
+def _inspect_argv(
+    ref: ImageRef, what: list[str], *, arch: str | None, tls_verify: bool | None
+) -> list[str]:
+    argv = ["skopeo"]
+    if arch is not None:
+        argv += ["--override-arch", arch]
+    argv += ["inspect", *what]
+    if tls_verify is not None:
+        argv.append(f"--tls-verify={'true' if tls_verify else 'false'}")
+    argv.append(source_spec(ref))
+    return argv
+
+
+def inspect_layers(
+    ref: ImageRef, *, arch: str | None = None, tls_verify: bool | None = None
+) -> list[str]:
+    """The digests of the layer blobs of `ref`'s image (the host's or `arch`'s), bottom
+    first: `skopeo inspect`'s Layers (the manifest and the config travel, never a layer)."""
+    env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+    argv = _inspect_argv(ref, ["--no-tags"], arch=arch, tls_verify=tls_verify)
+    out = run(argv, capture=True, env=env)
+    try:
+        layers = json.loads(out.stdout).get("Layers") or []
+        return [str(d) for d in layers]
+    except (ValueError, AttributeError) as e:
+        die(f"{ref}: `skopeo inspect` printed no layer list cfsboot understands ({e})")
 
 
 def inspect_config(
@@ -73,12 +123,6 @@ def inspect_config(
     needs. The config's digest survives skopeo's manifest conversions (Docker v2s2
     to OCI), so it names the same image here and in the OCI layout `copy_to_oci` makes.
     """
-    argv = ["skopeo"]
-    if arch is not None:
-        argv += ["--override-arch", arch]
-    argv += ["inspect", "--config", "--raw"]
-    if tls_verify is not None:
-        argv.append(f"--tls-verify={'true' if tls_verify else 'false'}")
-    argv.append(source_spec(ref))
+    argv = _inspect_argv(ref, ["--config", "--raw"], arch=arch, tls_verify=tls_verify)
     env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
     return run(argv, capture=True, env=env).stdout

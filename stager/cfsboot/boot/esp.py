@@ -41,19 +41,7 @@ from stat import S_ISDIR
 
 from cfsboot.errors import CfsbootError
 from cfsboot.linux import fsutil
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from cfsboot.linux.run import run
-else:
-
-    def run(*args, **kwargs):
-        """cfsboot.linux.run.run, imported at the first command: `status` reads the ESP or
-        the deployment without running one, and subprocess is a cost on every such run."""
-        from cfsboot.linux.run import run as run_
-
-        return run_(*args, **kwargs)
-
+from cfsboot.linux.lazyrun import run
 
 NEW_SUFFIX = ".cfsboot-new"
 KEEP_READ_MAX = 64 << 10  # MtoolsEsp keeps files read up to this size (boot entries, menus)

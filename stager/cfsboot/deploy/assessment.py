@@ -46,19 +46,7 @@ from cfsboot.errors import die
 from cfsboot.image import imagefiles
 from cfsboot.linux import efivars
 from cfsboot.linux.fsutil import write_file_atomic
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from cfsboot.linux.run import run
-else:
-
-    def run(*args, **kwargs):
-        """cfsboot.linux.run.run, imported at the first command: `status` reads the ESP or
-        the deployment without running one, and subprocess is a cost on every such run."""
-        from cfsboot.linux.run import run as run_
-
-        return run_(*args, **kwargs)
-
+from cfsboot.linux.lazyrun import run
 
 log = logging.getLogger(__name__)
 

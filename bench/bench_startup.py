@@ -1,16 +1,22 @@
-"""CLI start-up: `cfsboot --help` and `cfsboot status --json` on an installed disk image.
+"""CLI start-up: `cfsboot --help` and `status --json` against the same interpreter's `-c pass`.
 
-Builds the tests' small OS image, installs it with `cfsboot install to-disk`
-into a disk image, loop-mounts its root at its offset (as an admin working on
-an offline disk does: the ESP is then found through the loop device and read
-with mtools) and times both commands, N runs each. With `--base DIR` (another
-checkout, e.g. `git worktree add /tmp/base main`) the same commands of that
-tree run interleaved with this one's, run by run, so that load from elsewhere
-falls on both alike; the ratio is this tree's median over the base's. Wall
-time and CPU time (user + system, children included, which load from other
-processes disturbs less) are both printed.
+The commands people and monitoring run most. The sysroot is a physical root
+with 10 deployments in its boot menu (installed with `cfsboot install
+to-filesystem` into directories, then 9 switches, each finalized), read as
+an admin reads an offline root (--sysroot, --esp, --run-dir).
 
-Needs root (loop mount). Quote the medians with `uptime`'s load average.
+Two installs are timed, each against its own interpreter's `-c pass`:
+- venv: this tree run by the interpreter running this script (`-m cfsboot.cli`,
+  the tree first on PYTHONPATH);
+- package: the Debian package of this tree (`make deb`, unpacked with dpkg-deb)
+  run by /usr/bin/python3 through the package's own /usr/bin/cfsboot.
+
+Runs interleave (pass, --help, status; per install), so that load from
+elsewhere falls on all alike. Bytecode is written by a warm-up run, as an
+installed package has it. With `--base DIR` (another checkout) the venv
+commands of that tree run interleaved too, and its medians are printed. Wall
+time is the figure; CPU time (user + system), which load disturbs less, is
+printed beside it. Quote the medians with `uptime`'s load average.
 """
 
 from __future__ import annotations
@@ -23,88 +29,117 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / d) for d in ("stager", "setup-root", "tests")]
+sys.path.insert(0, str(REPO / "bench"))
 
-from cfsboot.boot.gpt import read_layout  # noqa: E402
-from cfstest import cli  # noqa: E402
+from cfstest import dirsystem  # noqa: E402
 from cfstest.osimages import os_image  # noqa: E402
+from figures import figure  # noqa: E402
+
+DEPLOYMENTS = 10
+SYSTEM_PYTHON = "/usr/bin/python3"
 
 
-def env_for(tree: Path) -> dict[str, str]:
-    env = cli.environ(src=tree)
-    # The warm-up run writes the bytecode, as an installed package has it: a tree whose .pyc
-    # files are stale would otherwise compile its changed modules on every run.
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    return env
+def sysroot(tmp: Path) -> list[str]:
+    """A physical root with DEPLOYMENTS deployments; the options that name it."""
+    system = dirsystem.install(tmp / "sys", os_image(tmp / "oci1", "1"))
+    for i in range(2, DEPLOYMENTS + 1):
+        system.cfs("switch", os_image(tmp / f"oci{i}", str(i)), "-q")
+        system.cfs("finalize-staged")
+    status = system.status()["status"]
+    found = sum(1 for k in ("booted", "rollback", "staged") if status.get(k))
+    found += len(status.get("otherDeployments", []))
+    assert found == DEPLOYMENTS, status
+    return ["--sysroot", str(system.root), "--esp", str(system.esp), "--run-dir", str(system.run)]
 
 
-@contextmanager
-def installed(tmp: Path) -> Iterator[Path]:
-    """The root filesystem of a freshly installed disk image, loop-mounted."""
-    ref = os_image(tmp / "oci", "1")
-    disk = tmp / "disk.img"
-    cli.run("install", "to-disk", ref, disk, "--size", "3G", "-q")
-    root = read_layout(disk).partitions[1]
-    mnt = tmp / "root"
-    mnt.mkdir()
-    opts = f"loop,offset={root.start},sizelimit={root.size}"
-    subprocess.run(["mount", "-o", opts, disk, mnt], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", mnt], check=True)
+def unpacked_deb(tmp: Path, deb: Path | None) -> Path:
+    """The package's files (built by `make deb` unless given), unpacked under tmp."""
+    if deb is None:
+        subprocess.run(["make", "-C", str(REPO), "deb"], check=True, stdout=subprocess.DEVNULL)
+        deb = next((REPO / "build/deb").glob("cfsboot_*.deb"))
+    out = tmp / "deb"
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(out)], check=True)
+    return out
 
 
-def time_once(tree: Path, args: list[str | Path]) -> tuple[float, float]:
-    """(wall, CPU = user + system of the command and its children) in ms."""
+def env_for(pythonpath: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, "PYTHONPATH": pythonpath}
+
+
+def time_once(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall, CPU = user + system of the command) in ms."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    subprocess.run(cli.argv(*args), env=env_for(tree), stdout=subprocess.DEVNULL, check=True)
+    subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL, check=True)
     wall = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     return wall * 1000, cpu * 1000
 
 
+def commands(
+    opts: list[str], trees: dict[str, Path], deb: Path | None
+) -> dict[tuple[str, str], tuple[list[str], dict[str, str]]]:
+    """(install, command) -> (argv, environment)."""
+    out = {}
+    for label, tree in trees.items():
+        env = env_for(os.pathsep.join([str(tree / "stager"), str(tree / "setup-root")]))
+        run = [sys.executable, "-m", "cfsboot.cli"]
+        out[(label, "pass")] = ([sys.executable, "-c", "pass"], env)
+        out[(label, "--help")] = ([*run, "--help"], env)
+        out[(label, "status --json")] = ([*run, "status", "--json", *opts], env)
+    if deb is not None:
+        env = env_for(str(deb / "usr/lib/python3/dist-packages"))
+        run = [SYSTEM_PYTHON, str(deb / "usr/bin/cfsboot")]
+        out[("package", "pass")] = ([SYSTEM_PYTHON, "-c", "pass"], env)
+        out[("package", "--help")] = ([*run, "--help"], env)
+        out[("package", "status --json")] = ([*run, "status", "--json", *opts], env)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="5 runs instead of 21")
-    parser.add_argument("--runs", type=int, help="runs per command and tree")
-    parser.add_argument("--base", type=Path, help="a checkout to compare with")
+    parser.add_argument("--quick", action="store_true", help="7 runs instead of 21")
+    parser.add_argument("--runs", type=int, help="runs per command")
+    parser.add_argument("--base", type=Path, help="a checkout to compare with (venv only)")
+    parser.add_argument("--deb", type=Path, help="the package to time (default: make deb)")
+    parser.add_argument("--no-deb", action="store_true", help="time the venv only")
     args = parser.parse_args(argv)
-    runs = args.runs or (5 if args.quick else 21)
-    if os.getuid() != 0:
-        print("bench_startup: needs root (loop mount)", file=sys.stderr)
-        return 1
-    trees = {"this": REPO, **({"base": args.base.resolve()} if args.base else {})}
-    with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp, installed(Path(tmp)) as mnt:
-        run_dir = Path(tmp) / "run"
-        commands: dict[str, list[str | Path]] = {
-            "--help": ["--help"],
-            "status --json": ["status", "--json", "--sysroot", mnt, "--run-dir", run_dir],
-        }
-        times: dict[tuple[str, str], list[tuple[float, float]]] = {}
-        for name, cmd in commands.items():
-            for tree in trees.values():
-                time_once(tree, cmd)  # warm-up: page cache, bytecode
-            for _ in range(runs):
-                for label, tree in trees.items():
-                    times.setdefault((name, label), []).append(time_once(tree, cmd))
-        print(f"{runs} runs each, load average {os.getloadavg()[0]:.2f} at the end")
-        for name in commands:
-            for i, what in enumerate(("wall", "CPU")):
-                medians = {
-                    label: statistics.median(t[i] for t in times[(name, label)]) for label in trees
-                }
-                line = "  ".join(f"{label} {ms:6.1f} ms" for label, ms in medians.items())
-                if "base" in medians:
-                    line += f"  (this/base {medians['this'] / medians['base']:.3f})"
-                print(f"cfsboot {name:14} {what:4} median: {line}")
+    runs = args.runs or (7 if args.quick else 21)
+    trees = {"venv": REPO, **({"base": args.base.resolve()} if args.base else {})}
+    with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
+        opts = sysroot(Path(tmp))
+        deb = None if args.no_deb else unpacked_deb(Path(tmp), args.deb)
+        cmds = commands(opts, trees, deb)
+        for argv_, env in cmds.values():
+            time_once(argv_, env)  # warm-up: page cache, bytecode
+        times: dict[tuple[str, str], list[tuple[float, float]]] = {k: [] for k in cmds}
+        for _ in range(runs):
+            for key, (argv_, env) in cmds.items():
+                times[key].append(time_once(argv_, env))
+        load = os.getloadavg()
+    print(f"{runs} runs each, {DEPLOYMENTS} deployments, load average {load[0]:.2f} {load[1]:.2f}")
+
+    def med(key: tuple[str, str], i: int) -> float:
+        return statistics.median(t[i] for t in times[key])
+
+    for install in dict.fromkeys(k[0] for k in cmds):
+        python = cmds[(install, "pass")][0][0]
+        print(f"{install} ({python}): medians, wall / CPU ms")
+        for name in ("pass", "--help", "status --json"):
+            wall, cpu = med((install, name), 0), med((install, name), 1)
+            print(f"  {name:14} {wall:6.1f} / {cpu:6.1f}")
+    for install in ("venv", "package"):
+        if (install, "pass") not in cmds:
+            continue
+        for name in ("--help", "status --json"):
+            cfs, ref = med((install, name), 0), med((install, "pass"), 0)
+            figure(f"startup {name} ({install}, vs -c pass)", cfs, ref, "<= 2.0", unit="ms")
     return 0
 
 

@@ -51,7 +51,9 @@ def _load() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller inputs, fewer runs")
-    parser.add_argument("--all", action="store_true", help=f"also the slow ones ({', '.join(SLOW)})")
+    parser.add_argument(
+        "--all", action="store_true", help=f"also the slow ones ({', '.join(SLOW)})"
+    )
     parser.add_argument("only", nargs="*", help="names of benchmarks to run (e.g. fsverity)")
     args = parser.parse_args(argv)
     failed = 0

@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     osimage, registry = _vm("osimage"), _vm("registry")
     images = osimage.ensure_images(("v1", "v2"))
     work = Path(tempfile.mkdtemp(prefix="cfsboot-bench-upgrade.", dir="/var/tmp"))
-    mnt = work / "mnt"
-    mnt.mkdir()
+    # Not under /var/tmp: the switch runs with another directory bound there.
+    mnt = Path(tempfile.mkdtemp(prefix="cfsboot-bench-upgrade-mnt."))
     fs = work / "fs.img"
     subprocess.run(["truncate", "-s", FS_SIZE, str(fs)], check=True)
     subprocess.run(["mkfs.ext4", "-q", "-F", str(fs)], check=True)
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                 "switch", reg.ref("v2"), "-q",
                 "--sysroot", root,
                 "--esp", esp,
-                "--run-dir", work / "run",
+                "--run-dir", mnt / "run",
             )  # fmt: skip
             bind = 'mount --bind "$0" /var/tmp && exec "$@"'
             subprocess.run(
@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         figure("upgrade bytes written", fs_bytes / 1e6, changed / 1e6, "<= 1.1", unit="MB")
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+        mnt.rmdir()
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(HERE))
 
 from figures import LINE, table  # noqa: E402
 
-SLOW = {"boot"}  # bench_boot: about 25 minutes (a provisioning boot, then 5 boots per side)
+SLOW = {"boot"}  # bench_boot: QEMU TCG boots, well over 10 minutes
 
 
 class _Tee(io.TextIOBase):

@@ -133,9 +133,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     osimage, registry = _vm("osimage"), _vm("registry")
     images = osimage.ensure_images(("v1", "v2"))
-    work = Path(tempfile.mkdtemp(prefix="cfsboot-bench-upgrade.", dir="/var/tmp"))
-    # Not under /var/tmp: the switch runs with another directory bound there.
-    mnt = Path(tempfile.mkdtemp(prefix="cfsboot-bench-upgrade-mnt."))
+    # Not under /var/tmp (the switch runs with another directory bound there): in /tmp,
+    # which is on the disk here (the filesystem image is sparse: what it holds, 2 GB).
+    work = Path(tempfile.mkdtemp(prefix="cfsboot-bench-upgrade."))
+    mnt = work / "mnt"
+    mnt.mkdir()
     fs = work / "fs.img"
     subprocess.run(["truncate", "-s", FS_SIZE, str(fs)], check=True)
     subprocess.run(["mkfs.ext4", "-q", "-F", str(fs)], check=True)
@@ -184,7 +186,6 @@ def main(argv: list[str] | None = None) -> int:
         figure("upgrade bytes written", fs_bytes / 1e6, changed / 1e6, "<= 1.1", unit="MB")
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
-        mnt.rmdir()
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

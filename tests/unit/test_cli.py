@@ -115,4 +115,3 @@ def test_the_listing_parser_shows_what_the_full_one_shows() -> None:
         for p in (full, listing)
     ]
     assert list(choices[1]) == list(choices[0])
-

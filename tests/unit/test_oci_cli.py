@@ -213,6 +213,7 @@ def test_skopeo_skips_the_layers_the_repository_has(
         build_layout(path, [LAYERS[0], top[v]], tag="image")
     calls: list[list[str]] = []
     stand_ins: list[tuple[str, int]] = []
+    pulled_under: list[Path] = []
 
     class Done:
         def __init__(self, stdout: bytes) -> None:
@@ -224,9 +225,10 @@ def test_skopeo_skips_the_layers_the_repository_has(
         manifest, config = _served(served)
         if "--config" in argv:
             return Done(config)
-        if "--no-tags" in argv:
-            return Done(json.dumps({"Layers": [d["digest"] for d in manifest["layers"]]}).encode())
+        if "--raw" in argv:
+            return Done(json.dumps(manifest).encode())
         dest = Path(argv[-1].removeprefix("oci:").rsplit(":", 1)[0])
+        pulled_under.append(dest.parent)
         for blob in sorted(dest.rglob("*")) if dest.exists() else []:
             if blob.is_file():
                 stand_ins.append((blob.name, blob.stat().st_size))
@@ -247,9 +249,11 @@ def test_skopeo_skips_the_layers_the_repository_has(
     src = "docker://registry.example/os:2"
     assert [c[:-1] if c[1] == "copy" else c for c in calls] == [
         ["skopeo", "inspect", "--config", "--raw", src],
-        ["skopeo", "inspect", "--no-tags", src],
+        ["skopeo", "inspect", "--raw", src],
         ["skopeo", "copy", "--quiet", src],
     ]
+    # A fresh repository's pull: size unknown, on the disk; v2's top layer: in memory.
+    assert pulled_under == [Path("/var/tmp"), Path("/run")]
     base_blob = _served(layouts["2"])[0]["layers"][0]["digest"][7:]
     assert stand_ins == [(base_blob, 0)]
     assert (second.layers_read, second.layers_reused) == (1, 1)
@@ -275,6 +279,8 @@ def test_a_layer_list_that_does_not_pair_with_the_config_skips_nothing(
         manifest, config = _served(served)
         if "--config" in argv:
             return Done(config)
+        if "--raw" in argv:  # a multi-arch index: no layers, so skopeo's Layers are asked for
+            return Done(json.dumps({"manifests": []}).encode())
         if "--no-tags" in argv:
             return Done(json.dumps({"Layers": [manifest["layers"][0]["digest"]]}).encode())
         dest = Path(argv[-1].removeprefix("oci:").rsplit(":", 1)[0])
@@ -288,3 +294,25 @@ def test_a_layer_list_that_does_not_pair_with_the_config_skips_nothing(
     second = import_image("docker://registry.example/os:2", repo)
     assert copied_into == [[], []]  # no stand-in: skopeo fetches every layer
     assert (second.layers_read, second.layers_reused) == (1, 1)  # the record is used all the same
+
+
+def test_a_pull_goes_to_memory_when_it_fits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """/run when what is fetched takes at most a quarter of its free space, else /var/tmp."""
+    import os
+
+    from cfsboot.image import importer
+
+    class Vfs:
+        f_bavail = 1000
+        f_frsize = 4096
+
+    monkeypatch.setattr(os, "statvfs", lambda path: Vfs())
+    assert importer.pull_dir(1000 * 4096 // 4) == "/run"
+    assert importer.pull_dir(1000 * 4096 // 4 + 1) == "/var/tmp"
+    assert importer.pull_dir(None) == "/var/tmp"
+
+    def missing(path: str) -> os.statvfs_result:
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(os, "statvfs", missing)
+    assert importer.pull_dir(1) == "/var/tmp"

@@ -328,12 +328,18 @@ def test_symlinks_are_stored_not_followed(tmp_path: Path) -> None:
         import_image(through, None, algorithm=HashAlg.SHA256)
 
 
-def test_object_digests_either_side_of_the_memory_limit(tmp_path: Path) -> None:
+def test_object_digests_either_side_of_the_memory_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Files hashed whole on a worker thread and files hashed chunk by chunk while they
-    stream (bigger than MEMORY_OBJECT_MAX) get the kernel's digest, with and without a
-    repository, and the same content twice is one object."""
-    from cfsboot.image.objectsink import CHUNK, MEMORY_OBJECT_MAX
+    stream (bigger than MEMORY_OBJECT_MAX, lowered here to keep the test small) get the
+    kernel's digest, with and without a repository, and the same content twice is one
+    object."""
+    from cfsboot.image import objectsink
+    from cfsboot.image.objectsink import CHUNK
 
+    MEMORY_OBJECT_MAX = 4 << 20  # noqa: N806
+    monkeypatch.setattr(objectsink, "MEMORY_OBJECT_MAX", MEMORY_OBJECT_MAX)
     sizes = [65, 4096, MEMORY_OBJECT_MAX, MEMORY_OBJECT_MAX + 1, 3 * CHUNK + MEMORY_OBJECT_MAX + 7]
     pattern = bytes(range(251))  # a prime period: no two blocks alike across files
     blobs = {f"usr/f{i}": (bytes([i]) + pattern * (n // 251 + 1))[:n] for i, n in enumerate(sizes)}

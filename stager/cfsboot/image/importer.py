@@ -15,6 +15,7 @@ every layer was verified.
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
@@ -47,6 +48,13 @@ from cfsboot.oci.documents import ImageConfig
 from cfsboot.oci.image import open_image
 from cfsboot.oci.reference import ImageRef, parse
 from setuproot.contract import HashAlg
+
+# Where skopeo copies an image to: /run (memory on every systemd system) when what it
+# fetches takes at most 1/RUN_SHARE of the space free there, so that an upgrade's few
+# layers never reach the disk; else /var/tmp, which is on the disk.
+RUN_DIR = "/run"
+RUN_SHARE = 4
+DISK_TMP_DIR = "/var/tmp"
 
 
 def default_tag(ref: str) -> str:
@@ -84,17 +92,18 @@ def opened(
     *,
     tls_verify: bool | None = None,
     skip: Collection[str] = (),
+    tmp_dir: str = DISK_TMP_DIR,
 ) -> Iterator[OpenedImage]:
     """Open a reference natively, or through `skopeo copy` into a temporary OCI layout.
 
     `tls_verify` is for skopeo's registries (None: skopeo's default and registries.conf).
     `skip`: layer blobs skopeo need not fetch (skopeo.copy_to_oci): the caller must not
-    read them.
+    read them. `tmp_dir`: where the temporary layout goes (pull_dir).
     """
     with ExitStack() as stack:
         if not ref.transport.native:
             tmp = stack.enter_context(
-                tempfile.TemporaryDirectory(prefix="cfsboot-pull-", dir="/var/tmp")
+                tempfile.TemporaryDirectory(prefix="cfsboot-pull-", dir=tmp_dir)
             )
             ref = skopeo.copy_to_oci(ref, Path(tmp), arch=arch, tls_verify=tls_verify, skip=skip)
         image = open_image(ref, arch=arch)
@@ -118,11 +127,20 @@ def fetch_config(
     return "sha256:" + hashlib.sha256(raw).hexdigest(), config
 
 
+@dataclass(frozen=True)
+class KnownLayers:
+    """What the repository has of an image skopeo is to copy, and what is left to fetch."""
+
+    records: dict[str, LayerRecord]  # by diff ID
+    skip: list[str]  # digests of the blobs not to fetch (their records are here)
+    fetch_bytes: int | None  # the size of the blobs to fetch; None when not known
+
+
 def known_layers(
     ref: ImageRef, repo: Repository, arch: str | None, tls_verify: bool | None
-) -> tuple[dict[str, LayerRecord], list[str]]:
-    """The records the repository has of `ref`'s layers (by diff ID), and the digests of
-    those layers' blobs, for an image skopeo copies: an upgrade fetches only what changed.
+) -> KnownLayers:
+    """The records the repository has of `ref`'s layers, and those layers' blobs, for an
+    image skopeo copies: an upgrade fetches only what changed.
 
     Asks skopeo for the config and the layer list (no layer travels). Nothing is
     skipped when the two do not pair up, or when the repository has none of the layers.
@@ -131,11 +149,25 @@ def known_layers(
     diff_ids = ImageConfig.parse(raw, f"{ref}: the image config skopeo returned").diff_ids or ()
     records = {d: r for d in dict.fromkeys(diff_ids) if (r := stored_record(repo, d)) is not None}
     if not records:
-        return {}, []
+        return KnownLayers({}, [], None)
     blobs = skopeo.inspect_layers(ref, arch=arch, tls_verify=tls_verify)
     if len(blobs) != len(diff_ids):
-        return records, []
-    return records, [blob for blob, d in zip(blobs, diff_ids, strict=True) if d in records]
+        return KnownLayers(records, [], None)
+    pairs = list(zip(blobs, diff_ids, strict=True))
+    sizes = [size for (_, size), d in pairs if d not in records]
+    fetch = None if None in sizes else sum(s for s in sizes if s is not None)
+    return KnownLayers(records, [digest for (digest, _), d in pairs if d in records], fetch)
+
+
+def pull_dir(fetch_bytes: int | None) -> str:
+    """The directory a skopeo copy of `fetch_bytes` (None: unknown) goes under."""
+    if fetch_bytes is None:
+        return DISK_TMP_DIR
+    try:
+        st = os.statvfs(RUN_DIR)
+    except OSError:
+        return DISK_TMP_DIR
+    return RUN_DIR if fetch_bytes * RUN_SHARE <= st.f_bavail * st.f_frsize else DISK_TMP_DIR
 
 
 @dataclass(frozen=True)
@@ -245,15 +277,22 @@ def import_image(
         stack.callback(progress.done)  # clear the progress line, also before an error message
         if repo is not None:
             stack.enter_context(repo.lock())
-        known: dict[str, LayerRecord] = {}
-        skip: list[str] = []
+        known = KnownLayers({}, [], None)
         if repo is not None and not ref.transport.native:
-            known, skip = known_layers(ref, repo, arch, tls_verify)  # under the lock: they stay
-        image = stack.enter_context(opened(ref, arch, tls_verify=tls_verify, skip=skip))
+            known = known_layers(ref, repo, arch, tls_verify)  # under the lock: they stay
+        image = stack.enter_context(
+            opened(
+                ref,
+                arch,
+                tls_verify=tls_verify,
+                skip=known.skip,
+                tmp_dir=pull_dir(known.fetch_bytes),
+            )
+        )
         sink = ObjectSink(alg, repo)
         stack.callback(sink.close)
         with repo.batch() if repo is not None else ExitStack():
-            layers = _read_layers(image, repo, sink, progress, known)
+            layers = _read_layers(image, repo, sink, progress, known.records)
             bytes_read = progress.bytes
             # Still inside the batch: a layer that cannot be applied publishes nothing either.
             progress.message("building the boot image")

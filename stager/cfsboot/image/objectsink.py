@@ -19,7 +19,11 @@ from cfsboot.composefs.repository import Repository
 from cfsboot.oci import tar
 from setuproot.contract import HashAlg
 
-MEMORY_OBJECT_MAX = 4 << 20  # larger files go through a temp file, not memory
+# Larger files go through a temp file, not memory. Files up to it are written once, and only
+# when new; through the temp file, a file is written twice (the temp file, then the object)
+# or once for nothing (an object the repository has). Kernels and initramfs images are
+# what lies above a few MB in an OS image: an upgrade writes them once, or not at all.
+MEMORY_OBJECT_MAX = 32 << 20
 WRITER_THREADS = 2
 MAX_IN_FLIGHT = 64 << 20
 CHUNK = 1 << 20

@@ -101,16 +101,24 @@ def _inspect_argv(
 
 def inspect_layers(
     ref: ImageRef, *, arch: str | None = None, tls_verify: bool | None = None
-) -> list[str]:
-    """The digests of the layer blobs of `ref`'s image (the host's or `arch`'s), bottom
-    first: `skopeo inspect`'s Layers (the manifest and the config travel, never a layer)."""
+) -> list[tuple[str, int | None]]:
+    """The layer blobs of `ref`'s image (the host's or `arch`'s), bottom first: (digest,
+    size), the size None when unknown. Only manifests and the config travel.
+
+    The manifest as the registry serves it (`inspect --raw`) names both; a multi-arch
+    index does not, and `skopeo inspect`'s Layers (digests only) name the blobs of the
+    image skopeo picks from it.
+    """
     env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
-    argv = _inspect_argv(ref, ["--no-tags"], arch=arch, tls_verify=tls_verify)
-    out = run(argv, capture=True, env=env)
+    argv = _inspect_argv(ref, ["--raw"], arch=arch, tls_verify=tls_verify)
     try:
-        layers = json.loads(out.stdout).get("Layers") or []
-        return [str(d) for d in layers]
-    except (ValueError, AttributeError) as e:
+        doc = json.loads(run(argv, capture=True, env=env).stdout)
+        if isinstance(doc, dict) and isinstance(doc.get("layers"), list):
+            return [(str(d["digest"]), int(d["size"])) for d in doc["layers"]]
+        argv = _inspect_argv(ref, ["--no-tags"], arch=arch, tls_verify=tls_verify)
+        layers = json.loads(run(argv, capture=True, env=env).stdout).get("Layers") or []
+        return [(str(d), None) for d in layers]
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
         die(f"{ref}: `skopeo inspect` printed no layer list cfsboot understands ({e})")
 
 

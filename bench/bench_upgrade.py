@@ -16,7 +16,8 @@ system, where /var/tmp is on the physical root.
   created or changed there (new objects, the EROFS image, streams, state,
   boot entries and boot files). The process tree's own count (write_bytes
   less cancelled_write_bytes of /proc/self/io, which takes in reaped
-  children) is printed too.
+  children) is printed too: it also counts what went to tmpfs (/run), which
+  never reaches a disk.
 
 Goal for both: <= 1.1. Needs root (loop mount, mount namespace) and the
 docker-registry, skopeo and mkfs.ext4 tools; builds the test OS images first

@@ -72,6 +72,13 @@ class HashAlg(StrEnum):
         return {alg.repo_name: alg for alg in cls}.get(name)
 
 
+class KargStyle(enum.StrEnum):
+    """How the stager spells the composefs karg it writes (setup-root reads both)."""
+
+    COMPOSEFS = "composefs"  # composefs=[?]HEX, what bootc writes
+    DIGEST = "digest"  # composefs.digest=[?]v1-ALG-12:HEX, composefs-rs's self-describing form
+
+
 class KargError(ValueError):
     """A composefs karg that is present but malformed."""
 
@@ -84,8 +91,12 @@ class ComposefsKarg:
     algorithm: HashAlg
     insecure: bool  # "?" prefix: fs-verity not required
 
-    def to_karg(self) -> str:
-        return f"{KARG}={'?' if self.insecure else ''}{self.digest}"
+    def to_karg(self, style: KargStyle = KargStyle.COMPOSEFS) -> str:
+        q = "?" if self.insecure else ""
+        if style is KargStyle.DIGEST:
+            # v1: the EROFS format of mkcomposefs --min-version=1, which cfsboot writes.
+            return f"{KARG_DIGEST}={q}v1-{self.algorithm}-12:{self.digest}"
+        return f"{KARG}={q}{self.digest}"
 
 
 _HEX_DIGITS = "0123456789abcdefABCDEF"

@@ -382,11 +382,20 @@ def read_esp(esp: Path, entries_dir: str = "loader/entries") -> Menu:
 # ---------------------------------------------------------------------------------------
 
 _KARG = re.compile(r"composefs=\??([0-9a-f]{64}|[0-9a-f]{128})")
+_KARG_DIGEST = re.compile(
+    r"composefs\.digest=\??v1-(?:sha256-12:([0-9a-f]{64})|sha512-12:([0-9a-f]{128}))"
+)
 
 
 def composefs_digest(cmdline: Iterable[str]) -> str | None:
-    """The image a command line asks setup-root to mount (`composefs=[?]HEX`)."""
-    for word in cmdline:
+    """The image a command line names (`composefs.digest=[?]v1-ALG-12:HEX`, else
+    `composefs=[?]HEX`: composefs-rs's order); the first of several."""
+    words = list(cmdline)
+    for word in words:
+        m = _KARG_DIGEST.fullmatch(word)
+        if m:
+            return m.group(1) or m.group(2)
+    for word in words:
         m = _KARG.fullmatch(word)
         if m:
             return m.group(1)

@@ -298,6 +298,24 @@ def test_ukify_argv_and_sealed_digest(tmp_path: Path, monkeypatch: pytest.Monkey
     assert ukify.default_output(root, KVER) == Path(f"/boot/EFI/Linux/debian-13-{KVER}.efi")
 
 
+def test_ukify_digest_karg_style(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = good_root(tmp_path / "root")
+    digest = compute_digest(root, alg=HashAlg.SHA256).digest
+    cmdlines: list[str] = []
+
+    def fake_run(argv: list[str]) -> None:
+        out = next(a for a in argv if a.startswith("--output=")).removeprefix("--output=")
+        cmdline = next(a for a in argv if a.startswith("--cmdline=")).removeprefix("--cmdline=")
+        cmdlines.append(cmdline)
+        Path(out).write_bytes(make_pe([(b".cmdline", cmdline.encode() + b"\0"), LINUX]))
+
+    monkeypatch.setattr(ukify, "run", fake_run)
+    out = tmp_path / "os.efi"
+    argv = ["container", "ukify", "--root", str(root), "--output", str(out), "--hash", "sha256"]
+    assert main([*argv, "--karg-style", "digest"]) == 0
+    assert cmdlines == [f"composefs.digest=v1-sha256-12:{digest} console=ttyS0"]
+
+
 def test_ukify_refuses_a_wrong_seal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = good_root(tmp_path / "root")
 

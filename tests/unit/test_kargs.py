@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from cfsboot.boot.kargs import install_kargs, set_composefs_karg, upgrade_kargs
+from cfsboot.boot.kargs import install_kargs, karg_style, set_composefs_karg, upgrade_kargs
 from cfsboot.errors import CfsbootError
 from cfsboot.image.kargsd import KARGS_D, load_kargs_d, split_kargs
 from cfsboot.linux.arch import rust_arch
-from setuproot.contract import ComposefsKarg, HashAlg
+from setuproot.contract import ComposefsKarg, HashAlg, KargStyle
 
 OLD = ComposefsKarg("aa" * 64, HashAlg.SHA512, False)
 NEW = ComposefsKarg("bb" * 64, HashAlg.SHA512, True)
@@ -99,3 +99,57 @@ def test_upgrade_applies_kargs_d_difference() -> None:
         current, old_kargs_d=["old=1", "both=1"], new_kargs_d=["both=1", "new=1"], composefs=NEW
     )
     assert got == ["rw", "console=ttyS0", f"composefs=?{NEW.digest}", "both=1", "admin=1", "new=1"]
+
+
+def test_install_kargs_digest_style() -> None:
+    got = install_kargs(install=["rw"], composefs=OLD, kargs_d=["quiet"], style=KargStyle.DIGEST)
+    assert got == ["rw", f"composefs.digest=v1-sha512-12:{OLD.digest}", "quiet"]
+    sha256 = ComposefsKarg("cc" * 32, HashAlg.SHA256, True)
+    got = install_kargs(install=[], composefs=sha256, kargs_d=[], style=KargStyle.DIGEST)
+    assert got == [f"composefs.digest=?v1-sha256-12:{'cc' * 32}"]
+
+
+def test_karg_style_of_arguments() -> None:
+    assert karg_style(["rw", f"composefs={OLD.digest}"]) is KargStyle.COMPOSEFS
+    assert karg_style([f"composefs.digest=v1-sha512-12:{OLD.digest}", "composefs=x"]) is (
+        KargStyle.DIGEST
+    )
+    assert karg_style(["rw", "composefsx=1"]) is None
+
+
+def test_set_composefs_karg_keeps_the_spelling_unless_told() -> None:
+    args = ["a", f"composefs.digest=v1-sha512-12:{OLD.digest}", "b"]
+    assert set_composefs_karg(args, NEW) == [
+        "a",
+        f"composefs.digest=?v1-sha512-12:{NEW.digest}",
+        "b",
+    ]
+    assert set_composefs_karg(args, NEW, KargStyle.COMPOSEFS) == [
+        "a",
+        f"composefs=?{NEW.digest}",
+        "b",
+    ]
+    assert set_composefs_karg(["a", f"composefs={OLD.digest}"], NEW, KargStyle.DIGEST) == [
+        "a",
+        f"composefs.digest=?v1-sha512-12:{NEW.digest}",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("current", "style", "expected"),
+    [
+        # The new entry spells it as the current one does ...
+        ([f"composefs.digest=v1-sha512-12:{OLD.digest}", "rw"], None,
+         f"composefs.digest=?v1-sha512-12:{NEW.digest}"),
+        ([f"composefs={OLD.digest}", "rw"], None, f"composefs=?{NEW.digest}"),
+        # ... unless told, and composefs= when the current one has none (a UKI's entry).
+        ([f"composefs.digest=v1-sha512-12:{OLD.digest}", "rw"], KargStyle.COMPOSEFS,
+         f"composefs=?{NEW.digest}"),
+        ([f"composefs={OLD.digest}", "rw"], KargStyle.DIGEST,
+         f"composefs.digest=?v1-sha512-12:{NEW.digest}"),
+        (["rw"], None, f"composefs=?{NEW.digest}"),
+    ],
+)  # fmt: skip
+def test_upgrade_karg_style(current: list[str], style: KargStyle | None, expected: str) -> None:
+    got = upgrade_kargs(current, old_kargs_d=[], new_kargs_d=[], composefs=NEW, style=style)
+    assert got == ([expected, "rw"] if len(current) == 2 else ["rw", expected])

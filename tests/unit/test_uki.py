@@ -38,8 +38,8 @@ def test_reads_sections_and_text() -> None:
     assert u.boot_label() == "Debian GNU/Linux 13 (trixie) 13"
     linux = u.section(".linux")
     assert linux is not None and (linux.size, linux.raw_size) == (600, 0x400)
-    k = u.composefs()
-    assert k is not None and (k.digest, k.algorithm, k.insecure) == (SHA512, HashAlg.SHA512, False)
+    (k,) = u.composefs_kargs()
+    assert (k.digest, k.algorithm, k.insecure) == (SHA512, HashAlg.SHA512, False)
 
 
 def test_pe32_and_versioned_digest() -> None:
@@ -51,8 +51,8 @@ def test_pe32_and_versioned_digest() -> None:
         opt_magic=0x10B,
         opt_size=224,
     )
-    k = parse_uki(data).composefs()
-    assert k is not None and (k.digest, k.algorithm, k.insecure) == (
+    (k,) = parse_uki(data).composefs_kargs()
+    assert (k.digest, k.algorithm, k.insecure) == (
         "ab" * 32,
         HashAlg.SHA256,
         True,
@@ -69,11 +69,51 @@ def test_check_composefs_digest() -> None:
     )
     with pytest.raises(UKIError, match="has no composefs= argument"):
         parse_uki(uki_bytes("rw quiet"), name="x.efi").check_composefs(SHA512)
-    assert parse_uki(uki_bytes("rw")).composefs() is None
+    assert parse_uki(uki_bytes("rw")).composefs_kargs() == []
     with pytest.raises(UKIError, match="x.efi: invalid kernel argument composefs=12"):
-        parse_uki(uki_bytes("composefs=12"), name="x.efi").composefs()
-    with pytest.raises(UKIError, match="several different composefs digests"):
-        parse_uki(uki_bytes(f"composefs={SHA512} composefs={'d1' * 64}")).composefs()
+        parse_uki(uki_bytes("composefs=12"), name="x.efi").composefs_kargs()
+
+
+# composefs-rs's test digests (crates/composefs-boot/src/cmdline.rs).
+RS_SHA256 = "8b7df143d91c716ecfa5fc1730022f6b421b05cedee8fd52b1fc65a96030ad52"
+RS_SHA512 = (
+    "6f06b5e82420abec546d6e6d3ddd612c50cfa9b707c129345b7ec16f456b92fe"
+    "35df68999b042e1a6a70dfe75f2fed8cf9f67afd0bf08d2374678d75e2f65a02"
+)
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "expected", "insecure"),
+    [
+        # Two composefs.digest= entries, one per hash algorithm: either names the image.
+        (f"rw composefs.digest=v1-sha256-12:{RS_SHA256} composefs.digest=v1-sha512-12:{RS_SHA512}",
+         RS_SHA512, False),
+        (f"rw composefs.digest=v1-sha256-12:{RS_SHA256} composefs.digest=v1-sha512-12:{RS_SHA512}",
+         RS_SHA256, False),
+        # bootc's composefs= plus composefs-rs's spelling of another digest.
+        (f"composefs={RS_SHA512} composefs.digest=?v1-sha256-12:{RS_SHA256} quiet",
+         RS_SHA512, False),
+        (f"composefs={RS_SHA512} composefs.digest=?v1-sha256-12:{RS_SHA256} quiet",
+         RS_SHA256, True),
+        # The same digest twice: the first (as setup-root reads them) decides.
+        (f"composefs={SHA512} composefs.digest=?v1-sha512-12:{SHA512}", SHA512, True),
+    ],
+)  # fmt: skip
+def test_check_composefs_several_digests(cmdline: str, expected: str, insecure: bool) -> None:
+    k = parse_uki(uki_bytes(cmdline), name="x.efi").check_composefs(expected.upper())
+    assert (k.digest, k.insecure) == (expected, insecure)
+
+
+def test_check_composefs_several_digests_none_matches() -> None:
+    u = parse_uki(
+        uki_bytes(f"composefs={SHA512} composefs={'d1' * 64} composefs={SHA512}"), name="x.efi"
+    )
+    with pytest.raises(UKIError) as e:
+        u.check_composefs("e2" * 64)
+    assert str(e.value) == (
+        f"x.efi: the UKI has the wrong composefs= digest (is {SHA512}, {'d1' * 64}, should be"
+        f" {'e2' * 64}); rebuild the UKI from this image (was the image changed after sealing?)"
+    )
 
 
 def test_boot_digest_hashes_linux_then_initrd(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Kernel arguments of boot entries: install-time ones, kargs.d, composefs=.
+"""Kernel arguments of boot entries: install-time ones, kargs.d, composefs= (or composefs.digest=).
 
 kargs.d files themselves are read by cfsboot.image.kargsd.
 """
@@ -8,7 +8,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from cfsboot.errors import die
-from setuproot.contract import KARG, KARG_DIGEST, ComposefsKarg
+from setuproot.contract import KARG, KARG_DIGEST, ComposefsKarg, KargStyle
+
+# Why --karg-style cannot apply to an image that ships a UKI.
+UKI_STYLE_SEALED = (
+    "a UKI's sealed command line spells its composefs karg"
+    " (build it with cfsboot container ukify --karg-style)"
+)
 
 
 def karg_key(arg: str) -> str:
@@ -19,19 +25,37 @@ def is_composefs_karg(arg: str) -> bool:
     return karg_key(arg) in (KARG, KARG_DIGEST)
 
 
-def set_composefs_karg(args: Sequence[str], karg: ComposefsKarg) -> list[str]:
-    """`args` with every composefs karg replaced by `karg` (in the first one's place, or last)."""
+def karg_style(args: Iterable[str]) -> KargStyle | None:
+    """How `args` spell their (first) composefs karg; None when they have none."""
+    for arg in args:
+        key = karg_key(arg)
+        if key == KARG_DIGEST:
+            return KargStyle.DIGEST
+        if key == KARG:
+            return KargStyle.COMPOSEFS
+    return None
+
+
+def set_composefs_karg(
+    args: Sequence[str], karg: ComposefsKarg, style: KargStyle | None = None
+) -> list[str]:
+    """`args` with every composefs karg replaced by `karg` (in the first one's place, or last).
+
+    style: how to spell it; None keeps the spelling `args` use (composefs= if they have none).
+    """
+    if style is None:
+        style = karg_style(args) or KargStyle.COMPOSEFS
     out: list[str] = []
     placed = False
     for arg in args:
         if is_composefs_karg(arg):
             if not placed:
-                out.append(karg.to_karg())
+                out.append(karg.to_karg(style))
                 placed = True
         else:
             out.append(arg)
     if not placed:
-        out.append(karg.to_karg())
+        out.append(karg.to_karg(style))
     return out
 
 
@@ -47,14 +71,18 @@ def dedupe(args: Iterable[str]) -> list[str]:
 
 
 def install_kargs(
-    *, install: Sequence[str], composefs: ComposefsKarg, kargs_d: Sequence[str]
+    *,
+    install: Sequence[str],
+    composefs: ComposefsKarg,
+    kargs_d: Sequence[str],
+    style: KargStyle = KargStyle.COMPOSEFS,
 ) -> list[str]:
     """The first deployment's arguments in bootc's order: install ones (`rw`, `--karg`),
     the composefs karg, then the image's kargs.d. A composefs karg given anywhere else is replaced.
     """
     base = [a for a in install if not is_composefs_karg(a)]
     rest = [a for a in kargs_d if not is_composefs_karg(a)]
-    return dedupe([*base, composefs.to_karg(), *rest])
+    return dedupe([*base, composefs.to_karg(style), *rest])
 
 
 def upgrade_kargs(
@@ -63,16 +91,21 @@ def upgrade_kargs(
     old_kargs_d: Sequence[str],
     new_kargs_d: Sequence[str],
     composefs: ComposefsKarg,
+    style: KargStyle | None = None,
 ) -> list[str]:
     """A new deployment's arguments from the booted entry's, as bootc computes them on upgrade.
 
     Drop what only the old image's kargs.d had, add what only the new one has,
-    swap the composefs karg. Arguments the admin added by hand stay.
+    swap the composefs karg (spelt as `current` spells it unless `style` says).
+    Arguments the admin added by hand stay.
     """
     removed = set(old_kargs_d) - set(new_kargs_d)
     added = [a for a in new_kargs_d if a not in set(old_kargs_d)]
     kept = [a for a in current if a not in removed]
-    return dedupe(set_composefs_karg([*kept, *(a for a in added if a not in kept)], composefs))
+    if style is None:
+        style = karg_style(current) or KargStyle.COMPOSEFS
+    merged = [*kept, *(a for a in added if a not in kept)]
+    return dedupe(set_composefs_karg(merged, composefs, style))
 
 
 def check_karg_deletes(deletes: Sequence[str]) -> None:

@@ -1,7 +1,7 @@
 """Unified Kernel Images: the PE/COFF section table and the `.cmdline`, `.osrel`, `.uname` sections.
 
 Only what cfsboot needs: find a UKI's sections, read its sealed command line
-and os-release, check that its `composefs=` digest names the image it ships
+and os-release, check that one of its composefs digests names the image it ships
 with, and hash `.linux` + `.initrd` (bootc's boot digest). Section references
 follow the Microsoft PE Format specification. A multi-profile UKI repeats
 sections after `.profile`; the first occurrence (the base profile) is used.
@@ -56,33 +56,37 @@ class UKI:
     def boot_label(self) -> str | None:
         return self.os_release().boot_label()
 
-    def composefs(self) -> ComposefsKarg | None:
-        """The composefs karg sealed in `.cmdline`, or None if there is none."""
+    def composefs_kargs(self) -> list[ComposefsKarg]:
+        """Every composefs karg sealed in `.cmdline` (`composefs.digest=` ones first).
+
+        A UKI may carry several digests (composefs-rs and bootc seal one per EROFS
+        format or hash algorithm); the initramfs mounts the first its repository has.
+        """
         try:
-            kargs = parse_cmdline(self.cmdline or "")
+            return parse_cmdline(self.cmdline or "")
         except KargError as e:
             raise UKIError(f"{self.path}: {e}") from None
-        if not kargs:
-            return None
-        if len({k.digest for k in kargs}) > 1:
-            raise UKIError(f"{self.path}: .cmdline names several different composefs digests")
-        return kargs[0]
 
     def check_composefs(self, expected: str) -> ComposefsKarg:
-        """The UKI's composefs karg, refusing a UKI built for another image (bootc's check)."""
-        karg = self.composefs()
-        if karg is None:
+        """The UKI's karg naming `expected`, refusing a UKI built for another image (bootc's check).
+
+        The UKI is good when any of its composefs digests is the deployment's.
+        """
+        kargs = self.composefs_kargs()
+        if not kargs:
             raise UKIError(
                 f"{self.path}: the UKI's command line has no composefs= argument",
                 hint=f"build it with composefs={expected}",
             )
-        if karg.digest != expected.lower():
-            raise UKIError(
-                f"{self.path}: the UKI has the wrong composefs= digest"
-                f" (is {karg.digest}, should be {expected.lower()})",
-                hint="rebuild the UKI from this image (was the image changed after sealing?)",
-            )
-        return karg
+        want = expected.lower()
+        for karg in kargs:
+            if karg.digest == want:
+                return karg
+        found = ", ".join(dict.fromkeys(k.digest for k in kargs))
+        raise UKIError(
+            f"{self.path}: the UKI has the wrong composefs= digest (is {found}, should be {want})",
+            hint="rebuild the UKI from this image (was the image changed after sealing?)",
+        )
 
 
 def _bad(path: str, reason: str) -> UKIError:

@@ -3,7 +3,8 @@
 The UKI is built by systemd's ukify (Debian package systemd-ukify, which
 brings the EFI stub through systemd-boot-efi), inside the image build: the
 kernel and initramfs come from the root being sealed, its `.cmdline` is
-`composefs=DIGEST` (the digest of that root, `cfsboot.image.rootdigest`),
+`composefs=DIGEST` (the digest of that root, `cfsboot.image.rootdigest`; or
+`composefs.digest=v1-ALG-12:DIGEST`),
 then the root's kargs.d arguments, then the extra ones. The result is read
 back and its sealed digest checked before it is kept.
 """
@@ -21,6 +22,7 @@ from cfsboot.image.kargsd import load_kargs_d
 from cfsboot.image.lint import MODULES, kernels, resolve
 from cfsboot.image.osrelease import OsRelease
 from cfsboot.linux.run import run
+from setuproot.contract import ComposefsKarg, HashAlg, KargStyle
 
 UKIFY = "ukify"
 
@@ -34,8 +36,17 @@ class UkiInputs:
     cmdline: str
 
 
-def uki_inputs(root: Path, digest: str, extra_kargs: Sequence[str] = ()) -> UkiInputs:
-    """What goes into the UKI of root: its one kernel, its initramfs, its command line."""
+def uki_inputs(
+    root: Path,
+    digest: str,
+    extra_kargs: Sequence[str] = (),
+    *,
+    style: KargStyle = KargStyle.COMPOSEFS,
+) -> UkiInputs:
+    """What goes into the UKI of root: its one kernel, its initramfs, its command line.
+
+    style: how `.cmdline` names the digest (composefs=HEX or composefs.digest=v1-ALG-12:HEX).
+    """
     found = kernels(root)
     if len(found) != 1:
         what = ", ".join(found) or "none"
@@ -51,7 +62,10 @@ def uki_inputs(root: Path, digest: str, extra_kargs: Sequence[str] = ()) -> UkiI
             f"{root}: /{MODULES}/{kver}/initramfs.img is missing", hint="see cfsboot container lint"
         )
     osrel = resolve(root, "usr/lib/os-release") or resolve(root, "etc/os-release")
-    cmdline = " ".join([f"composefs={digest}", *load_kargs_d(root), *extra_kargs])
+    alg = HashAlg.from_hex_len(len(digest))
+    assert alg is not None, digest
+    karg = ComposefsKarg(digest, alg, insecure=False).to_karg(style)
+    cmdline = " ".join([karg, *load_kargs_d(root), *extra_kargs])
     return UkiInputs(kver, linux, initrd, osrel if osrel and osrel.is_file() else None, cmdline)
 
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from setuproot.contract import DEFAULT_SYSROOT, HashAlg
+from setuproot.contract import DEFAULT_SYSROOT, HashAlg, KargStyle
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every run
 if TYPE_CHECKING:
@@ -74,6 +74,18 @@ def karg_options(q: argparse.ArgumentParser) -> None:
         help="remove a kernel argument, from the image's kargs.d too: KEY removes every"
         " KEY and KEY=..., KEY=VALUE that one only (repeat; not with a UKI)",
     )
+    q.add_argument(
+        "--karg-style",
+        choices=[s.value for s in KargStyle],
+        help="how the entry names its image: composefs (composefs=HEX, bootc's) or digest"
+        " (composefs.digest=v1-sha512-12:HEX, composefs-rs's); default: install composefs,"
+        " switch/upgrade as the current entry does (not with a UKI)",
+    )
+
+
+def karg_style(args: argparse.Namespace) -> KargStyle | None:
+    """--karg-style as given; None when not given."""
+    return KargStyle(args.karg_style) if args.karg_style else None
 
 
 def _boot_tries(text: str) -> int:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from cfsboot.errors import die
-from setuproot.contract import HashAlg
+from setuproot.contract import HashAlg, KargStyle
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -68,6 +68,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="ARG",
         help="a kernel argument after the image's kargs.d ones (repeatable)",
     )
+    q.add_argument(
+        "--karg-style",
+        choices=[s.value for s in KargStyle],
+        default=KargStyle.COMPOSEFS.value,
+        help="composefs=HEX (bootc's, the default) or composefs.digest=v1-ALG-12:HEX",
+    )
     q.set_defaults(func=cmd_ukify)
 
 
@@ -104,7 +110,7 @@ def cmd_ukify(args: argparse.Namespace) -> int:
     if not args.root.is_dir():
         die(f"{args.root} is not a directory")
     digest = compute_digest(args.root, alg=HashAlg(args.hash)).digest
-    inputs = uki_inputs(args.root, digest, args.karg)
+    inputs = uki_inputs(args.root, digest, args.karg, style=KargStyle(args.karg_style))
     output = args.output or default_output(args.root, inputs.kver)
     print(build_uki(inputs, output, digest))
     return 0

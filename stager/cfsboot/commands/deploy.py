@@ -6,7 +6,13 @@ import argparse
 import json
 import sys
 
-from cfsboot.commands.common import boot_tries_option, karg_options, opened, sysroot_options
+from cfsboot.commands.common import (
+    boot_tries_option,
+    karg_options,
+    karg_style,
+    opened,
+    sysroot_options,
+)
 from cfsboot.errors import die
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every run
@@ -176,6 +182,7 @@ def _stage(
         boot_tries=args.boot_tries,
         retry_failed=args.command == "switch",
         switching=switching,
+        karg_style=karg_style(args),
     )
     sys.stderr.write(f"{result.message}\n")
     print(result.digest)

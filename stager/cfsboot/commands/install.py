@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cfsboot.commands.common import boot_tries_option, karg_options
+from cfsboot.commands.common import boot_tries_option, karg_options, karg_style
 from cfsboot.errors import die
 from setuproot.contract import HashAlg
 
@@ -131,6 +131,7 @@ def _install_options(
         replace=Replace(args.replace) if getattr(args, "replace", None) else None,
         use_image_config=not args.no_image_config,
         stateroot=args.stateroot,
+        karg_style=karg_style(args),
     )
 
 

@@ -33,7 +33,12 @@ from cfsboot.boot.boottype import BootType
 from cfsboot.boot.counting import Tries
 from cfsboot.boot.esp import Esp, MtoolsEsp
 from cfsboot.boot.grubloader import Grub
-from cfsboot.boot.kargs import check_karg_deletes, delete_kargs, install_kargs
+from cfsboot.boot.kargs import (
+    UKI_STYLE_SEALED,
+    check_karg_deletes,
+    delete_kargs,
+    install_kargs,
+)
 from cfsboot.composefs.repository import Repository
 from cfsboot.deploy.entries import build_entry, composefs_karg
 from cfsboot.deploy.installprep import Replace, prepare_root, ssh_keys_tmpfiles
@@ -45,7 +50,7 @@ from cfsboot.errors import die
 from cfsboot.image import imagefiles
 from cfsboot.image.bootscan import GRUB_IN_IMAGE, SYSTEMD_BOOT_IN_IMAGE
 from cfsboot.linux.run import run
-from setuproot.contract import REPO_DIR, HashAlg
+from setuproot.contract import REPO_DIR, HashAlg, KargStyle
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +74,7 @@ class InstallOptions:
     # say otherwise (cfsboot.commands.deploy): its kargs come before --karg's.
     use_image_config: bool = True
     stateroot: str | None = None  # the command line's (only "default" gets this far)
+    karg_style: KargStyle | None = None  # None: composefs=HEX (bootc's spelling)
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,7 @@ def deploy_first(
     boot_tries: int = 0,
     etc_files: Mapping[str, bytes] | None = None,
     karg_delete: Sequence[str] = (),
+    karg_style: KargStyle = KargStyle.COMPOSEFS,
 ) -> tuple[MenuEntry | None, list[str]]:
     """The first deployment of a new system: state, shared var, boot files, the menu.
 
@@ -97,7 +104,7 @@ def deploy_first(
     """
     karg = composefs_karg(sysroot, target.digest)
     kargs_d = imagefiles.kargs_d(sysroot.repo, target.boot)
-    options = install_kargs(install=install_args, composefs=karg, kargs_d=kargs_d)
+    options = install_kargs(install=install_args, composefs=karg, kargs_d=kargs_d, style=karg_style)
     options, unmatched = delete_kargs(options, karg_delete)
     for arg in unmatched:
         log.warning("--karg-delete %s: the entry has no such kernel argument", arg)
@@ -234,6 +241,8 @@ def to_filesystem(
                 "kernel arguments cannot be added to or deleted from a UKI"
                 " (its command line is sealed)"
             )
+        if target.boot.ukis and opts.karg_style is not None:
+            die(f"--karg-style {opts.karg_style}: {UKI_STYLE_SEALED}")
         etc_files = None
         if opts.root_ssh_keys is not None:
             etc_files = ssh_keys_tmpfiles(
@@ -249,6 +258,7 @@ def to_filesystem(
             boot_tries=opts.boot_tries,
             etc_files=etc_files,
             karg_delete=opts.karg_delete,
+            karg_style=opts.karg_style or KargStyle.COMPOSEFS,
         )
         extract_sync(root)
     if repo.insecure:

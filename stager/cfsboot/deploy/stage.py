@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 from typing import NoReturn
 
 from cfsboot.boot.bootloader import Bootloader, MenuEntry
-from cfsboot.boot.kargs import check_karg_deletes, delete_kargs, upgrade_kargs
+from cfsboot.boot.kargs import UKI_STYLE_SEALED, check_karg_deletes, delete_kargs, upgrade_kargs
 from cfsboot.deploy.assessment import clear_record, trial_tries
 from cfsboot.deploy.entries import build_entry, composefs_karg
 from cfsboot.deploy.etccarry import check_etc, merge_etc
@@ -55,6 +55,7 @@ from cfsboot.deploy.target import (
 from cfsboot.errors import CfsbootError, die
 from cfsboot.image import extract, imagefiles
 from cfsboot.linux.run import run
+from setuproot.contract import KargStyle
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ def stage(
     boot_tries: int | None = None,
     retry_failed: bool = True,
     switching: bool = False,
+    karg_style: KargStyle | None = None,
 ) -> StageResult:
     """Stage `target` to boot next (see the module docstring for the order of writes).
 
@@ -95,6 +97,7 @@ def stage(
     `retry_failed` it is staged again for a new trial.
 
     boot_tries: the new entry's tries (None: from the configuration files).
+    karg_style: how the new entry spells its composefs karg (None: as the current entry does).
     """
     check_karg_deletes(karg_delete)
     current = current_deployment(sysroot, bl)
@@ -122,21 +125,10 @@ def stage(
     old = target_from_repo(sysroot, current)
     target = follow_etc_mode(target, old)
     check_etc(sysroot, old, target)
-    karg = composefs_karg(sysroot, d)
     cur_entry = next((m for m in live if m.deployment == current), live[0])
-    options = upgrade_kargs(
-        [*cur_entry.options, *extra_kargs],
-        old_kargs_d=imagefiles.kargs_d(sysroot.repo, old.boot),
-        new_kargs_d=imagefiles.kargs_d(sysroot.repo, target.boot),
-        composefs=karg,
+    options = _new_options(
+        sysroot, target, old, cur_entry.options, extra_kargs, karg_delete, karg_style
     )
-    if target.boot.ukis and (extra_kargs or karg_delete):
-        die(
-            "kernel arguments cannot be added to or deleted from a UKI (its command line is sealed)"
-        )
-    options, unmatched = delete_kargs(options, karg_delete)
-    for arg in unmatched:
-        log.warning("--karg-delete %s: the new entry has no such kernel argument", arg)
     entry, boot_digest = build_entry(sysroot, bl, target, options=options, menu=live)
     entry = replace(entry, tries=trial_tries(sysroot, sysroot.repo, target.tree, boot_tries))
     origin = Origin(target.reference, entry.boot_type, boot_digest, target.manifest_digest)
@@ -153,6 +145,35 @@ def stage(
         # Its ExecStop runs `cfsboot finalize-staged` at shutdown.
         run(["systemctl", "start", FINALIZE_SERVICE], check=False)
     return StageResult(d, True, f"staged {target.reference} ({d[:12]}…); it boots next")
+
+
+def _new_options(
+    sysroot: Sysroot,
+    target: Target,
+    old: Target,
+    current: Sequence[str],
+    extra_kargs: Sequence[str],
+    karg_delete: Sequence[str],
+    karg_style: KargStyle | None,
+) -> list[str]:
+    """The new entry's kernel arguments, from the current entry's (`current`)."""
+    if target.boot.ukis and (extra_kargs or karg_delete):
+        die(
+            "kernel arguments cannot be added to or deleted from a UKI (its command line is sealed)"
+        )
+    if target.boot.ukis and karg_style is not None:
+        die(f"--karg-style {karg_style}: {UKI_STYLE_SEALED}")
+    options = upgrade_kargs(
+        [*current, *extra_kargs],
+        old_kargs_d=imagefiles.kargs_d(sysroot.repo, old.boot),
+        new_kargs_d=imagefiles.kargs_d(sysroot.repo, target.boot),
+        composefs=composefs_karg(sysroot, target.digest),
+        style=karg_style,
+    )
+    options, unmatched = delete_kargs(options, karg_delete)
+    for arg in unmatched:
+        log.warning("--karg-delete %s: the new entry has no such kernel argument", arg)
+    return options
 
 
 def _deployed_as(

@@ -184,7 +184,9 @@ def _verity_required(sysroot: Sysroot, entry: MenuEntry, info: ImageInfo | None)
         kargs = parse_cmdline(cmdline)
     except KargError:
         return False
-    return any(not k.insecure for k in kargs if k.digest == entry.deployment)
+    # The first karg naming the deployment is the one setup-root mounts it by.
+    mine = next((k for k in kargs if k.digest == entry.deployment), None)
+    return mine is not None and not mine.insecure
 
 
 def _deployment(sysroot: Sysroot, entry: MenuEntry) -> Deployment:

@@ -199,6 +199,29 @@ def test_to_disk_dps_and_install_config_filesystem(
     assert " rw " in text
 
 
+@pytest.mark.usefixtures("can_mount")
+def test_to_disk_dps_after_karg_delete_of_gpt_auto(tmp_path: Path) -> None:
+    """kargs.d's systemd.gpt_auto=0 keeps root=UUID=; --karg-delete of it gives a DPS entry
+    (how the VM test OS, whose kargs.d turns gpt-auto off, is installed to boot that way)."""
+    gen = _initrd(tmp_path, True)
+    kargs = b'kargs = ["systemd.gpt_auto=0"]\n'
+    extra = [
+        Entry("usr/lib/bootc/kargs.d/20-gpt.toml", "file", mode=0o644, data=kargs, mtime=MTIME),
+        Entry(f"usr/lib/modules/{KVER}/initramfs.img", "file", mode=0o644, data=gen, mtime=MTIME),
+    ]
+    build_layout(tmp_path / "img", [os_entries("1"), extra])
+    ref = f"oci:{tmp_path / 'img'}:latest"
+    for name, delete, root_arg in (
+        ("off", (), True),
+        ("on", ("--karg-delete", "systemd.gpt_auto"), False),
+    ):
+        disk = tmp_path / f"{name}.img"
+        cfsboot("install", "to-disk", ref, disk, "--size", "2G", "-q", *delete)
+        text = esp_text(disk, read_layout(disk).esp.start)
+        assert ("root=UUID=" in text) is root_arg, text
+        assert ("systemd.gpt_auto=0" in text) is root_arg, text
+
+
 def esp_text(disk: Path, offset: int) -> str:
     """Every .conf and .cfg file on the ESP, concatenated (read through mtools)."""
     env = {"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}

@@ -206,7 +206,10 @@ def _install_args(
     elif fs_uuid is None:
         root = ""  # to-filesystem: the caller's business (--root-karg)
     else:
-        all_kargs = [*rest, *imagefiles.kargs_d(sysroot.repo, target.boot)]
+        # As the entry will have them: --karg-delete may drop kargs.d's systemd.gpt_auto=0.
+        all_kargs, _ = delete_kargs(
+            [*rest, *imagefiles.kargs_d(sysroot.repo, target.boot)], opts.karg_delete
+        )
         wanted = config.discoverable_partitions is not False
         dps = discoverable_root(sysroot, target, opts, all_kargs, wanted)
         root = "" if dps else f"root=UUID={fs_uuid}"

@@ -1,10 +1,15 @@
 """`install to-disk` with bootc's install flags, booted: --root-ssh-authorized-keys and a
-/usr/lib/bootc/install/ config from the image.
+/usr/lib/bootc/install/ config from the image, a root found by the Discoverable
+Partitions Specification, and `usr-overlay` across a reboot.
 
 The image is the test OS v1 with one more layer: the install config (a karg the
 guest looks for in /proc/cmdline), and /root as a symlink to var/roothome, as on
-bootc images, so that the keys land in the shared /var. The guest's own verdict
-(guest/scenarios/installed-flags) says whether the keys and the karg are there.
+bootc images, so that the keys land in the shared /var. The test OS's kargs.d turns
+gpt-auto off (images.NO_GPT_AUTO); `--karg-delete systemd.gpt_auto` drops that, so the
+entry has no root= and systemd-gpt-auto-generator in the initrd finds the root
+partition by its type. The guest's own verdicts (guest/scenarios/installed-flags,
+usr-overlay) say whether the keys, the karg and the DPS root are there, and that
+`cfsboot usr-overlay` makes /usr writable until the next boot.
 """
 
 from __future__ import annotations
@@ -67,22 +72,26 @@ def derived(base: osimage.OsImage, out: Path) -> str:
     return f"oci:{out}:installflags"
 
 
-def test_install_flags_booted(
+def test_install_flags_dps_and_usr_overlay_booted(
     test_os: dict[str, osimage.OsImage], tmp_path: Path, results_dir: Path
 ) -> None:
     ref = derived(test_os["v1"], tmp_path / "layout")
     keys = tmp_path / "authorized_keys"
     keys.write_text(KEYS)
     disk = tmp_path / "disk.raw"
-    cfsboot(
+    out = cfsboot(
         "install", "to-disk", ref, disk,
         "--size", DISK_SIZE,
         "--root-label", images.ROOT_LABEL,
         "--boot-timeout", "0",
         "--root-ssh-authorized-keys", keys,
+        "--karg-delete", "systemd.gpt_auto",
         "--insecure",
         "-q",
     )  # fmt: skip
-    # The test OS turns gpt-auto off (images.NO_GPT_AUTO): the entry keeps root=UUID=.
-    expect = {"karg": KARG, "keys": KEYS, "root_arg": True}
-    booted_ok(disk, results_dir, ("installed-flags",), expect)
+    digest = out.stdout.strip()
+    expect = {"karg": KARG, "keys": KEYS, "root_arg": False, "digest": digest}
+    checks = ("installed-flags", "usr-overlay")
+    booted_ok(disk, results_dir / "first", checks, {**expect, "usr_overlay": "write"})
+    # The next boot: what usr-overlay held is gone, /usr is read-only again.
+    booted_ok(disk, results_dir / "again", checks, {**expect, "usr_overlay": "gone"})

@@ -285,8 +285,7 @@ def test_uki_seals_the_digest_of_its_image(
 ) -> None:
     image = test_os["uki"]
     uki = read_uki(osimage.extract_uki(image, tmp_path))
-    karg = uki.composefs()
-    assert karg is not None
+    [karg] = uki.composefs_kargs()
     assert karg.digest == osimage.compute_id(image.ref) == image.image_id
     assert uki.cmdline is not None and f"root=LABEL={images.ROOT_LABEL}" in uki.cmdline
     assert uki.uname == image.kernel

@@ -13,7 +13,9 @@ import sys
 from setuproot.config import ConfigError, load_config, resolve_etc
 from setuproot.contract import (
     DEFAULT_SYSROOT,
+    IMAGES_DIR,
     OSTREE_PREPARE_ROOT_CONFIG,
+    REPO_DIR,
     SETUP_ROOT_CONFIG,
     ComposefsKarg,
     KargError,
@@ -91,6 +93,14 @@ def choose_karg(sysroot: str, kargs: list[ComposefsKarg]) -> ComposefsKarg:
     for k in kargs:
         if os.path.lexists(os.path.join(sysroot, image_path(k.digest))):
             return k
+    if len(kargs) > 1 and os.path.isdir(os.path.join(sysroot, REPO_DIR, IMAGES_DIR)):
+        names = ", ".join(f"{k.digest[:12]}…" for k in kargs)
+        raise SetupError(
+            f"none of the {len(kargs)} composefs images the kernel command line names"
+            f" ({names}) is in {os.path.join(sysroot, REPO_DIR, IMAGES_DIR)}",
+            ExitCode.IMAGE_MISSING,
+        )
+    # One karg (or no repository): mounting it says exactly what is missing.
     return kargs[0]
 
 

@@ -120,6 +120,20 @@ def test_cli_prefers_karg_whose_image_exists(
     assert capsys.readouterr().out.startswith(f"open     {tmp_path}/composefs/images/{H512} ")
 
 
+def test_cli_several_kargs_none_in_the_repository(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (tmp_path / "composefs/images").mkdir(parents=True)
+    (tmp_path / f"composefs/images/{'ee' * 64}").write_bytes(b"")
+    cmdline = f"composefs={H} composefs.digest=?v1-sha512-12:{H512}"
+    rc = main(["--sysroot", str(tmp_path), "--dry-run", "--cmdline", cmdline])
+    assert (rc, capsys.readouterr().err) == (
+        4,
+        f"cfsboot-setup-root: none of the 2 composefs images the kernel command line names"
+        f" ({H512[:12]}…, {H[:12]}…) is in {tmp_path}/composefs/images\n",
+    )
+
+
 @pytest.mark.parametrize(
     ("argv", "code", "message"),
     [

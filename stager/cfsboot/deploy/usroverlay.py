@@ -2,8 +2,10 @@
 
 What `bootc usr-overlay` does on a composefs host (and `ostree admin unlock`):
 an overlayfs whose lower layer is the image's /usr and whose upper and work
-dirs live on a tmpfs of its own, made detached (fsopen/fsmount) so that
-nothing but the overlay holds it and nothing under /run shows it. Packages
+dirs live on a tmpfs of its own. The tmpfs is attached under /run/cfsboot only
+while the overlay is made (before Linux 6.15 overlayfs refuses an upper dir on a
+detached mount: "failed to clone upperpath"), then detached, so that nothing
+but the overlay holds it and nothing under /run shows it. Packages
 installed to debug land there and are gone at the next boot; /etc and /var
 are not affected, so what a package writes there stays.
 
@@ -17,17 +19,20 @@ overlay, read-only or read/write by its mount flags, always transient.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Literal, TypedDict
 
 from cfsboot.errors import CfsbootError
 from setuproot.syscalls import (
+    MNT_DETACH,
     MOUNT_ATTR_RDONLY,
     fsconfig,
     fsconfig_create,
     fsmount,
     fsopen,
     move_mount_fd,
+    umount2,
 )
 
 # The overlay's source, as bootc names its transient overlays.
@@ -93,9 +98,16 @@ def mount_usr_overlay(usr: Path, *, read_only: bool = False) -> str:
     )
 
 
+# Where the overlay's tmpfs is attached while the overlay is made (see the docstring).
+STAGING_PARENT = "/run/cfsboot"
+
+
 def _mount(usr: Path, read_only: bool) -> None:
     st = os.stat(usr)
     fds: list[int] = []
+    os.makedirs(STAGING_PARENT, mode=0o700, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix="usr-overlay.", dir=STAGING_PARENT)
+    attached = False
     try:
         ctx = fsopen("tmpfs")
         fds.append(ctx)
@@ -103,18 +115,20 @@ def _mount(usr: Path, read_only: bool) -> None:
         fsconfig_create(ctx)
         tmpfs = fsmount(ctx)
         fds.append(tmpfs)
+        move_mount_fd(tmpfs, staging)
+        attached = True
         # The merged /usr takes the upper dir's owner and mode: give it /usr's.
-        os.mkdir("upper", 0o700, dir_fd=tmpfs)
-        os.chown("upper", st.st_uid, st.st_gid, dir_fd=tmpfs)
-        os.chmod("upper", st.st_mode & 0o7777, dir_fd=tmpfs)
-        os.mkdir("work", 0o700, dir_fd=tmpfs)
-        base = f"/proc/self/fd/{tmpfs}"
+        upper = os.path.join(staging, "upper")
+        os.mkdir(upper, 0o700)
+        os.chown(upper, st.st_uid, st.st_gid)
+        os.chmod(upper, st.st_mode & 0o7777)
+        os.mkdir(os.path.join(staging, "work"), 0o700)
         ovl = fsopen("overlay")
         fds.append(ovl)
         fsconfig(ovl, "source", SOURCE)
         fsconfig(ovl, "lowerdir", str(usr))
-        fsconfig(ovl, "upperdir", f"{base}/upper")
-        fsconfig(ovl, "workdir", f"{base}/work")
+        fsconfig(ovl, "upperdir", upper)
+        fsconfig(ovl, "workdir", os.path.join(staging, "work"))
         fsconfig_create(ovl)
         mnt = fsmount(ovl, MOUNT_ATTR_RDONLY if read_only else 0)
         fds.append(mnt)
@@ -122,3 +136,7 @@ def _mount(usr: Path, read_only: bool) -> None:
     finally:
         for fd in fds:
             os.close(fd)
+        if attached:
+            # The overlay holds a private clone of the upper dir's mount: this one can go.
+            umount2(staging, MNT_DETACH)
+        os.rmdir(staging)

@@ -8,6 +8,7 @@ import itertools
 import os
 import shutil
 import subprocess
+from dataclasses import replace
 from functools import cmp_to_key
 from pathlib import Path
 
@@ -326,6 +327,12 @@ def _files(
     return out
 
 
+def _defined_for_bootctl(a: Entry, b: Entry) -> bool:
+    if a.bad != b.bad:
+        return True
+    return bootorder.compare_entries(replace(a, file=a.id), replace(b, file=b.id)) != 0
+
+
 @pytest.mark.usefixtures("bootctl")
 @settings(
     max_examples=40,
@@ -340,9 +347,11 @@ def test_random_menus_like_bootctl(
 ) -> None:
     files = _files(specs)
     # Entries the rules find equal ("_.conf" and "__.conf": `_` only separates) have no
-    # defined order: bootctl shows them as its sort left them.
+    # defined order: bootctl shows them as its sort left them. The cached bootctl
+    # (systemd 252) does not break ties on boot counters as systemd-boot does, so names
+    # equal but for their counters ("1+1.conf", "1_+2.conf") are such a tie there too.
     menu = systemd_boot_menu(files).entries
-    assume(all(bootorder.compare_entries(a, b) for a, b in itertools.combinations(menu, 2)))
+    assume(all(_defined_for_bootctl(a, b) for a, b in itertools.combinations(menu, 2)))
     esp = _esp(tmp_path_factory.mktemp("esp"), files, None)
     assert _ids(files) == bootctl_list(bootctl, esp)
 

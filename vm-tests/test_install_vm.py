@@ -7,7 +7,8 @@ guest looks for in /proc/cmdline), and /root as a symlink to var/roothome, as on
 bootc images, so that the keys land in the shared /var. The test OS's kargs.d turns
 gpt-auto off (images.NO_GPT_AUTO); `--karg-delete systemd.gpt_auto` drops that, so the
 entry has no root= and systemd-gpt-auto-generator in the initrd finds the root
-partition by its type. The guest's own verdicts (guest/scenarios/installed-flags,
+partition by its type; the entry names the image as composefs.digest= (--karg-style
+digest). The guest's own verdicts (guest/scenarios/installed-flags,
 usr-overlay) say whether the keys, the karg and the DPS root are there, and that
 `cfsboot usr-overlay` makes /usr writable until the next boot.
 """
@@ -86,11 +87,20 @@ def test_install_flags_dps_and_usr_overlay_booted(
         "--boot-timeout", "0",
         "--root-ssh-authorized-keys", keys,
         "--karg-delete", "systemd.gpt_auto",
+        "--karg-style", "digest",
         "--insecure",
         "-q",
     )  # fmt: skip
     digest = out.stdout.strip()
-    expect = {"karg": KARG, "keys": KEYS, "root_arg": False, "digest": digest}
+    # composefs-rs's spelling, which setup-root must find the image by.
+    composefs = f"composefs.digest=?v1-sha512-12:{digest}"
+    expect = {
+        "karg": KARG,
+        "keys": KEYS,
+        "root_arg": False,
+        "digest": digest,
+        "composefs": composefs,
+    }
     checks = ("installed-flags", "usr-overlay")
     booted_ok(disk, results_dir / "first", checks, {**expect, "usr_overlay": "write"})
     # The next boot: what usr-overlay held is gone, /usr is read-only again.

@@ -72,7 +72,7 @@ class HashAlg(StrEnum):
         return {alg.repo_name: alg for alg in cls}.get(name)
 
 
-class KargStyle(enum.StrEnum):
+class KargStyle(StrEnum):
     """How the stager spells the composefs karg it writes (setup-root reads both)."""
 
     COMPOSEFS = "composefs"  # composefs=[?]HEX, what bootc writes

@@ -1,0 +1,52 @@
+"""Fuzz every parser of outside input (cfstest.fuzztargets) with mutated seeds and raw bytes.
+
+`make test` runs each target for EXAMPLES[name] inputs; `make fuzz` multiplies them
+(CFSBOOT_FUZZ_SCALE) and adds atheris's coverage-guided runs (atheris_run.py).
+Crashes found are pinned as regression tests in test_fuzz_regressions.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cfstest.fuzzing import Target, check, fuzz_settings, inputs
+from cfstest.fuzztargets import all_targets
+
+TARGETS = {t.name: t for t in all_targets()}
+
+# Inputs per target in `make test`: enough to reach each parser's branches, ~1 min in all.
+EXAMPLES = {
+    "dumpfile": 800,
+    "erofs": 600,
+    "tar": 1000,
+    "oci": 1000,
+    "kargs": 1000,
+    "setup-root-conf": 1000,
+    "origin": 800,
+    "bls": 600,
+    "grub-menu": 800,
+    "kargs.d": 800,
+    "os-release": 800,
+    "install-config": 1000,
+}
+
+
+def test_every_target_has_a_budget() -> None:
+    assert sorted(EXAMPLES) == sorted(TARGETS)
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_fuzz(name: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    target: Target = TARGETS[name]
+
+    @fuzz_settings(EXAMPLES[name])
+    @given(data=inputs(target), n=st.integers(0, 2**32))
+    def run(data: bytes, n: int) -> None:
+        tmp = tmp_path_factory.mktemp(f"fuzz-{name}", numbered=True)
+        check(target, data, Path(tmp))
+
+    run()

@@ -89,8 +89,10 @@ def parse_config(text: str, path: str = SETUP_ROOT_CONFIG) -> Config:
 
         try:
             doc = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: invalid TOML: {e}") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: invalid TOML: nested too deeply") from None
+        except ValueError as e:  # TOMLDecodeError, or an integer of 4300+ digits
+            raise ConfigError(f"{path}: invalid TOML: {str(e).splitlines()[0]}") from None
     sections: dict[str, dict[str, object]] = {}
     for name, section in doc.items():
         if name not in _KEYS:

@@ -24,8 +24,10 @@ def parse_object(data: bytes, what: str) -> dict[str, Any]:
     """`data` as a JSON object (a dict), or a DocumentError naming `what`."""
     try:
         obj = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DocumentError(f"{what} is not valid JSON ({e})") from None
+    except RecursionError:
+        raise DocumentError(f"{what} is not valid JSON (nested too deeply)") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, a number of 4300+ digits
+        raise DocumentError(f"{what} is not valid JSON ({str(e).splitlines()[0]})") from None
     if not isinstance(obj, dict):
         raise DocumentError(f"{what} is not a JSON object")
     return obj

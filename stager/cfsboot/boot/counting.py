@@ -64,7 +64,8 @@ def check_tries(n: int) -> int:
 # BLS file names
 # ---------------------------------------------------------------------------------------
 
-_COUNTER_RE = re.compile(r"\+(\d+)(?:-(\d+))?$")
+# ASCII digits only, as systemd-boot reads them (\d would take other scripts' digits too).
+_COUNTER_RE = re.compile(r"\+([0-9]{1,9})(?:-([0-9]{1,9}))?$")
 
 
 def split_name(name: str, suffix: str = ".conf") -> tuple[str, Tries | None]:
@@ -186,7 +187,7 @@ def grub_tries(value: str | None, limit: int, key: str) -> Tries | None:
         return None
     if value in (None, ""):
         done = 0
-    elif value.isdigit() and len(value) == 1:
+    elif len(value) == 1 and value in "0123456789":  # str.isdigit() takes "²" too
         done = min(int(value), limit)
     else:
         done = limit

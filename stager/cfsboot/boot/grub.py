@@ -279,6 +279,16 @@ def _words(text: str) -> Iterator[tuple[int, list[str]]]:
         yield start, words
 
 
+_NUMBER = re.compile(r"[0-9]{1,9}")
+
+
+def _number(text: str, lineno: int, what: str) -> int:
+    """A count in a menu cfsboot wrote: ASCII digits, not too many."""
+    if not _NUMBER.fullmatch(text):
+        raise GrubError(f"line {lineno}: {what} {text!r} is not a number")
+    return int(text)
+
+
 class _Parser:
     def __init__(self, text: str) -> None:
         if not text.startswith(MARKER):
@@ -293,7 +303,7 @@ class _Parser:
             if words[0] == "set" and len(words) == 2 and "=" in words[1]:
                 key, value = words[1].split("=", 1)
                 if key == "timeout":
-                    timeout = int(value)
+                    timeout = _number(value, lineno, "timeout")
                 elif key != "default":  # the default is always entries[0]
                     raise GrubError(f"line {lineno}: unexpected setting {key!r}")
             elif words[0] == "menuentry":
@@ -327,8 +337,8 @@ class _Parser:
                 fields["initrd"] = tuple(args)
             elif cmd == "chainloader" and len(args) == 1:
                 fields["chainload"] = args[0]
-            elif cmd == _COUNTER_CMD and len(args) == 2 and args[1].isdigit():
-                fields["counter"] = (args[0], int(args[1]))
+            elif cmd == _COUNTER_CMD and len(args) == 2:
+                fields["counter"] = (args[0], _number(args[1], n, "tries"))
             else:
                 raise GrubError(f"line {n}: unexpected command in menu entry: {' '.join(words)}")
         raise GrubError(f"line {lineno}: menu entry is not closed with }}")

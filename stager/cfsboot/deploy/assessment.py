@@ -72,8 +72,10 @@ def parse_config(text: str, *, name: str, base: AssessmentConfig) -> AssessmentC
         import tomllib
 
         doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        die(f"{name}: {e}")
+    except RecursionError:
+        die(f"{name}: invalid TOML: nested too deeply")
+    except ValueError as e:  # TOMLDecodeError, or an integer of 4300+ digits
+        die(f"{name}: {str(e).splitlines()[0]}")
     cfg = base
     for key, value in doc.items():
         if key == "tries":

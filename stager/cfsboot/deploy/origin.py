@@ -38,7 +38,9 @@ class OriginError(CfsbootError):
 
 def to_origin_reference(imgref: str) -> str:
     """`docker://q.io/x:1` -> `ostree-unverified-image:registry:q.io/x:1` (bootc's spelling)."""
-    transport, _, rest = imgref.partition(":")
+    transport, sep, rest = imgref.partition(":")
+    if not sep:  # no transport to translate: kept as read (a foreign file's), so it reads back
+        return imgref
     if transport == "docker":
         rest = rest.removeprefix("//")
     return f"{UNVERIFIED_PREFIX}{_TO_OSTREE.get(transport, transport)}:{rest}"

@@ -165,9 +165,13 @@ class Sysroot:
         path = self.origin_path(depl)
         warn = log.warning if depl not in self.origin_reported else log.debug
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             warn("no origin file for deployment %s (%s)", depl, path)
+            self.origin_reported.add(depl)
+            return None
+        except UnicodeDecodeError:
+            warn("%s is not UTF-8 text: not an origin file", path)
             self.origin_reported.add(depl)
             return None
         try:

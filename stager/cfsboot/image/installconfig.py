@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cfsboot.errors import die
+from cfsboot.image.kargsd import karg_problem
 from cfsboot.linux.arch import rust_arch
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,10 @@ def parse_file(text: str, where: str, cfg: InstallConfig, *, arch: str) -> Insta
     """`cfg` with one file applied (unchanged if it does not match `arch`)."""
     try:
         doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        die(f"{where}: invalid TOML: {e}")
+    except RecursionError:
+        die(f"{where}: invalid TOML: nested too deeply")
+    except ValueError as e:  # TOMLDecodeError, or an integer of 4300+ digits
+        die(f"{where}: invalid TOML: {str(e).splitlines()[0]}")
     for key in sorted(set(doc) - {"install"}):
         log.warning("%s: unknown table or key %r (bootc knows only [install])", where, key)
     table = doc.get("install")
@@ -110,7 +113,11 @@ def parse_file(text: str, where: str, cfg: InstallConfig, *, arch: str) -> Insta
     if (root_type := _root_type(table, where)) is not None:
         changes["root_fs_type"] = root_type  # bootc: the newer spelling wins
     if "kargs" in table:
-        changes["kargs"] = (*cfg.kargs, *_strings(table["kargs"], "kargs", where))
+        kargs = _strings(table["kargs"], "kargs", where)
+        for arg in kargs:
+            if (problem := karg_problem(arg)) is not None:
+                die(f"{where}: kernel argument {arg!r} has {problem}")
+        changes["kargs"] = (*cfg.kargs, *kargs)
     if "block" in table:
         block = _strings(table["block"], "block", where)
         changes["block"] = tuple(_choice(b, "block", where, BLOCK_SETUPS) for b in block)
@@ -118,6 +125,9 @@ def parse_file(text: str, where: str, cfg: InstallConfig, *, arch: str) -> Insta
         if key in table:
             if not isinstance(table[key], str):
                 die(f"{where}: '{key}' must be a string")
+            if key == "root-mount-spec" and table[key]:  # becomes root=SPEC
+                if (problem := karg_problem(table[key])) is not None:
+                    die(f"{where}: 'root-mount-spec' {table[key]!r} has {problem}")
             changes[attr] = table[key]
     if "bootloader" in table:
         changes["bootloader"] = _choice(table["bootloader"], "bootloader", where, BOOTLOADERS)

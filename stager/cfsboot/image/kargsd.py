@@ -38,6 +38,24 @@ def split_kargs(cmdline: str) -> list[str]:
     return args
 
 
+def karg_problem(arg: str) -> str | None:
+    """Why `arg` cannot be one kernel argument of a boot entry; None if it can.
+
+    A control character would end the BLS `options` line or the GRUB `linux` command
+    (a line, a statement of the image's making); an odd number of double quotes
+    leaves a quote open, so the kernel (and setup-root) would read the arguments after
+    it, the composefs karg among them, as part of this one's value.
+    """
+    if not arg:
+        return "an empty argument"
+    bad = next((c for c in arg if c != " " and (c.isspace() or not c.isprintable())), None)
+    if bad is not None:
+        return f"a control or white space character ({bad!r})"
+    if arg.count('"') % 2:
+        return "an unbalanced double quote"
+    return None
+
+
 def parse_kargs_toml(text: str, *, name: str, arch: str) -> list[str]:
     """The arguments one kargs.d file contributes on `arch` (empty if it does not match)."""
     import tomllib  # status reads kargs (split_kargs), never kargs.d files
@@ -45,8 +63,10 @@ def parse_kargs_toml(text: str, *, name: str, arch: str) -> list[str]:
     where = f"{KARGS_D}/{name}"
     try:
         doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        die(f"{where}: invalid TOML: {e}")
+    except RecursionError:
+        die(f"{where}: invalid TOML: nested too deeply")
+    except ValueError as e:  # TOMLDecodeError, or an integer of 4300+ digits
+        die(f"{where}: invalid TOML: {str(e).splitlines()[0]}")
     unknown = sorted(set(doc) - {"kargs", "match-architectures"})
     if unknown:
         die(f"{where}: unknown key {unknown[0]!r}; expected 'kargs' and 'match-architectures'")
@@ -60,7 +80,12 @@ def parse_kargs_toml(text: str, *, name: str, arch: str) -> list[str]:
         if arch not in arches:
             return []
     # An element may hold several arguments ("quiet splash"); keep each as its own.
-    return [arg for k in kargs for arg in split_kargs(k)]
+    out = [arg for k in kargs for arg in split_kargs(k)]
+    for arg in out:
+        problem = karg_problem(arg)
+        if problem is not None:
+            die(f"{where}: kernel argument {arg!r} has {problem}")
+    return out
 
 
 def load_kargs_d(root: Path, *, arch: str | None = None) -> list[str]:
@@ -73,5 +98,9 @@ def load_kargs_d(root: Path, *, arch: str | None = None) -> list[str]:
     for path in sorted(directory.iterdir(), key=lambda p: p.name):
         if path.suffix != ".toml" or path.is_symlink() or not path.is_file():
             continue
-        out.extend(parse_kargs_toml(path.read_text(encoding="utf-8"), name=path.name, arch=target))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            die(f"{KARGS_D}/{path.name}: not UTF-8 text (byte {e.start})")
+        out.extend(parse_kargs_toml(text, name=path.name, arch=target))
     return out

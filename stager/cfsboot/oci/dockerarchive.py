@@ -45,8 +45,10 @@ def parse_manifest_json(data: bytes, where: str) -> tuple[ArchiveImage, ...]:
     what = f"manifest.json in {where}"
     try:
         entries = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        die(f"{what} is not valid JSON ({e})")
+    except RecursionError:
+        die(f"{what} is not valid JSON (nested too deeply)")
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, a number of 4300+ digits
+        die(f"{what} is not valid JSON ({str(e).splitlines()[0]})")
     if (
         not isinstance(entries, list)
         or not entries

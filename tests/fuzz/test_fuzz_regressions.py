@@ -1,0 +1,213 @@
+"""Every crash the fuzz targets found, with its input pinned (issue 15).
+
+Each test runs the input through the same path as the target and asserts the
+one-line error (or the value) cfsboot gives now. Crashes in code another branch
+owns (the dumpfile parser and the EROFS writer: the perf-build rewrite) are
+pinned as strict xfail: they fail loudly once fixed, so that the mark goes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from cfsboot.boot.counting import grub_tries
+from cfsboot.boot.grub import GrubError, GrubMenu
+from cfsboot.cli import main
+from cfsboot.composefs import dumpfile
+from cfsboot.composefs.erofs.writer import build_image
+from cfsboot.composefs.tree import Inode, walk
+from cfsboot.deploy.assessment import AssessmentConfig
+from cfsboot.deploy.assessment import parse_config as parse_assessment
+from cfsboot.deploy.origin import Origin
+from cfsboot.deploy.sysroot import Sysroot
+from cfsboot.errors import CfsbootError
+from cfsboot.image.installconfig import InstallConfig, parse_file
+from cfsboot.image.kargsd import load_kargs_d, parse_kargs_toml
+from cfsboot.jsondoc import DocumentError
+from cfsboot.oci.dockerarchive import parse_manifest_json
+from cfsboot.oci.documents import ImageConfig, Index, Manifest
+from cfstest.fuzzing import check
+from cfstest.fuzztargets import DIGEST, all_targets
+from setuproot.config import ConfigError, parse_config
+
+HUGE = "9" * 5000  # past Python's 4300-digit limit of int(str)
+DEEP = "[" * 5000  # past the recursion limit of json's and tomllib's parsers
+
+
+# -- JSON: OCI documents and docker archives --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (f'{{"schemaVersion": {HUGE}}}', "Exceeds the limit (4300 digits)"),
+        ('{"a": ' + DEEP, "nested too deeply"),
+    ],
+)
+def test_oci_documents_with_huge_numbers_or_deep_nesting(data: str, error: str) -> None:
+    for parse in (
+        lambda: Index.parse(data.encode(), "index.json", 1 << 20),
+        lambda: Manifest.parse(data.encode(), config_limit=1, layer_limit=1),
+        lambda: ImageConfig.parse(data.encode()),
+    ):
+        with pytest.raises(DocumentError, match=r"is not valid JSON \(") as e:
+            parse()
+        assert error in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(CfsbootError, match=r"manifest.json in a.tar is not valid JSON \("):
+        parse_manifest_json(data.encode(), "a.tar")
+
+
+# -- TOML: kargs.d, setup-root-conf.toml, install config, boot assessment config ---------------
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (f"kargs = [{HUGE}]", "invalid TOML: Exceeds the limit (4300 digits)"),
+        (f"kargs = {DEEP}", "invalid TOML: nested too deeply"),
+    ],
+)
+def test_toml_with_huge_numbers_or_deep_nesting(text: str, reason: str) -> None:
+    with pytest.raises(CfsbootError) as e:
+        parse_kargs_toml(text, name="x.toml", arch="x86_64")
+    assert str(e.value).startswith(f"usr/lib/bootc/kargs.d/x.toml: {reason}")
+    with pytest.raises(ConfigError) as c:
+        parse_config(text.replace("kargs", "[etc]\nmount"), "/conf.toml")
+    assert str(c.value).startswith(f"/conf.toml: {reason}")
+    with pytest.raises(CfsbootError) as i:
+        parse_file(text, "install.toml", InstallConfig(), arch="x86_64")
+    assert str(i.value).startswith(f"install.toml: {reason}")
+    with pytest.raises(CfsbootError) as a:
+        parse_assessment(text, name="a.toml", base=AssessmentConfig())
+    assert str(a.value).startswith("a.toml: ")  # its decode errors never said "invalid TOML"
+    assert reason.removeprefix("invalid TOML: ") in str(a.value)
+
+
+def test_kargs_d_file_that_is_not_utf8(tmp_path: Path) -> None:
+    d = tmp_path / "usr/lib/bootc/kargs.d"
+    d.mkdir(parents=True)
+    (d / "10-x.toml").write_bytes(b'\x80args = ["console=ttyS0,115200"]\n')
+    with pytest.raises(CfsbootError) as e:
+        load_kargs_d(tmp_path, arch="x86_64")
+    assert str(e.value) == "usr/lib/bootc/kargs.d/10-x.toml: not UTF-8 text (byte 0)"
+
+
+# -- .origin files ----------------------------------------------------------------------------
+
+
+def test_origin_that_is_not_utf8_is_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "state/deploy" / DIGEST / f"{DIGEST}.origin"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\x80origin]\ncontainer-image-reference = x\n")
+    with caplog.at_level(logging.WARNING):
+        assert Sysroot(tmp_path, run_dir=tmp_path / "run").origin(DIGEST) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path} is not UTF-8 text: not an origin file"
+    ]
+
+
+def test_origin_reference_without_transport_reads_back_the_same() -> None:
+    origin = Origin.parse("[origin]\ncontainer-image-reference = o")
+    assert origin.image == "o"
+    assert "container-image-reference = o\n" in origin.serialise()
+    assert Origin.parse(origin.serialise()) == origin
+
+
+# -- the GRUB menu and its environment block ---------------------------------------------------
+
+MARKER = "# cfsboot GRUB menu v1: generated by cfsboot, do not edit (rollback rewrites it)\n"
+
+
+@pytest.mark.parametrize("value", ["0#", "²", "9" * 5000, ""])
+def test_grub_menu_with_a_timeout_that_is_not_a_number(value: str) -> None:
+    """Found by atheris: `set timeout=0#` was a ValueError from int()."""
+    with pytest.raises(GrubError) as e:
+        GrubMenu.parse(f"{MARKER}set timeout={value}\n")
+    assert str(e.value) == f"line 2: timeout {value!r} is not a number"
+
+
+@pytest.mark.parametrize("value", ["²", "٣", "10"])
+def test_grubenv_counter_that_is_not_one_ascii_digit_is_out_of_tries(value: str) -> None:
+    tries = grub_tries(value, 3, "k")
+    assert tries is not None and (tries.left, tries.done) == (0, 3)
+
+
+# -- trees thousands of directories deep -----------------------------------------------------
+
+
+def _deep_tree(depth: int) -> Inode:
+    root = Inode.directory()
+    node = root
+    for _ in range(depth):
+        child = Inode.directory()
+        assert node.children is not None
+        node.children[b"d"] = child
+        node = child
+    return root
+
+
+def test_composefs_info_dump_of_an_image_3000_directories_deep(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """The issue's RecursionError in tree.walk (C's composefs-info crashes there too)."""
+    image = tmp_path / "deep.img"
+    image.write_bytes(build_image(_deep_tree(3000)))
+    assert main(["composefs-info", "dump", str(image)]) == 0
+    lines = capsysbinary.readouterr().out.splitlines()
+    assert len(lines) == 3001
+    assert lines[-1] == b"/d" * 3000 + b" 27 40755 2 0 0 0 0.0 - - -"
+    assert [p for p, _ in walk(_deep_tree(3))] == [b"/", b"/d", b"/d/d", b"/d/d/d"]
+
+
+# -- the dumpfile parser (perf-build's rewrite owns it) --------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="dumpfile.py (perf-build's rewrite): a number of 4300+ digits is int()'s ValueError,"
+    " not a DumpfileError",
+)
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"/ {HUGE} 40755 2 0 0 0 0.0 - - -\n",  # size (slow path)
+        f"/ 0 40755 {HUGE} 0 0 0 0.0 - - -\n",  # nlink (fast path's metadata key)
+        f"/ 0 40755 2 0 0 0 0.{HUGE} - - -\n",  # mtime nanoseconds
+    ],
+)
+def test_dumpfile_number_with_thousands_of_digits(line: str) -> None:
+    with pytest.raises(dumpfile.DumpfileError):
+        dumpfile.parse(line.encode())
+
+
+# -- the harness itself -----------------------------------------------------------------------
+
+
+def test_harness_catches_a_write_outside_the_temp_dir(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    outside = tmp_path / "outside"
+    inside = tmp_path / "inside"
+    inside.mkdir()
+    target = replace(all_targets()[0], run=lambda _d, _t: outside.write_bytes(b"x"))
+    with pytest.raises(Exception, match="wrote outside") as e:
+        check(target, b"", inside)
+    assert type(e.value).__name__ == "Escape"
+
+
+def test_harness_lets_documented_errors_pass_and_others_through(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    def fail(exc: BaseException) -> None:
+        raise exc
+
+    base = all_targets()[0]
+    check(replace(base, run=lambda _d, _t: fail(CfsbootError("x"))), b"", tmp_path)
+    with pytest.raises(KeyError):
+        check(replace(base, run=lambda _d, _t: fail(KeyError("x"))), b"", tmp_path)

@@ -21,7 +21,7 @@ APT_PACKAGES := \
 	dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
 	python3-zstandard lintian groff-base fakeroot buildah podman grub-common
 
-.PHONY: setup apt venv native reftools pymin selinux-oracle testos test unit lint vm-test vm-test-core bench freeze install-dracut-module deb base-image demo clean
+.PHONY: setup apt venv native reftools pymin selinux-oracle testos test unit fuzz lint vm-test vm-test-core bench freeze install-dracut-module deb base-image demo clean
 
 setup: apt venv reftools pymin selinux-oracle testos
 
@@ -73,6 +73,24 @@ test: lint
 
 unit:
 	$(PY) -m pytest -q tests/unit
+
+# Longer fuzzing than `make test`: the hypothesis targets (tests/fuzz) with FUZZ_SCALE
+# times the examples, then atheris (coverage-guided) on each for FUZZ_SECONDS; an input
+# that crashes one is left in build/fuzz/ (pin it in tests/fuzz/test_fuzz_regressions.py).
+FUZZ_SCALE ?= 50
+FUZZ_SECONDS ?= 60
+fuzz:
+	CFSBOOT_FUZZ_SCALE=$(FUZZ_SCALE) $(PY) -m pytest -q tests/fuzz
+	@if ! $(PY) -c 'import atheris' 2>/dev/null; then \
+		echo "atheris is not installed: skipping the coverage-guided runs"; exit 0; fi; \
+	mkdir -p build/fuzz && \
+	for t in $$($(PY) tests/fuzz/atheris_run.py --list); do \
+		echo "atheris: $$t ($(FUZZ_SECONDS) s)"; \
+		$(PY) tests/fuzz/atheris_run.py $$t -max_total_time=$(FUZZ_SECONDS) \
+			-artifact_prefix=build/fuzz/$$t- -print_final_stats=1 2>&1 \
+			| grep -E '^(stat::number_of_executed_units|==|ERROR|[A-Za-z]+Error)' || true; \
+		[ "$${PIPESTATUS[0]}" = 0 ] || exit 1; \
+	done
 
 lint:
 	$(VENV)/bin/ruff check stager setup-root tests vm-tests bench debian

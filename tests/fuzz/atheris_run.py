@@ -28,6 +28,9 @@ with atheris.instrument_imports(include=["cfsboot", "setuproot"]):
 
 def main() -> None:
     targets = {t.name: t for t in all_targets()}
+    if sys.argv[1:] == ["--list"]:
+        print("\n".join(targets))
+        return
     if len(sys.argv) < 2 or sys.argv[1] not in targets:
         sys.exit(f"usage: atheris_run.py TARGET [libFuzzer options]; targets: {sorted(targets)}")
     target = targets[sys.argv[1]]

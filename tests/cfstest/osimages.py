@@ -33,8 +33,16 @@ def os_entries(
     kargs: str | None = 'kargs = ["console=ttyS0,115200"]\n',
     etc_mode: str | None = None,
     uki: bytes | None = None,
+    os_release: bytes | None = None,
+    kver: str = KVER,
 ) -> list[Entry]:
-    """One image's entries; `kernel` names the kernel+initramfs pair (same name: same bytes)."""
+    """One image's entries; `kernel` names the kernel+initramfs pair (same name: same bytes).
+
+    os_release: the whole usr/lib/os-release (default: ID=testos, NAME, VERSION_ID=version);
+    kver: the kernel's directory name under usr/lib/modules.
+    """
+    if os_release is None:
+        os_release = f'ID=testos\nNAME="Test OS"\nVERSION_ID={version}\n'.encode()
 
     def d(path: str) -> Entry:
         return Entry(path, "dir", mtime=MTIME)
@@ -46,10 +54,10 @@ def os_entries(
         d("usr"),
         d("usr/lib"),
         d("usr/lib/modules"),
-        d(f"usr/lib/modules/{KVER}"),
-        f(f"usr/lib/modules/{KVER}/vmlinuz", _blob(f"vmlinuz-{kernel}", 150_000)),
-        f(f"usr/lib/modules/{KVER}/initramfs.img", _blob(f"initramfs-{kernel}", 90_000)),
-        f("usr/lib/os-release", f'ID=testos\nNAME="Test OS"\nVERSION_ID={version}\n'.encode()),
+        d(f"usr/lib/modules/{kver}"),
+        f(f"usr/lib/modules/{kver}/vmlinuz", _blob(f"vmlinuz-{kernel}", 150_000)),
+        f(f"usr/lib/modules/{kver}/initramfs.img", _blob(f"initramfs-{kernel}", 90_000)),
+        f("usr/lib/os-release", os_release),
         d("usr/lib/systemd"),
         d("usr/lib/systemd/boot"),
         d("usr/lib/systemd/boot/efi"),
@@ -99,6 +107,8 @@ class OsOptions(TypedDict, total=False):
     kargs: str | None
     etc_mode: str | None
     uki: bytes | None
+    os_release: bytes | None
+    kver: str
 
 
 def os_image(path: Path, version: str, **kw: Unpack[OsOptions]) -> str:

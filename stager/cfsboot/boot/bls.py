@@ -165,7 +165,8 @@ class BLSEntry:
 # Entry files and systemd-boot's menu order
 # ---------------------------------------------------------------------------
 
-_COUNTER_RE = re.compile(r"\+(\d+)(?:-(\d+))?$")
+# ASCII digits only, as systemd-boot reads them (\d would take other scripts' digits too).
+_COUNTER_RE = re.compile(r"\+([0-9]{1,9})(?:-([0-9]{1,9}))?$")
 
 
 @dataclass(frozen=True)
@@ -250,10 +251,28 @@ def default_entry(entries: Iterable[EntryFile], pattern: str | None = None) -> E
 _UNSAFE_NAME = re.compile(r'[\x00-\x1f"*/:<>?\\|]')
 
 
+# Longest os-id and version parts of an entry's file name (vfat names end at 255).
+NAME_PART_MAX = 64
+
+
+def menu_text(value: str) -> str:
+    """`value` as one line of menu text: each run of white space and control characters
+    one blank, none at the ends. Titles and versions come from the image's os-release:
+    they must not add a line to an entry (or leave one that reads back otherwise)."""
+    return " ".join("".join(c if c.isprintable() else " " for c in value).split())
+
+
+def safe_file_name(part: str) -> str:
+    """`part` of a file name on the ESP: vfat's forbidden characters, `/` and controls as
+    `_`, no leading dot (no `..`), at most NAME_PART_MAX characters."""
+    return _UNSAFE_NAME.sub("_", menu_text(part)).lstrip(".")[:NAME_PART_MAX] or "_"
+
+
 def entry_file_name(os_id: str, version: str, *, primary: bool) -> str:
     """bootc's `bootc_<os-id with - as _>-<version>-<1 primary|0 secondary>.conf`."""
-    os_part = _UNSAFE_NAME.sub("_", os_id.replace("-", "_"))
-    return f"{ENTRY_PREFIX}{os_part}-{_UNSAFE_NAME.sub('_', version)}-{1 if primary else 0}.conf"
+    os_part = _UNSAFE_NAME.sub("_", os_id.replace("-", "_"))[:NAME_PART_MAX]
+    version_part = _UNSAFE_NAME.sub("_", version)[:NAME_PART_MAX]
+    return f"{ENTRY_PREFIX}{os_part}-{version_part}-{1 if primary else 0}.conf"
 
 
 def entry_sort_key(os_id: str, *, primary: bool) -> str:

@@ -22,7 +22,9 @@ def karg_key(arg: str) -> str:
 
 
 def is_composefs_karg(arg: str) -> bool:
-    return karg_key(arg) in (KARG, KARG_DIGEST)
+    """Whether setup-root would read `arg` as a composefs karg: it drops every double
+    quote (as the kernel does around values), so `"composefs=X"` is one too."""
+    return karg_key(arg.replace('"', "")) in (KARG, KARG_DIGEST)
 
 
 def karg_style(args: Iterable[str]) -> KargStyle | None:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cfsboot.boot.bls import safe_file_name
 from cfsboot.boot.uki import read_uki
 from cfsboot.errors import die
 from cfsboot.image.kargsd import load_kargs_d
@@ -72,7 +73,9 @@ def uki_inputs(
 def default_output(root: Path, kver: str) -> Path:
     """/boot/EFI/Linux/ID-VERSION-KVER.efi of the running system (where an image ships UKIs)."""
     osrel = OsRelease.from_root(root)
-    name = "-".join(p for p in (osrel.os_id, osrel.get("IMAGE_VERSION", "VERSION_ID"), kver) if p)
+    parts = (osrel.os_id, osrel.get("IMAGE_VERSION", "VERSION_ID"), kver)
+    # The parts are the image's: a `/` in one must not lead the UKI out of EFI/Linux.
+    name = "-".join(safe_file_name(p) for p in parts if p)
     return Path("/boot/EFI/Linux") / f"{name}.efi"
 
 

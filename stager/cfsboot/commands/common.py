@@ -65,7 +65,13 @@ def hash_alg(text: str) -> HashAlg:
 
 
 def karg_options(q: argparse.ArgumentParser) -> None:
-    q.add_argument("--karg", action="append", default=[], help="add a kernel argument (repeat)")
+    q.add_argument(
+        "--karg",
+        action="append",
+        default=[],
+        type=_karg,
+        help="add a kernel argument (repeat)",
+    )
     q.add_argument(
         "--karg-delete",
         action="append",
@@ -86,6 +92,15 @@ def karg_options(q: argparse.ArgumentParser) -> None:
 def karg_style(args: argparse.Namespace) -> KargStyle | None:
     """--karg-style as given; None when not given."""
     return KargStyle(args.karg_style) if args.karg_style else None
+
+
+def _karg(text: str) -> str:
+    from cfsboot.image.kargsd import karg_problem
+
+    problem = karg_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{text!r} has {problem}")
+    return text
 
 
 def _boot_tries(text: str) -> int:

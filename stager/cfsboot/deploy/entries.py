@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
+from cfsboot.boot.bls import menu_text
 from cfsboot.boot.bootloader import Bootloader, MenuEntry
 from cfsboot.boot.boottype import BootType
 from cfsboot.boot.uki import boot_digest as uki_boot_digest
@@ -14,6 +15,7 @@ from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.deploy.target import Target
 from cfsboot.errors import die
 from cfsboot.image import imagefiles
+from cfsboot.image.osrelease import DEFAULT_OS_ID
 from setuproot.contract import ComposefsKarg
 
 
@@ -47,9 +49,11 @@ def build_entry(
     """
     repo = sysroot.repo
     d = target.digest
-    title = target.osrel.title(d)
-    version = target.osrel.version(d)
-    os_id = target.osrel.os_id
+    # os-release is the image's: one line of printable text each, or the entry would not
+    # read back as written (see bls.menu_text).
+    title = menu_text(target.osrel.title(d)) or d
+    version = menu_text(target.osrel.version(d)) or d
+    os_id = menu_text(target.osrel.os_id) or DEFAULT_OS_ID
     if target.boot.ukis:
         uki_file = sorted(target.boot.ukis, key=lambda u: u.path)[0]
         with imagefiles.local_copy(repo, uki_file) as path:
@@ -64,7 +68,7 @@ def build_entry(
                 )
             digest = uki_boot_digest(path, uki)
             uki_path = bl.install_uki(d, path)
-        label = uki.boot_label() or title
+        label = menu_text(uki.boot_label() or "") or title
         return (
             MenuEntry(d, BootType.UKI, label, version, os_id, uki=uki_path),
             digest,

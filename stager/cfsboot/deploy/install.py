@@ -251,8 +251,11 @@ def to_filesystem(
             etc_files = ssh_keys_tmpfiles(
                 opts.root_ssh_keys, target.tree, target.config, where=opts.root_ssh_keys_from
             )
-        bl = _install_loader(esp, sysroot, target, opts)
+        # The image's kernel arguments (install config, kargs.d) are checked before
+        # anything reaches the ESP: a refusal leaves it as it was.
         args = _install_args(sysroot, target, opts, fs_uuid)
+        imagefiles.kargs_d(sysroot.repo, target.boot)
+        bl = _install_loader(esp, sysroot, target, opts)
         entry, options = deploy_first(
             sysroot,
             bl,

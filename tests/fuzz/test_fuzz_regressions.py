@@ -195,7 +195,11 @@ def test_harness_catches_a_write_outside_the_temp_dir(tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     inside = tmp_path / "inside"
     inside.mkdir()
-    target = replace(all_targets()[0], run=lambda _d, _t: outside.write_bytes(b"x"))
+
+    def escape(_data: bytes, _tmp: Path) -> None:
+        outside.write_bytes(b"x")
+
+    target = replace(all_targets()[0], run=escape)
     with pytest.raises(Exception, match="wrote outside") as e:
         check(target, b"", inside)
     assert type(e.value).__name__ == "Escape"

@@ -43,6 +43,7 @@ from cfsboot.composefs.repository import Repository
 from cfsboot.deploy.entries import build_entry, composefs_karg
 from cfsboot.deploy.installprep import Replace, prepare_root, ssh_keys_tmpfiles
 from cfsboot.deploy.origin import Origin
+from cfsboot.deploy.space import check_deploy_space
 from cfsboot.deploy.state import write_state
 from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.deploy.target import Target, import_target
@@ -109,6 +110,9 @@ def deploy_first(
     for arg in unmatched:
         log.warning("--karg-delete %s: the entry has no such kernel argument", arg)
     origin = Origin(target.reference, BootType.BLS, None, target.manifest_digest)
+    check_deploy_space(
+        sysroot, bl, target, [], init_var=True, action=f"installing {target.reference}"
+    )
     if bl is None:
         write_state(sysroot, target, origin, init_var=True, etc_files=etc_files)
         return None, options

@@ -44,6 +44,7 @@ from cfsboot.deploy.entries import build_entry, composefs_karg
 from cfsboot.deploy.etccarry import check_etc, merge_etc
 from cfsboot.deploy.origin import Origin
 from cfsboot.deploy.pins import cap_menu, pinned
+from cfsboot.deploy.space import check_deploy_space
 from cfsboot.deploy.state import write_state
 from cfsboot.deploy.sysroot import StagedDeployment, Sysroot
 from cfsboot.deploy.target import (
@@ -129,6 +130,7 @@ def stage(
     options = _new_options(
         sysroot, target, old, cur_entry.options, extra_kargs, karg_delete, karg_style
     )
+    check_deploy_space(sysroot, bl, target, live, action=f"staging {target.reference}")
     entry, boot_digest = build_entry(sysroot, bl, target, options=options, menu=live)
     entry = replace(entry, tries=trial_tries(sysroot, sysroot.repo, target.tree, boot_tries))
     origin = Origin(target.reference, entry.boot_type, boot_digest, target.manifest_digest)

@@ -41,6 +41,7 @@ from cfsboot.image.layerread import read_layer, stored_record
 from cfsboot.image.objectsink import ObjectSink
 from cfsboot.image.progress import Progress
 from cfsboot.image.transform import XattrFilter, transform_for_boot, transform_for_oci
+from cfsboot.linux import space
 from cfsboot.oci import skopeo
 from cfsboot.oci.apply import LayerRecord, build_tree
 from cfsboot.oci.blobs import LayerDesc, OpenedImage
@@ -239,16 +240,55 @@ def content_reader(sink: ObjectSink, repo: Repository | None) -> selabel.Content
 def _publish(
     repo: Repository, image: OpenedImage, new: list[LayerRecord], erofs: bytes, info: ImageInfo
 ) -> str:
-    """Write what the import made into the repository; the boot image's digest."""
-    for record in new:
-        repo.write_stream(layer_stream(record.diff_id), record.to_bytes())
-    repo.write_stream(manifest_stream(image.manifest_digest), image.manifest)
-    repo.write_stream(config_stream(image.config_digest), image.config)
-    digest = repo.write_image(erofs)
-    repo.write_stream(image_stream(digest), info.to_bytes())
+    """Write what the import made into the repository; the boot image's digest.
+
+    A write that fails (a full disk) takes back the names this call made: no stream
+    or image of a half-published import stays (the objects under them go at gc).
+    """
+    made: list[Path] = []
+
+    def name(path: Path) -> Path:
+        if not path.is_symlink():
+            made.append(path)
+        return path
+
+    try:
+        for record in new:
+            name(repo.stream_path(layer_stream(record.diff_id)))
+            repo.write_stream(layer_stream(record.diff_id), record.to_bytes())
+        name(repo.stream_path(manifest_stream(image.manifest_digest)))
+        repo.write_stream(manifest_stream(image.manifest_digest), image.manifest)
+        name(repo.stream_path(config_stream(image.config_digest)))
+        repo.write_stream(config_stream(image.config_digest), image.config)
+        name(repo.image_path(fsverity.digest_bytes(erofs, repo.algorithm).hex()))
+        digest = repo.write_image(erofs)
+        name(repo.stream_path(image_stream(digest)))
+        repo.write_stream(image_stream(digest), info.to_bytes())
+    except OSError:
+        for path in reversed(made):
+            path.unlink(missing_ok=True)
+        raise
     if info.tag:
         repo.tag(info.tag, digest)
     return digest
+
+
+# What a compressed layer's files take as objects: OS images compress about 3:1 with
+# gzip or zstd. A layer already in the repository takes nothing.
+COMPRESSION_RATIO = 3
+
+
+def import_needs(image: OpenedImage, repo: Repository) -> list[space.Need]:
+    """The space importing `image` into `repo` will take, estimated from the manifest."""
+    new = [ld for ld in image.layers if not repo.stream_path(layer_stream(ld.diff_id)).exists()]
+    content = sum(
+        (ld.size or 0) * (COMPRESSION_RATIO if ld.media_type.endswith(("gzip", "zstd")) else 1)
+        for ld in new
+    )
+    return [
+        space.Need(f"the files of {len(new)} new layer{'s' if len(new) != 1 else ''}", content),
+        space.Need("the boot image", content // 32),  # EROFS metadata: ~1-2% of the files
+    ]
 
 
 def import_image(
@@ -273,6 +313,28 @@ def import_image(
         check_tag(tag_name)
     alg = repo.algorithm if repo is not None else (algorithm or HashAlg.SHA512)
     progress = progress or Progress(False)
+    try:
+        return _import(reference, ref, repo, alg, arch, tag_name, xattrs, progress, tls_verify)
+    except OSError as e:
+        if repo is None or not space.is_nospace(e):
+            raise
+        # The batch threw away the objects it staged: the repository is as it was.
+        raise space.nospace_error(
+            repo.path, action=f"importing {reference}", kept="nothing of it was kept"
+        ) from e
+
+
+def _import(
+    reference: str,
+    ref: ImageRef,
+    repo: Repository | None,
+    alg: HashAlg,
+    arch: str | None,
+    tag_name: str,
+    xattrs: XattrFilter,
+    progress: Progress,
+    tls_verify: bool | None,
+) -> ImportResult:
     with ExitStack() as stack:
         stack.callback(progress.done)  # clear the progress line, also before an error message
         if repo is not None:
@@ -289,6 +351,11 @@ def import_image(
                 tmp_dir=pull_dir(known.fetch_bytes),
             )
         )
+        if repo is not None:
+            space.check_paths(
+                [(repo.path, n) for n in import_needs(image, repo)],
+                action=f"importing {reference}",
+            )
         sink = ObjectSink(alg, repo)
         stack.callback(sink.close)
         with repo.batch() if repo is not None else ExitStack():

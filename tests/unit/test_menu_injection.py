@@ -37,7 +37,7 @@ OS_RELEASE = (
 # What the menu shows: one line each, runs of blanks and controls as one blank.
 TITLE = "Evil\" OS$(reboot);\\x 'q' {} ../../x"
 VERSION = '1.0"\\;$(id)/../.. [2J'
-KVER = "6.12$(reboot);'\"\\x..y"
+KVER = "6.12$(reboot);'\"\\x..y\nz\tw"
 KARGS = "x=$y;z", "w=../../..", "v=a}b{c", "u=#t"
 
 
@@ -95,8 +95,9 @@ def test_hostile_os_release_and_kernel_name_stay_in_one_bls_entry(tmp_path: Path
         "sort-key bootc-evil/../../id;$x-0",
     ]
     _check_esp_paths(system, digest, grub=False)
-    proc = system.cfs("fsck")
-    assert (proc.returncode, proc.stderr) == (0, "")
+    for command in (["fsck"], ["status"], ["status", "--json"]):
+        proc = system.cfs(*command)
+        assert (proc.returncode, proc.stderr) == (0, ""), command
 
 
 def _script_check(path: Path) -> None:

@@ -58,8 +58,8 @@ def from_origin_reference(value: str) -> str:
         return value
     transport, _, rest = value.partition(":")
     transport = _FROM_OSTREE.get(transport, transport)
-    if transport == "docker":
-        return f"docker://{rest}"
+    if transport == "docker":  # `registry:NAME`, or containers-image's `docker://NAME`
+        return f"docker://{rest.removeprefix('//')}"
     return f"{transport}:{rest}"
 
 

@@ -138,6 +138,8 @@ class Executor:
             case Attach():
                 fd = self.handles.pop(op.handle)
                 self._attach_fd(fd, op.at, op.handle)
+                if op.handle == "root":  # from here paths name directories of the image
+                    self.swapped = True
             case RemoveDir():
                 try:
                     os.rmdir(op.path)

@@ -211,20 +211,32 @@ def lowerdir_string(lowers: tuple[str, ...], datas: tuple[str, ...]) -> str:
     return value
 
 
-def make_plan(sysroot: str, karg: ComposefsKarg, config: Config, *, run_dir: str = RUN_DIR) -> Plan:
+def make_plan(
+    sysroot: str,
+    karg: ComposefsKarg,
+    config: Config,
+    *,
+    run_dir: str = RUN_DIR,
+    target: str | None = None,
+) -> Plan:
     """What to mount, in order, for booting `karg` from the physical root at `sysroot`.
 
     Three phases: checks and directories on the physical root while nothing is
     mounted yet; the composefs root (EROFS, overlay) and the clones of what
     the new root needs from the physical root; then the swap, after which
     /sysroot is the new root and /etc and /var are attached to it.
+
+    target: build the new root there instead, and leave the physical root where
+    it is (a soft reboot's /run/nextroot, prepared on the running system).
     """
     sysroot = sysroot.rstrip("/") or "/"
+    if target is not None:
+        target = target.rstrip("/") or "/"
     state = f"{sysroot}/{deploy_dir(karg.digest)}"
     ops: list[Op] = [Verify(f"{sysroot}/{image_path(karg.digest)}", karg)]
     ops += _prepare_state(karg, config, state)
     ops += _mount_root(sysroot, karg, config, state, run_dir)
-    ops += _swap_and_attach(sysroot, karg, config, run_dir)
+    ops += _swap_and_attach(sysroot, karg, config, run_dir, target)
     return Plan(sysroot, karg, config, tuple(ops))
 
 
@@ -291,11 +303,19 @@ def _mount_root(r: str, karg: ComposefsKarg, config: Config, state: str, run_dir
     return ops
 
 
-def _swap_and_attach(r: str, karg: ComposefsKarg, config: Config, run_dir: str) -> list[Op]:
-    """The swap (from here on `r` is the new root), then /etc and /var on it."""
+def _swap_and_attach(
+    sysroot: str, karg: ComposefsKarg, config: Config, run_dir: str, target: str | None
+) -> list[Op]:
+    """The swap (from here on `r` is the new root), then /etc and /var on it.
+
+    With a `target` there is no swap: the new root is attached there and the
+    physical root stays mounted at `sysroot` as well.
+    """
+    r = sysroot if target is None else target
     # After the swap the physical root is reachable at /sysroot inside the new root.
     state_after = f"{r}/sysroot/{deploy_dir(karg.digest)}"
-    ops: list[Op] = [Detach(r), Attach("root", r), Attach("physical-root", f"{r}/sysroot")]
+    ops: list[Op] = [Detach(r)] if target is None else []
+    ops += [Attach("root", r), Attach("physical-root", f"{r}/sysroot")]
     if config.etc is EtcMount.OVERLAY:
         ops += [
             Overlay(
@@ -324,6 +344,6 @@ def _swap_and_attach(r: str, karg: ComposefsKarg, config: Config, run_dir: str) 
     if config.var is VarMount.BIND:
         ops.append(Attach("var", f"{r}/var"))
     ops.append(RemoveDir(run_dir))
-    if r == DEFAULT_SYSROOT:  # the real boot, not a test or a chroot
+    if target is None and r == DEFAULT_SYSROOT:  # the real boot, not a test or a chroot
         ops.append(VolatileRoot())
     return ops

@@ -76,6 +76,7 @@ def _register_switch_upgrade(sub: Subparsers) -> None:
         q.add_argument(
             "--apply", action="store_true", help="reboot when a deployment is staged to boot"
         )
+        soft_reboot_option(q)
         what = q.add_mutually_exclusive_group()
         what.add_argument(
             "--download-only",
@@ -112,6 +113,7 @@ def _register_lifecycle(sub: Subparsers) -> None:
     q = sub.add_parser("rollback", help="make the previous deployment the default")
     sysroot_options(q)
     q.add_argument("--apply", action="store_true", help="reboot when done")
+    soft_reboot_option(q)
     q.set_defaults(func=cmd_rollback)
 
     q = sub.add_parser("status", help="show the deployments")
@@ -145,6 +147,31 @@ def _register_lifecycle(sub: Subparsers) -> None:
     q.add_argument("--dry-run", action="store_true", help="only say what would go")
     q.add_argument("--keep", type=int, default=0, help="keep this many more older deployments")
     q.set_defaults(func=cmd_gc)
+
+
+def soft_reboot_option(q: argparse.ArgumentParser) -> None:
+    q.add_argument(
+        "--soft-reboot",
+        choices=("required", "auto"),
+        metavar="MODE",
+        help="reboot userspace only (systemd's soft reboot into /run/nextroot) when the next"
+        " deployment runs the booted kernel with the same kernel arguments; implies --apply."
+        " required: fail when it cannot, auto: reboot fully then",
+    )
+
+
+def _soft_reboot(
+    args: argparse.Namespace, sysroot: Sysroot, bl: Bootloader, *, staged: bool
+) -> None:
+    """--soft-reboot, under the repository lock: when something is to boot next."""
+    from cfsboot.deploy.softreboot import SoftRebootMode, soft_reboot
+
+    if staged:
+        marker = sysroot.staged()
+        if marker is None or marker.finalization_locked:
+            return
+    mode = SoftRebootMode(args.soft_reboot)
+    soft_reboot(sysroot, bl, mode, staged=staged, say=lambda line: sys.stderr.write(f"{line}\n"))
 
 
 def _reboot(apply: bool) -> None:
@@ -189,11 +216,18 @@ def _stage(
     return 0
 
 
+def _check_soft_reboot(args: argparse.Namespace) -> None:
+    if args.soft_reboot is not None and (args.download_only or getattr(args, "check", False)):
+        other = "--download-only" if args.download_only else "--check"
+        die(f"--soft-reboot and {other} do not go together: the latter boots nothing")
+
+
 def cmd_switch(args: argparse.Namespace) -> int:
     from cfsboot.boot.kargs import check_karg_deletes
     from cfsboot.oci.reference import canonical, switch_reference
 
     check_karg_deletes(args.karg_delete)
+    _check_soft_reboot(args)
     if args.from_downloaded:
         if args.imgref is not None:
             die("switch --from-downloaded takes no IMGREF: it fetches nothing")
@@ -213,6 +247,9 @@ def cmd_switch(args: argparse.Namespace) -> int:
             rc = 0
         else:
             rc = _stage(args, sysroot, bl, imgref, switching=True)
+        if args.soft_reboot is not None:
+            _soft_reboot(args, sysroot, bl, staged=True)
+            return rc
     _reboot_if_staged(args.apply, sysroot)
     return rc
 
@@ -283,6 +320,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     if getattr(args, "tag", None) is not None and args.from_downloaded:
         die("--tag and --from-downloaded do not go together: the latter fetches nothing")
     check_karg_deletes(args.karg_delete)
+    _check_soft_reboot(args)
     with opened(args) as (sysroot, bl):
         if args.from_downloaded:
             sys.stderr.write(f"{unlock_staged(sysroot, bl)}\n")
@@ -296,6 +334,9 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
             if args.check:
                 return _check(args, sysroot, bl, depl, imgref)
             rc = _stage(args, sysroot, bl, imgref, switching=False)
+        if args.soft_reboot is not None:
+            _soft_reboot(args, sysroot, bl, staged=True)
+            return rc
     _reboot_if_staged(args.apply, sysroot)
     return rc
 
@@ -327,7 +368,10 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
     with opened(args) as (sysroot, bl):
         msg = rollback(sysroot, bl)
-    sys.stderr.write(f"{msg}\n")
+        sys.stderr.write(f"{msg}\n")
+        if args.soft_reboot is not None:
+            _soft_reboot(args, sysroot, bl, staged=False)
+            return 0
     _reboot(args.apply)
     return 0
 

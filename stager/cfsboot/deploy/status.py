@@ -12,6 +12,10 @@ image's manifest and config adds version, timestamp and architecture.
 - rollback: the first other deployment in the live menu; the rest are
   otherDeployments.
 
+`softRebootCapable` is true on the staged (unless download-only) and the
+rollback entry of a running system when that deployment boots the booted
+kernel with the same kernel arguments (cfsboot.deploy.softreboot.capable).
+
 Boot assessment is reported in a `cfsboot` object of each BootEntry and of the
 HostStatus: bootc's schema lists no such property and forbids none, so the
 document stays valid, and cfsboot's own fields stay apart from bootc's. An
@@ -36,6 +40,7 @@ from typing import Literal, NotRequired, TypedDict, cast
 from cfsboot.boot.bootloader import Bootloader, BootloaderKind, MenuEntry
 from cfsboot.boot.boottype import BootType
 from cfsboot.boot.uki import parse_uki
+from cfsboot.deploy import softreboot
 from cfsboot.deploy.assessment import read_record
 from cfsboot.deploy.origin import Origin
 from cfsboot.deploy.pins import pinned
@@ -329,10 +334,10 @@ def host_status(sysroot: Sysroot, bl: Bootloader, *, usr: Path | None = None) ->
     pins = pinned(sysroot)
     cached = read_cached_update(sysroot)
 
-    def entry(m: MenuEntry, *, download_only: bool = False) -> BootEntry:
+    def entry(m: MenuEntry, *, download_only: bool = False, soft: bool = False) -> BootEntry:
         dep = _deployment(sysroot, m)
         update = cached.image if cached is not None and cached.deployment == m.deployment else None
-        return _boot_entry(
+        doc = _boot_entry(
             sysroot,
             dep,
             bl.kind,
@@ -340,6 +345,9 @@ def host_status(sysroot: Sysroot, bl: Bootloader, *, usr: Path | None = None) ->
             pinned=m.deployment in pins,
             cached_update=cast(ImageStatus, update) if update is not None else None,
         )
+        if soft and sysroot.live:
+            doc["softRebootCapable"] = softreboot.capable(sysroot, bl, m)
+        return doc
 
     rollback_queued = bool(live) and current is not None and live[0].deployment != current
     spec_source = staged_entry or booted
@@ -349,9 +357,13 @@ def host_status(sysroot: Sysroot, bl: Bootloader, *, usr: Path | None = None) ->
         if origin is not None:
             spec_image = image_reference(origin.image)
     locked = bool(marker and marker.finalization_locked)
-    staged = entry(staged_entry, download_only=locked) if staged_entry is not None else None
+    staged = (
+        entry(staged_entry, download_only=locked, soft=not locked)
+        if staged_entry is not None
+        else None
+    )
     booted_doc = entry(booted) if booted is not None else None
-    rollback_doc = entry(rollback) if rollback is not None else None
+    rollback_doc = entry(rollback, soft=True) if rollback is not None else None
     more: _Others = {"otherDeployments": [entry(m) for m in others[1:]]} if others[1:] else {}
     status: HostStatus = {
         "staged": staged,

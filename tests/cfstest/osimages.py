@@ -28,6 +28,7 @@ def os_entries(
     version: str,
     *,
     kernel: str = "k1",
+    initramfs: str | None = None,
     etc: dict[str, bytes] | None = None,
     extra: dict[str, bytes] | None = None,
     kargs: str | None = 'kargs = ["console=ttyS0,115200"]\n',
@@ -39,7 +40,8 @@ def os_entries(
     """One image's entries; `kernel` names the kernel+initramfs pair (same name: same bytes).
 
     os_release: the whole usr/lib/os-release (default: ID=testos, NAME, VERSION_ID=version);
-    kver: the kernel's directory name under usr/lib/modules.
+    kver: the kernel's directory name under usr/lib/modules;
+    initramfs: names the initramfs apart (default: the kernel's name).
     """
     if os_release is None:
         os_release = f'ID=testos\nNAME="Test OS"\nVERSION_ID={version}\n'.encode()
@@ -56,7 +58,10 @@ def os_entries(
         d("usr/lib/modules"),
         d(f"usr/lib/modules/{kver}"),
         f(f"usr/lib/modules/{kver}/vmlinuz", _blob(f"vmlinuz-{kernel}", 150_000)),
-        f(f"usr/lib/modules/{kver}/initramfs.img", _blob(f"initramfs-{kernel}", 90_000)),
+        f(
+            f"usr/lib/modules/{kver}/initramfs.img",
+            _blob(f"initramfs-{initramfs or kernel}", 90_000),
+        ),
         f("usr/lib/os-release", os_release),
         d("usr/lib/systemd"),
         d("usr/lib/systemd/boot"),
@@ -102,6 +107,7 @@ class OsOptions(TypedDict, total=False):
     """The keyword arguments of `os_entries` (and so of `os_image`)."""
 
     kernel: str
+    initramfs: str | None
     etc: dict[str, bytes] | None
     extra: dict[str, bytes] | None
     kargs: str | None

@@ -171,7 +171,12 @@ def _soft_reboot(
         if marker is None or marker.finalization_locked:
             return
     mode = SoftRebootMode(args.soft_reboot)
-    soft_reboot(sysroot, bl, mode, staged=staged, say=lambda line: sys.stderr.write(f"{line}\n"))
+
+    def say(line: str) -> None:
+        sys.stderr.write(f"{line}\n")
+        sys.stderr.flush()
+
+    soft_reboot(sysroot, bl, mode, staged=staged, say=say)
 
 
 def _reboot(apply: bool) -> None:

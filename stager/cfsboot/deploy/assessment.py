@@ -5,7 +5,9 @@ The boot is good when `boot-complete.target` is reached; the image's health
 checks (cfsboot.deploy.health, and units `RequiredBy=boot-complete.target`)
 can hold it back. Then:
 
-- good: `cfsboot bless` ends the trial. On systemd-boot it runs systemd's own
+- good: `cfsboot bless` ends the trial (not after a soft reboot: the boot
+  loader, which counts, did not start the deployment, so its first full boot
+  is its trial). On systemd-boot it runs systemd's own
   `systemd-bless-boot good` (via systemd-bless-boot.service, which systemd's
   generator pulls in when systemd-boot booted a counted entry; cfsboot's
   drop-in runs it on the ESP cfsboot finds, mounted or not); on GRUB it marks
@@ -47,6 +49,7 @@ from cfsboot.image import imagefiles
 from cfsboot.linux import efivars
 from cfsboot.linux.fsutil import write_file_atomic
 from cfsboot.linux.lazyrun import run
+from setuproot.contract import KargError, parse_cmdline
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +181,11 @@ def bless(sysroot: Sysroot, bl: Bootloader, *, deployment: str | None = None) ->
         clear_record(sysroot, deployment)
         return done or f"deployment {deployment[:12]}… was not on trial: nothing to bless"
     booted = _booted(sysroot)
+    if soft_rebooted(booted):
+        return (
+            f"deployment {booted[:12]}… runs after a soft reboot (the boot loader did not"
+            " start it): its boot trial stays for its first full boot"
+        )
     if bl.kind is BootloaderKind.SYSTEMD_BOOT:
         counted = efivars.boot_count_path()
         if counted is None:
@@ -191,6 +199,16 @@ def bless(sysroot: Sysroot, bl: Bootloader, *, deployment: str | None = None) ->
         done = bl.bless(booted)
     clear_record(sysroot, booted)
     return done or f"deployment {booted[:12]}… was not on trial: nothing to bless"
+
+
+def soft_rebooted(booted: str, cmdline_path: str = "/proc/cmdline") -> bool:
+    """Whether `booted` came by a soft reboot: the kernel was started for another deployment."""
+    try:
+        with open(cmdline_path) as f:
+            kargs = parse_cmdline(f.read())
+    except (OSError, KargError):
+        return False
+    return bool(kargs) and all(k.digest != booted for k in kargs)
 
 
 def boot_complete_reached() -> bool:

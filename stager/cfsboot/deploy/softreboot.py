@@ -49,7 +49,14 @@ from cfsboot.errors import CfsbootError, die
 from cfsboot.image import imagefiles
 from cfsboot.image.info import read_image_info
 from cfsboot.linux.run import run
-from setuproot.contract import KARG, KARG_DIGEST, ComposefsKarg, KargError, parse_cmdline
+from setuproot.contract import (
+    KARG,
+    KARG_DIGEST,
+    ComposefsKarg,
+    KargError,
+    parse_cmdline,
+    split_cmdline,
+)
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +120,11 @@ def boot_spec(repo: Repository, entry: MenuEntry) -> BootSpec:
                 log.warning("%s", e)
                 break
             linux = uki.section(".linux")
-            kernel = None
+            ident = None
             if linux is not None:
                 h = hashlib.sha256(data[linux.raw_offset : linux.raw_offset + linux.size])
-                kernel = f"sha256:{h.hexdigest()}"
-            return BootSpec(kernel, without_composefs((uki.cmdline or "").split()))
+                ident = f"sha256:{h.hexdigest()}"
+            return BootSpec(ident, without_composefs(split_cmdline(uki.cmdline or "")))
         return BootSpec(None, ())
     kernel = imagefiles.newest_kernel(info.boot)
     if kernel is None:

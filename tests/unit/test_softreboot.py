@@ -85,6 +85,7 @@ def system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DirSysroot:
     # As on the running system: v2 booted (from the / mount), systemd 257 (trixie's).
     monkeypatch.setattr(Sysroot, "booted", lambda self: booted)
     monkeypatch.setattr(softreboot, "systemd_version", lambda: 257)
+    monkeypatch.setattr(softreboot, "same_mount_namespace_as_pid1", lambda: True)
     return ds
 
 
@@ -121,6 +122,10 @@ def test_blocker_systemd_and_offline(system: DirSysroot, monkeypatch: pytest.Mon
     assert softreboot.blocker(_live(system), bl, v1_entry) == (
         "soft reboot into /run/nextroot needs systemd >= 254 (systemd 252)"
     )
+    monkeypatch.setattr(softreboot, "same_mount_namespace_as_pid1", lambda: False)
+    assert softreboot.blocker(_live(system), bl, v1_entry) == (
+        "cfsboot runs in a mount namespace of its own: systemd would not see /run/nextroot"
+    )
 
 
 def test_status_field(system: DirSysroot, tmp_path: Path) -> None:
@@ -145,6 +150,10 @@ class _Calls:
 def calls(monkeypatch: pytest.MonkeyPatch) -> _Calls:
     c = _Calls()
     monkeypatch.setattr(softreboot, "run", lambda argv, **kw: c.argv.append(list(argv)))
+    # The fallback detaches a /run/nextroot first: here there is none (EINVAL/ENOENT).
+    import setuproot.nextroot
+
+    monkeypatch.setattr(setuproot.nextroot, "NEXTROOT", "/nonexistent/cfsboot-test-nextroot")
     monkeypatch.setattr(
         softreboot,
         "prepare",
@@ -206,6 +215,7 @@ def test_staged_is_finalized_before_the_soft_reboot(
     booted = ds.digests[0]
     monkeypatch.setattr(Sysroot, "booted", lambda self: booted)
     monkeypatch.setattr(softreboot, "systemd_version", lambda: 257)
+    monkeypatch.setattr(softreboot, "same_mount_namespace_as_pid1", lambda: True)
     sysroot, bl = _live(ds), ds.bootloader()
     softreboot.soft_reboot(sysroot, bl, SoftRebootMode.REQUIRED, staged=True, say=calls.said.append)
     v2d = ds.digests[1]

@@ -33,6 +33,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import logging
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -189,10 +190,20 @@ def systemd_version() -> int | None:
     return int(m.group(1)) if m else None
 
 
+def same_mount_namespace_as_pid1() -> bool:
+    """Whether mounts made here are seen by systemd (PID 1); unknown counts as yes."""
+    try:
+        return os.stat("/proc/self/ns/mnt").st_ino == os.stat("/proc/1/ns/mnt").st_ino
+    except OSError:
+        return True
+
+
 def blocker(sysroot: Sysroot, bl: Bootloader, entry: MenuEntry) -> str | None:
     """Why the running system cannot soft-reboot into `entry`; None: it can."""
     if not sysroot.live:
         return f"{sysroot.path} is not the physical root of the running cfsboot system"
+    if not same_mount_namespace_as_pid1():
+        return "cfsboot runs in a mount namespace of its own: systemd would not see /run/nextroot"
     version = systemd_version()
     if version is None or version < MIN_SYSTEMD:
         found = f"systemd {version}" if version is not None else "no systemd version"
@@ -297,4 +308,11 @@ def soft_reboot(
 
 
 def _full_reboot() -> None:
+    from setuproot.nextroot import NEXTROOT, release
+
+    # systemd >= 256: `systemctl reboot` soft-reboots by itself into a /run/nextroot set up.
+    try:
+        release(NEXTROOT)
+    except Exception as e:  # SetupError: one line; the reboot matters more
+        log.warning("%s", e)
     run(["systemctl", "reboot"])

@@ -157,7 +157,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> _Calls:
     monkeypatch.setattr(
         softreboot,
         "prepare",
-        lambda sysroot, entry, target=None: c.prepared.append(entry.deployment),
+        lambda sysroot, entry, target=None, tree=None: c.prepared.append(entry.deployment),
     )
     return c
 

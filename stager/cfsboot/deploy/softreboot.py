@@ -45,11 +45,11 @@ from cfsboot.composefs.repository import Repository
 from cfsboot.composefs.tree import Inode, lookup
 from cfsboot.deploy.stage import finalize
 from cfsboot.deploy.sysroot import Sysroot
-from cfsboot.deploy.target import target_from_repo
 from cfsboot.errors import CfsbootError, die
 from cfsboot.image import imagefiles
 from cfsboot.image.info import read_image_info
 from cfsboot.linux.run import run
+from setuproot.config import resolve_etc
 from setuproot.contract import (
     KARG,
     KARG_DIGEST,
@@ -198,7 +198,22 @@ def same_mount_namespace_as_pid1() -> bool:
         return True
 
 
-def blocker(sysroot: Sysroot, bl: Bootloader, entry: MenuEntry) -> str | None:
+class _Trees:
+    """Image trees read once per soft reboot (reading one parses the whole EROFS image)."""
+
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+        self.trees: dict[str, Inode] = {}
+
+    def __call__(self, digest: str) -> Inode:
+        if digest not in self.trees:
+            self.trees[digest] = imagefiles.image_tree(self.repo, digest)
+        return self.trees[digest]
+
+
+def blocker(
+    sysroot: Sysroot, bl: Bootloader, entry: MenuEntry, trees: _Trees | None = None
+) -> str | None:
     """Why the running system cannot soft-reboot into `entry`; None: it can."""
     if not sysroot.live:
         return f"{sysroot.path} is not the physical root of the running cfsboot system"
@@ -215,9 +230,10 @@ def blocker(sysroot: Sysroot, bl: Bootloader, entry: MenuEntry) -> str | None:
     reason = why_not(boot_spec(repo, booted), boot_spec(repo, entry))
     if reason is not None:
         return reason
-    old = imagefiles.image_tree(repo, booted.deployment)
-    new = imagefiles.image_tree(repo, entry.deployment)
-    if selinux_policy(repo, old) != selinux_policy(repo, new):
+    tree = trees or _Trees(repo)
+    if selinux_policy(repo, tree(booted.deployment)) != selinux_policy(
+        repo, tree(entry.deployment)
+    ):
         return "its SELinux policy differs (a soft reboot keeps the loaded one)"
     return None
 
@@ -242,13 +258,23 @@ def next_karg(sysroot: Sysroot, entry: MenuEntry) -> ComposefsKarg:
     return ComposefsKarg(entry.deployment, repo.algorithm, repo.insecure)
 
 
-def prepare(sysroot: Sysroot, entry: MenuEntry, target: str | None = None) -> str:
-    """Mount `entry`'s deployment at `target` (/run/nextroot) with setup-root's code; the path."""
+def prepare(
+    sysroot: Sysroot, entry: MenuEntry, target: str | None = None, tree: Inode | None = None
+) -> str:
+    """Mount `entry`'s deployment at `target` (/run/nextroot) with setup-root's code; the path.
+
+    The config is the one its initramfs would read (the image's file), its /etc
+    mode resolved against its state directory, as setup-root does at boot.
+    """
     from setuproot.mount import SetupError
     from setuproot.nextroot import NEXTROOT, mount_root_at
 
     where = target or NEXTROOT
-    config = target_from_repo(sysroot, entry.deployment).config
+    d = entry.deployment
+    if tree is None:
+        tree = imagefiles.image_tree(sysroot.repo, d)
+    state_etc = str(sysroot.deploy_dir(d) / "etc")
+    config = resolve_etc(imagefiles.setup_root_config(sysroot.repo, tree), state_etc)
     try:
         mount_root_at(str(sysroot.path), next_karg(sysroot, entry), config, where)
     except SetupError as e:
@@ -279,7 +305,8 @@ def soft_reboot(
         die("no next deployment to soft-reboot into")
     entry = menu[0]
     short = f"{entry.deployment[:12]}…"
-    reason = blocker(sysroot, bl, entry)
+    trees = _Trees(sysroot.repo)
+    reason = blocker(sysroot, bl, entry, trees)
     if reason is not None:
         if mode is SoftRebootMode.REQUIRED:
             done = "it stays staged" if staged else "it is the default now"
@@ -293,7 +320,7 @@ def soft_reboot(
     if staged:
         log.info("%s", finalize(sysroot, bl))
     try:
-        prepare(sysroot, entry)
+        prepare(sysroot, entry, tree=trees(entry.deployment))
     except SoftRebootError as e:
         if mode is SoftRebootMode.REQUIRED:
             die(

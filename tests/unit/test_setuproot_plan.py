@@ -54,6 +54,30 @@ def test_default_plan() -> None:
     ]
 
 
+def test_plan_for_a_next_root_elsewhere() -> None:
+    """A soft reboot's /run/nextroot: the physical root stays; the new root goes to the target."""
+    plan = make_plan("/sysroot", KARG, Config(), run_dir="/run/x", target="/run/nextroot/")
+    n = "/run/nextroot"
+    assert plan.describe().splitlines()[6:] == [
+        "mkdir    /run/x 0700",
+        "mkdir    /run/x/erofs 0700",
+        "erofs    image on /run/x/erofs ro (file-backed, or on a loop device)",
+        f"overlay  root: source=composefs:{H} metacopy=on redirect_dir=on verity=require"
+        " lowerdir+=/run/x/erofs datadir+=/sysroot/composefs/objects ro",
+        "umount   /run/x/erofs (detach)",
+        "rmdir    /run/x/erofs",
+        "clone    physical-root = /sysroot (recursive)",
+        f"clone    var = {S}/var",
+        f"attach   root on {n}",
+        f"attach   physical-root on {n}/sysroot",
+        f"overlay  etc: source=overlay lowerdir+={n}/etc upperdir={n}/sysroot/state/deploy/{H}"
+        f"/etc/upper workdir={n}/sysroot/state/deploy/{H}/etc/work rw",
+        f"attach   etc on {n}/etc",
+        f"attach   var on {n}/var",
+        "rmdir    /run/x",
+    ]
+
+
 def test_insecure_no_state_plan() -> None:
     karg = ComposefsKarg(H512, HashAlg.SHA512, True)
     plan = make_plan("/sr", karg, Config(etc=EtcMount.NONE, var=VarMount.NONE), run_dir="/r")

@@ -357,11 +357,7 @@ def host_status(sysroot: Sysroot, bl: Bootloader, *, usr: Path | None = None) ->
         if origin is not None:
             spec_image = image_reference(origin.image)
     locked = bool(marker and marker.finalization_locked)
-    staged = (
-        entry(staged_entry, download_only=locked, soft=not locked)
-        if staged_entry is not None
-        else None
-    )
+    staged = entry(staged_entry, download_only=locked, soft=not locked) if staged_entry else None
     booted_doc = entry(booted) if booted is not None else None
     rollback_doc = entry(rollback, soft=True) if rollback is not None else None
     more: _Others = {"otherDeployments": [entry(m) for m in others[1:]]} if others[1:] else {}

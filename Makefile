@@ -100,7 +100,7 @@ lint:
 	shellcheck dracut-module/*/*.sh dracut-module/kernel/cfsboot-kernel-hook tests/reftools/*.sh setup-root/*.sh \
 		.ci/run examples/debian/check-status $(wildcard vm-tests/*.sh bench/*.sh)
 
-# Every VM scenario (1-10); vm-test-core: the ones CI runs on each submission (1-4, 8).
+# Every VM scenario (1-11 and the feature scenarios); vm-test-core: the ones CI runs on each submission (1-4, 8).
 vm-test:
 	$(PY) -m pytest -q -rA -m vm vm-tests
 

@@ -110,3 +110,23 @@ def test_make_install_without_a_frozen_program_fails(tmp_path: Path) -> None:
     )
     assert proc.returncode != 0
     assert f"no frozen setup-root in {tmp_path} (make freeze)" in proc.stderr
+
+
+def test_stager_units_run_on_either_spelling_of_the_digest_karg() -> None:
+    # Every stager unit that acts only on a system cfsboot booted: composefs= or
+    # composefs.digest= (install --karg-style digest), as the initramfs's unit.
+    conditioned = []
+    for unit in sorted((REPO_ROOT / "stager" / "systemd").glob("cfsboot-*.*")):
+        d = unit_directives(unit.read_text())
+        cond = d.get(("Unit", "ConditionKernelCommandLine"))
+        if cond is None:
+            continue
+        conditioned.append(unit.name)
+        assert sorted(cond) == ["|composefs", "|composefs.digest"], unit.name
+    assert conditioned == [
+        "cfsboot-assess-boot.service",
+        "cfsboot-bless-boot.service",
+        "cfsboot-fetch-apply-updates.service",
+        "cfsboot-fetch-apply-updates.timer",
+        "cfsboot-health-check.service",
+    ]

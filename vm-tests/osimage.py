@@ -522,7 +522,10 @@ def extract_layer(layout: Path, tag: str, index: int, dest: Path) -> Path:
         with tarfile.open(fileobj=stream, mode=mode) as tf:  # type: ignore[call-overload]
             # Whiteouts (.wh.NAME) only delete from lower layers: not files of this one.
             members = (m for m in tf if not Path(m.name).name.startswith(".wh."))
-            tf.extractall(dest, members=members, filter="fully_trusted")
+            # Our own layers, trusted; `filter` only where tarfile has it (PEP 706: Python
+            # 3.11.4, and Debian's 3.11.2 without its backport would refuse the argument).
+            extra = {"filter": "fully_trusted"} if hasattr(tarfile, "data_filter") else {}
+            tf.extractall(dest, members=members, **extra)
     return dest
 
 

@@ -16,7 +16,7 @@ from cfsboot.composefs.tree import Inode
 from cfsboot.deploy import installprep
 from cfsboot.deploy.install import gpt_auto_in_initrd
 from cfsboot.errors import CfsbootError
-from cfsboot.image import initrdlist, installconfig
+from cfsboot.image import initramfs, installconfig
 from cfsboot.linux import blockdev, mountinfo
 from cfstest.gates import require_tools
 from setuproot.config import Config, EtcMount
@@ -220,15 +220,15 @@ def test_initrd_names_through_early_and_compressed_archives(
     image = tmp_path / "initrd.img"
     image.write_bytes(cpio("early") + main)
     with open(image, "rb") as f:
-        names = list(initrdlist.names(f, "initrd"))
+        names = list(initramfs.names(f, "initrd"))
     assert "kernel/x86/microcode.bin" in names
     assert "usr/lib/systemd/system-generators/systemd-gpt-auto-generator" in names
     with open(image, "rb") as f:
-        assert initrdlist.contains(
+        assert initramfs.contains(
             f, "/usr/lib/systemd/system-generators/systemd-gpt-auto-generator", "i"
         )
     with open(image, "rb") as f:
-        assert not initrdlist.contains(f, "/usr/bin/missing", "i")
+        assert not initramfs.contains(f, "/usr/bin/missing", "i")
 
 
 def sh(cmd: str) -> str:

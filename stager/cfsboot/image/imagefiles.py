@@ -158,7 +158,7 @@ def initrd_has(repo: Repository, initramfs: BootFile, path: str) -> bool:
 
     import zstandard
 
-    from cfsboot.image import initrdlist
+    from cfsboot.image import initramfs as initrd
 
     unreadable = (
         CfsbootError,
@@ -171,7 +171,7 @@ def initrd_has(repo: Repository, initramfs: BootFile, path: str) -> bool:
     where = f"the image's {initramfs.path}"
     try:
         with local_copy(repo, initramfs) as local, open(local, "rb") as f:
-            return initrdlist.contains(f, path, where)
+            return initrd.contains(f, path, where)
     except unreadable as e:
         log.warning("cannot list %s (%s): taken as without %s", where, e, path)
         return False

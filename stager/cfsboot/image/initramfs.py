@@ -163,8 +163,19 @@ class _Prefixed:
         return self.f.read(n)
 
 
+def names(f: BinaryIO | _Reader, where: str) -> Iterator[str]:
+    """Every entry's name (as stored: usually without a leading '/'), all archives."""
+    return (name for name, _ in _archives(f, where, False))
+
+
+def contains(f: BinaryIO, wanted: str, where: str) -> bool:
+    """Does the initramfs hold `wanted` (an absolute path)? (install: can the initrd find
+    the root by itself, through systemd-gpt-auto-generator?)"""
+    target = wanted.lstrip("/")
+    return any(n.removeprefix("./").lstrip("/") == target for n in names(f, where))
+
+
 def list_files(path: Path) -> list[str]:
     """Absolute paths of every entry in the initramfs at `path` (all archives)."""
     with open(path, "rb") as f:
-        names = [name.removeprefix(".").strip("/") for name, _ in _archives(f, str(path), False)]
-    return ["/" + n for n in names]
+        return ["/" + n.removeprefix(".").strip("/") for n in names(f, str(path))]

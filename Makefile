@@ -37,6 +37,14 @@ venv:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	# setuptools' editable hook for two source roots is an import finder that pulls in
+	# pathlib, re, urllib and contextlib at every interpreter start (7 ms of each
+	# command's run); a plain path file names the same two directories at no cost.
+	site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))') && \
+	for pth in "$$site"/__editable__.cfsboot-*.pth; do \
+		printf '%s\n' '$(CURDIR)/stager' '$(CURDIR)/setup-root' > "$$pth"; \
+	done && \
+	rm -f "$$site"/__editable___cfsboot_*_finder.py
 
 # Rebuild the mypyc-compiled modules in place (stager/cfsboot/composefs/native.py) after
 # editing them; until then the edited sources run as pure Python. (mypyc leaves a module

@@ -191,7 +191,7 @@ def compare(label: str, dump: Path, runs: int) -> dict[str, float]:
                 stdout=out,
             )
 
-    images: list[bytes] = []
+    images: list[bytearray] = []
 
     def run_inproc() -> None:
         raw = dump.read_bytes()

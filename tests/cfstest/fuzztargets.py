@@ -74,7 +74,7 @@ def _image_seeds() -> tuple[bytes, ...]:
         assert node.children is not None
         node.children[b"d"] = child
         node = child
-    return tuple(build_image(t) for t in (golden, small, deep))
+    return tuple(bytes(build_image(t)) for t in (golden, small, deep))
 
 
 def _erofs(data: bytes, tmp: Path) -> None:

@@ -139,7 +139,7 @@ def _whiteout_tree() -> Inode:
 
 
 def test_whiteouts_bump_to_v1_only_when_allowed() -> None:
-    def header_version(image: bytes) -> int:
+    def header_version(image: bytes | bytearray) -> int:
         magic, _, _, version = fmt.COMPOSEFS_HEADER.unpack_from(image)
         assert magic == fmt.COMPOSEFS_MAGIC
         return int(version)

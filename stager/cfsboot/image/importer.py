@@ -364,7 +364,7 @@ def _import(
             # Still inside the batch: a layer that cannot be applied publishes nothing either.
             progress.message("building the boot image")
             tree, boot = build_boot_tree(layers.records, xattrs, content_reader(sink, repo))
-            erofs = build_image(tree, min_version=1)
+            erofs = bytes(build_image(tree, min_version=1))
         if repo is None:
             image_digest = fsverity.digest_bytes(erofs, alg).hex()
         else:

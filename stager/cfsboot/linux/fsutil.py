@@ -53,7 +53,7 @@ def _publish(
 
 def write_file_atomic(
     path: str | os.PathLike[str],
-    data: bytes,
+    data: bytes | bytearray,
     mode: int | None = 0o644,
     *,
     seal: Callable[[Path], None] | None = None,

@@ -357,7 +357,7 @@ def lay_out_and_emit(
     dirs: dict[int, Directory],
     final_xattrs: dict[int, dict[bytes, bytes]],
     version: int,
-) -> bytes:
+) -> bytearray:
     """The image bytes for inodes in breadth-first order (order[0] is the root).
 
     `final_xattrs` are the xattrs of the nodes the overlay rewrite changed (by index), as
@@ -375,7 +375,7 @@ def lay_out_and_emit(
     return _finish(table, count, version)
 
 
-def _finish(table: _Table, count: int, version: int) -> bytes:
+def _finish(table: _Table, count: int, version: int) -> bytearray:
     """The whole image, once every inode is in the table: shared xattrs, their ids, data
     blocks and their addresses, directory entries, the header and the superblock."""
     plan = table.plan
@@ -384,8 +384,10 @@ def _finish(table: _Table, count: int, version: int) -> bytes:
     data_start = (inodes_end + shared_size + BLK - 1) & ~(BLK - 1)
     first_block = data_start // BLK
     image_size = data_start + table.n_data_blocks * BLK
-    buf = bytearray(image_size)
-    buf[: table.written] = b"".join(table.parts)
+    # One buffer, filled where it is made: the inode parts joined straight into it, the
+    # rest zeros, patched in place below and returned as it is (no copy of the image).
+    buf = bytearray().join(table.parts)
+    buf += bytes(image_size - table.written)
     buf[inodes_end : inodes_end + shared_size] = plan.shared_blob
 
     base = (inodes_end % BLK) // 4  # shared xattr ids count 4-byte units from the block
@@ -441,4 +443,4 @@ def _finish(table: _Table, count: int, version: int) -> bytes:
         0,
         0,
     )
-    return bytes(buf)
+    return buf

@@ -318,7 +318,7 @@ def _signed64(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
-def read_image(data: bytes) -> Inode:
+def read_image(data: bytes | bytearray) -> Inode:
     """The tree C's reader would load from a composefs image (hardlinks are shared nodes)."""
     try:
         return _read(bytes(data))

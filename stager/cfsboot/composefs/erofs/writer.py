@@ -47,8 +47,9 @@ def build_image(
     min_version: int = 0,
     max_version: int = 1,
     link_paths: Iterable[bytes] = (),
-) -> bytes:
-    """The composefs image of `root`, byte-identical to C `mkcomposefs` for the same tree.
+) -> bytearray:
+    """The composefs image of `root`, byte-identical to C `mkcomposefs` for the same tree
+    (a bytearray: the buffer it was built in, not copied).
 
     `min_version`/`max_version` are mkcomposefs's --min-version/--max-version: the image is
     V0 unless the tree has whiteouts and V1 is allowed (or V1 is required).

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import struct
 import sys
-from collections.abc import Callable
 from typing import Final
 
 from cfsboot.composefs.erofs import dirents
@@ -53,7 +52,6 @@ for _mode, _ft in fmt.FILE_TYPE_OF_MODE.items():
 _NULL_BLOCK: Final = fmt.CHUNK_ADDR.pack(fmt.NULL_ADDR) * (BLK // 4)
 _NULL_PTR: Final = fmt.CHUNK_ADDR.pack(fmt.NULL_ADDR)
 _PACK_U32: Final = fmt.CHUNK_ADDR.pack_into
-_PADS: Final = [bytes(n) for n in range(32)]
 _LITTLE: Final = sys.byteorder == "little"
 _FMT_INLINE: Final = 2 << 1  # i_format(FLAT_INLINE, compact)
 _FMT_CHUNK: Final = 4 << 1  # i_format(CHUNK_BASED, compact)
@@ -94,9 +92,10 @@ class _Table:
         self.min_nsec = min_nsec
         # End of the inode table so far (with the last inode's inline tail, if any).
         self.end = fmt.SUPERBLOCK_OFFSET + fmt.SUPERBLOCK.size
-        # The image up to `written` bytes: room for the header and superblock (written last),
-        # the inodes and the padding between them (where directory tails go later).
-        self.parts: list[bytes] = [bytes(self.end)]
+        # The image up to `written` bytes, packed in place: room for the header and
+        # superblock (written last), the inodes, and zeros between them (where directory
+        # tails go later). Grown by doubling (a realloc, not a copy, at these sizes).
+        self.buf = bytearray(max(self.end * 2, count * 96))
         self.written = self.end
         self.nids = [0] * count
         self.fts = [0] * count
@@ -111,9 +110,9 @@ class _Table:
         self.id_pos: list[int] = []
         self.id_units: list[int] = []
         # pack_into of an inode, its xattrs and its inline tail, by their shape
-        self.packers: dict[int, Callable[..., bytes]] = {}
+        self.packers: dict[int, struct.Struct] = {}
         self.last_key = -1
-        self.last_packer: Callable[..., bytes] = bytes
+        self.last_packer = struct.Struct("")
 
     def add(self, i: int, x: Inode) -> None:
         """Place and write inode `i` (the root is 0)."""
@@ -291,9 +290,6 @@ class _Table:
         body: bytes,
         tail_bytes: bytes,
     ) -> None:
-        gap = pos - self.written
-        if gap:
-            self.parts.append(_PADS[gap] if gap < 32 else bytes(gap))
         key = (len(body) << 13 | len(tail_bytes)) << 1 | compact
         if key == self.last_key:  # inodes of one shape often come in a row
             packer = self.last_packer
@@ -303,21 +299,25 @@ class _Table:
                 got = self.packers[key] = struct.Struct(
                     (fmt.INODE_COMPACT.format if compact else fmt.INODE_EXTENDED.format)
                     + f"{len(body)}s{len(tail_bytes)}s"
-                ).pack
+                )
             packer = self.last_packer = got
             self.last_key = key
+        end = pos + packer.size
+        buf = self.buf
+        if end > len(buf):
+            buf.extend(bytes(max(end, 2 * len(buf)) - len(buf)))
         mode = x.mode & _U16
         if compact:
-            packed = packer(
-                layout, icount, mode, nlink, size, 0, i_u, i, x.uid, x.gid, body, tail_bytes
-            )
-        else:
-            packed = packer(
-                layout | _EXTENDED, icount, mode, size, i_u, i, x.uid, x.gid, x.mtime & _U64,
-                x.mtime_nsec, nlink, body, tail_bytes,
+            packer.pack_into(
+                buf, pos, layout, icount, mode, nlink, size, 0, i_u, i, x.uid, x.gid, body,
+                tail_bytes,
             )  # fmt: skip
-        self.parts.append(packed)
-        self.written = pos + len(packed)
+        else:
+            packer.pack_into(
+                buf, pos, layout | _EXTENDED, icount, mode, size, i_u, i, x.uid, x.gid,
+                x.mtime & _U64, x.mtime_nsec, nlink, body, tail_bytes,
+            )  # fmt: skip
+        self.written = end
 
 
 def put_u32s(
@@ -384,10 +384,13 @@ def _finish(table: _Table, count: int, version: int) -> bytearray:
     data_start = (inodes_end + shared_size + BLK - 1) & ~(BLK - 1)
     first_block = data_start // BLK
     image_size = data_start + table.n_data_blocks * BLK
-    # One buffer, filled where it is made: the inode parts joined straight into it, the
-    # rest zeros, patched in place below and returned as it is (no copy of the image).
-    buf = bytearray().join(table.parts)
-    buf += bytes(image_size - table.written)
+    # The buffer the inodes were packed in, made the image's size (the rest is zeros),
+    # patched in place below and returned as it is (no copy of the image).
+    buf = table.buf
+    if len(buf) < image_size:
+        buf.extend(bytes(image_size - len(buf)))
+    else:
+        del buf[image_size:]
     buf[inodes_end : inodes_end + shared_size] = plan.shared_blob
 
     base = (inodes_end % BLK) // 4  # shared xattr ids count 4-byte units from the block

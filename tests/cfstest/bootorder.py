@@ -244,6 +244,8 @@ def glob_match(pattern: str, name: str) -> bool:
     while i < len(pattern):
         c = pattern[i]
         end = pattern.find("]", i + 2) if c == "[" else -1
+        if c == "[" and end < 0:
+            return False  # systemd-boot's efi_fnmatch: a set never closed matches nothing
         if c == "*":
             out.append(".*")
         elif c == "?":

@@ -97,7 +97,7 @@ def test_loader_conf_default_glob() -> None:
         ("[!a]x", "bx", False),
         ("a.conf", "A.CONF", True),
         ("a.conf", "a+conf", False),
-        ("[ab", "[ab", True),  # no closing bracket: literal
+        ("[ab", "[ab", False),  # no closing bracket: nothing (systemd's efi_fnmatch)
     ],
 )
 def test_glob(pattern: str, name: str, match: bool) -> None:

@@ -452,3 +452,29 @@ def test_a_menu_that_cannot_be_read_is_exit_2(tmp_path: Path, refs: dict[str, st
     ) in out.stdout
     assert out.stdout.splitlines()[-1].startswith("fsck: could not check everything; ")
     assert "note:" not in out.stdout  # without a menu, nothing is said about what it boots
+
+
+# -- what systemd-boot reads: entry names, loader.conf's default ------------------------
+
+
+def test_loader_conf_default_picks_the_entry_that_is_judged(s: DirSysroot) -> None:
+    d2 = s.digests[1]
+    shutil.rmtree(s.state(d2))
+    conf = s.esp / "loader/loader.conf"
+    # systemd-boot folds case on both sides and matches the id without its counter.
+    conf.write_text("timeout 5\ndefault 'BOOTC_TESTOS-2-*.CONF'\n")
+    (s.esp / "loader/entries/bootc_testos-2-1.conf").rename(
+        s.esp / "loader/entries/bootc_testos-2-1+2-1.conf"
+    )
+    report = fsck(s)
+    assert found(report) == [
+        ("default-unbootable", "loader/entries"),
+        ("entry-dangling", "loader/entries"),
+    ]
+    unbootable = next(p for p in report.problems if p.code == "default-unbootable")
+    assert unbootable.message == (
+        f"the default entry (deployment {d2[:16]}…) cannot boot: its deployment does not exist"
+    )
+    # `@saved` needs EFI variables cfsboot does not read: the first entry, D3, is the default.
+    conf.write_text("timeout 5\ndefault @saved\n")
+    assert found(fsck(s)) == [("entry-dangling", "loader/entries")]

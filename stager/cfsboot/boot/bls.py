@@ -13,12 +13,12 @@ sorts file names descending, so the primary entry ends in 1) and
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
+from cfsboot.boot.counting import split_name
 from cfsboot.image.versions import cmp3, compare_versions
 from setuproot.contract import KargError, parse_cmdline
 
@@ -165,8 +165,12 @@ class BLSEntry:
 # Entry files and systemd-boot's menu order
 # ---------------------------------------------------------------------------
 
-# ASCII digits only, as systemd-boot reads them (\d would take other scripts' digits too).
-_COUNTER_RE = re.compile(r"\+([0-9]{1,9})(?:-([0-9]{1,9}))?$")
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def ascii_lower(text: str) -> str:
+    """systemd-boot's case folding (strtolower16): A-Z only, every other character as it is."""
+    return text.translate(_ASCII_LOWER)
 
 
 @dataclass(frozen=True)
@@ -176,31 +180,29 @@ class EntryFile:
     name: str
     entry: BLSEntry
 
-    def _counter(self) -> tuple[str, int | None, int]:
-        stem = self.name[: -len(ENTRY_SUFFIX)] if self.name.endswith(ENTRY_SUFFIX) else self.name
-        suffix = self.name[len(stem) :]
-        m = _COUNTER_RE.search(stem)
-        if m is None:
-            return self.name, None, 0
-        return stem[: m.start()] + suffix, int(m.group(1)), int(m.group(2) or 0)
-
     @property
     def id(self) -> str:
-        """The name without boot counter (`foo+3-1.conf` -> `foo.conf`), as systemd-boot has it."""
-        return self._counter()[0]
+        """systemd-boot's id: the name without boot counter, case-folded.
+
+        `Foo+3-1.conf` -> `foo.conf`. The menu's last tie-breaker and what loader.conf's
+        `default` is matched against.
+        """
+        return ascii_lower(split_name(self.name)[0])
 
     @property
     def tries_left(self) -> int | None:
         """Boot-counting tries left, or None when the file name carries no counter."""
-        return self._counter()[1]
+        tries = split_name(self.name)[1]
+        return None if tries is None else tries.left
 
     @property
     def tries_done(self) -> int:
-        return self._counter()[2]
+        tries = split_name(self.name)[1]
+        return 0 if tries is None else tries.done
 
     @property
     def ours(self) -> bool:
-        return self.name.startswith(ENTRY_PREFIX) and self.name.endswith(ENTRY_SUFFIX)
+        return self.name.startswith(ENTRY_PREFIX) and self.name.lower().endswith(ENTRY_SUFFIX)
 
 
 def _opt_cmp(a: str | None, b: str | None) -> int:
@@ -233,14 +235,144 @@ def sort_entries(entries: Iterable[EntryFile]) -> list[EntryFile]:
     return sorted(entries, key=functools.cmp_to_key(compare_entries))
 
 
+# loader.conf `default @saved`: boot the entry booted last (an EFI variable).
+SAVED = "@saved"
+
+
 def default_entry(entries: Iterable[EntryFile], pattern: str | None = None) -> EntryFile | None:
-    """The entry systemd-boot boots: the first matching loader.conf `default`, else the first."""
+    """The entry systemd-boot boots: the first in menu order whose id matches loader.conf's
+    `default` (see `loader_default` and `glob_match`), else the first in menu order.
+
+    systemd-boot lets EFI variables override loader.conf: LoaderEntryOneShot and
+    LoaderEntryDefault (`bootctl set-oneshot`, `bootctl set-default`), and with `@saved`
+    LoaderEntryLastBooted. cfsboot never sets them and does not read them (it must
+    answer the same for a disk image that carries none), so it decides as systemd-boot
+    does when none is set: `@saved` then means the first entry in menu order.
+    """
     ordered = sort_entries(entries)
-    if pattern:
+    if pattern and ascii_lower(pattern) != SAVED:
+        folded = ascii_lower(pattern)
         for e in ordered:
-            if fnmatch.fnmatchcase(e.id, pattern):
+            if glob_match(folded, e.id):
                 return e
     return ordered[0] if ordered else None
+
+
+def loader_default(text: str) -> str | None:
+    """loader.conf's `default` as systemd-boot reads it (config_defaults_load_from_file).
+
+    Lines split at LF or CR; blanks and tabs around a line dropped; `#` lines skipped;
+    the key ends at the first blank or tab, a key without value is skipped; a value in
+    matching quotes (`"..."` or `'...'`) loses them. The last `default` wins, except
+    that a value starting with `@` other than `@saved` (any case) is ignored. Returns
+    the value case-folded, as systemd-boot matches it; None without one.
+    """
+    found: str | None = None
+    for raw in text.replace("\r", "\n").split("\n"):
+        line = raw.strip(" \t")
+        if not line or line.startswith("#"):
+            continue
+        cut = min((i for i in (line.find(" "), line.find("\t")) if i >= 0), default=-1)
+        if cut < 0:
+            continue
+        key, value = line[:cut], line[cut:].lstrip(" \t")
+        if value[:1] in ("'", '"') and line.endswith(value[0]):
+            value = value[1:-1]
+        if key != "default" or (value.startswith("@") and ascii_lower(value) != SAVED):
+            continue
+        found = ascii_lower(value)
+    return found
+
+
+def glob_match(pattern: str, text: str) -> bool:
+    """systemd-boot's glob (efi_fnmatch in src/boot/efi-string.c), case-sensitive: fold first.
+
+    `*` any run of characters, `?` one character, `\\c` the character c; `[...]` one of
+    a set: members, `a-z` ranges (`-` first or last is a member, a range cannot chain:
+    `[a-c-f]` is a-c, `-`, `f`), `\\c` escapes inside, `]` first is a member. No
+    negation (`[!a]` holds `!` and `a`) and no classes. A `[` without its `]`, or a
+    trailing `\\`, matches nothing.
+    """
+    # Segments between stars are matched leftmost, without backtracking, as systemd-boot does.
+    first = True
+    p = h = 0
+    while True:
+        ok, star_p, star_h = _glob_prefix(pattern, p, text, h)
+        if first:
+            if not ok:
+                return False
+            if star_p is None:
+                return True
+            first = False
+        if star_p is not None and star_h is not None:
+            p, h = star_p, star_h
+        elif ok or h >= len(text):
+            return ok
+        else:
+            h += 1  # one more character taken by the star
+
+
+def _glob_prefix(pat: str, p: int, text: str, h: int) -> tuple[bool, int | None, int | None]:
+    """Match `pat[p:]` at `text[h:]` up to the next `*`.
+
+    (True, after the stars, where the text goes on) at a star; (whether the text ended
+    too, None, None) at the pattern's end; (False, None, None) on a mismatch.
+    """
+    n = len(pat)
+    while True:
+        if p >= n:
+            return h >= len(text), None, None
+        c = pat[p]
+        if c == "*":
+            while p < n and pat[p] == "*":
+                p += 1
+            return True, p, h
+        if h >= len(text):
+            return False, None, None
+        if c == "\\":
+            p += 1
+            if p >= n or pat[p] != text[h]:
+                return False, None, None
+        elif c == "[":
+            end = _glob_set(pat, p, text[h])
+            if end is None:
+                return False, None, None
+            p = end
+        elif c != "?" and c != text[h]:
+            return False, None, None
+        p += 1
+        h += 1
+
+
+def _glob_set(pat: str, p: int, ch: str) -> int | None:
+    """The index of the `]` closing the set opened at `pat[p]` if `ch` is in it, else None."""
+    n, first, can_range, hit = len(pat), True, True, False
+    while True:
+        p += 1
+        if p >= n:
+            return None
+        c = pat[p]
+        if c == "\\":
+            p += 1
+            if p >= n:
+                return None
+            hit = hit or pat[p] == ch
+            can_range = True
+        elif c == "]" and not first:
+            return p if hit else None
+        elif c == "-" and can_range and not first and pat[p + 1 : p + 2] != "]":
+            low = pat[p - 1]
+            p += 1
+            if p < n and pat[p] == "\\":
+                p += 1
+            if p >= n:
+                return None
+            hit = hit or low <= ch <= pat[p]
+            can_range = False
+        else:
+            hit = hit or c == ch
+            can_range = True
+        first = False
 
 
 # ---------------------------------------------------------------------------

@@ -64,18 +64,30 @@ def check_tries(n: int) -> int:
 # BLS file names
 # ---------------------------------------------------------------------------------------
 
-# ASCII digits only, as systemd-boot reads them (\d would take other scripts' digits too).
-_COUNTER_RE = re.compile(r"\+([0-9]{1,9})(?:-([0-9]{1,9}))?$")
+# systemd-boot's counter: ASCII digits (\d would take other scripts' digits too), each at
+# most INT_MAX, after the last `+` of the name and right before the suffix.
+_COUNTER_RE = re.compile(r"([0-9]+)(?:-([0-9]+))?")
+_INT_MAX = 2**31 - 1
 
 
 def split_name(name: str, suffix: str = ".conf") -> tuple[str, Tries | None]:
-    """`foo+2-1.conf` -> (`foo.conf`, Tries(2, 1)); a name without counter -> (name, None)."""
-    stem = name[: -len(suffix)] if name.endswith(suffix) else name
-    rest = name[len(stem) :]
-    m = _COUNTER_RE.search(stem)
-    if m is None:
+    """`foo+2-1.conf` -> (`foo.conf`, Tries(2, 1)); a name without counter -> (name, None).
+
+    As systemd-boot reads it (src/boot/boot.c, boot_entry_parse_tries): the counter
+    follows the name's last `+`, and what follows the counter must be `suffix`, compared
+    case-insensitively (`x+3.CONF` counts, `x+3.conf.bak` and `x+3-y.conf` do not).
+    The name keeps its own spelling of the suffix.
+    """
+    plus = name.rfind("+")
+    if plus < 0:
         return name, None
-    return stem[: m.start()] + rest, Tries(int(m.group(1)), int(m.group(2) or 0))
+    m = _COUNTER_RE.match(name, plus + 1)
+    if m is None or name[m.end() :].lower() != suffix.lower():
+        return name, None
+    left, done = int(m.group(1)), int(m.group(2) or 0)
+    if left > _INT_MAX or done > _INT_MAX:
+        return name, None
+    return name[:plus] + name[m.end() :], Tries(left, done)
 
 
 def counted_name(name: str, tries: Tries | None, suffix: str = ".conf") -> str:
@@ -85,7 +97,7 @@ def counted_name(name: str, tries: Tries | None, suffix: str = ".conf") -> str:
     """
     if tries is None:
         return name
-    stem = name[: -len(suffix)] if name.endswith(suffix) else name
+    stem = name[: -len(suffix)] if name.lower().endswith(suffix.lower()) else name
     counter = f"+{tries.left}" + (f"-{tries.done}" if tries.done else "")
     return f"{stem}{counter}{name[len(stem) :]}"
 

@@ -200,10 +200,7 @@ def _default_deployment(bl: Bootloader, live: list[MenuEntry]) -> tuple[str | No
                     continue
     pattern = None
     if esp.exists(bls.LOADER_CONF):
-        for line in esp.read(bls.LOADER_CONF).decode(errors="replace").splitlines():
-            key, _, value = line.strip().partition(" ")
-            if key == "default" and value.strip() and not value.strip().startswith("@"):
-                pattern = value.strip()
+        pattern = bls.loader_default(esp.read(bls.LOADER_CONF).decode(errors="ignore"))
     chosen = bls.default_entry(bls.parse_entries(files), pattern)
     if chosen is None:
         return None, True

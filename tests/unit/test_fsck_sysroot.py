@@ -478,3 +478,27 @@ def test_loader_conf_default_picks_the_entry_that_is_judged(s: DirSysroot) -> No
     # `@saved` needs EFI variables cfsboot does not read: the first entry, D3, is the default.
     conf.write_text("timeout 5\ndefault @saved\n")
     assert found(fsck(s)) == [("entry-dangling", "loader/entries")]
+
+
+def test_leftover_entry_files_are_not_menu_entries(s: DirSysroot) -> None:
+    d1, d2, d3 = s.digests
+    entries = s.esp / "loader/entries"
+    text = (entries / "bootc_testos-1-0.conf").read_text()
+    # What a crash leaves: hidden or suffixed temp names, one of them cfsboot's own. Each
+    # would be the default if read (its sort key comes first), and boots D1.
+    leftover = text.replace("sort-key bootc-testos-", "sort-key a-")
+    assert leftover != text
+    for name in (
+        ".bootc_testos-9-1.conf",
+        "bootc_testos-9-1.conf.tmp",
+        ".bootc_testos-9-1.conf.cfsboot-tmp-0a1b2c",
+    ):
+        (entries / name).write_text(leftover)
+    assert [m.deployment for m in s.menu()] == [d3, d2, d1]
+    report = fsck(s)
+    assert found(report) == [
+        ("leftover", "loader/entries/.bootc_testos-9-1.conf.cfsboot-tmp-0a1b2c")
+    ]
+    shutil.rmtree(s.state(d3))
+    # The default judged is D3's entry, not the hidden one that boots D1.
+    assert ("default-unbootable", "loader/entries") in found(fsck(s))

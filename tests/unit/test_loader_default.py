@@ -16,6 +16,7 @@ from cfsboot.boot.bls import (
     EntryFile,
     default_entry,
     glob_match,
+    is_entry_name,
     loader_default,
     parse_entries,
 )
@@ -127,6 +128,26 @@ def test_boot_counter_in_names(name: str, base: str, tries: Tries | None) -> Non
 )
 def test_entry_id(name: str, entry_id: str) -> None:
     assert EntryFile(name, BLSEntry()).id == entry_id
+
+
+@pytest.mark.parametrize(
+    ("name", "read"),
+    [
+        ("bootc_debian-13-1.conf", True),
+        ("other.CONF", True),
+        ("other.Conf", True),
+        (".bootc_debian-13-1.conf", False),  # hidden: a leftover temp file
+        (".conf", False),
+        ("bootc_debian-13-1.conf.tmp", False),
+        ("bootc_debian-13-1.conf.cfsboot-tmp-0a1b2c", False),
+        ("README", False),
+        ("auto-windows.conf", False),  # systemd-boot's own ids
+        ("Auto-windows.conf", True),  # ... compared as written
+    ],
+)
+def test_which_names_are_entries(name: str, read: bool) -> None:
+    assert is_entry_name(name) is read
+    assert [f.name for f in parse_entries([(name, "title X\n")])] == ([name] if read else [])
 
 
 @pytest.mark.parametrize(

@@ -165,6 +165,22 @@ class BLSEntry:
 # Entry files and systemd-boot's menu order
 # ---------------------------------------------------------------------------
 
+
+def is_entry_name(name: str) -> bool:
+    """Whether systemd-boot reads `loader/entries/NAME` as an entry (src/boot/boot.c).
+
+    Not a hidden name (a leading `.`: temp files of an interrupted write, ours or
+    another tool's), ending in `.conf` in any case, and not `auto-*` (the ids of the
+    entries systemd-boot makes up itself). `bootctl list` skips hidden names and
+    non-`.conf` names the same way. Callers skip directories.
+    """
+    return (
+        not name.startswith(".")
+        and name.lower().endswith(ENTRY_SUFFIX)
+        and not name.startswith("auto-")
+    )
+
+
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
@@ -418,5 +434,6 @@ def boot_dir_name(boot_id: str) -> str:
 
 
 def parse_entries(files: Sequence[tuple[str, str]]) -> list[EntryFile]:
-    """(file name, text) pairs of `.conf` files -> EntryFile objects, other names skipped."""
-    return [EntryFile(n, BLSEntry.parse(t)) for n, t in files if n.endswith(ENTRY_SUFFIX)]
+    """(file name, text) pairs -> EntryFile objects of the names systemd-boot reads
+    (`is_entry_name`), others skipped."""
+    return [EntryFile(n, BLSEntry.parse(t)) for n, t in files if is_entry_name(n)]

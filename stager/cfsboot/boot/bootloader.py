@@ -227,7 +227,7 @@ class SystemdBoot(Bootloader):
             return []
         out = []
         for e in self.esp.listdir(d):
-            if not e.is_dir and e.name.lower().endswith(bls.ENTRY_SUFFIX):
+            if not e.is_dir and bls.is_entry_name(e.name):
                 try:
                     out.append((e.name, self.esp.read_text(f"{d}/{e.name}")))
                 except UnicodeDecodeError:

@@ -193,7 +193,7 @@ def _default_deployment(bl: Bootloader, live: list[MenuEntry]) -> tuple[str | No
     files: list[tuple[str, str]] = []
     if esp.is_dir(bls.ENTRIES_DIR):
         for e in esp.listdir(bls.ENTRIES_DIR):
-            if not e.is_dir:
+            if not e.is_dir and bls.is_entry_name(e.name):
                 try:
                     files.append((e.name, esp.read(f"{bls.ENTRIES_DIR}/{e.name}").decode()))
                 except UnicodeDecodeError:

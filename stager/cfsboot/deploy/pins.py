@@ -31,11 +31,14 @@ def pins_path(sysroot: Sysroot) -> Path:
 
 
 def pinned(sysroot: Sysroot) -> set[str]:
-    """The pinned deployment ids."""
+    """The pinned deployment ids (one line and exit when they cannot be read: gc must not
+    take that for no pins)."""
     try:
         return {n for n in os.listdir(pins_path(sysroot)) if _HEX_RE.fullmatch(n)}
     except FileNotFoundError:
         return set()
+    except OSError as e:
+        die(f"cannot read the pins in {pins_path(sysroot)}: {e.strerror}", hint="cfsboot fsck")
 
 
 def known_deployments(sysroot: Sysroot, bl: Bootloader) -> list[str]:

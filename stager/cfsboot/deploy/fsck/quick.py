@@ -13,6 +13,7 @@ from cfsboot.composefs.repocheck import Code, Problem, quick_layout
 from cfsboot.deploy.fsck.context import Context
 from cfsboot.deploy.fsck.esp import check_esp
 from cfsboot.deploy.fsck.state import StateCode, check_state
+from cfsboot.deploy.fsck.toolstate import check_tool_state
 from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.deploy.target import current_deployment
 from cfsboot.errors import CfsbootError
@@ -47,6 +48,7 @@ def quick_problems(sysroot: Sysroot, bl: Bootloader) -> list[Problem]:
         problems.append(Problem("repository", str(sysroot.repo_path), str(e)))
     menus(ctx)
     problems += check_state(ctx)[0]
+    problems += check_tool_state(ctx)[0]
     problems += check_esp(ctx).problems
     return [p for p in problems if p.code not in _QUIET_CODES]
 

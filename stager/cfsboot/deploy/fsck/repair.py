@@ -12,6 +12,9 @@ files:
 - drop a staged-deployment marker that names nothing, with its staged menu,
   and a staged menu without a marker;
 - drop boot entries whose deployment does not exist;
+- drop pins of deployments that do not exist, names in `state/cfsboot/pinned` that
+  are no pins, and a cached-update record that cannot be read
+  (cfsboot.deploy.fsck.toolstate);
 - copy a deployment's kernel+initrd or UKI to the ESP again from its image, when
   they are missing or wrong and the image's have the digest its origin records.
 Every write goes through the same atomic helpers as the rest of cfsboot (temp
@@ -48,6 +51,7 @@ RECOVER = "finish or undo the interrupted write"
 DROP_MARKER = "remove the marker and the staged menu"
 DROP_STAGED_MENU = "remove the staged menu"
 DROP_ENTRY = "remove the entry"
+DROP_PIN = "remove the pin"
 ENABLE_VERITY = "enable fs-verity"
 RECOPY = "copy them again from the deployment's image"
 
@@ -88,6 +92,10 @@ def repair_text(group: Group, p: Problem, ctx: Context | None, plan: Plan) -> st
         return f"fetch {plan.fixes[p.subject]} again"
     if ctx is None:
         return None
+    if p.code == StateCode.PIN_DANGLING:
+        return DROP_PIN if p.subject not in ctx.protected else None
+    if p.code in (StateCode.PIN_BAD, StateCode.PINS_NOT_DIR, StateCode.CACHED_UPDATE_DAMAGED):
+        return REMOVE
     if p.code in (StateCode.MARKER_DAMAGED, StateCode.MARKER_DANGLING):
         return DROP_MARKER
     if p.code == EspCode.STAGED_MENU_ORPHAN:

@@ -33,8 +33,10 @@ from cfsboot.deploy.fsck.quick import menus as _menus
 from cfsboot.deploy.fsck.repair import (
     DROP_ENTRY,
     DROP_MARKER,
+    DROP_PIN,
     DROP_STAGED_MENU,
     RECOPY,
+    REMOVE,
     attempt,
     enable_object_verity,
     recopy_boot_files,
@@ -43,6 +45,7 @@ from cfsboot.deploy.fsck.repair import (
 )
 from cfsboot.deploy.fsck.report import FsckReport, Group, Section
 from cfsboot.deploy.fsck.state import check_state
+from cfsboot.deploy.fsck.toolstate import check_tool_state
 from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.errors import CfsbootError
 from cfsboot.image.recordcheck import Records, check_records, keep_stream
@@ -126,6 +129,9 @@ def _state_and_esp(ctx: Context, sections: list[Section]) -> None:
     state_s, esp_s = sections[1], sections[2]
     try:
         state_s.problems, state_s.notes, n = check_state(ctx)
+        more, notes = check_tool_state(ctx)
+        state_s.problems += more
+        state_s.notes += notes
         state_s.summary = f"{n} deployment(s)"
     except (CfsbootError, OSError) as e:
         state_s.error = str(e)
@@ -168,7 +174,7 @@ def _repair_state_and_esp(ctx: Context, f: Findings, done: list[str], failed: li
     sysroot, bl = ctx.sysroot, ctx.bl
     state_s, esp_s = f.sections[1], f.sections[2]
     for p in state_s.problems:
-        if p.repair and p.code == Code.LEFTOVER:
+        if (p.repair and p.code == Code.LEFTOVER) or p.repair in (REMOVE, DROP_PIN):
             what = f"removed {p.path}"
             attempt(done, failed, what, partial(remove_leftover, sysroot.path / p.path))
     if any(p.repair == DROP_MARKER for p in state_s.problems):

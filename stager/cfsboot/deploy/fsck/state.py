@@ -40,6 +40,13 @@ class StateCode(enum.StrEnum):
     MARKER_DANGLING = "staged-marker-dangling"
     LEFTOVER = "leftover"
     UNEXPECTED = "unexpected-entry"
+    # cfsboot's own records in state/cfsboot (cfsboot.deploy.fsck.toolstate)
+    PIN_DANGLING = "pin-dangling"
+    PIN_BAD = "pin-bad-name"
+    PINS_NOT_DIR = "pins-not-a-directory"
+    PINS_UNREADABLE = "pins-unreadable"
+    CACHED_UPDATE_DAMAGED = "cached-update-damaged"
+    CACHED_UPDATE_STALE = "cached-update-stale"
 
 
 def _rel(ctx: Context, path: Path) -> str:

@@ -72,7 +72,7 @@ testos:
 
 # The composefs tests once more with the compiled modules left aside (native.py): the
 # pure-Python path must keep working where they cannot be built.
-PURE_TESTS := tests/unit/test_dumpfile.py tests/unit/test_erofs_writer.py \
+PURE_TESTS := tests/unit/test_dumpfile.py tests/unit/test_erofs_writer.py tests/unit/test_limits.py \
 	tests/unit/test_native.py tests/conformance/test_writer_conformance.py
 
 test: lint

@@ -14,11 +14,7 @@ from typing import Final
 
 from cfsboot.composefs.dumpescape import EscapeError, unescape
 from cfsboot.composefs.dumpread import (
-    INLINE_CONTENT_MAX,
-    MAX_EXTERNAL_SIZE,
-    NAME_MAX,
     OCTAL,
-    PATH_MAX,
     S64_MAX,
     S64_MIN,
     U32_MAX,
@@ -27,6 +23,7 @@ from cfsboot.composefs.dumpread import (
     digits,
     mtime,
 )
+from cfsboot.composefs.limits import EXTERNAL_SIZE_MAX, INLINE_CONTENT_MAX, NAME_MAX, PATH_MAX
 from cfsboot.composefs.tree import Inode
 
 _IFMT: Final = 0o170000
@@ -198,4 +195,4 @@ def _regular(
         payload = payload_f
     if size == 0:
         return payload is None and digest is None, None, None, None
-    return size <= MAX_EXTERNAL_SIZE, payload, None, digest
+    return size <= EXTERNAL_SIZE_MAX, payload, None, digest

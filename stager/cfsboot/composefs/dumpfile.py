@@ -18,14 +18,7 @@ from cfsboot.composefs.dumpescape import escape, escape_optional, unescape
 from cfsboot.composefs.dumpfast import Meta, fast_line
 from cfsboot.composefs.dumpread import (
     DIGEST_HEX_LENGTHS,
-    INLINE_CONTENT_MAX,
-    MAX_CHUNKS,
-    MAX_EXTERNAL_SIZE,
-    NAME_MAX,
-    PATH_MAX,
-    XATTR_BUDGET,
     XATTR_LINE_MAX,
-    XATTR_VALUE_MAX,
     DumpfileError,
     LineError,
     Parser,
@@ -34,14 +27,7 @@ from cfsboot.composefs.tree import Inode, walk
 
 __all__ = [
     "DIGEST_HEX_LENGTHS",
-    "INLINE_CONTENT_MAX",
-    "MAX_CHUNKS",
-    "MAX_EXTERNAL_SIZE",
-    "NAME_MAX",
-    "PATH_MAX",
-    "XATTR_BUDGET",
     "XATTR_LINE_MAX",
-    "XATTR_VALUE_MAX",
     "DumpfileError",
     "dumps",
     "link_paths",

@@ -12,25 +12,25 @@ import stat
 from typing import Final
 
 from cfsboot.composefs.dumpescape import EscapeError, unescape
+from cfsboot.composefs.limits import (
+    EXTERNAL_SIZE_MAX,
+    EXTERNAL_XATTR_MAX,
+    INLINE_CONTENT_MAX,
+    NAME_MAX,
+    PATH_MAX,
+    XATTR_NAME_MAX,
+    XATTR_VALUE_MAX,
+)
 from cfsboot.composefs.tree import FILE_TYPES, Inode
 from cfsboot.errors import CfsbootError
 
-# Limits of libcomposefs (lcfs-writer.h, lcfs-internal.h) and of the EROFS inode fields.
-INLINE_CONTENT_MAX: Final = 5000  # LCFS_INLINE_CONTENT_MAX
-PATH_MAX: Final = 4096  # payloads (symlink targets, object paths) must be shorter
-NAME_MAX: Final = 255  # LCFS_MAX_NAME_LENGTH, and XATTR_NAME_MAX for xattr keys
-XATTR_VALUE_MAX: Final = 0xFFFF
-XATTR_BUDGET: Final = 0xFFFF // 2  # LCFS_INODE_EXTERNAL_XATTR_MAX: per-inode xattr space
+# Limits of the dumpfile text and of the EROFS inode fields (composefs's own: limits.py).
 XATTR_LINE_MAX: Final = 0xFFFF  # longer xattr sections are "Too many xattrs" in C
-MAX_CHUNKS: Final = 1024  # LCFS_MAX_NONINLINE_CHUNKS: external files are one block of chunks
 U32_MAX: Final = 0xFFFFFFFF
 U64_MAX: Final = (1 << 64) - 1
 S64_MIN: Final = -(1 << 63)
 S64_MAX: Final = (1 << 63) - 1
 DIGEST_HEX_LENGTHS: Final = (64, 128)  # sha256 (what C knows) and sha512 (our repositories)
-# C caps the chunk size at 2^(12+31) bytes (EROFS_CHUNK_FORMAT_BLKBITS_MASK), so the largest
-# external file that fits in MAX_CHUNKS chunks has 2^53 bytes.
-MAX_EXTERNAL_SIZE: Final = MAX_CHUNKS << (12 + 31)
 # A number with more digits (leading zeros aside) is out of range of every field, and is
 # refused before int() would have to convert it (CPython limits that to 4300 digits).
 MAX_DIGITS: Final = 20
@@ -379,7 +379,7 @@ def _regular(
         if payload is not None or digest is not None:
             raise LineError("an empty file cannot have a payload or digest")
         return
-    if size > MAX_EXTERNAL_SIZE:
+    if size > EXTERNAL_SIZE_MAX:
         raise LineError(f"file size {size} is too big for a composefs image")
     node.payload = payload
     node.digest = digest
@@ -403,8 +403,8 @@ def _xattrs(section: bytes) -> dict[bytes, bytes]:
             value = unescape(value)
         except EscapeError as e:
             raise LineError(f"xattr: {e}") from None
-        if not key or len(key) > NAME_MAX:
-            raise LineError(f"xattr name length {len(key)} is not in 1..{NAME_MAX}")
+        if not key or len(key) > XATTR_NAME_MAX:
+            raise LineError(f"xattr name length {len(key)} is not in 1..{XATTR_NAME_MAX}")
         if key.find(b"\0") >= 0:
             raise LineError("xattr name contains a NUL byte")
         if len(value) > XATTR_VALUE_MAX:
@@ -412,7 +412,7 @@ def _xattrs(section: bytes) -> dict[bytes, bytes]:
         if key in xattrs:
             raise LineError(f"duplicate xattr {key!r}")
         budget += 7 + len(key) + len(value)
-        if budget > XATTR_BUDGET:
-            raise LineError(f"xattrs exceed the {XATTR_BUDGET}-byte limit of one inode")
+        if budget > EXTERNAL_XATTR_MAX:
+            raise LineError(f"xattrs exceed the {EXTERNAL_XATTR_MAX}-byte limit of one inode")
         xattrs[key] = value
     return xattrs

@@ -23,6 +23,7 @@ from importlib.machinery import EXTENSION_SUFFIXES, ModuleSpec, SourceFileLoader
 
 # Compiled together (one mypyc group: calls between them stay native).
 MODULES = (
+    "cfsboot.composefs.limits",
     "cfsboot.composefs.tree",
     "cfsboot.composefs.dumpescape",
     "cfsboot.composefs.dumpread",

@@ -10,10 +10,12 @@ import stat
 from collections.abc import Iterator
 from typing import Final
 
+from cfsboot.composefs.limits import RECOMMENDED_INLINE_CONTENT_MAX
+
 # Regular files of this many bytes or fewer keep their contents in the tree (and inline in
 # the EROFS image); larger ones are objects named by their fs-verity digest.
-# LCFS_RECOMMENDED_INLINE_CONTENT_MAX (lcfs-writer.h): what C mkcomposefs does.
-INLINE_MAX = 64
+# What C mkcomposefs does (LCFS_RECOMMENDED_INLINE_CONTENT_MAX).
+INLINE_MAX: Final = RECOMMENDED_INLINE_CONTENT_MAX
 
 # The file types a composefs tree (dumpfile, EROFS image) can hold.
 FILE_TYPES: Final = frozenset(

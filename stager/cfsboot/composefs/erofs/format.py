@@ -23,13 +23,7 @@ SLOT_BITS: Final = 5  # EROFS_ISLOTBITS: inodes start on 32-byte slots, nid = of
 SLOT_SIZE: Final = 1 << SLOT_BITS
 SUPERBLOCK_OFFSET: Final = 1024  # EROFS_SUPER_OFFSET
 NULL_ADDR: Final = 0xFFFFFFFF  # EROFS_NULL_ADDR (-1): a chunk that is a hole (no data)
-NAME_MAX: Final = 255  # EROFS_NAME_LEN
-# Composefs caps: inline content from dumpfiles, chunks of an external file (one block of
-# 4-byte chunk addresses), and the default inlining threshold for files read from a directory.
-INLINE_CONTENT_MAX: Final = 5000  # LCFS_INLINE_CONTENT_MAX
-RECOMMENDED_INLINE_CONTENT_MAX: Final = 64  # LCFS_RECOMMENDED_INLINE_CONTENT_MAX
-MAX_NONINLINE_CHUNKS: Final = 1024  # LCFS_MAX_NONINLINE_CHUNKS
-SYMLINK_MAX: Final = 1024  # symlink targets longer than this are rejected by the C parser
+# composefs's caps (name length, inline content, chunks...): cfsboot.composefs.limits.
 
 # --- composefs header at offset 0 (lcfs-erofs.h: struct lcfs_erofs_header_s, 32 bytes) -----
 # magic u32, version u32 (LCFS_EROFS_VERSION, the header layout version = 1),

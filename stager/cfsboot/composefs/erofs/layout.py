@@ -23,11 +23,12 @@ from cfsboot.composefs.erofs import dirents
 from cfsboot.composefs.erofs import format as fmt
 from cfsboot.composefs.erofs.dirents import Directory
 from cfsboot.composefs.erofs.xattrs import OWN_METACOPY, XattrPlan
+from cfsboot.composefs.limits import CHUNK_SIZE_MAX, INLINE_CONTENT_MAX, MAX_NONINLINE_CHUNKS
 from cfsboot.composefs.tree import Inode
 
 __all__ = ["Directory", "lay_out_and_emit"]
 
-BLK: Final = 4096  # fmt.BLOCK_SIZE
+BLK: Final = fmt.BLOCK_SIZE
 HALF_BLK: Final = BLK // 2
 _S_IFMT: Final = 0o170000
 _IFREG: Final = 0o100000
@@ -40,11 +41,7 @@ _IFSOCK: Final = 0o140000
 _U16: Final = 0xFFFF
 _U32: Final = 0xFFFFFFFF
 _U64: Final = 0xFFFFFFFFFFFFFFFF
-_INLINE_CONTENT_MAX: Final = 5000  # fmt.INLINE_CONTENT_MAX
-_MAX_CHUNKS: Final = 1024  # fmt.MAX_NONINLINE_CHUNKS
-_BLOCK_BITS: Final = 12  # fmt.BLOCK_BITS
-# Largest size with a single chunk: chunks grow with the file up to 2**(12 + 31) bytes.
-_ONE_CHUNK_MAX: Final = 1 << (12 + 31)
+_BLOCK_BITS: Final = fmt.BLOCK_BITS
 # EROFS dirent file type by the file type bits of a mode, shifted down (mode >> 12)
 _FT: Final = [0] * 16
 for _mode, _ft in fmt.FILE_TYPE_OF_MODE.items():
@@ -55,14 +52,13 @@ _PACK_U32: Final = fmt.CHUNK_ADDR.pack_into
 _LITTLE: Final = sys.byteorder == "little"
 _FMT_INLINE: Final = 2 << 1  # i_format(FLAT_INLINE, compact)
 _FMT_CHUNK: Final = 4 << 1  # i_format(CHUNK_BASED, compact)
-_EXTENDED: Final = 1  # fmt.INODE_LAYOUT_EXTENDED
+_EXTENDED: Final = fmt.INODE_LAYOUT_EXTENDED
 _I_U: Final = 16  # offset of i_u in both inode layouts
 _XATTR_IDS: Final = 12  # offset of the shared xattr ids in an inode's xattrs
 
-assert fmt.BLOCK_SIZE == BLK and fmt.BLOCK_BITS == _BLOCK_BITS and fmt.DIRENT.size == 12
+assert fmt.DIRENT.size == 12
 assert fmt.i_format(fmt.DataLayout.FLAT_INLINE, False) == _FMT_INLINE
 assert fmt.i_format(fmt.DataLayout.CHUNK_BASED, False) == _FMT_CHUNK
-assert (fmt.INLINE_CONTENT_MAX, fmt.MAX_NONINLINE_CHUNKS) == (_INLINE_CONTENT_MAX, _MAX_CHUNKS)
 
 
 def _chunking(size: int) -> tuple[int, int]:
@@ -193,12 +189,12 @@ class _Table:
             if content:
                 return _inline_content(content, x.nlink)
             if size > 0:
-                if size <= _ONE_CHUNK_MAX:  # the common case: one chunk
+                if size <= CHUNK_SIZE_MAX:  # the common case: one chunk
                     bits = (size - 1).bit_length()
                     i_u = bits - _BLOCK_BITS if bits > _BLOCK_BITS else 0
                     return _FMT_CHUNK, i_u, size, x.nlink, 4, _NULL_PTR, 0, b"", True
                 bits, n_chunks = _chunking(size)
-                if n_chunks > _MAX_CHUNKS:
+                if n_chunks > MAX_NONINLINE_CHUNKS:
                     raise ValueError(f"file of {size} bytes is too big for composefs")
                 nulls = _NULL_PTR * n_chunks
                 return (
@@ -340,8 +336,8 @@ def put_u32s(
 def _inline_content(content: bytes, nlink: int) -> _Data:
     """The data of a regular file with inline content: a tail, or one block and a tail."""
     size = len(content)
-    if size > _INLINE_CONTENT_MAX:
-        raise ValueError(f"inline content of {size} bytes exceeds {_INLINE_CONTENT_MAX}")
+    if size > INLINE_CONTENT_MAX:
+        raise ValueError(f"inline content of {size} bytes exceeds {INLINE_CONTENT_MAX}")
     if size <= HALF_BLK:
         return 0, 0, size, nlink, size, content, 0, b"", True
     n_blocks, tail = divmod(size, BLK)

@@ -19,10 +19,10 @@ import stat
 import struct
 
 from cfsboot.composefs.erofs import format as f
+from cfsboot.composefs.limits import INLINE_CONTENT_MAX, NAME_MAX, PATH_MAX, XATTR_NAME_MAX
 from cfsboot.composefs.tree import Inode
 from cfsboot.errors import CfsbootError
 
-_PATH_MAX = 4096
 _VALID_TYPES = frozenset(f.FILE_TYPE_OF_MODE)
 _XATTR_LIMIT = 0xFFFF  # total xattr space of one inode when loading an image (lcfs-writer.c)
 
@@ -125,7 +125,7 @@ class _Reader:
                 raise ImageFormatError(f"directory inode {nid} is chunk-based")
             self._directory(nid, size, oob_off, oob_blocks, tail_off, tailpacked, entries)
         elif ftype == stat.S_IFLNK:
-            if size >= _PATH_MAX:
+            if size >= PATH_MAX:
                 raise ImageFormatError(f"symlink inode {nid} has a target of {size} bytes")
             where = tail_off if tailpacked else oob_off
             self._check(where, size, f"symlink target of inode {nid}")
@@ -185,7 +185,7 @@ class _Reader:
             entry = 8 if i_u & f.CHUNK_FORMAT_INDEXES else f.CHUNK_ADDR.size
             self._check(tail_off, count * entry, f"chunk table of inode {nid}")
             return None
-        if size > min(f.INLINE_CONTENT_MAX, len(self.data)):
+        if size > min(INLINE_CONTENT_MAX, len(self.data)):
             raise ImageFormatError(f"inode {nid} has {size} bytes of inline content")
         oob_size = oob_blocks * f.BLOCK_SIZE if tailpacked else size
         self._check(oob_off, oob_size, f"content of inode {nid}")
@@ -219,7 +219,7 @@ class _Reader:
             name = data[start + nameoff : start + end]
             if name in (b".", b".."):
                 continue
-            if not name or name.find(b"/") >= 0 or name.find(b"\0") >= 0 or len(name) > f.NAME_MAX:
+            if not name or name.find(b"/") >= 0 or name.find(b"\0") >= 0 or len(name) > NAME_MAX:
                 raise ImageFormatError(f"directory inode {nid} has an invalid name {name!r}")
             out.append((name, child_nid))
 
@@ -284,7 +284,7 @@ class _Reader:
             if not name.startswith(f.OVERLAY_ESCAPED_PREFIX):
                 return
             name = b"trusted." + name[len(f.OVERLAY_PREFIX) :]
-        if name.find(b"\0") >= 0 or not 0 < len(name) <= 255:
+        if name.find(b"\0") >= 0 or not 0 < len(name) <= XATTR_NAME_MAX:
             raise ImageFormatError(f"inode {nid} has an invalid xattr name {name[:64]!r}")
         budget.add(nid, node, name, value)
 

@@ -28,7 +28,8 @@ from typing import Final
 
 from cfsboot.composefs.erofs import format as fmt
 from cfsboot.composefs.erofs.layout import Directory, lay_out_and_emit
-from cfsboot.composefs.erofs.xattrs import XATTR_SPACE_MAX, XattrsTooLarge, xattr_space
+from cfsboot.composefs.erofs.xattrs import XattrsTooLarge, xattr_space
+from cfsboot.composefs.limits import EXTERNAL_XATTR_MAX, NAME_MAX, XATTR_VALUE_MAX
 from cfsboot.composefs.tree import Inode, lookup, split_path
 from cfsboot.errors import CfsbootError
 
@@ -106,13 +107,13 @@ def _xattrs_too_large(root: Inode) -> ImageLimitError:
     while stack:
         path, node = stack.pop()
         space = xattr_space(node.xattrs)
-        if space > XATTR_SPACE_MAX:
+        if space > EXTERNAL_XATTR_MAX:
             key, value = max(node.xattrs.items(), key=lambda kv: len(kv[1]))
             return ImageLimitError(
                 f"cannot build the composefs image: the xattrs of"
                 f" {path.decode(errors='backslashreplace')} take {space} bytes"
                 f" ({key.decode(errors='backslashreplace')} alone {len(value)}),"
-                f" more than the {XATTR_SPACE_MAX} composefs allows for one file",
+                f" more than the {EXTERNAL_XATTR_MAX} composefs allows for one file",
                 hint="remove or shorten them in the source",
             )
         if node.children:
@@ -120,7 +121,9 @@ def _xattrs_too_large(root: Inode) -> ImageLimitError:
             stack.extend(
                 (prefix + name, node.children[name]) for name in sorted(node.children, reverse=True)
             )
-    return ImageLimitError("cannot build the composefs image: an xattr value exceeds 65535 bytes")
+    return ImageLimitError(
+        f"cannot build the composefs image: an xattr value exceeds {XATTR_VALUE_MAX} bytes"
+    )
 
 
 def _walk(root: Inode) -> tuple[list[Inode], dict[int, Directory], list[Inode]]:
@@ -158,7 +161,7 @@ def _walk(root: Inode) -> tuple[list[Inode], dict[int, Directory], list[Inode]]:
             n = len(name)
             if (
                 not n
-                or n > fmt.NAME_MAX
+                or n > NAME_MAX
                 or name == b"."
                 or name == b".."
                 or (slashes and name.find(b"/") >= 0)
@@ -373,7 +376,6 @@ def _rewrite_for_overlay(
 
 _XATTR_META: Final = 4  # LCFS_INODE_XATTRMETA_SIZE
 _XATTR_HEADER: Final = 12  # LCFS_XATTR_HEADER_SIZE
-_EXTERNAL_XATTR_MAX: Final = 0xFFFF // 2  # LCFS_INODE_EXTERNAL_XATTR_MAX
 _SIZE_T: Final = (1 << 64) - 1
 
 
@@ -402,7 +404,7 @@ def _c_set_xattr(
     entry = 2 * _XATTR_META - 1 + len(key) + len(value)
     if not xattrs:
         entry += _XATTR_HEADER
-    if ((used + entry) & _SIZE_T) > _EXTERNAL_XATTR_MAX:
+    if ((used + entry) & _SIZE_T) > EXTERNAL_XATTR_MAX:
         raise ValueError(
             f"xattr {key.decode(errors='replace')} does not fit "
             "(C mkcomposefs fails here with 'Numerical result out of range')"

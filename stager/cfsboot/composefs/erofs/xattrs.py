@@ -13,6 +13,7 @@ from typing import Final, cast
 
 from cfsboot.composefs.erofs import format as fmt
 from cfsboot.composefs.erofs.xxhash import xxh32
+from cfsboot.composefs.limits import EXTERNAL_XATTR_MAX, XATTR_NAME_MAX
 from cfsboot.composefs.tree import Inode
 
 _U16: Final = 0xFFFF
@@ -30,13 +31,9 @@ def _xattr_index(key: bytes) -> tuple[int, bytes]:
     return 0, key
 
 
-# What C's writer lets one inode's xattrs take (lcfs_node_set_xattr): a 12-byte header
-# and 7 + name + value bytes each, at most LCFS_INODE_EXTERNAL_XATTR_MAX bytes in all.
-XATTR_SPACE_MAX: Final = 0x7FFF
-
-
 def xattr_space(xattrs: dict[bytes, bytes]) -> int:
-    """The space C's writer counts for an inode's xattrs (compared with XATTR_SPACE_MAX)."""
+    """The space C's writer counts for an inode's xattrs (lcfs_node_set_xattr: a 12-byte
+    header and 7 + name + value bytes each), compared with limits.EXTERNAL_XATTR_MAX."""
     return 12 + sum([7 + len(k) + len(v) for k, v in xattrs.items()])
 
 
@@ -56,7 +53,7 @@ class XattrCodec:
         """(index, suffix, filter bit mask) of an xattr name."""
         got = self._names.get(key)
         if got is None:
-            if not key or len(key) > 255:
+            if not key or len(key) > XATTR_NAME_MAX:
                 raise ValueError(f"invalid xattr name {key!r}")
             index, suffix = _xattr_index(key)
             bit = xxh32(suffix, fmt.XATTR_FILTER_SEED + index) & (fmt.XATTR_FILTER_BITS - 1)
@@ -165,7 +162,7 @@ class XattrPlan:
                 sid = set_of.get(key)
                 if sid is None:
                     sid = set_of[key] = len(set_of)
-                    if xattr_space(xattrs) > XATTR_SPACE_MAX:
+                    if xattr_space(xattrs) > EXTERNAL_XATTR_MAX:
                         raise XattrsTooLarge(f"xattrs of inode {i} take too much space")
                 set_ids[i] = sid
         for index, final in final_xattrs.items():

@@ -49,12 +49,11 @@ from cfsboot.boot.esp import Esp, EspError
 from cfsboot.boot.uki import UKI_DIR, uki_file_name
 from cfsboot.errors import CfsbootError, die
 from cfsboot.image.kargsd import split_kargs
+from cfsboot.linux.arch import all_efi_names
 
 log = logging.getLogger(__name__)
 
 BOOT_FILES_DIR = "EFI/Linux"
-SYSTEMD_BOOT_EFI = "EFI/systemd/systemd-bootx64.efi"
-REMOVABLE_EFI = "EFI/BOOT/BOOTX64.EFI"
 GRUB_MENU = "EFI/BOOT/grub.cfg"
 STAGED_SUFFIX = ".staged"
 # At most this many cfsboot entries in a menu: sort keys are `bootc-<os>-<position>`
@@ -421,7 +420,7 @@ def detect(esp: Esp) -> Bootloader:
             return Grub(esp)
         if esp.is_dir(bls.ENTRIES_DIR) or esp.is_dir(bls.STAGED_ENTRIES_DIR):
             return SystemdBoot(esp)
-        if esp.exists(SYSTEMD_BOOT_EFI):
+        if any(esp.exists(names.systemd_boot) for names in all_efi_names()):
             return SystemdBoot(esp)
     except EspError as e:
         die(f"cannot read the ESP: {e}")

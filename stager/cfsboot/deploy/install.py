@@ -22,8 +22,6 @@ from pathlib import Path
 from cfsboot.boot import bls, disk, targetcheck
 from cfsboot.boot.bootloader import (
     GRUB_MENU,
-    REMOVABLE_EFI,
-    SYSTEMD_BOOT_EFI,
     Bootloader,
     BootloaderKind,
     MenuEntry,
@@ -49,7 +47,8 @@ from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.deploy.target import Target, import_target
 from cfsboot.errors import die
 from cfsboot.image import imagefiles
-from cfsboot.image.bootscan import GRUB_IN_IMAGE, SYSTEMD_BOOT_IN_IMAGE
+from cfsboot.image.info import read_config, read_image_info
+from cfsboot.linux.arch import EfiNames, NoUefi, efi_names
 from cfsboot.linux.run import run
 from setuproot.contract import REPO_DIR, HashAlg, KargStyle
 
@@ -124,34 +123,47 @@ def deploy_first(
     return entry, options
 
 
+def image_efi_names(repo: Repository, target: Target) -> EfiNames:
+    """The boot loader file names of the image's architecture (its OCI config's), or of
+    this machine's when the config does not say."""
+    info = read_image_info(repo, target.digest)
+    config = read_config(repo, info.config_digest) if info is not None else None
+    arch = config.architecture if config is not None and config.architecture else None
+    try:
+        return efi_names(arch)
+    except NoUefi as e:
+        die(f"cannot install a boot loader: {e}", hint="install with --bootloader none")
+
+
 def _install_loader(
     esp: Esp | None, sysroot: Sysroot, target: Target, opts: InstallOptions
 ) -> Bootloader | None:
     repo = sysroot.repo
     if opts.bootloader is None or esp is None:
         return None
+    names = image_efi_names(repo, target)
     if opts.bootloader is BootloaderKind.SYSTEMD_BOOT:
-        binary = imagefiles.read_file(repo, target.tree, SYSTEMD_BOOT_IN_IMAGE)
+        binary = imagefiles.read_file(repo, target.tree, names.systemd_boot_in_image)
         if binary is None:
             die(
-                f"the image has no /{SYSTEMD_BOOT_IN_IMAGE}",
+                f"the image has no /{names.systemd_boot_in_image}",
                 hint="install systemd-boot-efi in the image, or use --bootloader grub",
             )
-        for path in (SYSTEMD_BOOT_EFI, REMOVABLE_EFI):
+        for path in (names.systemd_boot, names.removable):
             esp.mkdir(path.rsplit("/", 1)[0])
             esp.write(path, binary)
         if opts.boot_timeout is not None and not esp.exists(bls.LOADER_CONF):
             esp.mkdir("loader")
             esp.write_text(bls.LOADER_CONF, f"timeout {opts.boot_timeout}\n")
         return SystemdBoot(esp)
-    binary = imagefiles.read_file(repo, target.tree, GRUB_IN_IMAGE)
+    binary = imagefiles.read_file(repo, target.tree, names.grub_in_image)
     if binary is None:
         die(
-            f"the image has no /{GRUB_IN_IMAGE}",
-            hint="install grub-efi-amd64-bin in the image, or use --bootloader systemd-boot",
+            f"the image has no /{names.grub_in_image}",
+            hint=f"install {names.grub_package} in the image, or use --bootloader systemd-boot",
         )
-    esp.mkdir(REMOVABLE_EFI.rsplit("/", 1)[0])
-    esp.write(REMOVABLE_EFI, binary)
+    esp.mkdir(names.removable.rsplit("/", 1)[0])
+    esp.write(names.removable, binary)
     return Grub(esp, menu_path=GRUB_MENU, timeout=opts.boot_timeout)
 
 

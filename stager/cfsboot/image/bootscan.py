@@ -19,10 +19,6 @@ from cfsboot.composefs.tree import Inode, split_path
 from cfsboot.jsondoc import Fields
 
 MAX_SYMLINK_HOPS = 16
-# Boot loader binaries an install takes from the image (packages systemd-boot-efi,
-# grub-efi-amd64-bin), relative to its root.
-SYSTEMD_BOOT_IN_IMAGE = "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
-GRUB_IN_IMAGE = "usr/lib/grub/x86_64-efi/monolithic/grubx64.efi"
 
 
 @dataclass(frozen=True)

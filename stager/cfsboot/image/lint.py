@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from cfsboot.errors import CfsbootError
-from cfsboot.image.bootscan import GRUB_IN_IMAGE, SYSTEMD_BOOT_IN_IMAGE
 from cfsboot.image.initramfs import list_files
 from cfsboot.image.kargsd import KARGS_D, parse_kargs_toml
+from cfsboot.linux.arch import NoUefi, efi_names
 from setuproot.config import ConfigError, parse_config
 from setuproot.contract import SETUP_ROOT_CONFIG
 
@@ -144,13 +144,19 @@ def check_initramfs(root: Path) -> Iterator[Finding]:
 
 
 def check_bootloader(root: Path) -> Iterator[Finding]:
-    if _is_file(root, SYSTEMD_BOOT_IN_IMAGE) or _is_file(root, GRUB_IN_IMAGE):
+    """The boot loader of this machine's architecture: lint runs in the image's build, where
+    `uname -m` is the image's (emulated, for another architecture's image)."""
+    try:
+        names = efi_names()
+    except NoUefi:
+        return  # no UEFI here: cfsboot installs no boot loader for it
+    if _is_file(root, names.systemd_boot_in_image) or _is_file(root, names.grub_in_image):
         return
     yield Finding(
         Level.ERROR,
         "bootloader",
-        f"no boot loader: neither /{SYSTEMD_BOOT_IN_IMAGE} nor /{GRUB_IN_IMAGE}"
-        " (apt-get install systemd-boot-efi or grub-efi-amd64-bin)",
+        f"no boot loader: neither /{names.systemd_boot_in_image} nor /{names.grub_in_image}"
+        f" (apt-get install systemd-boot-efi or {names.grub_package})",
     )
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import abc
 import errno
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISDIR
@@ -273,6 +272,8 @@ class DirEsp(Esp):
         if not split_path(path) or st is None or not st.is_dir:
             raise EspError(f"no directory {path} on the ESP ({self.root})")
         p = self._abs(path)
+        import shutil  # only here: it imports bz2 and lzma
+
         shutil.rmtree(p)
         fsutil.fsync_dir(p.parent)
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from cfsboot.boot.esp import DirEsp, Esp, MtoolsEsp
 from cfsboot.errors import die
 from cfsboot.linux import mountinfo
-from cfsboot.linux.run import run
+from cfsboot.linux.lazyrun import run
 
 if TYPE_CHECKING:
     from cfsboot.boot.gpt import DiskLayout

@@ -22,7 +22,6 @@ import enum
 import os
 import stat
 from collections.abc import Callable, Collection, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -378,6 +377,8 @@ def check_repository(
     kept = {name: h for name, h in layout.streams.items() if keep_stream(name)}
     in_memory |= set(kept.values())
     rest = [h for h in layout.objects if h not in in_memory]
+    from concurrent.futures import ThreadPoolExecutor  # the deep check only (status imports us)
+
     workers = threads or max(1, len(os.sched_getaffinity(0)))
     with ThreadPoolExecutor(workers, thread_name_prefix="fsck") as pool:
         futures = [

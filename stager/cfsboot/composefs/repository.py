@@ -26,7 +26,6 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
-from cfsboot.composefs import fsverity
 from cfsboot.composefs.objectstore import DIR_MODE, ObjectStore
 from cfsboot.errors import die
 from cfsboot.jsondoc import Fields, parse_object
@@ -206,6 +205,8 @@ class Repository:
 
     def ensure_object(self, data: bytes) -> str:
         """Store `data` as an object (atomic, deduplicated); returns its hex digest."""
+        from cfsboot.composefs import fsverity  # hashlib and threads: not for reading
+
         hexdigest = fsverity.digest_bytes(data, self.algorithm).hex()
         self.objects.add_bytes(hexdigest, data)
         return hexdigest
@@ -220,6 +221,8 @@ class Repository:
         fd = src if isinstance(src, int) else os.open(src, os.O_RDONLY | os.O_CLOEXEC)
         try:
             if digest is None:
+                from cfsboot.composefs import fsverity
+
                 digest = fsverity.digest_fd(fd, self.algorithm)
             elif len(digest) != self.algorithm.digest_size:
                 raise ValueError(

@@ -42,6 +42,7 @@ from cfsboot.boot.counting import MAX_TRIES, Tries
 from cfsboot.boot.esp import DirEsp
 from cfsboot.composefs.repository import Repository
 from cfsboot.composefs.tree import Inode
+from cfsboot.deploy.assessrecord import record_path
 from cfsboot.deploy.health import RESULTS_FILE, read_results
 from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.errors import die
@@ -59,8 +60,6 @@ HOST_CONFIG = Path("/etc/cfsboot") / CONFIG_NAME
 DEFAULT_TRIES = 3
 BOOT_COMPLETE = "boot-complete.target"
 SYSTEMD_BLESS_BOOT = "/usr/lib/systemd/systemd-bless-boot"
-# Under the shared /var (state/os/default/var): one record per deployment that failed.
-RECORDS_DIR = "lib/cfsboot/boot-assessment"
 
 
 @dataclass(frozen=True)
@@ -131,18 +130,6 @@ def trial_tries(
 # ---------------------------------------------------------------------------------------
 # Records of failed boots (in the shared /var)
 # ---------------------------------------------------------------------------------------
-
-
-def record_path(sysroot: Sysroot, depl: str) -> Path:
-    return sysroot.shared_var / RECORDS_DIR / f"{depl}.json"
-
-
-def read_record(sysroot: Sysroot, depl: str) -> dict[str, Any] | None:
-    try:
-        doc = json.loads(record_path(sysroot, depl).read_text())
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
 
 
 def write_record(sysroot: Sysroot, depl: str, doc: dict[str, Any]) -> None:

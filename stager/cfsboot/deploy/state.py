@@ -10,14 +10,18 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
-from cfsboot.composefs.tree import Inode
-from cfsboot.deploy.origin import Origin
 from cfsboot.deploy.sysroot import Sysroot
-from cfsboot.deploy.target import Target
 from cfsboot.errors import die
-from cfsboot.image import extract
 from cfsboot.linux.fsutil import fsync_dir
-from setuproot.config import EtcMount
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every run
+if TYPE_CHECKING:
+    from cfsboot.composefs.tree import Inode
+    from cfsboot.deploy.origin import Origin
+    from cfsboot.deploy.target import Target
+
+# status and fsck import this module for state_leftovers: what writing a state
+# directory needs (extracting from the image, its /etc mode) is imported by write_state.
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,9 @@ def write_state(
     (path under /etc -> content, mode 0644) are local changes written into the
     deployment's /etc (the upper dir, or the copy): install puts root's SSH keys there.
     """
+    from cfsboot.image import extract
+    from setuproot.config import EtcMount
+
     repo = sysroot.repo
     root = sysroot.deploy_root
     root.mkdir(parents=True, exist_ok=True)
@@ -130,7 +137,7 @@ def _label_like(path: Path, tree: Inode, image_path: str) -> None:
     The overlay's root directory is its upper dir: unlabelled, /etc would show as
     unlabeled_t and so would every file created in it.
     """
-    from cfsboot.image import selabel  # the labelling rules: not for status, which imports this
+    from cfsboot.image import extract, selabel  # not for status, which imports this module
 
     node = extract.subtree(tree, image_path)
     label = node.xattrs.get(selabel.XATTR) if node is not None else None

@@ -32,28 +32,28 @@ written.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NotRequired, TypedDict, cast
+from typing import TYPE_CHECKING, Literal, NotRequired, TypedDict, cast
 
-from cfsboot.boot.bootloader import Bootloader, BootloaderKind, MenuEntry
+from cfsboot.boot.bootloader import BootloaderKind
 from cfsboot.boot.boottype import BootType
-from cfsboot.boot.uki import parse_uki
-from cfsboot.deploy import softreboot
-from cfsboot.deploy.assessment import read_record
-from cfsboot.deploy.origin import Origin
+from cfsboot.deploy.assessrecord import read_record
 from cfsboot.deploy.pins import pinned
-from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.deploy.target import VERSION_LABEL, current_deployment
 from cfsboot.deploy.updatecache import read_cached_update
-from cfsboot.deploy.usroverlay import FilesystemOverlay as FilesystemOverlay  # host-v1's
-from cfsboot.deploy.usroverlay import usr_overlay_status
-from cfsboot.image.imagefiles import bootfile_bytes
 from cfsboot.image.info import ImageInfo, read_config, read_image_info, read_manifest
 from setuproot.contract import KargError, parse_cmdline
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from cfsboot.boot.bootloader import Bootloader, MenuEntry
+    from cfsboot.deploy.origin import Origin
+    from cfsboot.deploy.sysroot import Sysroot
+    from cfsboot.deploy.usroverlay import FilesystemOverlay
+
+# `status` is what people and monitoring run most: what only some runs need (soft-reboot
+# checks on a running system, UKIs, the /usr overlay, logging on a damaged UKI) is
+# imported where it is used (tests/unit/test_startup.py pins what a run imports).
 
 API_VERSION = "org.containers.bootc/v1"
 KIND = "BootcHost"
@@ -179,11 +179,16 @@ def _verity_required(sysroot: Sysroot, entry: MenuEntry, info: ImageInfo | None)
     cmdline = " ".join(entry.options)
     if entry.boot_type is BootType.UKI and info is not None:
         # The command line is sealed in the UKI: read it from the repository's copy.
+        from cfsboot.boot.uki import parse_uki
+        from cfsboot.image.imagefiles import bootfile_bytes
+
         for uki_file in info.boot.ukis:
             try:
                 cmdline = parse_uki(bootfile_bytes(sysroot.repo, uki_file)).cmdline or ""
             except Exception as e:  # a damaged UKI must not break status
-                log.warning("cannot read %s: %s", uki_file.path, e)
+                import logging
+
+                logging.getLogger(__name__).warning("cannot read %s: %s", uki_file.path, e)
             break
     try:
         kargs = parse_cmdline(cmdline)
@@ -299,6 +304,12 @@ def _host_assessment(sysroot: Sysroot, bl: Bootloader, current: str | None) -> H
     }
 
 
+def _usr_overlay(usr: Path) -> FilesystemOverlay | None:
+    from cfsboot.deploy.usroverlay import usr_overlay_status
+
+    return usr_overlay_status(usr)
+
+
 class _Others(TypedDict, total=False):
     otherDeployments: list[BootEntry]
 
@@ -346,6 +357,8 @@ def host_status(sysroot: Sysroot, bl: Bootloader, *, usr: Path | None = None) ->
             cached_update=cast(ImageStatus, update) if update is not None else None,
         )
         if soft and sysroot.live:
+            from cfsboot.deploy import softreboot
+
             doc["softRebootCapable"] = softreboot.capable(sysroot, bl, m)
         return doc
 
@@ -368,7 +381,7 @@ def host_status(sysroot: Sysroot, bl: Bootloader, *, usr: Path | None = None) ->
         **more,
         "rollbackQueued": rollback_queued,
         "type": "bootcHost" if booted_doc is not None and booted_doc["image"] else None,
-        "usrOverlay": usr_overlay_status(usr) if usr is not None else None,
+        "usrOverlay": _usr_overlay(usr) if usr is not None else None,
         "cfsboot": {"bootAssessment": _host_assessment(sysroot, bl, current)},
     }
     return {

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from cfsboot.boot.bootloader import Bootloader
-from cfsboot.composefs.tree import Inode
-from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.errors import die
-from cfsboot.image import imagefiles
-from cfsboot.image.bootscan import BootResources
 from cfsboot.image.info import read_image_info
-from cfsboot.image.osrelease import OsRelease
-from cfsboot.oci.reference import canonical
-from cfsboot.oci.reference import parse as parse_ref
-from setuproot.config import Config, resolve_etc
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every run
+if TYPE_CHECKING:
+    from cfsboot.boot.bootloader import Bootloader
+    from cfsboot.composefs.tree import Inode
+    from cfsboot.deploy.sysroot import Sysroot
+    from cfsboot.image.bootscan import BootResources
+    from cfsboot.image.osrelease import OsRelease
+    from setuproot.config import Config
+
+# `cfsboot status` imports this module for current_deployment: what reading an image's
+# tree and configuration needs is imported by the functions that read them.
 
 # Tags (images/refs/deploy/ID) that keep deployed images alive; gc owns them.
 DEPLOY_TAG_PREFIX = "deploy/"
@@ -40,6 +43,10 @@ def deployment_tag(digest: str) -> str:
 
 def target_from_repo(sysroot: Sysroot, digest: str, *, reference: str | None = None) -> Target:
     """A deployment's image as the repository holds it (its tree read from the EROFS)."""
+    from cfsboot.image import imagefiles
+    from cfsboot.image.bootscan import BootResources
+    from setuproot.config import resolve_etc
+
     repo = sysroot.repo
     if not repo.has_image(digest):
         die(f"repository {repo.path} has no image {digest}")
@@ -65,6 +72,8 @@ def follow_etc_mode(target: Target, booted: Target) -> Target:
     An image that says nothing keeps the mode the system already uses, so its
     local /etc changes can be carried (bootc's bind on a disk bootc installed).
     """
+    from setuproot.config import Config
+
     c = target.config
     if c.etc_set or c.etc is booted.config.etc:
         return target
@@ -76,7 +85,10 @@ def import_target(
     sysroot: Sysroot, imgref: str, *, quiet: bool = True, arch: str | None = None
 ) -> Target:
     """Import `imgref` into the sysroot's repository (new layers only) and describe it."""
+    from cfsboot.image import imagefiles
     from cfsboot.image.importer import Progress, import_image  # the pipeline: only when importing
+    from cfsboot.oci.reference import canonical
+    from cfsboot.oci.reference import parse as parse_ref
 
     imgref = canonical(parse_ref(imgref))
     repo = sysroot.repo

@@ -15,7 +15,6 @@ Boot files that no entry uses are a note: `cfsboot gc` removes them.
 from __future__ import annotations
 
 import enum
-import hashlib
 from dataclasses import dataclass, field
 
 from cfsboot.boot import bls
@@ -113,6 +112,8 @@ def _content_digest(esp: Esp, m: MenuEntry) -> tuple[str | None, str | None]:
         except UKIError as e:
             return None, str(e)
         return boot_digest_of(data, uki), None
+    import hashlib  # the deep check only (status imports this module)
+
     h = hashlib.sha256()
     for path in (m.linux or "", *m.initrd):
         h.update(esp.read(path))

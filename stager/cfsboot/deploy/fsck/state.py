@@ -20,7 +20,6 @@ from cfsboot.deploy.origin import OriginError
 from cfsboot.deploy.state import state_leftovers
 from cfsboot.deploy.sysroot import StagedDeployment
 from cfsboot.errors import CfsbootError
-from cfsboot.image.imagefiles import setup_root_config
 from setuproot.config import EtcMount
 from setuproot.contract import DEPLOY_VAR_LINK_TARGET, STATE_DEPLOY_DIR
 
@@ -62,6 +61,8 @@ def _etc_problem(ctx: Context, depl: str) -> Problem | None:
     if tree is None or ctx.repo is None:
         return None
     rel = f"{STATE_DEPLOY_DIR}/{depl}"
+    from cfsboot.image.imagefiles import setup_root_config  # trees are read by the deep check
+
     try:
         mode = setup_root_config(ctx.repo, tree).etc
     except (CfsbootError, OSError) as e:

@@ -13,45 +13,78 @@ from cfsboot.errors import CfsbootError
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every run
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
-    from typing import Any, NoReturn
+    from typing import NoReturn
 
 # Every run pays for what this module imports (`--help` and `status` are what people and
 # monitoring run most): logging, traceback and shlex are imported where they are used.
 
-# Modules under cfsboot.commands that add subcommands, in --help order.
-COMMAND_MODULES = (
-    "fsverity",
-    "repo",
-    "mkcomposefs",
-    "composefs_info",
-    "image",
-    "install",
-    "deploy",
-    "container",
-    "fsck",
-    "assessment",
-    "updates",
-    "usroverlay",
+# Every subcommand in --help order: name, its module under cfsboot.commands, help line,
+# aliases. `cfsboot --help`, `--version`, no command or an unknown one are answered from
+# this table alone: importing every command module and building its parser costs more
+# than the rest of such a run. tests/unit/test_cli.py pins it to what the modules register.
+SUBCOMMANDS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    ("fsverity", "fsverity", "fs-verity digests: compute, measure, enable", ()),
+    ("repo", "repo", "manage a composefs repository", ()),
+    ("mkcomposefs", "mkcomposefs", "build a composefs image from a directory or a dumpfile", ()),
+    (
+        "composefs-info",
+        "composefs_info",
+        "list, dump or check the objects of composefs images",
+        (),
+    ),
+    ("image", "image", "import OCI images and compute their boot image digest", ()),
+    ("install", "install", "install a new system from an image", ()),
+    ("switch", "deploy", "stage another image to boot next", ()),
+    ("upgrade", "deploy", "stage the newest version of the booted image", ("update",)),
+    ("finalize-staged", "deploy", "make the staged deployment the default (shutdown)", ()),
+    ("rollback", "deploy", "make the previous deployment the default", ()),
+    ("status", "deploy", "show the deployments", ()),
+    ("gc", "deploy", "remove deployments and data nothing needs", ()),
+    ("container", "container", "check and seal a bootable image while it is built", ()),
+    (
+        "fsck",
+        "fsck",
+        "check the repository, the deployments and the ESP; repair what is safe",
+        (),
+    ),
+    (
+        "bless",
+        "assessment",
+        "end the booted deployment's boot trial (after boot-complete.target)",
+        (),
+    ),
+    (
+        "health-check",
+        "assessment",
+        "run the health checks in /usr/lib/cfsboot/health.d and /etc/cfsboot/health.d",
+        (),
+    ),
+    (
+        "assess-boot",
+        "assessment",
+        "after boot-complete.target: record a failed boot and reboot a deployment on trial",
+        (),
+    ),
+    (
+        "diff",
+        "updates",
+        "files, Debian packages, kernel and kernel arguments that differ between two"
+        " deployments, or a deployment and an image (stages nothing)",
+        (),
+    ),
+    ("pin", "updates", "keep a deployment in the boot menu and from gc", ()),
+    ("unpin", "updates", "let gc and new deployments drop a pinned deployment again", ()),
+    (
+        "usr-overlay",
+        "usroverlay",
+        "a transient writable overlay on /usr, to debug; it goes at the next boot",
+        ("usroverlay",),
+    ),
 )
-
-# Which module defines each subcommand: a run imports only the module it needs
-# (the parser with every module is built for --help and for unknown commands).
-COMMANDS = {
-    "fsverity": "fsverity",
-    "repo": "repo",
-    "mkcomposefs": "mkcomposefs",
-    "composefs-info": "composefs_info",
-    "image": "image",
-    "container": "container",
-    "fsck": "fsck",
-    "install": "install",
-    **{c: "deploy" for c in ("switch", "upgrade", "finalize-staged", "rollback", "status", "gc")},
-    **{c: "assessment" for c in ("bless", "health-check", "assess-boot")},
-    **{c: "updates" for c in ("diff", "pin", "unpin")},
-    "update": "deploy",  # bootc's alias of upgrade
-    "usr-overlay": "usroverlay",
-    "usroverlay": "usroverlay",  # bootc's alias
-}
+# Modules under cfsboot.commands that add subcommands, in --help order.
+COMMAND_MODULES = tuple(dict.fromkeys(module for _, module, _, _ in SUBCOMMANDS))
+# Which module defines each subcommand (aliases too): a run imports only the module it needs.
+COMMANDS = {n: module for name, module, _, aliases in SUBCOMMANDS for n in (name, *aliases)}
 
 # An unexpected exception (a bug): sysexits.h's EX_SOFTWARE, distinct from user errors (1, 2).
 INTERNAL_ERROR = 70
@@ -64,38 +97,48 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.stderr.write(f"{self.prog}: {message} (see --help)\n")
         sys.exit(2)
 
-
-class _Unbuilt:
-    """A command's parser as the top-level listing gets it: whatever is added to it is dropped."""
-
-    def __getattr__(self, name: str) -> Callable[..., _Unbuilt]:
-        return self._ignore
-
-    def _ignore(self, *args: object, **kwargs: object) -> _Unbuilt:
-        return self
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        # argparse's asks shutil for the width, and add_argument makes one: importing
+        # shutil (and bz2, lzma) costs every run more than the rest of the parser.
+        return self.formatter_class(prog=self.prog, width=terminal_columns() - 2)
 
 
-class _Listing:
-    """The subparsers action as command modules see it for the top-level parser alone.
+def terminal_columns() -> int:
+    """shutil.get_terminal_size().columns (COLUMNS, else stdout's terminal, else 80)."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+        columns = columns or 80
+    return columns
 
-    `cfsboot --help`, `--version`, no command or an unknown one need each command's name,
-    aliases and help line, not its arguments: building every command's parser costs more
-    than the rest of such a run.
-    """
 
-    def __init__(self, sub: argparse._SubParsersAction[ArgumentParser]) -> None:
-        self._sub = sub
+class _Listed:
+    """A command as the listing parser holds it: its parser is built if it ever parses."""
 
-    def add_parser(self, name: str, **kwargs: Any) -> _Unbuilt:
-        self._sub.add_parser(name, help=kwargs.get("help"), aliases=kwargs.get("aliases", ()))
-        return _Unbuilt()
+    def __init__(self, *, prog: str) -> None:
+        self.name = prog.rsplit(" ", 1)[-1]
+
+    def parse_known_args(
+        self, args: list[str], namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parser = build_parser(self.name)
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        command: ArgumentParser = sub.choices[self.name]
+        return command.parse_known_args(args, namespace)
 
 
 def build_parser(only: str | None = None, *, listing: bool = False) -> ArgumentParser:
     """The whole parser, or (`only`: a subcommand name) one with just that module's commands.
 
-    `listing`: every command by name and help line, without their own arguments (for the
-    top-level --help and errors; parsing a command's arguments needs the whole parser).
+    `listing`: every command by name and help line (SUBCOMMANDS), without their own
+    arguments and without importing their modules (for the top-level --help and errors;
+    parsing a command's arguments needs its module's parser).
     """
     parser = ArgumentParser(
         prog="cfsboot",
@@ -107,10 +150,17 @@ def build_parser(only: str | None = None, *, listing: bool = False) -> ArgumentP
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
     sub.required = True
+    if listing:
+        # A command's own parser (an ArgumentParser each, with its help option) is not
+        # made: the listing answers --help, --version and errors without parsing one.
+        sub._parser_class = _Listed  # type: ignore[assignment]
+        for name, _, help_text, aliases in SUBCOMMANDS:
+            sub.add_parser(name, help=help_text, aliases=aliases)
+        return parser
     modules = [COMMANDS[only]] if only in COMMANDS else COMMAND_MODULES
     for name in modules:
         module = importlib.import_module(f"cfsboot.commands.{name}")
-        module.register(_Listing(sub) if listing else sub)
+        module.register(sub)
     return parser
 
 

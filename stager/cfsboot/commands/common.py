@@ -39,12 +39,15 @@ def opened(args: argparse.Namespace, *, write: bool = True) -> Iterator[tuple[Sy
     from cfsboot.boot.espfind import open_esp
     from cfsboot.deploy.sysroot import Sysroot
 
-    sysroot = Sysroot(args.sysroot, run_dir=args.run_dir)
+    sysroot = Sysroot(args.sysroot, run_dir=args.run_dir, read_once=not write)
     with open_esp(sysroot.path, args.esp) as esp:
-        bl = detect(esp)
         if not write:
-            yield sysroot, bl
+            from cfsboot.boot.espview import ReadOnceEsp
+
+            # A reader asks for the same boot entries many times (status: about eight).
+            yield sysroot, detect(ReadOnceEsp(esp))
             return
+        bl = detect(esp)
         with sysroot.repo.lock():
             done = bl.recover()
             if done:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from cfsboot.composefs.repository import Repository
 from cfsboot.deploy.origin import Origin, OriginError
-from cfsboot.errors import die
+from cfsboot.errors import CfsbootError, die
 from cfsboot.jsondoc import DocumentError, Fields, parse_object
 from cfsboot.linux import mountinfo
 from cfsboot.linux.fsutil import fsync_dir, write_file_atomic
@@ -106,8 +106,17 @@ def _root_mount_source(mountinfo_path: str) -> str | None:
 class Sysroot:
     """One physical root (a booted system's /sysroot, or a mounted disk)."""
 
-    def __init__(self, path: str | os.PathLike[str], *, run_dir: Path | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, run_dir: Path | None = None, read_once: bool = False
+    ) -> None:
+        """read_once: for a reader that writes nothing (`cfsboot status`, which asks for the
+        same state from each part of its report): each origin, the staged marker and the
+        booted deployment are read once, and writing them raises."""
         self.path = Path(path)
+        self.read_once = read_once
+        self._origins: dict[str, Origin | None] = {}
+        self._marker: list[StagedDeployment | None] = []  # the one read, when read_once
+        self._booted: list[str | None] = []
         if not self.path.is_dir():
             die(f"{self.path} is not a directory", hint="pass the physical root with --sysroot")
         self.live = (
@@ -162,6 +171,13 @@ class Sysroot:
 
     def origin(self, depl: str) -> Origin | None:
         """A deployment's origin; None (with a warning) when missing or unreadable."""
+        if not self.read_once:
+            return self._read_origin(depl)
+        if depl not in self._origins:
+            self._origins[depl] = self._read_origin(depl)
+        return self._origins[depl]
+
+    def _read_origin(self, depl: str) -> Origin | None:
         path = self.origin_path(depl)
         warn = log.warning if depl not in self.origin_reported else log.debug
         try:
@@ -182,6 +198,7 @@ class Sysroot:
             return None
 
     def write_origin(self, depl: str, origin: Origin) -> None:
+        self._writing()
         write_file_atomic(self.origin_path(depl), origin.serialise().encode(), mode=0o644)
 
     def var_link_target(self) -> str:
@@ -190,6 +207,13 @@ class Sysroot:
     # -- the staged marker -------------------------------------------------------------
 
     def staged(self) -> StagedDeployment | None:
+        if not self.read_once:
+            return self._read_staged()
+        if not self._marker:
+            self._marker.append(self._read_staged())
+        return self._marker[0]
+
+    def _read_staged(self) -> StagedDeployment | None:
         try:
             data = self.marker_path.read_bytes()
         except FileNotFoundError:
@@ -197,10 +221,12 @@ class Sysroot:
         return StagedDeployment.from_json(data, name=str(self.marker_path))
 
     def write_staged(self, staged: StagedDeployment) -> None:
+        self._writing()
         self.marker_path.parent.mkdir(parents=True, exist_ok=True)
         write_file_atomic(self.marker_path, staged.to_json(), mode=0o644)
 
     def clear_staged(self) -> None:
+        self._writing()
         try:
             self.marker_path.unlink()
         except FileNotFoundError:
@@ -211,7 +237,17 @@ class Sysroot:
 
     def booted(self) -> str | None:
         """The deployment running now, if this physical root is the one the machine booted."""
-        return running_deployment() if self.live else None
+        if not self.live:
+            return None
+        if not self.read_once:
+            return running_deployment()
+        if not self._booted:
+            self._booted.append(running_deployment())
+        return self._booted[0]
+
+    def _writing(self) -> None:
+        if self.read_once:
+            raise CfsbootError(f"{self.path} is open read-only here (a bug: report it)")
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 import stat
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -217,6 +216,8 @@ def _kernel_has_vfat() -> bool:
 @contextmanager
 def _mounted(node: Path) -> Iterator[Esp]:
     os.makedirs(MOUNT_DIR, mode=0o700, exist_ok=True)
+    import tempfile  # only when mounting (status on a mounted ESP does not)
+
     where = tempfile.mkdtemp(prefix="esp.", dir=MOUNT_DIR)
     run(["mount", "-t", "vfat", "-o", "umask=0077", node, where])
     try:

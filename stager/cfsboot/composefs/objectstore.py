@@ -16,11 +16,9 @@ makes the names durable), so the invariant above still holds.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +37,10 @@ from setuproot.verity import (
     measure_verity,
 )
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every run
+if TYPE_CHECKING:
+    import ctypes
+
 OBJECT_MODE = 0o644  # objects are read by overlayfs on behalf of every user
 DIR_MODE = 0o755
 STAGING_PREFIX = ".staging-"
@@ -49,14 +51,31 @@ ENABLE_RETRIES = 5
 # <linux/fs.h>: _IOW(0x94, 9, int) - share the source's extents (btrfs, xfs).
 FICLONE = 0x40049409
 
-_libc = ctypes.CDLL(None, use_errno=True)
+
+# libc through ctypes, loaded at the first syncfs: `cfsboot status` reads objects only.
+def __getattr__(name: str) -> ctypes.CDLL:
+    if name == "_libc":
+        import ctypes
+
+        lib = globals()["_libc"] = ctypes.CDLL(None, use_errno=True)
+        return lib
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def syncfs(fd: int) -> None:
     """syncfs(2): flush the whole filesystem holding `fd` (Python has no wrapper)."""
-    if _libc.syncfs(fd) != 0:
+    import ctypes
+
+    libc = globals().get("_libc") or __getattr__("_libc")  # a test may have replaced it
+    if libc.syncfs(fd) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"syncfs: {os.strerror(err)}")
+
+
+def _rmtree(path: Path) -> None:
+    import shutil  # only here: it imports bz2 and lzma
+
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def link_fd(fd: int, dst: str | os.PathLike[str]) -> None:
@@ -374,11 +393,11 @@ class ObjectStore:
             finally:
                 os.close(dfd)
         if staging is not None and self._batch_depth == 0:
-            shutil.rmtree(staging, ignore_errors=True)
+            _rmtree(staging)
 
     def _discard(self) -> None:
         with self._mutex:
             staging, self._staging = self._staging, None
             self._pending = {}
         if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
+            _rmtree(staging)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,6 +29,8 @@ def remove_tree(path: Path) -> None:
     if path.is_symlink() or not path.is_dir():
         path.unlink(missing_ok=True)
     elif path.exists():
+        import shutil  # only here: it imports bz2 and lzma (status imports this module)
+
         shutil.rmtree(path)
 
 
@@ -158,6 +159,8 @@ def remove_state(sysroot: Sysroot, depl: str) -> None:
     final.rename(doomed)
     fsync_dir(sysroot.deploy_root)
     _make_deletable(doomed)
+    import shutil
+
     shutil.rmtree(doomed)
 
 

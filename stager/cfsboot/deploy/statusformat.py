@@ -7,7 +7,6 @@ label); cfsboot adds its verity, boot type and boot assessment rows.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
@@ -103,6 +102,8 @@ def human(doc: BootcHost, *, verbose: bool = False) -> str:
 
 def _timestamp(value: str) -> str:
     """An image's `created` the way bootc shows it: UTC, to the second."""
+    from datetime import UTC, datetime  # the human layout only (not for --json)
+
     try:
         t = datetime.fromisoformat(value)
     except ValueError:

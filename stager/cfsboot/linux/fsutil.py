@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -77,6 +76,8 @@ def copy_file_atomic(
     src: str | os.PathLike[str], dst: str | os.PathLike[str], mode: int | None = 0o644
 ) -> None:
     """Like write_file_atomic, with the contents streamed from the file `src` (kernels, UKIs)."""
+
+    import shutil  # only here: it imports bz2 and lzma, a cost to every `cfsboot status`
 
     def fill(fd: int) -> None:
         with open(src, "rb") as fsrc, os.fdopen(os.dup(fd), "wb") as fdst:

@@ -111,6 +111,8 @@ def _is_hex(text: str) -> bool:
 
 def split_cmdline(cmdline: str) -> list[str]:
     """Split a kernel command line the way the kernel does: whitespace, with "double quotes"."""
+    if '"' not in cmdline:
+        return cmdline.split()  # the same whitespace as str.isspace(), in C
     args: list[str] = []
     cur: list[str] = []
     quoted = False

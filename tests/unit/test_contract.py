@@ -113,3 +113,11 @@ def test_composefs_rs_refused_digests(value: str) -> None:
         f"invalid kernel argument composefs.digest={value}:"
         " expected [?]v1-sha256-12:HEX or [?]v1-sha512-12:HEX"
     )
+
+
+def test_split_cmdline_without_quotes_splits_as_with_them() -> None:
+    """No quote: str.split(), whose whitespace is str.isspace()'s (the quoted path's)."""
+    assert all(c.isspace() == (len(f"a{c}b".split()) == 2) for c in map(chr, range(0x110000)))
+    for text in ["", " a  b\t\tc\n", "\x1c a\x85b\u3000c\xa0d ", "composefs=ab ro\x0bx"]:
+        # An empty quoted argument at the end takes the quoted path.
+        assert split_cmdline(text) == split_cmdline(text + ' ""')[:-1]

@@ -85,6 +85,17 @@ def imported(args: list[str]) -> set[str]:
     return set(proc.stderr.splitlines())
 
 
+def imported_by(module: str) -> set[str]:
+    """The modules importing `module` adds to a fresh interpreter."""
+    code = f"import sys\nbefore = set(sys.modules)\nimport {module}\n" + (
+        "sys.stderr.write('\\n'.join(sorted(set(sys.modules) - before)))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c", code], env=ENV, capture_output=True, text=True, check=True
+    )
+    return set(proc.stderr.splitlines())
+
+
 @pytest.fixture(scope="module")
 def s(tmp_path_factory: pytest.TempPathFactory) -> DirSysroot:
     """Four deployments and a staged one; the live entries on trial (one out of tries,
@@ -243,3 +254,29 @@ def test_the_listing_holds_every_command_the_modules_register() -> None:
     sub = next(a for a in full._actions if isinstance(a, argparse._SubParsersAction))
     registered = [(c.dest, c.help) for c in sub._choices_actions]
     assert registered == [(name, help_text) for name, _, help_text, _ in cli.SUBCOMMANDS]
+
+
+def test_menus_through_a_read_once_esp_are_parsed_once(
+    s: DirSysroot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain = SystemdBoot(DirEsp(s.esp))
+    menu, order = plain.menu(), plain.written_order()
+    parsed: list[bool] = []
+    real = SystemdBoot._read_menu
+    monkeypatch.setattr(
+        SystemdBoot, "_read_menu", lambda self, staged: parsed.append(staged) or real(self, staged)
+    )
+    bl = SystemdBoot(ReadOnceEsp(DirEsp(s.esp)))
+    live = bl.menu()
+    live.pop()  # the caller's copy
+    assert bl.menu() == menu and len(menu) == 4
+    assert bl.menu(staged=True)[0].deployment == s.digests[-1]
+    bl.menu(staged=True)
+    assert parsed == [False, True]
+    assert bl.written_order() == bl.written_order() == order
+
+
+def test_soft_reboot_checks_import_no_staging() -> None:
+    """A running system's status asks deploy.softreboot whether it could soft-reboot."""
+    modules = imported_by("cfsboot.deploy.softreboot")
+    assert sorted(modules & {"cfsboot.deploy.stage", "cfsboot.deploy.etcmerge"}) == []

@@ -116,12 +116,22 @@ class Bootloader(abc.ABC):
 
     def __init__(self, esp: Esp) -> None:
         self.esp = esp
+        # Menus read through an ESP that cannot change (a read-only view: `cfsboot status`
+        # asks for them about five times), kept as parsed.
+        self._kept: dict[object, list[MenuEntry] | list[str]] = {}
 
     # -- the menu --------------------------------------------------------------------
 
-    @abc.abstractmethod
     def menu(self, *, staged: bool = False) -> list[MenuEntry]:
         """cfsboot's entries in boot order (default first); the staged menu if asked."""
+        if not self.esp.unchanging:
+            return self._read_menu(staged)
+        if ("menu", staged) not in self._kept:
+            self._kept["menu", staged] = self._read_menu(staged)
+        return list(self._kept["menu", staged])  # type: ignore[arg-type]
+
+    @abc.abstractmethod
+    def _read_menu(self, staged: bool) -> list[MenuEntry]: ...
 
     @abc.abstractmethod
     def has_staged(self) -> bool: ...
@@ -149,9 +159,16 @@ class Bootloader(abc.ABC):
         kept.sort(key=lambda m: order.get(m.deployment, len(order)))
         self.write_menu(kept)
 
-    @abc.abstractmethod
     def written_order(self) -> list[str]:
         """The live menu's deployments in the order cfsboot wrote it (out of tries or not)."""
+        if not self.esp.unchanging:
+            return self._read_written_order()
+        if "order" not in self._kept:
+            self._kept["order"] = self._read_written_order()
+        return list(self._kept["order"])  # type: ignore[arg-type]
+
+    @abc.abstractmethod
+    def _read_written_order(self) -> list[str]: ...
 
     @abc.abstractmethod
     def bless(self, deployment: str, *, counter_path: str | None = None) -> str | None:
@@ -234,7 +251,7 @@ class SystemdBoot(Bootloader):
                     log.debug("skipping %s/%s: not UTF-8 text", d, e.name)
         return out
 
-    def menu(self, *, staged: bool = False) -> list[MenuEntry]:
+    def _read_menu(self, staged: bool) -> list[MenuEntry]:
         entries = bls.sort_entries(bls.parse_entries(self._files(staged)))
         out: list[MenuEntry] = []
         for ef in entries:
@@ -246,7 +263,7 @@ class SystemdBoot(Bootloader):
     def has_staged(self) -> bool:
         return self.esp.is_dir(bls.STAGED_ENTRIES_DIR)
 
-    def written_order(self) -> list[str]:
+    def _read_written_order(self) -> list[str]:
         ours = [ef for ef in bls.parse_entries(self._files(False)) if ef.ours]
         ours.sort(key=lambda ef: ef.entry.sort_key or "")
         return [d for ef in ours if (d := ef.entry.deployment()) is not None]

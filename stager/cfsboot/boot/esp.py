@@ -84,6 +84,8 @@ def _leftover_target(name: str) -> tuple[str, str] | None:
 class Esp(abc.ABC):
     """Operations cfsboot needs on the ESP; paths are relative to its root."""
 
+    unchanging = False  # a view nothing changes (espview): what is read may be kept
+
     @abc.abstractmethod
     def listdir(self, path: str = "") -> list[EspEntry]:
         """A directory's entries, sorted by name."""

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 class ReadOnceEsp(Esp):
     """A read-only view of `esp` that reads each path from it once."""
 
+    unchanging = True
+
     def __init__(self, esp: Esp) -> None:
         self.esp = esp
         self._stats: dict[tuple[str, ...], EspEntry | None] = {}

@@ -61,7 +61,7 @@ class Grub(Bootloader):
         except GrubEnvError:
             return None
 
-    def menu(self, *, staged: bool = False) -> list[MenuEntry]:
+    def _read_menu(self, staged: bool) -> list[MenuEntry]:
         path = self.menu_path + (STAGED_SUFFIX if staged else "")
         parsed = self._read(path)
         if parsed is None:
@@ -71,7 +71,7 @@ class Grub(Bootloader):
         # What GRUB boots first: the first entry not out of tries (the preamble's choice).
         return [m for m in entries if not m.failed] + [m for m in entries if m.failed]
 
-    def written_order(self) -> list[str]:
+    def _read_written_order(self) -> list[str]:
         parsed = self._read(self.menu_path)
         return [e.deployment for e in parsed.entries] if parsed is not None else []
 

@@ -362,7 +362,7 @@ class Repository:
 
 
 def _is_hex(name: str, alg: HashAlg) -> bool:
-    return len(name) == alg.hex_len and all(c in "0123456789abcdef" for c in name)
+    return len(name) == alg.hex_len and not name.strip("0123456789abcdef")
 
 
 def _feature_names(features: Fields | None, key: str) -> set[str]:

@@ -43,12 +43,11 @@ from cfsboot.boot.boottype import BootType
 from cfsboot.boot.uki import parse_uki
 from cfsboot.composefs.repository import Repository
 from cfsboot.composefs.tree import Inode, lookup
-from cfsboot.deploy.stage import finalize
 from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.errors import CfsbootError, die
 from cfsboot.image import imagefiles
 from cfsboot.image.info import read_image_info
-from cfsboot.linux.run import run
+from cfsboot.linux.lazyrun import run
 from setuproot.config import resolve_etc
 from setuproot.contract import (
     KARG,
@@ -318,6 +317,9 @@ def soft_reboot(
         _full_reboot()
         return
     if staged:
+        # Staging's machinery: `cfsboot status` imports this module for capable().
+        from cfsboot.deploy.stage import finalize
+
         log.info("%s", finalize(sysroot, bl))
     try:
         prepare(sysroot, entry, tree=trees(entry.deployment))

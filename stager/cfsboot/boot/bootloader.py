@@ -46,7 +46,6 @@ from cfsboot.boot.bls import BLSEntry, EntryFile
 from cfsboot.boot.boottype import BootType
 from cfsboot.boot.counting import Tries, counted_name, split_name
 from cfsboot.boot.esp import Esp, EspError
-from cfsboot.boot.uki import UKI_DIR, uki_file_name
 from cfsboot.errors import CfsbootError, die
 from cfsboot.image.kargsd import split_kargs
 from cfsboot.linux.arch import all_efi_names
@@ -197,6 +196,8 @@ class Bootloader(abc.ABC):
         return f"/{d}/{bls.KERNEL_NAME}", f"/{d}/{bls.INITRD_NAME}"
 
     def install_uki(self, deployment: str, src: Path) -> str:
+        from cfsboot.boot.uki import UKI_DIR, uki_file_name  # a menu reader needs no UKI
+
         path = f"{UKI_DIR}/{uki_file_name(deployment)}"
         self.esp.mkdir(UKI_DIR)
         self.esp.install(path, src)
@@ -207,6 +208,8 @@ class Bootloader(abc.ABC):
 
     def artifacts(self) -> list[str]:
         """Every kernel directory and UKI cfsboot (or bootc) put on the ESP."""
+        from cfsboot.boot.uki import UKI_DIR
+
         out: list[str] = []
         if self.esp.is_dir(BOOT_FILES_DIR):
             for e in self.esp.listdir(BOOT_FILES_DIR):

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from cfsboot.errors import die
-from cfsboot.linux.arch import rust_arch
 
 KARGS_D = "usr/lib/bootc/kargs.d"
 
@@ -93,6 +92,8 @@ def load_kargs_d(root: Path, *, arch: str | None = None) -> list[str]:
     directory = root / KARGS_D
     if not directory.is_dir():
         return []
+    from cfsboot.linux.arch import rust_arch  # not for splitting (status imports this module)
+
     target = arch or rust_arch()
     out: list[str] = []
     for path in sorted(directory.iterdir(), key=lambda p: p.name):

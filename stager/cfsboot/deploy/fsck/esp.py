@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from cfsboot.boot import bls
 from cfsboot.boot.bootloader import Bootloader, BootloaderKind, MenuEntry
 from cfsboot.boot.esp import NEW_SUFFIX, OLD_SUFFIX, Esp, EspError
-from cfsboot.boot.uki import UKIError, boot_digest_of, parse_uki
 from cfsboot.composefs.repocheck import Problem
 from cfsboot.deploy.fsck.context import Context
 from cfsboot.linux.fsutil import TEMP_MARKER
@@ -105,6 +104,8 @@ def _stray_entries(esp: Esp) -> list[Problem]:
 def _content_digest(esp: Esp, m: MenuEntry) -> tuple[str | None, str | None]:
     """(boot digest of the entry's files on the ESP, or None; what is wrong with them)."""
     if m.uki is not None:
+        from cfsboot.boot.uki import UKIError, boot_digest_of, parse_uki  # the deep check only
+
         data = esp.read(m.uki)
         try:
             uki = parse_uki(data, name=m.uki)

@@ -13,7 +13,7 @@ from cfsboot.errors import CfsbootError
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every run
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
-    from typing import NoReturn
+    from typing import Any, NoReturn
 
 # Every run pays for what this module imports (`--help` and `status` are what people and
 # monitoring run most): logging, traceback and shlex are imported where they are used.
@@ -98,9 +98,10 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(2)
 
     def _get_formatter(self) -> argparse.HelpFormatter:
-        # argparse's asks shutil for the width, and add_argument makes one: importing
+        # argparse's formatter asks shutil for the width, and add_argument makes one: importing
         # shutil (and bz2, lzma) costs every run more than the rest of the parser.
-        return self.formatter_class(prog=self.prog, width=terminal_columns() - 2)
+        # (argparse's formatter classes all take width; typeshed's protocol names prog only)
+        return self.formatter_class(prog=self.prog, width=terminal_columns() - 2)  # type: ignore[call-arg]
 
 
 def terminal_columns() -> int:
@@ -173,12 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # No known command in argv: this exits (help, version, or an error naming the choices).
         args = build_parser(listing=True).parse_args(argv)
     debug = args.debug or os.environ.get("CFSBOOT_DEBUG") == "1"
-    import logging
-
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format="%(levelname)s: %(message)s",
-    )
+    configure_logging(debug)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
@@ -203,6 +199,52 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         sys.stderr.write(f"cfsboot: {internal_error(argv, e)}\n")
         return INTERNAL_ERROR
+
+
+LOG_FORMAT = "%(levelname)s: %(message)s"
+
+
+def configure_logging(debug: bool) -> None:
+    """Warnings (with --debug, everything) on stderr as `LEVEL: message`.
+
+    Applied when logging is first imported: a run that logs nothing (status on a
+    sound system) does not import it (cfsboot.linux.lazylog).
+    """
+    level = 10 if debug else 30  # logging.DEBUG, logging.WARNING
+    from cfsboot.linux import lazylog
+
+    lazylog.threshold = level
+    if "logging" in sys.modules:
+        import logging
+
+        logging.basicConfig(level=level, format=LOG_FORMAT)
+    else:
+        sys.meta_path.insert(0, _ConfigureLogging(level))
+
+
+class _ConfigureLogging:
+    """A meta path finder that configures logging as the module is first imported."""
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> Any:
+        if name != "logging":
+            return None
+        sys.meta_path.remove(self)
+        import importlib.util
+
+        spec = importlib.util.find_spec(name)  # the finders after this one
+        if spec is None or spec.loader is None:
+            return spec
+        load, level = spec.loader.exec_module, self.level
+
+        def exec_module(module: Any) -> None:
+            load(module)
+            module.basicConfig(level=level, format=LOG_FORMAT)
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
 
 
 def internal_error(argv: Sequence[str], e: BaseException) -> str:

@@ -37,7 +37,8 @@ from cfstest.osimages import os_image
 from cfstest.sysroots import DirSysroot, make_sysroot
 
 # Never imported by `status` on a physical root that is not running: staging, soft reboot,
-# the assessment run, importing, hashing, threads, subprocesses, the human layout's dates.
+# the assessment run, importing, hashing, threads, subprocesses, the human layout's dates,
+# logging while nothing is logged.
 STATUS_NEVER = {
     "cfsboot.deploy.stage",
     "cfsboot.deploy.softreboot",
@@ -56,6 +57,7 @@ STATUS_NEVER = {
     "ctypes",
     "datetime",
     "hashlib",
+    "logging",
     "shutil",
     "subprocess",
     "tempfile",
@@ -280,3 +282,50 @@ def test_soft_reboot_checks_import_no_staging() -> None:
     """A running system's status asks deploy.softreboot whether it could soft-reboot."""
     modules = imported_by("cfsboot.deploy.softreboot")
     assert sorted(modules & {"cfsboot.deploy.stage", "cfsboot.deploy.etcmerge"}) == []
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-S", "-c", code], env=ENV, capture_output=True, text=True, check=True
+    )
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_logging_is_configured_when_first_imported(debug: bool) -> None:
+    proc = run_python(
+        "import sys\n"
+        "from cfsboot.cli import configure_logging\n"
+        "from cfsboot.linux.lazylog import getLogger\n"
+        f"configure_logging({debug})\n"
+        "log = getLogger('cfsboot.x')\n"
+        "log.debug('below %s', 'warning')\n"
+        "print('logging' in sys.modules)\n"
+        "log.warning('a %s', 'warning')\n"
+        "import logging\n"
+        "logging.getLogger('other').info('info')\n"
+        "logging.getLogger('other').error('error')\n"
+    )
+    assert proc.stdout == f"{debug}\n"
+    shown = ["DEBUG: below warning"] if debug else []
+    shown += ["WARNING: a warning", *(["INFO: info"] if debug else []), "ERROR: error"]
+    assert proc.stderr.splitlines() == shown
+
+
+def test_a_lazy_logger_logs_as_the_real_one(caplog: pytest.LogCaptureFixture) -> None:
+    from cfsboot.linux.lazylog import getLogger
+
+    log = getLogger("cfsboot.test")
+    caplog.set_level(10)
+    log.info("one %d", 1)
+    try:
+        raise ValueError("two")
+    except ValueError:
+        log.exception("caught")
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("cfsboot.test", "INFO", "one 1"),
+        ("cfsboot.test", "ERROR", "caught"),
+    ]
+    first, second = caplog.records
+    assert first.funcName == "test_a_lazy_logger_logs_as_the_real_one"
+    assert second.exc_info is not None and second.exc_info[0] is ValueError
+    assert log.isEnabledFor(10) and log.name == "cfsboot.test"

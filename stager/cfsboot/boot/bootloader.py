@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import abc
 import enum
-import logging
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
@@ -49,8 +48,9 @@ from cfsboot.boot.esp import Esp, EspError
 from cfsboot.errors import CfsbootError, die
 from cfsboot.image.kargsd import split_kargs
 from cfsboot.linux.arch import all_efi_names
+from cfsboot.linux.lazylog import getLogger
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)  # imports logging when it logs (lazylog)
 
 BOOT_FILES_DIR = "EFI/Linux"
 GRUB_MENU = "EFI/BOOT/grub.cfg"

@@ -21,7 +21,6 @@ offset). Without it:
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 from collections.abc import Iterator, Sequence
@@ -33,12 +32,13 @@ from typing import TYPE_CHECKING, Any
 from cfsboot.boot.esp import DirEsp, Esp, MtoolsEsp
 from cfsboot.errors import die
 from cfsboot.linux import mountinfo
+from cfsboot.linux.lazylog import getLogger
 from cfsboot.linux.lazyrun import run
 
 if TYPE_CHECKING:
     from cfsboot.boot.gpt import DiskLayout
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)  # imports logging when it logs (lazylog)
 
 MOUNT_POINTS = ("/efi", "/boot/efi", "/boot")
 MOUNT_DIR = "/run/cfsboot"

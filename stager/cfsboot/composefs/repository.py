@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
-import logging
 import os
 import sys
 import threading
@@ -30,6 +29,7 @@ from cfsboot.composefs.objectstore import DIR_MODE, ObjectStore
 from cfsboot.errors import die
 from cfsboot.jsondoc import Fields, parse_object
 from cfsboot.linux.fsutil import fsync_dir, temp_name, write_file_atomic
+from cfsboot.linux.lazylog import getLogger
 from setuproot.contract import (
     IMAGES_DIR,
     OBJECTS_DIR,
@@ -42,7 +42,7 @@ from setuproot.contract import (
 )
 from setuproot.verity import NoVerity, VerityUnsupported, enable_verity, measure_verity
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)  # imports logging when it logs (lazylog)
 
 # Feature flags this version understands (meta.json "features", composefs-rs model:
 # unknown incompatible => refuse; unknown read-only-compatible => do not write).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import stat
@@ -12,6 +11,7 @@ from pathlib import Path
 from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.errors import die
 from cfsboot.linux.fsutil import fsync_dir
+from cfsboot.linux.lazylog import getLogger
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every run
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 # status and fsck import this module for state_leftovers: what writing a state
 # directory needs (extracting from the image, its /etc mode) is imported by write_state.
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)  # imports logging when it logs (lazylog)
 
 
 def remove_tree(path: Path) -> None:

@@ -12,7 +12,6 @@ and the marker lives in a run directory of its own.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from cfsboot.errors import CfsbootError, die
 from cfsboot.jsondoc import DocumentError, Fields, parse_object
 from cfsboot.linux import mountinfo
 from cfsboot.linux.fsutil import fsync_dir, write_file_atomic
+from cfsboot.linux.lazylog import getLogger
 from setuproot.contract import (
     DEFAULT_SYSROOT,
     DEPLOY_VAR_LINK_TARGET,
@@ -37,7 +37,7 @@ from setuproot.contract import (
     parse_cmdline,
 )
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)  # imports logging when it logs (lazylog)
 
 _HEX_RE = re.compile(r"[0-9a-f]{64}|[0-9a-f]{128}")
 # The marker relative to the run directory (/run on a booted system).

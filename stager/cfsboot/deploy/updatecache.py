@@ -7,15 +7,15 @@ check started from. A check that finds no update removes it.
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.linux.fsutil import fsync_dir, write_file_atomic
+from cfsboot.linux.lazylog import getLogger
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)  # imports logging when it logs (lazylog)
 
 CACHED_UPDATE = "state/cfsboot/cached-update.json"
 

@@ -16,7 +16,6 @@ bytes stay what they are (key order included) and a change needs a new
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +23,10 @@ from cfsboot.composefs.repository import Repository
 from cfsboot.image.bootscan import BootResources
 from cfsboot.image.xattrfilter import XattrFilter
 from cfsboot.jsondoc import DocumentError, Fields, parse_object
+from cfsboot.linux.lazylog import getLogger
 from cfsboot.oci.documents import ImageConfig, Manifest, check_digest
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)  # imports logging when it logs (lazylog)
 
 IMAGE_INFO_FORMAT = 1
 EROFS_VERSION = 1  # the composefs format version of the boot image (mkcomposefs --min-version)

@@ -7,13 +7,14 @@ backquote) or bare (backslash escapes any character).
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from cfsboot.linux.lazylog import getLogger
+
+log = getLogger(__name__)  # imports logging when it logs (lazylog)
 
 # Where an image keeps its os-release, in the order bootc looks (usr first: /etc is often a link).
 OS_RELEASE_PATHS = ("usr/lib/os-release", "etc/os-release")

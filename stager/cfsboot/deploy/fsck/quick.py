@@ -6,8 +6,6 @@ import the full check and its repairs (cfsboot.deploy.fsck.run).
 
 from __future__ import annotations
 
-import logging
-
 from cfsboot.boot.bootloader import Bootloader
 from cfsboot.composefs.repocheck import Code, Problem, quick_layout
 from cfsboot.deploy.fsck.context import Context
@@ -17,8 +15,9 @@ from cfsboot.deploy.fsck.toolstate import check_tool_state
 from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.deploy.target import current_deployment
 from cfsboot.errors import CfsbootError
+from cfsboot.linux.lazylog import getLogger
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)  # imports logging when it logs (lazylog)
 
 
 def menus(ctx: Context) -> None:

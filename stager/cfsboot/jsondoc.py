@@ -11,9 +11,12 @@ document (status, gc) catch it and warn.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from cfsboot.errors import CfsbootError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every run
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class DocumentError(CfsbootError):

@@ -16,7 +16,7 @@ from typing import Any, get_args, get_type_hints
 import pytest
 
 from cfsboot.cli import main
-from cfsboot.deploy import status, usroverlay
+from cfsboot.deploy import statusdoc as status
 from cfsboot.deploy.origin import Origin, OriginError
 from cfsboot.deploy.sysroot import StagedDeployment
 from cfsboot.errors import CfsbootError
@@ -328,7 +328,7 @@ OURS: dict[str, Any] = {
     "BootEntryComposefs": status.BootEntryComposefs,
     "ImageStatus": status.ImageStatus,
     "ImageReference": status.ImageReference,
-    "FilesystemOverlay": usroverlay.FilesystemOverlay,
+    "FilesystemOverlay": status.FilesystemOverlay,
 }
 
 
@@ -354,9 +354,8 @@ def test_status_enumerations_are_bootcs() -> None:
     assert set(get_args(hints["bootType"])) <= {"Bls", "Uki"}
     assert set(get_args(hints["bootloader"])) <= {"grub", "systemd", "none"}
     assert set(get_args(get_type_hints(status.HostSpec)["bootOrder"])) <= {"default", "rollback"}
-    # status imports the overlay's type for type checkers only (start-up time)
-    host = get_type_hints(status.HostStatus, localns=vars(usroverlay))
+    host = get_type_hints(status.HostStatus)
     assert set(get_args(get_args(host["type"])[0])) == {"bootcHost"}  # HostType | None
-    overlay = get_type_hints(usroverlay.FilesystemOverlay)
+    overlay = get_type_hints(status.FilesystemOverlay)
     assert set(get_args(overlay["accessMode"])) == {"readOnly", "readWrite"}
     assert set(get_args(overlay["persistence"])) == {"transient", "persistent"}

@@ -14,7 +14,8 @@ from cfsboot.deploy.origin import (
     from_origin_reference,
     to_origin_reference,
 )
-from cfsboot.deploy.status import BootcHost, BootEntry, image_reference
+from cfsboot.deploy.status import image_reference
+from cfsboot.deploy.statusdoc import BootcHost, BootEntry
 from cfsboot.deploy.statusformat import human, only_booted, to_yaml
 from cfsboot.deploy.sysroot import StagedDeployment, running_deployment
 

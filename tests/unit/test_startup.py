@@ -37,8 +37,8 @@ from cfstest.osimages import os_image
 from cfstest.sysroots import DirSysroot, make_sysroot
 
 # Never imported by `status` on a physical root that is not running: staging, soft reboot,
-# the assessment run, importing, hashing, threads, subprocesses, the human layout's dates,
-# logging while nothing is logged.
+# the assessment run, importing, image trees, hashing, threads, subprocesses, the human
+# layout's dates, logging while nothing is logged, typing (the document's types).
 STATUS_NEVER = {
     "cfsboot.deploy.stage",
     "cfsboot.deploy.softreboot",
@@ -51,6 +51,8 @@ STATUS_NEVER = {
     "cfsboot.image.imagefiles",
     "cfsboot.image.extract",
     "cfsboot.composefs.fsverity",
+    "cfsboot.composefs.tree",
+    "cfsboot.deploy.statusdoc",
     "cfsboot.oci.reference",
     "cfsboot.linux.run",
     "concurrent.futures",
@@ -61,6 +63,7 @@ STATUS_NEVER = {
     "shutil",
     "subprocess",
     "tempfile",
+    "typing",
 }
 # `--help`: argparse and the table of subcommands, nothing else of ours.
 HELP_NEVER = {"dataclasses", "json", "logging", "pathlib", "shutil", "typing"}

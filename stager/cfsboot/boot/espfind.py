@@ -27,7 +27,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from cfsboot.boot.esp import DirEsp, Esp, MtoolsEsp
 from cfsboot.errors import die
@@ -35,7 +34,10 @@ from cfsboot.linux import mountinfo
 from cfsboot.linux.lazylog import getLogger
 from cfsboot.linux.lazyrun import run
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every run
 if TYPE_CHECKING:
+    from typing import Any
+
     from cfsboot.boot.gpt import DiskLayout
 
 log = getLogger(__name__)  # imports logging when it logs (lazylog)

@@ -13,14 +13,16 @@ import io
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
 
 from cfsboot.boot.bls import BOOT_DIR_PREFIX
 from cfsboot.errors import CfsbootError
 from cfsboot.image.osrelease import OsRelease
 from setuproot.contract import ComposefsKarg, KargError, parse_cmdline
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every run
 if TYPE_CHECKING:
+    from typing import BinaryIO
+
     from cfsboot.boot.pe import Section
 
 # Where bootc installs UKIs on the ESP: not EFI/Linux itself, so systemd-boot does not list

@@ -27,13 +27,13 @@ from pathlib import Path
 
 from cfsboot.composefs.objectstore import STAGING_PREFIX, TEMP_OBJECT_PREFIX
 from cfsboot.composefs.repository import Repository
-from cfsboot.composefs.tree import Inode
 from cfsboot.linux.fsutil import TEMP_MARKER
 from setuproot.contract import IMAGES_DIR, OBJECTS_DIR, REFS_DIR, STREAMS_DIR
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from cfsboot.composefs.objectcheck import Finding
+    from cfsboot.composefs.tree import Inode  # compiled, with typing: not for status
 
 # status and gc run quick_layout on every call: the EROFS reader and the object checks are
 # imported by the full check that uses them.

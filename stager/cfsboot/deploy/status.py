@@ -34,7 +34,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, NotRequired, TypedDict, cast
 
 from cfsboot.boot.bootloader import BootloaderKind
 from cfsboot.boot.boottype import BootType
@@ -45,11 +44,23 @@ from cfsboot.deploy.updatecache import read_cached_update
 from cfsboot.image.info import ImageInfo, read_config, read_image_info, read_manifest
 from setuproot.contract import KargError, parse_cmdline
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every run
 if TYPE_CHECKING:
     from cfsboot.boot.bootloader import Bootloader, MenuEntry
     from cfsboot.deploy.origin import Origin
+    from cfsboot.deploy.statusdoc import (
+        BootcHost,
+        BootEntry,
+        EntryAssessment,
+        FailureRecord,
+        FilesystemOverlay,
+        HostAssessment,
+        HostStatus,
+        ImageReference,
+        ImageStatus,
+        Others,
+    )
     from cfsboot.deploy.sysroot import Sysroot
-    from cfsboot.deploy.usroverlay import FilesystemOverlay
 
 # `status` is what people and monitoring run most: what only some runs need (soft-reboot
 # checks on a running system, UKIs, the /usr overlay, logging on a damaged UKI) is
@@ -57,105 +68,6 @@ if TYPE_CHECKING:
 
 API_VERSION = "org.containers.bootc/v1"
 KIND = "BootcHost"
-
-
-# bootc's host-v1 schema (docs/src/host-v1.schema.json), the parts cfsboot fills in.
-# Keys and their order are the JSON's: `status --json` prints these as they are built.
-
-
-class ImageReference(TypedDict):
-    image: str
-    transport: str
-
-
-class ImageStatus(TypedDict):
-    image: ImageReference
-    version: str | None
-    timestamp: str | None
-    # The schema requires both strings: "" when unknown (bootc writes "" too), e.g. a
-    # deployment whose manifest digest was not recorded, a config without an architecture.
-    imageDigest: str
-    architecture: str
-
-
-class BootEntryComposefs(TypedDict):
-    verity: str
-    bootType: Literal["Bls", "Uki"]
-    bootloader: Literal["systemd", "grub"]
-    bootDigest: str | None
-    missingVerityAllowed: bool
-
-
-class FailureRecord(TypedDict):
-    time: str | None
-    failed: list[str]  # one line per check or unit that failed
-
-
-class EntryAssessment(TypedDict):
-    state: Literal["pending", "failed"]
-    triesLeft: int
-    triesDone: int
-    lastFailure: FailureRecord | None
-
-
-class BootEntryCfsboot(TypedDict):
-    """cfsboot's own fields of a BootEntry (not in bootc's schema, which allows them)."""
-
-    bootAssessment: EntryAssessment | None  # None: not on trial (blessed, or not counted)
-
-
-class HostAssessment(TypedDict):
-    fallback: bool  # the booted deployment runs because the default one failed its trial
-    failedDeployment: str | None
-    triesUsed: int | None
-    message: str | None
-
-
-class HostStatusCfsboot(TypedDict):
-    """cfsboot's own fields of the HostStatus."""
-
-    bootAssessment: HostAssessment
-
-
-class BootEntry(TypedDict):
-    image: ImageStatus | None
-    cachedUpdate: ImageStatus | None  # what `upgrade --check` last found (updatecache)
-    incompatible: bool
-    pinned: bool
-    softRebootCapable: bool
-    downloadOnly: bool
-    store: None
-    ostree: None
-    composefs: BootEntryComposefs
-    cfsboot: BootEntryCfsboot
-
-
-class HostStatus(TypedDict):
-    staged: BootEntry | None
-    booted: BootEntry | None
-    rollback: BootEntry | None
-    otherDeployments: NotRequired[list[BootEntry]]  # left out when empty, as bootc does
-    rollbackQueued: bool
-    type: Literal["bootcHost"] | None
-    usrOverlay: FilesystemOverlay | None
-    cfsboot: HostStatusCfsboot
-
-
-class HostSpec(TypedDict):
-    image: ImageReference | None
-    bootOrder: Literal["default", "rollback"]
-
-
-class ObjectMeta(TypedDict):
-    name: str
-
-
-class BootcHost(TypedDict):
-    apiVersion: str
-    kind: str
-    metadata: ObjectMeta
-    spec: HostSpec
-    status: HostStatus
 
 
 def image_reference(imgref: str) -> ImageReference:
@@ -310,10 +222,6 @@ def _usr_overlay(usr: Path) -> FilesystemOverlay | None:
     return usr_overlay_status(usr)
 
 
-class _Others(TypedDict, total=False):
-    otherDeployments: list[BootEntry]
-
-
 def host_status(sysroot: Sysroot, bl: Bootloader, *, usr: Path | None = None) -> BootcHost:
     """The BootcHost document for this physical root.
 
@@ -354,7 +262,7 @@ def host_status(sysroot: Sysroot, bl: Bootloader, *, usr: Path | None = None) ->
             bl.kind,
             download_only=download_only,
             pinned=m.deployment in pins,
-            cached_update=cast(ImageStatus, update) if update is not None else None,
+            cached_update=update,  # type: ignore[arg-type]
         )
         if soft and sysroot.live:
             from cfsboot.deploy import softreboot
@@ -373,7 +281,7 @@ def host_status(sysroot: Sysroot, bl: Bootloader, *, usr: Path | None = None) ->
     staged = entry(staged_entry, download_only=locked, soft=not locked) if staged_entry else None
     booted_doc = entry(booted) if booted is not None else None
     rollback_doc = entry(rollback, soft=True) if rollback is not None else None
-    more: _Others = {"otherDeployments": [entry(m) for m in others[1:]]} if others[1:] else {}
+    more: Others = {"otherDeployments": [entry(m) for m in others[1:]]} if others[1:] else {}
     status: HostStatus = {
         "staged": staged,
         "booted": booted_doc,

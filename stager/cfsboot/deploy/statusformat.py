@@ -7,10 +7,12 @@ label); cfsboot adds its verity, boot type and boot assessment rows.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, cast
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every run
 if TYPE_CHECKING:
-    from cfsboot.deploy.status import BootcHost, BootEntry, HostStatus
+    from typing import Any
+
+    from cfsboot.deploy.statusdoc import BootcHost, BootEntry, HostStatus
 
 
 def _yaml_scalar(v: Any) -> str:
@@ -70,7 +72,9 @@ def to_yaml(doc: Any, indent: int = 0) -> str:
 def only_booted(doc: BootcHost) -> BootcHost:
     """`status --booted`: the document with the booted deployment only (no staged,
     rollback or other deployments); the host's own fields stay."""
-    status = cast("HostStatus", {k: v for k, v in doc["status"].items() if k != "otherDeployments"})
+    status: HostStatus = {  # type: ignore[assignment]
+        k: v for k, v in doc["status"].items() if k != "otherDeployments"
+    }
     status["staged"] = None
     status["rollback"] = None
     return {**doc, "status": status}

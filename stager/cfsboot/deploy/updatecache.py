@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.linux.fsutil import fsync_dir, write_file_atomic
 from cfsboot.linux.lazylog import getLogger
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every run
+if TYPE_CHECKING:
+    from typing import Any
 
 log = getLogger(__name__)  # imports logging when it logs (lazylog)
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from cfsboot.boot.bootloader import Bootloader
 from cfsboot.deploy.diff import Diff, deployment_side, diff, image_side
-from cfsboot.deploy.status import ImageStatus, image_reference
+from cfsboot.deploy.status import image_reference
+from cfsboot.deploy.statusdoc import ImageStatus
 from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.deploy.target import UpdateCheck, check_update
 from cfsboot.deploy.updatecache import CachedUpdate, write_cached_update

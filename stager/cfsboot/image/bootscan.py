@@ -13,10 +13,14 @@ Symlinks are resolved inside the image tree only (never on the host).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from cfsboot.composefs.tree import Inode, split_path
 from cfsboot.jsondoc import Fields
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every run
+if TYPE_CHECKING:
+    from typing import Any
+
+    from cfsboot.composefs.tree import Inode
 
 MAX_SYMLINK_HOPS = 16
 
@@ -102,6 +106,9 @@ class BootResources:
 
 def _resolve(root: Inode, path: bytes) -> tuple[bytes, Inode] | None:
     """Follow symlinks inside the tree; the absolute path and inode, or None."""
+    # The tree's module (compiled, with typing) is for scanning: status reads the results.
+    from cfsboot.composefs.tree import split_path
+
     comps = split_path(path)
     hops = 0
     i = 0

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
 
 from cfsboot.composefs.repository import Repository
 from cfsboot.image.bootscan import BootResources
@@ -25,6 +24,10 @@ from cfsboot.image.xattrfilter import XattrFilter
 from cfsboot.jsondoc import DocumentError, Fields, parse_object
 from cfsboot.linux.lazylog import getLogger
 from cfsboot.oci.documents import ImageConfig, Manifest, check_digest
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every run
+if TYPE_CHECKING:
+    from typing import Any
 
 log = getLogger(__name__)  # imports logging when it logs (lazylog)
 

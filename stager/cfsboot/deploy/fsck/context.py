@@ -7,9 +7,12 @@ from dataclasses import dataclass, field
 
 from cfsboot.boot.bootloader import Bootloader, MenuEntry
 from cfsboot.composefs.repository import Repository
-from cfsboot.composefs.tree import Inode
 from cfsboot.deploy.origin import Origin, OriginError
 from cfsboot.deploy.sysroot import Sysroot
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every run
+if TYPE_CHECKING:
+    from cfsboot.composefs.tree import Inode
 
 
 @dataclass

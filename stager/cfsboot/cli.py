@@ -135,7 +135,7 @@ class _Listed:
 
 
 def build_parser(only: str | None = None, *, listing: bool = False) -> ArgumentParser:
-    """The whole parser, or (`only`: a subcommand name) one with just that module's commands.
+    """The whole parser, or (`only`: a subcommand name) one with just that command.
 
     `listing`: every command by name and help line (SUBCOMMANDS), without their own
     arguments and without importing their modules (for the top-level --help and errors;
@@ -158,11 +158,36 @@ def build_parser(only: str | None = None, *, listing: bool = False) -> ArgumentP
         for name, _, help_text, aliases in SUBCOMMANDS:
             sub.add_parser(name, help=help_text, aliases=aliases)
         return parser
-    modules = [COMMANDS[only]] if only in COMMANDS else COMMAND_MODULES
-    for name in modules:
-        module = importlib.import_module(f"cfsboot.commands.{name}")
-        module.register(sub)
+    if only in COMMANDS:
+        module = importlib.import_module(f"cfsboot.commands.{COMMANDS[only]}")
+        module.register(_Only(sub, only))
+        return parser
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"cfsboot.commands.{name}").register(sub)
     return parser
+
+
+class _Only:
+    """The subparsers action as a command module sees it when one of its commands is to
+    parse: the parsers of its other commands are not built (status is run most)."""
+
+    def __init__(self, sub: argparse._SubParsersAction[ArgumentParser], name: str) -> None:
+        self._sub, self._name = sub, name
+
+    def add_parser(self, name: str, **kwargs: Any) -> Any:
+        if self._name == name or self._name in kwargs.get("aliases", ()):
+            return self._sub.add_parser(name, **kwargs)
+        return _Unbuilt()
+
+
+class _Unbuilt:
+    """Another command's parser, unbuilt: whatever is added to it is dropped."""
+
+    def __getattr__(self, name: str) -> Callable[..., _Unbuilt]:
+        return self._ignore
+
+    def _ignore(self, *args: object, **kwargs: object) -> _Unbuilt:
+        return self
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -332,3 +332,16 @@ def test_a_lazy_logger_logs_as_the_real_one(caplog: pytest.LogCaptureFixture) ->
     assert first.funcName == "test_a_lazy_logger_logs_as_the_real_one"
     assert second.exc_info is not None and second.exc_info[0] is ValueError
     assert log.isEnabledFor(10) and log.name == "cfsboot.test"
+
+
+def test_one_command_parses_without_its_siblings_parsers() -> None:
+    """`status` builds its own parser, not those of switch, upgrade, gc... of its module."""
+    parser = cli.build_parser("status")
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == ["status"]
+    assert list(cli.build_parser("update")._subparsers._group_actions[0].choices) == [  # type: ignore[union-attr]
+        "upgrade",
+        "update",
+    ]
+    args = ["status", "--json", "--booted", "--sysroot", "/x"]
+    assert vars(parser.parse_args(args)) == vars(cli.build_parser().parse_args(args))

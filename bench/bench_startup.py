@@ -102,6 +102,48 @@ def commands(
     return out
 
 
+# What status --json imports, in import order (printed by a run of it); then importing
+# them alone, and importing the standard library's part alone, split a run's time.
+_MODULES = (
+    "import sys\n"
+    "before = set(sys.modules)\n"
+    "import contextlib, io\n"
+    "from cfsboot.cli import main\n"
+    "with contextlib.redirect_stdout(io.StringIO()):\n"
+    "    main(sys.argv[1:])\n"
+    "print(' '.join(m for m in sys.modules if m not in before))\n"
+)
+
+
+def breakdown(opts: list[str], deb: Path, runs: int) -> list[tuple[str, float]]:
+    """Medians of a package run of status --json split: the interpreter, the standard
+    library it imports, cfsboot's modules, and the work (reading and printing)."""
+    env = env_for(str(deb / "usr/lib/python3/dist-packages"))
+    out = subprocess.run(
+        [SYSTEM_PYTHON, "-c", _MODULES, "status", "--json", *opts],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    modules = out.stdout.split()
+    ours = ("cfsboot", "setuproot")
+    stdlib = [m for m in modules if m.split(".")[0] not in ours]
+    script = [SYSTEM_PYTHON, str(deb / "usr/bin/cfsboot"), "status", "--json", *opts]
+    steps = {
+        "interpreter (-c pass)": [SYSTEM_PYTHON, "-c", "pass"],
+        "+ standard library imports": [SYSTEM_PYTHON, "-c", "import " + ", ".join(stdlib)],
+        "+ cfsboot imports": [SYSTEM_PYTHON, "-c", "import " + ", ".join(modules)],
+        "+ the work (status --json)": script,
+    }
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for argv_ in steps.values():
+        time_once(argv_, env)
+    for _ in range(runs):
+        for k, argv_ in steps.items():
+            times[k].append(time_once(argv_, env)[0])
+    print(f"status --json (package), {len(stdlib)} standard and {len(modules) - len(stdlib)}"
+          " cfsboot modules: medians, wall ms (each step adds to the one before)")  # fmt: skip
+    return [(k, statistics.median(v)) for k, v in times.items()]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="7 runs instead of 21")
@@ -109,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", type=Path, help="a checkout to compare with (venv only)")
     parser.add_argument("--deb", type=Path, help="the package to time (default: make deb)")
     parser.add_argument("--no-deb", action="store_true", help="time the venv only")
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also split the package's status --json: interpreter, imports, work",
+    )
     args = parser.parse_args(argv)
     runs = args.runs or (7 if args.quick else 21)
     trees = {"venv": REPO, **({"base": args.base.resolve()} if args.base else {})}
@@ -123,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
             for key, (argv_, env) in cmds.items():
                 times[key].append(time_once(argv_, env))
         load = os.getloadavg()
+        steps = breakdown(opts, deb, runs) if args.breakdown and deb is not None else []
+    for i, (name, ms) in enumerate(steps):
+        added = f" (+{ms - steps[i - 1][1]:.1f})" if i else ""
+        print(f"  {name:28} {ms:6.1f}{added}")
     print(f"{runs} runs each, {DEPLOYMENTS} deployments, load average {load[0]:.2f} {load[1]:.2f}")
 
     def med(key: tuple[str, str], i: int) -> float:

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from cfsboot.boot.bls import BOOT_DIR_PREFIX
 from cfsboot.errors import CfsbootError
-from cfsboot.image.osrelease import OsRelease
 from setuproot.contract import ComposefsKarg, KargError, parse_cmdline
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every run
@@ -24,6 +23,7 @@ if TYPE_CHECKING:
     from typing import BinaryIO
 
     from cfsboot.boot.pe import Section
+    from cfsboot.image.osrelease import OsRelease
 
 # Where bootc installs UKIs on the ESP: not EFI/Linux itself, so systemd-boot does not list
 # them twice (once from the Type #1 entry that points at them, once as a Type #2 entry).
@@ -53,6 +53,8 @@ class UKI:
         return next((s for s in self.sections if s.name == name), None)
 
     def os_release(self) -> OsRelease:
+        from cfsboot.image.osrelease import OsRelease  # not for status (UKI_DIR)
+
         return OsRelease.parse(self.osrel or "")
 
     def boot_label(self) -> str | None:

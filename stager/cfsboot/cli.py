@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 
@@ -158,6 +157,8 @@ def build_parser(only: str | None = None, *, listing: bool = False) -> ArgumentP
         for name, _, help_text, aliases in SUBCOMMANDS:
             sub.add_parser(name, help=help_text, aliases=aliases)
         return parser
+    import importlib  # not for the listing (--help)
+
     if only in COMMANDS:
         module = importlib.import_module(f"cfsboot.commands.{COMMANDS[only]}")
         module.register(_Only(sub, only))

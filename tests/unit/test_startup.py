@@ -66,7 +66,7 @@ STATUS_NEVER = {
     "typing",
 }
 # `--help`: argparse and the table of subcommands, nothing else of ours.
-HELP_NEVER = {"dataclasses", "json", "logging", "pathlib", "shutil", "typing"}
+HELP_NEVER = {"dataclasses", "importlib", "json", "logging", "pathlib", "shutil", "typing"}
 
 
 def imported(args: list[str]) -> set[str]:

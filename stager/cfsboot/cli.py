@@ -245,6 +245,7 @@ def configure_logging(debug: bool) -> None:
 
         logging.basicConfig(level=level, format=LOG_FORMAT)
     else:
+        sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _ConfigureLogging)]
         sys.meta_path.insert(0, _ConfigureLogging(level))
 
 

@@ -314,6 +314,7 @@ def test_logging_is_configured_when_first_imported(debug: bool) -> None:
         "import sys\n"
         "from cfsboot.cli import configure_logging\n"
         "from cfsboot.linux.lazylog import getLogger\n"
+        f"configure_logging({not debug})\n"  # the last configuration counts
         f"configure_logging({debug})\n"
         "log = getLogger('cfsboot.x')\n"
         "log.debug('below %s', 'warning')\n"

@@ -56,6 +56,7 @@ STATUS_NEVER = {
     "cfsboot.composefs.tree",
     "cfsboot.deploy.statusdoc",
     "cfsboot.oci.reference",
+    "cfsboot.linux.arch",
     "cfsboot.linux.run",
     "concurrent.futures",
     "ctypes",

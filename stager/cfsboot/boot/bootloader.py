@@ -47,7 +47,6 @@ from cfsboot.boot.counting import Tries, counted_name, split_name
 from cfsboot.boot.esp import Esp, EspError
 from cfsboot.errors import CfsbootError, die
 from cfsboot.image.kargsd import split_kargs
-from cfsboot.linux.arch import all_efi_names
 from cfsboot.linux.lazylog import getLogger
 
 log = getLogger(__name__)  # imports logging when it logs (lazylog)
@@ -440,6 +439,8 @@ def detect(esp: Esp) -> Bootloader:
             return Grub(esp)
         if esp.is_dir(bls.ENTRIES_DIR) or esp.is_dir(bls.STAGED_ENTRIES_DIR):
             return SystemdBoot(esp)
+        from cfsboot.linux.arch import all_efi_names  # a menu, the common case, needs none
+
         if any(esp.exists(names.systemd_boot) for names in all_efi_names()):
             return SystemdBoot(esp)
     except EspError as e:

@@ -357,3 +357,21 @@ def test_object_digests_either_side_of_the_memory_limit(
         node = usr[path.split("/")[1].encode()]
         assert node.digest == digest_bytes(data, repo.algorithm), path
         assert repo.object_path(node.digest.hex()).read_bytes() == data
+
+
+def test_objects_written_counts_only_new_contents(tmp_path: Path) -> None:
+    """The writer threads find what the repository has: another image's layer with the
+    same files, and a file twice, write (and count) only what is new."""
+    shared = {"usr/a": b"a" * 5000, "usr/b": b"b" * 7000}
+    first = layout(
+        tmp_path / "one", [[*base_layer(), *(Entry(p, data=d) for p, d in shared.items())]]
+    )
+    files = {**shared, "usr/c": b"c" * 9000, "usr/c-again": b"c" * 9000}
+    second = layout(
+        tmp_path / "two", [[*base_layer(T + 5), *(Entry(p, data=d) for p, d in files.items())]]
+    )
+    repo = make_repo(tmp_path / "repo")
+    r1 = import_image(first, repo)
+    assert (r1.objects_written, r1.bytes_written) == (2, 12000)
+    r2 = import_image(second, repo)
+    assert (r2.layers_read, r2.objects_written, r2.bytes_written) == (1, 1, 9000)

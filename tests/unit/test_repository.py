@@ -240,6 +240,63 @@ def test_batch_publishes_at_the_end(repo: Repository) -> None:
     assert hidden_leftovers(repo.path) == []
 
 
+def test_add_bytes_says_whether_it_wrote(repo: Repository) -> None:
+    """True only for the call that wrote the object: the import counts its writes by it."""
+    store = repo.objects
+    data = b"counted" * 30
+    h = digest_bytes(data, HashAlg.SHA512).hex()
+    assert store.add_bytes(h, data) is True
+    assert store.add_bytes(h, data) is False  # published
+    other = b"staged" * 30
+    h2 = digest_bytes(other, HashAlg.SHA512).hex()
+    with repo.batch():
+        assert store.add_bytes(h2, other) is True
+        assert store.add_bytes(h2, other) is False  # staged in this batch
+        assert store.add_bytes(h, data) is False
+    assert store.add_bytes(h2, other) is False
+    assert repo.object_path(h2).read_bytes() == other
+
+
+def test_batch_starts_writeback_of_each_staged_object(
+    repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Staged objects are not fsynced one by one, but their writeback starts at once."""
+    started: list[int] = []  # the sizes of the files, written when writeback starts
+    synced: list[int] = []
+    monkeypatch.setattr(
+        objectstore, "start_writeback", lambda fd: started.append(os.fstat(fd).st_size)
+    )
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with repo.batch():
+        repo.ensure_object(b"a" * 100)
+        repo.ensure_object(b"b" * 200)
+        repo.ensure_object(b"a" * 100)
+    assert started == [100, 200] and synced == []
+    repo.ensure_object(b"c" * 300)  # outside a batch: fsynced, as before
+    assert started == [100, 200] and synced  # the file and its directories
+
+
+def test_start_writeback_is_harmless(tmp_path: Path) -> None:
+    """The real sync_file_range: no error, the data unchanged (and on a pipe, ignored)."""
+    path = tmp_path / "f"
+    with open(path, "wb") as f:
+        f.write(b"data" * 1000)
+        objectstore.start_writeback(f.fileno())
+    assert path.read_bytes() == b"data" * 1000
+    r, w = os.pipe()
+    try:
+        objectstore.start_writeback(w)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 def test_batch_discarded_on_error(repo: Repository) -> None:
     with pytest.raises(RuntimeError), repo.batch():
         h = repo.ensure_object(b"lost" * 30)

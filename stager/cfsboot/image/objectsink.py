@@ -4,8 +4,10 @@ Files above the inline limit become objects named by their fs-verity digest,
 deduplicated against the repository and against what this import already
 wrote. Writing is mostly waiting for the filesystem, so a few threads do it
 while the main thread goes on decompressing and hashing; the bytes in flight
-are bounded. New objects go into the repository's open batch, so a failed
-import publishes none of them.
+are bounded. The writers also look whether the repository has an object
+already (a stat that can wait on a directory other writers are filling), so the
+main thread never does a per-file syscall. New objects go into the repository's
+open batch, so a failed import publishes none of them.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class ObjectSink:
         self._futures: list[Future[None]] = []
         self._cond = threading.Condition()
         self._in_flight = 0
+        # Digests handed to the writers: each is written (or found present) once.
+        self._submitted: set[str] = set()
 
     def close(self) -> None:
         self.wait()
@@ -65,9 +69,15 @@ class ObjectSink:
             first = first or e
         return first
 
-    def _write_later(self, hexd: str, buf: bytearray) -> None:
+    def _write_later(self, hexd: str, buf: bytes | bytearray) -> None:
+        """Store the object on a writer thread, unless the repository has it already.
+
+        The writer looks (a stat of a name in a big directory, which can wait on the
+        directory's lock while other objects land there), so the reading thread never does.
+        """
         assert self._pool is not None and self.repo is not None
         store = self.repo.objects
+        self._submitted.add(hexd)
         with self._cond:
             while self._in_flight and self._in_flight + len(buf) > MAX_IN_FLIGHT:
                 self._cond.wait()
@@ -75,7 +85,9 @@ class ObjectSink:
 
         def write() -> None:
             try:
-                store.add_bytes(hexd, memoryview(buf))
+                if store.add_bytes(hexd, memoryview(buf)):
+                    with self._cond:
+                        self._count(hexd, len(buf))
             finally:
                 with self._cond:
                     self._in_flight -= len(buf)
@@ -85,31 +97,24 @@ class ObjectSink:
 
     def store(self, data: tar.EntryData, size: int, *, keep: bool = False) -> str:
         """Hash (and stage) one file's content; its hex digest. keep: also keep it in `kept`."""
-        h = fsverity.FsVerityHasher(self.alg)
         if keep:
             content = b"".join(iter(lambda: data.read(CHUNK), b""))
-            h.update(content)
-            hexd = h.hexdigest()
+            hexd = fsverity.digest_bytes(content, self.alg).hex()
             self.kept[hexd] = content
-            if self.repo is not None and hexd not in self.written:
-                if not self.repo.has_object(hexd):
-                    self._write_later(hexd, bytearray(content))
-                    self._count(hexd, size)
+            if self.repo is not None and hexd not in self._submitted:
+                self._write_later(hexd, content)
             return hexd
+        if size <= MEMORY_OBJECT_MAX:
+            buf = data.read(size)  # one piece: hashed in one call, written in one
+            hexd = fsverity.digest_bytes(buf, self.alg).hex()
+            if self.repo is not None and hexd not in self._submitted:
+                self._write_later(hexd, buf)
+            return hexd
+        h = fsverity.FsVerityHasher(self.alg)
         if self.repo is None:
             while chunk := data.read(CHUNK):
                 h.update(chunk)
             return h.hexdigest()
-        if size <= MEMORY_OBJECT_MAX:
-            buf = bytearray()
-            while chunk := data.read(CHUNK):
-                buf += chunk
-            h.update(buf)
-            hexd = h.hexdigest()
-            if hexd not in self.written and not self.repo.has_object(hexd):
-                self._write_later(hexd, buf)
-                self._count(hexd, size)
-            return hexd
         fd = self._tempfile()
         os.ftruncate(fd, 0)
         off = 0
@@ -122,9 +127,11 @@ class ObjectSink:
                 view = view[n:]
         raw = h.digest()
         hexd = raw.hex()
-        if hexd not in self.written and not self.repo.has_object(hexd):
+        if hexd not in self._submitted and not self.repo.has_object(hexd):
+            self._submitted.add(hexd)
             self.repo.ensure_object_from_file(fd, digest=raw)
-            self._count(hexd, size)
+            with self._cond:
+                self._count(hexd, size)
         return hexd
 
     def _count(self, hexd: str, size: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -375,3 +376,18 @@ def test_objects_written_counts_only_new_contents(tmp_path: Path) -> None:
     assert (r1.objects_written, r1.bytes_written) == (2, 12000)
     r2 = import_image(second, repo)
     assert (r2.layers_read, r2.objects_written, r2.bytes_written) == (1, 1, 9000)
+
+
+@pytest.mark.parametrize("compression", list(Compression))
+def test_bytes_read_counts_every_byte_of_the_layer_blobs(
+    tmp_path: Path, compression: Compression
+) -> None:
+    """Including the bytes read to tell the compression, before the progress counted."""
+    ref = layout(tmp_path / "img", rich_layers(), compression)
+    blobs = tmp_path / "img" / "blobs" / "sha256"
+    index = json.loads((tmp_path / "img" / "index.json").read_text())
+    manifest = json.loads((blobs / index["manifests"][0]["digest"][7:]).read_text())
+    sizes = [layer["size"] for layer in manifest["layers"]]
+    assert sizes == [(blobs / layer["digest"][7:]).stat().st_size for layer in manifest["layers"]]
+    result = import_image(ref, make_repo(tmp_path / "repo"))
+    assert result.bytes_read == sum(sizes)

@@ -31,6 +31,8 @@ def read_layer(
     """Stream one layer blob into a record, verifying both of its digests."""
     stream, blob, diff = image.open_layer(layer)
     blob.on_read = progress.read
+    if blob.count:  # what open_layer read to tell the compression (its magic number)
+        progress.read(blob.count)
     builder = RecordBuilder(layer.diff_id, str(sink.alg))
     try:
         for entry, data in tar.entries(stream):

@@ -32,10 +32,7 @@ sys.path.insert(0, str(HERE))
 
 from cfsboot.composefs.srctree import tree_from_directory  # noqa: E402
 from figures import figure  # noqa: E402
-
-CACHE = Path(os.environ.get("CFSBOOT_CACHE", "/var/cache/cfsboot"))
-REFTOOLS = Path(os.environ.get("CFSBOOT_REFTOOLS", CACHE / "reftools-bin"))
-WORK = Path(os.environ.get("CFSBOOT_BENCH_TMP", "/var/tmp"))
+from reference import REFTOOLS, WORK  # noqa: E402
 
 
 def _content(src: Path) -> tuple[int, int]:

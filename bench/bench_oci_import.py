@@ -11,7 +11,6 @@ uncompressed content, and the ratio cfsboot / reference.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -30,11 +29,8 @@ from cfsboot.composefs.repository import Repository  # noqa: E402
 from cfsboot.image.importer import import_image  # noqa: E402
 from cfstest.ocibuild import Compression, build_layout  # noqa: E402
 from figures import figure  # noqa: E402
+from reference import CACHE, REFTOOLS, WORK, mkcomposefs_digest_store, unpack_layout  # noqa: E402
 from setuproot.contract import HashAlg  # noqa: E402
-
-CACHE = Path(os.environ.get("CFSBOOT_CACHE", "/var/cache/cfsboot"))
-REFTOOLS = Path(os.environ.get("CFSBOOT_REFTOOLS", CACHE / "reftools-bin"))
-WORK = Path(os.environ.get("CFSBOOT_BENCH_TMP", "/var/tmp"))
 
 
 def _rootfs() -> Path | None:
@@ -72,40 +68,8 @@ def reference_import(layout: Path, work: Path) -> str:
     )
     rootfs = work / "rootfs"
     rootfs.mkdir()
-    mdigest = json.loads((copy / "index.json").read_text())["manifests"][0]["digest"]
-    manifest = json.loads((copy / "blobs" / "sha256" / mdigest[7:]).read_text())
-    for layer in manifest["layers"]:
-        blob = copy / "blobs" / "sha256" / layer["digest"][7:]
-        subprocess.run(
-            [
-                "tar",
-                "-x",
-                "-z",
-                "--numeric-owner",
-                "--xattrs",
-                "--xattrs-include=*",
-                "-C",
-                str(rootfs),
-                "-f",
-                str(blob),
-            ],
-            check=True,
-            stdin=subprocess.DEVNULL,
-        )
-    out = subprocess.run(
-        [
-            str(REFTOOLS / "mkcomposefs"),
-            f"--digest-store={work / 'store'}",
-            "--min-version=1",
-            "--print-digest",
-            str(rootfs),
-            str(work / "image.cfs"),
-        ],
-        check=True,
-        capture_output=True,
-        stdin=subprocess.DEVNULL,
-    )
-    return out.stdout.decode().strip()
+    unpack_layout(copy, rootfs, xattrs_include="*")
+    return mkcomposefs_digest_store(rootfs, work)[0]
 
 
 def _timed(fn: Callable[[Path, Path], str], layout: Path) -> float:

@@ -26,7 +26,6 @@ zstd and the reference C tools.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import resource
@@ -38,7 +37,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / d) for d in ("stager", "setup-root", "tests")]
@@ -46,22 +44,17 @@ sys.path.insert(0, str(HERE))
 
 from cfstest import cli  # noqa: E402
 from figures import figure, load  # noqa: E402
+from reference import (  # noqa: E402
+    CACHE,
+    REFTOOLS,
+    WORK,
+    mkcomposefs_digest_store,
+    unpack_layout,
+    vm_module,
+)
 
-CACHE = Path(os.environ.get("CFSBOOT_CACHE", "/var/cache/cfsboot"))
-REFTOOLS = Path(os.environ.get("CFSBOOT_REFTOOLS", CACHE / "reftools-bin"))
-WORK = Path(os.environ.get("CFSBOOT_BENCH_TMP", "/var/tmp"))
 PORT = 5092  # apart from the VM tests' (5000), test_registry's (5055) and bench_upgrade's (5091)
 VARIANT = "v1"
-WHITEOUT = ".wh."
-OPAQUE = ".wh..wh..opq"
-TAR_FLAGS = {"tar+gzip": "-z", "tar+zstd": "--zstd", "tar": ""}
-
-
-def _vm(name: str) -> ModuleType:
-    vm_tests = HERE.parent / "vm-tests"
-    if str(vm_tests) not in sys.path:
-        sys.path.insert(0, str(vm_tests))
-    return importlib.import_module(name)
 
 
 def _missing() -> str | None:
@@ -77,7 +70,7 @@ def _missing() -> str | None:
 
 def _layout() -> Path:
     """The test OS layout of VARIANT: current, else the newest cached, else built now."""
-    osimage = _vm("osimage")
+    osimage = vm_module("osimage")
     current = osimage._load(osimage.oci_dir(), VARIANT)
     if current is not None:
         return Path(current.layout)
@@ -93,31 +86,6 @@ def _layout() -> Path:
 def _drop_caches() -> None:
     subprocess.run(["sync"], check=True)
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
-
-
-def _apply_whiteouts(root: Path) -> None:
-    """What a layer's whiteout files say (OCI image spec, layer.md): delete, then drop them.
-
-    The directory keeps the mtime the layer gave it (tar set it), as when the whiteouts
-    are applied during the extraction.
-    """
-    for dirpath, dirs, names in os.walk(root):
-        found = [n for n in (*names, *dirs) if n.startswith(WHITEOUT)]
-        if not found:
-            continue
-        st = os.lstat(dirpath)
-        for name in found:
-            path = Path(dirpath) / name
-            if name == OPAQUE:  # a layer is applied whole: nothing of the lower layers is left
-                raise SystemExit(f"{path}: opaque whiteouts are not handled by this benchmark")
-            target = Path(dirpath) / name[len(WHITEOUT) :]
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            else:
-                target.unlink(missing_ok=True)
-            path.unlink()
-        os.utime(dirpath, ns=(st.st_atime_ns, st.st_mtime_ns))
-        dirs[:] = [d for d in dirs if not d.startswith(WHITEOUT)]
 
 
 def _empty(path: Path) -> None:
@@ -157,31 +125,9 @@ def reference_import(ref: str, work: Path) -> tuple[str, Path]:
     )
     rootfs = work / "rootfs"
     rootfs.mkdir()
-    mdigest = json.loads((copy / "index.json").read_text())["manifests"][0]["digest"]
-    manifest = json.loads((copy / "blobs" / "sha256" / mdigest[7:]).read_text())
-    for layer in manifest["layers"]:
-        blob = copy / "blobs" / "sha256" / layer["digest"][7:]
-        kind = layer["mediaType"].rpartition(".")[2]
-        flag = TAR_FLAGS[kind]
-        argv = ["tar", "-x", *([flag] if flag else []), "--numeric-owner", "--xattrs"]
-        argv += ["--xattrs-include=security.capability", "-C", str(rootfs), "-f", str(blob)]
-        subprocess.run(argv, check=True, stdin=subprocess.DEVNULL)
-        _apply_whiteouts(rootfs)
+    unpack_layout(copy, rootfs, xattrs_include="security.capability")
     _normalise_for_boot(rootfs)
-    out = subprocess.run(
-        [
-            str(REFTOOLS / "mkcomposefs"),
-            f"--digest-store={work / 'store'}",
-            "--min-version=1",
-            "--print-digest",
-            str(rootfs),
-            str(work / "image.cfs"),
-        ],
-        check=True,
-        capture_output=True,
-        stdin=subprocess.DEVNULL,
-    )
-    return out.stdout.decode().strip(), work / "image.cfs"
+    return mkcomposefs_digest_store(rootfs, work)
 
 
 def cfsboot_import(ref: str, work: Path) -> tuple[str, Path]:
@@ -261,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     if reason:
         print(f"registry import benchmark skipped: {reason}")
         return 0
-    registry = _vm("registry")
+    registry = vm_module("registry")
     layout = _layout()
     blob_mb, nlayers = _sizes(layout)
     runs = 1 if args.quick else args.runs

@@ -27,7 +27,6 @@ when their cache is stale (a few minutes).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import shutil
@@ -35,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from types import ModuleType
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / d) for d in ("stager", "setup-root", "tests")]
@@ -43,16 +41,10 @@ sys.path.insert(0, str(HERE))
 
 from cfstest import cli  # noqa: E402
 from figures import figure  # noqa: E402
+from reference import vm_module  # noqa: E402
 
 PORT = 5091  # apart from the VM tests' registry (5000) and test_registry's (5055)
 FS_SIZE = "8G"
-
-
-def _vm(name: str) -> ModuleType:
-    vm_tests = HERE.parent / "vm-tests"
-    if str(vm_tests) not in sys.path:
-        sys.path.insert(0, str(vm_tests))
-    return importlib.import_module(name)
 
 
 def _missing() -> str | None:
@@ -132,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     if reason:
         print(f"upgrade benchmark skipped: {reason}")
         return 0
-    osimage, registry = _vm("osimage"), _vm("registry")
+    osimage, registry = vm_module("osimage"), vm_module("registry")
     images = osimage.ensure_images(("v1", "v2"))
     # Not under /var/tmp (the switch runs with another directory bound there): in /tmp,
     # which is on the disk here (the filesystem image is sparse: what it holds, 2 GB).

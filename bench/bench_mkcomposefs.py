@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import os
 import random
 import resource
@@ -31,13 +30,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / d) for d in ("stager", "setup-root", "tests")] + [str(HERE)]
 
 from cfsboot.composefs import dumpfile, native  # noqa: E402
 from cfsboot.composefs.erofs.writer import build_image  # noqa: E402
+from cfstest.modload import load_file  # noqa: E402
 from figures import figure, load  # noqa: E402
 
 CACHE = Path(os.environ.get("CFSBOOT_CACHE", "/var/cache/cfsboot"))
@@ -113,7 +112,7 @@ def generate_dump(n_entries: int, seed: int = 1) -> bytes:
 def real_dump(work: Path, copies: int = 6) -> bytes:
     """The trixie test OS's own dumpfile (`composefs-info dump` of the C image of its rootfs),
     replicated `copies` times under different top directories (~16k entries each)."""
-    testos = _load_module(HERE.parent / "vm-tests" / "testos.py")
+    testos = load_file(HERE.parent / "vm-tests" / "testos.py")
     rootfs = testos.ensure_base_rootfs(CACHE)
     img = work / "testos.img"
     subprocess.run([str(REFTOOLS / "mkcomposefs"), str(rootfs), str(img)], check=True)
@@ -140,15 +139,6 @@ def _relocate(line: bytes, top: bytes) -> bytes:
         fields[8] = top + fields[8]
     fields[0] = top + fields[0]
     return b" ".join(fields)
-
-
-def _load_module(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[path.stem] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _cpu() -> float:

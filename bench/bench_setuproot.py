@@ -18,7 +18,6 @@ itself: on a shared, loaded machine plain medians mostly measure the other load
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import shlex
 import statistics
@@ -26,9 +25,10 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from types import ModuleType
 
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent / "tests")]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cfstest.modload import load_file  # noqa: E402
 from figures import figure, load  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,15 +48,6 @@ for i in $(seq "$N"); do
     umount -R "$M"
 done
 """
-
-
-def _load(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[path.stem] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def make_sysroot(tmp: Path) -> tuple[Path, str]:
@@ -147,7 +138,7 @@ def report(name: str, ms: list[float], base: float | None = None) -> float:
 
 
 def initramfs_sizes(tmp: Path) -> None:
-    testos = _load(REPO / "vm-tests/testos.py")
+    testos = load_file(REPO / "vm-tests/testos.py")
     rootfs = testos.ensure_base_rootfs()
     kver = testos.kernel_version(rootfs)
     dest = tmp / "dest"
@@ -182,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-fifo", action="store_true", help="boots at normal priority")
     args = parser.parse_args(argv)
     n = args.runs or (10 if args.quick else 40)
-    freeze = _load(REPO / "setup-root/freeze.py")
+    freeze = load_file(REPO / "setup-root/freeze.py")
     freeze.main([])  # what the sources say now
     fifo = [] if args.no_fifo else ["chrt", "-f", "10"]
     python = str(FROZEN.parent / "python")

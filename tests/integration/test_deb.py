@@ -8,28 +8,18 @@ a kernel package runs it.
 
 from __future__ import annotations
 
-import importlib.util
 import shlex
 import shutil
 import subprocess
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+
+from cfstest.modload import load_file
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("can_mount")]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[path.stem] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_lintian_is_clean(deb: Path) -> None:
@@ -96,7 +86,7 @@ def test_contents(deb: Path) -> None:
 
 
 def test_installs_into_trixie_and_builds_the_initramfs(deb: Path, tmp_path: Path) -> None:
-    testos = _load(REPO_ROOT / "vm-tests" / "testos.py")
+    testos = load_file(REPO_ROOT / "vm-tests" / "testos.py")
     rootfs = testos.ensure_base_rootfs()
     kver = testos.kernel_version(rootfs)
     modules = f"/usr/lib/modules/{kver}"

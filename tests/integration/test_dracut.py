@@ -10,14 +10,14 @@ its dry run must read the config file the module put there.
 
 from __future__ import annotations
 
-import importlib.util
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from cfstest.modload import load_file
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("can_mount")]
 
@@ -30,25 +30,16 @@ OSTREE_CONFIG = "usr/lib/ostree/prepare-root.conf"
 DIGEST = "5e" * 64
 
 
-def _load(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[path.stem] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def testos() -> ModuleType:
-    return _load(REPO_ROOT / "vm-tests" / "testos.py")
+    return load_file(REPO_ROOT / "vm-tests" / "testos.py")
 
 
 @pytest.fixture(scope="module")
 def staged(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`make install-dracut-module` output (with a freshly frozen setup-root) plus a config."""
     tmp = tmp_path_factory.mktemp("dracut")
-    freeze = _load(REPO_ROOT / "setup-root" / "freeze.py")
+    freeze = load_file(REPO_ROOT / "setup-root" / "freeze.py")
     assert freeze.main(["--out", str(tmp / "frozen")]) == 0
     dest = tmp / "dest"
     subprocess.run(

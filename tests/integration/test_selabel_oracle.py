@@ -13,12 +13,10 @@ agree on every subject.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import stat
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +25,7 @@ import pytest
 from cfsboot.image import fcontexts
 from cfsboot.image.pcre import Untranslatable, translate
 from cfstest.gates import missing_capability
+from cfstest.modload import load_file
 from cfstest.selinux_edge import CTX, EDGE_CASES, EDGE_FILES
 from conftest import CACHE, REPO_ROOT
 
@@ -168,15 +167,6 @@ def _tree(top: Path) -> Iterator[tuple[bytes, int]]:
                     stack.append(path)
 
 
-def _load(path: Path) -> object:
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[path.stem] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def _compare(oracle: Path, entries: list[tuple[bytes, int]]) -> None:
     policy = _policy(oracle)
     ours = [policy.lookup(path, mode) for path, mode in entries]
@@ -190,8 +180,8 @@ def _compare(oracle: Path, entries: list[tuple[bytes, int]]) -> None:
 
 
 def test_real_trees_get_libselinux_labels(oracle: Path) -> None:
-    testos = _load(REPO_ROOT / "vm-tests" / "testos.py")
-    rootfs = testos.ensure_base_rootfs()  # type: ignore[attr-defined]
+    testos = load_file(REPO_ROOT / "vm-tests" / "testos.py")
+    rootfs = testos.ensure_base_rootfs()
     entries = [*_tree(oracle), *_tree(rootfs)]
     assert len(entries) > 20_000  # two whole trixie trees
     _compare(oracle, entries)

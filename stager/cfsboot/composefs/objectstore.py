@@ -202,7 +202,7 @@ class ObjectStore:
 
     # -- publishing --------------------------------------------------------------------
 
-    def add_bytes(self, hexdigest: str, data: bytes | memoryview) -> bool:
+    def add_bytes(self, hexdigest: str, data: bytes | bytearray | memoryview) -> bool:
         """Store `data` (whose digest the caller computed) unless already present.
 
         True when this call wrote it (False: present, staged or written by another).

@@ -203,11 +203,16 @@ class Repository:
     def has_object(self, hexdigest: str) -> bool:
         return self.objects.contains(hexdigest)
 
-    def ensure_object(self, data: bytes) -> str:
-        """Store `data` as an object (atomic, deduplicated); returns its hex digest."""
-        from cfsboot.composefs import fsverity  # hashlib and threads: not for reading
+    def ensure_object(self, data: bytes | bytearray, *, hexdigest: str | None = None) -> str:
+        """Store `data` as an object (atomic, deduplicated); returns its hex digest.
 
-        hexdigest = fsverity.digest_bytes(data, self.algorithm).hex()
+        `hexdigest`, when the caller has just computed it from `data`, spares hashing
+        `data` again.
+        """
+        if hexdigest is None:
+            from cfsboot.composefs import fsverity  # hashlib and threads: not for reading
+
+            hexdigest = fsverity.digest_bytes(data, self.algorithm).hex()
         self.objects.add_bytes(hexdigest, data)
         return hexdigest
 
@@ -253,9 +258,10 @@ class Repository:
 
     # -- images ------------------------------------------------------------------------
 
-    def write_image(self, data: bytes) -> str:
-        """Store an EROFS image and make it mountable (images/HEX); returns HEX."""
-        hexdigest = self.ensure_object(data)
+    def write_image(self, data: bytes | bytearray, *, hexdigest: str | None = None) -> str:
+        """Store an EROFS image and make it mountable (images/HEX); returns HEX
+        (`hexdigest`: as ensure_object's)."""
+        hexdigest = self.ensure_object(data, hexdigest=hexdigest)
         self.objects.flush()  # the symlink must never point at an unpublished object
         self._symlink(self.path / IMAGES_DIR / hexdigest, self.object_path(hexdigest))
         return hexdigest

@@ -238,7 +238,11 @@ def content_reader(sink: ObjectSink, repo: Repository | None) -> selabel.Content
 
 
 def _publish(
-    repo: Repository, image: OpenedImage, new: list[LayerRecord], erofs: bytes, info: ImageInfo
+    repo: Repository,
+    image: OpenedImage,
+    new: list[LayerRecord],
+    erofs: bytearray,
+    info: ImageInfo,
 ) -> str:
     """Write what the import made into the repository; the boot image's digest.
 
@@ -260,8 +264,9 @@ def _publish(
         repo.write_stream(manifest_stream(image.manifest_digest), image.manifest)
         name(repo.stream_path(config_stream(image.config_digest)))
         repo.write_stream(config_stream(image.config_digest), image.config)
-        name(repo.image_path(fsverity.digest_bytes(erofs, repo.algorithm).hex()))
-        digest = repo.write_image(erofs)
+        digest = fsverity.digest_bytes(erofs, repo.algorithm).hex()
+        name(repo.image_path(digest))
+        repo.write_image(erofs, hexdigest=digest)
         name(repo.stream_path(image_stream(digest)))
         repo.write_stream(image_stream(digest), info.to_bytes())
     except OSError:
@@ -364,7 +369,7 @@ def _import(
             # Still inside the batch: a layer that cannot be applied publishes nothing either.
             progress.message("building the boot image")
             tree, boot = build_boot_tree(layers.records, xattrs, content_reader(sink, repo))
-            erofs = bytes(build_image(tree, min_version=1))
+            erofs = build_image(tree, min_version=1)
         if repo is None:
             image_digest = fsverity.digest_bytes(erofs, alg).hex()
         else:

@@ -65,12 +65,17 @@ def __getattr__(name: str) -> ctypes.CDLL:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _loaded_libc() -> ctypes.CDLL:
+    """`_libc`, loaded now if no call has yet (a test may have replaced it)."""
+    lib: ctypes.CDLL | None = globals().get("_libc")
+    return lib if lib is not None else __getattr__("_libc")
+
+
 def syncfs(fd: int) -> None:
     """syncfs(2): flush the whole filesystem holding `fd` (Python has no wrapper)."""
     import ctypes
 
-    libc = globals().get("_libc") or __getattr__("_libc")  # a test may have replaced it
-    if libc.syncfs(fd) != 0:
+    if _loaded_libc().syncfs(fd) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"syncfs: {os.strerror(err)}")
 
@@ -95,8 +100,7 @@ def start_writeback(fd: int) -> None:
     """
     import ctypes
 
-    libc = globals().get("_libc") or __getattr__("_libc")
-    libc.sync_file_range(fd, ctypes.c_int64(0), ctypes.c_int64(0), SYNC_FILE_RANGE_WRITE)
+    _loaded_libc().sync_file_range(fd, ctypes.c_int64(0), ctypes.c_int64(0), SYNC_FILE_RANGE_WRITE)
 
 
 def link_fd(fd: int, dst: str | os.PathLike[str]) -> None:

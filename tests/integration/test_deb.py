@@ -80,7 +80,7 @@ def test_contents(deb: Path) -> None:
         "python3-pyroute2",  # the update timer's route check
         "dracut",
         "skopeo",
-        "systemd-boot-efi | grub-efi-amd64-bin",
+        "systemd-boot-efi | grub-efi-amd64-bin | grub-efi-arm64-bin",
     ):
         assert dep in fields, dep
 

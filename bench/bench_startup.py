@@ -11,7 +11,10 @@ Two installs are timed, each against its own interpreter's `-c pass`:
 - package: the Debian package of this tree (`make deb`, unpacked with dpkg-deb)
   run by /usr/bin/python3 through the package's own /usr/bin/cfsboot.
 
-Runs interleave (pass, --help, status; per install), so that load from
+`-c 'import json'` is timed too: the floor of any Python program that prints
+JSON (json imports re, and re enum), as a ratio to `-c pass`.
+
+Runs interleave (pass, import json, --help, status; per install), so that load from
 elsewhere falls on all alike. Bytecode is written by a warm-up run, as an
 installed package has it. With `--base DIR` (another checkout) the venv
 commands of that tree run interleaved too, and its medians are printed. Wall
@@ -94,12 +97,14 @@ def commands(
         env = env_for(os.pathsep.join([str(tree / "stager"), str(tree / "setup-root")]))
         run = [sys.executable, "-c", ENTRY_POINT]
         out[(label, "pass")] = ([sys.executable, "-c", "pass"], env)
+        out[(label, "import json")] = ([sys.executable, "-c", "import json"], env)
         out[(label, "--help")] = ([*run, "--help"], env)
         out[(label, "status --json")] = ([*run, "status", "--json", *opts], env)
     if deb is not None:
         env = env_for(str(deb / "usr/lib/python3/dist-packages"))
         run = [SYSTEM_PYTHON, str(deb / "usr/bin/cfsboot")]
         out[("package", "pass")] = ([SYSTEM_PYTHON, "-c", "pass"], env)
+        out[("package", "import json")] = ([SYSTEM_PYTHON, "-c", "import json"], env)
         out[("package", "--help")] = ([*run, "--help"], env)
         out[("package", "status --json")] = ([*run, "status", "--json", *opts], env)
     return out
@@ -185,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     for install in dict.fromkeys(k[0] for k in cmds):
         python = cmds[(install, "pass")][0][0]
         print(f"{install} ({python}): medians, wall / CPU ms")
-        for name in ("pass", "--help", "status --json"):
+        for name in ("pass", "import json", "--help", "status --json"):
             wall, cpu = med((install, name), 0), med((install, name), 1)
             print(f"  {name:14} {wall:6.1f} / {cpu:6.1f}")
     for install in ("venv", "package"):
@@ -194,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("--help", "status --json"):
             cfs, ref = med((install, name), 0), med((install, "pass"), 0)
             figure(f"startup {name} ({install}, vs -c pass)", cfs, ref, "<= 2.0", unit="ms")
+        floor = med((install, "import json"), 0) / med((install, "pass"), 0)
+        print(f"  ({install}: `-c 'import json'` alone, paid by any JSON printer: {floor:.2f}x)")
     return 0
 
 

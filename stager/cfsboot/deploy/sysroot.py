@@ -114,7 +114,7 @@ class Sysroot:
         booted deployment are read once, and writing them raises."""
         self.path = Path(path)
         self.read_once = read_once
-        self._origins: dict[str, Origin | None] = {}
+        self._origins: dict[str, Origin | OriginError | None] = {}
         self._marker: list[StagedDeployment | None] = []  # the one read, when read_once
         self._booted: list[str | None] = []
         if not self.path.is_dir():
@@ -171,31 +171,43 @@ class Sysroot:
 
     def origin(self, depl: str) -> Origin | None:
         """A deployment's origin; None (with a warning) when missing or unreadable."""
+        found = self.origin_or_error(depl)
+        if isinstance(found, Origin):
+            return found
+        warn = log.warning if depl not in self.origin_reported else log.debug
+        if found is None:
+            warn("no origin file for deployment %s (%s)", depl, self.origin_path(depl))
+        else:
+            warn("%s", found)
+        self.origin_reported.add(depl)
+        return None
+
+    def origin_or_error(self, depl: str) -> Origin | OriginError | None:
+        """A deployment's origin, what is wrong with its file, or None when there is none.
+
+        A read_once root reads and parses each file once for status and the checks
+        it runs first (cfsboot.deploy.fsck).
+        """
         if not self.read_once:
             return self._read_origin(depl)
         if depl not in self._origins:
             self._origins[depl] = self._read_origin(depl)
         return self._origins[depl]
 
-    def _read_origin(self, depl: str) -> Origin | None:
+    def _read_origin(self, depl: str) -> Origin | OriginError | None:
         path = self.origin_path(depl)
-        warn = log.warning if depl not in self.origin_reported else log.debug
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            warn("no origin file for deployment %s (%s)", depl, path)
-            self.origin_reported.add(depl)
             return None
         except UnicodeDecodeError:
-            warn("%s is not UTF-8 text: not an origin file", path)
-            self.origin_reported.add(depl)
-            return None
+            return OriginError(f"{path} is not UTF-8 text: not an origin file")
+        except OSError as e:
+            return OriginError(f"cannot read {path}: {e.strerror or e}")
         try:
             return Origin.parse(text, name=str(path))
         except OriginError as e:
-            warn("%s", e)
-            self.origin_reported.add(depl)
-            return None
+            return e
 
     def write_origin(self, depl: str, origin: Origin) -> None:
         self._writing()

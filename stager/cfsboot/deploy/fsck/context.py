@@ -35,24 +35,10 @@ class Context:
     protected: frozenset[str] = frozenset()
     live: list[MenuEntry] = field(default_factory=list)
     staged_menu: list[MenuEntry] = field(default_factory=list)
-    _origins: dict[str, Origin | OriginError | None] = field(default_factory=dict)
 
     def origin(self, depl: str) -> Origin | OriginError | None:
         """The deployment's origin, the error reading it, or None when there is no file."""
-        if depl not in self._origins:
-            path = self.sysroot.origin_path(depl)
-            try:
-                text = path.read_text()
-            except FileNotFoundError:
-                self._origins[depl] = None
-            except (OSError, UnicodeDecodeError) as e:
-                self._origins[depl] = OriginError(f"cannot read {path}: {e}")
-            else:
-                try:
-                    self._origins[depl] = Origin.parse(text, name=str(path))
-                except OriginError as e:
-                    self._origins[depl] = e
-        return self._origins[depl]
+        return self.sysroot.origin_or_error(depl)
 
     def good_origin(self, depl: str) -> Origin | None:
         o = self.origin(depl)

@@ -30,7 +30,7 @@ from cfsboot.boot.espview import ReadOnceEsp
 from cfsboot.deploy import status as status_mod
 from cfsboot.deploy.assessrecord import record_path
 from cfsboot.deploy.fsck.quick import warn_problems
-from cfsboot.deploy.origin import Origin
+from cfsboot.deploy.origin import Origin, OriginError
 from cfsboot.deploy.pins import pin
 from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.errors import CfsbootError
@@ -175,7 +175,7 @@ def test_status_reads_each_entry_and_origin_once(
         reads.append(path)
         return real_read(self, path)
 
-    def read_origin(self: Sysroot, depl: str) -> Origin | None:
+    def read_origin(self: Sysroot, depl: str) -> Origin | OriginError | None:
         reads.append(depl)
         return real_origin(self, depl)
 

@@ -265,6 +265,10 @@ class SystemdBoot(Bootloader):
     def has_staged(self) -> bool:
         return self.esp.is_dir(bls.STAGED_ENTRIES_DIR)
 
+    def entry_files(self, staged: bool = False) -> list[EntryFile]:
+        """Every entry file of the live (or staged) directory, cfsboot's or not."""
+        return bls.parse_entries(self._files(staged))
+
     def _read_written_order(self) -> list[str]:
         ours = [ef for ef in bls.parse_entries(self._files(False)) if ef.ours]
         ours.sort(key=lambda ef: ef.entry.sort_key or "")

@@ -58,6 +58,27 @@ def opened(args: argparse.Namespace, *, write: bool = True) -> Iterator[tuple[Sy
             yield sysroot, bl
 
 
+def warn_boot_override(sysroot: Sysroot, bl: Bootloader) -> None:
+    """One warning line when an EFI variable of systemd-boot's (LoaderEntryOneShot,
+    LoaderEntryDefault) makes it boot another entry than the default cfsboot just set:
+    the staged menu's, when a deployment waits for finalize, else the live menu's.
+    Nothing is said offline (the variables are the running firmware's) nor on GRUB."""
+    from cfsboot.boot.bootloader import BootloaderKind
+
+    efivars_dir = sysroot.loader_efivars()
+    if bl.kind is not BootloaderKind.SYSTEMD_BOOT or efivars_dir is None:
+        return
+    from cfsboot.boot.loadervars import next_boot
+
+    marker = sysroot.staged()
+    staged = marker is not None and not marker.finalization_locked and bl.has_staged()
+    line = next_boot(bl, efivars_dir, staged=staged).warning()
+    if line is not None:
+        from cfsboot.linux.lazylog import getLogger
+
+        getLogger(__name__).warning("%s", line)
+
+
 def hash_alg(text: str) -> HashAlg:
     """argparse type for an fs-verity hash algorithm name."""
     try:

@@ -12,6 +12,7 @@ from cfsboot.commands.common import (
     karg_style,
     opened,
     sysroot_options,
+    warn_boot_override,
 )
 from cfsboot.errors import die
 
@@ -218,6 +219,7 @@ def _stage(
     )
     sys.stderr.write(f"{result.message}\n")
     print(result.digest)
+    warn_boot_override(sysroot, bl)
     return 0
 
 
@@ -364,7 +366,8 @@ def cmd_finalize(args: argparse.Namespace) -> int:
     sys.stderr.flush()
     with opened(args) as (sysroot, bl):
         msg = finalize(sysroot, bl)
-    sys.stderr.write(f"{msg}\n")
+        sys.stderr.write(f"{msg}\n")
+        warn_boot_override(sysroot, bl)
     return 0
 
 
@@ -374,6 +377,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     with opened(args) as (sysroot, bl):
         msg = rollback(sysroot, bl)
         sys.stderr.write(f"{msg}\n")
+        warn_boot_override(sysroot, bl)
         if args.soft_reboot is not None:
             _soft_reboot(args, sysroot, bl, staged=False)
             return 0

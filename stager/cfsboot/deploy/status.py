@@ -23,6 +23,14 @@ entry on trial shows its tries (`state` pending, or failed once they ran
 out, with the last failure recorded by `cfsboot assess-boot`); the host says
 whether the booted deployment runs as the fallback of one that failed.
 
+`cfsboot.nextBoot` of the HostStatus names what boots next (the staged deployment
+once finalized, else the live menu's default). On systemd-boot that is its own
+choice: on the running system the EFI variables LoaderEntryOneShot and
+LoaderEntryDefault (`bootctl set-oneshot|set-default`) come before cfsboot's menu
+order, and `override` says so when one of them picks another entry
+(cfsboot.boot.loadervars). bootc's fields (`rollbackQueued`, `spec.bootOrder`) keep
+their meaning: cfsboot's menu order.
+
 `status.type` is `bootcHost` when the booted deployment came from a container
 image (bootc's rule), and `usrOverlay` describes an overlay `cfsboot
 usr-overlay` put on /usr of the running system. bootc's schema has no
@@ -58,6 +66,7 @@ if TYPE_CHECKING:
         HostStatus,
         ImageReference,
         ImageStatus,
+        NextBoot,
         Others,
     )
     from cfsboot.deploy.sysroot import Sysroot
@@ -216,6 +225,35 @@ def _host_assessment(sysroot: Sysroot, bl: Bootloader, current: str | None) -> H
     }
 
 
+def next_boot(sysroot: Sysroot, bl: Bootloader, *, staged: MenuEntry | None) -> NextBoot:
+    """What boots next: on systemd-boot, as it decides with the running system's EFI
+    variables (cfsboot.boot.loadervars); on GRUB, the first entry of cfsboot's menu.
+
+    staged: the staged entry finalize makes the default before the next boot, if any.
+    """
+    if bl.kind is not BootloaderKind.SYSTEMD_BOOT:
+        first = staged or next(iter(bl.menu()), None)
+        depl = first.deployment if first is not None else None
+        return {"deployment": depl, "entry": None, "override": None}
+    from cfsboot.boot.loadervars import next_boot as loader_next_boot
+
+    nb = loader_next_boot(bl, sysroot.loader_efivars(), staged=staged is not None)
+    chosen = nb.chosen
+    message = nb.warning()
+    return {
+        "deployment": chosen.deployment,
+        "entry": chosen.entry.id if chosen.entry is not None else None,
+        "override": {
+            "variable": chosen.variable or "",
+            "value": chosen.value or "",
+            "cfsbootDeployment": nb.cfsboot.deployment,
+            "message": message,
+        }
+        if message is not None
+        else None,
+    }
+
+
 def _usr_overlay(usr: Path) -> FilesystemOverlay | None:
     from cfsboot.deploy.usroverlay import usr_overlay_status
 
@@ -290,7 +328,10 @@ def host_status(sysroot: Sysroot, bl: Bootloader, *, usr: Path | None = None) ->
         "rollbackQueued": rollback_queued,
         "type": "bootcHost" if booted_doc is not None and booted_doc["image"] else None,
         "usrOverlay": _usr_overlay(usr) if usr is not None else None,
-        "cfsboot": {"bootAssessment": _host_assessment(sysroot, bl, current)},
+        "cfsboot": {
+            "bootAssessment": _host_assessment(sysroot, bl, current),
+            "nextBoot": next_boot(sysroot, bl, staged=None if locked else staged_entry),
+        },
     }
     return {
         "apiVersion": API_VERSION,

@@ -61,10 +61,28 @@ class HostAssessment(TypedDict):
     message: str | None
 
 
+class BootOverride(TypedDict):
+    """An EFI variable of systemd-boot's that makes another entry boot than cfsboot's."""
+
+    variable: str  # LoaderEntryOneShot, LoaderEntryDefault or LoaderEntryLastBooted
+    value: str  # what it holds (an entry id or a glob)
+    cfsbootDeployment: str | None  # what would boot without it (cfsboot's choice)
+    message: str  # one line: the variable, the entry it names, what clears it
+
+
+class NextBoot(TypedDict):
+    """What the boot loader starts next (after finalize, when a deployment is staged)."""
+
+    deployment: str | None  # the cfsboot deployment; None: another system's entry, or none
+    entry: str | None  # systemd-boot's entry id (file name without counter); None on GRUB
+    override: BootOverride | None  # None: cfsboot's choice boots
+
+
 class HostStatusCfsboot(TypedDict):
     """cfsboot's own fields of the HostStatus."""
 
     bootAssessment: HostAssessment
+    nextBoot: NextBoot
 
 
 class BootEntry(TypedDict):

@@ -101,6 +101,9 @@ def human(doc: BootcHost, *, verbose: bool = False) -> str:
     assessed = status.get("cfsboot", {}).get("bootAssessment")
     if assessed and assessed["fallback"]:
         out.append(f"Automatic rollback: {assessed['message']}.")
+    nxt = status.get("cfsboot", {}).get("nextBoot")
+    if nxt and nxt["override"] is not None:
+        out.append(f"Boot loader override: {nxt['override']['message']}.")
     return "\n".join(out).rstrip("\n") + "\n"
 
 

@@ -107,12 +107,21 @@ class Sysroot:
     """One physical root (a booted system's /sysroot, or a mounted disk)."""
 
     def __init__(
-        self, path: str | os.PathLike[str], *, run_dir: Path | None = None, read_once: bool = False
+        self,
+        path: str | os.PathLike[str],
+        *,
+        run_dir: Path | None = None,
+        read_once: bool = False,
+        efivars_dir: Path | None = None,
     ) -> None:
         """read_once: for a reader that writes nothing (`cfsboot status`, which asks for the
         same state from each part of its report): each origin, the staged marker and the
-        booted deployment are read once, and writing them raises."""
+        booted deployment are read once, and writing them raises.
+
+        efivars_dir: where the firmware's variables are (efivarfs; tests pass a directory
+        of their own); read only when this is the running system (`loader_efivars`)."""
         self.path = Path(path)
+        self.efivars_dir = efivars_dir
         self.read_once = read_once
         self._origins: dict[str, Origin | OriginError | None] = {}
         self._marker: list[StagedDeployment | None] = []  # the one read, when read_once
@@ -256,6 +265,18 @@ class Sysroot:
         if not self._booted:
             self._booted.append(running_deployment())
         return self._booted[0]
+
+    def loader_efivars(self) -> Path | None:
+        """The efivarfs directory whose boot loader variables (LoaderEntryDefault, ...)
+        apply to this root's next boot: the host's, when this root is the running system;
+        None for another root (a disk image boots on other firmware)."""
+        if not self.live:
+            return None
+        if self.efivars_dir is not None:
+            return self.efivars_dir
+        from cfsboot.linux.efivars import EFIVARS
+
+        return EFIVARS
 
     def _writing(self) -> None:
         if self.read_once:

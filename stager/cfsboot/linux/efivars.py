@@ -9,6 +9,12 @@ EFIVARS = Path("/sys/firmware/efi/efivars")
 LOADER_GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 # The entry file systemd-boot booted, when that entry carries a boot counter.
 LOADER_BOOT_COUNT_PATH = "LoaderBootCountPath"
+# The entry to boot next time only (`bootctl set-oneshot`; systemd-boot removes it as it
+# reads it), the entry to boot by default (`bootctl set-default`), and the entry booted
+# last (written by systemd-boot when a default is `@saved`): patterns or ids of entries.
+LOADER_ENTRY_ONESHOT = "LoaderEntryOneShot"
+LOADER_ENTRY_DEFAULT = "LoaderEntryDefault"
+LOADER_ENTRY_LAST_BOOTED = "LoaderEntryLastBooted"
 
 
 def loader_string(name: str, efivars: Path = EFIVARS) -> str | None:

@@ -9,7 +9,10 @@
 - a file named like cfsboot's (`bootc_*.conf`) that boots no deployment is
   reported, other systems' entries are left alone;
 - no leftovers of interrupted writes, no staged menu without its marker.
-Boot files that no entry uses are a note: `cfsboot gc` removes them.
+Boot files that no entry uses are a note: `cfsboot gc` removes them. So is, on the
+running system with systemd-boot, an EFI variable LoaderEntryOneShot or
+LoaderEntryDefault (`bootctl set-oneshot|set-default`) that names no entry:
+systemd-boot passes over it without a word. --repair never writes EFI variables.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class EspCode(enum.StrEnum):
     STAGED_MENU_ORPHAN = "staged-menu-without-marker"
     LEFTOVER = "leftover"
     UNUSED_BOOT_FILES = "boot-files-unused"
+    LOADER_VARIABLE_UNMATCHED = "loader-variable-unmatched"
 
 
 @dataclass
@@ -241,6 +245,28 @@ def _check_default(ctx: Context, out: EspFindings) -> None:
         )
 
 
+def _unmatched_variables(ctx: Context) -> list[Problem]:
+    """Notes for systemd-boot's variables that name no entry (running system only)."""
+    efivars_dir = ctx.sysroot.loader_efivars()
+    if not _is_bls(ctx) or efivars_dir is None:
+        return []
+    from cfsboot.boot.loadervars import CLEAR, unmatched
+
+    assert ctx.bl is not None
+    marker = ctx.sysroot.staged()
+    staged = ctx.staged_pending and marker is not None and not marker.finalization_locked
+    return [
+        Problem(
+            EspCode.LOADER_VARIABLE_UNMATCHED,
+            f"EFI variable {name}",
+            f"{value!r} names no boot entry: systemd-boot passes over it (`{CLEAR[name]}`"
+            " removes it)",
+            name,
+        )
+        for name, value in unmatched(ctx.bl, efivars_dir, staged=staged)
+    ]
+
+
 def check_esp(ctx: Context) -> EspFindings:
     """Every check of the module docstring; deep ones read the boot files."""
     assert ctx.bl is not None
@@ -274,6 +300,7 @@ def check_esp(ctx: Context) -> EspFindings:
                     art,
                 )
             )
+    out.notes += _unmatched_variables(ctx)
     if ctx.deep:
         for path in esp_leftovers(bl.esp):
             out.problems.append(

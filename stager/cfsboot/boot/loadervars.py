@@ -1,0 +1,238 @@
+"""Which entry systemd-boot boots next, its EFI variables taken into account (read-only).
+
+systemd-boot picks the default entry (src/boot/boot.c: config_load_defaults reads the
+variables, config_select_default_entry decides) from, in order:
+
+1. LoaderEntryOneShot (`bootctl set-oneshot ID`; systemd-boot removes it as it reads it);
+2. LoaderEntryDefault (`bootctl set-default ID`); the value `@saved` stands for the entry
+   in LoaderEntryLastBooted (the entry booted last, which systemd-boot then records);
+3. loader.conf's `default` (`@saved` there: LoaderEntryLastBooted too);
+4. the first entry in menu order.
+
+Each value is case-folded (A-Z only) and matched as a glob (efi_fnmatch, see
+cfsboot.boot.bls.glob_match) against every entry's id (the file name without its boot
+counter: `foo+1-2.conf` is `foo.conf`), the first in menu order winning; a value that
+matches no entry is passed over without a word. `bootctl set-default ""` (and
+`set-oneshot ""`) removes the variable.
+
+cfsboot writes none of these variables; what it sets at staging, finalize and rollback
+is its menu's order (and so what loader.conf's `default`, or menu order, picks). The
+variables are the running system's firmware's: only a caller describing the running
+system passes an efivarfs directory (`cfsboot.deploy.sysroot.Sysroot.loader_efivars`);
+a disk image or another root is described without them. GRUB menus are cfsboot's own
+(`grub.cfg`): these variables are systemd-boot's and do not apply there.
+
+The entries seen are the Type #1 files of `loader/entries` (or, when a staged menu is
+about to be finalized, its cfsboot entries plus the other systems' entries finalize
+carries over) and the Type #2 UKIs directly in `EFI/Linux/` (sorted after Type #1
+entries: their sort keys sit inside the PE file). systemd-boot's own `auto-*` entries
+(Windows, EFI shell, firmware setup) are not on the ESP as files: a variable naming one
+is taken to name an entry that exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cfsboot.boot import bls
+from cfsboot.boot.bls import BLSEntry, EntryFile
+from cfsboot.boot.bootloader import Bootloader, SystemdBoot
+from cfsboot.boot.counting import split_name
+from cfsboot.linux import efivars
+from cfsboot.linux.efivars import (
+    LOADER_ENTRY_DEFAULT,
+    LOADER_ENTRY_LAST_BOOTED,
+    LOADER_ENTRY_ONESHOT,
+)
+
+TYPE2_DIR = "EFI/Linux"
+# Ids of the entries systemd-boot makes up itself (never files in loader/entries).
+AUTO_PREFIX = "auto-"
+# What removes each variable (bootctl's set-default/set-oneshot with an empty ID).
+CLEAR = {
+    LOADER_ENTRY_ONESHOT: 'bootctl set-oneshot ""',
+    LOADER_ENTRY_DEFAULT: 'bootctl set-default ""',
+}
+
+
+@dataclass(frozen=True)
+class LoaderVars:
+    """The Boot Loader Interface variables that choose an entry; None: not set."""
+
+    oneshot: str | None = None
+    default: str | None = None
+    last_booted: str | None = None
+
+
+NO_VARS = LoaderVars()
+
+
+def read_loader_vars(efivars_dir: Path | None) -> LoaderVars:
+    """The variables in efivarfs directory `efivars_dir`; none when it is None (not the
+    running system). An empty value is no value: it matches no entry."""
+    if efivars_dir is None:
+        return NO_VARS
+
+    def get(name: str) -> str | None:
+        return efivars.loader_string(name, efivars_dir) or None
+
+    default = get(LOADER_ENTRY_DEFAULT)
+    return LoaderVars(get(LOADER_ENTRY_ONESHOT), default, get(LOADER_ENTRY_LAST_BOOTED))
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The entry systemd-boot boots, and what chose it.
+
+    variable: the EFI variable whose value picked it (LoaderEntryOneShot,
+    LoaderEntryDefault, or LoaderEntryLastBooted through a `@saved` default); None when
+    loader.conf's `default` or menu order did. `entry` is None when there is no entry;
+    its id alone (an empty BLSEntry) for a systemd-boot `auto-*` entry a variable names.
+    """
+
+    entry: EntryFile | None
+    variable: str | None = None
+    value: str | None = None
+    saved_by: str | None = None  # for LoaderEntryLastBooted: the `@saved` that asked for it
+
+    @property
+    def deployment(self) -> str | None:
+        """The cfsboot deployment it boots; None for another system's entry."""
+        if self.entry is None or not self.entry.ours:
+            return None
+        return self.entry.entry.deployment()
+
+    @property
+    def clear(self) -> str:
+        """What an admin does so that cfsboot's default boots again."""
+        if self.variable in CLEAR:
+            return f"`{CLEAR[self.variable]}` clears it"
+        if self.saved_by == LOADER_ENTRY_DEFAULT:
+            return f"`{CLEAR[LOADER_ENTRY_DEFAULT]}` clears the @saved default"
+        return f"drop `default @saved` from {bls.LOADER_CONF}"
+
+
+def _find(ordered: list[EntryFile], value: str | None) -> EntryFile | None:
+    if value is None:
+        return None
+    folded = bls.ascii_lower(value)
+    hit = next((e for e in ordered if bls.glob_match(folded, e.id)), None)
+    if hit is None and folded.startswith(AUTO_PREFIX):
+        return EntryFile(folded, BLSEntry())  # one of systemd-boot's own, not a file
+    return hit
+
+
+def choose(entries: list[EntryFile], conf_default: str | None, lv: LoaderVars) -> Choice:
+    """config_select_default_entry: the entry that boots, and the variable that chose it.
+
+    conf_default: loader.conf's `default`, as cfsboot.boot.bls.loader_default gives it.
+    """
+    ordered = bls.sort_entries(entries)
+    hit = _find(ordered, lv.oneshot)
+    if hit is not None:
+        return Choice(hit, LOADER_ENTRY_ONESHOT, lv.oneshot)
+    saved_efivar = lv.default is not None and bls.ascii_lower(lv.default) == bls.SAVED
+    saved_conf = conf_default == bls.SAVED
+    if saved_efivar:
+        hit = _find(ordered, lv.last_booted)
+        if hit is not None:
+            return Choice(hit, LOADER_ENTRY_LAST_BOOTED, lv.last_booted, LOADER_ENTRY_DEFAULT)
+    else:
+        hit = _find(ordered, lv.default)
+        if hit is not None:
+            return Choice(hit, LOADER_ENTRY_DEFAULT, lv.default)
+    if saved_conf and not saved_efivar:
+        hit = _find(ordered, lv.last_booted)
+        if hit is not None:
+            return Choice(hit, LOADER_ENTRY_LAST_BOOTED, lv.last_booted, bls.LOADER_CONF)
+    # loader.conf's own `default`, else menu order (`@saved` without a saved entry: the first).
+    return Choice(bls.default_entry(ordered, conf_default))
+
+
+def menu_files(bl: Bootloader, *, staged: bool = False) -> list[EntryFile]:
+    """Every entry systemd-boot will see: Type #1 files and Type #2 UKIs in EFI/Linux.
+
+    staged: the menu finalize makes live (the staged cfsboot entries, and the live
+    directory's entries of other systems, which finalize carries over).
+    """
+    assert isinstance(bl, SystemdBoot)
+    files = bl.entry_files(staged)
+    if staged:
+        files = [f for f in files if f.ours] + [f for f in bl.entry_files(False) if not f.ours]
+    esp = bl.esp
+    if esp.is_dir(TYPE2_DIR):
+        for e in esp.listdir(TYPE2_DIR):
+            if not e.is_dir and not e.name.startswith(".") and e.name.lower().endswith(".efi"):
+                files.append(EntryFile(split_name(e.name, ".efi")[0], BLSEntry()))
+    return files
+
+
+def conf_default(bl: Bootloader) -> str | None:
+    """loader.conf's `default`, folded; None without one."""
+    if not bl.esp.exists(bls.LOADER_CONF):
+        return None
+    return bls.loader_default(bl.esp.read(bls.LOADER_CONF).decode(errors="ignore"))
+
+
+@dataclass(frozen=True)
+class NextBoot:
+    """What boots next: `chosen`, and `cfsboot`, what would boot without the variables.
+
+    `overridden` when an EFI variable makes another entry boot than cfsboot's choice.
+    """
+
+    chosen: Choice
+    cfsboot: Choice
+
+    @property
+    def overridden(self) -> bool:
+        a, b = self.chosen.entry, self.cfsboot.entry
+        return self.chosen.variable is not None and (a.id if a else None) != (b.id if b else None)
+
+    def warning(self) -> str | None:
+        """One line naming the variable, the entry it picks, and what to run; None if no
+        variable overrides cfsboot's choice."""
+        if not self.overridden:
+            return None
+        c = self.chosen
+        assert c.entry is not None and c.variable is not None
+        if c.deployment is not None:
+            what = f"{c.entry.id} (deployment {c.deployment[:12]}…)"
+        else:
+            what = f"{c.entry.id} (not a cfsboot entry)"
+        mine = self.cfsboot.deployment
+        instead = f"deployment {mine[:12]}…" if mine else "the default cfsboot set"
+        via = f" (by {c.saved_by}'s @saved)" if c.saved_by else ""
+        when = "the next boot" if c.variable == LOADER_ENTRY_ONESHOT else "every boot"
+        return (
+            f"the EFI variable {c.variable}{via} names {what}: systemd-boot starts it at"
+            f" {when} instead of {instead}; {c.clear}"
+        )
+
+
+def next_boot(bl: Bootloader, efivars_dir: Path | None, *, staged: bool = False) -> NextBoot:
+    """What systemd-boot boots next from `bl`'s ESP (staged: once finalize ran), with the
+    variables in `efivars_dir` (None: not the running system, no variables)."""
+    files = menu_files(bl, staged=staged)
+    pattern = conf_default(bl)
+    chosen = choose(files, pattern, read_loader_vars(efivars_dir))
+    mine = choose(files, pattern, NO_VARS)
+    return NextBoot(chosen, mine)
+
+
+def unmatched(
+    bl: Bootloader, efivars_dir: Path | None, *, staged: bool = False
+) -> list[tuple[str, str]]:
+    """(variable, value) of LoaderEntryOneShot and LoaderEntryDefault when set to a value
+    that names no entry: systemd-boot passes over them silently. A default of `@saved`
+    is not one (the entry booted last may well be gone: then loader.conf decides)."""
+    lv = read_loader_vars(efivars_dir)
+    ordered = bls.sort_entries(menu_files(bl, staged=staged))
+    out: list[tuple[str, str]] = []
+    for name, value in ((LOADER_ENTRY_ONESHOT, lv.oneshot), (LOADER_ENTRY_DEFAULT, lv.default)):
+        if value is None or (name == LOADER_ENTRY_DEFAULT and bls.ascii_lower(value) == bls.SAVED):
+            continue
+        if _find(ordered, value) is None:
+            out.append((name, value))
+    return out

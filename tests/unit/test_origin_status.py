@@ -187,7 +187,8 @@ def _host() -> BootcHost:
                     "failedDeployment": None,
                     "triesUsed": None,
                     "message": None,
-                }
+                },
+                "nextBoot": {"deployment": D, "entry": None, "override": None},
             },
         },
     }
@@ -288,7 +289,8 @@ def test_human_output_tells_of_an_automatic_rollback() -> None:
             "failedDeployment": D,
             "triesUsed": 2,
             "message": "it failed",
-        }
+        },
+        "nextBoot": {"deployment": D, "entry": None, "override": None},
     }
     text = human(host)
     assert "      Assessment: failed, 2 tries used, not tried again\n" in text

@@ -71,8 +71,9 @@ def warn_boot_override(sysroot: Sysroot, bl: Bootloader) -> None:
     from cfsboot.boot.loadervars import next_boot
 
     marker = sysroot.staged()
-    staged = marker is not None and not marker.finalization_locked and bl.has_staged()
-    line = next_boot(bl, efivars_dir, staged=staged).warning()
+    if marker is not None and marker.finalization_locked:
+        return  # --download-only: no default was set
+    line = next_boot(bl, efivars_dir, staged=marker is not None and bl.has_staged()).warning()
     if line is not None:
         from cfsboot.linux.lazylog import getLogger
 

@@ -1,0 +1,405 @@
+"""systemd-boot's LoaderEntryOneShot / LoaderEntryDefault: what boots next, as status,
+the lifecycle commands' warning and fsck report it (cfsboot.boot.loadervars).
+
+A fake efivarfs directory stands in for /sys/firmware/efi/efivars: each variable a
+file `NAME-GUID` holding 4 attribute bytes, then the value in UTF-16LE with a NUL.
+The rules come from systemd's src/boot/boot.c (config_load_defaults,
+config_select_default_entry, config_find_entry) and src/boot/bootctl-set-efivar.c.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from cfsboot import cli
+from cfsboot.boot import bls
+from cfsboot.boot.bls import BLSEntry, EntryFile
+from cfsboot.boot.bootloader import BootloaderKind
+from cfsboot.boot.loadervars import LoaderVars, choose, next_boot, read_loader_vars
+from cfsboot.commands.common import warn_boot_override
+from cfsboot.deploy import softreboot, statusformat
+from cfsboot.deploy.fsck.context import Context
+from cfsboot.deploy.fsck.esp import EspCode, check_esp
+from cfsboot.deploy.status import host_status
+from cfsboot.deploy.sysroot import Sysroot
+from cfsboot.linux import efivars
+from cfstest.osimages import os_image
+from cfstest.sysroots import DirSysroot, make_sysroot
+
+GUID = efivars.LOADER_GUID
+ONESHOT, DEFAULT = efivars.LOADER_ENTRY_ONESHOT, efivars.LOADER_ENTRY_DEFAULT
+LAST = efivars.LOADER_ENTRY_LAST_BOOTED
+FOREIGN = "title Arch Linux\nlinux /vmlinuz-linux\noptions root=/dev/sda2 rw\n"
+V1_ID, V2_ID = "bootc_testos-1-0.conf", "bootc_testos-2-1.conf"
+CLEAR_DEFAULT = '`bootctl set-default ""` clears it'
+
+
+def set_var(efivars_dir: Path, name: str, value: str) -> None:
+    """As efivarfs shows a variable bootctl wrote: attributes (NV, BS, RT), UTF-16LE, NUL."""
+    efivars_dir.mkdir(exist_ok=True)
+    data = (7).to_bytes(4, "little") + (value + "\0").encode("utf-16-le")
+    (efivars_dir / f"{name}-{GUID}").write_bytes(data)
+
+
+@pytest.fixture
+def ds(tmp_path: Path) -> DirSysroot:
+    """v1 and v2 (the default), and another system's entry `arch.conf` on the ESP."""
+    refs = [os_image(tmp_path / f"v{v}", str(v), kernel=f"k{v}") for v in (1, 2)]
+    ds = make_sysroot(tmp_path / "s", refs)
+    (ds.esp / bls.ENTRIES_DIR / "arch.conf").write_text(FOREIGN)
+    return ds
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Path:
+    d = tmp_path / "efivars"
+    d.mkdir()
+    return d
+
+
+def live(ds: DirSysroot, efivars_dir: Path) -> Sysroot:
+    """The root as the running system's (what only a booted machine has, set by hand)."""
+    sysroot = Sysroot(ds.root, run_dir=ds.run, efivars_dir=efivars_dir)
+    sysroot.live = True
+    return sysroot
+
+
+def status(
+    ds: DirSysroot, sysroot: Sysroot, monkeypatch: pytest.MonkeyPatch
+) -> tuple[dict[str, object], str]:
+    """(status.cfsboot.nextBoot, the human layout's last line)."""
+    monkeypatch.setattr(softreboot, "capable", lambda *a: False)  # needs a booted system
+    doc = host_status(sysroot, ds.bootloader(), usr=ds.root / "no-usr")
+    last = statusformat.human(doc).rstrip("\n").splitlines()[-1]
+    return dict(doc["status"]["cfsboot"]["nextBoot"]), last
+
+
+def override(ds: DirSysroot, variable: str, value: str, message: str) -> dict[str, object]:
+    return {
+        "variable": variable,
+        "value": value,
+        "cfsbootDeployment": ds.digests[1],
+        "message": message,
+    }
+
+
+# -- status ------------------------------------------------------------------------------
+
+
+def test_unset_cfsboot_default_boots(
+    ds: DirSysroot, fake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nxt, last = status(ds, live(ds, fake), monkeypatch)
+    assert nxt == {"deployment": ds.digests[1], "entry": V2_ID, "override": None}
+    assert not last.startswith("Boot loader override")
+
+
+def test_default_names_cfsboot_entry(
+    ds: DirSysroot, fake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_var(fake, DEFAULT, V1_ID)
+    nxt, last = status(ds, live(ds, fake), monkeypatch)
+    message = (
+        f"the EFI variable LoaderEntryDefault names {V1_ID} (deployment {ds.digests[0][:12]}…):"
+        f" systemd-boot starts it at every boot instead of deployment {ds.digests[1][:12]}…;"
+        f" {CLEAR_DEFAULT}"
+    )
+    assert nxt == {
+        "deployment": ds.digests[0],
+        "entry": V1_ID,
+        "override": override(ds, DEFAULT, V1_ID, message),
+    }
+    assert last == f"Boot loader override: {message}."
+
+
+def test_default_names_foreign_entry(
+    ds: DirSysroot, fake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_var(fake, DEFAULT, "Arch.conf")  # matched case-folded, as systemd-boot does
+    nxt, last = status(ds, live(ds, fake), monkeypatch)
+    message = (
+        "the EFI variable LoaderEntryDefault names arch.conf (not a cfsboot entry):"
+        f" systemd-boot starts it at every boot instead of deployment {ds.digests[1][:12]}…;"
+        f" {CLEAR_DEFAULT}"
+    )
+    assert nxt == {
+        "deployment": None,
+        "entry": "arch.conf",
+        "override": override(ds, DEFAULT, "Arch.conf", message),
+    }
+    assert last == f"Boot loader override: {message}."
+
+
+def test_default_names_missing_entry(
+    ds: DirSysroot, fake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_var(fake, DEFAULT, "gone.conf")  # systemd-boot passes over it: cfsboot's default boots
+    sysroot = live(ds, fake)
+    nxt, last = status(ds, sysroot, monkeypatch)
+    assert nxt == {"deployment": ds.digests[1], "entry": V2_ID, "override": None}
+    assert not last.startswith("Boot loader override")
+    ctx = Context(sysroot, None, ds.bootloader(), False, live=ds.menu())
+    notes = [n for n in check_esp(ctx).notes if n.code == EspCode.LOADER_VARIABLE_UNMATCHED]
+    assert [n.line() for n in notes] == [
+        "EFI variable LoaderEntryDefault: 'gone.conf' names no boot entry: systemd-boot"
+        ' passes over it (`bootctl set-default ""` removes it)'
+    ]
+
+
+def test_oneshot_over_default(ds: DirSysroot, fake: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    set_var(fake, DEFAULT, "arch.conf")
+    set_var(fake, ONESHOT, V1_ID)
+    nxt, last = status(ds, live(ds, fake), monkeypatch)
+    message = (
+        f"the EFI variable LoaderEntryOneShot names {V1_ID} (deployment {ds.digests[0][:12]}…):"
+        f" systemd-boot starts it at the next boot instead of deployment {ds.digests[1][:12]}…;"
+        ' `bootctl set-oneshot ""` clears it'
+    )
+    assert nxt == {
+        "deployment": ds.digests[0],
+        "entry": V1_ID,
+        "override": override(ds, ONESHOT, V1_ID, message),
+    }
+    assert last == f"Boot loader override: {message}."
+
+
+def test_offline_sysroot_ignores_host_variables(
+    ds: DirSysroot, fake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_var(fake, DEFAULT, "arch.conf")
+    set_var(fake, ONESHOT, "gone.conf")
+    monkeypatch.setattr(efivars, "EFIVARS", fake)  # the host's, were they read
+    for sysroot in (Sysroot(ds.root, run_dir=ds.run, efivars_dir=fake), ds.sysroot()):
+        assert not sysroot.live and sysroot.loader_efivars() is None
+        nxt, _ = status(ds, sysroot, monkeypatch)
+        assert nxt == {"deployment": ds.digests[1], "entry": V2_ID, "override": None}
+        ctx = Context(sysroot, None, ds.bootloader(), False, live=ds.menu())
+        assert [n.code for n in check_esp(ctx).notes] == []
+    # The same root as the running system reads them (the host's efivarfs by default).
+    sysroot = ds.sysroot()
+    sysroot.live = True
+    assert sysroot.loader_efivars() == fake
+    assert status(ds, sysroot, monkeypatch)[0]["entry"] == "arch.conf"
+
+
+def test_grub_ignores_the_variables(
+    tmp_path: Path, fake: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    refs = [os_image(tmp_path / f"v{v}", str(v), kernel=f"k{v}") for v in (1, 2)]
+    ds = make_sysroot(tmp_path / "g", refs, kind=BootloaderKind.GRUB)
+    set_var(fake, DEFAULT, "*")
+    set_var(fake, ONESHOT, "gone.conf")
+    sysroot = live(ds, fake)
+    nxt, last = status(ds, sysroot, monkeypatch)
+    assert nxt == {"deployment": ds.digests[1], "entry": None, "override": None}
+    assert not last.startswith("Boot loader override")
+    ctx = Context(sysroot, None, ds.bootloader(), False, live=ds.menu())
+    assert [n.code for n in check_esp(ctx).notes] == []
+    warn_boot_override(sysroot, ds.bootloader())
+    assert warnings(caplog) == []
+
+
+def test_staged_menu_is_what_boots_next(
+    tmp_path: Path, fake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refs = [os_image(tmp_path / f"v{v}", str(v), kernel=f"k{v}") for v in (1, 2, 3)]
+    ds = make_sysroot(tmp_path / "s", refs[:2], staged=refs[2])
+    nxt, _ = status(ds, live(ds, fake), monkeypatch)
+    assert nxt == {"deployment": ds.digests[2], "entry": "bootc_testos-3-2.conf", "override": None}
+    # The live default's id is v2's in the staged menu too: it still wins after finalize.
+    set_var(fake, DEFAULT, V2_ID)
+    nxt, _ = status(ds, live(ds, fake), monkeypatch)
+    assert (nxt["deployment"], nxt["entry"]) == (ds.digests[1], V2_ID)
+    assert nxt["override"] == {
+        "variable": DEFAULT,
+        "value": V2_ID,
+        "cfsbootDeployment": ds.digests[2],
+        "message": f"the EFI variable LoaderEntryDefault names {V2_ID} (deployment"
+        f" {ds.digests[1][:12]}…): systemd-boot starts it at every boot instead of deployment"
+        f" {ds.digests[2][:12]}…; {CLEAR_DEFAULT}",
+    }
+
+
+# -- switch / upgrade / rollback / finalize ------------------------------------------------
+
+
+def warnings(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    return [(r.levelno, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_rollback_warns_once_exit_unchanged(
+    ds: DirSysroot,
+    fake: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    set_var(fake, DEFAULT, "arch.conf")
+    # The command's root is not the running system here: give it the variables of one.
+    monkeypatch.setattr(Sysroot, "loader_efivars", lambda self: fake)
+    assert cli.main(["rollback", *map(str, ds.args())]) == 0
+    assert (
+        capsys.readouterr().err
+        == f"deployment {ds.digests[0][:12]}… (Test OS) is now the default\n"
+    )
+    assert warnings(caplog) == [
+        (
+            logging.WARNING,
+            "the EFI variable LoaderEntryDefault names arch.conf (not a cfsboot entry):"
+            f" systemd-boot starts it at every boot instead of deployment {ds.digests[0][:12]}…;"
+            f" {CLEAR_DEFAULT}",
+        )
+    ]
+
+
+def test_rollback_without_override_says_nothing_more(
+    ds: DirSysroot,
+    fake: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    set_var(fake, DEFAULT, V2_ID)  # rollback renames v2's entry (`-0`): it names nothing now
+    monkeypatch.setattr(Sysroot, "loader_efivars", lambda self: fake)
+    assert cli.main(["rollback", *map(str, ds.args())]) == 0
+    assert (
+        capsys.readouterr().err
+        == f"deployment {ds.digests[0][:12]}… (Test OS) is now the default\n"
+    )
+    assert warnings(caplog) == []
+
+
+def test_finalize_warns(
+    tmp_path: Path, fake: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    refs = [os_image(tmp_path / f"v{v}", str(v), kernel=f"k{v}") for v in (1, 2, 3)]
+    ds = make_sysroot(tmp_path / "s", refs[:2], staged=refs[2])
+    set_var(fake, DEFAULT, "arch.conf")
+    (ds.esp / bls.ENTRIES_DIR / "arch.conf").write_text(FOREIGN)  # finalize carries it over
+    monkeypatch.setattr(Sysroot, "loader_efivars", lambda self: fake)
+    assert cli.main(["finalize-staged", *map(str, ds.args())]) == 0
+    assert ds.menu()[0].deployment == ds.digests[2]
+    assert warnings(caplog) == [
+        (
+            logging.WARNING,
+            "the EFI variable LoaderEntryDefault names arch.conf (not a cfsboot entry):"
+            f" systemd-boot starts it at every boot instead of deployment {ds.digests[2][:12]}…;"
+            f" {CLEAR_DEFAULT}",
+        )
+    ]
+
+
+def test_staged_switch_warns_against_staged_menu(
+    tmp_path: Path, fake: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    refs = [os_image(tmp_path / f"v{v}", str(v), kernel=f"k{v}") for v in (1, 2, 3)]
+    ds = make_sysroot(tmp_path / "s", refs[:2], staged=refs[2])
+    set_var(fake, ONESHOT, "bootc_testos-2-*")  # v2: the live default, behind v3 once staged
+    warn_boot_override(live(ds, fake), ds.bootloader())
+    assert warnings(caplog) == [
+        (
+            logging.WARNING,
+            "the EFI variable LoaderEntryOneShot names bootc_testos-2-1.conf (deployment"
+            f" {ds.digests[1][:12]}…): systemd-boot starts it at the next boot instead of"
+            f' deployment {ds.digests[2][:12]}…; `bootctl set-oneshot ""` clears it',
+        )
+    ]
+
+
+# -- the rules -----------------------------------------------------------------------------
+
+
+def entry(name: str, sort_key: str | None = None) -> EntryFile:
+    return EntryFile(name, BLSEntry(title=name, linux="/k", sort_key=sort_key))
+
+
+ENTRIES = [
+    entry("b.conf", "b"),
+    entry("a+2-1.conf", "a"),  # on trial: its id has no counter
+    entry("c.conf"),
+]
+
+
+@pytest.mark.parametrize(
+    ("lv", "conf", "want"),
+    [
+        # nothing set: loader.conf's default, else the first in menu order
+        (LoaderVars(), None, ("a.conf", None)),
+        (LoaderVars(), "c.conf", ("c.conf", None)),
+        # a glob, case-folded, against ids without the boot counter; first in menu order
+        (LoaderVars(default="B.CONF"), None, ("b.conf", DEFAULT)),
+        (LoaderVars(default="a.conf"), "c.conf", ("a.conf", DEFAULT)),
+        (LoaderVars(default="a+2-1.conf"), None, ("a.conf", None)),
+        (LoaderVars(default="?.conf"), "c.conf", ("a.conf", DEFAULT)),
+        # a value naming nothing is passed over: the next rule decides
+        (LoaderVars(default="x.conf"), "c.conf", ("c.conf", None)),
+        (LoaderVars(oneshot="x.conf", default="b.conf"), None, ("b.conf", DEFAULT)),
+        # the one-shot entry comes first
+        (LoaderVars(oneshot="c.conf", default="b.conf"), None, ("c.conf", ONESHOT)),
+        # @saved: the entry booted last (LoaderEntryLastBooted), from the variable or loader.conf
+        (LoaderVars(default="@saved", last_booted="c.conf"), "b.conf", ("c.conf", LAST)),
+        (LoaderVars(default="@SAVED"), "b.conf", ("b.conf", None)),
+        (LoaderVars(last_booted="c.conf"), "@saved", ("c.conf", LAST)),
+        (LoaderVars(last_booted="x.conf"), "@saved", ("a.conf", None)),
+        (LoaderVars(last_booted="c.conf"), None, ("a.conf", None)),
+        # systemd-boot's own entries are not files: a variable naming one is believed
+        (LoaderVars(oneshot="auto-windows"), None, ("auto-windows", ONESHOT)),
+    ],
+)
+def test_choose(lv: LoaderVars, conf: str | None, want: tuple[str, str | None]) -> None:
+    c = choose(ENTRIES, conf, lv)
+    assert c.entry is not None
+    assert (c.entry.id, c.variable) == want
+
+
+def test_saved_hints() -> None:
+    by_var = choose(ENTRIES, None, LoaderVars(default="@saved", last_booted="c.conf"))
+    assert by_var.clear == '`bootctl set-default ""` clears the @saved default'
+    by_conf = choose(ENTRIES, "@saved", LoaderVars(last_booted="c.conf"))
+    assert by_conf.clear == "drop `default @saved` from loader/loader.conf"
+
+
+def test_read_loader_vars(fake: Path) -> None:
+    assert read_loader_vars(None) == LoaderVars()
+    assert read_loader_vars(fake) == LoaderVars()
+    set_var(fake, ONESHOT, "a.conf")
+    set_var(fake, DEFAULT, "")  # empty: no value (it would match no entry)
+    set_var(fake, LAST, "bootc_x-1.conf")
+    assert read_loader_vars(fake) == LoaderVars("a.conf", None, "bootc_x-1.conf")
+
+
+def test_type2_ukis_in_efi_linux_are_entries(ds: DirSysroot, fake: Path) -> None:
+    (ds.esp / "EFI/Linux/other-os+3.efi").write_bytes(b"MZ")
+    set_var(fake, DEFAULT, "other-os.efi")
+    nb = next_boot(ds.bootloader(), fake)
+    assert nb.chosen.entry is not None and nb.chosen.entry.id == "other-os.efi"
+    assert nb.overridden and nb.cfsboot.deployment == ds.digests[1]
+    assert json.dumps(nb.chosen.deployment) == "null"
+
+
+def test_switch_warns(
+    ds: DirSysroot,
+    tmp_path: Path,
+    fake: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    v3 = os_image(tmp_path / "v3", "3", kernel="k3")
+    set_var(fake, ONESHOT, "arch.conf")
+    monkeypatch.setattr(Sysroot, "loader_efivars", lambda self: fake)
+    assert cli.main(["switch", "-q", v3, *map(str, ds.args())]) == 0
+    staged = ds.menu(staged=True)[0].deployment
+    assert capsys.readouterr().out == f"{staged}\n"
+    assert warnings(caplog) == [
+        (
+            logging.WARNING,
+            "the EFI variable LoaderEntryOneShot names arch.conf (not a cfsboot entry):"
+            f" systemd-boot starts it at the next boot instead of deployment {staged[:12]}…;"
+            ' `bootctl set-oneshot ""` clears it',
+        )
+    ]

@@ -19,7 +19,13 @@ from cfsboot import cli
 from cfsboot.boot import bls
 from cfsboot.boot.bls import BLSEntry, EntryFile
 from cfsboot.boot.bootloader import BootloaderKind
-from cfsboot.boot.loadervars import LoaderVars, choose, next_boot, read_loader_vars
+from cfsboot.boot.loadervars import (
+    LoaderVars,
+    NextBoot,
+    choose,
+    next_boot,
+    read_loader_vars,
+)
 from cfsboot.commands.common import warn_boot_override
 from cfsboot.deploy import softreboot, statusformat
 from cfsboot.deploy.fsck.context import Context
@@ -403,3 +409,19 @@ def test_switch_warns(
             ' `bootctl set-oneshot ""` clears it',
         )
     ]
+
+
+def test_warning_when_loader_conf_names_another_system() -> None:
+    # loader.conf's `default` picks c.conf (not cfsboot's); the variable picks b.conf.
+    nb = NextBoot(
+        choose(ENTRIES, "c.conf", LoaderVars(default="b.conf")),
+        choose(ENTRIES, "c.conf", LoaderVars()),
+    )
+    assert nb.warning() == (
+        "the EFI variable LoaderEntryDefault names b.conf (not a cfsboot entry): systemd-boot"
+        f" starts it at every boot instead of c.conf; {CLEAR_DEFAULT}"
+    )
+    same = NextBoot(
+        choose(ENTRIES, None, LoaderVars(default="a.conf")), choose(ENTRIES, None, LoaderVars())
+    )
+    assert not same.overridden and same.warning() is None

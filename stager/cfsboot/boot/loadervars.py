@@ -201,8 +201,8 @@ class NextBoot:
             what = f"{c.entry.id} (deployment {c.deployment[:12]}…)"
         else:
             what = f"{c.entry.id} (not a cfsboot entry)"
-        mine = self.cfsboot.deployment
-        instead = f"deployment {mine[:12]}…" if mine else "the default cfsboot set"
+        mine, theirs = self.cfsboot.deployment, self.cfsboot.entry
+        instead = f"deployment {mine[:12]}…" if mine else theirs.id if theirs else "no entry"
         via = f" (by {c.saved_by}'s @saved)" if c.saved_by else ""
         when = "the next boot" if c.variable == LOADER_ENTRY_ONESHOT else "every boot"
         return (

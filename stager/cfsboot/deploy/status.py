@@ -64,6 +64,7 @@ if TYPE_CHECKING:
         FilesystemOverlay,
         HostAssessment,
         HostStatus,
+        HostStatusCfsboot,
         ImageReference,
         ImageStatus,
         NextBoot,
@@ -254,6 +255,15 @@ def next_boot(sysroot: Sysroot, bl: Bootloader, *, staged: MenuEntry | None) -> 
     }
 
 
+def _host_cfsboot(
+    sysroot: Sysroot, bl: Bootloader, current: str | None, staged: MenuEntry | None
+) -> HostStatusCfsboot:
+    return {
+        "bootAssessment": _host_assessment(sysroot, bl, current),
+        "nextBoot": next_boot(sysroot, bl, staged=staged),
+    }
+
+
 def _usr_overlay(usr: Path) -> FilesystemOverlay | None:
     from cfsboot.deploy.usroverlay import usr_overlay_status
 
@@ -328,10 +338,7 @@ def host_status(sysroot: Sysroot, bl: Bootloader, *, usr: Path | None = None) ->
         "rollbackQueued": rollback_queued,
         "type": "bootcHost" if booted_doc is not None and booted_doc["image"] else None,
         "usrOverlay": _usr_overlay(usr) if usr is not None else None,
-        "cfsboot": {
-            "bootAssessment": _host_assessment(sysroot, bl, current),
-            "nextBoot": next_boot(sysroot, bl, staged=None if locked else staged_entry),
-        },
+        "cfsboot": _host_cfsboot(sysroot, bl, current, None if locked else staged_entry),
     }
     return {
         "apiVersion": API_VERSION,

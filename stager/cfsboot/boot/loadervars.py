@@ -32,7 +32,6 @@ is taken to name an entry that exists.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from cfsboot.boot import bls
@@ -56,13 +55,34 @@ CLEAR = {
 }
 
 
-@dataclass(frozen=True)
+# Plain classes, not dataclasses: `status` imports this module on every run, and defining
+# a dataclass costs about 0.3 ms (tests/unit/test_startup.py, bench/bench_startup.py).
+
+
 class LoaderVars:
     """The Boot Loader Interface variables that choose an entry; None: not set."""
 
-    oneshot: str | None = None
-    default: str | None = None
-    last_booted: str | None = None
+    __slots__ = ("oneshot", "default", "last_booted")
+
+    def __init__(
+        self,
+        oneshot: str | None = None,
+        default: str | None = None,
+        last_booted: str | None = None,
+    ) -> None:
+        self.oneshot, self.default, self.last_booted = oneshot, default, last_booted
+
+    def _key(self) -> tuple[str | None, str | None, str | None]:
+        return (self.oneshot, self.default, self.last_booted)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LoaderVars) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return "LoaderVars(oneshot={!r}, default={!r}, last_booted={!r})".format(*self._key())
 
 
 NO_VARS = LoaderVars()
@@ -81,7 +101,6 @@ def read_loader_vars(efivars_dir: Path | None) -> LoaderVars:
     return LoaderVars(get(LOADER_ENTRY_ONESHOT), default, get(LOADER_ENTRY_LAST_BOOTED))
 
 
-@dataclass(frozen=True)
 class Choice:
     """The entry systemd-boot boots, and what chose it.
 
@@ -89,12 +108,19 @@ class Choice:
     LoaderEntryDefault, or LoaderEntryLastBooted through a `@saved` default); None when
     loader.conf's `default` or menu order did. `entry` is None when there is no entry;
     its id alone (an empty BLSEntry) for a systemd-boot `auto-*` entry a variable names.
+    saved_by: for LoaderEntryLastBooted, the `@saved` that asked for it.
     """
 
-    entry: EntryFile | None
-    variable: str | None = None
-    value: str | None = None
-    saved_by: str | None = None  # for LoaderEntryLastBooted: the `@saved` that asked for it
+    __slots__ = ("entry", "variable", "value", "saved_by")
+
+    def __init__(
+        self,
+        entry: EntryFile | None,
+        variable: str | None = None,
+        value: str | None = None,
+        saved_by: str | None = None,
+    ) -> None:
+        self.entry, self.variable, self.value, self.saved_by = entry, variable, value, saved_by
 
     @property
     def deployment(self) -> str | None:
@@ -175,15 +201,16 @@ def conf_default(bl: Bootloader) -> str | None:
     return bls.loader_default(bl.esp.read(bls.LOADER_CONF).decode(errors="ignore"))
 
 
-@dataclass(frozen=True)
 class NextBoot:
     """What boots next: `chosen`, and `cfsboot`, what would boot without the variables.
 
     `overridden` when an EFI variable makes another entry boot than cfsboot's choice.
     """
 
-    chosen: Choice
-    cfsboot: Choice
+    __slots__ = ("chosen", "cfsboot")
+
+    def __init__(self, chosen: Choice, cfsboot: Choice) -> None:
+        self.chosen, self.cfsboot = chosen, cfsboot
 
     @property
     def overridden(self) -> bool:

@@ -97,8 +97,9 @@ def read_loader_vars(efivars_dir: Path | None) -> LoaderVars:
     def get(name: str) -> str | None:
         return efivars.loader_string(name, efivars_dir) or None
 
-    default = get(LOADER_ENTRY_DEFAULT)
-    return LoaderVars(get(LOADER_ENTRY_ONESHOT), default, get(LOADER_ENTRY_LAST_BOOTED))
+    return LoaderVars(
+        get(LOADER_ENTRY_ONESHOT), get(LOADER_ENTRY_DEFAULT), get(LOADER_ENTRY_LAST_BOOTED)
+    )
 
 
 class Choice:

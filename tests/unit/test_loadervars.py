@@ -31,7 +31,7 @@ from cfsboot.deploy import softreboot, statusformat
 from cfsboot.deploy.fsck.context import Context
 from cfsboot.deploy.fsck.esp import EspCode, check_esp
 from cfsboot.deploy.status import host_status
-from cfsboot.deploy.sysroot import Sysroot
+from cfsboot.deploy.sysroot import StagedDeployment, Sysroot
 from cfsboot.linux import efivars
 from cfstest.osimages import os_image
 from cfstest.sysroots import DirSysroot, make_sysroot
@@ -425,3 +425,26 @@ def test_warning_when_loader_conf_names_another_system() -> None:
         choose(ENTRIES, None, LoaderVars(default="a.conf")), choose(ENTRIES, None, LoaderVars())
     )
     assert not same.overridden and same.warning() is None
+
+
+def test_download_only_warns_when_let_boot(
+    tmp_path: Path, fake: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    refs = [os_image(tmp_path / f"v{v}", str(v), kernel=f"k{v}") for v in (1, 2, 3)]
+    ds = make_sysroot(tmp_path / "s", refs[:2], staged=refs[2])
+    sysroot = live(ds, fake)
+    sysroot.write_staged(StagedDeployment(ds.digests[2], finalization_locked=True))
+    set_var(fake, DEFAULT, V2_ID)
+    # Downloaded only: nothing was made the default, nothing to warn about.
+    warn_boot_override(sysroot, ds.bootloader())
+    assert warnings(caplog) == []
+    monkeypatch.setattr(Sysroot, "loader_efivars", lambda self: fake)
+    assert cli.main(["upgrade", "--from-downloaded", *map(str, ds.args())]) == 0
+    assert warnings(caplog) == [
+        (
+            logging.WARNING,
+            f"the EFI variable LoaderEntryDefault names {V2_ID} (deployment"
+            f" {ds.digests[1][:12]}…): systemd-boot starts it at every boot instead of deployment"
+            f" {ds.digests[2][:12]}…; {CLEAR_DEFAULT}",
+        )
+    ]

@@ -331,6 +331,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     with opened(args) as (sysroot, bl):
         if args.from_downloaded:
             sys.stderr.write(f"{unlock_staged(sysroot, bl)}\n")
+            warn_boot_override(sysroot, bl)
             rc = 0
         else:
             depl, imgref = _followed(sysroot, bl)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -45,6 +46,18 @@ def _content(src: Path) -> tuple[int, int]:
                 files += 1
                 total += st.st_size
     return files, total
+
+
+def _cpu() -> tuple[float, float]:
+    """(user, sys) CPU seconds of this process and its waited-for children so far:
+    cfsboot runs in this process, mkcomposefs as a child."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + kids.ru_utime, me.ru_stime + kids.ru_stime
+
+
+def _load() -> str:
+    return "load " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def ours(src: Path, store: Path, out: Path) -> None:
@@ -87,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         tree_from_directory(src)  # warm the page cache for both sides
 
     times: dict[str, list[float]] = {"cfsboot": [], "mkcomposefs": []}
+    cpus: dict[str, list[float]] = {"cfsboot": [], "mkcomposefs": []}
     identical = True
     compared = False
     with tempfile.TemporaryDirectory(dir=WORK, prefix="bench-import-") as tmp:
@@ -98,10 +112,17 @@ def main(argv: list[str] | None = None) -> int:
                 os.sync()
                 if cold:
                     Path("/proc/sys/vm/drop_caches").write_text("3\n")
+                c = _cpu()
                 t = time.perf_counter()
                 fn(src, store, out)
                 times[name].append(time.perf_counter() - t)
-                print(f"  run {i + 1} {name}: {times[name][-1]:.2f}s", flush=True)
+                user, sys_ = (b - a for a, b in zip(c, _cpu(), strict=True))
+                cpus[name].append(user + sys_)
+                print(
+                    f"  run {i + 1} {name}: {times[name][-1]:.2f}s,"
+                    f" cpu {user:.2f}s user + {sys_:.2f}s sys, {_load()}",
+                    flush=True,
+                )
             py_img = work / "cfsboot.img"
             if py_img.exists():
                 compared = True
@@ -117,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         f"  mkcomposefs {mr:.2f}s ({mb / mr:.0f} MB/s)"
         f"  throughput ratio {mr / mo:.2f}x"
     )
+    co = statistics.median(cpus["cfsboot"])
+    cr = statistics.median(cpus["mkcomposefs"])
+    print(f"cpu (user+sys): cfsboot {co:.2f}s  mkcomposefs {cr:.2f}s  ratio {co / cr:.2f}")
     figure(
         f"--digest-store import of {src}, {state} (time)",
         mo,

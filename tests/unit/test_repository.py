@@ -196,11 +196,11 @@ def test_object_names_are_checked(repo: Repository) -> None:
 
 
 def test_failed_write_leaves_nothing(repo: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken_copy(src: int, dst: int, size: int) -> None:
+    def broken_copy(src: int, dst: int, size: int, **kw: object) -> None:
         os.write(dst, b"partial")
         raise OSError(errno.EIO, "disk on fire")
 
-    monkeypatch.setattr(objectstore, "copy_fd", broken_copy)
+    monkeypatch.setattr(objectstore, "copy_fd_direct", broken_copy)
     src = repo.path.parent / "src"
     src.write_bytes(b"y" * 5000)
     with pytest.raises(OSError, match="disk on fire"):

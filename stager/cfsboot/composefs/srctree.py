@@ -162,12 +162,14 @@ class _Hasher:
                     f"file changed while it was read ({node.size} -> {size} bytes)",
                     os.fsdecode(path),
                 )
-            digest = fsverity.digest_fd(fd, self.alg, threads=1, size=size)
-            hexdigest = digest.hex()
+            if self.store is not None:  # read once: hashed as it is copied
+                hexdigest = self.store.add_fd_hashed(fd, size)
+                digest = bytes.fromhex(hexdigest)
+            else:
+                digest = fsverity.digest_fd(fd, self.alg, threads=1, size=size)
+                hexdigest = digest.hex()
             node.digest = digest
             node.payload = object_relpath(hexdigest).encode()
-            if self.store is not None:
-                self.store.add_fd(hexdigest, fd, size)
         finally:
             os.close(fd)
 

@@ -196,7 +196,7 @@ def test_object_names_are_checked(repo: Repository) -> None:
 
 
 def test_failed_write_leaves_nothing(repo: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken_copy(src: int, dst: int, size: int, **kw: object) -> None:
+    def broken_copy(src: int, dst: int, size: int, *args: object, **kw: object) -> None:
         os.write(dst, b"partial")
         raise OSError(errno.EIO, "disk on fire")
 

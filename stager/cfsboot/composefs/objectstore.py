@@ -16,14 +16,9 @@ object's writeback is started as it is staged (sync_file_range, no waiting),
 so that the disk works while the import goes on and the syncfs finds little
 left to write.
 
-Copies from a file (`add_fd`, `add_fd_hashed`) go through one page-aligned
-buffer per thread and write the object's whole blocks with O_DIRECT where the
-filesystem takes it: on the machine we measured, filling fresh page-cache
-pages (copy_file_range or write) cost several times the CPU of reading the
-source, and an import then holds every file twice in the page cache. The tail
-under one block is an ordinary write. Durability is unchanged: data written
-with O_DIRECT still needs the fsync or syncfs that commits its extents.
-`add_fd_hashed` also hashes what it copies, so a file is read only once.
+Copies from a file (`add_fd`, `add_fd_hashed`) write whole blocks with O_DIRECT
+where the filesystem takes it (see directio); `add_fd_hashed` also hashes what
+it copies, so that a file is read only once.
 """
 
 from __future__ import annotations
@@ -31,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import mmap
 import os
 import threading
 import time
@@ -40,6 +34,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cfsboot.composefs import fsverity
+from cfsboot.composefs.directio import (
+    COPY_CHUNK,
+    DIRECT_ALIGN,
+    Direct,
+    cached_pages,
+    copy_buffer,
+    copy_fd_direct,
+    read_chunk,
+    write_chunk,
+)
 from cfsboot.errors import die
 from cfsboot.linux.fsutil import fsync_dir
 from setuproot.contract import HashAlg
@@ -155,110 +159,6 @@ def copy_fd(src: int, dst: int, size: int) -> None:
         raise OSError(errno.EIO, f"file shrank while it was copied ({off} of {size} bytes)")
 
 
-# O_DIRECT wants the buffer's address, the file offset and the length aligned to the
-# device's logical block (at most the page size): 4096 covers them all.
-DIRECT_ALIGN = 4096
-COPY_CHUNK = 1 << 20  # bytes read (and hashed) and written per step; a multiple of it
-_local = threading.local()
-
-
-def _copy_buffer() -> memoryview:
-    """This thread's COPY_CHUNK-byte buffer: an anonymous mapping, so page-aligned."""
-    mv: memoryview | None = getattr(_local, "copy_buffer", None)
-    if mv is None:
-        mv = _local.copy_buffer = memoryview(mmap.mmap(-1, COPY_CHUNK))
-    return mv
-
-
-def _pread_full(src: int, view: memoryview, off: int) -> int:
-    """Read into all of `view` from offset `off` unless the file ends first; bytes read."""
-    got = 0
-    while got < len(view):
-        n = os.preadv(src, [view[got:]], off + got)
-        if n == 0:
-            break
-        got += n
-    return got
-
-
-def _pwrite_all(fd: int, view: memoryview, off: int) -> None:
-    while view:
-        n = os.pwrite(fd, view, off)
-        view = view[n:]
-        off += n
-
-
-def _set_direct(fd: int, on: bool) -> None:
-    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    fcntl.fcntl(fd, fcntl.F_SETFL, (flags | os.O_DIRECT) if on else (flags & ~os.O_DIRECT))
-
-
-def write_chunk(dst: int, view: memoryview, off: int, *, direct: bool) -> bool | None:
-    """pwrite all of `view` at `off` of `dst`; with `direct`, its whole blocks with O_DIRECT.
-
-    `view` must start at a page-aligned address (a slice from offset 0 of _copy_buffer())
-    and `off` at a multiple of DIRECT_ALIGN. Returns whether O_DIRECT was used: True,
-    False where the filesystem refused it (the chunk is then written buffered), None
-    when not tried (not asked, or less than a block).
-    """
-    aligned = len(view) - len(view) % DIRECT_ALIGN
-    if not direct or not aligned:
-        _pwrite_all(dst, view, off)
-        return None
-    done = 0
-    try:
-        _set_direct(dst, True)
-    except OSError as e:
-        if e.errno != errno.EINVAL:
-            raise
-        _pwrite_all(dst, view, off)
-        return False
-    try:
-        done = os.pwrite(dst, view[:aligned], off)
-    except OSError as e:
-        if e.errno != errno.EINVAL:
-            raise
-    finally:
-        _set_direct(dst, False)
-    _pwrite_all(dst, view[done:], off + done)  # the tail (or all of it, if refused)
-    return done > 0
-
-
-def copy_fd_direct(
-    src: int,
-    dst: int,
-    size: int,
-    *,
-    direct: bool = True,
-    feed: Callable[[memoryview], object] | None = None,
-) -> bool | None:
-    """Copy `size` bytes from offset 0 of `src` into the empty file `dst` through this
-    thread's buffer, whole blocks with O_DIRECT if `direct` (see write_chunk, whose
-    answer this returns); each chunk read is also passed to `feed` (in order)."""
-    mv = _copy_buffer()
-    if direct and size >= DIRECT_ALIGN:
-        # i_size first: the direct writes then fill a hole instead of extending the
-        # file, which ext4 journals (orphan list) for every such write.
-        os.ftruncate(dst, size)
-    used: bool | None = None
-    off = 0
-    while off < size:
-        want = min(COPY_CHUNK, size - off)
-        got = _pread_full(src, mv[:want], off)
-        if got != want:
-            off += got
-            break
-        if feed is not None:
-            feed(mv[:want])
-        r = write_chunk(dst, mv[:want], off, direct=direct)
-        if r is not None:
-            used = direct = r
-        off += want
-    if off != size:
-        raise OSError(errno.EIO, f"file shrank while it was copied ({off} of {size} bytes)")
-    return used
-
-
 def _current_umask() -> int | None:
     """The umask, read without changing it (os.umask() would race with other threads)."""
     try:
@@ -295,7 +195,7 @@ class ObjectStore:
         # Plain strings in the per-object paths: pathlib would cost more than the syscalls.
         self._root = os.fspath(self.root)
         self._reflink_works: bool | None = None
-        self._direct_works: bool | None = None  # O_DIRECT writes, learnt likewise
+        self._direct = Direct()  # what O_DIRECT does here, learnt likewise
         # fchmod only where the umask would take bits away from OBJECT_MODE.
         umask = _current_umask()
         self._need_chmod = umask is None or (OBJECT_MODE & ~umask) != OBJECT_MODE
@@ -352,9 +252,7 @@ class ObjectStore:
     def _copy(
         self, src: int, dst: int, size: int, feed: Callable[[memoryview], object] | None = None
     ) -> None:
-        used = copy_fd_direct(src, dst, size, direct=self._direct_works is not False, feed=feed)
-        if used is not None:
-            self._direct_works = used
+        copy_fd_direct(src, dst, size, self._direct, feed=feed)
 
     def add_fd_hashed(self, src: int, size: int) -> str:
         """Store the first `size` bytes of the open file `src` unless already present, and
@@ -367,21 +265,22 @@ class ObjectStore:
         hashed first and then stored with add_fd.
         """
         if size <= COPY_CHUNK and self._reflink_works is False:
-            mv = _copy_buffer()[:size]
-            got = _pread_full(src, mv, 0)
+            buf = copy_buffer()
+            d = self._direct
+            rdirect = d.read is not False and size >= DIRECT_ALIGN and cached_pages(src) == 0
+            got, rused = read_chunk(src, buf, size, 0, direct=rdirect)
+            if rused is not None:
+                d.read = rused
+            mv = buf[:size]
             if got != size:
-                raise OSError(
-                    errno.EIO, f"file shrank while it was copied ({got} of {size} bytes)"
-                )
+                raise OSError(errno.EIO, f"file shrank while it was copied ({got} of {size} bytes)")
             hexdigest = fsverity.digest_bytes(mv, self.alg).hex()
 
             def fill(fd: int) -> None:
-                direct = self._direct_works is not False
+                direct = d.write is not False
                 if direct and size >= DIRECT_ALIGN:
                     os.ftruncate(fd, size)
-                used = write_chunk(fd, mv, 0, direct=direct)
-                if used is not None:
-                    self._direct_works = used
+                d.learn_write(write_chunk(fd, mv, 0, direct=direct))
 
             self._add(hexdigest, fill, size)
             return hexdigest

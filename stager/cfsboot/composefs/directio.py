@@ -1,0 +1,202 @@
+"""Copying a file through one page-aligned buffer per thread, its whole blocks written
+with O_DIRECT where the filesystem takes it.
+
+Why (measured on a 2-core VM, ext4 on virtio, importing /usr): filling fresh
+page-cache pages with copy_file_range or write() cost several times the CPU of
+reading the same bytes, and an import then holds every file twice in the page
+cache; O_DIRECT writes go from the buffer to the device. Only whole blocks can
+go direct; the tail under one block is an ordinary write. O_DIRECT gives no
+durability: the caller still fsyncs (or syncfs) before it publishes a name.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import mmap
+import os
+import threading
+from collections.abc import Callable
+
+# O_DIRECT wants the buffer's address, the file offset and the length aligned to the
+# device's logical block (at most the page size): 4096 covers them all.
+DIRECT_ALIGN = 4096
+COPY_CHUNK = 1 << 20  # bytes read (and hashed) and written per step; a multiple of it
+_local = threading.local()
+
+
+def copy_buffer() -> memoryview:
+    """This thread's COPY_CHUNK-byte buffer: an anonymous mapping, so page-aligned."""
+    mv: memoryview | None = getattr(_local, "copy_buffer", None)
+    if mv is None:
+        mv = _local.copy_buffer = memoryview(mmap.mmap(-1, COPY_CHUNK))
+    return mv
+
+
+def pread_full(src: int, view: memoryview, off: int) -> int:
+    """Read into all of `view` from offset `off` unless the file ends first; bytes read."""
+    got = 0
+    while got < len(view):
+        n = os.preadv(src, [view[got:]], off + got)
+        if n == 0:
+            break
+        got += n
+    return got
+
+
+def _pwrite_all(fd: int, view: memoryview, off: int) -> None:
+    while view:
+        n = os.pwrite(fd, view, off)
+        view = view[n:]
+        off += n
+
+
+def _set_direct(fd: int, on: bool) -> None:
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, (flags | os.O_DIRECT) if on else (flags & ~os.O_DIRECT))
+
+
+def write_chunk(dst: int, view: memoryview, off: int, *, direct: bool) -> bool | None:
+    """pwrite all of `view` at `off` of `dst`; with `direct`, its whole blocks with O_DIRECT.
+
+    `view` must start at a page-aligned address (a slice from offset 0 of copy_buffer())
+    and `off` at a multiple of DIRECT_ALIGN. Returns whether O_DIRECT was used: True,
+    False where the filesystem refused it (the chunk is then written buffered), None
+    when not tried (not asked, or less than a block).
+    """
+    aligned = len(view) - len(view) % DIRECT_ALIGN
+    if not direct or not aligned:
+        _pwrite_all(dst, view, off)
+        return None
+    done = 0
+    try:
+        _set_direct(dst, True)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+        _pwrite_all(dst, view, off)
+        return False
+    try:
+        done = os.pwrite(dst, view[:aligned], off)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+    finally:
+        _set_direct(dst, False)
+    _pwrite_all(dst, view[done:], off + done)  # the tail (or all of it, if refused)
+    return done > 0
+
+
+class Direct:
+    """What O_DIRECT does, learnt from the first file that tries it, for reading sources
+    (`read`) and for writing objects (`write`): None until known, then True or False."""
+
+    __slots__ = ("read", "write")
+
+    def __init__(self) -> None:
+        self.read: bool | None = None
+        self.write: bool | None = None
+
+    def learn_write(self, used: bool | None) -> None:
+        if used is not None:
+            self.write = used
+
+
+# cachestat(2) (Linux 6.5): one number on every architecture but alpha.
+SYS_CACHESTAT = 451
+_cachestat: Callable[..., int] | None = None
+
+
+def cached_pages(fd: int) -> int | None:
+    """How many pages of the file are in the page cache (cachestat), None where unknown."""
+    global _cachestat
+    import ctypes
+
+    if _cachestat is None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        _cachestat = libc.syscall
+    whole = ctypes.create_string_buffer(16)  # struct cachestat_range {off, len}: 0, 0 = all
+    out = ctypes.create_string_buffer(40)  # struct cachestat: nr_cache first
+    if _cachestat(ctypes.c_long(SYS_CACHESTAT), ctypes.c_int(fd), whole, out, 0) != 0:
+        return None
+    return int.from_bytes(out.raw[:8], "little")
+
+
+def read_chunk(
+    src: int, buf: memoryview, want: int, off: int, *, direct: bool
+) -> tuple[int, bool | None]:
+    """Read `want` bytes at `off` of `src` into the start of `buf` (a copy_buffer(), which
+    has room to round `want` up to whole blocks; `off` a multiple of DIRECT_ALIGN).
+
+    With `direct`, with O_DIRECT: the device writes into `buf`, no page-cache page is
+    filled. Returns (bytes read: fewer only at the end of the file, whether O_DIRECT
+    was used: True, False where refused (then read buffered), None when not asked).
+    """
+    if not direct:
+        return pread_full(src, buf[:want], off), None
+    end = min(len(buf), -(-want // DIRECT_ALIGN) * DIRECT_ALIGN)
+    try:
+        _set_direct(src, True)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+        return pread_full(src, buf[:want], off), False
+    got = 0
+    used = True
+    try:
+        while got < want:
+            n = os.preadv(src, [buf[got:end]], off + got)
+            got += n
+            if n == 0 or n % DIRECT_ALIGN:  # the end of the file
+                break
+    except OSError as e:
+        if e.errno != errno.EINVAL or got:
+            raise
+        used = False
+    finally:
+        _set_direct(src, False)
+    if not used:
+        return pread_full(src, buf[:want], off), False
+    return min(got, want), True
+
+
+def copy_fd_direct(
+    src: int,
+    dst: int,
+    size: int,
+    direct: Direct | None = None,
+    *,
+    feed: Callable[[memoryview], object] | None = None,
+) -> None:
+    """Copy `size` bytes from offset 0 of `src` into the empty file `dst` through this
+    thread's buffer; each chunk read is also passed to `feed` (in order).
+
+    Whole blocks are written with O_DIRECT unless `direct.write` is False, and, if no
+    page of `src` is in the page cache, read with O_DIRECT unless `direct.read` is
+    False (what the calls learn is kept in `direct`).
+    """
+    d = direct if direct is not None else Direct()
+    mv = copy_buffer()
+    wdirect = d.write is not False
+    if wdirect and size >= DIRECT_ALIGN:
+        # i_size first: the direct writes then fill a hole instead of extending the
+        # file, which ext4 journals (orphan list) for every such write.
+        os.ftruncate(dst, size)
+    rdirect = d.read is not False and size >= DIRECT_ALIGN and cached_pages(src) == 0
+    off = 0
+    while off < size:
+        want = min(COPY_CHUNK, size - off)
+        got, rused = read_chunk(src, mv, want, off, direct=rdirect)
+        if rused is not None:
+            d.read = rdirect = rused
+        if got != want:
+            off += got
+            break
+        if feed is not None:
+            feed(mv[:want])
+        d.learn_write(write_chunk(dst, mv[:want], off, direct=wdirect))
+        wdirect = d.write is not False
+        off += want
+    if off != size:
+        raise OSError(errno.EIO, f"file shrank while it was copied ({off} of {size} bytes)")

@@ -61,6 +61,7 @@ def _store(tmp_path: Path, alg: HashAlg = HashAlg.SHA256) -> ObjectStore:
     store = ObjectStore(tmp_path / "objects", alg)
     store.root.mkdir()
     store._reflink_works = False  # tmp_path may be btrfs or xfs: test the copy paths
+    store._verity_works = False  # as learnt on a filesystem without fs-verity (ext4 here)
     return store
 
 
@@ -219,6 +220,9 @@ def test_store_learns_whether_o_direct_works(src_fd: tuple[Path, list[int]]) -> 
     with store.batch():
         store.add_fd_hashed(_open(tmp_path, fds, data), len(data))
     assert store._direct.write is _takes_o_direct(tmp_path)
+    if store._direct.write:
+        with open(store.path(digest_bytes(data).hex()), "rb") as f:
+            assert directio.cached_pages(f.fileno()) == 0  # not through the page cache
 
 
 def _evict(path: Path) -> None:
@@ -291,3 +295,23 @@ def test_source_refusing_o_direct_is_read_buffered(
         copy_fd_direct(fd, dst.fileno(), len(data), d)
     assert d.read is False
     assert (tmp_path / "dst").read_bytes() == data
+
+
+def test_no_direct_writes_where_fs_verity_is_enabled(
+    src_fd: tuple[Path, list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Enabling fs-verity reads the object back: it must still be in the page cache."""
+    tmp_path, fds = src_fd
+    store = _store(tmp_path)
+    store._verity_works = True
+    sealed: list[str] = []
+    monkeypatch.setattr(store, "_seal", lambda ro, h, path: sealed.append(h))
+    data = _content(COPY_CHUNK + 3 * DIRECT_ALIGN, 8)
+    small = _content(3 * DIRECT_ALIGN, 9)
+    with store.batch():
+        h = store.add_fd_hashed(_open(tmp_path, fds, data), len(data))
+        h2 = store.add_fd_hashed(_open(tmp_path, fds, small, "small"), len(small))
+    assert sealed == [h, h2]
+    assert store._direct.write is None  # never tried
+    with open(store.path(h), "rb") as f:
+        assert directio.cached_pages(f.fileno()) == len(data) // 4096  # 259 whole pages

@@ -168,17 +168,19 @@ def copy_fd_direct(
     direct: Direct | None = None,
     *,
     feed: Callable[[memoryview], object] | None = None,
+    write: bool = True,
 ) -> None:
     """Copy `size` bytes from offset 0 of `src` into the empty file `dst` through this
     thread's buffer; each chunk read is also passed to `feed` (in order).
 
-    Whole blocks are written with O_DIRECT unless `direct.write` is False, and, if no
+    Whole blocks are written with O_DIRECT if `write` and unless `direct.write` is False
+    (a `write` of False leaves `direct.write` as it is), and, if no
     page of `src` is in the page cache, read with O_DIRECT unless `direct.read` is
     False (what the calls learn is kept in `direct`).
     """
     d = direct if direct is not None else Direct()
     mv = copy_buffer()
-    wdirect = d.write is not False
+    wdirect = write and d.write is not False
     if wdirect and size >= DIRECT_ALIGN:
         # i_size first: the direct writes then fill a hole instead of extending the
         # file, which ext4 journals (orphan list) for every such write.
@@ -196,7 +198,7 @@ def copy_fd_direct(
         if feed is not None:
             feed(mv[:want])
         d.learn_write(write_chunk(dst, mv[:want], off, direct=wdirect))
-        wdirect = d.write is not False
+        wdirect = wdirect and d.write is not False
         off += want
     if off != size:
         raise OSError(errno.EIO, f"file shrank while it was copied ({off} of {size} bytes)")

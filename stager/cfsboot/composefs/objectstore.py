@@ -252,7 +252,12 @@ class ObjectStore:
     def _copy(
         self, src: int, dst: int, size: int, feed: Callable[[memoryview], object] | None = None
     ) -> None:
-        copy_fd_direct(src, dst, size, self._direct, feed=feed)
+        copy_fd_direct(src, dst, size, self._direct, feed=feed, write=self._write_direct())
+
+    def _write_direct(self) -> bool:
+        """Write objects with O_DIRECT? Not where fs-verity may be enabled on them: that
+        reads the whole file back, from the page cache if it was written through it."""
+        return self._verity_works is False and not self.require_verity
 
     def add_fd_hashed(self, src: int, size: int) -> str:
         """Store the first `size` bytes of the open file `src` unless already present, and
@@ -277,7 +282,7 @@ class ObjectStore:
             hexdigest = fsverity.digest_bytes(mv, self.alg).hex()
 
             def fill(fd: int) -> None:
-                direct = d.write is not False
+                direct = d.write is not False and self._write_direct()
                 if direct and size >= DIRECT_ALIGN:
                     os.ftruncate(fd, size)
                 d.learn_write(write_chunk(fd, mv, 0, direct=direct))

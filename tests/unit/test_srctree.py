@@ -208,6 +208,24 @@ def test_file_changed_while_read(source: Path, monkeypatch: pytest.MonkeyPatch) 
         (source / "sub" / "big").write_bytes(bytes(range(256)) * 1000)
 
 
+def test_file_shrinking_while_copied_names_the_file(source: Path, tmp_path: Path) -> None:
+    big = source / "sub" / "big"
+    real = srctree.ObjectStore.add_fd_hashed
+
+    def shrink_then_add(self: srctree.ObjectStore, fd: int, size: int) -> str:
+        if size == 256000:  # big, after the fstat that checks its size
+            os.truncate(big, 1000)
+        return real(self, fd, size)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(srctree.ObjectStore, "add_fd_hashed", shrink_then_add)
+        with pytest.raises(OSError) as err:
+            tree_from_directory(source, digest_store=tmp_path / "store", threads=1)
+    assert err.value.filename == str(big)
+    assert err.value.strerror == "file shrank while it was copied (1000 of 256000 bytes)"
+    assert [p.name for p in (tmp_path / "store").rglob("*") if p.is_file()] == []
+
+
 def test_directory_deeper_than_the_recursion_limit(tmp_path: Path) -> None:
     depth = 1500  # the default recursion limit is 1000
     top = tmp_path / "deep"

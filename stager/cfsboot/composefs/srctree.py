@@ -17,7 +17,9 @@ xattrs and small reads of its entries) is one task, hashing and storing a batch
 of its larger files another. Python holds the GIL only between system calls,
 so with a cold page cache many reads are in flight at once, which is what a
 disk (and a virtio one) needs to go fast; with a warm one hashlib and the
-copies run on every core.
+copies run on every core. With a digest store each file is read once, hashed
+as it is copied into the store (ObjectStore.add_fd_hashed: O_DIRECT where it
+pays, see composefs/directio.py).
 """
 
 from __future__ import annotations
@@ -162,12 +164,18 @@ class _Hasher:
                     f"file changed while it was read ({node.size} -> {size} bytes)",
                     os.fsdecode(path),
                 )
-            if self.store is not None:  # read once: hashed as it is copied
-                hexdigest = self.store.add_fd_hashed(fd, size)
-                digest = bytes.fromhex(hexdigest)
-            else:
-                digest = fsverity.digest_fd(fd, self.alg, threads=1, size=size)
-                hexdigest = digest.hex()
+            try:
+                if self.store is not None:  # read once: hashed as it is copied
+                    hexdigest = self.store.add_fd_hashed(fd, size)
+                    digest = bytes.fromhex(hexdigest)
+                else:
+                    digest = fsverity.digest_fd(fd, self.alg, threads=1, size=size)
+                    hexdigest = digest.hex()
+            except OSError as e:
+                if e.filename is not None:
+                    raise
+                # "file shrank while it was copied": say which file.
+                raise OSError(e.errno, e.strerror, os.fsdecode(path)) from e
             node.digest = digest
             node.payload = object_relpath(hexdigest).encode()
         finally:

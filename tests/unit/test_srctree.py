@@ -12,6 +12,7 @@ import pytest
 
 from cfsboot.composefs import srctree
 from cfsboot.composefs.fsverity import digest_bytes
+from cfsboot.composefs.objectstore import ObjectStore
 from cfsboot.composefs.srctree import tree_from_directory
 from cfsboot.composefs.tree import Inode, lookup, walk
 from cfstest.gates import can_mknod, can_set_user_xattr, missing_capability
@@ -210,15 +211,15 @@ def test_file_changed_while_read(source: Path, monkeypatch: pytest.MonkeyPatch) 
 
 def test_file_shrinking_while_copied_names_the_file(source: Path, tmp_path: Path) -> None:
     big = source / "sub" / "big"
-    real = srctree.ObjectStore.add_fd_hashed
+    real = ObjectStore.add_fd_hashed
 
-    def shrink_then_add(self: srctree.ObjectStore, fd: int, size: int) -> str:
+    def shrink_then_add(self: ObjectStore, fd: int, size: int) -> str:
         if size == 256000:  # big, after the fstat that checks its size
             os.truncate(big, 1000)
         return real(self, fd, size)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(srctree.ObjectStore, "add_fd_hashed", shrink_then_add)
+        mp.setattr(ObjectStore, "add_fd_hashed", shrink_then_add)
         with pytest.raises(OSError) as err:
             tree_from_directory(source, digest_store=tmp_path / "store", threads=1)
     assert err.value.filename == str(big)

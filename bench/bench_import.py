@@ -9,8 +9,11 @@ writeback. Cold (the default, issue 16's condition; needs root): the page
 cache is dropped before every run of either side; `--warm` warms it once
 instead. Reported: median seconds, MB/s of file content, the throughput ratio
 reference time / cfsboot time (above 1: cfsboot is faster), the figure line
-(time ratio cfsboot / reference: goal <= 0.667, i.e. 1.5x C's throughput), and
-whether the images are byte-identical.
+(time ratio cfsboot / reference: goal <= 0.667, i.e. 1.5x C's throughput),
+whether the images are byte-identical, and each run's CPU time (user + sys) and
+load average with the medians of the CPU times: on a loaded machine cfsboot's
+eight threads get a larger share of the CPU than mkcomposefs's two, so there the
+CPU times compare the work done better than the wall times.
 """
 
 from __future__ import annotations

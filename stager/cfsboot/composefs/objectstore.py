@@ -16,16 +16,14 @@ object's writeback is started as it is staged (sync_file_range, no waiting),
 so that the disk works while the import goes on and the syncfs finds little
 left to write.
 
-Copies from a file (`add_fd`, `add_fd_hashed`) write whole blocks with O_DIRECT
-where the filesystem takes it (see directio); `add_fd_hashed` also hashes what
-it copies, so that a file is read only once.
+Copies from files write whole blocks with O_DIRECT where that pays (directio);
+`add_fd_hashed` hashes what it copies, so that a file is read only once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import threading
 import time
@@ -33,7 +31,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from cfsboot.composefs import fsverity
 from cfsboot.composefs.directio import (
     COPY_CHUNK,
     DIRECT_ALIGN,
@@ -42,6 +39,7 @@ from cfsboot.composefs.directio import (
     copy_buffer,
     copy_fd_direct,
     read_chunk,
+    reflink,
     write_chunk,
 )
 from cfsboot.errors import die
@@ -66,9 +64,6 @@ STAGING_PREFIX = ".staging-"
 # Hidden name of an object being written where O_TMPFILE is missing (XX/.tmp-RANDOM).
 TEMP_OBJECT_PREFIX = ".tmp-"
 ENABLE_RETRIES = 5
-
-# <linux/fs.h>: _IOW(0x94, 9, int) - share the source's extents (btrfs, xfs).
-FICLONE = 0x40049409
 
 
 # libc through ctypes, loaded at the first syncfs: `cfsboot status` reads objects only.
@@ -126,37 +121,6 @@ def link_fd(fd: int, dst: str | os.PathLike[str]) -> None:
     would try to hardlink the /proc symlink itself and fail with EXDEV.
     """
     os.link(f"/proc/self/fd/{fd}", dst, src_dir_fd=fd, follow_symlinks=True)
-
-
-def reflink(src: int, dst: int) -> bool:
-    """FICLONE: make `dst` share `src`'s extents; False where the filesystem cannot."""
-    try:
-        fcntl.ioctl(dst, FICLONE, src)
-        return True
-    except OSError:
-        return False
-
-
-def copy_fd(src: int, dst: int, size: int) -> None:
-    """Copy `size` bytes from offset 0 of `src` to `dst` (copy_file_range, else read/write)."""
-    off = 0
-    try:
-        while off < size:
-            n = os.copy_file_range(src, dst, size - off, off, off)
-            if n == 0:
-                break
-            off += n
-    except OSError as e:
-        if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-            raise
-        while off < size:
-            chunk = os.pread(src, min(1 << 20, size - off), off)
-            if not chunk:
-                break
-            os.pwrite(dst, chunk, off)
-            off += len(chunk)
-    if off != size:
-        raise OSError(errno.EIO, f"file shrank while it was copied ({off} of {size} bytes)")
 
 
 def _current_umask() -> int | None:
@@ -260,15 +224,12 @@ class ObjectStore:
         return self._verity_works is False and not self.require_verity
 
     def add_fd_hashed(self, src: int, size: int) -> str:
-        """Store the first `size` bytes of the open file `src` unless already present, and
-        return their fs-verity hex digest; the file is read once, hashed as it is copied.
+        """add_fd of the first `size` bytes of `src`, hashed as they are copied (read once):
+        their fs-verity hex digest. Up to COPY_CHUNK bytes: read, hashed, written if new.
+        Bigger, in a batch: copied to a temporary name while hashed, then renamed (deleted
+        if a duplicate). Outside a batch or with reflinks: hashed, then add_fd."""
+        from cfsboot.composefs import fsverity  # hashlib: not on every command's path
 
-        Files of at most COPY_CHUNK bytes are read whole, hashed, then written (not at all
-        when the object exists). Bigger ones, in a batch, are copied to a temporary name
-        in the staging directory as they are hashed and take their name at the end (a
-        duplicate is deleted again). Outside a batch, or where reflinks work, the file is
-        hashed first and then stored with add_fd.
-        """
         if size <= COPY_CHUNK and self._reflink_works is False:
             buf = copy_buffer()
             d = self._direct
@@ -299,6 +260,8 @@ class ObjectStore:
 
     def _add_streamed(self, staging: Path, src: int, size: int) -> str:
         tmp = f"{staging}/{TEMP_OBJECT_PREFIX}{os.urandom(8).hex()}"
+        from cfsboot.composefs import fsverity  # hashlib: not on every command's path
+
         hasher = fsverity.FsVerityHasher(self.alg)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, OBJECT_MODE)

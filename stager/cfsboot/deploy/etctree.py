@@ -19,7 +19,8 @@ import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from cfsboot.composefs.objectstore import copy_fd, syncfs
+from cfsboot.composefs.directio import copy_fd
+from cfsboot.composefs.objectstore import syncfs
 from cfsboot.errors import CfsbootError, die
 from cfsboot.linux.fsutil import temp_name
 

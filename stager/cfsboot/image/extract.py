@@ -16,7 +16,8 @@ import os
 import stat
 from pathlib import Path
 
-from cfsboot.composefs.objectstore import copy_fd, reflink, syncfs
+from cfsboot.composefs.directio import copy_fd, reflink
+from cfsboot.composefs.objectstore import syncfs
 from cfsboot.composefs.tree import Inode, lookup
 from cfsboot.errors import die
 

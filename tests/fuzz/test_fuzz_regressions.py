@@ -218,3 +218,131 @@ def test_harness_lets_documented_errors_pass_and_others_through(tmp_path: Path) 
     check(replace(base, run=lambda _d, _t: fail(CfsbootError("x"))), b"", tmp_path)
     with pytest.raises(KeyError):
         check(replace(base, run=lambda _d, _t: fail(KeyError("x"))), b"", tmp_path)
+
+
+# -- layers: PAX numbers, gzip padding, the import's layer records -----------------------------
+
+
+def _pax_member(records: dict[str, str]) -> bytes:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        info = tarfile.TarInfo("etc/x")
+        info.size = 1
+        info.pax_headers = records
+        t.addfile(info, io.BytesIO(b"x"))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("records", "error"),
+    [
+        ({"mtime": HUGE}, "PAX header mtime has 5000 digits of seconds: out of range"),
+        ({"mtime": "0" * 5000 + "7.5"}, None),  # leading zeros: still 7.5 s
+        ({"uid": HUGE}, "PAX header uid is 5000 bytes long: out of range"),
+        ({"size": HUGE}, "PAX header size is 5000 bytes long: out of range"),
+    ],
+)
+def test_tar_pax_numbers_past_int_digit_limit(records: dict[str, str], error: str | None) -> None:
+    """Found by reading: a PAX mtime of 5000 digits was int()'s ValueError (a traceback)."""
+    import io
+
+    from cfsboot.oci.tar import TarError, entries
+
+    data = _pax_member(records)
+    if error is None:
+        [(entry, _body)] = list(entries(io.BytesIO(data)))
+        assert (entry.mtime, entry.mtime_nsec) == (7, 500_000_000)
+        return
+    with pytest.raises(TarError) as e:
+        list(entries(io.BytesIO(data)))
+    assert str(e.value) == error
+
+
+class _GzipThenZeros:
+    """A gzip member, then `zeros` bytes of zero padding, produced as read (not held)."""
+
+    def __init__(self, member: bytes, zeros: int) -> None:
+        self.member, self.zeros = member, zeros
+
+    def read(self, n: int = -1) -> bytes:
+        if self.member:
+            out, self.member = self.member[:n], self.member[n:]
+            return out
+        n = min(n, self.zeros)
+        self.zeros -= n
+        return bytes(n)
+
+    def readinto(self, b: bytearray | memoryview) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
+def test_gzip_layer_with_a_long_zero_padding() -> None:
+    """Each 256 KiB of padding after the last gzip member was one more recursion: 300 MiB
+    of zeros (a blob anyone can publish) was a RecursionError."""
+    import gzip
+
+    from cfsboot.oci.streams import decompress
+
+    stream = decompress(_GzipThenZeros(gzip.compress(b"tar", mtime=0), 300 << 20))  # type: ignore[arg-type]
+    assert stream.read() == b"tar"
+
+
+def _record(doc: object) -> bytes:
+    import json
+
+    import zstandard
+
+    return zstandard.ZstdCompressor().compress(json.dumps(doc).encode())
+
+
+_ROW = ["file", "usr/a", 420, 0, 0, 0, 0, 1, "", 0, {}, "a", None]
+
+
+@pytest.mark.parametrize(
+    ("row", "error"),
+    [
+        (_ROW[:10] + [[], *_ROW[11:]], "'list' object has no attribute 'items'"),
+        ([_ROW[0], 7, *_ROW[2:]], "bad entry path 7"),
+        (_ROW[:2] + [float("inf"), *_ROW[3:]], "cannot convert float infinity to integer"),
+        ([_ROW[0], "usr/../../x", *_ROW[2:]], "bad entry path 'usr/../../x'"),
+        (_ROW[:12] + ["../../etc/shadow"], "bad object digest of 'usr/a'"),
+        (_ROW[:12] + [["ab"]], "bad object digest of 'usr/a'"),
+        (_ROW[:12], "an entry is not a row of 13 values"),
+    ],
+)
+def test_damaged_layer_record_is_a_layer_error(row: list[object], error: str) -> None:
+    """A damaged record in the repository (gc, fsck and a re-import read them back) was an
+    AttributeError or OverflowError, or gave paths with `..` and digests that are not hex."""
+    from cfsboot.oci.apply import LayerError, LayerRecord
+
+    doc = {"format": 1, "diff_id": "sha256:" + "1" * 64, "algorithm": "sha256", "entries": [row]}
+    with pytest.raises(LayerError) as e:
+        LayerRecord.from_bytes(_record(doc))
+    assert str(e.value) == f"corrupt layer record in the repository ({error})"
+
+
+# -- writing an image's /etc and /var out ------------------------------------------------------
+
+
+def test_extract_of_a_directory_1500_deep(tmp_path: Path) -> None:
+    """extract() recursed once per directory: an image whose /etc nests 1500 deep (3000 path
+    bytes, under PATH_MAX) was a RecursionError at deploy."""
+    import os
+
+    from cfsboot.image.extract import extract
+
+    root = _deep_tree(1500)
+    node: Inode | None = root
+    while node is not None:  # owned by us: chown works without root
+        node.uid, node.gid, node.mtime = os.getuid(), os.getgid(), 1700000000
+        node = (node.children or {}).get(b"d")
+    extract(root, tmp_path / "etc", tmp_path / "objects")
+    deepest = tmp_path / "etc" / "/".join(["d"] * 1500)
+    assert deepest.is_dir() and not any(deepest.iterdir())
+    assert os.stat(tmp_path / "etc").st_mtime == 1700000000  # set after its children
+    assert os.stat(deepest).st_mtime == 1700000000

@@ -76,20 +76,41 @@ class _Writer:
                     raise
         os.utime(path, ns=(_ns(node), _ns(node)), follow_symlinks=False)
 
-    def node(self, node: Inode, path: Path) -> None:
-        if not node.is_dir() and node.nlink > 1:
+    def tree(self, top: Inode, dest: Path) -> None:
+        """Write the directory `top` at `dest`, with its own stack (images nest deep).
+
+        A directory's metadata is set after its children: creating them would
+        change its mtime, and its mode may not let us write into it.
+        """
+        os.mkdir(dest, 0o700)
+        assert top.children is not None
+        stack = [(top, dest, iter(sorted(top.children.items())))]
+        while stack:
+            parent, path, children = stack[-1]
+            item = next(children, None)
+            if item is None:
+                stack.pop()
+                self.metadata(parent, path)
+                continue
+            name, node = item
+            child = path / os.fsdecode(name)
+            if node.is_dir():
+                os.mkdir(child, 0o700)
+                assert node.children is not None
+                stack.append((node, child, iter(sorted(node.children.items()))))
+            elif self.leaf(node, child):
+                self.metadata(node, child)
+
+    def leaf(self, node: Inode, path: Path) -> bool:
+        """Create a non-directory; False when it is a further name of a hardlink written before."""
+        if node.nlink > 1:
             first = self.links.get(id(node))
             if first is not None:
                 os.link(first, path, follow_symlinks=False)
-                return
+                return False
             self.links[id(node)] = path
         fmt = node.ftype
-        if fmt == stat.S_IFDIR:
-            os.mkdir(path, 0o700)
-            assert node.children is not None
-            for name in sorted(node.children):
-                self.node(node.children[name], path / os.fsdecode(name))
-        elif fmt == stat.S_IFREG:
+        if fmt == stat.S_IFREG:
             self.write_file(node, path)
         elif fmt == stat.S_IFLNK:
             os.symlink(node.payload or b"", path)
@@ -97,7 +118,7 @@ class _Writer:
             os.mknod(path, fmt | 0o600, node.rdev)
         else:
             raise ValueError(f"unknown file type {fmt:o} at {path}")
-        self.metadata(node, path)
+        return True
 
 
 def _ns(node: Inode) -> int:
@@ -108,7 +129,7 @@ def extract(node: Inode, dest: Path, objects: Path) -> None:
     """Create `dest` (which must not exist) as a copy of the directory `node`."""
     if not node.is_dir():
         raise ValueError(f"{dest}: only directories can be extracted")
-    _Writer(objects).node(node, dest)
+    _Writer(objects).tree(node, dest)
 
 
 def sync_filesystem(path: Path) -> None:

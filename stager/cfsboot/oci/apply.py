@@ -92,11 +92,23 @@ class LayerRecord:
         try:
             doc = json.loads(zstandard.ZstdDecompressor().decompress(data, max_output_size=1 << 31))
             if doc["format"] != RECORD_FORMAT:
-                raise ValueError(f"unknown format {doc['format']}")
+                raise ValueError(f"unknown format {doc['format']!r:.40}")
+            diff_id, algorithm = doc["diff_id"], doc["algorithm"]
+            if not isinstance(diff_id, str) or not isinstance(algorithm, str):
+                raise TypeError("diff_id or algorithm is not a string")
             entries = [_unrow(r) for r in doc["entries"]]
-            return cls(doc["diff_id"], doc["algorithm"], entries)
-        except (ValueError, KeyError, TypeError, IndexError, zstandard.ZstdError) as e:
-            raise LayerError(f"corrupt layer record in the repository ({e})") from None
+            return cls(diff_id, algorithm, entries)
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+            IndexError,
+            AttributeError,  # a value of the wrong JSON type (`.items()` of a list, ...)
+            OverflowError,  # int() of Infinity
+            RecursionError,  # json.loads of [[[[...
+            zstandard.ZstdError,
+        ) as e:
+            raise LayerError(f"corrupt layer record in the repository ({e!s:.200})") from None
 
 
 def _s(b: bytes) -> str:
@@ -126,6 +138,22 @@ def _row(e: RecordEntry) -> list[Any]:
 
 
 def _unrow(r: list[Any]) -> RecordEntry:
+    """A record entry back from its row, checked as far as using it needs (the repository's
+    files are ours, but a damaged one must be a LayerError, not a crash or a path outside)."""
+    if not isinstance(r, list) or len(r) != 13:
+        raise ValueError("an entry is not a row of 13 values")
+    path, link, digest, content = r[1], r[8], r[12], r[11]
+    if not isinstance(path, str) or b".." in split_path(_b(path)) or not isinstance(link, str):
+        raise ValueError(f"bad entry path {path!r:.80}")
+    if content is not None and not isinstance(content, str):
+        raise TypeError(f"bad inline content of {path!r:.80}")
+    if digest is not None and not (
+        isinstance(digest, str)
+        and len(digest) in (64, 128)
+        and digest.isascii()
+        and all(c in "0123456789abcdef" for c in digest)
+    ):
+        raise ValueError(f"bad object digest of {path!r:.80}")
     return RecordEntry(
         op=Op(r[0]),
         path=_b(r[1]),

@@ -117,17 +117,19 @@ class _Gunzip(io.RawIOBase):
 
     def _next_member(self) -> bool:
         """After a member's end: start the next one; False at the end of the blob."""
-        while len(self.pending) < len(GZIP_MAGIC) and self._more():
-            pass
-        if not self.pending:
-            return False
-        if self.pending.startswith(GZIP_MAGIC):
-            self.d = zlib.decompressobj(31)
-            return True
-        if self.pending.strip(b"\0"):
-            die("corrupt layer: data after the gzip stream")
-        self.pending = b""  # zero padding after the last member (some tools write it)
-        return self._more() and self._next_member()
+        while True:  # a loop, not a recursion: the zero padding may be long
+            while len(self.pending) < len(GZIP_MAGIC) and self._more():
+                pass
+            if not self.pending:
+                return False
+            if self.pending.startswith(GZIP_MAGIC):
+                self.d = zlib.decompressobj(31)
+                return True
+            if self.pending.strip(b"\0"):
+                die("corrupt layer: data after the gzip stream")
+            self.pending = b""  # zero padding after the last member (some tools write it)
+            if not self._more():
+                return False
 
     def readinto(self, b: Any) -> int:
         want = len(b)

@@ -167,6 +167,8 @@ def _parse_pax(data: bytes) -> dict[bytes, bytes]:
 
 
 def _pax_int(value: bytes, key: str, limit: int) -> int:
+    if len(value) > 40:  # far past any limit here, and past int()'s 4300 digits at worst
+        raise TarError(f"PAX header {key} is {len(value)} bytes long: out of range")
     try:
         n = int(value)
     except ValueError:
@@ -179,7 +181,10 @@ def _pax_int(value: bytes, key: str, limit: int) -> int:
 def _pax_time(value: bytes) -> tuple[int, int]:
     sec_s, _, frac = value.partition(b".")
     if not sec_s.isdigit() or (frac and not frac.isdigit()):
-        raise TarError(f"PAX header mtime={value!r} is not a non-negative time")
+        raise TarError(f"PAX header mtime={value[:40]!r} is not a non-negative time")
+    sec_s = sec_s.lstrip(b"0") or b"0"
+    if len(sec_s) > 19:  # past 2^63 (the check after this), and maybe int()'s digit limit
+        raise TarError(f"PAX header mtime has {len(sec_s)} digits of seconds: out of range")
     nsec = int((frac + b"000000000")[:9]) if frac else 0
     return int(sec_s), nsec
 

@@ -334,6 +334,7 @@ def test_extract_of_a_directory_1500_deep(tmp_path: Path) -> None:
     bytes, under PATH_MAX) was a RecursionError at deploy."""
     import os
 
+    from cfsboot.deploy.state import remove_tree
     from cfsboot.image.extract import extract
 
     root = _deep_tree(1500)
@@ -341,8 +342,14 @@ def test_extract_of_a_directory_1500_deep(tmp_path: Path) -> None:
     while node is not None:  # owned by us: chown works without root
         node.uid, node.gid, node.mtime = os.getuid(), os.getgid(), 1700000000
         node = (node.children or {}).get(b"d")
-    extract(root, tmp_path / "etc", tmp_path / "objects")
-    deepest = tmp_path / "etc" / "/".join(["d"] * 1500)
-    assert deepest.is_dir() and not any(deepest.iterdir())
-    assert os.stat(tmp_path / "etc").st_mtime == 1700000000  # set after its children
-    assert os.stat(deepest).st_mtime == 1700000000
+    try:
+        extract(root, tmp_path / "etc", tmp_path / "objects")
+        deepest = tmp_path / "etc" / "/".join(["d"] * 1500)
+        assert deepest.is_dir() and not any(deepest.iterdir())
+        assert os.stat(tmp_path / "etc").st_mtime == 1700000000  # set after its children
+        assert os.stat(deepest).st_mtime == 1700000000
+    finally:
+        # Removing it (a deployment's removal does) recursed too, in shutil.rmtree; left in
+        # pytest's temporary directory it would break pytest's own clean-up of it.
+        remove_tree(tmp_path / "etc")
+    assert not (tmp_path / "etc").exists()

@@ -72,3 +72,46 @@ def test_failure_removes_the_temp_file_and_keeps_the_old(
 def test_temp_names_are_hidden_and_marked() -> None:
     name = fsutil.temp_name("x.conf")
     assert name.startswith(".x.conf" + TEMP_MARKER) and not name.endswith(".conf")
+
+
+def _deep(top: Path, depth: int) -> None:
+    """`top`/d/d/.../d with a file at the bottom, made relative to one open directory at a
+    time, so deeper than PATH_MAX allows as one path."""
+    os.mkdir(top)
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(depth):
+        os.mkdir("d", dir_fd=fd)
+        child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    os.close(os.open("f", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+    os.close(fd)
+
+
+def test_remove_tree_of_any_depth_and_path_length(tmp_path: Path) -> None:
+    """3000 levels: past Python 3.11's shutil.rmtree (recursion) and PATH_MAX (6000 bytes)."""
+    _deep(tmp_path / "top", 3000)
+    fsutil.remove_tree(tmp_path / "top")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_remove_tree_never_follows_symlinks_and_enters_0000_dirs(tmp_path: Path) -> None:
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "file").write_bytes(b"x")
+    top = tmp_path / "top"
+    (top / "work" / "work").mkdir(parents=True)
+    (top / "work" / "work" / "f").write_bytes(b"")
+    (top / "link").symlink_to(keep)
+    (top / "work" / "dirlink").symlink_to(keep)
+    os.chmod(top / "work" / "work", 0)  # an overlay's work dir
+    os.chmod(top / "work", 0o500)
+    fsutil.remove_tree(top)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep"]
+    assert (keep / "file").read_bytes() == b"x"
+    fsutil.remove_tree(top)  # gone: nothing to do
+    (tmp_path / "file").write_bytes(b"")
+    fsutil.remove_tree(tmp_path / "file")
+    (tmp_path / "link").symlink_to(keep)
+    fsutil.remove_tree(tmp_path / "link")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import enum
 import errno
 import os
-import shutil
 import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from cfsboot.composefs.directio import copy_fd
 from cfsboot.composefs.objectstore import syncfs
 from cfsboot.errors import CfsbootError, die
-from cfsboot.linux.fsutil import temp_name
+from cfsboot.linux.fsutil import remove_tree, temp_name
 
 ROOT = "."  # the relative path of the /etc directory itself
 
@@ -286,7 +285,7 @@ def replace_copy(src: str, entry: Entry, dst: str) -> None:
 def remove(path: str) -> None:
     kind = lkind(path)
     if kind is Kind.DIR:
-        shutil.rmtree(path)  # never follows symlinks inside
+        remove_tree(path)  # never follows symlinks inside; any depth
     elif kind is not None:
         os.unlink(path)
 

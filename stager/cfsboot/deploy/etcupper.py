@@ -9,9 +9,9 @@ bookkeeping. Conflicts are found before anything is written.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
-import shutil
 import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,7 +36,7 @@ from cfsboot.deploy.etctree import (
     sync,
 )
 from cfsboot.errors import die
-from cfsboot.linux.fsutil import TEMP_MARKER, fsync_dir, temp_name
+from cfsboot.linux.fsutil import TEMP_MARKER, fsync_dir, remove_tree, temp_name
 
 # Overlayfs upper-dir conventions (Documentation/filesystems/overlayfs.rst).
 OVL_PREFIX = "trusted.overlay."
@@ -230,7 +230,7 @@ def carry_upper(
 
     for stale in target.parent.iterdir():
         if stale.name.startswith(f".{target.name}{TEMP_MARKER}"):
-            shutil.rmtree(stale)  # what an interrupted earlier carry left
+            remove_tree(stale)  # what an interrupted earlier carry left
     tmp = target.parent / temp_name(target.name)
     os.mkdir(tmp, 0o700)
     try:
@@ -238,7 +238,8 @@ def carry_upper(
         sync(os.fspath(tmp))
         os.rename(tmp, target)  # replaces an empty directory in one step
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            remove_tree(tmp)
         raise
     fsync_dir(target.parent)
     return plan.report

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 
 from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.errors import die
+from cfsboot.linux import fsutil
 from cfsboot.linux.fsutil import fsync_dir
 from cfsboot.linux.lazylog import getLogger
 
@@ -26,12 +26,8 @@ log = getLogger(__name__)  # imports logging when it logs (lazylog)
 
 
 def remove_tree(path: Path) -> None:
-    if path.is_symlink() or not path.is_dir():
-        path.unlink(missing_ok=True)
-    elif path.exists():
-        import shutil  # only here: it imports bz2 and lzma (status imports this module)
-
-        shutil.rmtree(path)
+    """Remove a file or a tree (any depth: an image's /etc may nest thousands deep)."""
+    fsutil.remove_tree(path)
 
 
 # Temporary names of state being written or removed (write_state, remove_state) and of
@@ -158,16 +154,4 @@ def remove_state(sysroot: Sysroot, depl: str) -> None:
     doomed = sysroot.deploy_root / f".{depl[:16]}.del-{os.getpid()}"
     final.rename(doomed)
     fsync_dir(sysroot.deploy_root)
-    _make_deletable(doomed)
-    import shutil
-
-    shutil.rmtree(doomed)
-
-
-def _make_deletable(path: Path) -> None:
-    # The overlay work dir holds a 0000 "work" subdirectory owned by root: fine for root.
-    for dirpath, dirnames, _files in os.walk(path):
-        for d in dirnames:
-            p = os.path.join(dirpath, d)
-            if not os.path.islink(p):
-                os.chmod(p, stat.S_IRWXU)
+    fsutil.remove_tree(doomed)  # also enters the overlay's 0000 work dir

@@ -1,8 +1,10 @@
-"""Durable file publishing: temp name in the same directory, fsync, rename, fsync the directory."""
+"""Durable file publishing (temp name in the same directory, fsync, rename, fsync the
+directory), and removing a tree of any depth."""
 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -84,3 +86,59 @@ def copy_file_atomic(
             shutil.copyfileobj(fsrc, fdst, 1 << 20)
 
     _publish(Path(dst), mode, fill)
+
+
+def remove_tree(path: str | os.PathLike[str]) -> None:
+    """Remove `path` and everything below it, as `rm -rf` does; nothing if it is not there.
+
+    Unlike Python 3.11's shutil.rmtree this keeps its own stack and works relative to one
+    open directory at a time, so neither the depth of the tree (a hostile image's /etc)
+    nor the length of its paths is limited. Symlinks are removed, never followed;
+    directories we may not enter or change (an overlay's 0000 work dir) are made ours first.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(path)
+        return
+    if st.st_mode & stat.S_IRWXU != stat.S_IRWXU:
+        os.chmod(path, stat.S_IRWXU)
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags)
+    try:
+        below: list[str] = []  # the names from `path` down to the directory `fd` is
+        pending = [_clear_files(fd)]  # per level: the subdirectories left to remove
+        while pending:
+            if pending[-1]:
+                name = pending[-1].pop()
+                child = os.open(name, flags, dir_fd=fd)
+                os.close(fd)
+                fd = child
+                below.append(name)
+                pending.append(_clear_files(fd))
+                continue
+            pending.pop()
+            if below:
+                parent = os.open("..", flags, dir_fd=fd)
+                os.close(fd)
+                fd = parent
+                os.rmdir(below.pop(), dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(path)
+
+
+def _clear_files(fd: int) -> list[str]:
+    """Unlink every entry of the directory `fd` that is not a directory; the others' names."""
+    dirs = []
+    with os.scandir(fd) as it:
+        for entry in it:
+            if entry.is_dir(follow_symlinks=False):
+                if entry.stat(follow_symlinks=False).st_mode & stat.S_IRWXU != stat.S_IRWXU:
+                    os.chmod(entry.name, stat.S_IRWXU, dir_fd=fd)
+                dirs.append(entry.name)
+            else:
+                os.unlink(entry.name, dir_fd=fd)
+    return dirs

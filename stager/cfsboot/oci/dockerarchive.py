@@ -113,10 +113,10 @@ def open_docker_archive(src: BlobSource, tag: str | None, arch: str | None) -> O
     m = re.search(r"([0-9a-f]{64})(\.json)?$", entry.config)
     if m and m.group(1) != config_digest[7:]:
         die(f"config {entry.config} digest mismatch: got {config_digest}")
-    image_config = ImageConfig.parse(config)
+    image_config = ImageConfig.parse(config, f"config {entry.config} in {src.where}")
     diff_ids = image_config.layer_ids()
     if len(entry.layers) != len(diff_ids):
-        die("docker-archive layers do not match the config's rootfs.diff_ids")
+        die(f"the layers in {src.where} do not match its config's rootfs.diff_ids")
     layers = tuple(
         LayerDesc(None, None, MT_OCI_LAYER_TAR, diff_id, name)
         for name, diff_id in zip(entry.layers, diff_ids, strict=True)

@@ -123,7 +123,10 @@ class Index:
             if not isinstance(d, dict):
                 raise DocumentError(f"malformed descriptor in {what}")
             kind = "image index" if d.get("mediaType") in INDEX_TYPES else "manifest"
-            descs.append(Descriptor.parse(d, kind, limit))
+            try:
+                descs.append(Descriptor.parse(d, kind, limit))
+            except DocumentError as e:
+                raise DocumentError(f"{what}: {e}") from None
         return cls(tuple(descs))
 
 
@@ -136,10 +139,12 @@ class Manifest:
     annotations: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, data: bytes, *, config_limit: int, layer_limit: int) -> Manifest:
-        f = Fields(parse_object(data, "manifest"), "manifest")
+    def parse(
+        cls, data: bytes, *, config_limit: int, layer_limit: int, what: str = "manifest"
+    ) -> Manifest:
+        f = Fields(parse_object(data, what), what)
         if not isinstance(f.obj.get("config"), dict):
-            raise DocumentError("manifest has no config")
+            raise DocumentError(f"{what} has no config")
         return cls(
             Descriptor.parse(f.obj["config"], "config", config_limit),
             tuple(Descriptor.parse(d, "layer", layer_limit) for d in f.opt_list("layers")),

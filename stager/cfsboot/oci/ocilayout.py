@@ -87,12 +87,13 @@ def open_oci(src: BlobSource, tag: str | None, arch: str | None) -> OpenedImage:
     if (desc.media_type or MT_OCI_MANIFEST) not in MANIFEST_TYPES:
         die(f"unsupported manifest media type {desc.media_type!r}")
     manifest = read_blob(src, desc, "manifest")
-    m = Manifest.parse(manifest, config_limit=MAX_CONFIG, layer_limit=MAX_LAYER)
+    where = f"manifest {desc.digest} in {src.where}"
+    m = Manifest.parse(manifest, config_limit=MAX_CONFIG, layer_limit=MAX_LAYER, what=where)
     config = read_blob(src, m.config, "config")
-    image_config = ImageConfig.parse(config)
+    image_config = ImageConfig.parse(config, f"config {m.config.digest} in {src.where}")
     diff_ids = image_config.layer_ids()
     if len(m.layers) != len(diff_ids):
-        die("manifest layers do not match the config's rootfs.diff_ids")
+        die(f"the layers of {where} do not match its config's rootfs.diff_ids")
     layers = []
     for ld, diff_id in zip(m.layers, diff_ids, strict=True):
         mt = ld.media_type or ""

@@ -360,6 +360,8 @@ _OS_RELEASE_SEEDS = (
 
 def all_targets() -> list[Target]:
     """Every fuzz target, with its seeds (built here: some need the EROFS writer)."""
+    from cfstest.fuzzimage import image_targets
+
     return [
         Target("dumpfile", _dumpfile, (CfsbootError,), _DUMP_SEEDS, (b" ", b"@", b"=")),
         Target("erofs", _erofs, (CfsbootError,), _image_seeds()),
@@ -373,4 +375,5 @@ def all_targets() -> list[Target]:
         Target("kargs.d", _kargs_d, (CfsbootError,), _KARGS_D_SEEDS, (b'"""', b"[[")),
         Target("os-release", _os_release, (), _OS_RELEASE_SEEDS, (b"PRETTY_NAME=", b"ID=")),
         Target("install-config", _install_config, (CfsbootError,), _INSTALL_CONFIG_SEEDS),
+        *image_targets(),
     ]

@@ -32,6 +32,11 @@ EXAMPLES = {
     "kargs.d": 800,
     "os-release": 800,
     "install-config": 1000,
+    "layer": 300,
+    "oci-layout": 300,
+    "uki": 600,
+    "layer-record": 400,
+    "image-info": 400,
 }
 
 

@@ -113,8 +113,9 @@ def open_docker_archive(src: BlobSource, tag: str | None, arch: str | None) -> O
     m = re.search(r"([0-9a-f]{64})(\.json)?$", entry.config)
     if m and m.group(1) != config_digest[7:]:
         die(f"config {entry.config} digest mismatch: got {config_digest}")
-    image_config = ImageConfig.parse(config, f"config {entry.config} in {src.where}")
-    diff_ids = image_config.layer_ids()
+    config_where = f"config {entry.config} in {src.where}"
+    image_config = ImageConfig.parse(config, config_where)
+    diff_ids = image_config.layer_ids(config_where)
     if len(entry.layers) != len(diff_ids):
         die(f"the layers in {src.where} do not match its config's rootfs.diff_ids")
     layers = tuple(

@@ -180,8 +180,8 @@ class ImageConfig:
             ),
         )
 
-    def layer_ids(self) -> tuple[str, ...]:
-        """rootfs.diff_ids, which an image to import must have."""
+    def layer_ids(self, what: str = "config") -> tuple[str, ...]:
+        """rootfs.diff_ids, which an image to import must have (`what` names the config)."""
         if self.diff_ids is None:
-            raise DocumentError("config has no rootfs.diff_ids")
+            raise DocumentError(f"{what} has no rootfs.diff_ids")
         return self.diff_ids

@@ -90,8 +90,9 @@ def open_oci(src: BlobSource, tag: str | None, arch: str | None) -> OpenedImage:
     where = f"manifest {desc.digest} in {src.where}"
     m = Manifest.parse(manifest, config_limit=MAX_CONFIG, layer_limit=MAX_LAYER, what=where)
     config = read_blob(src, m.config, "config")
-    image_config = ImageConfig.parse(config, f"config {m.config.digest} in {src.where}")
-    diff_ids = image_config.layer_ids()
+    config_where = f"config {m.config.digest} in {src.where}"
+    image_config = ImageConfig.parse(config, config_where)
+    diff_ids = image_config.layer_ids(config_where)
     if len(m.layers) != len(diff_ids):
         die(f"the layers of {where} do not match its config's rootfs.diff_ids")
     layers = []

@@ -31,6 +31,7 @@ from cfsboot.image.osrelease import OsRelease
 from cfsboot.oci.dockerarchive import parse_manifest_json
 from cfsboot.oci.documents import ImageConfig, Index, Manifest
 from cfsboot.oci.tar import entries
+from cfstest.fuzzimage import image_targets
 from cfstest.fuzzing import Target
 from cfstest.ocibuild import Entry, tar_bytes
 from setuproot.config import ConfigError, load_config
@@ -359,9 +360,11 @@ _OS_RELEASE_SEEDS = (
 
 
 def all_targets() -> list[Target]:
-    """Every fuzz target, with its seeds (built here: some need the EROFS writer)."""
-    from cfstest.fuzzimage import image_targets
+    """Every fuzz target, with its seeds (built here: some need the EROFS writer).
 
+    Every module a target runs is imported at the top of this file or of fuzzimage.py:
+    atheris instruments only what is imported while atheris_run.py imports this.
+    """
     return [
         Target("dumpfile", _dumpfile, (CfsbootError,), _DUMP_SEEDS, (b" ", b"@", b"=")),
         Target("erofs", _erofs, (CfsbootError,), _image_seeds()),

@@ -34,6 +34,13 @@ def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] not in targets:
         sys.exit(f"usage: atheris_run.py TARGET [libFuzzer options]; targets: {sorted(targets)}")
     target = targets[sys.argv[1]]
+    # The seeds once, still importing under instrumentation: cfsboot imports some modules
+    # where it needs them (the PE parser, the decompressors, ...), and atheris sees into
+    # only what was instrumented when imported.
+    with atheris.instrument_imports(include=["cfsboot", "setuproot"]):
+        for seed in target.seeds:
+            with tempfile.TemporaryDirectory(prefix=f"fuzz-{target.name}-") as warm:
+                check(target, seed, Path(warm))
     with tempfile.TemporaryDirectory(prefix=f"fuzz-{target.name}-") as top:
         corpus = Path(top) / "corpus"
         corpus.mkdir()

@@ -353,3 +353,21 @@ def test_extract_of_a_directory_1500_deep(tmp_path: Path) -> None:
         # pytest's temporary directory it would break pytest's own clean-up of it.
         remove_tree(tmp_path / "etc")
     assert not (tmp_path / "etc").exists()
+
+
+# -- state files -------------------------------------------------------------------------------
+
+
+def test_boot_assessment_record_nested_too_deeply_is_no_record(tmp_path: Path) -> None:
+    """json.loads raises RecursionError, not ValueError, on `[[[[...`: status and fsck read
+    the cached update, the health results and this record with `except ValueError` only
+    (the other three are pinned in their modules' tests)."""
+    from cfsboot.deploy.assessrecord import read_record, record_path
+
+    sysroot = Sysroot(tmp_path, run_dir=tmp_path / "run")
+    path = record_path(sysroot, DIGEST)
+    path.parent.mkdir(parents=True)
+    path.write_text("[" * 100_000)
+    assert read_record(sysroot, DIGEST) is None
+    path.write_text('{"failed": ["x"]}')
+    assert read_record(sysroot, DIGEST) == {"failed": ["x"]}

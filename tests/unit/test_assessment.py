@@ -82,6 +82,8 @@ def test_health_checks_order_override_mask_and_results(tmp_path: Path) -> None:
     health.write_results(results, out)
     assert health.read_results(out) == ["20-fails exited with status 3: disk is full"]
     assert health.read_results(tmp_path / "missing.json") == []
+    (tmp_path / "deep.json").write_text("[" * 100_000)
+    assert health.read_results(tmp_path / "deep.json") == []  # was a RecursionError
 
 
 def test_a_check_that_hangs_is_killed(tmp_path: Path) -> None:

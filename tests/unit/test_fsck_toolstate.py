@@ -140,6 +140,7 @@ _DAMAGED = "status ignores it"
     [
         (b"{not json", "is not JSON"),
         (b"\xff\xfe", "is not JSON"),
+        (b"[" * 100_000, "is not JSON"),  # was a RecursionError out of json.loads
         (b"[]", 'is not a cached update ({"deployment": ID, "image": {...}})'),
         (
             b'{"deployment": "x", "image": {}}',

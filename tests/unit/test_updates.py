@@ -138,6 +138,8 @@ def test_cached_update_round_trip(tmp_path: Path) -> None:
     write_cached_update(sysroot, None)  # none to remove: no error
     (tmp_path / "root/state/cfsboot/cached-update.json").write_text("[1]")
     assert read_cached_update(sysroot) is None
+    (tmp_path / "root/state/cfsboot/cached-update.json").write_text("[" * 100_000)
+    assert read_cached_update(sysroot) is None  # was a RecursionError out of json.loads
 
 
 # -- the route check ---------------------------------------------------------------------

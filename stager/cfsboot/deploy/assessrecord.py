@@ -26,6 +26,6 @@ def record_path(sysroot: Sysroot, depl: str) -> Path:
 def read_record(sysroot: Sysroot, depl: str) -> dict[str, Any] | None:
     try:
         doc = json.loads(record_path(sysroot, depl).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: [[[[... nested
         return None
     return doc if isinstance(doc, dict) else None

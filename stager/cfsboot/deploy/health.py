@@ -89,7 +89,7 @@ def read_results(path: Path = RESULTS_FILE) -> list[str]:
     """One line per failed check of this boot (none when nothing ran or all passed)."""
     try:
         docs = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: [[[[... nested
         return []
     out = []
     for d in docs if isinstance(docs, list) else []:

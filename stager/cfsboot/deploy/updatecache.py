@@ -39,7 +39,7 @@ def read_cached_update(sysroot: Sysroot) -> CachedUpdate | None:
         doc = json.loads(path.read_bytes())
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: [[[[... nested
         log.warning("ignoring %s: %s", path, e)
         return None
     depl, image = doc.get("deployment") if isinstance(doc, dict) else None, None

@@ -90,7 +90,7 @@ def _cached_update_damage(path: Path) -> str | None:
         return f"cannot be read: {e.strerror}"
     try:
         doc = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: [[[[... nested
         return "is not JSON"
     if (
         not isinstance(doc, dict)

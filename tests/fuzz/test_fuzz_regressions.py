@@ -371,3 +371,53 @@ def test_boot_assessment_record_nested_too_deeply_is_no_record(tmp_path: Path) -
     assert read_record(sysroot, DIGEST) is None
     path.write_text('{"failed": ["x"]}')
     assert read_record(sysroot, DIGEST) == {"failed": ["x"]}
+
+
+# -- image archives (Python's tarfile) -----------------------------------------------------------
+
+
+def _pax_record(key: bytes, value: bytes) -> bytes:
+    body = key + b"=" + value + b"\n"
+    n = len(body) + 2
+    while len(str(n)) + 1 + len(body) != n:
+        n += 1
+    return str(n).encode() + b" " + body
+
+
+@pytest.mark.parametrize("transport", ["docker-archive", "oci-archive"])
+def test_archive_with_a_gnu_sparse_header_without_its_map(tmp_path: Path, transport: str) -> None:
+    """Found by reading tarfile: a PAX GNU sparse 1.0 member whose map is not numbers made
+    tarfile.getmembers() raise ValueError (an internal error, exit 70, from the CLI)."""
+    import tarfile
+
+    from cfsboot.image.importer import import_image
+
+    records = b"".join(
+        _pax_record(k, v)
+        for k, v in (
+            (b"GNU.sparse.major", b"1"),
+            (b"GNU.sparse.minor", b"0"),
+            (b"GNU.sparse.name", b"manifest.json"),
+            (b"GNU.sparse.realsize", b"10"),
+        )
+    )
+
+    def header(name: str, typeflag: bytes, size: int) -> bytes:
+        info = tarfile.TarInfo(name)
+        info.size, info.type = size, typeflag
+        return info.tobuf(format=tarfile.USTAR_FORMAT)
+
+    path = tmp_path / "image.tar"
+    path.write_bytes(
+        header("PaxHeader", b"x", len(records))
+        + records.ljust(-(-len(records) // 512) * 512, b"\0")
+        + header("manifest.json", b"0", 512)
+        + b"x" * 512
+        + bytes(1024)
+    )
+    with pytest.raises(CfsbootError) as e:
+        import_image(f"{transport}:{path}", None)
+    assert str(e.value) == (
+        f"{path} is not an uncompressed tar archive "
+        "(not enough values to unpack (expected 2, got 1))"
+    )

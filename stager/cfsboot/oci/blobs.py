@@ -60,11 +60,15 @@ class TarSource(BlobSource):
         try:
             self.tf = tarfile.open(path, "r:")
             self.members = {
-                m.name.lstrip("./").lstrip("/"): m for m in self.tf.getmembers() if m.isfile()
+                m.name.lstrip("./").lstrip("/"): m
+                for m in self.tf.getmembers()
+                if m.isfile() and not m.issparse()  # no blob is a sparse file
             }
         except FileNotFoundError:
             die(f"{path} does not exist")
-        except (tarfile.TarError, EOFError) as e:
+        # tarfile's own errors, and what its parsers let out on hostile headers (a GNU
+        # sparse 1.0 map without its numbers is a ValueError from unpacking).
+        except (tarfile.TarError, EOFError, ValueError, OverflowError, IndexError) as e:
             die(f"{path} is not an uncompressed tar archive ({e})")
 
     def open(self, name: str) -> tuple[BinaryIO, int] | None:

@@ -280,3 +280,24 @@ def test_4k_sectors(tmp_path: Path) -> None:
     assert [(p.number, p.start, p.size, p.type_uuid, p.name) for p in layout.partitions] == [
         (1, 256 * 4096, 256 * 4096, ESP, "EFI")
     ]
+
+
+@pytest.mark.parametrize("entry_lba", [1 << 60, (1 << 64) - 1])
+def test_entry_array_past_any_disk_with_right_crcs(image: Path, entry_lba: int) -> None:
+    """Both headers rewritten (CRCs right) to put the entry array at an LBA that fits no
+    off_t: the seek was a ValueError out of read_layout (an internal error)."""
+    last = last_lba(image)
+    for lba in (1, last):
+        fields = dict(HEADER.parse(peek(image, lba * SECTOR, HEADER_SIZE)))
+        fields.pop("_io", None)
+        fields["partition_entry_lba"] = entry_lba
+        fields["header_crc32"] = 0
+        header = HEADER.build(fields)
+        fields["header_crc32"] = crc_of_header(header)
+        poke(image, lba * SECTOR, HEADER.build(fields))
+    with pytest.raises(CfsbootError) as e:
+        read_layout(image)
+    past = "the partition entry array lies past the end of the disk"
+    assert e.value.message == (
+        f"{image}: damaged GPT: primary header (LBA 1): {past}; backup header (LBA {last}): {past}"
+    )

@@ -235,7 +235,11 @@ _Table = tuple[Any, tuple[tuple[int, Any], ...]]
 
 
 def _read_at(f: BinaryIO, offset: int, size: int) -> bytes:
-    f.seek(offset)
+    """`size` bytes at `offset`, fewer past the end (a header's LBAs are its own claims)."""
+    try:
+        f.seek(offset)
+    except (ValueError, OverflowError):  # an LBA past any disk: cannot fit an off_t
+        return b""
     return f.read(size)
 
 

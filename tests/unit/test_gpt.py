@@ -301,3 +301,38 @@ def test_entry_array_past_any_disk_with_right_crcs(image: Path, entry_lba: int) 
     assert e.value.message == (
         f"{image}: damaged GPT: primary header (LBA 1): {past}; backup header (LBA {last}): {past}"
     )
+
+
+def test_a_partition_that_ends_before_it_starts_is_damage(tmp_path: Path) -> None:
+    """Its size was negative, for losetup --sizelimit and mtools to fail on later."""
+    entry = {
+        "partition_type_guid": gpt.ESP_TYPE,
+        "unique_partition_guid": "01234567-89AB-CDEF-0123-456789ABCDEF",
+        "starting_lba": 40,
+        "ending_lba": 39,
+        "attributes": 0,
+        "partition_name": "EFI System",
+    }
+    table = gpt.build_entries([entry], 4, ENTRY_SIZE)
+    fields = {
+        "header_crc32": 0,
+        "my_lba": 1,
+        "alternate_lba": 63,
+        "first_usable_lba": 34,
+        "last_usable_lba": 62,
+        "disk_guid": "21234567-89AB-CDEF-0123-456789ABCDEF",
+        "partition_entry_lba": 2,
+        "number_of_partition_entries": 4,
+        "size_of_partition_entry": ENTRY_SIZE,
+    }
+    disk = tmp_path / "disk.img"
+    header = gpt.build_header(fields, table)
+    disk.write_bytes(
+        (bytes(SECTOR) + header.ljust(SECTOR, b"\0") + table).ljust(64 * SECTOR, b"\0")
+    )
+    with pytest.raises(CfsbootError) as e:
+        read_layout(disk)
+    assert e.value.message == (
+        f"{disk}: damaged GPT: primary header (LBA 1): partition 1 ends at LBA 39, before it"
+        " starts (40); backup header (LBA 63): no GPT signature"
+    )

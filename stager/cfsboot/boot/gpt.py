@@ -279,6 +279,11 @@ def _read_table(f: BinaryIO, sector: int, lba: int) -> _Table:
         for n, at in enumerate(starts, 1)
         if table[at : at + GUID_SIZE] != UNUSED_GUID
     )
+    for n, e in used:  # EndingLBA is inclusive: a partition of no sectors is damage
+        if e.ending_lba < e.starting_lba:
+            raise GptError(
+                f"partition {n} ends at LBA {e.ending_lba}, before it starts ({e.starting_lba})"
+            )
     return header, used
 
 

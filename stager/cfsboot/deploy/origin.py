@@ -42,6 +42,8 @@ def to_origin_reference(imgref: str) -> str:
     if not sep:  # no transport to translate: kept as read (a foreign file's), so it reads back
         return imgref
     if transport == "docker":
+        if not rest.startswith("//"):  # not skopeo's docker://: kept as read, as above
+            return imgref
         rest = rest.removeprefix("//")
     return f"{UNVERIFIED_PREFIX}{_TO_OSTREE.get(transport, transport)}:{rest}"
 

@@ -31,6 +31,8 @@ from cfsboot.image.osrelease import OsRelease
 from cfsboot.oci.dockerarchive import parse_manifest_json
 from cfsboot.oci.documents import ImageConfig, Index, Manifest
 from cfsboot.oci.tar import entries
+from cfstest.fuzzarchive import archive_targets
+from cfstest.fuzzesp import esp_targets
 from cfstest.fuzzimage import image_targets
 from cfstest.fuzzing import Target
 from cfstest.ocibuild import Entry, tar_bytes
@@ -379,4 +381,6 @@ def all_targets() -> list[Target]:
         Target("os-release", _os_release, (), _OS_RELEASE_SEEDS, (b"PRETTY_NAME=", b"ID=")),
         Target("install-config", _install_config, (CfsbootError,), _INSTALL_CONFIG_SEEDS),
         *image_targets(),
+        *archive_targets(),
+        *esp_targets(),
     ]

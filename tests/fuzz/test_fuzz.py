@@ -37,6 +37,9 @@ EXAMPLES = {
     "uki": 600,
     "layer-record": 400,
     "image-info": 400,
+    "archive": 300,
+    "gpt": 800,
+    "fat": 400,
 }
 
 

@@ -323,7 +323,10 @@ _ROW = ["file", "usr/a", 420, 0, 0, 0, 0, 1, "", 0, {}, "a", None]
     [
         (_ROW[:10] + [[], *_ROW[11:]], "'list' object has no attribute 'items'"),
         ([_ROW[0], 7, *_ROW[2:]], "bad entry path 7"),
-        (_ROW[:2] + [float("inf"), *_ROW[3:]], "cannot convert float infinity to integer"),
+        (_ROW[:2] + [float("inf"), *_ROW[3:]], "bad mode of 'usr/a'"),
+        (_ROW[:3] + [1 << 100, *_ROW[4:]], "bad uid of 'usr/a'"),  # found by atheris
+        (_ROW[:6] + [10**9, *_ROW[7:]], "bad mtime_nsec of 'usr/a'"),
+        (_ROW[:9] + [1 << 32, *_ROW[10:]], "bad rdev of 'usr/a'"),
         ([_ROW[0], "usr/../../x", *_ROW[2:]], "bad entry path 'usr/../../x'"),
         (_ROW[:12] + ["../../etc/shadow"], "bad object digest of 'usr/a'"),
         (_ROW[:12] + [["ab"]], "bad object digest of 'usr/a'"),
@@ -332,7 +335,8 @@ _ROW = ["file", "usr/a", 420, 0, 0, 0, 0, 1, "", 0, {}, "a", None]
 )
 def test_damaged_layer_record_is_a_layer_error(row: list[object], error: str) -> None:
     """A damaged record in the repository (gc, fsck and a re-import read them back) was an
-    AttributeError or OverflowError, or gave paths with `..` and digests that are not hex."""
+    AttributeError or OverflowError, gave paths with `..` and digests that are not hex, or
+    numbers the EROFS writer refused with a ValueError (atheris: a uid of 70 digits)."""
     from cfsboot.oci.apply import LayerError, LayerRecord
 
     doc = {"format": 1, "diff_id": "sha256:" + "1" * 64, "algorithm": "sha256", "entries": [row]}
@@ -435,4 +439,53 @@ def test_archive_with_a_gnu_sparse_header_without_its_map(tmp_path: Path, transp
     assert str(e.value) == (
         f"{path} is not an uncompressed tar archive "
         "(not enough values to unpack (expected 2, got 1))"
+    )
+
+
+def test_device_number_past_32_bits_in_a_layer(tmp_path: Path) -> None:
+    """Found writing the layer-record regression: a char device 4096:0 in a layer (a legal
+    tar) became an rdev past 32 bits, and the EROFS writer's ValueError an internal error."""
+    from cfsboot.image.importer import import_image
+    from cfstest.ocibuild import Compression, Entry, build_layout
+    from cfstest.ocirepo import base_layer
+
+    for major, minor in ((4096, 0), (0, 1 << 20)):
+        layer = [*base_layer(), Entry("usr/c", "char", major=major, minor=minor)]
+        build_layout(tmp_path / f"{major}", [layer], compression=Compression.NONE)
+        with pytest.raises(CfsbootError) as e:
+            import_image(f"oci:{tmp_path}/{major}", None)
+        assert str(e.value) == (
+            f"tar member 'usr/c' has device number {major}:{minor}, past what composefs can"
+            " store (major < 4096, minor < 1048576)"
+        )
+    build_layout(
+        tmp_path / "ok",
+        [[*base_layer(), Entry("usr/c", "char", major=4095, minor=(1 << 20) - 1)]],
+        compression=Compression.NONE,
+    )
+    import_image(f"oci:{tmp_path}/ok", None)
+
+
+def test_gpt_entry_array_of_hundreds_of_gigabytes(tmp_path: Path) -> None:
+    """Found by atheris (gpt): 512 entries of 486604800 bytes each (a multiple of 128, as
+    the header's CRC says) made read_layout ask for 249 GB in one read: a MemoryError."""
+    import struct
+    import zlib
+
+    from cfsboot.boot.gpt import read_layout
+
+    disk = bytearray(64 * 512)
+    header = bytearray(92)
+    header[0:8] = b"EFI PART"
+    struct.pack_into("<IIIIQQQQ", header, 8, 0x10000, 92, 0, 0, 1, 63, 34, 62)
+    struct.pack_into("<QII", header, 72, 2, 512, 486604800)
+    struct.pack_into("<I", header, 16, zlib.crc32(bytes(header)))
+    disk[512 : 512 + 92] = header
+    path = tmp_path / "disk.img"
+    path.write_bytes(disk)
+    with pytest.raises(CfsbootError) as e:
+        read_layout(path)
+    assert str(e.value).startswith(
+        f"{path}: damaged GPT: primary header (LBA 1): the partition entry array lies past"
+        " the end of the disk; backup header (LBA 63): no GPT signature"
     )

@@ -235,12 +235,13 @@ _Table = tuple[Any, tuple[tuple[int, Any], ...]]
 
 
 def _read_at(f: BinaryIO, offset: int, size: int) -> bytes:
-    """`size` bytes at `offset`, fewer past the end (a header's LBAs are its own claims)."""
-    try:
-        f.seek(offset)
-    except (ValueError, OverflowError):  # an LBA past any disk: cannot fit an off_t
+    """`size` bytes at `offset`, fewer past the end (a header's LBAs and sizes are its own
+    claims: read no more than the disk holds, never allocate what it says)."""
+    end = f.seek(0, os.SEEK_END)  # a block device's size too (st_size is 0 there)
+    if offset >= end:
         return b""
-    return f.read(size)
+    f.seek(offset)
+    return f.read(min(size, end - offset))
 
 
 def _read_table(f: BinaryIO, sector: int, lba: int) -> _Table:

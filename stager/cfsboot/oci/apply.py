@@ -137,6 +137,18 @@ def _row(e: RecordEntry) -> list[Any]:
     ]
 
 
+# Row fields that are numbers, with what the EROFS image can hold (the tar reader's limits).
+_NUMBERS = (
+    (2, 0o7777, "mode"),
+    (3, 0xFFFFFFFF, "uid"),
+    (4, 0xFFFFFFFF, "gid"),
+    (5, (1 << 63) - 1, "mtime"),
+    (6, 999_999_999, "mtime_nsec"),
+    (7, 1 << 42, "size"),
+    (9, 0xFFFFFFFF, "rdev"),
+)
+
+
 def _unrow(r: list[Any]) -> RecordEntry:
     """A record entry back from its row, checked as far as using it needs (the repository's
     files are ours, but a damaged one must be a LayerError, not a crash or a path outside)."""
@@ -147,6 +159,9 @@ def _unrow(r: list[Any]) -> RecordEntry:
         raise ValueError(f"bad entry path {path!r:.80}")
     if content is not None and not isinstance(content, str):
         raise TypeError(f"bad inline content of {path!r:.80}")
+    for i, limit, what in _NUMBERS:
+        if not (isinstance(r[i], int) and 0 <= r[i] <= limit):
+            raise ValueError(f"bad {what} of {path!r:.80}")
     if digest is not None and not (
         isinstance(digest, str)
         and len(digest) in (64, 128)

@@ -331,8 +331,13 @@ def _member_kind(typeflag: bytes) -> Kind:
 def _rdev(entry: TarEntry, devmajor: bytes, devminor: bytes) -> int:
     major = _parse_number(devmajor, "devmajor")
     minor = _parse_number(devminor, "devminor")
-    if major > 0xFFFFFFF or minor > 0xFFFFFFF:
-        raise TarError(f"tar member {entry.path!r} has an absurd device number")
+    # What an EROFS inode holds: Linux's 32-bit device number (12 bits of major, 20 of minor).
+    if major >= 1 << 12 or minor >= 1 << 20:
+        shown = entry.path.decode(errors="replace")
+        raise TarError(
+            f"tar member {shown!r} has device number {major}:{minor}, past what composefs"
+            " can store (major < 4096, minor < 1048576)"
+        )
     return os.makedev(major, minor)
 
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import zstandard
 
-from cfsboot.composefs.tree import Inode, lookup, split_path
+from cfsboot.composefs.tree import INLINE_MAX, Inode, lookup, split_path
 from cfsboot.errors import CfsbootError
-from cfsboot.oci.tar import Kind
+from cfsboot.oci.tar import MAX_PATH, MAX_XATTR_VALUE, Kind
 
 WHITEOUT_PREFIX = b".wh."
 OPAQUE_MARKER = b".wh..wh..opq"
@@ -137,6 +137,17 @@ def _row(e: RecordEntry) -> list[Any]:
     ]
 
 
+def _fits(path: bytes) -> bool:
+    """A path as the tar reader normalises them: no `..`, NUL or overlong name."""
+    comps = split_path(path)
+    return (
+        len(path) <= MAX_PATH
+        and b"\0" not in path
+        and b".." not in comps
+        and all(len(c) <= 255 for c in comps)
+    )
+
+
 # Row fields that are numbers, with what the EROFS image can hold (the tar reader's limits).
 _NUMBERS = (
     (2, 0o7777, "mode"),
@@ -155,10 +166,18 @@ def _unrow(r: list[Any]) -> RecordEntry:
     if not isinstance(r, list) or len(r) != 13:
         raise ValueError("an entry is not a row of 13 values")
     path, link, digest, content = r[1], r[8], r[12], r[11]
-    if not isinstance(path, str) or b".." in split_path(_b(path)) or not isinstance(link, str):
+    if not isinstance(path, str) or not isinstance(link, str) or not _fits(_b(path)):
         raise ValueError(f"bad entry path {path!r:.80}")
-    if content is not None and not isinstance(content, str):
-        raise TypeError(f"bad inline content of {path!r:.80}")
+    if len(link) > MAX_PATH or "\0" in link:
+        raise ValueError(f"bad link target of {path!r:.80}")
+    if content is not None and not (isinstance(content, str) and len(content) <= INLINE_MAX):
+        raise ValueError(f"bad inline content of {path!r:.80}")
+    if not isinstance(r[10], dict) or not all(
+        isinstance(k, str) and 0 < len(k) <= 255 and "\0" not in k
+        and isinstance(v, str) and len(v) <= MAX_XATTR_VALUE
+        for k, v in r[10].items()
+    ):  # fmt: skip
+        raise ValueError(f"bad xattrs of {path!r:.80}")
     for i, limit, what in _NUMBERS:
         if not (isinstance(r[i], int) and 0 <= r[i] <= limit):
             raise ValueError(f"bad {what} of {path!r:.80}")

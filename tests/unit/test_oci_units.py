@@ -78,7 +78,7 @@ def test_record_round_trip() -> None:
         "sha512",
         [
             RecordEntry(Op.DIR, b"", 0o755, mtime=5),
-            RecordEntry(Op.FILE, b"f\xff\x00x", 0o644, 1, 2, 3, 4, 3, content=b"\x00\xfe\n"),
+            RecordEntry(Op.FILE, b"f\xff\x01x", 0o644, 1, 2, 3, 4, 3, content=b"\x00\xfe\n"),
             RecordEntry(Op.FILE, b"big", size=100, digest="ab" * 64),
             RecordEntry(Op.SYMLINK, b"l", link=b"/t\xee"),
             RecordEntry(Op.CHAR, b"c", rdev=259, xattrs={b"user.\xff": b"\x00\x01"}),

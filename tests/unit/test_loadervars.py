@@ -104,40 +104,51 @@ def test_unset_cfsboot_default_boots(
     assert not last.startswith("Boot loader override")
 
 
+def assert_override(
+    ds: DirSysroot,
+    sysroot: Sysroot,
+    monkeypatch: pytest.MonkeyPatch,
+    var: tuple[str, str, str],
+    deployment: str | None,
+    message: str,
+) -> None:
+    """status's nextBoot and its human line, for a variable (name, value as set, entry id
+    matched) that overrides cfsboot's default."""
+    name, value, entry = var
+    nxt, last = status(ds, sysroot, monkeypatch)
+    assert nxt == {
+        "deployment": deployment,
+        "entry": entry,
+        "override": override(ds, name, value, message),
+    }
+    assert last == f"Boot loader override: {message}."
+
+
 def test_default_names_cfsboot_entry(
     ds: DirSysroot, fake: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     set_var(fake, DEFAULT, V1_ID)
-    nxt, last = status(ds, live(ds, fake), monkeypatch)
     message = (
         f"the EFI variable LoaderEntryDefault names {V1_ID} (deployment {ds.digests[0][:12]}…):"
         f" systemd-boot starts it at every boot instead of deployment {ds.digests[1][:12]}…;"
         f" {CLEAR_DEFAULT}"
     )
-    assert nxt == {
-        "deployment": ds.digests[0],
-        "entry": V1_ID,
-        "override": override(ds, DEFAULT, V1_ID, message),
-    }
-    assert last == f"Boot loader override: {message}."
+    assert_override(
+        ds, live(ds, fake), monkeypatch, (DEFAULT, V1_ID, V1_ID), ds.digests[0], message
+    )
 
 
 def test_default_names_foreign_entry(
     ds: DirSysroot, fake: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     set_var(fake, DEFAULT, "Arch.conf")  # matched case-folded, as systemd-boot does
-    nxt, last = status(ds, live(ds, fake), monkeypatch)
     message = (
         "the EFI variable LoaderEntryDefault names arch.conf (not a cfsboot entry):"
         f" systemd-boot starts it at every boot instead of deployment {ds.digests[1][:12]}…;"
         f" {CLEAR_DEFAULT}"
     )
-    assert nxt == {
-        "deployment": None,
-        "entry": "arch.conf",
-        "override": override(ds, DEFAULT, "Arch.conf", message),
-    }
-    assert last == f"Boot loader override: {message}."
+    var = (DEFAULT, "Arch.conf", "arch.conf")
+    assert_override(ds, live(ds, fake), monkeypatch, var, None, message)
 
 
 def test_default_names_missing_entry(
@@ -159,18 +170,14 @@ def test_default_names_missing_entry(
 def test_oneshot_over_default(ds: DirSysroot, fake: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     set_var(fake, DEFAULT, "arch.conf")
     set_var(fake, ONESHOT, V1_ID)
-    nxt, last = status(ds, live(ds, fake), monkeypatch)
     message = (
         f"the EFI variable LoaderEntryOneShot names {V1_ID} (deployment {ds.digests[0][:12]}…):"
         f" systemd-boot starts it at the next boot instead of deployment {ds.digests[1][:12]}…;"
         ' `bootctl set-oneshot ""` clears it'
     )
-    assert nxt == {
-        "deployment": ds.digests[0],
-        "entry": V1_ID,
-        "override": override(ds, ONESHOT, V1_ID, message),
-    }
-    assert last == f"Boot loader override: {message}."
+    assert_override(
+        ds, live(ds, fake), monkeypatch, (ONESHOT, V1_ID, V1_ID), ds.digests[0], message
+    )
 
 
 def test_offline_sysroot_ignores_host_variables(

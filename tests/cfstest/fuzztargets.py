@@ -35,6 +35,7 @@ from cfstest.fuzzarchive import archive_targets
 from cfstest.fuzzesp import esp_targets
 from cfstest.fuzzimage import image_targets
 from cfstest.fuzzing import Target
+from cfstest.fuzzstate import state_targets
 from cfstest.ocibuild import Entry, tar_bytes
 from setuproot.config import ConfigError, load_config
 from setuproot.contract import KargError, parse_cmdline, split_cmdline
@@ -383,4 +384,5 @@ def all_targets() -> list[Target]:
         *image_targets(),
         *archive_targets(),
         *esp_targets(),
+        *state_targets(),
     ]

@@ -40,6 +40,8 @@ EXAMPLES = {
     "archive": 300,
     "gpt": 800,
     "fat": 400,
+    "efivars": 500,
+    "state-files": 500,
 }
 
 

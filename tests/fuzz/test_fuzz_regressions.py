@@ -493,3 +493,24 @@ def test_gpt_entry_array_of_hundreds_of_gigabytes(tmp_path: Path) -> None:
         f"{path}: damaged GPT: primary header (LBA 1): the partition entry array lies past"
         " the end of the disk; backup header (LBA 63): no GPT signature"
     )
+
+
+# -- systemd-boot's EFI variables ------------------------------------------------------
+
+
+def test_efi_variable_globs_with_many_stars_and_unclosed_sets(tmp_path: Path) -> None:
+    """Patterns a backtracking glob takes exponential time on (`*a*a*...x`), or that scan
+    an unclosed `[` at each position, match nothing and are noted unmatched, one by one."""
+    from cfsboot.boot import loadervars
+    from cfstest.fuzzstate import _menu, _utf16
+
+    stars, unclosed = "*b" * 2000 + "x", "*[" * 2000
+    target = next(t for t in all_targets() if t.name == "efivars")
+    check(target, _utf16(stars, unclosed, stars), tmp_path)
+    vardir = tmp_path / "efivars"
+    bl = _menu(tmp_path / "esp")
+    assert loadervars.unmatched(bl, vardir) == [
+        ("LoaderEntryOneShot", stars),
+        ("LoaderEntryDefault", unclosed),
+    ]
+    assert loadervars.next_boot(bl, vardir).chosen.variable is None

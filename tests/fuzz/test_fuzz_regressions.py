@@ -514,3 +514,49 @@ def test_efi_variable_globs_with_many_stars_and_unclosed_sets(tmp_path: Path) ->
         ("LoaderEntryDefault", unclosed),
     ]
     assert loadervars.next_boot(bl, vardir).chosen.variable is None
+
+
+def test_efi_variable_naming_an_auto_entry_with_control_characters(tmp_path: Path) -> None:
+    """An `auto-` value is taken for one of systemd-boot's own entries, its id the value
+    itself: the warning status and staging log quotes it, on one line."""
+    from cfsboot.boot import loadervars
+    from cfstest.fuzzstate import _menu, _utf16
+
+    target = next(t for t in all_targets() if t.name == "efivars")
+    check(target, _utf16("auto-\x1b[2J\nx"), tmp_path)
+    nb = loadervars.next_boot(_menu(tmp_path / "esp"), tmp_path / "efivars")
+    assert nb.warning() == (
+        "the EFI variable LoaderEntryOneShot names 'auto-\\x1b[2j\\nx' (not a cfsboot"
+        " entry): systemd-boot starts it at the next boot instead of uki-6.1.efi;"
+        ' `bootctl set-oneshot ""` clears it'
+    )
+
+
+# -- state files cfsboot reads back ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("doc", "lines"),
+    [
+        # A newline and an escape in a check's last line: one line of printable text.
+        (
+            b'[{"name": "a\\u001b[2J", "status": 1, "seconds": 1e999, "last_line": "x\\ny"}]',
+            ["a [2J exited with status 1: x y"],
+        ),
+        # Entries of the wrong types were taken as they came ("1 exited with status x").
+        (
+            b'[{"name": 1, "status": "x", "seconds": 0}, {"name": "b", "status": true,'
+            b' "seconds": 0}, {"name": "c", "status": 2, "seconds": "0"}, 7, null]',
+            [],
+        ),
+        (b'[{"name": "d", "status": 2, "seconds": 0, "extra": 1}]', ["d exited with status 2"]),
+    ],
+)
+def test_health_results_read_back_as_one_line_each(
+    tmp_path: Path, doc: bytes, lines: list[str]
+) -> None:
+    from cfsboot.deploy import health
+
+    target = next(t for t in all_targets() if t.name == "state-files")
+    check(target, doc, tmp_path)
+    assert health.read_results(tmp_path / "run" / "cfsboot" / "health-checks.json") == lines

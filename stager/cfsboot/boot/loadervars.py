@@ -226,17 +226,25 @@ class NextBoot:
         c = self.chosen
         assert c.entry is not None and c.variable is not None
         if c.deployment is not None:
-            what = f"{c.entry.id} (deployment {c.deployment[:12]}…)"
+            what = f"{_shown(c.entry.id)} (deployment {c.deployment[:12]}…)"
         else:
-            what = f"{c.entry.id} (not a cfsboot entry)"
+            what = f"{_shown(c.entry.id)} (not a cfsboot entry)"
         mine, theirs = self.cfsboot.deployment, self.cfsboot.entry
-        instead = f"deployment {mine[:12]}…" if mine else theirs.id if theirs else "no entry"
+        instead = (
+            f"deployment {mine[:12]}…" if mine else _shown(theirs.id) if theirs else "no entry"
+        )
         via = f" (by {c.saved_by}'s @saved)" if c.saved_by else ""
         when = "the next boot" if c.variable == LOADER_ENTRY_ONESHOT else "every boot"
         return (
             f"the EFI variable {c.variable}{via} names {what}: systemd-boot starts it at"
             f" {when} instead of {instead}; {c.clear}"
         )
+
+
+def _shown(entry_id: str) -> str:
+    """An entry id in a warning: as it is, or quoted with escapes when it would not print
+    as one line (an `auto-` id is the variable's own value, which may hold anything)."""
+    return entry_id if entry_id.isprintable() else repr(entry_id)
 
 
 def next_boot(bl: Bootloader, efivars_dir: Path | None, *, staged: bool = False) -> NextBoot:

@@ -38,8 +38,11 @@ class CheckResult:
         return self.status == 0
 
     def describe(self) -> str:
+        """One line of printable text (a check's output, and the file it is read back
+        from, may hold anything)."""
         how = "did not finish" if self.status is None else f"exited with status {self.status}"
-        return f"{self.name} {how}" + (f": {self.last_line}" if self.last_line else "")
+        line = f"{self.name} {how}" + (f": {self.last_line}" if self.last_line else "")
+        return "".join(c if c.isprintable() else " " for c in line)
 
 
 def find_checks(dirs: tuple[Path, ...] = HEALTH_DIRS) -> list[Path]:
@@ -93,10 +96,22 @@ def read_results(path: Path = RESULTS_FILE) -> list[str]:
         return []
     out = []
     for d in docs if isinstance(docs, list) else []:
-        try:
-            r = CheckResult(**d)
-        except TypeError:
-            continue
-        if not r.ok:
+        r = _result(d)
+        if r is not None and not r.ok:
             out.append(r.describe())
     return out
+
+
+def _result(d: object) -> CheckResult | None:
+    """One entry of the results file; None for one that is not (a damaged file)."""
+    if not isinstance(d, dict):
+        return None
+    name, status, last = d.get("name"), d.get("status"), d.get("last_line", "")
+    seconds = d.get("seconds")
+    if status is not None and (not isinstance(status, int) or isinstance(status, bool)):
+        return None
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool):
+        return None
+    if not isinstance(name, str) or not isinstance(last, str):
+        return None
+    return CheckResult(name, status, float(seconds), last)

@@ -560,3 +560,16 @@ def test_health_results_read_back_as_one_line_each(
     target = next(t for t in all_targets() if t.name == "state-files")
     check(target, doc, tmp_path)
     assert health.read_results(tmp_path / "run" / "cfsboot" / "health-checks.json") == lines
+
+
+def test_boot_assessment_record_failures_read_back_as_one_line_each(tmp_path: Path) -> None:
+    """What status shows as the last failure: printable lines, whatever the record holds."""
+    from cfsboot.deploy import assessrecord
+
+    target = next(t for t in all_targets() if t.name == "state-files")
+    check(target, b'{"failed": ["a\\nb", 3, ["c"]], "time": "t"}', tmp_path)
+    record = assessrecord.read_record(Sysroot(tmp_path / "root", run_dir=tmp_path / "run"), DIGEST)
+    assert record == {"failed": ["a b", "3", "['c']"], "time": "t"}
+    check(target, b'{"failed": {"a": 1}}', tmp_path)
+    record = assessrecord.read_record(Sysroot(tmp_path / "root", run_dir=tmp_path / "run"), DIGEST)
+    assert record == {"failed": []}

@@ -24,8 +24,16 @@ def record_path(sysroot: Sysroot, depl: str) -> Path:
 
 
 def read_record(sysroot: Sysroot, depl: str) -> dict[str, Any] | None:
+    """The record; None when there is none or it is not JSON. Its `failed` (what status
+    shows) is a list of one printable line each, whatever the file holds."""
     try:
         doc = json.loads(record_path(sysroot, depl).read_text())
     except (OSError, ValueError, RecursionError):  # RecursionError: [[[[... nested
         return None
-    return doc if isinstance(doc, dict) else None
+    if not isinstance(doc, dict):
+        return None
+    failed = doc.get("failed")
+    if failed is not None:
+        items = failed if isinstance(failed, list) else []
+        doc["failed"] = ["".join(c if c.isprintable() else " " for c in str(x)) for x in items]
+    return doc

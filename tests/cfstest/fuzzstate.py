@@ -108,8 +108,8 @@ def _state_files(data: bytes, tmp: Path) -> None:
 
     assert DIGEST in pins.pinned(sysroot)
     updatecache.read_cached_update(sysroot)
-    record = assessrecord.read_record(sysroot, DIGEST) or {}
-    assert all(line.isprintable() for line in record.get("failed", [])), record
+    doc = assessrecord.read_record(sysroot, DIGEST) or {}
+    assert all(line.isprintable() for line in doc.get("failed", [])), doc
     for line in health.read_results(results):
         assert line.isprintable(), line  # one line of the log and the record
     sysroot.staged()

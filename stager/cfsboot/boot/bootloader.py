@@ -269,6 +269,12 @@ class SystemdBoot(Bootloader):
         """Every entry file of the live (or staged) directory, cfsboot's or not."""
         return bls.parse_entries(self._files(staged))
 
+    def default_pattern(self) -> str | None:
+        """loader.conf's `default` (bls.loader_default: folded); None without one."""
+        if not self.esp.exists(bls.LOADER_CONF):
+            return None
+        return bls.loader_default(self.esp.read(bls.LOADER_CONF).decode(errors="ignore"))
+
     def _read_written_order(self) -> list[str]:
         ours = [ef for ef in bls.parse_entries(self._files(False)) if ef.ours]
         ours.sort(key=lambda ef: ef.entry.sort_key or "")

@@ -195,13 +195,6 @@ def menu_files(bl: Bootloader, *, staged: bool = False) -> list[EntryFile]:
     return files
 
 
-def conf_default(bl: Bootloader) -> str | None:
-    """loader.conf's `default`, folded; None without one."""
-    if not bl.esp.exists(bls.LOADER_CONF):
-        return None
-    return bls.loader_default(bl.esp.read(bls.LOADER_CONF).decode(errors="ignore"))
-
-
 class NextBoot:
     """What boots next: `chosen`, and `cfsboot`, what would boot without the variables.
 
@@ -251,7 +244,8 @@ def next_boot(bl: Bootloader, efivars_dir: Path | None, *, staged: bool = False)
     """What systemd-boot boots next from `bl`'s ESP (staged: once finalize ran), with the
     variables in `efivars_dir` (None: not the running system, no variables)."""
     files = menu_files(bl, staged=staged)
-    pattern = conf_default(bl)
+    assert isinstance(bl, SystemdBoot)
+    pattern = bl.default_pattern()
     chosen = choose(files, pattern, read_loader_vars(efivars_dir))
     mine = choose(files, pattern, NO_VARS)
     return NextBoot(chosen, mine)

@@ -21,7 +21,7 @@ import enum
 from dataclasses import dataclass, field
 
 from cfsboot.boot import bls
-from cfsboot.boot.bootloader import Bootloader, BootloaderKind, MenuEntry
+from cfsboot.boot.bootloader import Bootloader, BootloaderKind, MenuEntry, SystemdBoot
 from cfsboot.boot.esp import NEW_SUFFIX, OLD_SUFFIX, Esp, EspError
 from cfsboot.composefs.repocheck import Problem
 from cfsboot.deploy.fsck.context import Context
@@ -195,19 +195,8 @@ def _default_deployment(bl: Bootloader, live: list[MenuEntry]) -> tuple[str | No
     """(the deployment the menu boots by default, whether the default is cfsboot's at all)."""
     if bl.kind is not BootloaderKind.SYSTEMD_BOOT:
         return (live[0].deployment, True) if live else (None, True)
-    esp = bl.esp
-    files: list[tuple[str, str]] = []
-    if esp.is_dir(bls.ENTRIES_DIR):
-        for e in esp.listdir(bls.ENTRIES_DIR):
-            if not e.is_dir and bls.is_entry_name(e.name):
-                try:
-                    files.append((e.name, esp.read(f"{bls.ENTRIES_DIR}/{e.name}").decode()))
-                except UnicodeDecodeError:
-                    continue
-    pattern = None
-    if esp.exists(bls.LOADER_CONF):
-        pattern = bls.loader_default(esp.read(bls.LOADER_CONF).decode(errors="ignore"))
-    chosen = bls.default_entry(bls.parse_entries(files), pattern)
+    assert isinstance(bl, SystemdBoot)
+    chosen = bls.default_entry(bl.entry_files(), bl.default_pattern())
     if chosen is None:
         return None, True
     if not chosen.ours:

@@ -237,6 +237,53 @@ def test_staged_menu_is_what_boots_next(
     }
 
 
+def unmatched_notes(sysroot: Sysroot, ds: DirSysroot) -> list[str]:
+    ctx = Context(sysroot, None, ds.bootloader(), False, live=ds.menu())
+    notes = check_esp(ctx).notes
+    return [n.line() for n in notes if n.code == EspCode.LOADER_VARIABLE_UNMATCHED]
+
+
+def test_a_staged_menu_finalize_refuses_does_not_boot_next(
+    tmp_path: Path, fake: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The marker names another deployment than the staged menu's first: finalize refuses
+    it, the live menu boots next, and status, fsck's note and the warning all say so."""
+    refs = [os_image(tmp_path / f"v{v}", str(v), kernel=f"k{v}") for v in (1, 2, 3)]
+    ds = make_sysroot(tmp_path / "s", refs[:2], staged=refs[2])
+    sysroot = live(ds, fake)
+    sysroot.write_staged(StagedDeployment(ds.digests[0]))
+    assert sysroot.staged_entry(ds.bootloader()) is None
+    set_var(fake, ONESHOT, "bootc_testos-3-*")  # v3: in the staged menu only
+    nxt, _ = status(ds, sysroot, monkeypatch)
+    assert nxt == {"deployment": ds.digests[1], "entry": V2_ID, "override": None}
+    assert unmatched_notes(sysroot, ds) == [
+        "EFI variable LoaderEntryOneShot: 'bootc_testos-3-*' names no boot entry: systemd-boot"
+        ' passes over it (`bootctl set-oneshot ""` removes it)'
+    ]
+    set_var(fake, ONESHOT, V2_ID)  # the live default: no override of the live menu
+    warn_boot_override(sysroot, ds.bootloader())
+    assert warnings(caplog) == []
+
+
+def test_what_boots_next_of_a_staged_deployment(tmp_path: Path, fake: Path) -> None:
+    refs = [os_image(tmp_path / f"v{v}", str(v), kernel=f"k{v}") for v in (1, 2, 3)]
+    ds = make_sysroot(tmp_path / "s", refs[:2], staged=refs[2])
+    sysroot, bl = live(ds, fake), ds.bootloader()
+    staged = sysroot.staged_entry(bl)
+    assert staged is not None and staged.deployment == ds.digests[2]
+    assert sysroot.staged_next(bl) == staged
+    # Download-only: staged still, but finalize leaves it.
+    sysroot.write_staged(StagedDeployment(ds.digests[2], finalization_locked=True))
+    assert (sysroot.staged_entry(bl), sysroot.staged_next(bl)) == (staged, None)
+    # Without its state directory finalize refuses it (the live default stays).
+    sysroot.write_staged(StagedDeployment(ds.digests[2]))
+    sysroot.deploy_dir(ds.digests[2]).rename(tmp_path / "moved")
+    assert (sysroot.staged_entry(bl), sysroot.staged_next(bl)) == (staged, None)
+    # No staged menu: nothing staged (the marker alone is a leftover fsck reports).
+    bl.discard_staged()
+    assert (sysroot.staged_entry(bl), sysroot.staged_next(bl)) == (None, None)
+
+
 # -- switch / upgrade / rollback / finalize ------------------------------------------------
 
 

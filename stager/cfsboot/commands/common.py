@@ -72,8 +72,10 @@ def warn_boot_override(sysroot: Sysroot, bl: Bootloader) -> None:
 
     marker = sysroot.staged()
     if marker is not None and marker.finalization_locked:
-        return  # --download-only: no default was set
-    line = next_boot(bl, efivars_dir, staged=marker is not None and bl.has_staged()).warning()
+        # Not the live menu's default either, on purpose: --download-only set no default,
+        # so there is nothing new to warn about (status still shows the override).
+        return
+    line = next_boot(bl, efivars_dir, staged=sysroot.staged_next(bl) is not None).warning()
     if line is not None:
         from cfsboot.linux.lazylog import getLogger
 

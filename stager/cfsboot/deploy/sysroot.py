@@ -37,6 +37,10 @@ from setuproot.contract import (
     parse_cmdline,
 )
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every run
+if TYPE_CHECKING:
+    from cfsboot.boot.bootloader import Bootloader, MenuEntry
+
 log = getLogger(__name__)  # imports logging when it logs (lazylog)
 
 _HEX_RE = re.compile(r"[0-9a-f]{64}|[0-9a-f]{128}")
@@ -253,6 +257,30 @@ class Sysroot:
         except FileNotFoundError:
             return
         fsync_dir(self.marker_path.parent)
+
+    def staged_entry(self, bl: Bootloader) -> MenuEntry | None:
+        """The staged deployment's entry, download-only or not: the marker's deployment
+        first in `bl`'s staged menu (as finalize takes it); None when either is missing or
+        they disagree (e.g. a finalize killed after it swapped the menus: the staged name
+        then holds the old live menu)."""
+        marker = self.staged()
+        if marker is None or not bl.has_staged():
+            return None
+        first = next(iter(bl.menu(staged=True)), None)
+        return first if first is not None and first.deployment == marker.depl_id else None
+
+    def staged_next(self, bl: Bootloader) -> MenuEntry | None:
+        """The staged entry when it boots next: finalize makes it the default at shutdown
+        (cfsboot.deploy.stage.finalize: not download-only, its state directory there);
+        None when the live menu's default boots next. Status, fsck and the lifecycle
+        commands' warning all ask this."""
+        marker = self.staged()
+        if marker is None or marker.finalization_locked:
+            return None
+        entry = self.staged_entry(bl)
+        if entry is None or not self.deploy_dir(entry.deployment).is_dir():
+            return None
+        return entry
 
     # -- booted ------------------------------------------------------------------------
 

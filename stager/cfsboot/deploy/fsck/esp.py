@@ -242,8 +242,7 @@ def _unmatched_variables(ctx: Context) -> list[Problem]:
     from cfsboot.boot.loadervars import CLEAR, unmatched
 
     assert ctx.bl is not None
-    marker = ctx.sysroot.staged()
-    staged = ctx.staged_pending and marker is not None and not marker.finalization_locked
+    staged = ctx.sysroot.staged_next(ctx.bl) is not None
     return [
         Problem(
             EspCode.LOADER_VARIABLE_UNMATCHED,

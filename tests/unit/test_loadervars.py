@@ -30,6 +30,7 @@ from cfsboot.commands.common import warn_boot_override
 from cfsboot.deploy import softreboot, statusformat
 from cfsboot.deploy.fsck.context import Context
 from cfsboot.deploy.fsck.esp import EspCode, check_esp
+from cfsboot.deploy.fsck.quick import warn_problems
 from cfsboot.deploy.status import host_status
 from cfsboot.deploy.sysroot import StagedDeployment, Sysroot
 from cfsboot.linux import efivars
@@ -284,6 +285,35 @@ def test_what_boots_next_of_a_staged_deployment(tmp_path: Path, fake: Path) -> N
     assert (sysroot.staged_entry(bl), sysroot.staged_next(bl)) == (None, None)
 
 
+def test_status_reads_the_variables_once(
+    ds: DirSysroot, fake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """status's quick check (fsck's unmatched-variable note) and its nextBoot share one
+    read of each variable; a root open for writing reads them each time it is asked."""
+    set_var(fake, DEFAULT, "arch.conf")
+    reads: list[str] = []
+    real = efivars.loader_string
+
+    def loader_string(name: str, efivars_dir: Path = efivars.EFIVARS) -> str | None:
+        reads.append(name)
+        return real(name, efivars_dir)
+
+    monkeypatch.setattr(efivars, "loader_string", loader_string)
+    monkeypatch.setattr(softreboot, "capable", lambda *a: False)  # needs a booted system
+    sysroot = Sysroot(ds.root, run_dir=ds.run, efivars_dir=fake, read_once=True)
+    sysroot.live = True
+    bl = ds.bootloader()
+    warn_problems(sysroot, bl)
+    doc = host_status(sysroot, bl, usr=ds.root / "no-usr")
+    assert doc["status"]["cfsboot"]["nextBoot"]["entry"] == "arch.conf"
+    assert reads == [ONESHOT, DEFAULT, LAST]
+    writer = live(ds, fake)
+    assert writer.loader_vars(bl) == LoaderVars(default="arch.conf")
+    set_var(fake, DEFAULT, V1_ID)
+    assert writer.loader_vars(bl) == LoaderVars(default=V1_ID)
+    assert sysroot.loader_vars(bl) == LoaderVars(default="arch.conf")
+
+
 # -- switch / upgrade / rollback / finalize ------------------------------------------------
 
 
@@ -435,7 +465,7 @@ def test_read_loader_vars(fake: Path) -> None:
 def test_type2_ukis_in_efi_linux_are_entries(ds: DirSysroot, fake: Path) -> None:
     (ds.esp / "EFI/Linux/other-os+3.efi").write_bytes(b"MZ")
     set_var(fake, DEFAULT, "other-os.efi")
-    nb = next_boot(ds.bootloader(), fake)
+    nb = next_boot(ds.bootloader(), read_loader_vars(fake))
     assert nb.chosen.entry is not None and nb.chosen.entry.id == "other-os.efi"
     assert nb.overridden and nb.cfsboot.deployment == ds.digests[1]
     assert json.dumps(nb.chosen.deployment) == "null"

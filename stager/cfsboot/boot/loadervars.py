@@ -18,7 +18,7 @@ matches no entry is passed over without a word. `bootctl set-default ""` (and
 cfsboot writes none of these variables; what it sets at staging, finalize and rollback
 is its menu's order (and so what loader.conf's `default`, or menu order, picks). The
 variables are the running system's firmware's: only a caller describing the running
-system passes an efivarfs directory (`cfsboot.deploy.sysroot.Sysroot.loader_efivars`);
+system reads the variables (`cfsboot.deploy.sysroot.Sysroot.loader_vars`, once per run);
 a disk image or another root is described without them. GRUB menus are cfsboot's own
 (`grub.cfg`): these variables are systemd-boot's and do not apply there.
 
@@ -240,24 +240,25 @@ def _shown(entry_id: str) -> str:
     return entry_id if entry_id.isprintable() else repr(entry_id)
 
 
-def next_boot(bl: Bootloader, efivars_dir: Path | None, *, staged: bool = False) -> NextBoot:
+def next_boot(bl: Bootloader, lv: LoaderVars | None, *, staged: bool = False) -> NextBoot:
     """What systemd-boot boots next from `bl`'s ESP (staged: once finalize ran), with the
-    variables in `efivars_dir` (None: not the running system, no variables)."""
+    variables `lv` (read_loader_vars; None: not the running system, no variables)."""
     files = menu_files(bl, staged=staged)
     assert isinstance(bl, SystemdBoot)
     pattern = bl.default_pattern()
-    chosen = choose(files, pattern, read_loader_vars(efivars_dir))
+    chosen = choose(files, pattern, lv or NO_VARS)
     mine = choose(files, pattern, NO_VARS)
     return NextBoot(chosen, mine)
 
 
 def unmatched(
-    bl: Bootloader, efivars_dir: Path | None, *, staged: bool = False
+    bl: Bootloader, lv: LoaderVars | None, *, staged: bool = False
 ) -> list[tuple[str, str]]:
-    """(variable, value) of LoaderEntryOneShot and LoaderEntryDefault when set to a value
-    that names no entry: systemd-boot passes over them silently. A default of `@saved`
+    """(variable, value) of LoaderEntryOneShot and LoaderEntryDefault when set (in `lv`) to a
+    value that names no entry: systemd-boot passes over them silently. A default of `@saved`
     is not one (the entry booted last may well be gone: then loader.conf decides)."""
-    lv = read_loader_vars(efivars_dir)
+    if lv is None or (lv.oneshot is None and lv.default is None):
+        return []
     ordered = bls.sort_entries(menu_files(bl, staged=staged))
     out: list[tuple[str, str]] = []
     for name, value in ((LOADER_ENTRY_ONESHOT, lv.oneshot), (LOADER_ENTRY_DEFAULT, lv.default)):

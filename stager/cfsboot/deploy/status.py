@@ -238,7 +238,7 @@ def next_boot(sysroot: Sysroot, bl: Bootloader, *, staged: MenuEntry | None) -> 
         return {"deployment": depl, "entry": None, "override": None}
     from cfsboot.boot.loadervars import next_boot as loader_next_boot
 
-    nb = loader_next_boot(bl, sysroot.loader_efivars(), staged=staged is not None)
+    nb = loader_next_boot(bl, sysroot.loader_vars(bl), staged=staged is not None)
     chosen = nb.chosen
     message = nb.warning()
     return {

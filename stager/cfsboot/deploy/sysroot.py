@@ -40,6 +40,8 @@ from setuproot.contract import (
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every run
 if TYPE_CHECKING:
     from cfsboot.boot.bootloader import Bootloader, MenuEntry
+    from cfsboot.boot.esp import Esp
+    from cfsboot.boot.loadervars import LoaderVars
 
 log = getLogger(__name__)  # imports logging when it logs (lazylog)
 
@@ -130,6 +132,7 @@ class Sysroot:
         self._origins: dict[str, Origin | OriginError | None] = {}
         self._marker: list[StagedDeployment | None] = []  # the one read, when read_once
         self._booted: list[str | None] = []
+        self._loader_vars: dict[Esp, LoaderVars | None] = {}  # by ESP, when read_once
         if not self.path.is_dir():
             die(f"{self.path} is not a directory", hint="pass the physical root with --sysroot")
         self.live = (
@@ -305,6 +308,25 @@ class Sysroot:
         from cfsboot.linux.efivars import EFIVARS
 
         return EFIVARS
+
+    def loader_vars(self, bl: Bootloader) -> LoaderVars | None:
+        """systemd-boot's variables that choose what `bl` boots next (LoaderEntryOneShot,
+        LoaderEntryDefault, LoaderEntryLastBooted: cfsboot.boot.loadervars); None when none
+        apply (GRUB, or a root that is not the running system). A read_once root reads
+        them once: status's quick check and its nextBoot share one read."""
+        from cfsboot.boot.bootloader import BootloaderKind
+
+        efivars_dir = self.loader_efivars()
+        if efivars_dir is None or bl.kind is not BootloaderKind.SYSTEMD_BOOT:
+            return None
+        if self.read_once and bl.esp in self._loader_vars:
+            return self._loader_vars[bl.esp]
+        from cfsboot.boot.loadervars import read_loader_vars
+
+        lv = read_loader_vars(efivars_dir)
+        if self.read_once:
+            self._loader_vars[bl.esp] = lv
+        return lv
 
     def _writing(self) -> None:
         if self.read_once:

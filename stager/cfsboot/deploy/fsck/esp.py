@@ -236,12 +236,12 @@ def _check_default(ctx: Context, out: EspFindings) -> None:
 
 def _unmatched_variables(ctx: Context) -> list[Problem]:
     """Notes for systemd-boot's variables that name no entry (running system only)."""
-    efivars_dir = ctx.sysroot.loader_efivars()
-    if not _is_bls(ctx) or efivars_dir is None:
+    assert ctx.bl is not None
+    lv = ctx.sysroot.loader_vars(ctx.bl)
+    if lv is None:
         return []
     from cfsboot.boot.loadervars import CLEAR, unmatched
 
-    assert ctx.bl is not None
     staged = ctx.sysroot.staged_next(ctx.bl) is not None
     return [
         Problem(
@@ -251,7 +251,7 @@ def _unmatched_variables(ctx: Context) -> list[Problem]:
             " removes it)",
             name,
         )
-        for name, value in unmatched(ctx.bl, efivars_dir, staged=staged)
+        for name, value in unmatched(ctx.bl, lv, staged=staged)
     ]
 
 

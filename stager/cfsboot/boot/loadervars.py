@@ -25,7 +25,8 @@ a disk image or another root is described without them. GRUB menus are cfsboot's
 The entries seen are the Type #1 files of `loader/entries` (or, when a staged menu is
 about to be finalized, its cfsboot entries plus the other systems' entries finalize
 carries over) and the Type #2 UKIs directly in `EFI/Linux/` (sorted after Type #1
-entries: their sort keys sit inside the PE file). systemd-boot's own `auto-*` entries
+entries: their sort keys sit inside the PE file), as SystemdBoot.shown_entries lists them
+for fsck's default check too. systemd-boot's own `auto-*` entries
 (Windows, EFI shell, firmware setup) are not on the ESP as files: a variable naming one
 is taken to name an entry that exists.
 """
@@ -37,7 +38,6 @@ from pathlib import Path
 from cfsboot.boot import bls
 from cfsboot.boot.bls import BLSEntry, EntryFile
 from cfsboot.boot.bootloader import Bootloader, SystemdBoot
-from cfsboot.boot.counting import split_name
 from cfsboot.linux import efivars
 from cfsboot.linux.efivars import (
     LOADER_ENTRY_DEFAULT,
@@ -45,7 +45,6 @@ from cfsboot.linux.efivars import (
     LOADER_ENTRY_ONESHOT,
 )
 
-TYPE2_DIR = "EFI/Linux"
 # Ids of the entries systemd-boot makes up itself (never files in loader/entries).
 AUTO_PREFIX = "auto-"
 # What removes each variable (bootctl's set-default/set-oneshot with an empty ID).
@@ -177,24 +176,6 @@ def choose(entries: list[EntryFile], conf_default: str | None, lv: LoaderVars) -
     return Choice(bls.default_entry(ordered, conf_default))
 
 
-def menu_files(bl: Bootloader, *, staged: bool = False) -> list[EntryFile]:
-    """Every entry systemd-boot will see: Type #1 files and Type #2 UKIs in EFI/Linux.
-
-    staged: the menu finalize makes live (the staged cfsboot entries, and the live
-    directory's entries of other systems, which finalize carries over).
-    """
-    assert isinstance(bl, SystemdBoot)
-    files = bl.entry_files(staged)
-    if staged:
-        files = [f for f in files if f.ours] + [f for f in bl.entry_files(False) if not f.ours]
-    esp = bl.esp
-    if esp.is_dir(TYPE2_DIR):
-        for e in esp.listdir(TYPE2_DIR):
-            if not e.is_dir and not e.name.startswith(".") and e.name.lower().endswith(".efi"):
-                files.append(EntryFile(split_name(e.name, ".efi")[0], BLSEntry()))
-    return files
-
-
 class NextBoot:
     """What boots next: `chosen`, and `cfsboot`, what would boot without the variables.
 
@@ -243,8 +224,8 @@ def _shown(entry_id: str) -> str:
 def next_boot(bl: Bootloader, lv: LoaderVars | None, *, staged: bool = False) -> NextBoot:
     """What systemd-boot boots next from `bl`'s ESP (staged: once finalize ran), with the
     variables `lv` (read_loader_vars; None: not the running system, no variables)."""
-    files = menu_files(bl, staged=staged)
     assert isinstance(bl, SystemdBoot)
+    files = bl.shown_entries(staged)
     pattern = bl.default_pattern()
     chosen = choose(files, pattern, lv or NO_VARS)
     mine = choose(files, pattern, NO_VARS)
@@ -259,7 +240,8 @@ def unmatched(
     is not one (the entry booted last may well be gone: then loader.conf decides)."""
     if lv is None or (lv.oneshot is None and lv.default is None):
         return []
-    ordered = bls.sort_entries(menu_files(bl, staged=staged))
+    assert isinstance(bl, SystemdBoot)
+    ordered = bls.sort_entries(bl.shown_entries(staged))
     out: list[tuple[str, str]] = []
     for name, value in ((LOADER_ENTRY_ONESHOT, lv.oneshot), (LOADER_ENTRY_DEFAULT, lv.default)):
         if value is None or (name == LOADER_ENTRY_DEFAULT and bls.ascii_lower(value) == bls.SAVED):

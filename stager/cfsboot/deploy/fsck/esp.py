@@ -196,7 +196,9 @@ def _default_deployment(bl: Bootloader, live: list[MenuEntry]) -> tuple[str | No
     if bl.kind is not BootloaderKind.SYSTEMD_BOOT:
         return (live[0].deployment, True) if live else (None, True)
     assert isinstance(bl, SystemdBoot)
-    chosen = bls.default_entry(bl.entry_files(), bl.default_pattern())
+    # Every entry systemd-boot shows, Type #2 UKIs in EFI/Linux too: loader.conf's
+    # `default` may name one (as loadervars reads the menu).
+    chosen = bls.default_entry(bl.shown_entries(), bl.default_pattern())
     if chosen is None:
         return None, True
     if not chosen.ours:

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from cfsboot import cli
-from cfsboot.boot import bls
+from cfsboot.boot import bls, espfind
 from cfsboot.boot.bls import BLSEntry, EntryFile
-from cfsboot.boot.bootloader import BootloaderKind
+from cfsboot.boot.bootloader import Bootloader, BootloaderKind
+from cfsboot.boot.esp import Esp
 from cfsboot.boot.loadervars import (
     LoaderVars,
     NextBoot,
@@ -40,6 +41,10 @@ from cfstest.sysroots import DirSysroot, make_sysroot
 GUID = efivars.LOADER_GUID
 ONESHOT, DEFAULT = efivars.LOADER_ENTRY_ONESHOT, efivars.LOADER_ENTRY_DEFAULT
 LAST = efivars.LOADER_ENTRY_LAST_BOOTED
+PART_UUID = efivars.LOADER_DEVICE_PART_UUID
+# The ESP partition systemd-boot was loaded from (LoaderDevicePartUUID), and another.
+LOADED_FROM = "9F3C2A1B-5D6E-4F70-8A9B-0C1D2E3F4A5B"
+ANOTHER_ESP = "1A2B3C4D-5E6F-4A7B-8C9D-0E1F2A3B4C5D"
 FOREIGN = "title Arch Linux\nlinux /vmlinuz-linux\noptions root=/dev/sda2 rw\n"
 V1_ID, V2_ID = "bootc_testos-1-0.conf", "bootc_testos-2-1.conf"
 CLEAR_DEFAULT = '`bootctl set-default ""` clears it'
@@ -76,11 +81,14 @@ def live(ds: DirSysroot, efivars_dir: Path) -> Sysroot:
 
 
 def status(
-    ds: DirSysroot, sysroot: Sysroot, monkeypatch: pytest.MonkeyPatch
+    ds: DirSysroot,
+    sysroot: Sysroot,
+    monkeypatch: pytest.MonkeyPatch,
+    bl: Bootloader | None = None,
 ) -> tuple[dict[str, object], str]:
     """(status.cfsboot.nextBoot, the human layout's last line)."""
     monkeypatch.setattr(softreboot, "capable", lambda *a: False)  # needs a booted system
-    doc = host_status(sysroot, ds.bootloader(), usr=ds.root / "no-usr")
+    doc = host_status(sysroot, bl or ds.bootloader(), usr=ds.root / "no-usr")
     last = statusformat.human(doc).rstrip("\n").splitlines()[-1]
     return dict(doc["status"]["cfsboot"]["nextBoot"]), last
 
@@ -238,8 +246,8 @@ def test_staged_menu_is_what_boots_next(
     }
 
 
-def unmatched_notes(sysroot: Sysroot, ds: DirSysroot) -> list[str]:
-    ctx = Context(sysroot, None, ds.bootloader(), False, live=ds.menu())
+def unmatched_notes(sysroot: Sysroot, ds: DirSysroot, bl: Bootloader | None = None) -> list[str]:
+    ctx = Context(sysroot, None, bl or ds.bootloader(), False, live=ds.menu())
     notes = check_esp(ctx).notes
     return [n.line() for n in notes if n.code == EspCode.LOADER_VARIABLE_UNMATCHED]
 
@@ -306,12 +314,50 @@ def test_status_reads_the_variables_once(
     warn_problems(sysroot, bl)
     doc = host_status(sysroot, bl, usr=ds.root / "no-usr")
     assert doc["status"]["cfsboot"]["nextBoot"]["entry"] == "arch.conf"
-    assert reads == [ONESHOT, DEFAULT, LAST]
+    assert reads == [PART_UUID, ONESHOT, DEFAULT, LAST]
     writer = live(ds, fake)
     assert writer.loader_vars(bl) == LoaderVars(default="arch.conf")
     set_var(fake, DEFAULT, V1_ID)
     assert writer.loader_vars(bl) == LoaderVars(default=V1_ID)
     assert sysroot.loader_vars(bl) == LoaderVars(default="arch.conf")
+
+
+def test_variables_of_another_esp_are_not_read(
+    ds: DirSysroot, fake: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--esp names another ESP than the one systemd-boot was loaded from: the variables
+    choose from that one's menu, so status, fsck and the warning read none of them."""
+    set_var(fake, DEFAULT, "arch.conf")
+    set_var(fake, ONESHOT, "gone.conf")
+    sysroot, both = live(ds, fake), LoaderVars("gone.conf", "arch.conf")
+    # Which partition each ESP is, as espfind works it out from the disk (test_espfind,
+    # and tests/integration/test_espfind_loop.py on a loop device); ds.esp is a directory.
+    partitions: dict[Esp, str] = {}
+    real = espfind.partition_uuid
+    monkeypatch.setattr(espfind, "partition_uuid", lambda e: partitions.get(e) or real(e))
+
+    def on(partuuid: str) -> Bootloader:
+        bl = ds.bootloader()
+        partitions[bl.esp] = partuuid
+        return bl
+
+    # The ESP systemd-boot came from (the variable's UUID in either case), and a plain
+    # directory whose partition cannot be known (read as before).
+    for value in (LOADED_FROM.lower(), LOADED_FROM):
+        set_var(fake, PART_UUID, value)
+        for bl in (on(LOADED_FROM), ds.bootloader()):
+            assert sysroot.loader_vars(bl) == both
+    nxt, _ = status(ds, sysroot, monkeypatch, on(LOADED_FROM))
+    assert nxt["entry"] == "arch.conf"
+    other = on(ANOTHER_ESP)
+    assert sysroot.loader_vars(other) == LoaderVars()
+    nxt, last = status(ds, sysroot, monkeypatch, other)
+    assert nxt == {"deployment": ds.digests[1], "entry": V2_ID, "override": None}
+    assert not last.startswith("Boot loader override")
+    assert unmatched_notes(sysroot, ds, other) == []
+    assert len(unmatched_notes(sysroot, ds, on(LOADED_FROM))) == 1
+    warn_boot_override(sysroot, other)
+    assert warnings(caplog) == []
 
 
 # -- switch / upgrade / rollback / finalize ------------------------------------------------

@@ -40,10 +40,18 @@ from cfsboot.boot.bls import BLSEntry, EntryFile
 from cfsboot.boot.bootloader import Bootloader, SystemdBoot
 from cfsboot.linux import efivars
 from cfsboot.linux.efivars import (
+    LOADER_DEVICE_PART_UUID,
     LOADER_ENTRY_DEFAULT,
     LOADER_ENTRY_LAST_BOOTED,
     LOADER_ENTRY_ONESHOT,
 )
+from cfsboot.linux.lazylog import getLogger
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every run
+if TYPE_CHECKING:
+    from cfsboot.boot.esp import Esp
+
+log = getLogger(__name__)  # imports logging when it logs (lazylog)
 
 # Ids of the entries systemd-boot makes up itself (never files in loader/entries).
 AUTO_PREFIX = "auto-"
@@ -87,10 +95,12 @@ class LoaderVars:
 NO_VARS = LoaderVars()
 
 
-def read_loader_vars(efivars_dir: Path | None) -> LoaderVars:
+def read_loader_vars(efivars_dir: Path | None, esp: Esp | None = None) -> LoaderVars:
     """The variables in efivarfs directory `efivars_dir`; none when it is None (not the
-    running system). An empty value is no value: it matches no entry."""
-    if efivars_dir is None:
+    running system), nor when `esp` is not the ESP systemd-boot was loaded from (they
+    choose from another ESP's menu: `loaded_from`). An empty value is no value: it matches
+    no entry."""
+    if efivars_dir is None or (esp is not None and not loaded_from(esp, efivars_dir)):
         return NO_VARS
 
     def get(name: str) -> str | None:
@@ -99,6 +109,32 @@ def read_loader_vars(efivars_dir: Path | None) -> LoaderVars:
     return LoaderVars(
         get(LOADER_ENTRY_ONESHOT), get(LOADER_ENTRY_DEFAULT), get(LOADER_ENTRY_LAST_BOOTED)
     )
+
+
+def loaded_from(esp: Esp, efivars_dir: Path) -> bool:
+    """Whether systemd-boot was loaded from `esp`: LoaderDevicePartUUID, the partition the
+    firmware loaded it from, is the partition `esp` is (cfsboot.boot.espfind.partition_uuid).
+
+    True when either is unknown, and the variables are read as they always were: without
+    the variable (a boot loader that sets none of these), or for an ESP whose partition
+    cannot be known (a plain directory standing in for one, as in tests, or a FAT
+    filesystem at an offset no GPT partition starts at).
+    """
+    loaded = efivars.loader_string(LOADER_DEVICE_PART_UUID, efivars_dir)
+    if not loaded:
+        return True
+    from cfsboot.boot.espfind import partition_uuid
+
+    mine = partition_uuid(esp)
+    if mine is None or mine == loaded.strip().upper():
+        return True
+    log.debug(
+        "%s names partition %s, the ESP is %s: its boot loader variables are not read",
+        LOADER_DEVICE_PART_UUID,
+        loaded,
+        mine,
+    )
+    return False
 
 
 class Choice:

@@ -312,8 +312,10 @@ class Sysroot:
     def loader_vars(self, bl: Bootloader) -> LoaderVars | None:
         """systemd-boot's variables that choose what `bl` boots next (LoaderEntryOneShot,
         LoaderEntryDefault, LoaderEntryLastBooted: cfsboot.boot.loadervars); None when none
-        apply (GRUB, or a root that is not the running system). A read_once root reads
-        them once: status's quick check and its nextBoot share one read."""
+        apply (GRUB, or a root that is not the running system), and none are read when
+        `bl`'s ESP is not the one systemd-boot was loaded from (--esp naming another:
+        loadervars.loaded_from). A read_once root reads them once: status's quick check
+        and its nextBoot share one read."""
         from cfsboot.boot.bootloader import BootloaderKind
 
         efivars_dir = self.loader_efivars()
@@ -323,7 +325,7 @@ class Sysroot:
             return self._loader_vars[bl.esp]
         from cfsboot.boot.loadervars import read_loader_vars
 
-        lv = read_loader_vars(efivars_dir)
+        lv = read_loader_vars(efivars_dir, bl.esp)
         if self.read_once:
             self._loader_vars[bl.esp] = lv
         return lv

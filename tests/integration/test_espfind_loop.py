@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,28 +37,35 @@ ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 X86_ROOT = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"
 
 
-@pytest.fixture
-def mounted_root(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    """(disk image, its root filesystem loop-mounted at its offset)."""
+@contextmanager
+def ext4_in_image(
+    tmp_path: Path, esp: str, at: int, size: int, name: str
+) -> Iterator[tuple[Path, Path]]:
+    """(a 40 MiB GPT disk image: an ESP (sfdisk's `esp` fields) and a root, ext4 loop-mounted
+    at byte `at` of it, `size` bytes, on tmp_path/name)."""
     require_tools({"sfdisk": "fdisk", "mkfs.ext4": "e2fsprogs"})
     img = tmp_path / "disk.img"
     with open(img, "wb") as f:
         f.truncate(40 * MiB)
-    script = f"label: gpt\nsize=8MiB, type={ESP}\ntype={X86_ROOT}\n"
+    script = f"label: gpt\n{esp}, type={ESP}\ntype={X86_ROOT}\n"
     subprocess.run(["sfdisk", "-q", img], input=script.encode(), check=True)
-    root_at, root_size = 9 * MiB, 30 * MiB
     subprocess.run(
-        ["mkfs.ext4", "-q", "-F", "-E", f"offset={root_at}", img, f"{root_size // 1024}k"],
-        check=True,
+        ["mkfs.ext4", "-q", "-F", "-E", f"offset={at}", img, f"{size // 1024}k"], check=True
     )
-    mnt = tmp_path / "root"
+    mnt = tmp_path / name
     mnt.mkdir()
-    opts = f"loop,offset={root_at},sizelimit={root_size}"
-    subprocess.run(["mount", "-o", opts, img, mnt], check=True)
+    subprocess.run(["mount", "-o", f"loop,offset={at},sizelimit={size}", img, mnt], check=True)
     try:
         yield img, mnt
     finally:
         subprocess.run(["umount", mnt], check=True)
+
+
+@pytest.fixture
+def mounted_root(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """(disk image, its root filesystem loop-mounted at its offset)."""
+    with ext4_in_image(tmp_path, "size=8MiB", 9 * MiB, 30 * MiB, "root") as found:
+        yield found
 
 
 def test_loop_mounted_image(mounted_root: tuple[Path, Path]) -> None:
@@ -91,27 +99,13 @@ def mounted_esp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tup
     reads calls it vfat. What is looked at is real: the loop device behind the mount, its
     image file and offset in sysfs, the image's GPT.
     """
-    require_tools({"sfdisk": "fdisk", "mkfs.ext4": "e2fsprogs"})
-    img = tmp_path / "disk.img"
-    with open(img, "wb") as f:
-        f.truncate(40 * MiB)
-    script = f"label: gpt\nsize=16MiB, type={ESP}, uuid={ESP_UUID}\ntype={X86_ROOT}\n"
-    subprocess.run(["sfdisk", "-q", img], input=script.encode(), check=True)
-    size = 16 * MiB
-    subprocess.run(
-        ["mkfs.ext4", "-q", "-F", "-E", f"offset={MiB}", img, f"{size // 1024}k"], check=True
-    )
-    mnt = tmp_path / "esp"
-    mnt.mkdir()
-    subprocess.run(["mount", "-o", f"loop,offset={MiB},sizelimit={size}", img, mnt], check=True)
-    try:
+    esp = f"size=16MiB, uuid={ESP_UUID}"
+    with ext4_in_image(tmp_path, esp, MiB, 16 * MiB, "esp") as (img, mnt):
         vfat = tuple(
             replace(m, fstype="vfat") if m.mount_point == str(mnt) else m for m in mountinfo.read()
         )
         monkeypatch.setattr(espfind, "_mounts", lambda: vfat)
         yield img, mnt
-    finally:
-        subprocess.run(["umount", mnt], check=True)
 
 
 def test_partition_uuid_of_a_mounted_esp(

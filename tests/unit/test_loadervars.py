@@ -367,14 +367,23 @@ def warnings(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
     return [(r.levelno, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
 
 
+@pytest.mark.parametrize(
+    ("value", "warned"),
+    [
+        ("arch.conf", True),  # another system's entry wins over the rollback
+        (V2_ID, False),  # rollback renames v2's entry (`-0`): it names nothing now
+    ],
+)
 def test_rollback_warns_once_exit_unchanged(
     ds: DirSysroot,
     fake: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
+    value: str,
+    warned: bool,
 ) -> None:
-    set_var(fake, DEFAULT, "arch.conf")
+    set_var(fake, DEFAULT, value)
     # The command's root is not the running system here: give it the variables of one.
     monkeypatch.setattr(Sysroot, "loader_efivars", lambda self: fake)
     assert cli.main(["rollback", *map(str, ds.args())]) == 0
@@ -382,31 +391,12 @@ def test_rollback_warns_once_exit_unchanged(
         capsys.readouterr().err
         == f"deployment {ds.digests[0][:12]}… (Test OS) is now the default\n"
     )
-    assert warnings(caplog) == [
-        (
-            logging.WARNING,
-            "the EFI variable LoaderEntryDefault names arch.conf (not a cfsboot entry):"
-            f" systemd-boot starts it at every boot instead of deployment {ds.digests[0][:12]}…;"
-            f" {CLEAR_DEFAULT}",
-        )
-    ]
-
-
-def test_rollback_without_override_says_nothing_more(
-    ds: DirSysroot,
-    fake: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    set_var(fake, DEFAULT, V2_ID)  # rollback renames v2's entry (`-0`): it names nothing now
-    monkeypatch.setattr(Sysroot, "loader_efivars", lambda self: fake)
-    assert cli.main(["rollback", *map(str, ds.args())]) == 0
-    assert (
-        capsys.readouterr().err
-        == f"deployment {ds.digests[0][:12]}… (Test OS) is now the default\n"
+    line = (
+        "the EFI variable LoaderEntryDefault names arch.conf (not a cfsboot entry):"
+        f" systemd-boot starts it at every boot instead of deployment {ds.digests[0][:12]}…;"
+        f" {CLEAR_DEFAULT}"
     )
-    assert warnings(caplog) == []
+    assert warnings(caplog) == ([(logging.WARNING, line)] if warned else [])
 
 
 def test_finalize_warns(

@@ -275,6 +275,8 @@ def _uuid_at(disk: Path, offset: int) -> str | None:
 
 
 def _mounted_uuid(root: Path) -> str | None:
+    """The partition UUID of the vfat filesystem mounted at `root`; None for a directory
+    that is not a whole vfat filesystem's mount point, or a device on no GPT partition."""
     point = os.path.realpath(root)
     if not _esp_mounted_at(point, _mounts()):
         return None  # a plain directory: no partition to name

@@ -25,10 +25,14 @@ a disk image or another root is described without them. GRUB menus are cfsboot's
 The entries seen are the Type #1 files of `loader/entries` (or, when a staged menu is
 about to be finalized, its cfsboot entries plus the other systems' entries finalize
 carries over) and the Type #2 UKIs directly in `EFI/Linux/` (sorted after Type #1
-entries: their sort keys sit inside the PE file), as SystemdBoot.shown_entries lists them
-for fsck's default check too. systemd-boot's own `auto-*` entries
-(Windows, EFI shell, firmware setup) are not on the ESP as files: a variable naming one
-is taken to name an entry that exists.
+entries: their sort keys sit inside the PE file): SystemdBoot.shown_entries, which
+fsck's default check reads too. systemd-boot's own `auto-*` entries (Windows, EFI
+shell, firmware setup) are not on the ESP as files: a variable naming one is taken to
+name an entry that exists.
+
+On the running system the variables describe the ESP systemd-boot was loaded from
+(LoaderDevicePartUUID names its partition): for another ESP (`--esp`) none are read
+(`loaded_from`).
 """
 
 from __future__ import annotations

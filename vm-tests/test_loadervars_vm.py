@@ -4,7 +4,8 @@
 `cfsboot status` and `cfsboot fsck` of the running system read them back through
 efivarfs (cfsboot.boot.loadervars): a value naming no entry is only an fsck note,
 another system's entry named is the override status reports, and `bootctl
-set-default ""` brings cfsboot's default back. One boot of v1, through
+set-default ""` brings cfsboot's default back; the ESP on /boot is the partition
+LoaderDevicePartUUID names (the variables count for it). One boot of v1, through
 vm-tests/boot_image.py's check script.
 """
 
@@ -25,6 +26,11 @@ pytestmark = pytest.mark.vm
 SCRIPT = r"""#!/bin/sh
 set -eu
 mount "$(blkid -l -o device -t TYPE=vfat)" /boot
+python3 -c 'from pathlib import Path
+from cfsboot.boot.esp import DirEsp
+from cfsboot.boot.espfind import partition_uuid
+from cfsboot.linux.efivars import loader_string
+print("esp:", partition_uuid(DirEsp(Path("/boot"))), loader_string("LoaderDevicePartUUID"))'
 next() {
     printf 'next: '
     cfsboot status --json | python3 -c \
@@ -59,6 +65,10 @@ def test_status_and_fsck_read_bootctls_variables(
     out = boot_image.script_output(result.serial_log)
     print("\n".join(out))
     assert status == 0, why
+    # The ESP mounted on /boot is the partition systemd-boot says it was loaded from
+    # (cfsboot.boot.espfind.partition_uuid, compared with LoaderDevicePartUUID).
+    esp, mine, loaded = out.pop(0).split(" ")
+    assert esp == "esp:" and mine != "None" and mine == loaded.upper(), (mine, loaded)
     digest, short = v1.image_id, v1.image_id[:12]
     own = json.dumps({"deployment": digest, "entry": "bootc_debian-13.1-0.conf", "override": None})
     default_msg = (

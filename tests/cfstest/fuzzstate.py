@@ -61,12 +61,13 @@ def _efivars(data: bytes, tmp: Path) -> None:
     esp = tmp / "esp"
     bl = _menu(esp)
     (esp / "loader" / "loader.conf").write_bytes(b"timeout 3\ndefault " + data[4:] + b"\n")
+    lv = loadervars.read_loader_vars(vardir)
     for staged in (False, True):
-        nb = loadervars.next_boot(bl, vardir, staged=staged)
+        nb = loadervars.next_boot(bl, lv, staged=staged)
         line = nb.warning()
         assert line is None or line.isprintable(), line  # one line of the log
         nb.chosen.clear, nb.chosen.deployment  # noqa: B018 (status prints both)
-        loadervars.unmatched(bl, vardir, staged=staged)
+        loadervars.unmatched(bl, lv, staged=staged)
     efivars.boot_count_path(vardir)
 
 

@@ -509,11 +509,12 @@ def test_efi_variable_globs_with_many_stars_and_unclosed_sets(tmp_path: Path) ->
     check(target, _utf16(stars, unclosed, stars), tmp_path)
     vardir = tmp_path / "efivars"
     bl = _menu(tmp_path / "esp")
-    assert loadervars.unmatched(bl, vardir) == [
+    lv = loadervars.read_loader_vars(vardir)
+    assert loadervars.unmatched(bl, lv) == [
         ("LoaderEntryOneShot", stars),
         ("LoaderEntryDefault", unclosed),
     ]
-    assert loadervars.next_boot(bl, vardir).chosen.variable is None
+    assert loadervars.next_boot(bl, lv).chosen.variable is None
 
 
 def test_efi_variable_naming_an_auto_entry_with_control_characters(tmp_path: Path) -> None:
@@ -524,7 +525,8 @@ def test_efi_variable_naming_an_auto_entry_with_control_characters(tmp_path: Pat
 
     target = next(t for t in all_targets() if t.name == "efivars")
     check(target, _utf16("auto-\x1b[2J\nx"), tmp_path)
-    nb = loadervars.next_boot(_menu(tmp_path / "esp"), tmp_path / "efivars")
+    lv = loadervars.read_loader_vars(tmp_path / "efivars")
+    nb = loadervars.next_boot(_menu(tmp_path / "esp"), lv)
     assert nb.warning() == (
         "the EFI variable LoaderEntryOneShot names 'auto-\\x1b[2j\\nx' (not a cfsboot"
         " entry): systemd-boot starts it at the next boot instead of uki-6.1.efi;"

@@ -10,6 +10,7 @@ real loop device.
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +21,10 @@ import pyudev
 from cfsboot.boot import espfind
 from cfsboot.boot.esp import DirEsp, MtoolsEsp
 from cfsboot.boot.espfind import EspLocation
+from cfsboot.boot.espview import ReadOnceEsp
 from cfsboot.boot.gpt import ESP_TYPE, DiskLayout, Partition
 from cfsboot.linux import mountinfo
+from cfstest.gates import require_tools
 
 ROOT_TYPE = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"
 MiB = 1 << 20
@@ -270,3 +273,37 @@ def test_mount_source_dev_needs_a_block_device() -> None:
     mounts = mounts_of(ROOT, "30 25 0:45 / /sysroot rw - btrfs /no/such/device rw")
     assert espfind._mount_source_dev(Path("/sysroot/x"), mounts) is None
     assert espfind._mount_source_dev(Path("/elsewhere"), ()) is None
+
+
+# -- which partition an ESP is ---------------------------------------------------------------
+
+ESP_UUID = "9F3C2A1B-5D6E-4F70-8A9B-0C1D2E3F4A5B"
+
+
+def test_partition_uuid_from_the_gpt(tmp_path: Path) -> None:
+    require_tools({"sfdisk": "fdisk"})
+    img = tmp_path / "disk.img"
+    with open(img, "wb") as f:
+        f.truncate(8 * MiB)
+    script = f"label: gpt\nstart=2048, size=4MiB, type={ESP_TYPE}, uuid={ESP_UUID.lower()}\n"
+    subprocess.run(["sfdisk", "-q", img], input=script.encode(), check=True)
+    # --esp DISK: found in the GPT, which names it (also through status's read-once view).
+    with espfind.open_esp(tmp_path, str(img)) as esp:
+        assert espfind.partition_uuid(ReadOnceEsp(esp)) == ESP_UUID
+    # --esp DISK@OFFSET: the partition that starts there, if any.
+    assert espfind.partition_uuid(MtoolsEsp(img, MiB)) == ESP_UUID
+    assert espfind.partition_uuid(MtoolsEsp(img, 2 * MiB)) is None
+    assert espfind.partition_uuid(MtoolsEsp(tmp_path / "none", MiB)) is None
+    (tmp_path / "fat.img").write_bytes(bytes(MiB))  # no GPT at all
+    assert espfind.partition_uuid(MtoolsEsp(tmp_path / "fat.img", 0)) is None
+
+
+def test_partition_uuid_of_a_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A plain directory standing in for an ESP: no partition to name.
+    assert espfind.partition_uuid(DirEsp(tmp_path)) is None
+    # A directory with a vfat filesystem mounted on it, whose device sysfs does not know.
+    monkeypatch.setattr(espfind, "BY_PARTUUID", str(tmp_path / "by-partuuid"))
+    vfat = f"40 25 0:1 / {tmp_path} rw,relatime shared:3 - vfat /dev/vda1 rw"
+    monkeypatch.setattr(espfind, "_mounts", lambda: mounts_of(ROOT, vfat))
+    monkeypatch.setattr(espfind, "_sysfs_dev", lambda dev: tmp_path / "no-such-sysfs-node")
+    assert espfind.partition_uuid(DirEsp(tmp_path)) is None

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from cfsboot.boot.bootloader import BootloaderKind
+from cfsboot.boot.bootloader import BootloaderKind, SystemdBoot
+from cfsboot.boot.esp import DirEsp
+from cfsboot.boot.loadervars import next_boot
 from cfsboot.composefs.repository import Repository
 from cfsboot.deploy.fsck.report import FsckReport
 from cfsboot.deploy.fsck.run import fsck_sysroot
@@ -478,6 +480,25 @@ def test_loader_conf_default_picks_the_entry_that_is_judged(s: DirSysroot) -> No
     # `@saved` needs EFI variables cfsboot does not read: the first entry, D3, is the default.
     conf.write_text("timeout 5\ndefault @saved\n")
     assert found(fsck(s)) == [("entry-dangling", "loader/entries")]
+
+
+def test_a_default_only_a_type2_uki_matches_is_not_judged(s: DirSysroot) -> None:
+    """loader.conf's `default` names a UKI directly in EFI/Linux (a Type #2 entry, another
+    system's): systemd-boot boots it, so cfsboot's first entry is not the default to judge."""
+    shutil.rmtree(s.state(s.digests[2]))  # D3, first in menu order, cannot boot
+    uki = s.esp / "EFI/Linux/Other-OS+3.efi"
+    uki.write_bytes(b"MZ")
+    (s.esp / "loader/loader.conf").write_text("timeout 5\ndefault other-os.efi\n")
+    # As loadervars (status's nextBoot) reads the same menu.
+    chosen = next_boot(SystemdBoot(DirEsp(s.esp)), None).chosen.entry
+    assert chosen is not None and chosen.id == "other-os.efi"
+    assert found(fsck(s)) == [("entry-dangling", "loader/entries")]
+    # Without the UKI the `default` matches nothing: D3's entry, the first, is judged.
+    uki.unlink()
+    assert found(fsck(s)) == [
+        ("default-unbootable", "loader/entries"),
+        ("entry-dangling", "loader/entries"),
+    ]
 
 
 def test_leftover_entry_files_are_not_menu_entries(s: DirSysroot) -> None:

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from cfsboot import cli
-from cfsboot.boot import bls
+from cfsboot.boot import bls, espfind
 from cfsboot.boot.bls import BLSEntry, EntryFile
-from cfsboot.boot.bootloader import BootloaderKind
+from cfsboot.boot.bootloader import Bootloader, BootloaderKind
+from cfsboot.boot.esp import Esp
 from cfsboot.boot.loadervars import (
     LoaderVars,
     NextBoot,
@@ -30,6 +31,7 @@ from cfsboot.commands.common import warn_boot_override
 from cfsboot.deploy import softreboot, statusformat
 from cfsboot.deploy.fsck.context import Context
 from cfsboot.deploy.fsck.esp import EspCode, check_esp
+from cfsboot.deploy.fsck.quick import warn_problems
 from cfsboot.deploy.status import host_status
 from cfsboot.deploy.sysroot import StagedDeployment, Sysroot
 from cfsboot.linux import efivars
@@ -39,6 +41,10 @@ from cfstest.sysroots import DirSysroot, make_sysroot
 GUID = efivars.LOADER_GUID
 ONESHOT, DEFAULT = efivars.LOADER_ENTRY_ONESHOT, efivars.LOADER_ENTRY_DEFAULT
 LAST = efivars.LOADER_ENTRY_LAST_BOOTED
+PART_UUID = efivars.LOADER_DEVICE_PART_UUID
+# The ESP partition systemd-boot was loaded from (LoaderDevicePartUUID), and another.
+LOADED_FROM = "9F3C2A1B-5D6E-4F70-8A9B-0C1D2E3F4A5B"
+ANOTHER_ESP = "1A2B3C4D-5E6F-4A7B-8C9D-0E1F2A3B4C5D"
 FOREIGN = "title Arch Linux\nlinux /vmlinuz-linux\noptions root=/dev/sda2 rw\n"
 V1_ID, V2_ID = "bootc_testos-1-0.conf", "bootc_testos-2-1.conf"
 CLEAR_DEFAULT = '`bootctl set-default ""` clears it'
@@ -75,11 +81,14 @@ def live(ds: DirSysroot, efivars_dir: Path) -> Sysroot:
 
 
 def status(
-    ds: DirSysroot, sysroot: Sysroot, monkeypatch: pytest.MonkeyPatch
+    ds: DirSysroot,
+    sysroot: Sysroot,
+    monkeypatch: pytest.MonkeyPatch,
+    bl: Bootloader | None = None,
 ) -> tuple[dict[str, object], str]:
     """(status.cfsboot.nextBoot, the human layout's last line)."""
     monkeypatch.setattr(softreboot, "capable", lambda *a: False)  # needs a booted system
-    doc = host_status(sysroot, ds.bootloader(), usr=ds.root / "no-usr")
+    doc = host_status(sysroot, bl or ds.bootloader(), usr=ds.root / "no-usr")
     last = statusformat.human(doc).rstrip("\n").splitlines()[-1]
     return dict(doc["status"]["cfsboot"]["nextBoot"]), last
 
@@ -237,6 +246,120 @@ def test_staged_menu_is_what_boots_next(
     }
 
 
+def unmatched_notes(sysroot: Sysroot, ds: DirSysroot, bl: Bootloader | None = None) -> list[str]:
+    ctx = Context(sysroot, None, bl or ds.bootloader(), False, live=ds.menu())
+    notes = check_esp(ctx).notes
+    return [n.line() for n in notes if n.code == EspCode.LOADER_VARIABLE_UNMATCHED]
+
+
+def test_a_staged_menu_finalize_refuses_does_not_boot_next(
+    tmp_path: Path, fake: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The marker names another deployment than the staged menu's first: finalize refuses
+    it, the live menu boots next, and status, fsck's note and the warning all say so."""
+    refs = [os_image(tmp_path / f"v{v}", str(v), kernel=f"k{v}") for v in (1, 2, 3)]
+    ds = make_sysroot(tmp_path / "s", refs[:2], staged=refs[2])
+    sysroot = live(ds, fake)
+    sysroot.write_staged(StagedDeployment(ds.digests[0]))
+    assert sysroot.staged_entry(ds.bootloader()) is None
+    set_var(fake, ONESHOT, "bootc_testos-3-*")  # v3: in the staged menu only
+    nxt, _ = status(ds, sysroot, monkeypatch)
+    assert nxt == {"deployment": ds.digests[1], "entry": V2_ID, "override": None}
+    assert unmatched_notes(sysroot, ds) == [
+        "EFI variable LoaderEntryOneShot: 'bootc_testos-3-*' names no boot entry: systemd-boot"
+        ' passes over it (`bootctl set-oneshot ""` removes it)'
+    ]
+    set_var(fake, ONESHOT, V2_ID)  # the live default: no override of the live menu
+    warn_boot_override(sysroot, ds.bootloader())
+    assert warnings(caplog) == []
+
+
+def test_what_boots_next_of_a_staged_deployment(tmp_path: Path, fake: Path) -> None:
+    refs = [os_image(tmp_path / f"v{v}", str(v), kernel=f"k{v}") for v in (1, 2, 3)]
+    ds = make_sysroot(tmp_path / "s", refs[:2], staged=refs[2])
+    sysroot, bl = live(ds, fake), ds.bootloader()
+    staged = sysroot.staged_entry(bl)
+    assert staged is not None and staged.deployment == ds.digests[2]
+    assert sysroot.staged_next(bl) == staged
+    # Download-only: staged still, but finalize leaves it.
+    sysroot.write_staged(StagedDeployment(ds.digests[2], finalization_locked=True))
+    assert (sysroot.staged_entry(bl), sysroot.staged_next(bl)) == (staged, None)
+    # Without its state directory finalize refuses it (the live default stays).
+    sysroot.write_staged(StagedDeployment(ds.digests[2]))
+    sysroot.deploy_dir(ds.digests[2]).rename(tmp_path / "moved")
+    assert (sysroot.staged_entry(bl), sysroot.staged_next(bl)) == (staged, None)
+    # No staged menu: nothing staged (the marker alone is a leftover fsck reports).
+    bl.discard_staged()
+    assert (sysroot.staged_entry(bl), sysroot.staged_next(bl)) == (None, None)
+
+
+def test_status_reads_the_variables_once(
+    ds: DirSysroot, fake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """status's quick check (fsck's unmatched-variable note) and its nextBoot share one
+    read of each variable; a root open for writing reads them each time it is asked."""
+    set_var(fake, DEFAULT, "arch.conf")
+    reads: list[str] = []
+    real = efivars.loader_string
+
+    def loader_string(name: str, efivars_dir: Path = efivars.EFIVARS) -> str | None:
+        reads.append(name)
+        return real(name, efivars_dir)
+
+    monkeypatch.setattr(efivars, "loader_string", loader_string)
+    monkeypatch.setattr(softreboot, "capable", lambda *a: False)  # needs a booted system
+    sysroot = Sysroot(ds.root, run_dir=ds.run, efivars_dir=fake, read_once=True)
+    sysroot.live = True
+    bl = ds.bootloader()
+    warn_problems(sysroot, bl)
+    doc = host_status(sysroot, bl, usr=ds.root / "no-usr")
+    assert doc["status"]["cfsboot"]["nextBoot"]["entry"] == "arch.conf"
+    assert reads == [PART_UUID, ONESHOT, DEFAULT, LAST]
+    writer = live(ds, fake)
+    assert writer.loader_vars(bl) == LoaderVars(default="arch.conf")
+    set_var(fake, DEFAULT, V1_ID)
+    assert writer.loader_vars(bl) == LoaderVars(default=V1_ID)
+    assert sysroot.loader_vars(bl) == LoaderVars(default="arch.conf")
+
+
+def test_variables_of_another_esp_are_not_read(
+    ds: DirSysroot, fake: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--esp names another ESP than the one systemd-boot was loaded from: the variables
+    choose from that one's menu, so status, fsck and the warning read none of them."""
+    set_var(fake, DEFAULT, "arch.conf")
+    set_var(fake, ONESHOT, "gone.conf")
+    sysroot, both = live(ds, fake), LoaderVars("gone.conf", "arch.conf")
+    # Which partition each ESP is, as espfind works it out from the disk (test_espfind,
+    # and tests/integration/test_espfind_loop.py on a loop device); ds.esp is a directory.
+    partitions: dict[Esp, str] = {}
+    real = espfind.partition_uuid
+    monkeypatch.setattr(espfind, "partition_uuid", lambda e: partitions.get(e) or real(e))
+
+    def on(partuuid: str) -> Bootloader:
+        bl = ds.bootloader()
+        partitions[bl.esp] = partuuid
+        return bl
+
+    # The ESP systemd-boot came from (the variable's UUID in either case), and a plain
+    # directory whose partition cannot be known (read as before).
+    for value in (LOADED_FROM.lower(), LOADED_FROM):
+        set_var(fake, PART_UUID, value)
+        for bl in (on(LOADED_FROM), ds.bootloader()):
+            assert sysroot.loader_vars(bl) == both
+    nxt, _ = status(ds, sysroot, monkeypatch, on(LOADED_FROM))
+    assert nxt["entry"] == "arch.conf"
+    other = on(ANOTHER_ESP)
+    assert sysroot.loader_vars(other) == LoaderVars()
+    nxt, last = status(ds, sysroot, monkeypatch, other)
+    assert nxt == {"deployment": ds.digests[1], "entry": V2_ID, "override": None}
+    assert not last.startswith("Boot loader override")
+    assert unmatched_notes(sysroot, ds, other) == []
+    assert len(unmatched_notes(sysroot, ds, on(LOADED_FROM))) == 1
+    warn_boot_override(sysroot, other)
+    assert warnings(caplog) == []
+
+
 # -- switch / upgrade / rollback / finalize ------------------------------------------------
 
 
@@ -244,14 +367,23 @@ def warnings(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
     return [(r.levelno, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
 
 
+@pytest.mark.parametrize(
+    ("value", "warned"),
+    [
+        ("arch.conf", True),  # another system's entry wins over the rollback
+        (V2_ID, False),  # rollback renames v2's entry (`-0`): it names nothing now
+    ],
+)
 def test_rollback_warns_once_exit_unchanged(
     ds: DirSysroot,
     fake: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
+    value: str,
+    warned: bool,
 ) -> None:
-    set_var(fake, DEFAULT, "arch.conf")
+    set_var(fake, DEFAULT, value)
     # The command's root is not the running system here: give it the variables of one.
     monkeypatch.setattr(Sysroot, "loader_efivars", lambda self: fake)
     assert cli.main(["rollback", *map(str, ds.args())]) == 0
@@ -259,31 +391,12 @@ def test_rollback_warns_once_exit_unchanged(
         capsys.readouterr().err
         == f"deployment {ds.digests[0][:12]}… (Test OS) is now the default\n"
     )
-    assert warnings(caplog) == [
-        (
-            logging.WARNING,
-            "the EFI variable LoaderEntryDefault names arch.conf (not a cfsboot entry):"
-            f" systemd-boot starts it at every boot instead of deployment {ds.digests[0][:12]}…;"
-            f" {CLEAR_DEFAULT}",
-        )
-    ]
-
-
-def test_rollback_without_override_says_nothing_more(
-    ds: DirSysroot,
-    fake: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    set_var(fake, DEFAULT, V2_ID)  # rollback renames v2's entry (`-0`): it names nothing now
-    monkeypatch.setattr(Sysroot, "loader_efivars", lambda self: fake)
-    assert cli.main(["rollback", *map(str, ds.args())]) == 0
-    assert (
-        capsys.readouterr().err
-        == f"deployment {ds.digests[0][:12]}… (Test OS) is now the default\n"
+    line = (
+        "the EFI variable LoaderEntryDefault names arch.conf (not a cfsboot entry):"
+        f" systemd-boot starts it at every boot instead of deployment {ds.digests[0][:12]}…;"
+        f" {CLEAR_DEFAULT}"
     )
-    assert warnings(caplog) == []
+    assert warnings(caplog) == ([(logging.WARNING, line)] if warned else [])
 
 
 def test_finalize_warns(
@@ -388,7 +501,7 @@ def test_read_loader_vars(fake: Path) -> None:
 def test_type2_ukis_in_efi_linux_are_entries(ds: DirSysroot, fake: Path) -> None:
     (ds.esp / "EFI/Linux/other-os+3.efi").write_bytes(b"MZ")
     set_var(fake, DEFAULT, "other-os.efi")
-    nb = next_boot(ds.bootloader(), fake)
+    nb = next_boot(ds.bootloader(), read_loader_vars(fake))
     assert nb.chosen.entry is not None and nb.chosen.entry.id == "other-os.efi"
     assert nb.overridden and nb.cfsboot.deployment == ds.digests[1]
     assert json.dumps(nb.chosen.deployment) == "null"

@@ -269,6 +269,27 @@ class SystemdBoot(Bootloader):
         """Every entry file of the live (or staged) directory, cfsboot's or not."""
         return bls.parse_entries(self._files(staged))
 
+    def shown_entries(self, staged: bool = False) -> list[EntryFile]:
+        """Every entry systemd-boot shows from this ESP: the Type #1 files of loader/entries
+        and the Type #2 UKIs directly in EFI/Linux (not its subdirectories: bootc's UKIs in
+        EFI/Linux/bootc are reached through their Type #1 entries), each UKI named as
+        systemd-boot names it (`name+3.efi`: `name.efi`), as an entry without keys (sorted
+        after Type #1 entries with a sort key: a UKI's own sits inside the PE file).
+
+        staged: the menu once finalize made the staged one live (the staged cfsboot
+        entries, and the live directory's entries of other systems, which commit carries
+        over).
+        """
+        files = self.entry_files(staged)
+        if staged:
+            files = [f for f in files if f.ours] + [f for f in self.entry_files() if not f.ours]
+        if self.esp.is_dir(BOOT_FILES_DIR):
+            for e in self.esp.listdir(BOOT_FILES_DIR):
+                low = e.name.lower()
+                if not e.is_dir and not e.name.startswith(".") and low.endswith(".efi"):
+                    files.append(EntryFile(split_name(e.name, ".efi")[0], BLSEntry()))
+        return files
+
     def default_pattern(self) -> str | None:
         """loader.conf's `default` (bls.loader_default: folded); None without one."""
         if not self.esp.exists(bls.LOADER_CONF):

@@ -17,6 +17,10 @@ offset). Without it:
      offset, and the disk's GPT read directly (cfsboot.boot.gpt).
    The ESP is mounted (vfat) when the kernel can and a partition node exists,
    into a private directory under /run/cfsboot, else reached through mtools.
+
+Which GPT partition an ESP is (`partition_uuid`, to compare with the one systemd-boot
+was loaded from) is worked out only when asked: for an image or device, from its GPT;
+for a mounted one, from udev's /dev/disk/by-partuuid links, else sysfs and the GPT.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cfsboot.boot.esp import DirEsp, Esp, MtoolsEsp
-from cfsboot.errors import die
+from cfsboot.errors import CfsbootError, die
 from cfsboot.linux import mountinfo
 from cfsboot.linux.lazylog import getLogger
 from cfsboot.linux.lazyrun import run
@@ -49,6 +53,8 @@ UDEV_CONTROL = "/run/udev/control"
 # sysfs counts a partition's `start` and `size` in 512-byte units whatever the disk's
 # logical block size (Documentation/ABI/stable/sysfs-block).
 SYSFS_SECTOR = 512
+# udev's link to each partition, named by its partition UUID (lower case).
+BY_PARTUUID = "/dev/disk/by-partuuid"
 
 
 @dataclass(frozen=True)
@@ -119,19 +125,28 @@ def _disk_of(path: Path, mounts: Sequence[mountinfo.Mount]) -> tuple[Path, int |
             f"{os.minor(dev)} has no block device)",
             hint="name the ESP with --esp",
         )
-    real = sysdev.resolve()
-    loop = real / "loop"
-    if loop.is_dir():
-        backing = Path((loop / "backing_file").read_text().strip())
-        offset = int((loop / "offset").read_text().strip() or 0)
-        return backing, offset
+    return _sysfs_backing(sysdev.resolve())
+
+
+def _loop_backing(loop: Path) -> tuple[Path, int]:
+    """(image file, byte offset in it) of a loop device's sysfs `loop` directory."""
+    backing = Path((loop / "backing_file").read_text().strip())
+    return backing, int((loop / "offset").read_text().strip() or 0)
+
+
+def _sysfs_backing(real: Path) -> tuple[Path, int | None]:
+    """(whole disk or disk image, byte offset of the device in it when known) of the block
+    device whose sysfs directory is `real`."""
+    if (real / "loop").is_dir():
+        return _loop_backing(real / "loop")
     if (real / "partition").exists():
+        start = int((real / "start").read_text().strip()) * SYSFS_SECTOR
         parent = real.parent
         if (parent / "loop").is_dir():
             # A partition node of a loop device (losetup -P with udev).
-            backing = Path((parent / "loop" / "backing_file").read_text().strip())
-            return backing, None
-        return Path("/dev") / parent.name, None
+            backing, offset = _loop_backing(parent / "loop")
+            return backing, offset + start
+        return Path("/dev") / parent.name, start
     return Path("/dev") / real.name, None
 
 
@@ -232,6 +247,56 @@ def _mounted(node: Path) -> Iterator[Esp]:
 def _image_esp(image: Path) -> Esp:
     """The ESP partition of a GPT disk image or device, through mtools."""
     return MtoolsEsp(image, _read_layout(image).esp.start)
+
+
+def partition_uuid(esp: Esp) -> str | None:
+    """The partition UUID (upper case, as systemd-boot's LoaderDevicePartUUID has it) of the
+    GPT partition `esp` is; None where that cannot be known: a directory that is not where
+    a whole vfat filesystem is mounted (one standing in for an ESP, as in tests), a FAT
+    filesystem where no GPT partition starts, a disk that cannot be read."""
+    from cfsboot.boot.espview import ReadOnceEsp  # only asked on the running system
+
+    while isinstance(esp, ReadOnceEsp):
+        esp = esp.esp  # a view: the ESP it shows
+    try:
+        if isinstance(esp, MtoolsEsp):
+            return _uuid_at(esp.image, esp.offset)
+        if isinstance(esp, DirEsp):
+            return _mounted_uuid(esp.root)
+    except (OSError, ValueError, CfsbootError) as e:
+        log.debug("cannot tell which partition the ESP is: %s", e)
+    return None
+
+
+def _uuid_at(disk: Path, offset: int) -> str | None:
+    """The partition UUID of the GPT partition of `disk` that starts at byte `offset`."""
+    part = next((p for p in _read_layout(disk).partitions if p.start == offset), None)
+    return part.uuid.upper() if part is not None else None
+
+
+def _mounted_uuid(root: Path) -> str | None:
+    """The partition UUID of the vfat filesystem mounted at `root`; None for a directory
+    that is not a whole vfat filesystem's mount point, or a device on no GPT partition."""
+    point = os.path.realpath(root)
+    if not _esp_mounted_at(point, _mounts()):
+        return None  # a plain directory: no partition to name
+    dev = os.stat(point).st_dev
+    # udev's links first: they name the partition without reading the disk.
+    try:
+        names = os.listdir(BY_PARTUUID)
+    except OSError:
+        names = []
+    for name in names:
+        try:
+            if os.stat(os.path.join(BY_PARTUUID, name)).st_rdev == dev:
+                return name.upper()
+        except OSError:
+            continue
+    sysdev = _sysfs_dev(dev)
+    if not sysdev.exists():
+        return None
+    disk, offset = _sysfs_backing(sysdev.resolve())
+    return _uuid_at(disk, offset) if offset is not None else None
 
 
 def locate(sysroot: Path, mounts: Sequence[mountinfo.Mount]) -> EspLocation:

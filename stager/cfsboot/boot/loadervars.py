@@ -18,16 +18,21 @@ matches no entry is passed over without a word. `bootctl set-default ""` (and
 cfsboot writes none of these variables; what it sets at staging, finalize and rollback
 is its menu's order (and so what loader.conf's `default`, or menu order, picks). The
 variables are the running system's firmware's: only a caller describing the running
-system passes an efivarfs directory (`cfsboot.deploy.sysroot.Sysroot.loader_efivars`);
+system reads the variables (`cfsboot.deploy.sysroot.Sysroot.loader_vars`, once per run);
 a disk image or another root is described without them. GRUB menus are cfsboot's own
 (`grub.cfg`): these variables are systemd-boot's and do not apply there.
 
 The entries seen are the Type #1 files of `loader/entries` (or, when a staged menu is
 about to be finalized, its cfsboot entries plus the other systems' entries finalize
 carries over) and the Type #2 UKIs directly in `EFI/Linux/` (sorted after Type #1
-entries: their sort keys sit inside the PE file). systemd-boot's own `auto-*` entries
-(Windows, EFI shell, firmware setup) are not on the ESP as files: a variable naming one
-is taken to name an entry that exists.
+entries: their sort keys sit inside the PE file): SystemdBoot.shown_entries, which
+fsck's default check reads too. systemd-boot's own `auto-*` entries (Windows, EFI
+shell, firmware setup) are not on the ESP as files: a variable naming one is taken to
+name an entry that exists.
+
+On the running system the variables describe the ESP systemd-boot was loaded from
+(LoaderDevicePartUUID names its partition): for another ESP (`--esp`) none are read
+(`loaded_from`).
 """
 
 from __future__ import annotations
@@ -37,15 +42,21 @@ from pathlib import Path
 from cfsboot.boot import bls
 from cfsboot.boot.bls import BLSEntry, EntryFile
 from cfsboot.boot.bootloader import Bootloader, SystemdBoot
-from cfsboot.boot.counting import split_name
 from cfsboot.linux import efivars
 from cfsboot.linux.efivars import (
+    LOADER_DEVICE_PART_UUID,
     LOADER_ENTRY_DEFAULT,
     LOADER_ENTRY_LAST_BOOTED,
     LOADER_ENTRY_ONESHOT,
 )
+from cfsboot.linux.lazylog import getLogger
 
-TYPE2_DIR = "EFI/Linux"
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every run
+if TYPE_CHECKING:
+    from cfsboot.boot.esp import Esp
+
+log = getLogger(__name__)  # imports logging when it logs (lazylog)
+
 # Ids of the entries systemd-boot makes up itself (never files in loader/entries).
 AUTO_PREFIX = "auto-"
 # What removes each variable (bootctl's set-default/set-oneshot with an empty ID).
@@ -88,10 +99,12 @@ class LoaderVars:
 NO_VARS = LoaderVars()
 
 
-def read_loader_vars(efivars_dir: Path | None) -> LoaderVars:
+def read_loader_vars(efivars_dir: Path | None, esp: Esp | None = None) -> LoaderVars:
     """The variables in efivarfs directory `efivars_dir`; none when it is None (not the
-    running system). An empty value is no value: it matches no entry."""
-    if efivars_dir is None:
+    running system), nor when `esp` is not the ESP systemd-boot was loaded from (they
+    choose from another ESP's menu: `loaded_from`). An empty value is no value: it matches
+    no entry."""
+    if efivars_dir is None or (esp is not None and not loaded_from(esp, efivars_dir)):
         return NO_VARS
 
     def get(name: str) -> str | None:
@@ -100,6 +113,32 @@ def read_loader_vars(efivars_dir: Path | None) -> LoaderVars:
     return LoaderVars(
         get(LOADER_ENTRY_ONESHOT), get(LOADER_ENTRY_DEFAULT), get(LOADER_ENTRY_LAST_BOOTED)
     )
+
+
+def loaded_from(esp: Esp, efivars_dir: Path) -> bool:
+    """Whether systemd-boot was loaded from `esp`: LoaderDevicePartUUID, the partition the
+    firmware loaded it from, is the partition `esp` is (cfsboot.boot.espfind.partition_uuid).
+
+    True when either is unknown, and the variables are read as they always were: without
+    the variable (a boot loader that sets none of these), or for an ESP whose partition
+    cannot be known (a plain directory standing in for one, as in tests, or a FAT
+    filesystem at an offset no GPT partition starts at).
+    """
+    loaded = efivars.loader_string(LOADER_DEVICE_PART_UUID, efivars_dir)
+    if not loaded:
+        return True
+    from cfsboot.boot.espfind import partition_uuid
+
+    mine = partition_uuid(esp)
+    if mine is None or mine == loaded.strip().upper():
+        return True
+    log.debug(
+        "%s names partition %s, the ESP is %s: its boot loader variables are not read",
+        LOADER_DEVICE_PART_UUID,
+        loaded,
+        mine,
+    )
+    return False
 
 
 class Choice:
@@ -177,24 +216,6 @@ def choose(entries: list[EntryFile], conf_default: str | None, lv: LoaderVars) -
     return Choice(bls.default_entry(ordered, conf_default))
 
 
-def menu_files(bl: Bootloader, *, staged: bool = False) -> list[EntryFile]:
-    """Every entry systemd-boot will see: Type #1 files and Type #2 UKIs in EFI/Linux.
-
-    staged: the menu finalize makes live (the staged cfsboot entries, and the live
-    directory's entries of other systems, which finalize carries over).
-    """
-    assert isinstance(bl, SystemdBoot)
-    files = bl.entry_files(staged)
-    if staged:
-        files = [f for f in files if f.ours] + [f for f in bl.entry_files(False) if not f.ours]
-    esp = bl.esp
-    if esp.is_dir(TYPE2_DIR):
-        for e in esp.listdir(TYPE2_DIR):
-            if not e.is_dir and not e.name.startswith(".") and e.name.lower().endswith(".efi"):
-                files.append(EntryFile(split_name(e.name, ".efi")[0], BLSEntry()))
-    return files
-
-
 class NextBoot:
     """What boots next: `chosen`, and `cfsboot`, what would boot without the variables.
 
@@ -240,25 +261,27 @@ def _shown(entry_id: str) -> str:
     return entry_id if entry_id.isprintable() else repr(entry_id)
 
 
-def next_boot(bl: Bootloader, efivars_dir: Path | None, *, staged: bool = False) -> NextBoot:
+def next_boot(bl: Bootloader, lv: LoaderVars | None, *, staged: bool = False) -> NextBoot:
     """What systemd-boot boots next from `bl`'s ESP (staged: once finalize ran), with the
-    variables in `efivars_dir` (None: not the running system, no variables)."""
-    files = menu_files(bl, staged=staged)
+    variables `lv` (read_loader_vars; None: not the running system, no variables)."""
     assert isinstance(bl, SystemdBoot)
+    files = bl.shown_entries(staged)
     pattern = bl.default_pattern()
-    chosen = choose(files, pattern, read_loader_vars(efivars_dir))
+    chosen = choose(files, pattern, lv or NO_VARS)
     mine = choose(files, pattern, NO_VARS)
     return NextBoot(chosen, mine)
 
 
 def unmatched(
-    bl: Bootloader, efivars_dir: Path | None, *, staged: bool = False
+    bl: Bootloader, lv: LoaderVars | None, *, staged: bool = False
 ) -> list[tuple[str, str]]:
-    """(variable, value) of LoaderEntryOneShot and LoaderEntryDefault when set to a value
-    that names no entry: systemd-boot passes over them silently. A default of `@saved`
+    """(variable, value) of LoaderEntryOneShot and LoaderEntryDefault when set (in `lv`) to a
+    value that names no entry: systemd-boot passes over them silently. A default of `@saved`
     is not one (the entry booted last may well be gone: then loader.conf decides)."""
-    lv = read_loader_vars(efivars_dir)
-    ordered = bls.sort_entries(menu_files(bl, staged=staged))
+    if lv is None or (lv.oneshot is None and lv.default is None):
+        return []
+    assert isinstance(bl, SystemdBoot)
+    ordered = bls.sort_entries(bl.shown_entries(staged))
     out: list[tuple[str, str]] = []
     for name, value in ((LOADER_ENTRY_ONESHOT, lv.oneshot), (LOADER_ENTRY_DEFAULT, lv.default)):
         if value is None or (name == LOADER_ENTRY_DEFAULT and bls.ascii_lower(value) == bls.SAVED):

@@ -63,17 +63,17 @@ def warn_boot_override(sysroot: Sysroot, bl: Bootloader) -> None:
     LoaderEntryDefault) makes it boot another entry than the default cfsboot just set:
     the staged menu's, when a deployment waits for finalize, else the live menu's.
     Nothing is said offline (the variables are the running firmware's) nor on GRUB."""
-    from cfsboot.boot.bootloader import BootloaderKind
-
-    efivars_dir = sysroot.loader_efivars()
-    if bl.kind is not BootloaderKind.SYSTEMD_BOOT or efivars_dir is None:
+    marker = sysroot.staged()
+    if marker is not None and marker.finalization_locked:
+        # Not the live menu's default either, on purpose: --download-only set no default,
+        # so there is nothing new to warn about (status still shows the override).
+        return
+    lv = sysroot.loader_vars(bl)
+    if lv is None:
         return
     from cfsboot.boot.loadervars import next_boot
 
-    marker = sysroot.staged()
-    if marker is not None and marker.finalization_locked:
-        return  # --download-only: no default was set
-    line = next_boot(bl, efivars_dir, staged=marker is not None and bl.has_staged()).warning()
+    line = next_boot(bl, lv, staged=sysroot.staged_next(bl) is not None).warning()
     if line is not None:
         from cfsboot.linux.lazylog import getLogger
 

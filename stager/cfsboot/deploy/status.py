@@ -238,7 +238,7 @@ def next_boot(sysroot: Sysroot, bl: Bootloader, *, staged: MenuEntry | None) -> 
         return {"deployment": depl, "entry": None, "override": None}
     from cfsboot.boot.loadervars import next_boot as loader_next_boot
 
-    nb = loader_next_boot(bl, sysroot.loader_efivars(), staged=staged is not None)
+    nb = loader_next_boot(bl, sysroot.loader_vars(bl), staged=staged is not None)
     chosen = nb.chosen
     message = nb.warning()
     return {
@@ -282,11 +282,7 @@ def host_status(sysroot: Sysroot, bl: Bootloader, *, usr: Path | None = None) ->
     current = current_deployment(sysroot, bl)
     marker = sysroot.staged()
     staged_menu = bl.menu(staged=True) if marker is not None else []
-    staged_entry = (
-        next((m for m in staged_menu[:1] if m.deployment == marker.depl_id), None)
-        if marker
-        else None
-    )
+    staged_entry = sysroot.staged_entry(bl)
     by_id = {m.deployment: m for m in live}
 
     booted = by_id.get(current) if current else None
@@ -338,7 +334,7 @@ def host_status(sysroot: Sysroot, bl: Bootloader, *, usr: Path | None = None) ->
         "rollbackQueued": rollback_queued,
         "type": "bootcHost" if booted_doc is not None and booted_doc["image"] else None,
         "usrOverlay": _usr_overlay(usr) if usr is not None else None,
-        "cfsboot": _host_cfsboot(sysroot, bl, current, None if locked else staged_entry),
+        "cfsboot": _host_cfsboot(sysroot, bl, current, sysroot.staged_next(bl)),
     }
     return {
         "apiVersion": API_VERSION,

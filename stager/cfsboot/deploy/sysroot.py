@@ -37,6 +37,12 @@ from setuproot.contract import (
     parse_cmdline,
 )
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every run
+if TYPE_CHECKING:
+    from cfsboot.boot.bootloader import Bootloader, MenuEntry
+    from cfsboot.boot.esp import Esp
+    from cfsboot.boot.loadervars import LoaderVars
+
 log = getLogger(__name__)  # imports logging when it logs (lazylog)
 
 _HEX_RE = re.compile(r"[0-9a-f]{64}|[0-9a-f]{128}")
@@ -126,6 +132,7 @@ class Sysroot:
         self._origins: dict[str, Origin | OriginError | None] = {}
         self._marker: list[StagedDeployment | None] = []  # the one read, when read_once
         self._booted: list[str | None] = []
+        self._loader_vars: dict[Esp, LoaderVars | None] = {}  # by ESP, when read_once
         if not self.path.is_dir():
             die(f"{self.path} is not a directory", hint="pass the physical root with --sysroot")
         self.live = (
@@ -254,6 +261,30 @@ class Sysroot:
             return
         fsync_dir(self.marker_path.parent)
 
+    def staged_entry(self, bl: Bootloader) -> MenuEntry | None:
+        """The staged deployment's entry, download-only or not: the marker's deployment
+        first in `bl`'s staged menu (as finalize takes it); None when either is missing or
+        they disagree (e.g. a finalize killed after it swapped the menus: the staged name
+        then holds the old live menu)."""
+        marker = self.staged()
+        if marker is None or not bl.has_staged():
+            return None
+        first = next(iter(bl.menu(staged=True)), None)
+        return first if first is not None and first.deployment == marker.depl_id else None
+
+    def staged_next(self, bl: Bootloader) -> MenuEntry | None:
+        """The staged entry when it boots next: finalize makes it the default at shutdown
+        (cfsboot.deploy.stage.finalize: not download-only, its state directory there);
+        None when the live menu's default boots next. Status, fsck and the lifecycle
+        commands' warning all ask this."""
+        marker = self.staged()
+        if marker is None or marker.finalization_locked:
+            return None
+        entry = self.staged_entry(bl)
+        if entry is None or not self.deploy_dir(entry.deployment).is_dir():
+            return None
+        return entry
+
     # -- booted ------------------------------------------------------------------------
 
     def booted(self) -> str | None:
@@ -277,6 +308,27 @@ class Sysroot:
         from cfsboot.linux.efivars import EFIVARS
 
         return EFIVARS
+
+    def loader_vars(self, bl: Bootloader) -> LoaderVars | None:
+        """systemd-boot's variables that choose what `bl` boots next (LoaderEntryOneShot,
+        LoaderEntryDefault, LoaderEntryLastBooted: cfsboot.boot.loadervars); None when none
+        apply (GRUB, or a root that is not the running system), and none are read when
+        `bl`'s ESP is not the one systemd-boot was loaded from (--esp naming another:
+        loadervars.loaded_from). A read_once root reads them once: status's quick check
+        and its nextBoot share one read."""
+        from cfsboot.boot.bootloader import BootloaderKind
+
+        efivars_dir = self.loader_efivars()
+        if efivars_dir is None or bl.kind is not BootloaderKind.SYSTEMD_BOOT:
+            return None
+        if self.read_once and bl.esp in self._loader_vars:
+            return self._loader_vars[bl.esp]
+        from cfsboot.boot.loadervars import read_loader_vars
+
+        lv = read_loader_vars(efivars_dir, bl.esp)
+        if self.read_once:
+            self._loader_vars[bl.esp] = lv
+        return lv
 
     def _writing(self) -> None:
         if self.read_once:

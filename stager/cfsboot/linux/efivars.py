@@ -15,6 +15,8 @@ LOADER_BOOT_COUNT_PATH = "LoaderBootCountPath"
 LOADER_ENTRY_ONESHOT = "LoaderEntryOneShot"
 LOADER_ENTRY_DEFAULT = "LoaderEntryDefault"
 LOADER_ENTRY_LAST_BOOTED = "LoaderEntryLastBooted"
+# The GPT partition UUID (upper case) of the partition systemd-boot was loaded from.
+LOADER_DEVICE_PART_UUID = "LoaderDevicePartUUID"
 
 
 def loader_string(name: str, efivars: Path = EFIVARS) -> str | None:

@@ -196,7 +196,9 @@ def _default_deployment(bl: Bootloader, live: list[MenuEntry]) -> tuple[str | No
     if bl.kind is not BootloaderKind.SYSTEMD_BOOT:
         return (live[0].deployment, True) if live else (None, True)
     assert isinstance(bl, SystemdBoot)
-    chosen = bls.default_entry(bl.entry_files(), bl.default_pattern())
+    # Every entry systemd-boot shows, Type #2 UKIs in EFI/Linux too: loader.conf's
+    # `default` may name one (as loadervars reads the menu).
+    chosen = bls.default_entry(bl.shown_entries(), bl.default_pattern())
     if chosen is None:
         return None, True
     if not chosen.ours:
@@ -236,14 +238,13 @@ def _check_default(ctx: Context, out: EspFindings) -> None:
 
 def _unmatched_variables(ctx: Context) -> list[Problem]:
     """Notes for systemd-boot's variables that name no entry (running system only)."""
-    efivars_dir = ctx.sysroot.loader_efivars()
-    if not _is_bls(ctx) or efivars_dir is None:
+    assert ctx.bl is not None
+    lv = ctx.sysroot.loader_vars(ctx.bl)
+    if lv is None:
         return []
     from cfsboot.boot.loadervars import CLEAR, unmatched
 
-    assert ctx.bl is not None
-    marker = ctx.sysroot.staged()
-    staged = ctx.staged_pending and marker is not None and not marker.finalization_locked
+    staged = ctx.sysroot.staged_next(ctx.bl) is not None
     return [
         Problem(
             EspCode.LOADER_VARIABLE_UNMATCHED,
@@ -252,7 +253,7 @@ def _unmatched_variables(ctx: Context) -> list[Problem]:
             " removes it)",
             name,
         )
-        for name, value in unmatched(ctx.bl, efivars_dir, staged=staged)
+        for name, value in unmatched(ctx.bl, lv, staged=staged)
     ]
 
 

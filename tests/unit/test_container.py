@@ -15,6 +15,7 @@ from cfsboot.cli import main
 from cfsboot.composefs.tree import lookup
 from cfsboot.image.importer import import_image
 from cfsboot.image.initramfs import list_files
+from cfsboot.image.kargsd import load_kargs_d
 from cfsboot.image.lint import INITRAMFS_NEEDS, lint
 from cfsboot.image.rootdigest import compute_digest
 from cfstest import ocibuild as build
@@ -203,6 +204,32 @@ def test_bad_kargs(tmp_path: Path) -> None:
     (root / "usr/lib/bootc/kargs.d/20-bad.toml").write_text('kargs = "quiet"\n')
     assert lines(root) == [
         "error: kargs: usr/lib/bootc/kargs.d/20-bad.toml: 'kargs' must be a list of strings"
+    ]
+
+
+def test_kargs_links_resolve_inside_root(tmp_path: Path) -> None:
+    """kargs.d is read as the import reads it: links resolved inside the image, only regular
+    files; `ukify`'s command line (load_kargs_d) takes the same files."""
+    root = good_root(tmp_path / "root")
+    kargs = root / "usr/lib/bootc/kargs.d"
+    host = tmp_path / "host.toml"  # outside the image: the image has no such file
+    host.write_text("kargs = 5\n")
+    (kargs / "20-host.toml").symlink_to(host)
+    (root / "usr/lib/in-image.toml").write_text('kargs = ["from-link=1"]\n')
+    (kargs / "30-abs.toml").symlink_to("/usr/lib/in-image.toml")
+    (kargs / "40-dir.toml").mkdir()
+    (kargs / "50-dangling.toml").symlink_to("/nowhere.toml")
+    assert lines(root) == []
+    assert load_kargs_d(root, arch="x86_64") == ["console=ttyS0", "from-link=1"]
+
+
+def test_files_not_utf8_are_named(tmp_path: Path) -> None:
+    root = good_root(tmp_path)
+    (root / "usr/lib/bootc/kargs.d/20-bad.toml").write_bytes(b"kargs = []\n\xff")
+    (root / "usr/lib/composefs/setup-root-conf.toml").write_bytes(b"\xfe")
+    assert lines(root) == [
+        "error: setup-root-conf: /usr/lib/composefs/setup-root-conf.toml: not UTF-8 text (byte 0)",
+        "error: kargs: usr/lib/bootc/kargs.d/20-bad.toml: not UTF-8 text (byte 11)",
     ]
 
 

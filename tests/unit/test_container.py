@@ -228,7 +228,7 @@ def test_files_not_utf8_are_named(tmp_path: Path) -> None:
     (root / "usr/lib/bootc/kargs.d/20-bad.toml").write_bytes(b"kargs = []\n\xff")
     (root / "usr/lib/composefs/setup-root-conf.toml").write_bytes(b"\xfe")
     assert lines(root) == [
-        "error: setup-root-conf: /usr/lib/composefs/setup-root-conf.toml: not UTF-8 text (byte 0)",
+        "error: setup-root-conf: /usr/lib/composefs/setup-root-conf.toml: config is not UTF-8",
         "error: kargs: usr/lib/bootc/kargs.d/20-bad.toml: not UTF-8 text (byte 11)",
     ]
 

@@ -355,6 +355,33 @@ def test_grub_menu(tmp_path: Path, refs: dict[str, str]) -> None:
     assert [m.deployment for m in s.menu()] == [d2]
 
 
+def test_a_missing_boot_loader_is_reported_not_repaired(
+    tmp_path: Path, refs: dict[str, str]
+) -> None:
+    sd_boot = make_sysroot(tmp_path / "sd", [refs["v1"]])
+    (sd_boot.esp / "EFI/systemd/systemd-bootx64.efi").unlink()
+    assert fsck(sd_boot).exit_code == 0  # the removable path still starts it
+    (sd_boot.esp / "EFI/BOOT/BOOTX64.EFI").unlink()
+    grub = make_sysroot(tmp_path / "grub", [refs["v1"]], kind=BootloaderKind.GRUB)
+    (grub.esp / "EFI/BOOT/BOOTX64.EFI").unlink()
+    lines = {}
+    for s in (sd_boot, grub):
+        report = fsck(s, repair=True)
+        assert (report.exit_code, report.repaired, report.not_repaired) == (1, [], [])
+        [p] = report.problems
+        assert (p.code, p.repair) == ("bootloader-missing", None)
+        lines[s.kind] = p.line()
+    assert lines == {
+        BootloaderKind.SYSTEMD_BOOT: "EFI/systemd/systemd-bootx64.efi: the systemd-boot boot"
+        " loader is missing (neither EFI/systemd/systemd-bootx64.efi nor EFI/BOOT/BOOTX64.EFI):"
+        " the firmware has nothing to start (bootctl install, or copy the image's"
+        " /usr/lib/systemd/boot/efi/systemd-bootx64.efi to both)",
+        BootloaderKind.GRUB: "EFI/BOOT/BOOTX64.EFI: the grub boot loader is missing"
+        " (no EFI/BOOT/BOOTX64.EFI): the firmware has nothing to start (copy the image's"
+        " /usr/lib/grub/x86_64-efi/monolithic/grubx64.efi there)",
+    }
+
+
 # -- the booted deployment ----------------------------------------------------------------
 
 

@@ -343,6 +343,26 @@ def test_ukify_digest_karg_style(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert cmdlines == [f"composefs.digest=v1-sha256-12:{digest} console=ttyS0"]
 
 
+@pytest.mark.parametrize(
+    ("karg", "problem"),
+    [
+        ('a="b', "an unbalanced double quote"),
+        ("a\nb", "a control or white space character ('\\n')"),
+    ],
+)
+def test_ukify_refuses_a_karg_that_would_break_the_cmdline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], karg: str, problem: str
+) -> None:
+    root = good_root(tmp_path / "root")
+    out = tmp_path / "os.efi"
+    argv = ["container", "ukify", "--root", str(root), "--output", str(out), "--karg", karg]
+    assert main(argv) == 1
+    assert capsys.readouterr().err == (
+        f"cfsboot: kernel argument {karg!r} has {problem}: it cannot go in the UKI's .cmdline\n"
+    )
+    assert not out.exists()
+
+
 def test_ukify_refuses_a_wrong_seal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = good_root(tmp_path / "root")
 

@@ -20,6 +20,7 @@ from cfsboot.deploy.fsck.report import FsckReport
 from cfsboot.deploy.fsck.run import fsck_sysroot
 from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.image.importer import import_image
+from cfsboot.image.info import image_stream
 from cfstest.cli import run as cfsboot
 from cfstest.fssnapshot import snapshot
 from cfstest.ocibuild import build_layout
@@ -292,6 +293,22 @@ def test_missing_boot_files_are_copied_again(s: DirSysroot, which: str) -> None:
     assert fixed.repaired == [
         f"copied the boot files of {d1[:16]}… again: EFI/Linux/bootc_composefs-{d1}"
     ]
+    assert path.read_bytes() == good and fixed.exit_code == 0
+
+
+def test_boot_files_are_copied_from_the_image_without_its_import_record(s: DirSysroot) -> None:
+    """The record (lost here; none for an image cfsboot did not import) only lists the boot
+    files: the image's own tree has the kernel, and the origin's boot digest vouches for it."""
+    d1 = s.digests[0]
+    (s.repo / "streams" / image_stream(d1)).unlink()
+    path = kdir(s, d1) / "vmlinuz"
+    good = path.read_bytes()
+    path.unlink()
+    fixed = fsck(s, repair=True)
+    assert (fixed.repaired, fixed.not_repaired) == (
+        [f"copied the boot files of {d1[:16]}… again: EFI/Linux/bootc_composefs-{d1}"],
+        [],
+    )
     assert path.read_bytes() == good and fixed.exit_code == 0
 
 

@@ -20,8 +20,9 @@ from cfsboot.boot.bls import safe_file_name
 from cfsboot.boot.uki import read_uki
 from cfsboot.errors import die
 from cfsboot.image.kargsd import karg_problem, load_kargs_d
-from cfsboot.image.lint import MODULES, kernels, resolve
+from cfsboot.image.lint import MODULES, kernels
 from cfsboot.image.osrelease import OsRelease
+from cfsboot.image.rootpath import resolve
 from cfsboot.linux.run import run
 from setuproot.contract import ComposefsKarg, HashAlg, KargStyle
 

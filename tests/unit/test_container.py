@@ -149,6 +149,47 @@ def test_initramfs_not_cpio(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("data", "found"),
+    [
+        (
+            b"\x1f\x8b\x08\x00" + b"garbage" * 4,
+            "its gzip data is corrupt (Error -3 while decompressing data:"
+            " invalid code lengths set)",
+        ),
+        (
+            b"\x28\xb5\x2f\xfd" + b"garbage" * 4,
+            "its zstd data is corrupt (zstd decompress error: Dictionary mismatch)",
+        ),
+        (b"\xfd7zXZ\x00" + b"garbage" * 4, "its xz data is corrupt (Corrupt input data)"),
+        (b"BZh" + b"garbage" * 4, "its bzip2 data is corrupt (Invalid data stream)"),
+        (
+            b"070701" + b"z" * 104,
+            "a cpio header at offset 0 of an archive has a field that is not hex",
+        ),
+    ],
+)
+def test_initramfs_corrupt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], data: bytes, found: str
+) -> None:
+    """One finding, not an internal error: the decompressors' own errors are named."""
+    root = good_root(tmp_path)
+    rel = f"usr/lib/modules/{KVER}/initramfs.img"
+    (root / rel).write_bytes(data)
+    assert main(["container", "lint", "--root", str(root)]) == 1
+    assert capsys.readouterr().out == f"error: initramfs: /{rel}: {root / rel}: {found}\n"
+
+
+def test_initramfs_in_a_compression_the_kernel_reads_is_a_warning(tmp_path: Path) -> None:
+    root = good_root(tmp_path)
+    rel = f"usr/lib/modules/{KVER}/initramfs.img"
+    (root / rel).write_bytes(b"\x02\x21\x4c\x18" + b"lz4 frames")
+    assert lines(root) == [
+        f"warning: initramfs: /{rel} is lz4-compressed, which cfsboot cannot read: whether it"
+        " has the cfsboot module is not checked (zstd, gzip and xz can be)"
+    ]
+
+
 def test_no_bootloader(tmp_path: Path) -> None:
     root = good_root(tmp_path)
     os.unlink(root / "usr/lib/systemd/boot/efi/systemd-bootx64.efi")

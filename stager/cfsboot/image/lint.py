@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cfsboot.errors import CfsbootError
-from cfsboot.image.initramfs import list_files
+from cfsboot.image.initramfs import UnsupportedCompression, list_files
 from cfsboot.image.kargsd import kargs_d_files, parse_kargs_toml, read_kargs_toml
 from cfsboot.image.rootpath import resolve
 from cfsboot.linux.arch import NoUefi, efi_names
@@ -100,6 +100,14 @@ def check_initramfs(root: Path) -> Iterator[Finding]:
             continue
         try:
             names = set(list_files(path))
+        except UnsupportedCompression as e:  # the kernel unpacks it: only the check is lost
+            yield Finding(
+                Level.WARNING,
+                "initramfs",
+                f"/{rel} is {e.kind}-compressed, which cfsboot cannot read: whether it has the"
+                " cfsboot module is not checked (zstd, gzip and xz can be)",
+            )
+            continue
         except CfsbootError as e:
             yield Finding(Level.ERROR, "initramfs", f"/{rel}: {e}")
             continue

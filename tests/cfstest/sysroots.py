@@ -5,8 +5,8 @@ image's /etc and /var copied with their owners): a repository with the images
 imported through the real pipeline, the boot files and the menu written by the
 real bootloader code on a directory ESP, and each deployment's state written
 the way write_state writes it (overlay mode: empty etc/upper and etc/work; bind
-mode: an etc directory), with its origin. The first image is the oldest; the
-last one is the default entry.
+mode: an etc directory), with its origin, and a stand-in boot loader binary where
+install puts it. The first image is the oldest; the last one is the default entry.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from cfsboot.deploy.entries import build_entry, composefs_karg
 from cfsboot.deploy.origin import Origin
 from cfsboot.deploy.sysroot import StagedDeployment, Sysroot
 from cfsboot.deploy.target import Target, import_target
+from cfsboot.linux.arch import efi_names
 from setuproot.config import EtcMount
 from setuproot.contract import DEPLOY_VAR_LINK_TARGET, REPO_DIR
 
@@ -93,6 +94,13 @@ def make_sysroot(
         SystemdBoot(DirEsp(esp)) if kind is BootloaderKind.SYSTEMD_BOOT else Grub(DirEsp(esp))
     )
     (root / "state/os/default/var").mkdir(parents=True)
+    names = efi_names("x86_64")
+    loaders = [names.removable]
+    if kind is BootloaderKind.SYSTEMD_BOOT:
+        loaders.append(names.systemd_boot)
+    for rel in loaders:
+        (esp / rel).parent.mkdir(parents=True, exist_ok=True)
+        (esp / rel).write_bytes(b"MZ boot loader stand-in")
     menu: list[MenuEntry] = []
     digests: list[str] = []
     all_refs = [*refs, *([staged] if staged else [])]

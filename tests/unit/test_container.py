@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from cfsboot.cli import main
 from cfsboot.composefs.tree import lookup
 from cfsboot.image.importer import import_image
 from cfsboot.image.initramfs import list_files
+from cfsboot.image.kargsd import load_kargs_d
 from cfsboot.image.lint import INITRAMFS_NEEDS, lint
 from cfsboot.image.rootdigest import compute_digest
 from cfstest import ocibuild as build
@@ -147,6 +149,47 @@ def test_initramfs_not_cpio(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("data", "found"),
+    [
+        (
+            b"\x1f\x8b\x08\x00" + b"garbage" * 4,
+            "its gzip data is corrupt (Error -3 while decompressing data:"
+            " invalid code lengths set)",
+        ),
+        (
+            b"\x28\xb5\x2f\xfd" + b"garbage" * 4,
+            "its zstd data is corrupt (zstd decompress error: Dictionary mismatch)",
+        ),
+        (b"\xfd7zXZ\x00" + b"garbage" * 4, "its xz data is corrupt (Corrupt input data)"),
+        (b"BZh" + b"garbage" * 4, "its bzip2 data is corrupt (Invalid data stream)"),
+        (
+            b"070701" + b"z" * 104,
+            "a cpio header at offset 0 of an archive has a field that is not hex",
+        ),
+    ],
+)
+def test_initramfs_corrupt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], data: bytes, found: str
+) -> None:
+    """One finding, not an internal error: the decompressors' own errors are named."""
+    root = good_root(tmp_path)
+    rel = f"usr/lib/modules/{KVER}/initramfs.img"
+    (root / rel).write_bytes(data)
+    assert main(["container", "lint", "--root", str(root)]) == 1
+    assert capsys.readouterr().out == f"error: initramfs: /{rel}: {root / rel}: {found}\n"
+
+
+def test_initramfs_in_a_compression_the_kernel_reads_is_a_warning(tmp_path: Path) -> None:
+    root = good_root(tmp_path)
+    rel = f"usr/lib/modules/{KVER}/initramfs.img"
+    (root / rel).write_bytes(b"\x02\x21\x4c\x18" + b"lz4 frames")
+    assert lines(root) == [
+        f"warning: initramfs: /{rel} is lz4-compressed, which cfsboot cannot read: whether it"
+        " has the cfsboot module is not checked (zstd, gzip and xz can be)"
+    ]
+
+
 def test_no_bootloader(tmp_path: Path) -> None:
     root = good_root(tmp_path)
     os.unlink(root / "usr/lib/systemd/boot/efi/systemd-bootx64.efi")
@@ -206,6 +249,32 @@ def test_bad_kargs(tmp_path: Path) -> None:
     ]
 
 
+def test_kargs_links_resolve_inside_root(tmp_path: Path) -> None:
+    """kargs.d is read as the import reads it: links resolved inside the image, only regular
+    files; `ukify`'s command line (load_kargs_d) takes the same files."""
+    root = good_root(tmp_path / "root")
+    kargs = root / "usr/lib/bootc/kargs.d"
+    host = tmp_path / "host.toml"  # outside the image: the image has no such file
+    host.write_text("kargs = 5\n")
+    (kargs / "20-host.toml").symlink_to(host)
+    (root / "usr/lib/in-image.toml").write_text('kargs = ["from-link=1"]\n')
+    (kargs / "30-abs.toml").symlink_to("/usr/lib/in-image.toml")
+    (kargs / "40-dir.toml").mkdir()
+    (kargs / "50-dangling.toml").symlink_to("/nowhere.toml")
+    assert lines(root) == []
+    assert load_kargs_d(root, arch="x86_64") == ["console=ttyS0", "from-link=1"]
+
+
+def test_files_not_utf8_are_named(tmp_path: Path) -> None:
+    root = good_root(tmp_path)
+    (root / "usr/lib/bootc/kargs.d/20-bad.toml").write_bytes(b"kargs = []\n\xff")
+    (root / "usr/lib/composefs/setup-root-conf.toml").write_bytes(b"\xfe")
+    assert lines(root) == [
+        "error: setup-root-conf: /usr/lib/composefs/setup-root-conf.toml: config is not UTF-8",
+        "error: kargs: usr/lib/bootc/kargs.d/20-bad.toml: not UTF-8 text (byte 11)",
+    ]
+
+
 def test_fstab_mounts_root(tmp_path: Path) -> None:
     root = good_root(tmp_path)
     (root / "etc/fstab").write_text("# c\nUUID=1234 / ext4 errors=remount-ro 0 1\n")
@@ -257,6 +326,20 @@ def test_compute_digest_equals_import_digest(tmp_path: Path, alg: HashAlg) -> No
     usr_bin = lookup(computed.tree, b"usr/bin")
     assert usr_bin is not None
     assert usr_bin.xattrs[b"security.selinux"] == b"system_u:object_r:bin_t:s0"
+
+
+def test_compute_digest_leaves_sockets_out_as_layers_do(tmp_path: Path) -> None:
+    """tar cannot carry a socket (build tools skip them when they commit a layer)."""
+    root = good_root(tmp_path / "root")
+    (root / "run").mkdir()
+    for path in (root / "run/daemon.sock", root / "var/lib/agent.sock"):
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(path))
+    layout = build.Layout(tmp_path / "layout")
+    layer = layout.add_layer(build.tar_chunks(build.entries_from_directory(root)))
+    layout.add_image([layer], tag="t")
+    imported = import_image(f"oci:{tmp_path / 'layout'}:t", None)
+    assert compute_digest(root).digest == imported.image_digest
 
 
 def test_compute_digest_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -314,6 +397,26 @@ def test_ukify_digest_karg_style(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     argv = ["container", "ukify", "--root", str(root), "--output", str(out), "--hash", "sha256"]
     assert main([*argv, "--karg-style", "digest"]) == 0
     assert cmdlines == [f"composefs.digest=v1-sha256-12:{digest} console=ttyS0"]
+
+
+@pytest.mark.parametrize(
+    ("karg", "problem"),
+    [
+        ('a="b', "an unbalanced double quote"),
+        ("a\nb", "a control or white space character ('\\n')"),
+    ],
+)
+def test_ukify_refuses_a_karg_that_would_break_the_cmdline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], karg: str, problem: str
+) -> None:
+    root = good_root(tmp_path / "root")
+    out = tmp_path / "os.efi"
+    argv = ["container", "ukify", "--root", str(root), "--output", str(out), "--karg", karg]
+    assert main(argv) == 1
+    assert capsys.readouterr().err == (
+        f"cfsboot: kernel argument {karg!r} has {problem}: it cannot go in the UKI's .cmdline\n"
+    )
+    assert not out.exists()
 
 
 def test_ukify_refuses_a_wrong_seal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -185,6 +185,20 @@ def test_strangers_are_reported_and_left_alone(repo: Repo) -> None:
     assert (repo.path / "objects/zz").exists() and (sub / "README").exists()
 
 
+@pytest.mark.parametrize("name", ["objects", "images", "streams"])
+def test_a_top_directory_that_is_a_file_is_a_problem(repo: Repo, name: str) -> None:
+    """Reported with the rest of the check; it used to end fsck with 'Not a directory'."""
+    shutil.rmtree(repo.path / name)
+    (repo.path / name).write_bytes(b"")
+    report = fsck(repo)
+    assert (report.exit_code, report.problems[0].code, report.problems[0].path) == (
+        1,
+        "layout",
+        name,
+    )
+    assert report.problems[0].message == "is not a directory"
+
+
 def test_an_image_that_does_not_parse(repo: Repo) -> None:
     bad = repo.open().write_image(b"not an EROFS image" * 300)
     [p] = fsck(repo).problems

@@ -22,6 +22,7 @@ from cfsboot.deploy.fsck.report import FsckReport
 from cfsboot.deploy.fsck.run import fsck_sysroot
 from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.image.importer import import_image
+from cfsboot.image.info import image_stream
 from cfstest.cli import run as cfsboot
 from cfstest.fssnapshot import snapshot
 from cfstest.ocibuild import build_layout
@@ -297,6 +298,22 @@ def test_missing_boot_files_are_copied_again(s: DirSysroot, which: str) -> None:
     assert path.read_bytes() == good and fixed.exit_code == 0
 
 
+def test_boot_files_are_copied_from_the_image_without_its_import_record(s: DirSysroot) -> None:
+    """The record (lost here; none for an image cfsboot did not import) only lists the boot
+    files: the image's own tree has the kernel, and the origin's boot digest vouches for it."""
+    d1 = s.digests[0]
+    (s.repo / "streams" / image_stream(d1)).unlink()
+    path = kdir(s, d1) / "vmlinuz"
+    good = path.read_bytes()
+    path.unlink()
+    fixed = fsck(s, repair=True)
+    assert (fixed.repaired, fixed.not_repaired) == (
+        [f"copied the boot files of {d1[:16]}… again: EFI/Linux/bootc_composefs-{d1}"],
+        [],
+    )
+    assert path.read_bytes() == good and fixed.exit_code == 0
+
+
 def test_boot_files_with_the_wrong_content_are_copied_again(s: DirSysroot) -> None:
     d2 = s.digests[1]
     initrd = kdir(s, d2) / "initrd"
@@ -355,6 +372,33 @@ def test_grub_menu(tmp_path: Path, refs: dict[str, str]) -> None:
     assert (p.code, p.path, p.repair) == ("entry-dangling", "EFI/BOOT/grub.cfg", "remove the entry")
     assert fsck(s, repair=True).exit_code == 0
     assert [m.deployment for m in s.menu()] == [d2]
+
+
+def test_a_missing_boot_loader_is_reported_not_repaired(
+    tmp_path: Path, refs: dict[str, str]
+) -> None:
+    sd_boot = make_sysroot(tmp_path / "sd", [refs["v1"]])
+    (sd_boot.esp / "EFI/systemd/systemd-bootx64.efi").unlink()
+    assert fsck(sd_boot).exit_code == 0  # the removable path still starts it
+    (sd_boot.esp / "EFI/BOOT/BOOTX64.EFI").unlink()
+    grub = make_sysroot(tmp_path / "grub", [refs["v1"]], kind=BootloaderKind.GRUB)
+    (grub.esp / "EFI/BOOT/BOOTX64.EFI").unlink()
+    lines = {}
+    for s in (sd_boot, grub):
+        report = fsck(s, repair=True)
+        assert (report.exit_code, report.repaired, report.not_repaired) == (1, [], [])
+        [p] = report.problems
+        assert (p.code, p.repair) == ("bootloader-missing", None)
+        lines[s.kind] = p.line()
+    assert lines == {
+        BootloaderKind.SYSTEMD_BOOT: "EFI/systemd/systemd-bootx64.efi: the systemd-boot boot"
+        " loader is missing (neither EFI/systemd/systemd-bootx64.efi nor EFI/BOOT/BOOTX64.EFI):"
+        " the firmware has nothing to start (bootctl install, or copy the image's"
+        " /usr/lib/systemd/boot/efi/systemd-bootx64.efi to both)",
+        BootloaderKind.GRUB: "EFI/BOOT/BOOTX64.EFI: the grub boot loader is missing"
+        " (no EFI/BOOT/BOOTX64.EFI): the firmware has nothing to start (copy the image's"
+        " /usr/lib/grub/x86_64-efi/monolithic/grubx64.efi there)",
+    }
 
 
 # -- the booted deployment ----------------------------------------------------------------

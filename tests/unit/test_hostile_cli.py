@@ -80,6 +80,14 @@ def test_composefs_info_on_images_with_a_byte_changed(
     assert 0 < refused < len(used)
 
 
+def test_measure_file_of_a_directory_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = main(["composefs-info", "measure-file", str(tmp_path)])
+    line = _one_line(rc, capsys.readouterr().err)
+    assert line == f"failed to measure {str(tmp_path)!r}: Is a directory"
+
+
 def test_composefs_info_subprocess_prints_no_traceback(tmp_path: Path) -> None:
     path = tmp_path / "junk.img"
     path.write_bytes(_image()[:4100])

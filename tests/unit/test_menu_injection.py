@@ -163,6 +163,15 @@ def test_kargs_d_argument_that_would_change_the_line_is_refused(
     )
 
 
+def test_setup_root_config_not_utf8_is_refused_naming_it(tmp_path: Path) -> None:
+    conf = {"usr/lib/composefs/setup-root-conf.toml": b'[etc]\nmount = "overlay\xff"\n'}
+    imgref = _image(tmp_path, extra=conf)
+    assert _refused(tmp_path, imgref) == (
+        "cfsboot: the image's setup-root config is invalid:"
+        " image:/usr/lib/composefs/setup-root-conf.toml: config is not UTF-8\n"
+    )
+
+
 def test_kargs_d_newline_outside_quotes_separates_arguments(tmp_path: Path) -> None:
     imgref = _image(tmp_path, kargs=_kargs_toml("a\nb", "c\r\nd"))
     system = install(tmp_path / "sys", imgref)

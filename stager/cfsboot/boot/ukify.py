@@ -19,9 +19,10 @@ from pathlib import Path
 from cfsboot.boot.bls import safe_file_name
 from cfsboot.boot.uki import read_uki
 from cfsboot.errors import die
-from cfsboot.image.kargsd import load_kargs_d
-from cfsboot.image.lint import MODULES, kernels, resolve
+from cfsboot.image.kargsd import karg_problem, load_kargs_d
+from cfsboot.image.lint import MODULES, kernels
 from cfsboot.image.osrelease import OsRelease
+from cfsboot.image.rootpath import resolve
 from cfsboot.linux.run import run
 from setuproot.contract import ComposefsKarg, HashAlg, KargStyle
 
@@ -65,6 +66,10 @@ def uki_inputs(
     osrel = resolve(root, "usr/lib/os-release") or resolve(root, "etc/os-release")
     alg = HashAlg.from_hex_len(len(digest))
     assert alg is not None, digest
+    for arg in extra_kargs:  # kargs.d's are checked as they are read
+        problem = karg_problem(arg)
+        if problem is not None:
+            die(f"kernel argument {arg!r} has {problem}: it cannot go in the UKI's .cmdline")
     karg = ComposefsKarg(digest, alg, insecure=False).to_karg(style)
     cmdline = " ".join([karg, *load_kargs_d(root), *extra_kargs])
     return UkiInputs(kver, linux, initrd, osrel if osrel and osrel.is_file() else None, cmdline)

@@ -103,7 +103,10 @@ def measure_file(path: str) -> bytes:
         try:
             alg, digest = measure_verity(fd)
         except (NoVerity, VerityUnsupported):
-            return digest_file(fd, HashAlg.SHA256)
+            try:
+                return digest_file(fd, HashAlg.SHA256)
+            except OSError as e:  # a directory opens, and fails to read
+                die(f"failed to measure {path!r}: {e.strerror}")
         if alg != HashAlg.SHA256:
             die(f"failed to measure {path!r}: it has {alg} fs-verity, not sha256")
         return digest

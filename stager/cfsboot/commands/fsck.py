@@ -14,8 +14,9 @@ from setuproot.contract import DEFAULT_SYSROOT
 DESCRIPTION = """\
 Check the composefs repository (every object's content against its name, fs-verity
 in a secure repository, images, links, tags, import records, leftovers), the
-deployments (origin, image, /etc, var, the staged marker) and the ESP (entries,
-their kernels, initrds and UKIs, the default entry). One line per problem.
+deployments (origin, image, /etc, var, the staged marker) and the ESP (the boot
+loader, entries, their kernels, initrds and UKIs, the default entry). One line per
+problem.
 Exit code: 0 no problems, 1 problems, 2 something could not be checked.
 """
 

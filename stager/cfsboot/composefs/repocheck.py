@@ -135,6 +135,9 @@ def scan_objects(repo: Repository, layout: Layout) -> None:
     except FileNotFoundError:
         layout.add(Code.LAYOUT, OBJECTS_DIR, "the objects directory is missing")
         return
+    except NotADirectoryError:
+        layout.add(Code.LAYOUT, OBJECTS_DIR, "is not a directory")
+        return
     for sub in subs:
         rel = f"{OBJECTS_DIR}/{sub.name}"
         if sub.name.startswith(STAGING_PREFIX) and sub.is_dir(follow_symlinks=False):
@@ -179,6 +182,9 @@ def _scan_object_links(
         entries = sorted(os.scandir(repo.path / d), key=lambda e: e.name)
     except FileNotFoundError:
         layout.add(Code.LAYOUT, d, "the directory is missing")
+        return out, dangling
+    except NotADirectoryError:
+        layout.add(Code.LAYOUT, d, "is not a directory")
         return out, dangling
     for e in entries:
         rel = f"{d}/{e.name}"

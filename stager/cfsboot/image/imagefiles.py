@@ -86,10 +86,13 @@ def setup_root_config(repo: Repository, tree: Inode) -> Config:
         data = read_file(repo, tree, path.lstrip("/"))
         if data is None:
             continue
+        where = f"image:{path}"
         try:
-            return parse(data.decode("utf-8"), f"image:{path}")
-        except (ConfigError, UnicodeDecodeError) as e:
+            return parse(data.decode("utf-8"), where)
+        except ConfigError as e:
             die(f"the image's setup-root config is invalid: {e}")
+        except UnicodeDecodeError:  # worded as setup-root words it at boot
+            die(f"the image's setup-root config is invalid: {where}: config is not UTF-8")
     return Config()
 
 

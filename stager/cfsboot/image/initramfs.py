@@ -20,7 +20,7 @@ from typing import BinaryIO, Protocol, cast
 
 import zstandard
 
-from cfsboot.errors import die
+from cfsboot.errors import CfsbootError, die
 
 # newc header: magic + 13 fields of 8 hex digits (ino, mode, uid, gid, nlink, mtime,
 # filesize, devmajor, devminor, rdevmajor, rdevminor, namesize, check).
@@ -40,6 +40,16 @@ COMPRESSIONS = {
     b"\x02\x21\x4c\x18": "lz4",
     b"\x89LZO": "lzo",
 }
+
+
+class UnsupportedCompression(CfsbootError):
+    """An archive compressed in a way the kernel unpacks and this module does not (lz4, lzo)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(
+            f"{kind}-compressed initramfs archives are not supported", hint="use zstd, gzip or xz"
+        )
+        self.kind = kind
 
 
 class _Reader(Protocol):
@@ -79,7 +89,7 @@ def _decompressor(kind: str, raw: BinaryIO) -> _Reader:
         return _Decompressing(raw, lzma.LZMADecompressor().decompress)
     if kind == "bzip2":
         return _Decompressing(raw, bz2.BZ2Decompressor().decompress)
-    die(f"{kind}-compressed initramfs archives are not supported", hint="use zstd, gzip or xz")
+    raise UnsupportedCompression(kind)
 
 
 def _read_exact(f: _Reader, n: int) -> bytes:
@@ -107,7 +117,10 @@ def _entries(f: _Reader, first: bytes, where: str) -> Iterator[tuple[str, int]]:
     while True:
         if len(head) < NEWC.size or head[:6] not in NEWC_MAGICS:
             die(f"{where}: not a newc cpio archive at offset {pos} of an archive")
-        fields = [int(x, 16) for x in NEWC.unpack(head)[1:]]
+        try:
+            fields = [int(x, 16) for x in NEWC.unpack(head)[1:]]
+        except ValueError:
+            die(f"{where}: a cpio header at offset {pos} of an archive has a field that is not hex")
         mode, filesize, namesize = fields[1], fields[6], fields[11]
         name_pad = (4 - (NEWC.size + namesize) % 4) % 4
         name = _read_exact(f, namesize + name_pad)[: max(namesize - 1, 0)]
@@ -140,7 +153,10 @@ def _archives(f: _Reader, where: str, compressed: bool) -> Iterator[tuple[str, i
         if kind is None or compressed:
             die(f"{where}: neither a cpio archive nor a known compression at {head!r}")
         inner = _decompressor(kind, cast(BinaryIO, _Prefixed(head, f)))
-        yield from _archives(inner, where, True)
+        try:
+            yield from _archives(inner, where, True)
+        except (zstandard.ZstdError, zlib.error, lzma.LZMAError, OSError, EOFError) as e:
+            die(f"{where}: its {kind} data is corrupt ({e or type(e).__name__})")
         return
 
 

@@ -7,9 +7,11 @@ key is an error. Files apply in lexical order of their names.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from cfsboot.errors import die
+from cfsboot.image.rootpath import resolve, resolve_file
 
 KARGS_D = "usr/lib/bootc/kargs.d"
 
@@ -87,21 +89,40 @@ def parse_kargs_toml(text: str, *, name: str, arch: str) -> list[str]:
     return out
 
 
+def kargs_d_files(root: Path) -> list[tuple[str, Path]]:
+    """(name, path) of the kargs.d files of the image at root, in lexical order.
+
+    What the import reads from an image's tree (cfsboot.image.bootscan): names ending
+    in `.toml` that are regular files once links are resolved inside the image.
+    """
+    directory = resolve(root, KARGS_D)
+    if directory is None or not directory.is_dir():
+        return []
+    out = []
+    for name in sorted(os.listdir(directory)):
+        path = resolve_file(root, f"{KARGS_D}/{name}") if name.endswith(".toml") else None
+        if path is not None:
+            out.append((name, path))
+    return out
+
+
+def read_kargs_toml(name: str, path: Path) -> str:
+    """The text of one kargs.d file; one clear line when it is not UTF-8."""
+    try:
+        return path.read_bytes().decode()
+    except UnicodeDecodeError as e:
+        die(f"{KARGS_D}/{name}: not UTF-8 text (byte {e.start})")
+
+
 def load_kargs_d(root: Path, *, arch: str | None = None) -> list[str]:
     """All arguments from `root/usr/lib/bootc/kargs.d/*.toml`, files in lexical order."""
-    directory = root / KARGS_D
-    if not directory.is_dir():
+    files = kargs_d_files(root)
+    if not files:
         return []
     from cfsboot.linux.arch import rust_arch  # not for splitting (status imports this module)
 
     target = arch or rust_arch()
     out: list[str] = []
-    for path in sorted(directory.iterdir(), key=lambda p: p.name):
-        if path.suffix != ".toml" or path.is_symlink() or not path.is_file():
-            continue
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            die(f"{KARGS_D}/{path.name}: not UTF-8 text (byte {e.start})")
-        out.extend(parse_kargs_toml(text, name=path.name, arch=target))
+    for name, path in files:
+        out.extend(parse_kargs_toml(read_kargs_toml(name, path), name=name, arch=target))
     return out

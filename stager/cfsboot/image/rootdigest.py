@@ -14,11 +14,13 @@ Read it from a bind mount of the finished stage (`RUN --mount=type=bind,
 from=STAGE,target=/target`): the running build's own `/` has files the
 image will not (/etc/hosts and /etc/resolv.conf bound in by the build tool).
 On `/`, directories of other filesystems (/proc, /sys, /dev) count as empty.
+Sockets are left out: a tar layer cannot carry one, and build tools skip them.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,11 +53,25 @@ def directory_reader(root: Path, tree: Inode) -> ContentReader:
     return read
 
 
+def drop_sockets(tree: Inode) -> None:
+    """Remove every socket: a tar layer cannot carry one (build tools skip them)."""
+    stack = [tree]
+    while stack:
+        d = stack.pop()
+        assert d.children is not None
+        for name, node in list(d.children.items()):
+            if stat.S_ISSOCK(node.mode):
+                del d.children[name]
+            elif node.is_dir():
+                stack.append(node)
+
+
 def compute_digest(
     root: Path, *, alg: HashAlg = HashAlg.SHA512, xattrs: XattrFilter = XattrFilter.ALLOWLIST
 ) -> RootDigest:
     """The digest `cfsboot image import` gives the image built from root (same algorithm)."""
     tree = tree_from_directory(root, alg=alg, hardlinks=True, one_file_system=True)
+    drop_sockets(tree)
     transform_for_oci(tree, xattrs=xattrs)
     boot = scan(tree)
     transform_for_boot(tree, directory_reader(root, tree))

@@ -42,6 +42,7 @@ from cfsboot.deploy.fsck.state import StateCode
 from cfsboot.deploy.state import remove_tree
 from cfsboot.errors import CfsbootError, die
 from cfsboot.image import imagefiles
+from cfsboot.image.bootscan import BootResources, scan
 from cfsboot.image.info import load_image_info
 from cfsboot.linux.fsutil import fsync_dir
 from setuproot.verity import VerityAlreadyEnabled, enable_verity, measure_verity
@@ -134,15 +135,28 @@ def enable_object_verity(repo: Repository, hexdigest: str) -> None:
         die(f"object {path}: fs-verity measures {alg}:{digest.hex()[:16]}… after enabling it")
 
 
+def _boot_resources(ctx: Context, depl: str) -> BootResources:
+    """The boot files of the deployment's image: from its import record, else from the image.
+
+    Without the record (lost, or an image cfsboot did not import), the image's own tree
+    has its kernels (/usr/lib/modules); UKIs under /boot are not in it (emptied for boot).
+    """
+    assert ctx.repo is not None
+    info = load_image_info(ctx.repo, depl)
+    if info is not None:
+        return info.boot
+    tree = ctx.trees.get(depl)
+    if tree is None:
+        die(f"image {depl[:16]}… has no import record that lists its boot files")
+    return scan(tree)
+
+
 def recopy_boot_files(ctx: Context, depl: str) -> str:
     """Copy the deployment's boot files to where its entry points, checked against its origin."""
     assert ctx.repo is not None and ctx.bl is not None
     m, origin = _entry_of(ctx, depl), ctx.good_origin(depl)
     assert m is not None and origin is not None
-    info = load_image_info(ctx.repo, depl)
-    if info is None:
-        die(f"image {depl[:16]}… has no import record that lists its boot files")
-    boot, bl = info.boot, ctx.bl
+    boot, bl = _boot_resources(ctx, depl), ctx.bl
     if m.uki is not None:
         if not boot.ukis:
             die(f"image {depl[:16]}… has no UKI")

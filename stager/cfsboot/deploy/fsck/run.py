@@ -29,6 +29,7 @@ from cfsboot.composefs.repository import Repository
 from cfsboot.deploy.fsck import refetch
 from cfsboot.deploy.fsck.context import Context
 from cfsboot.deploy.fsck.esp import check_esp
+from cfsboot.deploy.fsck.loaderbin import check_loader_binary
 from cfsboot.deploy.fsck.quick import menus as _menus
 from cfsboot.deploy.fsck.repair import (
     DROP_ENTRY,
@@ -141,7 +142,7 @@ def _state_and_esp(ctx: Context, sections: list[Section]) -> None:
         except (CfsbootError, OSError) as e:
             esp_s.error = str(e)
         else:
-            esp_s.problems, esp_s.notes = found.problems, found.notes
+            esp_s.problems, esp_s.notes = check_loader_binary(ctx.bl) + found.problems, found.notes
             n = found.entries
             esp_s.summary = f"{ctx.bl.kind}, {n} entr{'y' if n == 1 else 'ies'}"
 

@@ -136,3 +136,32 @@ def test_image_file_with_filesystem_refused(image: str, backing: Path) -> None:
 def test_missing_target_without_size(image: str, tmp_path: Path) -> None:
     proc = cfsboot("install", "to-disk", image, tmp_path / "none.img", check=False)
     assert "does not exist; add --size SIZE" in one_line_error(proc)
+
+
+@pytest.mark.parametrize("given", [(), ("--filesystem", "ext4", "--bootloader", "systemd")])
+def test_missing_image_refused_before_the_disk_is_touched(
+    backing: Path, given: tuple[str, ...], tmp_path: Path
+) -> None:
+    """A mistyped IMGREF, with the flags that skip reading the image's install config."""
+    sh("mkfs.ext4", "-q", "-F", *EAGER, backing)
+    missing = tmp_path / "nothing"
+    line = refused(f"oci:{missing}", backing, "--wipe", *given)
+    assert line == f"cfsboot: {missing} is not a directory (oci: expects an OCI image layout)"
+    assert sh("blkid", "-p", "-o", "value", "-s", "TYPE", backing) == "ext4"  # not wiped
+    new = tmp_path / "new.img"
+    proc = cfsboot("install", "to-disk", f"oci:{missing}", new, "--size", "3G", *given,
+                   check=False)  # fmt: skip
+    one_line_error(proc, contains="is not a directory")
+    assert not new.exists()
+
+
+def test_failed_install_removes_the_image_file_it_made(image: str, tmp_path: Path) -> None:
+    """A file --size created and the install then failed on (here: too small for the ESP
+    and a root) is removed: left partitioned, a second try would need --wipe."""
+    new = tmp_path / "new.img"
+    proc = cfsboot("install", "to-disk", image, new, "--size", "300M", "-q", check=False)
+    assert one_line_error(proc) == (
+        f"cfsboot: {new} is too small: 300 MiB, and a 1024 MiB ESP and a root of at least"
+        " 64 MiB need 1090 MiB; use a larger disk or --size"
+    )
+    assert not new.exists()

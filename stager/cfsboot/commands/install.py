@@ -153,21 +153,34 @@ def cmd_install_to_disk(args: argparse.Namespace) -> int:
     target = Path(args.target)
     size = install.parse_size(args.size) if args.size else None
     root_size = install.parse_size(args.root_size) if args.root_size else None
-    install.prepare_disk_target(target, size=size, wipe=args.wipe)
+    install.check_disk_target(target, size=size, wipe=args.wipe)
+    # Everything that can refuse the install does so before the disk is touched: the
+    # image must be there (a mistyped reference must not cost a wiped disk).
     config = None
     if not args.no_image_config and (args.filesystem is None or args.bootloader is None):
         from cfsboot.image.installpeek import peek  # streams the layers: only when needed
 
         config = peek(args.imgref)
+    else:
+        from cfsboot.image.importer import fetch_config
+
+        fetch_config(args.imgref)
+    opts = _install_options(args, config)
     filesystem = args.filesystem or (config.root_fs_type if config else None) or "ext4"
-    done = install.to_disk(
-        args.imgref,
-        target,
-        _install_options(args, config),
-        root_size=root_size,
-        root_label=args.root_label,
-        filesystem=filesystem,
-    )
+    created = install.make_image_file(target, size)
+    try:
+        done = install.to_disk(
+            args.imgref,
+            target,
+            opts,
+            root_size=root_size,
+            root_label=args.root_label,
+            filesystem=filesystem,
+        )
+    except BaseException:
+        if created:  # a half-installed file would need --wipe the next time
+            target.unlink(missing_ok=True)
+        raise
     _report_install(done)
     return 0
 

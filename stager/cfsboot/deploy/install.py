@@ -345,17 +345,25 @@ def to_disk(
     return installed
 
 
-def prepare_disk_target(target: Path, *, size: int | None, wipe: bool) -> None:
-    """Refuse a target in use, or one holding data without `wipe`; then create or resize
-    an image file to `size` (a new file holds nothing: it needs no --wipe)."""
+def check_disk_target(target: Path, *, size: int | None, wipe: bool) -> None:
+    """Refuse a target in use, or one holding data without `wipe`, or one that is not
+    there without `size`; nothing is written."""
     if target.exists():
         targetcheck.check(target, wipe=wipe)
-    if size is not None:
-        if target.exists() and not target.is_file():
+        if size is not None and not target.is_file():
             die(f"--size is for image files, and {target} is not one")
-        disk.create_image_file(target, size)
-    elif not target.exists():
+    elif size is None:
         die(f"{target} does not exist", hint="add --size SIZE to create an image file")
+
+
+def make_image_file(target: Path, size: int | None) -> bool:
+    """Create or resize the image file `target` to `size` (a new file holds nothing: it
+    needs no --wipe); True when it did not exist before, for a failed install to remove."""
+    if size is None:
+        return False
+    created = not target.exists()
+    disk.create_image_file(target, size)
+    return created
 
 
 def parse_size(text: str) -> int:

@@ -189,6 +189,29 @@ def test_status_format_and_json_are_one_choice(capsys: pytest.CaptureFixture[str
     )
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["upgrade", "--check", "--apply"], "--apply and --check"),
+        (["upgrade", "--download-only", "--apply"], "--apply and --download-only"),
+        (["switch", "--download-only", "--apply", "oci:/x"], "--apply and --download-only"),
+        (["upgrade", "--check", "--soft-reboot=auto"], "--soft-reboot and --check"),
+        (
+            ["switch", "--download-only", "--soft-reboot=required", "oci:/x"],
+            "--soft-reboot and --download-only",
+        ),  # fmt: skip
+    ],
+)
+def test_nothing_to_boot_with_apply_or_soft_reboot(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    """bootc's clap conflicts: --apply was ignored with --check and --download-only."""
+    assert cli.main([*argv, "--sysroot", "/nonexistent"]) == 1
+    assert capsys.readouterr().err == (
+        f"cfsboot: {message} do not go together: the latter boots nothing\n"
+    )
+
+
 @pytest.mark.parametrize("command", ["upgrade", "update"])  # update: bootc's alias
 def test_upgrade_tag_and_from_downloaded(capsys: pytest.CaptureFixture[str], command: str) -> None:
     assert cli.main([command, "--tag", "2", "--from-downloaded"]) == 1

@@ -223,10 +223,18 @@ def _stage(
     return 0
 
 
-def _check_soft_reboot(args: argparse.Namespace) -> None:
-    if args.soft_reboot is not None and (args.download_only or getattr(args, "check", False)):
-        other = "--download-only" if args.download_only else "--check"
-        die(f"--soft-reboot and {other} do not go together: the latter boots nothing")
+def _check_boot_flags(args: argparse.Namespace) -> None:
+    """--soft-reboot and --apply need something to boot: bootc refuses them with --check
+    and --download-only too (cfsboot's switch has --download-only as well)."""
+    if args.download_only:
+        other = "--download-only"
+    elif getattr(args, "check", False):
+        other = "--check"
+    else:
+        return
+    for flag, given in (("--soft-reboot", args.soft_reboot is not None), ("--apply", args.apply)):
+        if given:
+            die(f"{flag} and {other} do not go together: the latter boots nothing")
 
 
 def cmd_switch(args: argparse.Namespace) -> int:
@@ -234,7 +242,7 @@ def cmd_switch(args: argparse.Namespace) -> int:
     from cfsboot.oci.reference import canonical, switch_reference
 
     check_karg_deletes(args.karg_delete)
-    _check_soft_reboot(args)
+    _check_boot_flags(args)
     if args.from_downloaded:
         if args.imgref is not None:
             die("switch --from-downloaded takes no IMGREF: it fetches nothing")
@@ -327,7 +335,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     if getattr(args, "tag", None) is not None and args.from_downloaded:
         die("--tag and --from-downloaded do not go together: the latter fetches nothing")
     check_karg_deletes(args.karg_delete)
-    _check_soft_reboot(args)
+    _check_boot_flags(args)
     with opened(args) as (sysroot, bl):
         if args.from_downloaded:
             sys.stderr.write(f"{unlock_staged(sysroot, bl)}\n")

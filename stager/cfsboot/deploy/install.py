@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -39,7 +40,7 @@ from cfsboot.boot.kargs import (
 )
 from cfsboot.composefs.repository import Repository
 from cfsboot.deploy.entries import build_entry, composefs_karg
-from cfsboot.deploy.installprep import Replace, prepare_root, ssh_keys_tmpfiles
+from cfsboot.deploy.installprep import STATE_DIR, Replace, prepare_root, ssh_keys_tmpfiles
 from cfsboot.deploy.origin import Origin
 from cfsboot.deploy.space import check_deploy_space
 from cfsboot.deploy.state import write_state
@@ -232,6 +233,38 @@ def _install_args(
     return [*([root] if root else []), *rest]
 
 
+@contextmanager
+def _removed_on_failure(paths: Sequence[Path]) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        for path in paths:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def _prepare(
+    sysroot: Sysroot, imgref: str, opts: InstallOptions, fs_uuid: str | None
+) -> tuple[Target, list[str], Mapping[str, bytes] | None]:
+    """Import the image and check everything that can refuse it before the ESP is
+    written: (the image, the install's kernel arguments, files for the new /etc)."""
+    target = import_target(sysroot, imgref, quiet=opts.quiet)
+    if target.boot.ukis and (opts.kargs or opts.karg_delete):
+        die(
+            "kernel arguments cannot be added to or deleted from a UKI (its command line is sealed)"
+        )
+    if target.boot.ukis and opts.karg_style is not None:
+        die(f"--karg-style {opts.karg_style}: {UKI_STYLE_SEALED}")
+    etc_files = None
+    if opts.root_ssh_keys is not None:
+        etc_files = ssh_keys_tmpfiles(
+            opts.root_ssh_keys, target.tree, target.config, where=opts.root_ssh_keys_from
+        )
+    args = _install_args(sysroot, target, opts, fs_uuid)
+    imagefiles.kargs_d(sysroot.repo, target.boot)
+    return target, args, etc_files
+
+
 def to_filesystem(
     imgref: str,
     root: Path,
@@ -250,27 +283,16 @@ def to_filesystem(
         prepare_root(root, opts.replace)
     if opts.bootloader is BootloaderKind.GRUB and esp is not None and esp.exists(GRUB_MENU):
         die(f"the ESP already has {GRUB_MENU}", hint="another system boots from it")
-    repo = Repository.init(root / REPO_DIR, algorithm=opts.algorithm, insecure=opts.insecure)
+    # What this install makes on the root; a failure before the ESP is written removes
+    # it again, so that the next try does not find "a composefs repository" there.
+    made = [root / d for d in (REPO_DIR, STATE_DIR) if not os.path.lexists(root / d)]
+    with _removed_on_failure(made):
+        repo = Repository.init(root / REPO_DIR, algorithm=opts.algorithm, insecure=opts.insecure)
     sysroot = Sysroot(root)
     sysroot.__dict__["repo"] = repo  # the cached property: the repository just made
     with repo.lock():
-        target = import_target(sysroot, imgref, quiet=opts.quiet)
-        if target.boot.ukis and (opts.kargs or opts.karg_delete):
-            die(
-                "kernel arguments cannot be added to or deleted from a UKI"
-                " (its command line is sealed)"
-            )
-        if target.boot.ukis and opts.karg_style is not None:
-            die(f"--karg-style {opts.karg_style}: {UKI_STYLE_SEALED}")
-        etc_files = None
-        if opts.root_ssh_keys is not None:
-            etc_files = ssh_keys_tmpfiles(
-                opts.root_ssh_keys, target.tree, target.config, where=opts.root_ssh_keys_from
-            )
-        # The image's kernel arguments (install config, kargs.d) are checked before
-        # anything reaches the ESP: a refusal leaves it as it was.
-        args = _install_args(sysroot, target, opts, fs_uuid)
-        imagefiles.kargs_d(sysroot.repo, target.boot)
+        with _removed_on_failure(made):
+            target, args, etc_files = _prepare(sysroot, imgref, opts, fs_uuid)
         bl = _install_loader(esp, sysroot, target, opts)
         entry, options = deploy_first(
             sysroot,

@@ -303,6 +303,14 @@ def _check(
     quiet = args.quiet or not sys.stderr.isatty()
     result = updates.check(sysroot, bl, depl, imgref, arch=args.arch, quiet=quiet)
     found = result.found
+    if result.failed is not None:
+        digest, tries = result.failed
+        print(
+            f"no update: {imgref} names deployment {digest[:12]}…, which failed its boot"
+            f" assessment ({tries} tries): upgrade does not stage it again; `cfsboot switch`"
+            " to it retries it"
+        )
+        return updates.NO_UPDATE
     if result.diff is None:
         short = found.config_digest[:19] + "…"
         print(f"no update: {imgref} still names the deployed image (config {short})")

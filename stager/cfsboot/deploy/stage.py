@@ -207,9 +207,15 @@ def _refuse_same_digest(sysroot: Sysroot, target: Target, slot: str) -> NoReturn
             )
         else:
             hint = "it boots next already"
-    else:
+    elif slot == "rollback":
         hint = (
             "it is in the boot menu; `cfsboot rollback` makes the previous deployment the default"
+        )
+    else:  # an older one: rollback would bring back another
+        hint = (
+            "it is in the boot menu behind the rollback one, the only one `cfsboot rollback`"
+            " brings back; `cfsboot gc` removes it (`cfsboot unpin` it first if pinned), then"
+            " switch deploys it anew"
         )
     die(f"{what}: nothing to switch to", hint=hint)
 

@@ -180,6 +180,20 @@ def _soft_reboot(
     soft_reboot(sysroot, bl, mode, staged=staged, say=say)
 
 
+def _check_running(args: argparse.Namespace, sysroot: Sysroot) -> None:
+    """--apply and --soft-reboot restart the running system: refused, before anything is
+    staged, on a root given with --sysroot that is not the one running (they would
+    reboot the machine the command runs on, not the disk)."""
+    if sysroot.live:
+        return
+    for flag, given in (("--soft-reboot", args.soft_reboot is not None), ("--apply", args.apply)):
+        if given:
+            die(
+                f"{flag} restarts the running system, and {sysroot.path} is not its physical root",
+                hint=f"leave out {flag}: the deployment boots when that root's machine boots next",
+            )
+
+
 def _reboot(apply: bool) -> None:
     if apply:
         from cfsboot.linux.run import run
@@ -251,6 +265,7 @@ def cmd_switch(args: argparse.Namespace) -> int:
         die("switch needs an IMGREF (or --from-downloaded)", hint="see cfsboot switch --help")
     imgref = canonical(switch_reference(args.imgref, args.transport))
     with opened(args) as (sysroot, bl):
+        _check_running(args, sysroot)
         following = _following(sysroot, bl)
         if following is not None and following[1] == imgref:
             # bootc: the same reference is no change (nothing is fetched); what it
@@ -345,6 +360,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     check_karg_deletes(args.karg_delete)
     _check_boot_flags(args)
     with opened(args) as (sysroot, bl):
+        _check_running(args, sysroot)
         if args.from_downloaded:
             sys.stderr.write(f"{unlock_staged(sysroot, bl)}\n")
             warn_boot_override(sysroot, bl)
@@ -392,6 +408,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from cfsboot.deploy.stage import rollback
 
     with opened(args) as (sysroot, bl):
+        _check_running(args, sysroot)
         msg = rollback(sysroot, bl)
         sys.stderr.write(f"{msg}\n")
         warn_boot_override(sysroot, bl)

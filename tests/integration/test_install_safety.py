@@ -165,3 +165,15 @@ def test_failed_install_removes_the_image_file_it_made(image: str, tmp_path: Pat
         " 64 MiB need 1090 MiB; use a larger disk or --size"
     )
     assert not new.exists()
+
+
+def test_empty_ssh_keys_refused_before_the_disk_is_wiped(
+    image: str, backing: Path, tmp_path: Path
+) -> None:
+    sh("mkfs.ext4", "-q", "-F", *EAGER, backing)
+    keys = tmp_path / "authorized_keys"
+    keys.write_text("\n")
+    line = refused(image, backing, "--wipe", "--filesystem", "ext4",
+                   "--root-ssh-authorized-keys", str(keys))  # fmt: skip
+    assert line == f"cfsboot: {keys} has no keys"
+    assert sh("blkid", "-p", "-o", "value", "-s", "TYPE", backing) == "ext4"

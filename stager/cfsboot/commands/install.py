@@ -116,6 +116,8 @@ def _install_options(
             keys = Path(args.root_ssh_authorized_keys).read_bytes()
         except OSError as e:
             die(f"cannot read {args.root_ssh_authorized_keys}: {e.strerror}")
+        if not keys.strip():  # here, before to-disk touches the disk
+            die(f"{args.root_ssh_authorized_keys} has no keys")
     return install.InstallOptions(
         bootloader=bootloader,
         kargs=tuple(args.karg),

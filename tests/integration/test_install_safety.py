@@ -177,3 +177,17 @@ def test_empty_ssh_keys_refused_before_the_disk_is_wiped(
                    "--root-ssh-authorized-keys", str(keys))  # fmt: skip
     assert line == f"cfsboot: {keys} has no keys"
     assert sh("blkid", "-p", "-o", "value", "-s", "TYPE", backing) == "ext4"
+
+
+def test_luks_only_image_config_refused_before_the_disk_is_wiped(
+    backing: Path, tmp_path: Path
+) -> None:
+    config = b'[install]\nblock = ["tpm2-luks"]\n'
+    ref = os_image(tmp_path / "luks", "1", extra={"usr/lib/bootc/install/00-luks.toml": config})
+    sh("mkfs.ext4", "-q", "-F", *EAGER, backing)
+    line = refused(ref, backing, "--wipe")
+    assert line == (
+        "cfsboot: the image's install config allows only tpm2-luks block setups;"
+        " cfsboot installs a plain root filesystem (direct)"
+    )
+    assert sh("blkid", "-p", "-o", "value", "-s", "TYPE", backing) == "ext4"

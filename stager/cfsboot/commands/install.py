@@ -160,9 +160,11 @@ def cmd_install_to_disk(args: argparse.Namespace) -> int:
     # image must be there (a mistyped reference must not cost a wiped disk).
     config = None
     if not args.no_image_config and (args.filesystem is None or args.bootloader is None):
+        from cfsboot.image.installconfig import check_block
         from cfsboot.image.installpeek import peek  # streams the layers: only when needed
 
         config = peek(args.imgref)
+        check_block(config)  # before the disk is touched (the import checks it again)
     else:
         from cfsboot.image.importer import fetch_config
 

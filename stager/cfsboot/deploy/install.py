@@ -47,7 +47,7 @@ from cfsboot.deploy.state import write_state
 from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.deploy.target import Target, import_target
 from cfsboot.errors import die
-from cfsboot.image import imagefiles
+from cfsboot.image import imagefiles, installconfig
 from cfsboot.image.info import read_config, read_image_info
 from cfsboot.linux.arch import EfiNames, NoUefi, efi_names
 from cfsboot.linux.run import run
@@ -208,9 +208,7 @@ def _install_args(
 ) -> list[str]:
     """root= (where it is needed), rw, the image's install config kargs, then --karg's."""
     config = imagefiles.install_config(sysroot.repo, target.tree)
-    if config.block is not None and "direct" not in config.block:
-        die(f"the image's install config allows only {', '.join(config.block)} block setups",
-            hint="cfsboot installs a plain root filesystem (direct)")  # fmt: skip
+    installconfig.check_block(config)
     wants = config.stateroot if opts.use_image_config and opts.stateroot is None else None
     if wants not in (None, "default"):
         die(f"the image's install config asks for stateroot {wants!r}: cfsboot"

@@ -246,3 +246,15 @@ def test_usr_overlay_refuses_a_root_cfsboot_did_not_boot(
         "cfsboot: / is not a composefs root that cfsboot booted: its /usr is not the image's;"
         " usr-overlay is for a running cfsboot system (--root DIR names another root)\n"
     )
+
+
+@pytest.mark.parametrize("name", ["to-disk", "to-filesystem"])
+def test_install_takes_bootcs_composefs_flags(name: str) -> None:
+    """`bootc install to-disk --composefs-backend --allow-missing-verity --via-loopback`,
+    as bootc's docs have it, was refused as unrecognized arguments."""
+    extra = ["--via-loopback"] if name == "to-disk" else []
+    argv = ["install", name, "oci:/x", "/t", "--composefs-backend", "--allow-missing-verity"]
+    args = cli.build_parser("install").parse_args([*argv, *extra])
+    assert args.insecure is True
+    plain = cli.build_parser("install").parse_args(["install", name, "oci:/x", "/t"])
+    assert plain.insecure is False

@@ -41,8 +41,15 @@ def register(sub: Subparsers) -> None:
         )
         q.add_argument(
             "--insecure",
+            "--allow-missing-verity",  # bootc's name
             action="store_true",
+            dest="insecure",
             help="do not require fs-verity (the karg becomes composefs=?DIGEST)",
+        )
+        q.add_argument(
+            "--composefs-backend",
+            action="store_true",
+            help="accepted for bootc, changes nothing: composefs is cfsboot's only backend",
         )
         q.add_argument("--hash", choices=[a.value for a in HashAlg], default="sha512")
         q.add_argument("--boot-timeout", type=int, help="boot menu timeout in seconds")
@@ -79,6 +86,12 @@ def register(sub: Subparsers) -> None:
                 "--wipe",
                 action="store_true",
                 help="overwrite a target that holds a partition table or a filesystem",
+            )
+            q.add_argument(
+                "--via-loopback",
+                action="store_true",
+                help="accepted for bootc, changes nothing: an image file is always"
+                " installed through a loop device",
             )
             q.set_defaults(func=cmd_install_to_disk)
         else:

@@ -258,3 +258,23 @@ def test_install_takes_bootcs_composefs_flags(name: str) -> None:
     assert args.insecure is True
     plain = cli.build_parser("install").parse_args(["install", name, "oci:/x", "/t"])
     assert plain.insecure is False
+
+
+@pytest.mark.parametrize(
+    ("extra", "root_karg"),
+    [
+        (["--root-mount-spec", "UUID=2e9f"], "root=UUID=2e9f"),
+        (["--root-mount-spec", ""], ""),  # bootc: no root= argument at all
+        (["--root-karg", "root=LABEL=r"], "root=LABEL=r"),
+        (["--acknowledge-destructive", "--skip-finalize"], None),
+    ],
+)
+def test_install_to_filesystem_takes_bootcs_root_flags(
+    extra: list[str], root_karg: str | None
+) -> None:
+    """bootc's to-filesystem flags were refused as unrecognized arguments."""
+    from cfsboot.commands import install as install_cmd
+
+    argv = ["install", "to-filesystem", "oci:/x", "/t", *extra]
+    args = cli.build_parser("install").parse_args(argv)
+    assert install_cmd._root_karg(args) == root_karg

@@ -97,7 +97,20 @@ def register(sub: Subparsers) -> None:
         else:
             q.add_argument("--esp", help="the mounted ESP (directory)")
             q.add_argument("--boot", help="alias of --esp (the ESP mounted at /boot)")
-            q.add_argument("--root-karg", help="e.g. root=UUID=... (default: none)")
+            spec = q.add_mutually_exclusive_group()
+            spec.add_argument("--root-karg", help="e.g. root=UUID=... (default: none)")
+            spec.add_argument(
+                "--root-mount-spec",
+                metavar="SPEC",
+                help='bootc\'s: --root-karg root=SPEC ("": no root= argument)',
+            )
+            for flag in ("--acknowledge-destructive", "--skip-finalize"):
+                q.add_argument(
+                    flag,
+                    action="store_true",
+                    help="accepted for bootc, changes nothing: cfsboot waits for no"
+                    " confirmation and leaves nothing to finalize",
+                )
             q.add_argument(
                 "--replace",
                 choices=["wipe", "alongside"],  # cfsboot.deploy.installprep.Replace
@@ -137,7 +150,7 @@ def _install_options(
         karg_delete=tuple(args.karg_delete),
         insecure=args.insecure,
         algorithm=HashAlg(args.hash),
-        root_karg=getattr(args, "root_karg", None),
+        root_karg=_root_karg(args),
         boot_timeout=args.boot_timeout,
         boot_tries=args.boot_tries or 0,
         quiet=args.quiet or not sys.stderr.isatty(),
@@ -148,6 +161,15 @@ def _install_options(
         stateroot=args.stateroot,
         karg_style=karg_style(args),
     )
+
+
+def _root_karg(args: argparse.Namespace) -> str | None:
+    """to-filesystem's root= argument: --root-karg, or bootc's --root-mount-spec."""
+    spec = getattr(args, "root_mount_spec", None)
+    if spec is not None:
+        return f"root={spec}" if spec else ""
+    karg: str | None = getattr(args, "root_karg", None)
+    return karg
 
 
 def _report_install(done: install.Installed) -> None:

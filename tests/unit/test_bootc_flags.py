@@ -278,3 +278,14 @@ def test_install_to_filesystem_takes_bootcs_root_flags(
     argv = ["install", "to-filesystem", "oci:/x", "/t", *extra]
     args = cli.build_parser("install").parse_args(argv)
     assert install_cmd._root_karg(args) == root_karg
+
+
+def test_install_to_disk_block_setup(capsys: pytest.CaptureFixture[str]) -> None:
+    """bootc's --block-setup: direct is what cfsboot does; tpm2-luks is refused in one line."""
+    argv = ["install", "to-disk", "oci:/x", "/nonexistent", "--block-setup"]
+    assert cli.build_parser("install").parse_args([*argv, "direct"]).block_setup == "direct"
+    assert cli.main([*argv, "tpm2-luks"]) == 1
+    assert capsys.readouterr().err == (
+        "cfsboot: --block-setup tpm2-luks is not supported: cfsboot sets up no LUKS;"
+        " leave it out, or give --block-setup direct\n"
+    )

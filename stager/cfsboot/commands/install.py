@@ -88,6 +88,11 @@ def register(sub: Subparsers) -> None:
                 help="overwrite a target that holds a partition table or a filesystem",
             )
             q.add_argument(
+                "--block-setup",
+                choices=["direct", "tpm2-luks"],  # bootc's; cfsboot.image.installconfig
+                help="direct only (the default): cfsboot sets up no LUKS",
+            )
+            q.add_argument(
                 "--via-loopback",
                 action="store_true",
                 help="accepted for bootc, changes nothing: an image file is always"
@@ -187,6 +192,9 @@ def _report_install(done: install.Installed) -> None:
 def cmd_install_to_disk(args: argparse.Namespace) -> int:
     from cfsboot.deploy import install
 
+    if args.block_setup not in (None, "direct"):
+        die(f"--block-setup {args.block_setup} is not supported: cfsboot sets up no LUKS",
+            hint="leave it out, or give --block-setup direct")  # fmt: skip
     target = Path(args.target)
     size = install.parse_size(args.size) if args.size else None
     root_size = install.parse_size(args.root_size) if args.root_size else None

@@ -70,59 +70,67 @@ def register(sub: Subparsers) -> None:
             help="ignore the image's /usr/lib/bootc/install/*.toml",
         )
         if name == "to-disk":
-            q.add_argument(
-                "--filesystem",
-                choices=["ext4", "btrfs", "xfs"],  # cfsboot.boot.disk.FILESYSTEMS
-                help="the root filesystem (default: the image's install config, else"
-                " ext4; xfs needs --insecure)",
-            )
-            q.add_argument("--root-size", help="size of the root partition (default: the rest)")
-            q.add_argument("--root-label", default="root", help="root filesystem label")
-            q.add_argument(
-                "--size",
-                help="create (or grow) IMAGEFILE to this size first (e.g. 8G)",
-            )
-            q.add_argument(
-                "--wipe",
-                action="store_true",
-                help="overwrite a target that holds a partition table or a filesystem",
-            )
-            q.add_argument(
-                "--block-setup",
-                choices=["direct", "tpm2-luks"],  # bootc's; cfsboot.image.installconfig
-                help="direct only (the default): cfsboot sets up no LUKS",
-            )
-            q.add_argument(
-                "--via-loopback",
-                action="store_true",
-                help="accepted for bootc, changes nothing: an image file is always"
-                " installed through a loop device",
-            )
+            _to_disk_options(q)
             q.set_defaults(func=cmd_install_to_disk)
         else:
-            q.add_argument("--esp", help="the mounted ESP (directory)")
-            q.add_argument("--boot", help="alias of --esp (the ESP mounted at /boot)")
-            spec = q.add_mutually_exclusive_group()
-            spec.add_argument("--root-karg", help="e.g. root=UUID=... (default: none)")
-            spec.add_argument(
-                "--root-mount-spec",
-                metavar="SPEC",
-                help='bootc\'s: --root-karg root=SPEC ("": no root= argument)',
-            )
-            for flag in ("--acknowledge-destructive", "--skip-finalize"):
-                q.add_argument(
-                    flag,
-                    action="store_true",
-                    help="accepted for bootc, changes nothing: cfsboot waits for no"
-                    " confirmation and leaves nothing to finalize",
-                )
-            q.add_argument(
-                "--replace",
-                choices=["wipe", "alongside"],  # cfsboot.deploy.installprep.Replace
-                help="a root that is not empty: delete what is there (wipe), or install"
-                " next to it, leaving its files alone (alongside)",
-            )
+            _to_filesystem_options(q)
             q.set_defaults(func=cmd_install_to_filesystem)
+
+
+def _to_disk_options(q: argparse.ArgumentParser) -> None:
+    q.add_argument(
+        "--filesystem",
+        choices=["ext4", "btrfs", "xfs"],  # cfsboot.boot.disk.FILESYSTEMS
+        help="the root filesystem (default: the image's install config, else"
+        " ext4; xfs needs --insecure)",
+    )
+    q.add_argument("--root-size", help="size of the root partition (default: the rest)")
+    q.add_argument("--root-label", default="root", help="root filesystem label")
+    q.add_argument(
+        "--size",
+        help="create (or grow) IMAGEFILE to this size first (e.g. 8G)",
+    )
+    q.add_argument(
+        "--wipe",
+        action="store_true",
+        help="overwrite a target that holds a partition table or a filesystem",
+    )
+    q.add_argument(
+        "--block-setup",
+        choices=["direct", "tpm2-luks"],  # bootc's; cfsboot.image.installconfig
+        help="direct only (the default): cfsboot sets up no LUKS",
+    )
+    q.add_argument(
+        "--via-loopback",
+        action="store_true",
+        help="accepted for bootc, changes nothing: an image file is always"
+        " installed through a loop device",
+    )
+
+
+def _to_filesystem_options(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--esp", help="the mounted ESP (directory)")
+    q.add_argument("--boot", help="alias of --esp (the ESP mounted at /boot)")
+    spec = q.add_mutually_exclusive_group()
+    spec.add_argument("--root-karg", help="e.g. root=UUID=... (default: none)")
+    spec.add_argument(
+        "--root-mount-spec",
+        metavar="SPEC",
+        help='bootc\'s: --root-karg root=SPEC ("": no root= argument)',
+    )
+    for flag in ("--acknowledge-destructive", "--skip-finalize"):
+        q.add_argument(
+            flag,
+            action="store_true",
+            help="accepted for bootc, changes nothing: cfsboot waits for no"
+            " confirmation and leaves nothing to finalize",
+        )
+    q.add_argument(
+        "--replace",
+        choices=["wipe", "alongside"],  # cfsboot.deploy.installprep.Replace
+        help="a root that is not empty: delete what is there (wipe), or install"
+        " next to it, leaving its files alone (alongside)",
+    )
 
 
 def _install_options(

@@ -267,3 +267,22 @@ def test_image_prepare_root_conf(tmp_path: Path) -> None:
     sys_ = install(tmp_path / "b", both)
     [d] = os.listdir(sys_.root / "state/deploy")
     assert (sys_.root / "state/deploy" / d / "etc/hostname").read_text() == "testos\n"
+
+
+def test_entry_flags_with_nothing_to_stage_say_so(tmp_path: Path, refs: dict[str, str]) -> None:
+    """--karg, --karg-delete, --karg-style and --boot-tries change a new entry only: with
+    nothing new to stage they did nothing, and said nothing about it."""
+    sys_ = install(tmp_path, refs["v1"])
+    before = _options(sys_)
+    out = sys_.cfs("upgrade", "--karg", "quiet", "--karg-delete", "console")
+    assert out.stderr.splitlines()[1:] == [
+        "WARNING: --karg, --karg-delete: nothing new was staged, so no boot entry changed"
+        " (they apply to a new deployment only)"
+    ]
+    out = sys_.cfs("switch", refs["v1"], "--boot-tries", "2")
+    assert out.stderr.splitlines()[1:] == [
+        "WARNING: --boot-tries: nothing new was staged, so no boot entry changed (it applies"
+        " to a new deployment only)"
+    ]
+    assert _options(sys_) == before
+    assert sys_.cfs("upgrade").stderr.count("WARNING") == 0

@@ -232,9 +232,33 @@ def _stage(
         karg_style=karg_style(args),
     )
     sys.stderr.write(f"{result.message}\n")
+    if not result.staged:
+        _warn_unused_entry_flags(args)
     print(result.digest)
     warn_boot_override(sysroot, bl)
     return 0
+
+
+def _warn_unused_entry_flags(args: argparse.Namespace) -> None:
+    """The new entry's flags, when no new entry was written: say they did nothing."""
+    given = [
+        flag
+        for flag, value in (
+            ("--karg", args.karg),
+            ("--karg-delete", args.karg_delete),
+            ("--karg-style", karg_style(args)),
+            ("--boot-tries", args.boot_tries),
+        )
+        if value not in (None, [])
+    ]
+    if given:
+        from cfsboot.linux.lazylog import getLogger
+
+        getLogger(__name__).warning(
+            "%s: nothing new was staged, so no boot entry changed (%s to a new deployment only)",
+            ", ".join(given),
+            "it applies" if len(given) == 1 else "they apply",
+        )
 
 
 def _check_boot_flags(args: argparse.Namespace) -> None:
@@ -274,6 +298,7 @@ def cmd_switch(args: argparse.Namespace) -> int:
                 f"image specification is unchanged: {imgref} is what deployment"
                 f" {following[0][:12]}… follows; `cfsboot upgrade` fetches a newer version of it\n"
             )
+            _warn_unused_entry_flags(args)
             rc = 0
         else:
             rc = _stage(args, sysroot, bl, imgref, switching=True)

@@ -96,6 +96,18 @@ def test_switch_to_a_deployed_digest_is_refused(tmp_path: Path, refs: dict[str, 
     # upgrade to what is deployed is no error: nothing new (bootc).
     out = sys_.cfs("upgrade", "-q")
     assert out.stderr == f"no changes: {refs['v2']} ({d2[:12]}…) is the booted deployment\n"
+    # An older one behind the rollback: `cfsboot rollback` would not bring it back.
+    d3 = digest(refs["v3"])
+    sys_.cfs("switch", refs["v3"], "-q")
+    sys_.cfs("finalize-staged")
+    out = sys_.cfs("switch", refs["v1-again"], "-q", check=False)
+    assert one_line_error(out) == (
+        f"cfsboot: {refs['v1-again']} has the same composefs digest ({d1[:12]}…) as the other"
+        " deployment: nothing to switch to; it is in the boot menu behind the rollback one,"
+        " the only one `cfsboot rollback` brings back; `cfsboot gc` removes it (`cfsboot"
+        " unpin` it first if pinned), then switch deploys it anew"
+    )
+    _no_staging(sys_, [d3, d2, d1])
 
 
 def test_switch_transport_and_retain(tmp_path: Path, refs: dict[str, str]) -> None:
@@ -255,3 +267,22 @@ def test_image_prepare_root_conf(tmp_path: Path) -> None:
     sys_ = install(tmp_path / "b", both)
     [d] = os.listdir(sys_.root / "state/deploy")
     assert (sys_.root / "state/deploy" / d / "etc/hostname").read_text() == "testos\n"
+
+
+def test_entry_flags_with_nothing_to_stage_say_so(tmp_path: Path, refs: dict[str, str]) -> None:
+    """--karg, --karg-delete, --karg-style and --boot-tries change a new entry only: with
+    nothing new to stage they did nothing, and said nothing about it."""
+    sys_ = install(tmp_path, refs["v1"])
+    before = _options(sys_)
+    out = sys_.cfs("upgrade", "--karg", "quiet", "--karg-delete", "console")
+    assert out.stderr.splitlines()[1:] == [
+        "WARNING: --karg, --karg-delete: nothing new was staged, so no boot entry changed"
+        " (they apply to a new deployment only)"
+    ]
+    out = sys_.cfs("switch", refs["v1"], "--boot-tries", "2")
+    assert out.stderr.splitlines()[1:] == [
+        "WARNING: --boot-tries: nothing new was staged, so no boot entry changed (it applies"
+        " to a new deployment only)"
+    ]
+    assert _options(sys_) == before
+    assert sys_.cfs("upgrade").stderr.count("WARNING") == 0

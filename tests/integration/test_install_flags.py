@@ -250,8 +250,27 @@ def test_image_config_stateroot_refused_unless_the_command_line_says_default(
         "cfsboot: the image's install config asks for stateroot 'os2': cfsboot keeps one,"
         " 'default'; install with --no-image-config"
     )
-    other = tmp_path / "other"
-    other.mkdir()
-    cfsboot(
-        "install", "to-filesystem", ref, other, "--bootloader", "none", "--stateroot", "default"
+    # The refusal came after the import: what it had made is gone, and a second try on
+    # the same root is no "already has a composefs repository".
+    assert list(root.iterdir()) == []
+    cfsboot("install", "to-filesystem", ref, root, "--bootloader", "none", "--stateroot", "default")
+
+
+def test_failed_install_to_filesystem_leaves_the_root_as_it_was(tmp_path: Path) -> None:
+    """A mistyped IMGREF: the repository made for it is removed, other files stay."""
+    root, esp = tmp_path / "root", tmp_path / "esp"
+    root.mkdir()
+    esp.mkdir()
+    (root / "old-os").write_text("kept\n")
+    missing = tmp_path / "nothing"
+    proc = cfsboot("install", "to-filesystem", f"oci:{missing}", root, "--esp", esp,
+                   "--replace=alongside", check=False)  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-1] == (
+        f"cfsboot: {missing} is not a directory (oci: expects an OCI image layout)"
     )
+    assert sorted(p.name for p in root.iterdir()) == ["old-os"]
+    assert list(esp.iterdir()) == []
+    ref = image(tmp_path / "img", config=None)
+    cfsboot("install", "to-filesystem", ref, root, "--esp", esp, "--replace=alongside", "-q")
+    assert sorted(p.name for p in root.iterdir()) == ["composefs", "old-os", "state"]

@@ -136,3 +136,58 @@ def test_image_file_with_filesystem_refused(image: str, backing: Path) -> None:
 def test_missing_target_without_size(image: str, tmp_path: Path) -> None:
     proc = cfsboot("install", "to-disk", image, tmp_path / "none.img", check=False)
     assert "does not exist; add --size SIZE" in one_line_error(proc)
+
+
+@pytest.mark.parametrize("given", [(), ("--filesystem", "ext4", "--bootloader", "systemd")])
+def test_missing_image_refused_before_the_disk_is_touched(
+    backing: Path, given: tuple[str, ...], tmp_path: Path
+) -> None:
+    """A mistyped IMGREF, with the flags that skip reading the image's install config."""
+    sh("mkfs.ext4", "-q", "-F", *EAGER, backing)
+    missing = tmp_path / "nothing"
+    line = refused(f"oci:{missing}", backing, "--wipe", *given)
+    assert line == f"cfsboot: {missing} is not a directory (oci: expects an OCI image layout)"
+    assert sh("blkid", "-p", "-o", "value", "-s", "TYPE", backing) == "ext4"  # not wiped
+    new = tmp_path / "new.img"
+    proc = cfsboot("install", "to-disk", f"oci:{missing}", new, "--size", "3G", *given,
+                   check=False)  # fmt: skip
+    one_line_error(proc, contains="is not a directory")
+    assert not new.exists()
+
+
+def test_failed_install_removes_the_image_file_it_made(image: str, tmp_path: Path) -> None:
+    """A file --size created and the install then failed on (here: too small for the ESP
+    and a root) is removed: left partitioned, a second try would need --wipe."""
+    new = tmp_path / "new.img"
+    proc = cfsboot("install", "to-disk", image, new, "--size", "300M", "-q", check=False)
+    assert one_line_error(proc) == (
+        f"cfsboot: {new} is too small: 300 MiB, and a 1024 MiB ESP and a root of at least"
+        " 64 MiB need 1090 MiB; use a larger disk or --size"
+    )
+    assert not new.exists()
+
+
+def test_empty_ssh_keys_refused_before_the_disk_is_wiped(
+    image: str, backing: Path, tmp_path: Path
+) -> None:
+    sh("mkfs.ext4", "-q", "-F", *EAGER, backing)
+    keys = tmp_path / "authorized_keys"
+    keys.write_text("\n")
+    line = refused(image, backing, "--wipe", "--filesystem", "ext4",
+                   "--root-ssh-authorized-keys", str(keys))  # fmt: skip
+    assert line == f"cfsboot: {keys} has no keys"
+    assert sh("blkid", "-p", "-o", "value", "-s", "TYPE", backing) == "ext4"
+
+
+def test_luks_only_image_config_refused_before_the_disk_is_wiped(
+    backing: Path, tmp_path: Path
+) -> None:
+    config = b'[install]\nblock = ["tpm2-luks"]\n'
+    ref = os_image(tmp_path / "luks", "1", extra={"usr/lib/bootc/install/00-luks.toml": config})
+    sh("mkfs.ext4", "-q", "-F", *EAGER, backing)
+    line = refused(ref, backing, "--wipe")
+    assert line == (
+        "cfsboot: the image's install config allows only tpm2-luks block setups;"
+        " cfsboot installs a plain root filesystem (direct)"
+    )
+    assert sh("blkid", "-p", "-o", "value", "-s", "TYPE", backing) == "ext4"

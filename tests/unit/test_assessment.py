@@ -86,6 +86,22 @@ def test_health_checks_order_override_mask_and_results(tmp_path: Path) -> None:
     assert health.read_results(tmp_path / "deep.json") == []  # was a RecursionError
 
 
+def test_a_check_that_cannot_run_fails_and_the_others_still_run(tmp_path: Path) -> None:
+    """A script without its #! line is a failed check, not a crash of health-check."""
+    (tmp_path / "10-no-shebang").write_text("exit 0\n")
+    (tmp_path / "10-no-shebang").chmod(0o755)
+    _script(tmp_path / "20-ok", "echo fine")
+    results = health.run_checks(health.find_checks((tmp_path,)))
+    assert [(r.name, r.status, r.ok) for r in results] == [
+        ("10-no-shebang", None, False),
+        ("20-ok", 0, True),
+    ]
+    assert results[0].describe() == (
+        f'10-no-shebang did not finish: "{tmp_path}/10-no-shebang" could not be run:'
+        " Exec format error"
+    )
+
+
 def test_a_check_that_hangs_is_killed(tmp_path: Path) -> None:
     _script(tmp_path / "hangs", "sleep 30")
     [r] = health.run_checks([tmp_path / "hangs"], timeout=0.5)

@@ -189,6 +189,29 @@ def test_status_format_and_json_are_one_choice(capsys: pytest.CaptureFixture[str
     )
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["upgrade", "--check", "--apply"], "--apply and --check"),
+        (["upgrade", "--download-only", "--apply"], "--apply and --download-only"),
+        (["switch", "--download-only", "--apply", "oci:/x"], "--apply and --download-only"),
+        (["upgrade", "--check", "--soft-reboot=auto"], "--soft-reboot and --check"),
+        (
+            ["switch", "--download-only", "--soft-reboot=required", "oci:/x"],
+            "--soft-reboot and --download-only",
+        ),  # fmt: skip
+    ],
+)
+def test_nothing_to_boot_with_apply_or_soft_reboot(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    """bootc's clap conflicts: --apply was ignored with --check and --download-only."""
+    assert cli.main([*argv, "--sysroot", "/nonexistent"]) == 1
+    assert capsys.readouterr().err == (
+        f"cfsboot: {message} do not go together: the latter boots nothing\n"
+    )
+
+
 @pytest.mark.parametrize("command", ["upgrade", "update"])  # update: bootc's alias
 def test_upgrade_tag_and_from_downloaded(capsys: pytest.CaptureFixture[str], command: str) -> None:
     assert cli.main([command, "--tag", "2", "--from-downloaded"]) == 1
@@ -222,4 +245,47 @@ def test_usr_overlay_refuses_a_root_cfsboot_did_not_boot(
     assert capsys.readouterr().err == (
         "cfsboot: / is not a composefs root that cfsboot booted: its /usr is not the image's;"
         " usr-overlay is for a running cfsboot system (--root DIR names another root)\n"
+    )
+
+
+@pytest.mark.parametrize("name", ["to-disk", "to-filesystem"])
+def test_install_takes_bootcs_composefs_flags(name: str) -> None:
+    """`bootc install to-disk --composefs-backend --allow-missing-verity --via-loopback`,
+    as bootc's docs have it, was refused as unrecognized arguments."""
+    extra = ["--via-loopback"] if name == "to-disk" else []
+    argv = ["install", name, "oci:/x", "/t", "--composefs-backend", "--allow-missing-verity"]
+    args = cli.build_parser("install").parse_args([*argv, *extra])
+    assert args.insecure is True
+    plain = cli.build_parser("install").parse_args(["install", name, "oci:/x", "/t"])
+    assert plain.insecure is False
+
+
+@pytest.mark.parametrize(
+    ("extra", "root_karg"),
+    [
+        (["--root-mount-spec", "UUID=2e9f"], "root=UUID=2e9f"),
+        (["--root-mount-spec", ""], ""),  # bootc: no root= argument at all
+        (["--root-karg", "root=LABEL=r"], "root=LABEL=r"),
+        (["--acknowledge-destructive", "--skip-finalize"], None),
+    ],
+)
+def test_install_to_filesystem_takes_bootcs_root_flags(
+    extra: list[str], root_karg: str | None
+) -> None:
+    """bootc's to-filesystem flags were refused as unrecognized arguments."""
+    from cfsboot.commands import install as install_cmd
+
+    argv = ["install", "to-filesystem", "oci:/x", "/t", *extra]
+    args = cli.build_parser("install").parse_args(argv)
+    assert install_cmd._root_karg(args) == root_karg
+
+
+def test_install_to_disk_block_setup(capsys: pytest.CaptureFixture[str]) -> None:
+    """bootc's --block-setup: direct is what cfsboot does; tpm2-luks is refused in one line."""
+    argv = ["install", "to-disk", "oci:/x", "/nonexistent", "--block-setup"]
+    assert cli.build_parser("install").parse_args([*argv, "direct"]).block_setup == "direct"
+    assert cli.main([*argv, "tpm2-luks"]) == 1
+    assert capsys.readouterr().err == (
+        "cfsboot: --block-setup tpm2-luks is not supported: cfsboot sets up no LUKS;"
+        " leave it out, or give --block-setup direct\n"
     )

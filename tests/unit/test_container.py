@@ -440,3 +440,18 @@ def test_ukify_needs_one_kernel(tmp_path: Path, capsys: pytest.CaptureFixture[st
         f"cfsboot: {root}: a UKI needs exactly one kernel in /usr/lib/modules/*/vmlinuz"
         " (found: none); see cfsboot container lint\n"
     )
+
+
+def test_bootcs_lint_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`bootc container lint --rootfs R --fatal-warnings --no-truncate` and `--list`, which
+    were refused as unrecognized arguments."""
+    root = good_root(tmp_path)
+    (root / "boot/initrd.img-6.12").write_bytes(b"I")  # a warning (boot-dir)
+    assert main(["container", "lint", "--rootfs", str(root), "--no-truncate"]) == 0
+    assert capsys.readouterr().out.startswith("warning: boot-dir: ")
+    assert main(["container", "lint", "--rootfs", str(root), "--fatal-warnings"]) == 1
+    assert main(["container", "lint", "--list"]) == 0
+    assert capsys.readouterr().out.splitlines()[-8:] == [
+        "kernel", "initramfs", "bootloader", "boot-dir", "var", "setup-root-conf", "kargs",
+        "fstab",
+    ]  # fmt: skip

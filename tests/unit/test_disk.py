@@ -76,7 +76,7 @@ def test_exact_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(disk, "run", fake)
     monkeypatch.setattr(disk, "read_layout", _layout_from_sfdisk)
     img = tmp_path / "disk.img"
-    img.touch()
+    create_image_file(img, 200 * MiB)
     d = create_disk(
         img,
         DiskPlan(esp_size=64 * MiB, arch="x86_64"),
@@ -252,3 +252,55 @@ def test_real_image(tmp_path: Path) -> None:
     esp.write("loader/loader.conf", b"timeout 5\n")
     assert esp.read("loader/loader.conf") == b"timeout 5\n"
     subprocess.run(["sfdisk", "--verify", str(img)], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize(
+    ("size", "plan", "message"),
+    [
+        (
+            300,
+            DiskPlan(arch="x86_64"),
+            "300 MiB, and a 1024 MiB ESP and a root of at least 64 MiB need 1090 MiB",
+        ),  # fmt: skip
+        (
+            1089,
+            DiskPlan(arch="x86_64"),
+            "1089 MiB, and a 1024 MiB ESP and a root of at least 64 MiB need 1090 MiB",
+        ),  # fmt: skip
+        (
+            1090,
+            DiskPlan(arch="x86_64", bios_boot=True),
+            "1090 MiB, and a 1024 MiB ESP and a root of at least 64 MiB need 1091 MiB",
+        ),  # fmt: skip
+        (
+            2048,
+            DiskPlan(arch="x86_64", root_size=2048 * MiB),
+            "2048 MiB, and a 1024 MiB ESP and a root of 2048 MiB need 3074 MiB",
+        ),  # fmt: skip
+    ],
+)
+def test_too_small_a_disk_is_refused_before_sfdisk(
+    size: int, plan: DiskPlan, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sfdisk would cut the ESP or the root short to fit (a 300 MiB disk: a 297 MiB ESP
+    and a 1 MiB root) and the install would fail later, with the disk partitioned."""
+    fake = FakeRun()
+    monkeypatch.setattr(disk, "run", fake)
+    img = tmp_path / "disk.img"
+    create_image_file(img, size * MiB)
+    hint = "; use a larger disk or --size"
+    with pytest.raises(CfsbootError, match=f"^{img} is too small: {message}{hint}$"):
+        create_disk(img, plan)
+    assert fake.calls == []
+
+
+def test_a_disk_that_just_fits_is_partitioned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeRun()
+    monkeypatch.setattr(disk, "run", fake)
+    monkeypatch.setattr(disk, "read_layout", _layout_from_sfdisk)
+    img = tmp_path / "disk.img"
+    create_image_file(img, 1090 * MiB)
+    create_disk(img, DiskPlan(arch="x86_64"))
+    assert fake.calls[0][0][0] == "sfdisk"

@@ -130,6 +130,37 @@ def test_yaml_quotes_what_yaml_would_misread() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "text",
+    # YAML 1.1's other types (PyYAML read a version "2024-01-01" as a date, "on" as true).
+    [
+        "2024-01-01",
+        "2024-1-1 10:00",
+        "on",
+        "Off",
+        "y",
+        "N",
+        "0x1F",
+        "0b101",
+        "0o17",
+        "1_000",
+        "12:30",
+        ".inf",
+        "-.inf",
+        ".nan",
+        "<<",
+        "=",
+    ],  # fmt: skip
+)
+def test_yaml_quotes_yaml_1_1_implicit_types(text: str) -> None:
+    assert to_yaml({"version": text}) == f'version: "{text}"'
+
+
+@pytest.mark.parametrize("text", ["006730aef57c2ecf", "ed9fa81b", "1.2.3", "42.20250101.0"])
+def test_yaml_leaves_plain_what_is_a_string(text: str) -> None:
+    assert to_yaml({"version": text}) == f"version: {text}"
+
+
 def _entry(ref: str, transport: str, digest: str, version: str | None, created: str | None,
            **kw: object) -> BootEntry:  # fmt: skip
     e: BootEntry = {

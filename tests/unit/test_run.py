@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +54,20 @@ def test_missing_tool_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(CfsbootError) as exc:
         run(["no-such-tool-anywhere"])
     assert str(exc.value) == "no-such-tool-anywhere not found"
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"echo no interpreter line\n", "Exec format error"),
+        (b"#!/nonexistent/interpreter\n", "No such file or directory"),
+    ],
+)
+def test_a_file_that_cannot_be_run_is_one_line(tmp_path: Path, content: bytes, reason: str) -> None:
+    """An OSError from exec (a health check written without #!) was a traceback."""
+    script = tmp_path / "check"
+    script.write_bytes(content)
+    script.chmod(0o755)
+    with pytest.raises(CfsbootError) as exc:
+        run([script], check=False)
+    assert str(exc.value) == f'"{script}" could not be run: {reason}'

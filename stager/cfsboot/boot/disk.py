@@ -38,6 +38,7 @@ MiB = 1 << 20
 GiB = 1 << 30
 DEFAULT_ESP_SIZE = 1 * GiB  # bootc's size for the composefs backend (room for several UKIs)
 BIOS_BOOT_SIZE = 1 * MiB
+MIN_ROOT_SIZE = 64 * MiB  # below this a root cannot hold a repository worth installing
 ESP_LABEL = "EFI-SYSTEM"
 ROOT_LABEL = "root"
 # ext4 fs-verity needs the block size to equal the page size before Linux 6.3; mke2fs
@@ -87,6 +88,8 @@ class Disk:
 
 def partition(target: Path, plan: DiskPlan) -> DiskLayout:
     """Write a new GPT to `target`, wiping old signatures, and read it back."""
+    script = plan.sfdisk_script()
+    check_fits(target, plan)
     run(
         [
             "sfdisk",
@@ -97,7 +100,7 @@ def partition(target: Path, plan: DiskPlan) -> DiskLayout:
             "always",
             target,
         ],
-        input=plan.sfdisk_script().encode(),
+        input=script.encode(),
     )
     return read_layout(target)
 
@@ -206,6 +209,31 @@ def create_disk(
     format_esp(layout, esp, label=plan.esp_label, volume_id=volume_id)
     format_root(layout, root, label=plan.root_label, fs_uuid=fs_uuid, filesystem=plan.filesystem)
     return Disk(layout, esp, root, f"{volume_id[:4]}-{volume_id[4:]}", fs_uuid)
+
+
+def check_fits(target: Path, plan: DiskPlan) -> None:
+    """Refuse a target too small for the plan's partitions: sfdisk would cut the last one
+    short (an ESP of a few MiB, or a root of 1 MiB) instead of failing."""
+    fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+    root = plan.root_size or MIN_ROOT_SIZE
+    # 1 MiB before the first partition (alignment, the GPT) and up to 1 MiB after the last
+    # (the backup GPT, and the alignment sfdisk rounds the last partition down to).
+    needed = 2 * MiB + (BIOS_BOOT_SIZE if plan.bios_boot else 0) + plan.esp_size + root
+    if size < needed:
+        what = (
+            f"a root of {root // MiB} MiB"
+            if plan.root_size
+            else f"a root of at least {root // MiB} MiB"
+        )
+        die(
+            f"{target} is too small: {size // MiB} MiB, and a {plan.esp_size // MiB} MiB ESP and"
+            f" {what} need {needed // MiB} MiB",
+            hint="use a larger disk or --size",
+        )
 
 
 def create_image_file(path: Path, size: int) -> None:

@@ -15,9 +15,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     csub = p.add_subparsers(dest="container_command", metavar="SUBCOMMAND", parser_class=type(p))
     csub.required = True
 
-    def root(q: argparse.ArgumentParser) -> None:
+    def root(q: argparse.ArgumentParser, *aliases: str) -> None:
         q.add_argument(
             "--root",
+            *aliases,
+            dest="root",
             type=Path,
             default=Path("/"),
             help="the image's root directory (default /; in a build, a bind mount of the"
@@ -33,7 +35,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         )
 
     q = csub.add_parser("lint", help="check that the image can boot with cfsboot")
-    root(q)
+    root(q, "--rootfs")  # bootc's name
     q.add_argument("--json", action="store_true", help="the findings as a JSON list")
     q.add_argument(
         "--skip",
@@ -41,6 +43,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=[],
         metavar="CHECK",
         help="leave a check out (repeatable)",
+    )
+    # bootc's other lint flags
+    q.add_argument("--fatal-warnings", action="store_true", help="exit 1 on warnings too")
+    q.add_argument("--list", action="store_true", help="print the checks' names and exit")
+    q.add_argument(
+        "--no-truncate",
+        action="store_true",
+        help="accepted for bootc, changes nothing: every finding is printed",
     )
     q.set_defaults(func=cmd_lint)
 
@@ -80,6 +90,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def cmd_lint(args: argparse.Namespace) -> int:
     from cfsboot.image.lint import CHECKS, Level, lint
 
+    if args.list:
+        print("\n".join(CHECKS))
+        return 0
     unknown = sorted(set(args.skip) - set(CHECKS))
     if unknown:
         die(f"no lint check {unknown[0]!r}", hint=f"checks: {', '.join(CHECKS)}")
@@ -91,7 +104,8 @@ def cmd_lint(args: argparse.Namespace) -> int:
     else:
         for f in findings:
             print(f.line())
-    return 1 if any(f.level is Level.ERROR for f in findings) else 0
+    fatal = (Level.ERROR, Level.WARNING) if args.fatal_warnings else (Level.ERROR,)
+    return 1 if any(f.level in fatal for f in findings) else 0
 
 
 def cmd_compute_digest(args: argparse.Namespace) -> int:

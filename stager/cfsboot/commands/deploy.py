@@ -180,6 +180,20 @@ def _soft_reboot(
     soft_reboot(sysroot, bl, mode, staged=staged, say=say)
 
 
+def _check_running(args: argparse.Namespace, sysroot: Sysroot) -> None:
+    """--apply and --soft-reboot restart the running system: refused, before anything is
+    staged, on a root given with --sysroot that is not the one running (they would
+    reboot the machine the command runs on, not the disk)."""
+    if sysroot.live:
+        return
+    for flag, given in (("--soft-reboot", args.soft_reboot is not None), ("--apply", args.apply)):
+        if given:
+            die(
+                f"{flag} restarts the running system, and {sysroot.path} is not its physical root",
+                hint=f"leave out {flag}: the deployment boots when that root's machine boots next",
+            )
+
+
 def _reboot(apply: bool) -> None:
     if apply:
         from cfsboot.linux.run import run
@@ -218,15 +232,47 @@ def _stage(
         karg_style=karg_style(args),
     )
     sys.stderr.write(f"{result.message}\n")
+    if not result.staged:
+        _warn_unused_entry_flags(args)
     print(result.digest)
     warn_boot_override(sysroot, bl)
     return 0
 
 
-def _check_soft_reboot(args: argparse.Namespace) -> None:
-    if args.soft_reboot is not None and (args.download_only or getattr(args, "check", False)):
-        other = "--download-only" if args.download_only else "--check"
-        die(f"--soft-reboot and {other} do not go together: the latter boots nothing")
+def _warn_unused_entry_flags(args: argparse.Namespace) -> None:
+    """The new entry's flags, when no new entry was written: say they did nothing."""
+    given = [
+        flag
+        for flag, value in (
+            ("--karg", args.karg),
+            ("--karg-delete", args.karg_delete),
+            ("--karg-style", karg_style(args)),
+            ("--boot-tries", args.boot_tries),
+        )
+        if value not in (None, [])
+    ]
+    if given:
+        from cfsboot.linux.lazylog import getLogger
+
+        getLogger(__name__).warning(
+            "%s: nothing new was staged, so no boot entry changed (%s to a new deployment only)",
+            ", ".join(given),
+            "it applies" if len(given) == 1 else "they apply",
+        )
+
+
+def _check_boot_flags(args: argparse.Namespace) -> None:
+    """--soft-reboot and --apply need something to boot: bootc refuses them with --check
+    and --download-only too (cfsboot's switch has --download-only as well)."""
+    if args.download_only:
+        other = "--download-only"
+    elif getattr(args, "check", False):
+        other = "--check"
+    else:
+        return
+    for flag, given in (("--soft-reboot", args.soft_reboot is not None), ("--apply", args.apply)):
+        if given:
+            die(f"{flag} and {other} do not go together: the latter boots nothing")
 
 
 def cmd_switch(args: argparse.Namespace) -> int:
@@ -234,7 +280,7 @@ def cmd_switch(args: argparse.Namespace) -> int:
     from cfsboot.oci.reference import canonical, switch_reference
 
     check_karg_deletes(args.karg_delete)
-    _check_soft_reboot(args)
+    _check_boot_flags(args)
     if args.from_downloaded:
         if args.imgref is not None:
             die("switch --from-downloaded takes no IMGREF: it fetches nothing")
@@ -243,6 +289,7 @@ def cmd_switch(args: argparse.Namespace) -> int:
         die("switch needs an IMGREF (or --from-downloaded)", hint="see cfsboot switch --help")
     imgref = canonical(switch_reference(args.imgref, args.transport))
     with opened(args) as (sysroot, bl):
+        _check_running(args, sysroot)
         following = _following(sysroot, bl)
         if following is not None and following[1] == imgref:
             # bootc: the same reference is no change (nothing is fetched); what it
@@ -251,6 +298,7 @@ def cmd_switch(args: argparse.Namespace) -> int:
                 f"image specification is unchanged: {imgref} is what deployment"
                 f" {following[0][:12]}… follows; `cfsboot upgrade` fetches a newer version of it\n"
             )
+            _warn_unused_entry_flags(args)
             rc = 0
         else:
             rc = _stage(args, sysroot, bl, imgref, switching=True)
@@ -295,6 +343,14 @@ def _check(
     quiet = args.quiet or not sys.stderr.isatty()
     result = updates.check(sysroot, bl, depl, imgref, arch=args.arch, quiet=quiet)
     found = result.found
+    if result.failed is not None:
+        digest, tries = result.failed
+        print(
+            f"no update: {imgref} names deployment {digest[:12]}…, which failed its boot"
+            f" assessment ({tries} tries): upgrade does not stage it again; `cfsboot switch`"
+            " to it retries it"
+        )
+        return updates.NO_UPDATE
     if result.diff is None:
         short = found.config_digest[:19] + "…"
         print(f"no update: {imgref} still names the deployed image (config {short})")
@@ -327,8 +383,9 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     if getattr(args, "tag", None) is not None and args.from_downloaded:
         die("--tag and --from-downloaded do not go together: the latter fetches nothing")
     check_karg_deletes(args.karg_delete)
-    _check_soft_reboot(args)
+    _check_boot_flags(args)
     with opened(args) as (sysroot, bl):
+        _check_running(args, sysroot)
         if args.from_downloaded:
             sys.stderr.write(f"{unlock_staged(sysroot, bl)}\n")
             warn_boot_override(sysroot, bl)
@@ -376,6 +433,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from cfsboot.deploy.stage import rollback
 
     with opened(args) as (sysroot, bl):
+        _check_running(args, sysroot)
         msg = rollback(sysroot, bl)
         sys.stderr.write(f"{msg}\n")
         warn_boot_override(sysroot, bl)

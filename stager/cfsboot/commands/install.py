@@ -41,8 +41,15 @@ def register(sub: Subparsers) -> None:
         )
         q.add_argument(
             "--insecure",
+            "--allow-missing-verity",  # bootc's name
             action="store_true",
+            dest="insecure",
             help="do not require fs-verity (the karg becomes composefs=?DIGEST)",
+        )
+        q.add_argument(
+            "--composefs-backend",
+            action="store_true",
+            help="accepted for bootc, changes nothing: composefs is cfsboot's only backend",
         )
         q.add_argument("--hash", choices=[a.value for a in HashAlg], default="sha512")
         q.add_argument("--boot-timeout", type=int, help="boot menu timeout in seconds")
@@ -63,35 +70,67 @@ def register(sub: Subparsers) -> None:
             help="ignore the image's /usr/lib/bootc/install/*.toml",
         )
         if name == "to-disk":
-            q.add_argument(
-                "--filesystem",
-                choices=["ext4", "btrfs", "xfs"],  # cfsboot.boot.disk.FILESYSTEMS
-                help="the root filesystem (default: the image's install config, else"
-                " ext4; xfs needs --insecure)",
-            )
-            q.add_argument("--root-size", help="size of the root partition (default: the rest)")
-            q.add_argument("--root-label", default="root", help="root filesystem label")
-            q.add_argument(
-                "--size",
-                help="create (or grow) IMAGEFILE to this size first (e.g. 8G)",
-            )
-            q.add_argument(
-                "--wipe",
-                action="store_true",
-                help="overwrite a target that holds a partition table or a filesystem",
-            )
+            _to_disk_options(q)
             q.set_defaults(func=cmd_install_to_disk)
         else:
-            q.add_argument("--esp", help="the mounted ESP (directory)")
-            q.add_argument("--boot", help="alias of --esp (the ESP mounted at /boot)")
-            q.add_argument("--root-karg", help="e.g. root=UUID=... (default: none)")
-            q.add_argument(
-                "--replace",
-                choices=["wipe", "alongside"],  # cfsboot.deploy.installprep.Replace
-                help="a root that is not empty: delete what is there (wipe), or install"
-                " next to it, leaving its files alone (alongside)",
-            )
+            _to_filesystem_options(q)
             q.set_defaults(func=cmd_install_to_filesystem)
+
+
+def _to_disk_options(q: argparse.ArgumentParser) -> None:
+    q.add_argument(
+        "--filesystem",
+        choices=["ext4", "btrfs", "xfs"],  # cfsboot.boot.disk.FILESYSTEMS
+        help="the root filesystem (default: the image's install config, else"
+        " ext4; xfs needs --insecure)",
+    )
+    q.add_argument("--root-size", help="size of the root partition (default: the rest)")
+    q.add_argument("--root-label", default="root", help="root filesystem label")
+    q.add_argument(
+        "--size",
+        help="create (or grow) IMAGEFILE to this size first (e.g. 8G)",
+    )
+    q.add_argument(
+        "--wipe",
+        action="store_true",
+        help="overwrite a target that holds a partition table or a filesystem",
+    )
+    q.add_argument(
+        "--block-setup",
+        choices=["direct", "tpm2-luks"],  # bootc's; cfsboot.image.installconfig
+        help="direct only (the default): cfsboot sets up no LUKS",
+    )
+    q.add_argument(
+        "--via-loopback",
+        action="store_true",
+        help="accepted for bootc, changes nothing: an image file is always"
+        " installed through a loop device",
+    )
+
+
+def _to_filesystem_options(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--esp", help="the mounted ESP (directory)")
+    q.add_argument("--boot", help="alias of --esp (the ESP mounted at /boot)")
+    spec = q.add_mutually_exclusive_group()
+    spec.add_argument("--root-karg", help="e.g. root=UUID=... (default: none)")
+    spec.add_argument(
+        "--root-mount-spec",
+        metavar="SPEC",
+        help='bootc\'s: --root-karg root=SPEC ("": no root= argument)',
+    )
+    for flag in ("--acknowledge-destructive", "--skip-finalize"):
+        q.add_argument(
+            flag,
+            action="store_true",
+            help="accepted for bootc, changes nothing: cfsboot waits for no"
+            " confirmation and leaves nothing to finalize",
+        )
+    q.add_argument(
+        "--replace",
+        choices=["wipe", "alongside"],  # cfsboot.deploy.installprep.Replace
+        help="a root that is not empty: delete what is there (wipe), or install"
+        " next to it, leaving its files alone (alongside)",
+    )
 
 
 def _install_options(
@@ -116,13 +155,15 @@ def _install_options(
             keys = Path(args.root_ssh_authorized_keys).read_bytes()
         except OSError as e:
             die(f"cannot read {args.root_ssh_authorized_keys}: {e.strerror}")
+        if not keys.strip():  # here, before to-disk touches the disk
+            die(f"{args.root_ssh_authorized_keys} has no keys")
     return install.InstallOptions(
         bootloader=bootloader,
         kargs=tuple(args.karg),
         karg_delete=tuple(args.karg_delete),
         insecure=args.insecure,
         algorithm=HashAlg(args.hash),
-        root_karg=getattr(args, "root_karg", None),
+        root_karg=_root_karg(args),
         boot_timeout=args.boot_timeout,
         boot_tries=args.boot_tries or 0,
         quiet=args.quiet or not sys.stderr.isatty(),
@@ -133,6 +174,15 @@ def _install_options(
         stateroot=args.stateroot,
         karg_style=karg_style(args),
     )
+
+
+def _root_karg(args: argparse.Namespace) -> str | None:
+    """to-filesystem's root= argument: --root-karg, or bootc's --root-mount-spec."""
+    spec = getattr(args, "root_mount_spec", None)
+    if spec is not None:
+        return f"root={spec}" if spec else ""
+    karg: str | None = getattr(args, "root_karg", None)
+    return karg
 
 
 def _report_install(done: install.Installed) -> None:
@@ -150,24 +200,42 @@ def _report_install(done: install.Installed) -> None:
 def cmd_install_to_disk(args: argparse.Namespace) -> int:
     from cfsboot.deploy import install
 
+    if args.block_setup not in (None, "direct"):
+        die(f"--block-setup {args.block_setup} is not supported: cfsboot sets up no LUKS",
+            hint="leave it out, or give --block-setup direct")  # fmt: skip
     target = Path(args.target)
     size = install.parse_size(args.size) if args.size else None
     root_size = install.parse_size(args.root_size) if args.root_size else None
-    install.prepare_disk_target(target, size=size, wipe=args.wipe)
+    install.check_disk_target(target, size=size, wipe=args.wipe)
+    # Everything that can refuse the install does so before the disk is touched: the
+    # image must be there (a mistyped reference must not cost a wiped disk).
     config = None
     if not args.no_image_config and (args.filesystem is None or args.bootloader is None):
+        from cfsboot.image.installconfig import check_block
         from cfsboot.image.installpeek import peek  # streams the layers: only when needed
 
         config = peek(args.imgref)
+        check_block(config)  # before the disk is touched (the import checks it again)
+    else:
+        from cfsboot.image.importer import fetch_config
+
+        fetch_config(args.imgref)
+    opts = _install_options(args, config)
     filesystem = args.filesystem or (config.root_fs_type if config else None) or "ext4"
-    done = install.to_disk(
-        args.imgref,
-        target,
-        _install_options(args, config),
-        root_size=root_size,
-        root_label=args.root_label,
-        filesystem=filesystem,
-    )
+    created = install.make_image_file(target, size)
+    try:
+        done = install.to_disk(
+            args.imgref,
+            target,
+            opts,
+            root_size=root_size,
+            root_label=args.root_label,
+            filesystem=filesystem,
+        )
+    except BaseException:
+        if created:  # a half-installed file would need --wipe the next time
+            target.unlink(missing_ok=True)
+        raise
     _report_install(done)
     return 0
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -39,14 +40,14 @@ from cfsboot.boot.kargs import (
 )
 from cfsboot.composefs.repository import Repository
 from cfsboot.deploy.entries import build_entry, composefs_karg
-from cfsboot.deploy.installprep import Replace, prepare_root, ssh_keys_tmpfiles
+from cfsboot.deploy.installprep import STATE_DIR, Replace, prepare_root, ssh_keys_tmpfiles
 from cfsboot.deploy.origin import Origin
 from cfsboot.deploy.space import check_deploy_space
 from cfsboot.deploy.state import write_state
 from cfsboot.deploy.sysroot import Sysroot
 from cfsboot.deploy.target import Target, import_target
 from cfsboot.errors import die
-from cfsboot.image import imagefiles
+from cfsboot.image import imagefiles, installconfig
 from cfsboot.image.info import read_config, read_image_info
 from cfsboot.linux.arch import EfiNames, NoUefi, efi_names
 from cfsboot.linux.run import run
@@ -207,9 +208,7 @@ def _install_args(
 ) -> list[str]:
     """root= (where it is needed), rw, the image's install config kargs, then --karg's."""
     config = imagefiles.install_config(sysroot.repo, target.tree)
-    if config.block is not None and "direct" not in config.block:
-        die(f"the image's install config allows only {', '.join(config.block)} block setups",
-            hint="cfsboot installs a plain root filesystem (direct)")  # fmt: skip
+    installconfig.check_block(config)
     wants = config.stateroot if opts.use_image_config and opts.stateroot is None else None
     if wants not in (None, "default"):
         die(f"the image's install config asks for stateroot {wants!r}: cfsboot"
@@ -232,6 +231,38 @@ def _install_args(
     return [*([root] if root else []), *rest]
 
 
+@contextmanager
+def _removed_on_failure(paths: Sequence[Path]) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        for path in paths:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def _prepare(
+    sysroot: Sysroot, imgref: str, opts: InstallOptions, fs_uuid: str | None
+) -> tuple[Target, list[str], Mapping[str, bytes] | None]:
+    """Import the image and check everything that can refuse it before the ESP is
+    written: (the image, the install's kernel arguments, files for the new /etc)."""
+    target = import_target(sysroot, imgref, quiet=opts.quiet)
+    if target.boot.ukis and (opts.kargs or opts.karg_delete):
+        die(
+            "kernel arguments cannot be added to or deleted from a UKI (its command line is sealed)"
+        )
+    if target.boot.ukis and opts.karg_style is not None:
+        die(f"--karg-style {opts.karg_style}: {UKI_STYLE_SEALED}")
+    etc_files = None
+    if opts.root_ssh_keys is not None:
+        etc_files = ssh_keys_tmpfiles(
+            opts.root_ssh_keys, target.tree, target.config, where=opts.root_ssh_keys_from
+        )
+    args = _install_args(sysroot, target, opts, fs_uuid)
+    imagefiles.kargs_d(sysroot.repo, target.boot)
+    return target, args, etc_files
+
+
 def to_filesystem(
     imgref: str,
     root: Path,
@@ -250,27 +281,16 @@ def to_filesystem(
         prepare_root(root, opts.replace)
     if opts.bootloader is BootloaderKind.GRUB and esp is not None and esp.exists(GRUB_MENU):
         die(f"the ESP already has {GRUB_MENU}", hint="another system boots from it")
-    repo = Repository.init(root / REPO_DIR, algorithm=opts.algorithm, insecure=opts.insecure)
+    # What this install makes on the root; a failure before the ESP is written removes
+    # it again, so that the next try does not find "a composefs repository" there.
+    made = [root / d for d in (REPO_DIR, STATE_DIR) if not os.path.lexists(root / d)]
+    with _removed_on_failure(made):
+        repo = Repository.init(root / REPO_DIR, algorithm=opts.algorithm, insecure=opts.insecure)
     sysroot = Sysroot(root)
     sysroot.__dict__["repo"] = repo  # the cached property: the repository just made
     with repo.lock():
-        target = import_target(sysroot, imgref, quiet=opts.quiet)
-        if target.boot.ukis and (opts.kargs or opts.karg_delete):
-            die(
-                "kernel arguments cannot be added to or deleted from a UKI"
-                " (its command line is sealed)"
-            )
-        if target.boot.ukis and opts.karg_style is not None:
-            die(f"--karg-style {opts.karg_style}: {UKI_STYLE_SEALED}")
-        etc_files = None
-        if opts.root_ssh_keys is not None:
-            etc_files = ssh_keys_tmpfiles(
-                opts.root_ssh_keys, target.tree, target.config, where=opts.root_ssh_keys_from
-            )
-        # The image's kernel arguments (install config, kargs.d) are checked before
-        # anything reaches the ESP: a refusal leaves it as it was.
-        args = _install_args(sysroot, target, opts, fs_uuid)
-        imagefiles.kargs_d(sysroot.repo, target.boot)
+        with _removed_on_failure(made):
+            target, args, etc_files = _prepare(sysroot, imgref, opts, fs_uuid)
         bl = _install_loader(esp, sysroot, target, opts)
         entry, options = deploy_first(
             sysroot,
@@ -345,17 +365,25 @@ def to_disk(
     return installed
 
 
-def prepare_disk_target(target: Path, *, size: int | None, wipe: bool) -> None:
-    """Refuse a target in use, or one holding data without `wipe`; then create or resize
-    an image file to `size` (a new file holds nothing: it needs no --wipe)."""
+def check_disk_target(target: Path, *, size: int | None, wipe: bool) -> None:
+    """Refuse a target in use, or one holding data without `wipe`, or one that is not
+    there without `size`; nothing is written."""
     if target.exists():
         targetcheck.check(target, wipe=wipe)
-    if size is not None:
-        if target.exists() and not target.is_file():
+        if size is not None and not target.is_file():
             die(f"--size is for image files, and {target} is not one")
-        disk.create_image_file(target, size)
-    elif not target.exists():
+    elif size is None:
         die(f"{target} does not exist", hint="add --size SIZE to create an image file")
+
+
+def make_image_file(target: Path, size: int | None) -> bool:
+    """Create or resize the image file `target` to `size` (a new file holds nothing: it
+    needs no --wipe); True when it did not exist before, for a failed install to remove."""
+    if size is None:
+        return False
+    created = not target.exists()
+    disk.create_image_file(target, size)
+    return created
 
 
 def parse_size(text: str) -> int:

@@ -207,9 +207,15 @@ def _refuse_same_digest(sysroot: Sysroot, target: Target, slot: str) -> NoReturn
             )
         else:
             hint = "it boots next already"
-    else:
+    elif slot == "rollback":
         hint = (
             "it is in the boot menu; `cfsboot rollback` makes the previous deployment the default"
+        )
+    else:  # an older one: rollback would bring back another
+        hint = (
+            "it is in the boot menu behind the rollback one, the only one `cfsboot rollback`"
+            " brings back; `cfsboot gc` removes it (`cfsboot unpin` it first if pinned), then"
+            " switch deploys it anew"
         )
     die(f"{what}: nothing to switch to", hint=hint)
 
@@ -300,14 +306,18 @@ def finalize(sysroot: Sysroot, bl: Bootloader) -> str:
 
 
 def rollback(sysroot: Sysroot, bl: Bootloader) -> str:
-    """Make the previous deployment the default; drops a staged one."""
-    dropped = sysroot.staged()
-    sysroot.clear_staged()
-    bl.discard_staged()
+    """Make the previous deployment the default; drops a staged one.
+
+    Refused before anything changes (the staged deployment stays) when there is no
+    previous deployment or it cannot boot."""
     menu = bl.menu()
     if len(menu) < 2:
         die("there is no rollback deployment (the boot menu has only one cfsboot entry)")
     back = menu[1]
+    _refuse_unbootable(sysroot, bl, back)
+    dropped = sysroot.staged()
+    sysroot.clear_staged()
+    bl.discard_staged()
     retried = ""
     if back.failed:
         # The admin asks for it: a fresh trial, as if it were staged again.
@@ -321,3 +331,23 @@ def rollback(sysroot: Sysroot, bl: Bootloader) -> str:
     if dropped is not None:
         msg += f"; dropped the staged deployment {dropped.depl_id[:12]}…"
     return msg
+
+
+def _refuse_unbootable(sysroot: Sysroot, bl: Bootloader, m: MenuEntry) -> None:
+    """Die if the entry `m` could not boot: no state, no image, or boot files gone."""
+    d = m.deployment
+    why = None
+    if not sysroot.deploy_dir(d).is_dir():
+        why = f"its state directory state/deploy/{d[:12]}… is gone"
+    elif not sysroot.repo.has_image(d):
+        why = "its image is not in the repository"
+    else:
+        files = [m.uki] if m.uki is not None else [m.linux, *m.initrd]
+        gone = [f for f in files if f is not None and not bl.esp.exists(f.lstrip("/"))]
+        if gone:
+            why = f"its boot file {gone[0]} is missing from the ESP"
+    if why is not None:
+        die(
+            f"cannot roll back to deployment {d[:12]}… ({m.title}): {why}; nothing was changed",
+            hint="`cfsboot fsck --repair` fetches or copies again what it can",
+        )

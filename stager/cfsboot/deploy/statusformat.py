@@ -10,6 +10,7 @@ import json
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every run
 if TYPE_CHECKING:
+    import re
     from typing import Any
 
     from cfsboot.deploy.statusdoc import BootcHost, BootEntry, HostStatus
@@ -29,9 +30,34 @@ def _yaml_scalar(v: Any) -> str:
         and not any(c in s for c in ":#{}[],&*!|>'\"%@`\n")
         and s[0] not in "-?"
     )
-    if plain and s.lower() not in ("null", "true", "false", "yes", "no", "~") and not _numberish(s):
+    if plain and s.lower() not in _WORDS and not _numberish(s) and not _implicit().fullmatch(s):
         return s
     return json.dumps(s)
+
+
+# Plain scalars a YAML 1.1 reader (PyYAML, most tools) takes for another type: booleans
+# and null, ints (0x, 0b, octal, sexagesimal 1:30), floats (.inf, .nan), dates and
+# timestamps (a version "2024-01-01"), the merge key `<<` and `=`.
+_WORDS = frozenset({"null", "~", "true", "false", "yes", "no", "y", "n", "on", "off"})
+_IMPLICIT = r"""
+    [-+]?(?:0b[01_]+|0x[0-9a-fA-F_]+|0o?[0-7_]+|[0-9][0-9_]*(?::[0-5]?[0-9])*)
+  | [-+]?(?:[0-9][0-9_]*)?\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+  | [-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+  | [-+]?\.(?:inf|Inf|INF) | \.(?:nan|NaN|NAN)
+  | [0-9]{4}-[0-9]{1,2}-[0-9]{1,2}(?:[Tt\ \t].*)?
+  | << | =
+"""
+
+
+_compiled: list[re.Pattern[str]] = []
+
+
+def _implicit() -> re.Pattern[str]:
+    if not _compiled:
+        import re  # json has imported it already
+
+        _compiled.append(re.compile(_IMPLICIT, re.VERBOSE))
+    return _compiled[0]
 
 
 def _numberish(s: str) -> bool:

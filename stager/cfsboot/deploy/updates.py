@@ -8,7 +8,9 @@ anything else an error.
 The check reads the manifest and config first; only when they name another
 image does it import that image (new layers only, untagged: nothing is staged,
 a later upgrade reuses it) to print what would change (cfsboot.deploy.diff),
-and it records the image found as the `cachedUpdate` status shows.
+and it records the image found as the `cachedUpdate` status shows. An image that
+is a deployment which failed its boot assessment is no update: `upgrade` does not
+stage it again by itself.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ class CheckResult:
     found: UpdateCheck
     diff: Diff | None  # None: no update
     image: ImageStatus | None
+    # The image found is a deployment that failed its boot assessment: `upgrade` does
+    # not stage it again, so it is no update (diff None); (its digest, tries it used).
+    failed: tuple[str, int] | None = None
 
 
 def import_untagged(
@@ -61,6 +66,10 @@ def check(
     digest, manifest_digest, config_digest = import_untagged(
         sysroot, imgref, arch=arch, quiet=quiet
     )
+    failed = next((m for m in bl.menu() if m.deployment == digest and m.failed), None)
+    if failed is not None and failed.tries is not None:
+        write_cached_update(sysroot, None)
+        return CheckResult(found, None, None, (digest, failed.tries.done))
     base = deployment_side(sysroot, bl, depl, f"deployment {depl[:12]}…")
     changes = diff(sysroot, base, image_side(sysroot, bl, digest, imgref, base))
     config = read_config(sysroot.repo, config_digest)

@@ -64,6 +64,13 @@ class InstallConfig:
     files: tuple[str, ...] = field(default=(), compare=False)  # those that applied
 
 
+def check_block(cfg: InstallConfig) -> None:
+    """Refuse a config that allows only block setups cfsboot cannot make (LUKS)."""
+    if cfg.block is not None and "direct" not in cfg.block:
+        die(f"the image's install config allows only {', '.join(cfg.block)} block setups",
+            hint="cfsboot installs a plain root filesystem (direct)")  # fmt: skip
+
+
 def _strings(value: Any, key: str, where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         die(f"{where}: '{key}' must be a list of strings")

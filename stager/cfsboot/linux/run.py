@@ -82,6 +82,8 @@ def run(
         )
     except subprocess.TimeoutExpired:
         die(f'"{short}" did not finish within {timeout:g} s: killed')
+    except OSError as e:  # there, but not runnable: no #! line, a missing interpreter, no x bit
+        die(f'"{short}" could not be run: {e.strerror}')
     if check and proc.returncode != 0:
         lines = proc.stderr.decode(errors="replace").strip().splitlines()
         last = lines[-1] if lines else "(no output)"

@@ -160,9 +160,9 @@ class ObjectStore:
         self._root = os.fspath(self.root)
         self._reflink_works: bool | None = None
         self._direct = Direct()  # what O_DIRECT does here, learnt likewise
-        # fchmod only where the umask would take bits away from OBJECT_MODE.
-        umask = _current_umask()
-        self._need_chmod = umask is None or (OBJECT_MODE & ~umask) != OBJECT_MODE
+        # fchmod only where the umask would take bits away from OBJECT_MODE: learnt at the
+        # first write (a reader, e.g. `cfsboot status`, never reads /proc/self/status).
+        self._need_chmod: bool | None = None
 
     # -- names -------------------------------------------------------------------------
 
@@ -397,6 +397,9 @@ class ObjectStore:
             os.close(ro)
 
     def _fill(self, fd: int, fill: Filler, size: int, path: str | Path) -> None:
+        if self._need_chmod is None:
+            umask = _current_umask()
+            self._need_chmod = umask is None or (OBJECT_MODE & ~umask) != OBJECT_MODE
         if self._need_chmod:
             os.fchmod(fd, OBJECT_MODE)
         fill(fd)  # fillers write exactly `size` bytes or raise

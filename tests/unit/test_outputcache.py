@@ -165,6 +165,7 @@ UNRECORDED: dict[str, Callable[[Path], int]] = {
     "an ioctl that is not known to only read": _ioctl,
     "it read free space": lambda t: os.statvfs(t) and 0,
     "it listed a directory by descriptor": lambda t: _list_fd(t),
+    "it read a device": lambda t: len(Path("/dev/null").read_bytes()),
 }
 
 
@@ -199,6 +200,21 @@ def test_an_exception_keeps_nothing_and_passes_through(tree: Path) -> None:
         record(tree, _raise)
     assert not os.path.exists(outputcache.cache_file(str(tree / "run"), KEY))
     assert os.stat is not None and os.stat.__module__ in ("os", "posix")  # unwrapped again
+
+
+def test_the_code_that_printed_it_is_noted(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cfsboot's modules, also those imported before the run (cfsboot.cli): a changed
+    module drops the record."""
+    module = tree / "fake.py"
+    module.write_text("")
+    fake = type(sys)("cfsboot._fake_for_test")
+    fake.__file__ = str(module)
+    monkeypatch.setitem(sys.modules, "cfsboot._fake_for_test", fake)
+    time.sleep(TICK)
+    path, kept = record(tree, lambda: 0)
+    assert kept and lookup(path, KEY) == b""
+    module.write_text("X = 1\n")
+    assert lookup(path, KEY) is None
 
 
 def test_a_run_that_read_something_changed_just_now_keeps_nothing(tree: Path) -> None:

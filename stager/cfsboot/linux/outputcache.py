@@ -16,8 +16,9 @@ has changed since, without importing more than `os` and `sys`:
   os.readlink, which raise no audit event, are wrapped while the command runs.
   The read-only ioctls in READ_ONLY_IOCTLS (fs-verity's measure) are replayed.
 - A later run with the same key (command line, working directory, user and
-  groups, interpreter and search path, cfsboot's version, the CFSBOOT_*
-  environment, the kernel release) checks every noted path again; if each is as
+  groups, interpreter and search path, stdout's encoding, cfsboot's version, the
+  CFSBOOT_* environment, the kernel release) checks every noted path again (and
+  the files of cfsboot's modules); if each is as
   it was, it prints the recorded output; otherwise the command runs (and is
   recorded anew).
 
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
     from typing import Any
 
 MAGIC = b"cfsboot-output-cache 1"
-ENV_OFF = "CFSBOOT_OUTPUT_CACHE"
 ENV_RACY = "CFSBOOT_OUTPUT_CACHE_RACY_MS"
 RACY_NS = 3_000_000_000  # FAT keeps times to 2 s; a margin over that
 # Pseudo-filesystems whose times and inode numbers say nothing about their contents.
@@ -93,13 +93,11 @@ def make_key(parts: Sequence[str]) -> bytes:
     fields = [
         *parts, "\0cwd", os.getcwd(), "\0ids", str(os.geteuid()), str(os.getegid()),
         *map(str, sorted(os.getgroups())), "\0python", sys.executable, *sys.path,
+        "\0stdout", str(getattr(sys.stdout, "encoding", None)),
+        str(getattr(sys.stdout, "errors", None)),
         "\0kernel", os.uname().release, "\0env", *env,
     ]  # fmt: skip
     return "\0".join(fields).encode("utf-8", "surrogateescape").hex().encode()
-
-
-def enabled() -> bool:
-    return os.environ.get(ENV_OFF) != "0"
 
 
 # -- checking a record -------------------------------------------------------------------
@@ -245,6 +243,12 @@ class Recorder:
             status = func()
         finally:
             self._active = False
+            # The code that printed it: cfsboot's modules imported before the run too.
+            for name, module in list(sys.modules.items()):
+                if name.split(".")[0] in ("cfsboot", "setuproot"):
+                    file = getattr(module, "__file__", None)
+                    if file:
+                        self.note("stat", file)
             for name, fn in saved.items():
                 setattr(os, name, fn)
             sys.stdout, sys.stderr = out, err
@@ -273,8 +277,15 @@ class Recorder:
             kind = b"s" if follow else b"l"
         else:
             kind = {"open": b"c", "list": b"d", "link": b"r"}[op]
-        if (kind, path) not in self.notes:
-            self.notes[(kind, path)] = self._observe(kind, path)
+        if (kind, path) in self.notes:
+            return
+        state = self.notes[(kind, path)] = self._observe(kind, path)
+        if kind in (b"s", b"l") and state[:1] != b"E" and not path.startswith(PSEUDO):
+            mode = int(state.split(b".")[2], 8) & 0o170000
+            if mode not in (0o100000, 0o040000, 0o120000):  # a file, directory or link
+                # A device's (a disk's, an ESP's) contents change without a trace in its
+                # node's times; a FIFO or socket has no contents to keep.
+                self.refuse(f"{path}: not a file or directory")
 
     def _observe(self, kind: bytes, path: str) -> bytes:
         self._busy = True

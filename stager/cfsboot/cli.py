@@ -108,15 +108,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if printed_for_programs(argv):
             from cfsboot.linux import outputcache
 
-            key = outputcache.make_key(["status", __version__, *argv])
-            path = outputcache.cache_file(run_dir_option(argv), key)
-            output = outputcache.lookup(path, key)
-            if output is not None:
-                sys.stdout.flush()
-                sys.stdout.buffer.write(output)
-                sys.stdout.flush()
-                return 0
-            recorder = outputcache.Recorder(path, key)
+            try:
+                key = outputcache.make_key(["status", __version__, *argv])
+                path = outputcache.cache_file(run_dir_option(argv), key)
+            except OSError:  # no working directory: nothing is kept
+                pass
+            else:
+                output = outputcache.lookup(path, key)
+                if output is not None:
+                    sys.stdout.flush()
+                    sys.stdout.buffer.write(output)
+                    sys.stdout.flush()
+                    return 0
+                recorder = outputcache.Recorder(path, key)
     argv = list(argv)
     from cfsboot.cliparse import build_parser
 
@@ -162,7 +166,9 @@ def printed_for_programs(argv: Sequence[str]) -> bool:
     (cfsboot.linux.outputcache), so that the next one costs 2 ms instead of 45."""
     if os.environ.get("CFSBOOT_OUTPUT_CACHE") == "0" or os.environ.get("CFSBOOT_DEBUG") == "1":
         return False
-    if next((a for a in argv if not a.startswith("-")), None) != "status" or sys.stdout is None:
+    if next((a for a in argv if not a.startswith("-")), None) != "status":
+        return False
+    if getattr(sys.stdout, "buffer", None) is None:  # no stdout, or one replaced in-process
         return False
     if any(a in ("-h", "--help", "--debug") for a in argv):
         return False

@@ -129,6 +129,17 @@ def test_pseudo_files_are_compared_by_their_bytes(
     assert lookup(path, KEY) is None
 
 
+def test_a_pseudo_file_too_big_to_keep_keeps_nothing(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tree / "pseudo").mkdir()
+    (tree / "pseudo/mountinfo").write_bytes(b"x" * 200)
+    monkeypatch.setattr(outputcache, "PSEUDO", (f"{tree}/pseudo/",))
+    monkeypatch.setattr(outputcache, "CONTENT_LIMIT", 100)
+    _, kept = record(tree, lambda: len((tree / "pseudo/mountinfo").read_bytes()) * 0)
+    assert not kept
+
+
 def _stderr() -> int:
     sys.stderr.write("warning: something\n")
     return 0

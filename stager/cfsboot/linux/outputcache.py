@@ -184,7 +184,7 @@ def _contents(path: str) -> bytes:
             chunks.append(chunk)
             size += len(chunk)
             if size > CONTENT_LIMIT:
-                raise OSError(27, "too big to record")  # EFBIG
+                raise OSError(27, "too big to keep")  # EFBIG
         return b"".join(chunks)
     finally:
         os.close(fd)
@@ -216,7 +216,6 @@ class Recorder:
         self.start_ns = 0
         self.racy_ns = _racy_ns()
         self._active = self._busy = False
-        self._cache_dir = os.path.dirname(path) + "/"
 
     def run(self, func: Callable[[], int]) -> int:
         """func(), recorded; its exit status."""
@@ -271,8 +270,6 @@ class Recorder:
             self.refuse("a path used by file descriptor")
             return
         path = os.path.abspath(os.fsdecode(path))
-        if path.startswith(self._cache_dir):
-            return
         if op == "stat" or not path.startswith(PSEUDO):
             kind = b"s" if follow else b"l"
         else:
@@ -280,6 +277,8 @@ class Recorder:
         if (kind, path) in self.notes:
             return
         state = self.notes[(kind, path)] = self._observe(kind, path)
+        if state == b"E27":  # EFBIG: contents past CONTENT_LIMIT, not kept to compare
+            self.refuse(f"{path}: too big to keep")
         if kind in (b"s", b"l") and state[:1] != b"E" and not path.startswith(PSEUDO):
             mode = int(state.split(b".")[2], 8) & 0o170000
             if mode not in (0o100000, 0o040000, 0o120000):  # a file, directory or link

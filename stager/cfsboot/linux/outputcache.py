@@ -220,7 +220,7 @@ class Recorder:
     def run(self, func: Callable[[], int]) -> int:
         """func(), recorded; its exit status."""
         out, err = sys.stdout, sys.stderr
-        tee = _Tee(out)
+        tee = _Tee(out, self)
         sys.stdout, sys.stderr = tee, _Watch(err, self)
         saved = {
             n: getattr(os, n) for n in ("stat", "lstat", "access", "readlink", "open", "statvfs")
@@ -445,10 +445,11 @@ def _racy_ns() -> int:
 
 
 class _Tee:
-    """sys.stdout while a run is recorded: what is written is kept, and written on."""
+    """sys.stdout while a run is recorded: what is written is kept, and written on. A run
+    that writes past it (to its buffer or descriptor) is not recorded."""
 
-    def __init__(self, out: Any) -> None:
-        self._out = out
+    def __init__(self, out: Any, recorder: Recorder) -> None:
+        self._out, self._recorder = out, recorder
         self.parts: list[str] = []
 
     def write(self, text: str) -> int:
@@ -457,6 +458,8 @@ class _Tee:
         return written
 
     def __getattr__(self, name: str) -> Any:
+        if name in ("buffer", "fileno", "detach", "raw"):
+            self._recorder.refuse(f"stdout's {name} used")
         return getattr(self._out, name)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -11,11 +10,14 @@ from cfsboot.errors import CfsbootError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every run
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Callable, Sequence
-    from typing import Any, NoReturn
+    from typing import Any
 
 # Every run pays for what this module imports (`--help` and `status` are what people and
-# monitoring run most): logging, traceback and shlex are imported where they are used.
+# monitoring run most): logging, traceback and shlex are imported where they are used, and
+# argparse with the parsers (cfsboot.cliparse) once a run parses: a `status --json` that
+# prints a kept output (cfsboot.linux.outputcache) does not.
 
 # Every subcommand in --help order: name, its module under cfsboot.commands, help line,
 # aliases. `cfsboot --help`, `--version`, no command or an unknown one are answered from
@@ -87,112 +89,41 @@ COMMANDS = {n: module for name, module, _, aliases in SUBCOMMANDS for n in (name
 
 # An unexpected exception (a bug): sysexits.h's EX_SOFTWARE, distinct from user errors (1, 2).
 INTERNAL_ERROR = 70
+# What cfsboot.cliparse defines, reached from here as before it moved there.
+_PARSING = frozenset({"ArgumentParser", "build_parser", "terminal_columns"})
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """An argparse parser whose errors are one line, not a usage dump."""
+def __getattr__(name: str) -> Any:
+    if name in _PARSING:
+        from cfsboot import cliparse
 
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: {message} (see --help)\n")
-        sys.exit(2)
-
-    def _get_formatter(self) -> argparse.HelpFormatter:
-        # argparse's formatter asks shutil for the width, and add_argument makes one: importing
-        # shutil (and bz2, lzma) costs every run more than the rest of the parser.
-        # (argparse's formatter classes all take width; typeshed's protocol names prog only)
-        return self.formatter_class(prog=self.prog, width=terminal_columns() - 2)  # type: ignore[call-arg]
-
-
-def terminal_columns() -> int:
-    """shutil.get_terminal_size().columns (COLUMNS, else stdout's terminal, else 80)."""
-    try:
-        columns = int(os.environ["COLUMNS"])
-    except (KeyError, ValueError):
-        columns = 0
-    if columns <= 0:
-        try:
-            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
-        except (AttributeError, ValueError, OSError):
-            columns = 0
-        columns = columns or 80
-    return columns
-
-
-class _Listed:
-    """A command as the listing parser holds it: its parser is built if it ever parses."""
-
-    def __init__(self, *, prog: str) -> None:
-        self.name = prog.rsplit(" ", 1)[-1]
-
-    def parse_known_args(
-        self, args: list[str], namespace: argparse.Namespace | None = None
-    ) -> tuple[argparse.Namespace, list[str]]:
-        parser = build_parser(self.name)
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        command: ArgumentParser = sub.choices[self.name]
-        return command.parse_known_args(args, namespace)
-
-
-def build_parser(only: str | None = None, *, listing: bool = False) -> ArgumentParser:
-    """The whole parser, or (`only`: a subcommand name) one with just that command.
-
-    `listing`: every command by name and help line (SUBCOMMANDS), without their own
-    arguments and without importing their modules (for the top-level --help and errors;
-    parsing a command's arguments needs its module's parser).
-    """
-    parser = ArgumentParser(
-        prog="cfsboot",
-        description="Boot Linux from OCI container images through composefs.",
-    )
-    parser.add_argument("--version", action="version", version=f"cfsboot {__version__}")
-    parser.add_argument(
-        "--debug", action="store_true", help="show debug logs and tracebacks (CFSBOOT_DEBUG=1)"
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
-    sub.required = True
-    if listing:
-        # A command's own parser (an ArgumentParser each, with its help option) is not
-        # made: the listing answers --help, --version and errors without parsing one.
-        sub._parser_class = _Listed  # type: ignore[assignment]
-        for name, _, help_text, aliases in SUBCOMMANDS:
-            sub.add_parser(name, help=help_text, aliases=aliases)
-        return parser
-    import importlib  # not for the listing (--help)
-
-    if only in COMMANDS:
-        module = importlib.import_module(f"cfsboot.commands.{COMMANDS[only]}")
-        module.register(_Only(sub, only))
-        return parser
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"cfsboot.commands.{name}").register(sub)
-    return parser
-
-
-class _Only:
-    """The subparsers action as a command module sees it when one of its commands is to
-    parse: the parsers of its other commands are not built (status is run most)."""
-
-    def __init__(self, sub: argparse._SubParsersAction[ArgumentParser], name: str) -> None:
-        self._sub, self._name = sub, name
-
-    def add_parser(self, name: str, **kwargs: Any) -> Any:
-        if self._name == name or self._name in kwargs.get("aliases", ()):
-            return self._sub.add_parser(name, **kwargs)
-        return _Unbuilt()
-
-
-class _Unbuilt:
-    """Another command's parser, unbuilt: whatever is added to it is dropped."""
-
-    def __getattr__(self, name: str) -> Callable[..., _Unbuilt]:
-        return self._ignore
-
-    def _ignore(self, *args: object, **kwargs: object) -> _Unbuilt:
-        return self
+        return getattr(cliparse, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    recorder = None
+    if argv is None:  # a command line (a caller in this process passes argv: no caching)
+        argv = sys.argv[1:]
+        if printed_for_programs(argv):
+            from cfsboot.linux import outputcache
+
+            try:
+                key = outputcache.make_key(["status", __version__, *argv])
+                path = outputcache.cache_file(run_dir_option(argv), key)
+            except OSError:  # no working directory: nothing is kept
+                pass
+            else:
+                output = outputcache.lookup(path, key)
+                if output is not None:
+                    sys.stdout.flush()
+                    sys.stdout.buffer.write(output)
+                    sys.stdout.flush()
+                    return 0
+                recorder = outputcache.Recorder(path, key)
+    argv = list(argv)
+    from cfsboot.cliparse import build_parser
+
     first = next((a for a in argv if not a.startswith("-")), None)
     if first in COMMANDS and argv[:1] not in (["--help"], ["-h"]):
         args = build_parser(first).parse_args(argv)
@@ -203,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(debug)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
+        if recorder is not None:
+            return recorder.run(lambda: func(args))
         return func(args)
     except CfsbootError as e:
         if debug:
@@ -225,6 +158,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         sys.stderr.write(f"cfsboot: {internal_error(argv, e)}\n")
         return INTERNAL_ERROR
+
+
+def printed_for_programs(argv: Sequence[str]) -> bool:
+    """Is this `cfsboot status` printing JSON or YAML (what monitoring runs, every few
+    seconds)? Such a run's output is kept while what it read stays as it was
+    (cfsboot.linux.outputcache), so that the next one costs 2 ms instead of 45."""
+    if os.environ.get("CFSBOOT_OUTPUT_CACHE") == "0" or os.environ.get("CFSBOOT_DEBUG") == "1":
+        return False
+    if next((a for a in argv if not a.startswith("-")), None) != "status":
+        return False
+    if getattr(sys.stdout, "buffer", None) is None:  # no stdout, or one replaced in-process
+        return False
+    if any(a in ("-h", "--help", "--debug") for a in argv):
+        return False
+    if any(a in ("--json", "--yaml", "--format=json", "--format=yaml") for a in argv):
+        return True
+    pairs = zip(argv[:-1], argv[1:], strict=True)
+    return any(a == "--format" and b in ("json", "yaml") for a, b in pairs)
+
+
+def run_dir_option(argv: Sequence[str]) -> str | None:
+    """--run-dir's value in argv, if given whole (`--run-dir X`, `--run-dir=X`)."""
+    for i, a in enumerate(argv):
+        if a == "--run-dir" and i + 1 < len(argv):
+            return os.path.abspath(argv[i + 1])
+        if a.startswith("--run-dir="):
+            return os.path.abspath(a.partition("=")[2])
+    return None
 
 
 LOG_FORMAT = "%(levelname)s: %(message)s"

@@ -20,6 +20,8 @@ STAGER = REPO_ROOT / "stager" / "cfsboot"
 SETUP_ROOT = REPO_ROOT / "setup-root" / "setuproot"
 
 LAYERS = ["linux", "composefs", "oci", "image", "boot", "deploy", "commands", "cli"]
+# Modules beside cli.py in its layer: its parsers, imported only by a run that parses.
+CLI_LAYER = {"cliparse"}
 BASE = {"cfsboot", "cfsboot.errors", "cfsboot.jsondoc"}
 
 
@@ -59,6 +61,8 @@ def _rank(module: str) -> int | None:
     parts = module.split(".")
     if parts[0] != "cfsboot" or len(parts) < 2:
         return None
+    if parts[1] in CLI_LAYER:
+        return LAYERS.index("cli")
     return LAYERS.index(parts[1]) if parts[1] in LAYERS else None
 
 

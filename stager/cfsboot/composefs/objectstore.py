@@ -123,16 +123,17 @@ def link_fd(fd: int, dst: str | os.PathLike[str]) -> None:
     os.link(f"/proc/self/fd/{fd}", dst, src_dir_fd=fd, follow_symlinks=True)
 
 
-def _current_umask() -> int | None:
-    """The umask, read without changing it (os.umask() would race with other threads)."""
+def _umask_hides_object_bits() -> bool:
+    """Would the umask take bits from OBJECT_MODE (or is it unknown)? Read, not set: os.umask()
+    would race with other threads. Asked at a first write, never by a reader (status)."""
     try:
         with open("/proc/self/status", "rb") as f:
             for line in f:
                 if line.startswith(b"Umask:"):
-                    return int(line.split()[1], 8)
+                    return (OBJECT_MODE & ~int(line.split()[1], 8)) != OBJECT_MODE
     except (OSError, ValueError):
         pass
-    return None
+    return True
 
 
 Filler = Callable[[int], None]
@@ -160,9 +161,7 @@ class ObjectStore:
         self._root = os.fspath(self.root)
         self._reflink_works: bool | None = None
         self._direct = Direct()  # what O_DIRECT does here, learnt likewise
-        # fchmod only where the umask would take bits away from OBJECT_MODE.
-        umask = _current_umask()
-        self._need_chmod = umask is None or (OBJECT_MODE & ~umask) != OBJECT_MODE
+        self._need_chmod: bool | None = None  # fchmod each object? learnt at the first write
 
     # -- names -------------------------------------------------------------------------
 
@@ -397,6 +396,8 @@ class ObjectStore:
             os.close(ro)
 
     def _fill(self, fd: int, fill: Filler, size: int, path: str | Path) -> None:
+        if self._need_chmod is None:
+            self._need_chmod = _umask_hides_object_bits()
         if self._need_chmod:
             os.fchmod(fd, OBJECT_MODE)
         fill(fd)  # fillers write exactly `size` bytes or raise

@@ -177,12 +177,20 @@ UNRECORDED: dict[str, Callable[[Path], int]] = {
     "it read free space": lambda t: os.statvfs(t) and 0,
     "it listed a directory by descriptor": lambda t: _list_fd(t),
     "it read a device": lambda t: len(Path("/dev/null").read_bytes()),
+    "it read a FIFO": lambda t: _read_fifo(t),
     "it wrote past sys.stdout": lambda t: sys.stdout.buffer.write(b"x") * 0,
 }
 
 
 def _then_0(func: Callable[..., None], *args: object) -> int:
     func(*args)
+    return 0
+
+
+def _read_fifo(tree: Path) -> int:
+    os.mkfifo(tree / "fifo")
+    fd = os.open(tree / "fifo", os.O_RDONLY | os.O_NONBLOCK)
+    os.close(fd)
     return 0
 
 
@@ -212,6 +220,22 @@ def test_an_exception_keeps_nothing_and_passes_through(tree: Path) -> None:
         record(tree, _raise)
     assert not os.path.exists(outputcache.cache_file(str(tree / "run"), KEY))
     assert os.stat is not None and os.stat.__module__ in ("os", "posix")  # unwrapped again
+
+
+def test_a_device_stat_is_noted_like_any_other(tree: Path) -> None:
+    """Which device a node is (udev's /dev/disk/by-partuuid links, followed): kept."""
+    (tree / "by-partuuid").mkdir()
+    (tree / "by-partuuid/ABCD").symlink_to("/dev/null")
+
+    def command() -> int:
+        print(os.stat(tree / "by-partuuid/ABCD").st_rdev)
+        return 0
+
+    path, kept = record(tree, command)
+    assert kept and lookup(path, KEY) is not None
+    (tree / "by-partuuid/ABCD").unlink()
+    (tree / "by-partuuid/ABCD").symlink_to("/dev/zero")
+    assert lookup(path, KEY) is None
 
 
 def test_the_code_that_printed_it_is_noted(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:

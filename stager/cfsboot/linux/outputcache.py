@@ -8,8 +8,8 @@ has changed since, without importing more than `os` and `sys`:
 
 - The earlier run is *recorded*. Every path it opens, lists, stats or reads a link
   of is noted with the state it had when the command looked at it: for files and
-  directories (device, inode, mode, links, size, mtime, ctime), so that a
-  listing changes with its directory's times; for /proc and /sys, whose times
+  directories (device, inode, mode, links, device number, size, mtime, ctime), so
+  that a listing changes with its directory's times; for /proc and /sys, whose times
   mean nothing, the bytes themselves (file contents, directory listings, link
   targets); "missing" or the error for a path that could not be read. An audit
   hook (sys.addaudithook) sees opens, listings and ioctls; os.stat, os.lstat and
@@ -170,9 +170,9 @@ def observe(kind: bytes, path: str) -> bytes:
 def _stat_state(path: str, st: os.stat_result) -> bytes:
     if path.startswith(PSEUDO):  # times and inodes mean nothing there: type and size
         return b"%o.%d" % (st.st_mode & 0o170000, st.st_size)
-    return b"%d.%d.%o.%d.%d.%d.%d" % (
-        st.st_dev, st.st_ino, st.st_mode, st.st_nlink, st.st_size, st.st_mtime_ns,
-        st.st_ctime_ns,
+    return b"%d.%d.%o.%d.%d.%d.%d.%d" % (
+        st.st_dev, st.st_ino, st.st_mode, st.st_nlink, st.st_rdev, st.st_size,
+        st.st_mtime_ns, st.st_ctime_ns,
     )  # fmt: skip
 
 
@@ -279,11 +279,12 @@ class Recorder:
         state = self.notes[(kind, path)] = self._observe(kind, path)
         if state == b"E27":  # EFBIG: contents past CONTENT_LIMIT, not kept to compare
             self.refuse(f"{path}: too big to keep")
-        if kind in (b"s", b"l") and state[:1] != b"E" and not path.startswith(PSEUDO):
+        if op == "open" and kind == b"s" and state[:1] != b"E" and not path.startswith(PSEUDO):
             mode = int(state.split(b".")[2], 8) & 0o170000
-            if mode not in (0o100000, 0o040000, 0o120000):  # a file, directory or link
+            if mode not in (0o100000, 0o040000):  # read: a file or a directory
                 # A device's (a disk's, an ESP's) contents change without a trace in its
-                # node's times; a FIFO or socket has no contents to keep.
+                # node's times; a FIFO or socket has no contents to keep. (A stat of one,
+                # to learn which device it is, is noted like any other.)
                 self.refuse(f"{path}: not a file or directory")
 
     def _observe(self, kind: bytes, path: str) -> bytes:

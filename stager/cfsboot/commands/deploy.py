@@ -233,6 +233,9 @@ def _stage(
         karg_style=karg_style(args),
     )
     sys.stderr.write(f"{result.message}\n")
+    from cfsboot.deploy.updatecache import forget_staged
+
+    forget_staged(sysroot, target.manifest_digest)  # what `upgrade --check` found is here
     if not result.staged:
         _warn_unused_entry_flags(args)
     print(result.digest)

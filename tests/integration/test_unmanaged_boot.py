@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from cfsboot.image.importer import import_image
+from cfstest import bootcschema
 from cfstest.cli import one_line_error
 from cfstest.cli import run as cfsboot
 from cfstest.dirsystem import System, install
@@ -76,7 +77,9 @@ def test_status_shows_the_deployments(tmp_path: Path) -> None:
     _add_deployment(sys_, d1, older, 2_000_000_000)
     _add_deployment(sys_, d1, oldest, 1_000_000_000)
     os.utime(sys_.root / "state/deploy" / d1 / f"{d1}.origin", (2_100_000_000, 2_100_000_000))
-    status = _status(sys_)["status"]
+    doc = _status(sys_)
+    bootcschema.check(doc)  # bootc's schema has `bootloader: none`
+    status = doc["status"]
     # cfsboot knows no rollback order here: the others are otherDeployments, newest first.
     assert status["rollback"] is None
     others = [e["composefs"]["verity"] for e in status["otherDeployments"]]

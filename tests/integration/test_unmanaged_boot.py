@@ -62,6 +62,7 @@ def test_install_records_it(tmp_path: Path) -> None:
 
 def test_status_shows_the_deployments(tmp_path: Path) -> None:
     sys_, v1, d1 = _unmanaged(tmp_path)
+    assert _cfs(sys_, "status", "--json").stderr == ""  # nothing to warn about
     doc = _status(sys_)
     status = doc["status"]
     # Offline, the newest deployment stands in for the booted one.

@@ -205,7 +205,12 @@ def test_upgrade_follows_the_reference(tmp: Path) -> None:
     assert sys_.menu() == [d1]
     booted = sys_.status()["status"]["booted"]
     assert booted["cachedUpdate"]["image"] == {"image": f"{img}:latest", "transport": "oci"}
+    assert "Update: " in sys_.cfs("status", "--format", "human").stdout
     sys_.cfs("upgrade", "-q")
+    # Staged, the update is no longer one to fetch (bootc: the pull drops the cached one).
+    status = sys_.status()["status"]
+    assert (status["booted"]["cachedUpdate"], status["staged"]["cachedUpdate"]) == (None, None)
+    assert "Update: " not in sys_.cfs("status", "--format", "human").stdout
     sys_.cfs("finalize-staged")
     assert sys_.menu() == [d2, d1]
 

@@ -40,6 +40,10 @@ from cfsboot.oci.reference import (
         ("/srv/os.tar", "oci-archive", "oci-archive:/srv/os.tar"),
         ("localhost/os:1", "containers-storage", "containers-storage:localhost/os:1"),
         ("/srv/os-dir", "dir", "dir:/srv/os-dir"),
+        # The image's own transport, when it is the one --transport names: said twice.
+        ("docker://q.io/os:2", "registry", "docker://q.io/os:2"),
+        ("registry:q.io/os:2", "registry", "docker://q.io/os:2"),
+        ("oci:/srv/os:1", "oci", "oci:/srv/os:1"),
     ],
 )
 def test_switch_reference(target: str, transport: str | None, expected: str) -> None:
@@ -52,7 +56,13 @@ def test_switch_reference(target: str, transport: str | None, expected: str) -> 
         (
             "oci:/srv/os",
             "registry",
-            "image 'oci:/srv/os' names a transport and --transport registry names another;"
+            "image 'oci:/srv/os' names transport oci and --transport registry names another;"
+            " give the image without its transport, or leave out --transport",
+        ),
+        (
+            "docker://q.io/os",
+            "oci",
+            "image 'docker://q.io/os' names transport docker and --transport oci names another;"
             " give the image without its transport, or leave out --transport",
         ),
         ("/srv/os", None, "'/srv/os' is not a registry image name; e.g. registry.example/os:1"),

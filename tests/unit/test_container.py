@@ -430,6 +430,11 @@ def test_ukify_refuses_a_wrong_seal(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     out = tmp_path / "os.efi"
     assert main(["container", "ukify", "--root", str(root), "--output", str(out)]) == 1
     assert not out.exists() and not (tmp_path / ".os.efi.tmp").exists()
+    # The directories it made for --output go too; one that was there stays.
+    (tmp_path / "there").mkdir()
+    deep = tmp_path / "there/new/er/os.efi"
+    assert main(["container", "ukify", "--root", str(root), "--output", str(deep)]) == 1
+    assert sorted(p.name for p in (tmp_path / "there").iterdir()) == []
 
 
 def test_ukify_needs_one_kernel(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -107,6 +107,15 @@ def test_a_deployment_without_its_image(s: DirSysroot) -> None:
     )
 
 
+def test_a_tag_that_names_no_digest(s: DirSysroot) -> None:
+    (s.repo / "images/refs/mine").symlink_to("../nothing")
+    _doc, err = status(s)
+    assert err.splitlines() == [
+        "WARNING: images/refs/mine: links to '../nothing', which names no image (not a digest)",
+        HINT.rstrip("\n"),
+    ]
+
+
 def test_an_entry_whose_kernel_is_gone(s: DirSysroot) -> None:
     d1 = s.digests[0]
     (s.esp / f"EFI/Linux/bootc_composefs-{d1}/vmlinuz").unlink()

@@ -64,6 +64,7 @@ _BOOT_DIR_RE = re.compile(re.escape(bls.BOOT_DIR_PREFIX) + r"[0-9a-f]+")
 class BootloaderKind(enum.StrEnum):
     SYSTEMD_BOOT = "systemd-boot"
     GRUB = "grub"
+    NONE = "none"  # installed with --bootloader none: the user's (cfsboot.deploy.unmanaged)
 
 
 class MenuError(CfsbootError):

@@ -99,9 +99,28 @@ def ukify_argv(inputs: UkiInputs, output: Path) -> list[str]:
     return argv
 
 
+def _make_parents(directory: Path) -> list[Path]:
+    """mkdir -p `directory`; the directories made, outermost first."""
+    missing = []
+    d = directory
+    while not d.exists() and d != d.parent:
+        missing.append(d)
+        d = d.parent
+    made = []
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue
+        made.append(d)
+    return made
+
+
 def build_uki(inputs: UkiInputs, output: Path, digest: str) -> Path:
-    """Run ukify, check the sealed digest, and publish the UKI at output atomically."""
-    output.parent.mkdir(parents=True, exist_ok=True)
+    """Run ukify, check the sealed digest, and publish the UKI at output atomically.
+
+    The directories it makes for `output` are removed again when no UKI comes out."""
+    made = _make_parents(output.parent)
     tmp = output.with_name(f".{output.name}.tmp")
     tmp.unlink(missing_ok=True)
     try:
@@ -111,6 +130,14 @@ def build_uki(inputs: UkiInputs, output: Path, digest: str) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, output)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        for d in reversed(made):  # deepest first; one something else wrote into stays
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     fd = os.open(output.parent, os.O_RDONLY | os.O_DIRECTORY)

@@ -40,6 +40,16 @@ def opened(args: argparse.Namespace, *, write: bool = True) -> Iterator[tuple[Sy
     from cfsboot.deploy.sysroot import Sysroot
 
     sysroot = Sysroot(args.sysroot, run_dir=args.run_dir, read_once=not write)
+    if unmanaged_boot(sysroot):
+        from cfsboot.deploy.unmanaged import Unmanaged
+
+        # Installed with --bootloader none: no ESP of cfsboot's to look for (--esp too).
+        if not write:
+            yield sysroot, Unmanaged(sysroot)
+            return
+        with sysroot.repo.lock():
+            yield sysroot, Unmanaged(sysroot)
+        return
     with open_esp(sysroot.path, args.esp) as esp:
         if not write:
             from cfsboot.boot.espview import ReadOnceEsp
@@ -56,6 +66,22 @@ def opened(args: argparse.Namespace, *, write: bool = True) -> Iterator[tuple[Sy
                 for line in done:
                     logging.getLogger(__name__).info("ESP: %s", line)
             yield sysroot, bl
+
+
+def unmanaged_boot(sysroot: Sysroot) -> bool:
+    """Installed with --bootloader none (cfsboot.deploy.unmanaged)."""
+    from cfsboot.deploy.unmanaged import is_unmanaged
+
+    return is_unmanaged(sysroot)
+
+
+def refuse_unmanaged(command: str, sysroot: Sysroot) -> None:
+    """`command` writes boot entries: refused, before anything changes, where cfsboot
+    manages no boot loader."""
+    if unmanaged_boot(sysroot):
+        from cfsboot.deploy.unmanaged import refusal
+
+        refusal(command)
 
 
 def warn_boot_override(sysroot: Sysroot, bl: Bootloader) -> None:

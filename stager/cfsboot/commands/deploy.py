@@ -11,6 +11,7 @@ from cfsboot.commands.common import (
     karg_options,
     karg_style,
     opened,
+    refuse_unmanaged,
     sysroot_options,
     warn_boot_override,
 )
@@ -232,6 +233,9 @@ def _stage(
         karg_style=karg_style(args),
     )
     sys.stderr.write(f"{result.message}\n")
+    from cfsboot.deploy.updatecache import forget_staged
+
+    forget_staged(sysroot, target.manifest_digest)  # what `upgrade --check` found is here
     if not result.staged:
         _warn_unused_entry_flags(args)
     print(result.digest)
@@ -289,6 +293,7 @@ def cmd_switch(args: argparse.Namespace) -> int:
         die("switch needs an IMGREF (or --from-downloaded)", hint="see cfsboot switch --help")
     imgref = canonical(switch_reference(args.imgref, args.transport))
     with opened(args) as (sysroot, bl):
+        refuse_unmanaged("switch", sysroot)
         _check_running(args, sysroot)
         following = _following(sysroot, bl)
         if following is not None and following[1] == imgref:
@@ -385,6 +390,8 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     check_karg_deletes(args.karg_delete)
     _check_boot_flags(args)
     with opened(args) as (sysroot, bl):
+        if not getattr(args, "check", False):  # a check stages nothing
+            refuse_unmanaged(args.command, sysroot)
         _check_running(args, sysroot)
         if args.from_downloaded:
             sys.stderr.write(f"{unlock_staged(sysroot, bl)}\n")
@@ -433,6 +440,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from cfsboot.deploy.stage import rollback
 
     with opened(args) as (sysroot, bl):
+        refuse_unmanaged("rollback", sysroot)
         _check_running(args, sysroot)
         msg = rollback(sysroot, bl)
         sys.stderr.write(f"{msg}\n")

@@ -228,10 +228,16 @@ def _scan_refs(
         elif not e.is_symlink():
             layout.add(Code.UNEXPECTED, path, f"not a link to an {what}")
         else:
-            target = Path(os.readlink(e.path)).name
+            link = os.readlink(e.path)
+            target = Path(link).name
             if target not in names:
                 dangling[rel] = target
-                message = f"names {what} {target[:32]}…, which is missing"
+                if what == "image" and not is_hex(target, repo.algorithm.hex_len):
+                    # Not a digest at all (a link made by hand): say what it holds.
+                    message = f"links to {link!r}, which names no image (not a digest)"
+                else:
+                    short = target if len(target) <= 32 else f"{target[:32]}…"
+                    message = f"names {what} {short}, which is missing"
                 layout.add(Code.TAG_DANGLING, path, message, target)
             else:
                 out[rel] = target

@@ -39,6 +39,7 @@ from cfsboot.boot.kargs import (
     install_kargs,
 )
 from cfsboot.composefs.repository import Repository
+from cfsboot.deploy import unmanaged
 from cfsboot.deploy.entries import build_entry, composefs_karg
 from cfsboot.deploy.installprep import STATE_DIR, Replace, prepare_root, ssh_keys_tmpfiles
 from cfsboot.deploy.origin import Origin
@@ -115,6 +116,7 @@ def deploy_first(
     )
     if bl is None:
         write_state(sysroot, target, origin, init_var=True, etc_files=etc_files)
+        unmanaged.record(sysroot.path)  # later commands look for no ESP of cfsboot's
         return None, options
     entry, digest = build_entry(sysroot, bl, target, options=options, menu=[])
     entry = replace(entry, tries=Tries(boot_tries) if boot_tries else None)

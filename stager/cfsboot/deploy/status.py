@@ -54,6 +54,8 @@ from setuproot.contract import KargError, parse_cmdline
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every run
 if TYPE_CHECKING:
+    from typing import Literal
+
     from cfsboot.boot.bootloader import Bootloader, MenuEntry
     from cfsboot.deploy.origin import Origin
     from cfsboot.deploy.statusdoc import (
@@ -150,6 +152,14 @@ def _image_status(sysroot: Sysroot, dep: Deployment) -> ImageStatus | None:
     }
 
 
+# bootc's names (its composefs Bootloader enum; `none`: installed with --bootloader none).
+_LOADER_NAMES: dict[BootloaderKind, Literal["systemd", "grub", "none"]] = {
+    BootloaderKind.SYSTEMD_BOOT: "systemd",
+    BootloaderKind.GRUB: "grub",
+    BootloaderKind.NONE: "none",
+}
+
+
 def _boot_entry(
     sysroot: Sysroot,
     dep: Deployment,
@@ -172,7 +182,7 @@ def _boot_entry(
         "composefs": {
             "verity": dep.digest,
             "bootType": "Uki" if boot_type is BootType.UKI else "Bls",
-            "bootloader": "systemd" if bootloader is BootloaderKind.SYSTEMD_BOOT else "grub",
+            "bootloader": _LOADER_NAMES[bootloader],
             "bootDigest": dep.origin.boot_digest if dep.origin else None,
             "missingVerityAllowed": not dep.verity_required,
         },
@@ -232,6 +242,8 @@ def next_boot(sysroot: Sysroot, bl: Bootloader, *, staged: MenuEntry | None) -> 
 
     staged: the staged entry finalize makes the default before the next boot, if any.
     """
+    if bl.kind is BootloaderKind.NONE:  # the user's boot loader decides
+        return {"deployment": None, "entry": None, "override": None}
     if bl.kind is not BootloaderKind.SYSTEMD_BOOT:
         first = staged or next(iter(bl.menu()), None)
         depl = first.deployment if first is not None else None
@@ -292,7 +304,8 @@ def host_status(sysroot: Sysroot, bl: Bootloader, *, usr: Path | None = None) ->
     others = [
         m for m in live if m.deployment not in (current, staged_entry and staged_entry.deployment)
     ]
-    rollback = others[0] if others else None
+    # Without a boot loader of cfsboot's, no deployment is the one `rollback` would boot.
+    rollback = others[0] if others and bl.kind is not BootloaderKind.NONE else None
 
     pins = pinned(sysroot)
     cached = read_cached_update(sysroot)
@@ -325,7 +338,8 @@ def host_status(sysroot: Sysroot, bl: Bootloader, *, usr: Path | None = None) ->
     staged = entry(staged_entry, download_only=locked, soft=not locked) if staged_entry else None
     booted_doc = entry(booted) if booted is not None else None
     rollback_doc = entry(rollback, soft=True) if rollback is not None else None
-    more: Others = {"otherDeployments": [entry(m) for m in others[1:]]} if others[1:] else {}
+    rest = [m for m in others if m is not rollback]
+    more: Others = {"otherDeployments": [entry(m) for m in rest]} if rest else {}
     status: HostStatus = {
         "staged": staged,
         "booted": booted_doc,

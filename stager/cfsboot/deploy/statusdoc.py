@@ -31,7 +31,7 @@ class ImageStatus(TypedDict):
 class BootEntryComposefs(TypedDict):
     verity: str
     bootType: Literal["Bls", "Uki"]
-    bootloader: Literal["systemd", "grub"]
+    bootloader: Literal["systemd", "grub", "none"]
     bootDigest: str | None
     missingVerityAllowed: bool
 

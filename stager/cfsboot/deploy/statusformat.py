@@ -173,7 +173,8 @@ def _human_entry(slot: str, e: BootEntry, status: HostStatus, verbose: bool) -> 
             out.append(row("Version", img["version"] + (f" ({when})" if when else "")))
         elif when:
             out.append(row("Timestamp", when))
-    loader = "systemd-boot" if cfs["bootloader"] == "systemd" else cfs["bootloader"]
+    names = {"systemd": "systemd-boot", "none": "boot loader not managed by cfsboot"}
+    loader = names.get(cfs["bootloader"], cfs["bootloader"])
     out.append(row("Boot type", f"{cfs['bootType']} ({loader})"))
     if e["pinned"]:
         out.append(row("Pinned", "yes"))

@@ -1,7 +1,9 @@
 """The update `cfsboot upgrade --check` last found: `state/cfsboot/cached-update.json`.
 
 Status shows it as `cachedUpdate` (bootc's ImageStatus) of the deployment the
-check started from. A check that finds no update removes it.
+check started from. A check that finds no update removes it, and so does staging
+the image it found (`forget_staged`): as in bootc, whose cached update lives on the
+image reference's pulled commit and goes with the pull that stages the update.
 """
 
 from __future__ import annotations
@@ -64,3 +66,14 @@ def write_cached_update(sysroot: Sysroot, cached: CachedUpdate | None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"deployment": cached.deployment, "image": cached.image}
     write_file_atomic(path, json.dumps(doc, indent=2).encode() + b"\n", mode=0o644)
+
+
+def forget_staged(sysroot: Sysroot, manifest_digest: str | None) -> None:
+    """The image with `manifest_digest` is staged (or deployed): it is no update to show."""
+    cached = read_cached_update(sysroot)
+    if (
+        cached is not None
+        and manifest_digest
+        and cached.image.get("imageDigest") == manifest_digest
+    ):
+        write_cached_update(sysroot, None)

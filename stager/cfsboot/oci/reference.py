@@ -106,8 +106,12 @@ def switch_reference(target: str, transport: str | None = None) -> ImageRef:
     elif transport not in SWITCH_TRANSPORTS:
         die(f"unknown transport {transport!r}", hint=f"use one of {', '.join(SWITCH_TRANSPORTS)}")
     elif target.startswith(tuple(f"{t}:" for t in (*Transport, REGISTRY))):
+        own = target.partition(":")[0]
+        # skopeo's docker:// is the registry transport (bootc's `registry`).
+        if (REGISTRY if own == Transport.DOCKER else own) == transport:
+            return parse(target)  # the same transport, said twice
         die(
-            f"image {target!r} names a transport and --transport {transport} names another",
+            f"image {target!r} names transport {own} and --transport {transport} names another",
             hint="give the image without its transport, or leave out --transport",
         )
     if transport != REGISTRY:

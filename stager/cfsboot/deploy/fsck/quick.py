@@ -6,7 +6,7 @@ import the full check and its repairs (cfsboot.deploy.fsck.run).
 
 from __future__ import annotations
 
-from cfsboot.boot.bootloader import Bootloader
+from cfsboot.boot.bootloader import Bootloader, BootloaderKind
 from cfsboot.composefs.repocheck import Code, Problem, quick_layout
 from cfsboot.deploy.fsck.context import Context
 from cfsboot.deploy.fsck.esp import check_esp
@@ -48,7 +48,8 @@ def quick_problems(sysroot: Sysroot, bl: Bootloader) -> list[Problem]:
     menus(ctx)
     problems += check_state(ctx)[0]
     problems += check_tool_state(ctx)[0]
-    problems += check_esp(ctx).problems
+    if bl.kind is not BootloaderKind.NONE:  # --bootloader none: no ESP of cfsboot's
+        problems += check_esp(ctx).problems
     return [p for p in problems if p.code not in _QUIET_CODES]
 
 

@@ -48,6 +48,7 @@ from cfsboot.deploy.fsck.report import FsckReport, Group, Section
 from cfsboot.deploy.fsck.state import check_state
 from cfsboot.deploy.fsck.toolstate import check_tool_state
 from cfsboot.deploy.sysroot import Sysroot
+from cfsboot.deploy.unmanaged import RECORD, is_unmanaged
 from cfsboot.errors import CfsbootError
 from cfsboot.image.recordcheck import Records, check_records, keep_stream
 
@@ -266,11 +267,15 @@ def fsck_sysroot(
             sections[0].error = str(e)
             repo = None
         bl = None
-        try:
-            bl = detect(stack.enter_context(open_esp(sysroot.path, esp)))
-            sections[2].where = _esp_where(bl.esp)
-        except CfsbootError as e:
-            sections[2].error = str(e)
+        if is_unmanaged(sysroot):  # --bootloader none: the boot entries are the user's
+            sections[2].where = "none"
+            sections[2].summary = f"not managed by cfsboot ({RECORD}): not checked"
+        else:
+            try:
+                bl = detect(stack.enter_context(open_esp(sysroot.path, esp)))
+                sections[2].where = _esp_where(bl.esp)
+            except CfsbootError as e:
+                sections[2].error = str(e)
         return _run(sysroot, repo, bl, sections, do_repair=do_repair)
     raise AssertionError("unreachable")
 

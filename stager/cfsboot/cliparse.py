@@ -31,7 +31,51 @@ class ArgumentParser(argparse.ArgumentParser):
         # argparse's formatter asks shutil for the width, and add_argument makes one: importing
         # shutil (and bz2, lzma) costs every run more than the rest of the parser.
         # (argparse's formatter classes all take width; typeshed's protocol names prog only)
-        return self.formatter_class(prog=self.prog, width=terminal_columns() - 2)  # type: ignore[call-arg]
+        cls = self.formatter_class
+        if cls is argparse.HelpFormatter:
+            cls = HelpFormatter
+        return cls(prog=self.prog, width=terminal_columns() - 2)  # type: ignore[call-arg]
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, wrapping help text without textwrap (whose import compiles
+    its regular expressions: a twentieth of every --help). Words break at blanks only
+    (textwrap also breaks after a word's hyphens); a word longer than a line is cut."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return wrap(self._whitespace_matcher.sub(" ", text).strip(), width)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        text = self._whitespace_matcher.sub(" ", text).strip()
+        return "\n".join(indent + line for line in wrap(text, width - len(indent)))
+
+
+def wrap(text: str, width: int) -> list[str]:
+    """`text` (single blanks between words) in lines of at most `width` characters."""
+    width = max(width, 1)
+    lines: list[str] = []
+    line = ""
+    for word in text.split(" "):
+        if len(word) > width:  # longer than a line: cut, its head filling the line (textwrap)
+            room = width - len(line) - 1 if line else width
+            if room > 0:
+                head, word = word[:room], word[room:]
+                line = f"{line} {head}" if line else head
+            lines.append(line)
+            line = ""
+            while len(word) > width:
+                lines.append(word[:width])
+                word = word[width:]
+        if not line:
+            line = word
+        elif len(line) + 1 + len(word) <= width:
+            line += " " + word
+        else:
+            lines.append(line)
+            line = word
+    if line:
+        lines.append(line)
+    return lines
 
 
 def terminal_columns() -> int:

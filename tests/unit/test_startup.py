@@ -69,7 +69,8 @@ STATUS_NEVER = {
     "typing",
 }
 # `--help`: argparse and the table of subcommands, nothing else of ours.
-HELP_NEVER = {"dataclasses", "importlib", "json", "logging", "pathlib", "shutil", "typing"}
+HELP_NEVER = {"dataclasses", "importlib", "json", "logging", "pathlib", "shutil", "textwrap"}
+HELP_NEVER |= {"typing"}
 
 
 def imported(args: list[str]) -> set[str]:
@@ -361,3 +362,18 @@ def test_one_command_parses_without_its_siblings_parsers() -> None:
     assert list(sub.choices) == ["upgrade", "update"]
     args = ["status", "--json", "--booted", "--sysroot", "/x"]
     assert vars(parser.parse_args(args)) == vars(cli.build_parser().parse_args(args))
+
+
+@pytest.mark.parametrize("width", [1, 5, 12, 30, 80])
+def test_help_text_wraps_as_textwrap_does_at_blanks(width: int) -> None:
+    """cliparse.wrap (--help without textwrap's import): textwrap's lines where no word
+    has a hyphen to break after; words longer than a line cut as textwrap cuts them."""
+    import textwrap
+
+    from cfsboot.cliparse import wrap
+
+    text = "stage another image to boot next; abcdefghijklmnopqrstuvwxyz0123456789 x y"
+    want = textwrap.wrap(text, width, break_on_hyphens=False)
+    assert wrap(text, width) == want
+    assert wrap("", width) == textwrap.wrap("", width) == []
+

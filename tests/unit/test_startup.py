@@ -376,4 +376,3 @@ def test_help_text_wraps_as_textwrap_does_at_blanks(width: int) -> None:
     want = textwrap.wrap(text, width, break_on_hyphens=False)
     assert wrap(text, width) == want
     assert wrap("", width) == textwrap.wrap("", width) == []
-

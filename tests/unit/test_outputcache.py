@@ -215,6 +215,20 @@ def test_a_run_that_cannot_be_recorded_whole_keeps_nothing(
     assert not kept
 
 
+def test_a_warning_through_logging_configured_before_keeps_nothing(tree: Path) -> None:
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        _, kept = record(tree, lambda: _then_0(logging.getLogger("cfsboot.x").warning, "w"))
+    finally:
+        root.removeHandler(handler)
+    assert not kept
+    assert handler.stream is sys.stderr
+
+
 def test_an_exception_keeps_nothing_and_passes_through(tree: Path) -> None:
     with pytest.raises(RuntimeError):
         record(tree, _raise)

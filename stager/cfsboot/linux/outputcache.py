@@ -220,8 +220,12 @@ class Recorder:
     def run(self, func: Callable[[], int]) -> int:
         """func(), recorded; its exit status."""
         out, err = sys.stdout, sys.stderr
-        tee = _Tee(out, self)
-        sys.stdout, sys.stderr = tee, _Watch(err, self)
+        tee, watch = _Tee(out, self), _Watch(err, self)
+        sys.stdout, sys.stderr = tee, watch
+        # Logging configured before the run holds stderr itself: watched the same way.
+        handlers = _stderr_handlers(err)
+        for handler in handlers:
+            handler.setStream(watch)
         saved = {
             n: getattr(os, n) for n in ("stat", "lstat", "access", "readlink", "open", "statvfs")
         }
@@ -251,6 +255,8 @@ class Recorder:
             for name, fn in saved.items():
                 setattr(os, name, fn)
             sys.stdout, sys.stderr = out, err
+            for handler in handlers:
+                handler.setStream(err)
         if status == 0 and self.refused is None:
             out.flush()
             text = "".join(tee.parts).encode(out.encoding or "utf-8", out.errors or "strict")
@@ -430,6 +436,19 @@ def _prune(base: str, prefix: str) -> None:
             os.unlink(os.path.join(base, name))
         except FileNotFoundError:
             pass
+
+
+def _stderr_handlers(err: Any) -> list[Any]:
+    """The root logger's handlers that write to `err` (logging.basicConfig's), when logging
+    is imported already; a run imports it only to log."""
+    logging = sys.modules.get("logging")
+    if logging is None:
+        return []
+    return [
+        h
+        for h in logging.getLogger().handlers
+        if isinstance(h, logging.StreamHandler) and h.stream is err
+    ]
 
 
 def _now_ns() -> int:

@@ -66,6 +66,18 @@ def _entry_of(ctx: Context, depl: str) -> MenuEntry | None:
     return next((m for m in (*ctx.live, *ctx.staged_menu) if m.deployment == depl), None)
 
 
+def _shared_otherwise(ctx: Context, m: MenuEntry, boot_digest: str) -> bool:
+    """Whether another deployment's entry boots from `m`'s boot files and wants other
+    content in them (copying `m`'s there would break that one)."""
+    for other in (*ctx.live, *ctx.staged_menu):
+        if other.deployment == m.deployment or other.artifact.lower() != m.artifact.lower():
+            continue
+        o = ctx.good_origin(other.deployment)
+        if o is None or o.boot_digest != boot_digest:
+            return True
+    return False
+
+
 def _can_recopy(ctx: Context, p: Problem) -> bool:
     m = _entry_of(ctx, p.subject)
     origin = ctx.good_origin(p.subject)
@@ -75,6 +87,7 @@ def _can_recopy(ctx: Context, p: Problem) -> bool:
         and m.artifact.lower() not in _protected_artifacts(ctx)
         and origin is not None
         and origin.boot_digest is not None
+        and not _shared_otherwise(ctx, m, origin.boot_digest)
         and ctx.images is not None
         and p.subject in ctx.images
     )

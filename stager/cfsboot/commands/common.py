@@ -55,9 +55,9 @@ def opened(args: argparse.Namespace, *, write: bool = True) -> Iterator[tuple[Sy
             from cfsboot.boot.espview import ReadOnceEsp
 
             # A reader asks for the same boot entries many times (status: about eight).
-            yield sysroot, detect(ReadOnceEsp(esp))
+            yield sysroot, sysroot.attach(detect(ReadOnceEsp(esp)))
             return
-        bl = detect(esp)
+        bl = sysroot.attach(detect(esp))
         with sysroot.repo.lock():
             done = bl.recover()
             if done:

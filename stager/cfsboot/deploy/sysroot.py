@@ -34,6 +34,7 @@ from setuproot.contract import (
     STAGED_DEPLOYMENT_MARKER,
     STATE_DEPLOY_DIR,
     KargError,
+    image_path,
     parse_cmdline,
 )
 
@@ -167,6 +168,16 @@ class Sysroot:
 
     def deploy_dir(self, depl: str) -> Path:
         return self.deploy_root / depl
+
+    def has_image(self, digest: str) -> bool:
+        """Whether the repository has image `digest`, asked as setup-root asks it (its name
+        in images/ exists): of an entry naming several, it boots the first one there."""
+        return os.path.lexists(self.path / image_path(digest))
+
+    def attach(self, bl: Bootloader) -> Bootloader:
+        """`bl`, reading its menus as this root boots them (see `has_image`)."""
+        bl.has_image = self.has_image
+        return bl
 
     def origin_path(self, depl: str) -> Path:
         return self.deploy_dir(depl) / f"{depl}{ORIGIN_SUFFIX}"

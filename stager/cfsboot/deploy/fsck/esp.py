@@ -196,13 +196,15 @@ def _check_menu(ctx: Context, menu: list[MenuEntry], staged: bool, out: EspFindi
     which = "staged menu" if staged else "boot menu"
     for m in menu:
         out.entries += 1
-        if not ctx.has_state(m.deployment):
+        # Dangling only when none of the deployments it names exists (an entry of bootc's
+        # may name one per hash algorithm: setup-root boots the first the repository has).
+        if not any(ctx.has_state(d) for d in m.named):
             out.problems.append(
                 Problem(
                     EspCode.ENTRY_DANGLING,
                     _menu_path(ctx, staged),
                     f"the {which} entry for deployment {m.deployment[:16]}… boots a deployment"
-                    f" that does not exist (no state/deploy/{m.deployment[:16]}…)",
+                    f" that does not exist (no state/deploy/{_names(m.named)})",
                     f"{'staged' if staged else 'live'}:{m.deployment}",
                 )
             )
@@ -215,6 +217,10 @@ def _check_menu(ctx: Context, menu: list[MenuEntry], staged: bool, out: EspFindi
                 for p in out.problems
             ):
                 out.problems.append(found)
+
+
+def _names(digests: tuple[str, ...]) -> str:
+    return " nor ".join(f"{d[:16]}…" for d in digests)
 
 
 def _bad_key(m: MenuEntry) -> str:
@@ -247,7 +253,7 @@ def _default_deployment(bl: Bootloader, live: list[MenuEntry]) -> tuple[str | No
         return None, True
     if not chosen.ours:
         return None, False
-    return chosen.entry.deployment(), True
+    return chosen.entry.deployment(bl.has_image), True
 
 
 def _check_default(ctx: Context, out: EspFindings) -> None:

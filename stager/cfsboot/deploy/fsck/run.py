@@ -272,7 +272,8 @@ def fsck_sysroot(
             sections[2].summary = f"not managed by cfsboot ({RECORD}): not checked"
         else:
             try:
-                bl = detect(stack.enter_context(open_esp(sysroot.path, esp)))
+                esp_ = stack.enter_context(open_esp(sysroot.path, esp))
+                bl = sysroot.attach(detect(esp_))
                 sections[2].where = _esp_where(bl.esp)
             except CfsbootError as e:
                 sections[2].error = str(e)

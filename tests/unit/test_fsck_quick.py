@@ -140,3 +140,26 @@ def test_gc_collects_nothing_a_damaged_record_might_need(s: DirSysroot) -> None:
     assert "  note: the layer record sha256:" in out.stdout
     assert sorted(p.name for p in (s.repo / "objects").rglob("*") if p.is_file()) == before
     assert sysroot.deployment_dirs() == sorted(s.digests[:2])
+
+
+def test_a_damaged_marker_is_one_warning(s: DirSysroot) -> None:
+    marker = s.run / "composefs/staged-deployment"
+    marker.write_bytes(b"garbage")
+    out = gc(s)
+    ignoring = [ln for ln in out.stderr.splitlines() if "ignoring the staged-deployment" in ln]
+    assert ignoring == [
+        f"WARNING: ignoring the staged-deployment marker: {marker} is not valid JSON"
+        " (Expecting value: line 1 column 1 (char 0))"
+    ], out.stderr
+
+
+@pytest.mark.parametrize("keep", ["-1", "x"])
+def test_gc_refuses_a_negative_keep(s: DirSysroot, keep: str) -> None:
+    before = sorted(s.sysroot().deployment_dirs())
+    out = cfsboot("gc", "--keep", keep, *s.args(), check=False)
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == (
+        "cfsboot gc: argument --keep: expected a number of deployments (0 or more),"
+        f" not {keep!r} (see --help)\n"
+    )
+    assert sorted(s.sysroot().deployment_dirs()) == before

@@ -132,6 +132,7 @@ class Sysroot:
         self.read_once = read_once
         self._origins: dict[str, Origin | OriginError | None] = {}
         self._marker: list[StagedDeployment | None] = []  # the one read, when read_once
+        self._marker_warned: set[str] = set()  # what was said about a damaged marker
         self._booted: list[str | None] = []
         self._loader_vars: dict[Esp, LoaderVars | None] = {}  # by ESP, when read_once
         if not self.path.is_dir():
@@ -257,7 +258,14 @@ class Sysroot:
             data = self.marker_path.read_bytes()
         except FileNotFoundError:
             return None
-        return StagedDeployment.from_json(data, name=str(self.marker_path))
+        try:
+            return StagedDeployment.parse(data, name=str(self.marker_path))
+        except DocumentError as e:
+            # Once per root: a command asks for the marker several times (gc: three).
+            if str(e) not in self._marker_warned:
+                self._marker_warned.add(str(e))
+                log.warning("ignoring the staged-deployment marker: %s", e)
+            return None
 
     def write_staged(self, staged: StagedDeployment) -> None:
         self._writing()

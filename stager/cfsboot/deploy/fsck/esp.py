@@ -1,6 +1,7 @@
 """The ESP's part of `cfsboot fsck`: entries, their boot files, the default, leftovers.
 
-- every cfsboot entry (live and staged menu) boots a deployment that exists;
+- every cfsboot entry (live and staged menu) boots a deployment that exists (one
+  naming several is dangling only when none of them exists);
 - its kernel and initrd, or its UKI, are on the ESP, and (deep check) their
   content is what the deployment's origin records: bootc's boot digest (sha256
   of vmlinuz then initrd, or of a UKI's .linux then .initrd), and a UKI seals
@@ -8,7 +9,8 @@
 - the entry the menu boots by default is one of those, complete;
 - a file named like cfsboot's (`bootc_*.conf`) that boots no deployment is
   reported, other systems' entries are left alone;
-- no leftovers of interrupted writes, no staged menu without its marker.
+- no leftovers of interrupted writes, no staged menu without its marker;
+- on GRUB, an environment block boot counting can use (cfsboot.deploy.fsck.grubenv).
 Boot files that no entry uses are a note: `cfsboot gc` removes them. So is, on the
 running system with systemd-boot, an EFI variable LoaderEntryOneShot or
 LoaderEntryDefault (`bootctl set-oneshot|set-default`) that names no entry:
@@ -329,6 +331,10 @@ def check_esp(ctx: Context) -> EspFindings:
         else:
             _check_menu(ctx, ctx.staged_menu, True, out)
     _check_default(ctx, out)
+    if bl.kind is BootloaderKind.GRUB:
+        from cfsboot.deploy.fsck.grubenv import check_grubenv  # status on GRUB only
+
+        out.problems += check_grubenv(ctx)
     used = {m.artifact.lower() for m in (*ctx.live, *ctx.staged_menu)}
     for art in bl.artifacts():
         if art.lower() not in used:

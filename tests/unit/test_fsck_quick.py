@@ -163,3 +163,24 @@ def test_gc_refuses_a_negative_keep(s: DirSysroot, keep: str) -> None:
         f" not {keep!r} (see --help)\n"
     )
     assert sorted(s.sysroot().deployment_dirs()) == before
+
+
+def test_a_damaged_meta_json_status_shows_the_deployments_gc_refuses(s: DirSysroot) -> None:
+    """status shows what the state and the ESP say (the image's version, date and
+    architecture are the repository's: unknown); gc, which writes the repository, stops."""
+    meta = s.repo / "meta.json"
+    meta.write_bytes(b"garbage")
+    why = f"{meta} is not valid JSON (Expecting value: line 1 column 1 (char 0))"
+    doc, err = status(s)
+    assert err == f"WARNING: {s.repo}: {why}\n" + HINT
+    st = doc["status"]
+    d1, d2, d3 = s.digests
+    assert st["staged"]["composefs"]["verity"] == d3  # type: ignore[index]
+    assert st["booted"]["composefs"]["verity"] == d2  # type: ignore[index]
+    image = st["booted"]["image"]  # type: ignore[index]
+    ref = s.sysroot().origin(d2).image  # type: ignore[union-attr]
+    assert image["image"] == {"image": ref.removeprefix("oci:"), "transport": "oci"}
+    assert (image["version"], image["timestamp"], image["architecture"]) == (None, None, "")
+    out = cfsboot("gc", *s.args(), check=False)
+    assert (out.returncode, out.stdout, out.stderr) == (1, "", f"cfsboot: {why}\n")
+    assert meta.read_bytes() == b"garbage" and s.sysroot().deployment_dirs() == sorted(s.digests)

@@ -9,6 +9,7 @@ gc keeps every deployment an entry it keeps names.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,13 @@ def test_gc_keeps_a_deployment_only_a_second_digest_names(s: DirSysroot) -> None
     cfsboot("gc", *s.args())
     assert s.sysroot().deployment_dirs() == sorted(s.digests)
     assert (s.repo / "images" / d1).exists()
+
+
+def test_status_shows_the_deployment_the_default_entry_boots(s: DirSysroot) -> None:
+    d3 = s.digests[2]
+    _name(s, "3", MISSING, d3)
+    out = cfsboot("status", "--json", *s.args())
+    doc = json.loads(out.stdout)
+    assert out.stderr == ""
+    assert doc["status"]["booted"]["composefs"]["verity"] == d3
+    assert doc["status"]["cfsboot"]["nextBoot"]["deployment"] == d3

@@ -24,7 +24,7 @@ HINT = "WARNING: `cfsboot fsck` checks everything, `cfsboot fsck --repair` fixes
 @pytest.fixture(scope="module")
 def refs(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     base = tmp_path_factory.mktemp("images")
-    return [os_image(base / f"v{v}", str(v), kernel=f"k{v}") for v in (1, 2, 3)]
+    return [os_image(base / f"v{v}", str(v), kernel=f"k{v}") for v in (1, 2, 3, 4)]
 
 
 @pytest.fixture
@@ -184,3 +184,16 @@ def test_a_damaged_meta_json_status_shows_the_deployments_gc_refuses(s: DirSysro
     out = cfsboot("gc", *s.args(), check=False)
     assert (out.returncode, out.stdout, out.stderr) == (1, "", f"cfsboot: {why}\n")
     assert meta.read_bytes() == b"garbage" and s.sysroot().deployment_dirs() == sorted(s.digests)
+
+
+def test_gc_says_entries_wait_for_the_staged_deployment(tmp_path: Path, refs: list[str]) -> None:
+    """Three live entries and one staged: gc would drop the oldest, but the live menu is
+    finalize's to replace, so it is kept and gc says why."""
+    s = make_sysroot(tmp_path / "s", refs[:3], staged=refs[3])
+    out = gc(s)
+    assert out.stdout.splitlines() == [
+        "gc removed 0 deployment(s), 0 boot file set(s), 0 image(s), 0 stream(s),"
+        " 0 object(s) (0.0 MiB)",
+        "  note: a deployment is staged: entries are pruned after it is finalized",
+    ]
+    assert s.sysroot().deployment_dirs() == sorted(s.digests)

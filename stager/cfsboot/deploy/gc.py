@@ -114,9 +114,10 @@ def collect(sysroot: Sysroot, bl: Bootloader, *, keep: int = 0, dry_run: bool = 
     staged_pending = sysroot.staged() is not None and bl.has_staged()
     if staged_pending:
         # The live menu is replaced whole at finalize: leave it, and whatever it boots, alone.
+        pruned = len(new_live) < len(live)
         kept |= {d for m in live for d in m.named}
         new_live = live
-        if len(live) > len(kept):
+        if pruned:
             report.skipped.append(
                 "a deployment is staged: entries are pruned after it is finalized"
             )

@@ -120,14 +120,14 @@ class Bootloader(abc.ABC):
     """A boot menu plus the boot files it points at, on one ESP."""
 
     kind: BootloaderKind
+    # Whether the repository has an image (Sysroot.attach): see MenuEntry.digests.
+    has_image: Callable[[str], bool] | None = None
 
     def __init__(self, esp: Esp) -> None:
         self.esp = esp
         # Menus read through an ESP that cannot change (a read-only view: `cfsboot status`
         # asks for them about five times), kept as parsed.
         self._kept: dict[object, list[MenuEntry] | list[str]] = {}
-        # Whether the repository has an image (Sysroot.attach): see MenuEntry.digests.
-        self.has_image: Callable[[str], bool] | None = None
 
     # -- the menu --------------------------------------------------------------------
 

@@ -115,6 +115,19 @@ def hash_alg(text: str) -> HashAlg:
         raise argparse.ArgumentTypeError(f"unknown hash algorithm {text!r} ({names})") from None
 
 
+def count(text: str) -> int:
+    """A number of deployments: 0 or more (argparse's int takes -1)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of deployments (0 or more), not {text!r}"
+        )
+    return n
+
+
 def karg_options(q: argparse.ArgumentParser) -> None:
     q.add_argument(
         "--karg",

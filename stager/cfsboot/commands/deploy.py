@@ -8,6 +8,7 @@ import sys
 
 from cfsboot.commands.common import (
     boot_tries_option,
+    count,
     karg_options,
     karg_style,
     opened,
@@ -147,20 +148,8 @@ def _register_lifecycle(sub: Subparsers) -> None:
     q = sub.add_parser("gc", help="remove deployments and data nothing needs")
     sysroot_options(q)
     q.add_argument("--dry-run", action="store_true", help="only say what would go")
-    q.add_argument("--keep", type=_count, default=0, help="keep this many more older deployments")
+    q.add_argument("--keep", type=count, default=0, help="keep this many more older deployments")
     q.set_defaults(func=cmd_gc)
-
-
-def _count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(
-            f"expected a number of deployments (0 or more), not {text!r}"
-        )
-    return n
 
 
 def soft_reboot_option(q: argparse.ArgumentParser) -> None:

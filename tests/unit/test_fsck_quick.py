@@ -24,7 +24,7 @@ HINT = "WARNING: `cfsboot fsck` checks everything, `cfsboot fsck --repair` fixes
 @pytest.fixture(scope="module")
 def refs(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     base = tmp_path_factory.mktemp("images")
-    return [os_image(base / f"v{v}", str(v), kernel=f"k{v}") for v in (1, 2, 3)]
+    return [os_image(base / f"v{v}", str(v), kernel=f"k{v}") for v in (1, 2, 3, 4)]
 
 
 @pytest.fixture
@@ -140,3 +140,60 @@ def test_gc_collects_nothing_a_damaged_record_might_need(s: DirSysroot) -> None:
     assert "  note: the layer record sha256:" in out.stdout
     assert sorted(p.name for p in (s.repo / "objects").rglob("*") if p.is_file()) == before
     assert sysroot.deployment_dirs() == sorted(s.digests[:2])
+
+
+def test_a_damaged_marker_is_one_warning(s: DirSysroot) -> None:
+    marker = s.run / "composefs/staged-deployment"
+    marker.write_bytes(b"garbage")
+    out = gc(s)
+    ignoring = [ln for ln in out.stderr.splitlines() if "ignoring the staged-deployment" in ln]
+    assert ignoring == [
+        f"WARNING: ignoring the staged-deployment marker: {marker} is not valid JSON"
+        " (Expecting value: line 1 column 1 (char 0))"
+    ], out.stderr
+
+
+@pytest.mark.parametrize("keep", ["-1", "x"])
+def test_gc_refuses_a_negative_keep(s: DirSysroot, keep: str) -> None:
+    before = sorted(s.sysroot().deployment_dirs())
+    out = cfsboot("gc", "--keep", keep, *s.args(), check=False)
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == (
+        "cfsboot gc: argument --keep: expected a number of deployments (0 or more),"
+        f" not {keep!r} (see --help)\n"
+    )
+    assert sorted(s.sysroot().deployment_dirs()) == before
+
+
+def test_a_damaged_meta_json_status_shows_the_deployments_gc_refuses(s: DirSysroot) -> None:
+    """status shows what the state and the ESP say (the image's version, date and
+    architecture are the repository's: unknown); gc, which writes the repository, stops."""
+    meta = s.repo / "meta.json"
+    meta.write_bytes(b"garbage")
+    why = f"{meta} is not valid JSON (Expecting value: line 1 column 1 (char 0))"
+    doc, err = status(s)
+    assert err == f"WARNING: {s.repo}: {why}\n" + HINT
+    st = doc["status"]
+    d1, d2, d3 = s.digests
+    assert st["staged"]["composefs"]["verity"] == d3  # type: ignore[index]
+    assert st["booted"]["composefs"]["verity"] == d2  # type: ignore[index]
+    image = st["booted"]["image"]  # type: ignore[index]
+    ref = s.sysroot().origin(d2).image  # type: ignore[union-attr]
+    assert image["image"] == {"image": ref.removeprefix("oci:"), "transport": "oci"}
+    assert (image["version"], image["timestamp"], image["architecture"]) == (None, None, "")
+    out = cfsboot("gc", *s.args(), check=False)
+    assert (out.returncode, out.stdout, out.stderr) == (1, "", f"cfsboot: {why}\n")
+    assert meta.read_bytes() == b"garbage" and s.sysroot().deployment_dirs() == sorted(s.digests)
+
+
+def test_gc_says_entries_wait_for_the_staged_deployment(tmp_path: Path, refs: list[str]) -> None:
+    """Three live entries and one staged: gc would drop the oldest, but the live menu is
+    finalize's to replace, so it is kept and gc says why."""
+    s = make_sysroot(tmp_path / "s", refs[:3], staged=refs[3])
+    out = gc(s)
+    assert out.stdout.splitlines() == [
+        "gc removed 0 deployment(s), 0 boot file set(s), 0 image(s), 0 stream(s),"
+        " 0 object(s) (0.0 MiB)",
+        "  note: a deployment is staged: entries are pruned after it is finalized",
+    ]
+    assert s.sysroot().deployment_dirs() == sorted(s.digests)

@@ -327,6 +327,32 @@ def test_boot_files_with_the_wrong_content_are_copied_again(s: DirSysroot) -> No
     assert initrd.read_bytes() == good
 
 
+def test_an_entry_on_another_deployments_kernel_is_judged_by_its_own(s: DirSysroot) -> None:
+    """D1's entry boots D2's kernel directory (a hand edit): the directory is right for D2,
+    checked first, and wrong for D1, whose origin records another boot digest. Copying
+    D1's kernel there would break D2: it is left for a person."""
+    d1, d2, _ = s.digests
+    entry = next((s.esp / "loader/entries").glob("bootc_testos-1-*.conf"))
+    entry.write_text(entry.read_text().replace(f"bootc_composefs-{d1}", f"bootc_composefs-{d2}"))
+    assert [m.artifact for m in s.menu()][1:] == [_rel_kdir(d2)] * 2
+    before = snapshot(kdir(s, d2))
+    report = fsck(s, repair=True)
+    [p] = report.problems
+    assert (p.code, p.path, p.subject, p.repair) == (
+        "boot-file-wrong",
+        _rel_kdir(d2),
+        d1,
+        None,
+    )
+    origin = s.sysroot().origin(d1)
+    assert origin is not None and origin.boot_digest is not None
+    assert p.message.endswith(
+        f"is not what deployment {d1[:16]}… records ({origin.boot_digest[:16]}…)"
+    )
+    assert (report.repaired, report.exit_code) == ([], 1)
+    assert snapshot(kdir(s, d2)) == before
+
+
 def test_the_default_deployments_boot_files_are_not_touched(s: DirSysroot) -> None:
     d3 = s.digests[2]
     (kdir(s, d3) / "vmlinuz").unlink()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from cfsboot.boot.counting import split_name
@@ -140,25 +140,45 @@ class BLSEntry:
     def with_cmdline(self, cmdline: str) -> BLSEntry:
         return replace(self, options=(cmdline,) if cmdline else ())
 
-    def deployment(self) -> str | None:
-        """The deployment (composefs digest) this entry boots; None if not a composefs entry.
+    def digests(self) -> tuple[str, ...]:
+        """Every deployment (composefs digest) this entry names, in the order setup-root
+        tries them (`composefs.digest=` ones first); () if not a composefs entry.
 
-        BLS entries name it in `options`; UKI entries in the UKI file name, since
-        the command line is sealed inside the UKI.
+        BLS entries name them in `options` (composefs-rs seals one digest per hash
+        algorithm, so bootc's entries may carry several); UKI entries in the UKI file
+        name, since the command line is sealed inside the UKI.
         """
         try:
             kargs = parse_cmdline(self.cmdline)
         except KargError:
-            return None
+            return ()
         if kargs:
-            return kargs[0].digest
+            return tuple(dict.fromkeys(k.digest for k in kargs))
         for path in (self.uki, self.efi):
             if path:
                 name = path.rsplit("/", 1)[-1]
                 m = re.fullmatch(re.escape(BOOT_DIR_PREFIX) + r"([0-9a-fA-F]+)\.efi", name)
                 if m:
-                    return m.group(1).lower()
-        return None
+                    return (m.group(1).lower(),)
+        return ()
+
+    def deployment(self, has_image: Callable[[str], bool] | None = None) -> str | None:
+        """The deployment this entry boots (`booted_digest` of its `digests`); None if not a
+        composefs entry. `has_image`: whether the repository has an image (None: unknown)."""
+        return booted_digest(self.digests(), has_image)
+
+
+def booted_digest(
+    digests: Sequence[str], has_image: Callable[[str], bool] | None = None
+) -> str | None:
+    """Which of an entry's digests setup-root boots: the first whose image the repository
+    has (setuproot.main.choose_karg), else the first; the first where the repository is
+    not known."""
+    if has_image is not None and len(digests) > 1:
+        for d in digests:
+            if has_image(d):
+                return d
+    return digests[0] if digests else None
 
 
 # ---------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from __future__ import annotations
 import abc
 import enum
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -85,6 +85,14 @@ class MenuEntry:
     options: tuple[str, ...] = ()  # kernel arguments (BLS only; a UKI's are sealed)
     uki: str | None = None  # ESP path of the UKI, with a leading '/'
     tries: Tries | None = None  # on trial (boot counting); None: not counted
+    # Every deployment the entry names, if several (bootc's may name one per hash algorithm):
+    # `deployment` is the one setup-root boots, the first the repository has. (): just it.
+    digests: tuple[str, ...] = ()
+
+    @property
+    def named(self) -> tuple[str, ...]:
+        """Every deployment the entry names, the one it boots among them."""
+        return self.digests or (self.deployment,)
 
     @property
     def artifact(self) -> str:
@@ -112,6 +120,8 @@ class Bootloader(abc.ABC):
     """A boot menu plus the boot files it points at, on one ESP."""
 
     kind: BootloaderKind
+    # Whether the repository has an image (Sysroot.attach): see MenuEntry.digests.
+    has_image: Callable[[str], bool] | None = None
 
     def __init__(self, esp: Esp) -> None:
         self.esp = esp
@@ -258,7 +268,7 @@ class SystemdBoot(Bootloader):
         entries = bls.sort_entries(bls.parse_entries(self._files(staged)))
         out: list[MenuEntry] = []
         for ef in entries:
-            m = _from_bls(ef)
+            m = _from_bls(ef, self.has_image)
             if m is not None:
                 out.append(m)
         return out
@@ -300,13 +310,17 @@ class SystemdBoot(Bootloader):
     def _read_written_order(self) -> list[str]:
         ours = [ef for ef in bls.parse_entries(self._files(False)) if ef.ours]
         ours.sort(key=lambda ef: ef.entry.sort_key or "")
-        return [d for ef in ours if (d := ef.entry.deployment()) is not None]
+        return [d for ef in ours if (d := ef.entry.deployment(self.has_image)) is not None]
 
     def bless(self, deployment: str, *, counter_path: str | None = None) -> str | None:
         d = bls.ENTRIES_DIR
         for name, text in self._files(False):
             ef = EntryFile(name, BLSEntry.parse(text))
-            if not ef.ours or ef.tries_left is None or ef.entry.deployment() != deployment:
+            if (
+                not ef.ours
+                or ef.tries_left is None
+                or ef.entry.deployment(self.has_image) != deployment
+            ):
                 continue
             good, _ = split_name(name)
             self.esp.rename(f"{d}/{name}", f"{d}/{good}")
@@ -353,7 +367,7 @@ class SystemdBoot(Bootloader):
         # One file each, deleted (atomic): the other entries keep their names, which are
         # their ids (a default chosen by id, boot counting) and their sort keys.
         for ef in bls.parse_entries(self._files(False)):
-            m = _from_bls(ef)
+            m = _from_bls(ef, self.has_image)
             if m is not None and m.deployment in deployments:
                 self.esp.remove(f"{bls.ENTRIES_DIR}/{ef.name}")
 
@@ -362,13 +376,13 @@ class SystemdBoot(Bootloader):
         live = {}
         for name, text in self._files(False):
             ef = EntryFile(name, BLSEntry.parse(text))
-            if ef.ours and (d := ef.entry.deployment()) is not None:
+            if ef.ours and (d := ef.entry.deployment(self.has_image)) is not None:
                 live[d] = split_name(name)[1]
         staged = [EntryFile(n, BLSEntry.parse(t)) for n, t in self._files(True)]
         staged = [ef for ef in staged if ef.ours]
         staged.sort(key=lambda ef: ef.entry.sort_key or "")
         for ef in staged[1:]:
-            d = ef.entry.deployment()
+            d = ef.entry.deployment(self.has_image)
             if d is None or d not in live:
                 continue
             base, _ = split_name(ef.name)
@@ -423,40 +437,31 @@ def _to_bls(m: MenuEntry, position: int, total: int, *, sort_os: str) -> tuple[s
 _SORT_KEY_RE = re.compile(r"bootc-(.+)-\d+")
 
 
-def _from_bls(ef: EntryFile) -> MenuEntry | None:
+def _from_bls(ef: EntryFile, has_image: Callable[[str], bool] | None) -> MenuEntry | None:
     if not ef.ours:
         return None
     e = ef.entry
-    deployment = e.deployment()
+    named = e.digests()
+    deployment = bls.booted_digest(named, has_image)
     if deployment is None:
         return None
     m = _SORT_KEY_RE.fullmatch(e.sort_key or "")
     os_id = m.group(1) if m else bls.ENTRY_PREFIX.rstrip("_")
     uki = e.uki or e.efi
-    tries = split_name(ef.name)[1]
-    if uki is not None:
-        return MenuEntry(
-            deployment,
-            BootType.UKI,
-            e.title or deployment,
-            e.version or "",
-            os_id,
-            uki=uki,
-            tries=tries,
-        )
-    if e.linux is None:
+    if uki is None and e.linux is None:
         return None
-    return MenuEntry(
+    base = MenuEntry(
         deployment,
-        BootType.BLS,
+        BootType.BLS if uki is None else BootType.UKI,
         e.title or deployment,
         e.version or "",
         os_id,
-        linux=e.linux,
-        initrd=e.initrd,
-        options=tuple(split_kargs(e.cmdline)),
-        tries=tries,
+        tries=split_name(ef.name)[1],
+        digests=named if len(named) > 1 else (),
     )
+    if uki is not None:
+        return replace(base, uki=uki)
+    return replace(base, linux=e.linux, initrd=e.initrd, options=tuple(split_kargs(e.cmdline)))
 
 
 # ---------------------------------------------------------------------------------------

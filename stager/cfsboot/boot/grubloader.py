@@ -61,6 +61,20 @@ class Grub(Bootloader):
         except GrubEnvError:
             return None
 
+    def counter_keys(self) -> list[str]:
+        """The grubenv variables (keys) the live and staged menus count tries in, blessed
+        entries' included (their `good` is in the block too)."""
+        keys: list[str] = []
+        for path in (self.menu_path, self.menu_path + STAGED_SUFFIX):
+            parsed = self._read(path)
+            keys += [e.counter[0] for e in parsed.entries if e.counter] if parsed else []
+        return list(dict.fromkeys(keys))
+
+    def reset_env(self) -> str:
+        """Write an empty environment block (what `grub-editenv FILE create` writes)."""
+        self.esp.write(self.env_path, GrubEnv().render())
+        return self.env_path
+
     def _read_menu(self, staged: bool) -> list[MenuEntry]:
         path = self.menu_path + (STAGED_SUFFIX if staged else "")
         parsed = self._read(path)

@@ -53,6 +53,8 @@ from cfsboot.linux.lazylog import getLogger
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every run
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from cfsboot.boot.esp import Esp
 
 log = getLogger(__name__)  # imports logging when it logs (lazylog)
@@ -151,7 +153,7 @@ class Choice:
     saved_by: for LoaderEntryLastBooted, the `@saved` that asked for it.
     """
 
-    __slots__ = ("entry", "variable", "value", "saved_by")
+    __slots__ = ("entry", "variable", "value", "saved_by", "has_image")
 
     def __init__(
         self,
@@ -161,13 +163,15 @@ class Choice:
         saved_by: str | None = None,
     ) -> None:
         self.entry, self.variable, self.value, self.saved_by = entry, variable, value, saved_by
+        # The repository's images (Bootloader.has_image): of several digests, which boots.
+        self.has_image: Callable[[str], bool] | None = None
 
     @property
     def deployment(self) -> str | None:
         """The cfsboot deployment it boots; None for another system's entry."""
         if self.entry is None or not self.entry.ours:
             return None
-        return self.entry.entry.deployment()
+        return self.entry.entry.deployment(self.has_image)
 
     @property
     def clear(self) -> str:
@@ -269,6 +273,7 @@ def next_boot(bl: Bootloader, lv: LoaderVars | None, *, staged: bool = False) ->
     pattern = bl.default_pattern()
     chosen = choose(files, pattern, lv or NO_VARS)
     mine = choose(files, pattern, NO_VARS)
+    chosen.has_image = mine.has_image = bl.has_image
     return NextBoot(chosen, mine)
 
 

@@ -55,9 +55,9 @@ def opened(args: argparse.Namespace, *, write: bool = True) -> Iterator[tuple[Sy
             from cfsboot.boot.espview import ReadOnceEsp
 
             # A reader asks for the same boot entries many times (status: about eight).
-            yield sysroot, detect(ReadOnceEsp(esp))
+            yield sysroot, sysroot.attach(detect(ReadOnceEsp(esp)))
             return
-        bl = detect(esp)
+        bl = sysroot.attach(detect(esp))
         with sysroot.repo.lock():
             done = bl.recover()
             if done:
@@ -113,6 +113,19 @@ def hash_alg(text: str) -> HashAlg:
     except ValueError:
         names = " or ".join(HashAlg)
         raise argparse.ArgumentTypeError(f"unknown hash algorithm {text!r} ({names})") from None
+
+
+def count(text: str) -> int:
+    """A number of deployments: 0 or more (argparse's int takes -1)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of deployments (0 or more), not {text!r}"
+        )
+    return n
 
 
 def karg_options(q: argparse.ArgumentParser) -> None:

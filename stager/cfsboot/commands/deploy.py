@@ -8,6 +8,7 @@ import sys
 
 from cfsboot.commands.common import (
     boot_tries_option,
+    count,
     karg_options,
     karg_style,
     opened,
@@ -147,7 +148,7 @@ def _register_lifecycle(sub: Subparsers) -> None:
     q = sub.add_parser("gc", help="remove deployments and data nothing needs")
     sysroot_options(q)
     q.add_argument("--dry-run", action="store_true", help="only say what would go")
-    q.add_argument("--keep", type=int, default=0, help="keep this many more older deployments")
+    q.add_argument("--keep", type=count, default=0, help="keep this many more older deployments")
     q.set_defaults(func=cmd_gc)
 
 

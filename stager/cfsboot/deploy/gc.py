@@ -114,9 +114,10 @@ def collect(sysroot: Sysroot, bl: Bootloader, *, keep: int = 0, dry_run: bool = 
     staged_pending = sysroot.staged() is not None and bl.has_staged()
     if staged_pending:
         # The live menu is replaced whole at finalize: leave it, and whatever it boots, alone.
-        kept |= {m.deployment for m in live}
+        pruned = len(new_live) < len(live)
+        kept |= {d for m in live for d in m.named}
         new_live = live
-        if len(live) > len(kept):
+        if pruned:
             report.skipped.append(
                 "a deployment is staged: entries are pruned after it is finalized"
             )
@@ -127,7 +128,9 @@ def collect(sysroot: Sysroot, bl: Bootloader, *, keep: int = 0, dry_run: bool = 
         if not dry_run:
             bl.discard_staged()
     staged_menu = bl.menu(staged=True) if staged_pending else []
-    referenced = {m.deployment for m in (*new_live, *staged_menu)} | kept
+    # Every deployment an entry names is kept, not only the one it boots (bootc's entries
+    # may name one per hash algorithm; which boots depends on which images are there).
+    referenced = {d for m in (*new_live, *staged_menu) for d in m.named} | kept
     if booted is not None:
         referenced.add(booted)
 

@@ -49,6 +49,7 @@ from cfsboot.deploy.assessrecord import read_record
 from cfsboot.deploy.pins import pinned
 from cfsboot.deploy.target import VERSION_LABEL, current_deployment
 from cfsboot.deploy.updatecache import read_cached_update
+from cfsboot.errors import CfsbootError
 from cfsboot.image.info import ImageInfo, read_config, read_image_info, read_manifest
 from setuproot.contract import KargError, parse_cmdline
 
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
     from typing import Literal
 
     from cfsboot.boot.bootloader import Bootloader, MenuEntry
+    from cfsboot.composefs.repository import Repository
     from cfsboot.deploy.origin import Origin
     from cfsboot.deploy.statusdoc import (
         BootcHost,
@@ -123,10 +125,21 @@ def _verity_required(sysroot: Sysroot, entry: MenuEntry, info: ImageInfo | None)
     return mine is not None and not mine.insecure
 
 
+def _repo(sysroot: Sysroot) -> Repository | None:
+    """The repository; None when it cannot be opened (a damaged meta.json: status's quick
+    check warned). The deployments are then shown from the state and the ESP, without
+    what only the repository knows (the image's version, date and architecture)."""
+    try:
+        return sysroot.repo
+    except CfsbootError:
+        return None
+
+
 def _deployment(sysroot: Sysroot, entry: MenuEntry) -> Deployment:
     d = entry.deployment
     origin = sysroot.origin(d) if sysroot.deploy_dir(d).is_dir() else None
-    info = read_image_info(sysroot.repo, d)
+    repo = _repo(sysroot)
+    info = read_image_info(repo, d) if repo is not None else None
     return Deployment(d, entry, origin, _verity_required(sysroot, entry, info), info)
 
 
@@ -138,8 +151,9 @@ def _image_status(sysroot: Sysroot, dep: Deployment) -> ImageStatus | None:
     manifest_digest = (dep.origin.manifest_digest if dep.origin else None) or (
         info.manifest_digest if info else None
     )
-    manifest = read_manifest(sysroot.repo, manifest_digest) if manifest_digest else None
-    config = read_config(sysroot.repo, info.config_digest) if info else None
+    repo = _repo(sysroot)
+    manifest = read_manifest(repo, manifest_digest) if manifest_digest and repo else None
+    config = read_config(repo, info.config_digest) if info and repo else None
     version = (manifest.annotations.get(VERSION_LABEL) if manifest else None) or (
         config.labels.get(VERSION_LABEL) if config else None
     )

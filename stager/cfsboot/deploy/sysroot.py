@@ -34,6 +34,7 @@ from setuproot.contract import (
     STAGED_DEPLOYMENT_MARKER,
     STATE_DEPLOY_DIR,
     KargError,
+    image_path,
     parse_cmdline,
 )
 
@@ -131,6 +132,7 @@ class Sysroot:
         self.read_once = read_once
         self._origins: dict[str, Origin | OriginError | None] = {}
         self._marker: list[StagedDeployment | None] = []  # the one read, when read_once
+        self._marker_warned: set[str] = set()  # what was said about a damaged marker
         self._booted: list[str | None] = []
         self._loader_vars: dict[Esp, LoaderVars | None] = {}  # by ESP, when read_once
         if not self.path.is_dir():
@@ -167,6 +169,16 @@ class Sysroot:
 
     def deploy_dir(self, depl: str) -> Path:
         return self.deploy_root / depl
+
+    def has_image(self, digest: str) -> bool:
+        """Whether the repository has image `digest`, asked as setup-root asks it (its name
+        in images/ exists): of an entry naming several, it boots the first one there."""
+        return os.path.lexists(self.path / image_path(digest))
+
+    def attach(self, bl: Bootloader) -> Bootloader:
+        """`bl`, reading its menus as this root boots them (see `has_image`)."""
+        bl.has_image = self.has_image
+        return bl
 
     def origin_path(self, depl: str) -> Path:
         return self.deploy_dir(depl) / f"{depl}{ORIGIN_SUFFIX}"
@@ -246,7 +258,14 @@ class Sysroot:
             data = self.marker_path.read_bytes()
         except FileNotFoundError:
             return None
-        return StagedDeployment.from_json(data, name=str(self.marker_path))
+        try:
+            return StagedDeployment.parse(data, name=str(self.marker_path))
+        except DocumentError as e:
+            # Once per root: a command asks for the marker several times (gc: three).
+            if str(e) not in self._marker_warned:
+                self._marker_warned.add(str(e))
+                log.warning("ignoring the staged-deployment marker: %s", e)
+            return None
 
     def write_staged(self, staged: StagedDeployment) -> None:
         self._writing()

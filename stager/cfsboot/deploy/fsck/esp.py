@@ -1,6 +1,7 @@
 """The ESP's part of `cfsboot fsck`: entries, their boot files, the default, leftovers.
 
-- every cfsboot entry (live and staged menu) boots a deployment that exists;
+- every cfsboot entry (live and staged menu) boots a deployment that exists (one
+  naming several is dangling only when none of them exists);
 - its kernel and initrd, or its UKI, are on the ESP, and (deep check) their
   content is what the deployment's origin records: bootc's boot digest (sha256
   of vmlinuz then initrd, or of a UKI's .linux then .initrd), and a UKI seals
@@ -8,7 +9,8 @@
 - the entry the menu boots by default is one of those, complete;
 - a file named like cfsboot's (`bootc_*.conf`) that boots no deployment is
   reported, other systems' entries are left alone;
-- no leftovers of interrupted writes, no staged menu without its marker.
+- no leftovers of interrupted writes, no staged menu without its marker;
+- on GRUB, an environment block boot counting can use (cfsboot.deploy.fsck.grubenv).
 Boot files that no entry uses are a note: `cfsboot gc` removes them. So is, on the
 running system with systemd-boot, an EFI variable LoaderEntryOneShot or
 LoaderEntryDefault (`bootctl set-oneshot|set-default`) that names no entry:
@@ -27,6 +29,10 @@ from cfsboot.composefs.repocheck import Problem
 from cfsboot.deploy.fsck.context import Context
 from cfsboot.linux.fsutil import TEMP_MARKER
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on every run
+if TYPE_CHECKING:
+    from cfsboot.boot.uki import UKI
+
 
 class EspCode(enum.StrEnum):
     ENTRY_DANGLING = "entry-dangling"
@@ -40,12 +46,24 @@ class EspCode(enum.StrEnum):
     LOADER_VARIABLE_UNMATCHED = "loader-variable-unmatched"
 
 
+@dataclass(frozen=True)
+class _Content:
+    """What one boot file set on the ESP holds, read once however many entries use it."""
+
+    missing: str | None = None  # the first file that is missing (an ESP path)
+    digest: str | None = None  # bootc's boot digest of the files (deep check only)
+    wrong: str | None = None  # why they cannot be read as what they should be
+    uki: UKI | None = None  # the parsed UKI (deep check of a UKI only)
+
+
 @dataclass
 class EspFindings:
     problems: list[Problem] = field(default_factory=list)
     notes: list[Problem] = field(default_factory=list)
-    bad_artifacts: set[str] = field(default_factory=set)  # ESP paths (lower case) not bootable
-    checked: set[str] = field(default_factory=set)  # artifacts looked at (each read once)
+    # (deployment:ESP path, lower case) of entries whose boot files are missing or wrong
+    bad_artifacts: set[str] = field(default_factory=set)
+    # What each boot file set holds, by ESP path (lower case): each is read once
+    read: dict[str, _Content] = field(default_factory=dict)
     entries: int = 0
 
 
@@ -105,47 +123,70 @@ def _stray_entries(esp: Esp) -> list[Problem]:
     return out
 
 
-def _content_digest(esp: Esp, m: MenuEntry) -> tuple[str | None, str | None]:
-    """(boot digest of the entry's files on the ESP, or None; what is wrong with them)."""
+def _read_content(ctx: Context, m: MenuEntry) -> _Content:
+    assert ctx.bl is not None
+    esp = ctx.bl.esp
+    paths = [m.uki] if m.uki is not None else [m.linux or "", *m.initrd]
+    for p in paths:
+        if not p or not esp.exists(p):
+            return _Content(missing=(p or m.artifact).lstrip("/"))
+    if not ctx.deep:
+        return _Content()
     if m.uki is not None:
         from cfsboot.boot.uki import UKIError, boot_digest_of, parse_uki  # the deep check only
 
         data = esp.read(m.uki)
         try:
             uki = parse_uki(data, name=m.uki)
-            uki.check_composefs(m.deployment)
         except UKIError as e:
-            return None, str(e)
-        return boot_digest_of(data, uki), None
+            return _Content(wrong=str(e))
+        return _Content(digest=boot_digest_of(data, uki), uki=uki)
     import hashlib  # the deep check only (status imports this module)
 
     h = hashlib.sha256()
     for path in (m.linux or "", *m.initrd):
         h.update(esp.read(path))
-    return h.hexdigest(), None
+    return _Content(digest=h.hexdigest())
 
 
-def _artifact_problem(ctx: Context, m: MenuEntry) -> Problem | None:
-    """What is wrong with the boot files of entry `m`, or None."""
-    assert ctx.bl is not None
-    esp = ctx.bl.esp
-    paths = [m.uki] if m.uki is not None else [m.linux or "", *m.initrd]
-    for p in paths:
-        if not p or not esp.exists(p):
-            return Problem(
-                EspCode.BOOT_FILE_MISSING,
-                (p or m.artifact).lstrip("/"),
-                f"missing (the {'UKI' if m.uki else 'kernel or initrd'} of deployment"
-                f" {m.deployment[:16]}…)",
-                m.deployment,
-            )
+def _artifact_problem(ctx: Context, m: MenuEntry, read: dict[str, _Content]) -> Problem | None:
+    """What is wrong with the boot files of entry `m`, or None.
+
+    `read` keeps what each boot file set holds (by lower-case ESP path): a set is read
+    once, and judged against each entry's own deployment (an entry may point at another
+    deployment's kernel directory, which is right for that one only).
+    """
+    art = m.artifact.lower()
+    if art not in read:
+        read[art] = _read_content(ctx, m)
+    c = read[art]
+    if c.missing is not None:
+        return Problem(
+            EspCode.BOOT_FILE_MISSING,
+            c.missing,
+            f"missing (the {'UKI' if m.uki else 'kernel or initrd'} of deployment"
+            f" {m.deployment[:16]}…)",
+            m.deployment,
+        )
     if not ctx.deep:
         return None
-    got, wrong = _content_digest(esp, m)
+    wrong = c.wrong
+    if wrong is None and c.uki is not None:
+        from cfsboot.boot.uki import UKIError  # the deep check only
+
+        try:
+            c.uki.check_composefs(m.deployment)
+        except UKIError as e:
+            wrong = str(e)
     origin = ctx.good_origin(m.deployment)
-    if wrong is None and origin is not None and origin.boot_digest and got != origin.boot_digest:
+    if (
+        wrong is None
+        and origin is not None
+        and origin.boot_digest
+        and c.digest != origin.boot_digest
+    ):
         wrong = (
-            f"its content (boot digest {str(got)[:16]}…) is not what deployment"
+            f"its content (boot digest {str(c.digest)[:16]}…) is not what deployment"
             f" {m.deployment[:16]}… records ({origin.boot_digest[:16]}…)"
         )
     if wrong is None:
@@ -157,26 +198,37 @@ def _check_menu(ctx: Context, menu: list[MenuEntry], staged: bool, out: EspFindi
     which = "staged menu" if staged else "boot menu"
     for m in menu:
         out.entries += 1
-        if not ctx.has_state(m.deployment):
+        # Dangling only when none of the deployments it names exists (an entry of bootc's
+        # may name one per hash algorithm: setup-root boots the first the repository has).
+        if not any(ctx.has_state(d) for d in m.named):
             out.problems.append(
                 Problem(
                     EspCode.ENTRY_DANGLING,
                     _menu_path(ctx, staged),
                     f"the {which} entry for deployment {m.deployment[:16]}… boots a deployment"
-                    f" that does not exist (no state/deploy/{m.deployment[:16]}…)",
+                    f" that does not exist (no state/deploy/{_names(m.named)})",
                     f"{'staged' if staged else 'live'}:{m.deployment}",
                 )
             )
             continue
-        art = m.artifact.lower()
-        if art in out.checked:
-            continue
-        out.checked.add(art)
-        found = _artifact_problem(ctx, m)
+        found = _artifact_problem(ctx, m, out.read)
         if found is not None:
-            out.bad_artifacts.add(art)
-            if not any(p.path == found.path and p.code == found.code for p in out.problems):
+            out.bad_artifacts.add(_bad_key(m))
+            if not any(
+                (p.path, p.code, p.subject) == (found.path, found.code, found.subject)
+                for p in out.problems
+            ):
                 out.problems.append(found)
+
+
+def _names(digests: tuple[str, ...]) -> str:
+    return " nor ".join(f"{d[:16]}…" for d in digests)
+
+
+def _bad_key(m: MenuEntry) -> str:
+    """An entry's boot files, as `bad_artifacts` holds them: right for one deployment may
+    be wrong for another that shares them."""
+    return f"{m.deployment}:{m.artifact.lower()}"
 
 
 def _is_bls(ctx: Context) -> bool:
@@ -203,7 +255,7 @@ def _default_deployment(bl: Bootloader, live: list[MenuEntry]) -> tuple[str | No
         return None, True
     if not chosen.ours:
         return None, False
-    return chosen.entry.deployment(), True
+    return chosen.entry.deployment(bl.has_image), True
 
 
 def _check_default(ctx: Context, out: EspFindings) -> None:
@@ -223,7 +275,7 @@ def _check_default(ctx: Context, out: EspFindings) -> None:
         why = "its deployment does not exist"
     elif ctx.images is not None and depl not in ctx.images:
         why = "its image is not in the repository"
-    elif entry.artifact.lower() in out.bad_artifacts:
+    elif _bad_key(entry) in out.bad_artifacts:
         why = "its boot files are missing or wrong"
     if why is not None:
         out.problems.append(
@@ -279,6 +331,10 @@ def check_esp(ctx: Context) -> EspFindings:
         else:
             _check_menu(ctx, ctx.staged_menu, True, out)
     _check_default(ctx, out)
+    if bl.kind is BootloaderKind.GRUB:
+        from cfsboot.deploy.fsck.grubenv import check_grubenv  # status on GRUB only
+
+        out.problems += check_grubenv(ctx)
     used = {m.artifact.lower() for m in (*ctx.live, *ctx.staged_menu)}
     for art in bl.artifacts():
         if art.lower() not in used:

@@ -15,6 +15,8 @@ files:
 - drop pins of deployments that do not exist, names in `state/cfsboot/pinned` that
   are no pins, and a cached-update record that cannot be read
   (cfsboot.deploy.fsck.toolstate);
+- write an empty GRUB environment block over a damaged one that no menu entry counts
+  tries in (cfsboot.deploy.fsck.grubenv);
 - copy a deployment's kernel+initrd or UKI to the ESP again from its image, when
   they are missing or wrong and the image's have the digest its origin records.
 Every write goes through the same atomic helpers as the rest of cfsboot (temp
@@ -36,6 +38,7 @@ from cfsboot.composefs.repository import Repository
 from cfsboot.deploy.entries import sha256_files
 from cfsboot.deploy.fsck.context import Context
 from cfsboot.deploy.fsck.esp import EspCode
+from cfsboot.deploy.fsck.grubenv import GrubEnvCode, can_rewrite
 from cfsboot.deploy.fsck.refetch import Plan
 from cfsboot.deploy.fsck.report import Group
 from cfsboot.deploy.fsck.state import StateCode
@@ -55,6 +58,7 @@ DROP_ENTRY = "remove the entry"
 DROP_PIN = "remove the pin"
 ENABLE_VERITY = "enable fs-verity"
 RECOPY = "copy them again from the deployment's image"
+REWRITE_ENV = "write an empty environment block"
 
 
 def _protected_artifacts(ctx: Context) -> set[str]:
@@ -66,6 +70,18 @@ def _entry_of(ctx: Context, depl: str) -> MenuEntry | None:
     return next((m for m in (*ctx.live, *ctx.staged_menu) if m.deployment == depl), None)
 
 
+def _shared_otherwise(ctx: Context, m: MenuEntry, boot_digest: str) -> bool:
+    """Whether another deployment's entry boots from `m`'s boot files and wants other
+    content in them (copying `m`'s there would break that one)."""
+    for other in (*ctx.live, *ctx.staged_menu):
+        if other.deployment == m.deployment or other.artifact.lower() != m.artifact.lower():
+            continue
+        o = ctx.good_origin(other.deployment)
+        if o is None or o.boot_digest != boot_digest:
+            return True
+    return False
+
+
 def _can_recopy(ctx: Context, p: Problem) -> bool:
     m = _entry_of(ctx, p.subject)
     origin = ctx.good_origin(p.subject)
@@ -75,6 +91,7 @@ def _can_recopy(ctx: Context, p: Problem) -> bool:
         and m.artifact.lower() not in _protected_artifacts(ctx)
         and origin is not None
         and origin.boot_digest is not None
+        and not _shared_otherwise(ctx, m, origin.boot_digest)
         and ctx.images is not None
         and p.subject in ctx.images
     )
@@ -108,6 +125,8 @@ def repair_text(group: Group, p: Problem, ctx: Context | None, plan: Plan) -> st
         return None
     if p.code in (EspCode.BOOT_FILE_MISSING, EspCode.BOOT_FILE_WRONG) and _can_recopy(ctx, p):
         return RECOPY
+    if p.code == GrubEnvCode.DAMAGED and can_rewrite(ctx):
+        return REWRITE_ENV
     return None
 
 

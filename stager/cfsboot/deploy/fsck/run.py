@@ -23,6 +23,7 @@ from pathlib import Path
 from cfsboot.boot.bootloader import Bootloader, detect
 from cfsboot.boot.esp import DirEsp, Esp, MtoolsEsp
 from cfsboot.boot.espfind import open_esp
+from cfsboot.boot.grubloader import Grub
 from cfsboot.composefs.objectcheck import Verdict
 from cfsboot.composefs.repocheck import Code, Problem, RepoCheck, check_repository
 from cfsboot.composefs.repository import Repository
@@ -38,6 +39,7 @@ from cfsboot.deploy.fsck.repair import (
     DROP_STAGED_MENU,
     RECOPY,
     REMOVE,
+    REWRITE_ENV,
     attempt,
     enable_object_verity,
     recopy_boot_files,
@@ -195,6 +197,8 @@ def _repair_state_and_esp(ctx: Context, f: Findings, done: list[str], failed: li
         if p.repair == RECOPY:
             what = f"copied the boot files of {p.subject[:16]}… again"
             attempt(done, failed, what, partial(recopy_boot_files, ctx, p.subject))
+    if any(p.repair == REWRITE_ENV for p in esp_s.problems) and isinstance(bl, Grub):
+        attempt(done, failed, "wrote an empty GRUB environment block", bl.reset_env)
     dangling = {p.subject.partition(":")[2] for p in esp_s.problems if p.repair == DROP_ENTRY}
     if dangling and not ctx.staged_pending:
         live = bl.menu()
@@ -272,7 +276,8 @@ def fsck_sysroot(
             sections[2].summary = f"not managed by cfsboot ({RECORD}): not checked"
         else:
             try:
-                bl = detect(stack.enter_context(open_esp(sysroot.path, esp)))
+                esp_ = stack.enter_context(open_esp(sysroot.path, esp))
+                bl = sysroot.attach(detect(esp_))
                 sections[2].where = _esp_where(bl.esp)
             except CfsbootError as e:
                 sections[2].error = str(e)

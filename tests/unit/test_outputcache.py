@@ -229,6 +229,29 @@ def test_a_warning_through_logging_configured_before_keeps_nothing(tree: Path) -
     assert handler.stream is sys.stderr
 
 
+def test_what_cannot_be_noted_never_fails_the_command(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault of the recorder (here: every observation raises) makes the run
+    unrecordable; the command's own reads work as without it."""
+
+    def broken(kind: bytes, path: str) -> bytes:
+        raise RuntimeError("recorder bug")
+
+    monkeypatch.setattr(outputcache, "observe", broken)
+    seen: list[str] = []
+
+    def command() -> int:
+        seen.append((tree / "data/a").read_text())
+        seen.append(str(sorted(os.listdir(tree / "data"))))
+        seen.append(str(os.path.exists(tree / "missing")))
+        return 0
+
+    _, kept = record(tree, command)
+    assert not kept
+    assert seen == ["alpha\n", "['a', 'b']", "False"]
+
+
 def test_an_exception_keeps_nothing_and_passes_through(tree: Path) -> None:
     with pytest.raises(RuntimeError):
         record(tree, _raise)

@@ -1,45 +1,33 @@
 """A command's output kept while everything it read stays as it was.
 
-`cfsboot status --json` is what people and monitoring run most, and nearly all of
-its cost is Python importing the code that works the status out (about 45 of
-50 ms; the interpreter itself starts in 8). This module lets a run print the
-output an earlier run of the same command worked out, when nothing that run read
-has changed since, without importing more than `os` and `sys`:
+`cfsboot status --json` is what monitoring runs most, and nearly all of its cost is
+importing the code that works the status out (45 of 54 ms). A run from the command
+line is *recorded*: every path it opens, lists, stats or reads a link of (an audit
+hook sees opens, listings and ioctls; os.stat, lstat, access and readlink are wrapped
+while it runs) is noted with its state when the command looked: device, inode, mode,
+links, rdev, size, mtime and ctime; for /proc and /sys, whose times mean nothing, the
+bytes, listings and link targets; the errno where it could not be read; the read-only
+ioctls in READ_ONLY_IOCTLS are replayed. A later run with the same key (command line,
+working directory, user and groups, interpreter and search path, stdout's encoding,
+version, CFSBOOT_* environment, kernel release) checks every note (and the files of
+cfsboot's modules), importing only os and sys, and prints the kept output when each
+is as it was; otherwise the command runs and is recorded anew.
 
-- The earlier run is *recorded*. Every path it opens, lists, stats or reads a link
-  of is noted with the state it had when the command looked at it: for files and
-  directories (device, inode, mode, links, device number, size, mtime, ctime), so
-  that a listing changes with its directory's times; for /proc and /sys, whose times
-  mean nothing, the bytes themselves (file contents, directory listings, link
-  targets); "missing" or the error for a path that could not be read. An audit
-  hook (sys.addaudithook) sees opens, listings and ioctls; os.stat, os.lstat and
-  os.readlink, which raise no audit event, are wrapped while the command runs.
-  The read-only ioctls in READ_ONLY_IOCTLS (fs-verity's measure) are replayed.
-- A later run with the same key (command line, working directory, user and
-  groups, interpreter and search path, stdout's encoding, cfsboot's version, the
-  CFSBOOT_* environment, the kernel release) checks every noted path again (and
-  the files of cfsboot's modules); if each is as
-  it was, it prints the recorded output; otherwise the command runs (and is
-  recorded anew).
-
-A run is not recorded when anything could make the record wrong or partial: it
-wrote to stderr (warnings are then printed by every run), it failed, it started
-a process, opened a socket, changed directory, wrote, renamed or removed a file,
-used a file only by descriptor or directory descriptor, raised an audit event
-this module does not know, or any time it noted is within RACY_NS of the run's
-start: a change within a timestamp's granularity (2 s on FAT) could leave every
-stat as it was (git's "racily clean" index entries, the same problem).
-
-The record lives under the run directory (tmpfs: gone at the next boot), owned
-by the user, mode 0600, in a directory no one else can write to; a record that
-is not so, or cannot be parsed, is ignored. CFSBOOT_OUTPUT_CACHE=0 turns this
-off; CFSBOOT_OUTPUT_CACHE_RACY_MS sets the racy window (tests).
+Nothing is kept of a run that wrote to stderr (each run prints its warnings), failed,
+started a process, wrote, renamed or removed anything, read a device, used a path by
+descriptor, raised an audit event not known here, or noted a time within RACY_NS of
+its start (a change within a timestamp's granularity, 2 s on FAT, could leave every
+stat as it was: git's "racily clean" index entries). The record lives under the run
+directory (tmpfs), mode 0600 in a directory no one else can write to; one that is not
+so, or cannot be parsed, is ignored. CFSBOOT_OUTPUT_CACHE=0 turns this off (cfsboot.cli);
+CFSBOOT_OUTPUT_CACHE_RACY_MS sets the racy window (tests).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time  # built in: no import cost
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -239,7 +227,7 @@ class Recorder:
             self._wrap_open(saved["open"]),
         )
         os.statvfs = self._wrap_statvfs(saved["statvfs"])
-        self.start_ns = _now_ns()
+        self.start_ns = time.time_ns()
         self._active = True
         sys.addaudithook(self._hook)  # hooks cannot be removed: _active turns it off
         try:
@@ -259,8 +247,11 @@ class Recorder:
                 handler.setStream(err)
         if status == 0 and self.refused is None:
             out.flush()
-            text = "".join(tee.parts).encode(out.encoding or "utf-8", out.errors or "strict")
-            self.save(text)
+            text = "".join(tee.parts)
+            try:
+                self.save(text.encode(out.encoding or "utf-8", out.errors or "strict"))
+            except Exception:  # noqa: BLE001, S110 - the command succeeded: a record is a bonus
+                pass
         return status
 
     # what the command does
@@ -271,7 +262,14 @@ class Recorder:
 
     def note(self, op: str, path: Any, *, follow: bool = True) -> None:
         """Note `path`'s state now, before the command reads it (op: open, list, stat,
-        link)."""
+        link). Never raises: what cannot be noted makes the run unrecordable, and the
+        command goes on as it would unrecorded."""
+        try:
+            self._note(op, path, follow)
+        except Exception as e:  # noqa: BLE001 - a recorder's fault must not become the command's
+            self.refuse(f"cannot note {path!r}: {e}")
+
+    def _note(self, op: str, path: Any, follow: bool) -> None:
         if isinstance(path, int) or path is None:
             self.refuse("a path used by file descriptor")
             return
@@ -303,6 +301,12 @@ class Recorder:
     def _hook(self, event: str, args: tuple[Any, ...]) -> None:
         if not self._active or self._busy or event in HARMLESS:
             return
+        try:
+            self._event(event, args)
+        except Exception as e:  # noqa: BLE001 - an exception here would fail the command's call
+            self.refuse(f"audit event {event}: {e}")
+
+    def _event(self, event: str, args: tuple[Any, ...]) -> None:
         if event == "open":
             path, mode, flags = args
             if (mode and any(c in mode for c in "wax+")) or flags & _WRITE_FLAGS:
@@ -449,12 +453,6 @@ def _stderr_handlers(err: Any) -> list[Any]:
         for h in logging.getLogger().handlers
         if isinstance(h, logging.StreamHandler) and h.stream is err
     ]
-
-
-def _now_ns() -> int:
-    import time
-
-    return time.time_ns()
 
 
 def _racy_ns() -> int:

@@ -114,17 +114,21 @@ def lookup(path: str, key: bytes) -> bytes | None:
     return output
 
 
+def _private_dir(base: str) -> bool:
+    """Is `base` a directory (not a link) that only the user (or root) can write to?"""
+    st = os.lstat(base)
+    if (st.st_mode & 0o170000) != 0o040000 or st.st_mode & 0o022:
+        return False
+    return st.st_uid in (os.geteuid(), 0)
+
+
 def _read_trusted(path: str) -> bytes | None:
-    euid = os.geteuid()
-    parent = os.lstat(os.path.dirname(path))
-    if (parent.st_mode & 0o170000) != 0o040000 or parent.st_mode & 0o022:
-        return None
-    if parent.st_uid not in (euid, 0):
+    if not _private_dir(os.path.dirname(path)):
         return None
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
-        if st.st_uid != euid or st.st_mode & 0o077 or (st.st_mode & 0o170000) != 0o100000:
+        if st.st_uid != os.geteuid() or st.st_mode & 0o077 or (st.st_mode & 0o170000) != 0o100000:
             return None
         chunks = []
         while chunk := os.read(fd, 1 << 20):
@@ -405,10 +409,7 @@ def _write_private(path: str, data: bytes) -> bool:
             os.mkdir(base, 0o700)
         except FileExistsError:
             pass
-        st = os.lstat(base)
-        if (st.st_mode & 0o170000) != 0o040000 or st.st_mode & 0o022:
-            return False
-        if st.st_uid not in (os.geteuid(), 0):
+        if not _private_dir(base):
             return False
         tmp = f"{path}.{os.getpid()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)

@@ -13,6 +13,7 @@ syncfs) before it publishes a name.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import mmap
@@ -68,6 +69,55 @@ def copy_buffer() -> memoryview:
     if mv is None:
         mv = _local.copy_buffer = memoryview(mmap.mmap(-1, COPY_CHUNK))
     return mv
+
+
+class BufferPool:
+    """Page-aligned buffers handed out and given back, by size class (powers of two).
+
+    A fresh buffer costs a page fault per 4 KiB page the first time it is written (and,
+    on a virtual machine, often the host's fault behind it: about 10 us a page on the
+    CI machines, more than copying the page): an import that allocated one buffer per
+    file spent a third of its time there. Buffers given back are kept, up to
+    `keep_bytes` in all, and handed out again. Thread-safe.
+    """
+
+    MIN = DIRECT_ALIGN
+
+    def __init__(self, keep_bytes: int) -> None:
+        self.keep_bytes = keep_bytes
+        self._kept = 0
+        self._free: dict[int, list[mmap.mmap]] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def size_class(cls, size: int) -> int:
+        return max(cls.MIN, 1 << (size - 1).bit_length())
+
+    def take(self, size: int) -> tuple[mmap.mmap, memoryview]:
+        """A buffer of at least `size` bytes and the view of its first `size` bytes."""
+        cls = self.size_class(size)
+        with self._lock:
+            free = self._free.get(cls)
+            if free:
+                self._kept -= cls
+                buf = free.pop()
+            else:
+                buf = None
+        if buf is None:
+            buf = mmap.mmap(-1, cls)
+        return buf, memoryview(buf)[:size]
+
+    def give(self, buf: mmap.mmap, view: memoryview) -> None:
+        """Give back a buffer from take() (its view is released: do not use it again)."""
+        view.release()
+        cls = len(buf)
+        with self._lock:
+            if self._kept + cls <= self.keep_bytes:
+                self._free.setdefault(cls, []).append(buf)
+                self._kept += cls
+                return
+        with contextlib.suppress(BufferError):  # a stray slice still alive: the GC unmaps it
+            buf.close()
 
 
 def pread_full(src: int, view: memoryview, off: int) -> int:

@@ -43,7 +43,7 @@ from cfsboot.composefs.directio import (
     write_chunk,
 )
 from cfsboot.errors import die
-from cfsboot.linux.fsutil import fsync_dir
+from cfsboot.linux.fsutil import fsync_dir, link_fd
 from setuproot.contract import HashAlg
 from setuproot.verity import (
     NoVerity,
@@ -114,15 +114,6 @@ def start_writeback(fd: int) -> None:
     _loaded_libc().sync_file_range(fd, ctypes.c_int64(0), ctypes.c_int64(0), SYNC_FILE_RANGE_WRITE)
 
 
-def link_fd(fd: int, dst: str | os.PathLike[str]) -> None:
-    """linkat(AT_SYMLINK_FOLLOW) of /proc/self/fd/N: give an O_TMPFILE file a name.
-
-    os.link() only calls linkat() (not link()) when a dir fd is given; link()
-    would try to hardlink the /proc symlink itself and fail with EXDEV.
-    """
-    os.link(f"/proc/self/fd/{fd}", dst, src_dir_fd=fd, follow_symlinks=True)
-
-
 def _umask_hides_object_bits() -> bool:
     """Would the umask take bits from OBJECT_MODE (or is it unknown)? Read, not set: os.umask()
     would race with other threads. Asked at a first write, never by a reader (status)."""
@@ -186,14 +177,21 @@ class ObjectStore:
 
     # -- publishing --------------------------------------------------------------------
 
-    def add_bytes(self, hexdigest: str, data: bytes | bytearray | memoryview) -> bool:
-        """Store `data` (whose digest the caller computed) unless already present.
-
-        True when this call wrote it (False: present, staged or written by another).
-        """
+    def add_bytes(
+        self, hexdigest: str, data: bytes | bytearray | memoryview, *, aligned: bool = False
+    ) -> bool:
+        """Store `data` (whose digest the caller computed) unless already present; True when
+        this call wrote it. `aligned`: `data` starts on a page (a directio.BufferPool view),
+        so its whole blocks may go to the disk with O_DIRECT where that pays (_write_direct)."""
+        d = self._direct
 
         def fill(fd: int) -> None:
             view = memoryview(data)
+            direct = aligned and len(view) >= DIRECT_ALIGN and d.write is not False
+            if direct and self._write_direct():
+                os.ftruncate(fd, len(view))  # as add_fd_hashed: the size first
+                d.learn_write(write_chunk(fd, view, 0, direct=True))
+                return
             while view:
                 view = view[os.write(fd, view) :]
 

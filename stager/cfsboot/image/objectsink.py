@@ -12,11 +12,13 @@ open batch, so a failed import publishes none of them.
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from cfsboot.composefs import fsverity
+from cfsboot.composefs.directio import BufferPool
 from cfsboot.composefs.repository import Repository
 from cfsboot.oci import tar
 from setuproot.contract import HashAlg
@@ -51,6 +53,9 @@ class ObjectSink:
         self._in_flight = 0
         # Digests handed to the writers: each is written (or found present) once.
         self._submitted: set[str] = set()
+        # File contents are read into page-aligned buffers used again and again: no page
+        # fault per file, and the writers can send them to the disk with O_DIRECT.
+        self._buffers = BufferPool(MAX_IN_FLIGHT + (MEMORY_OBJECT_MAX << 1))
 
     def close(self) -> None:
         self.wait()
@@ -69,28 +74,34 @@ class ObjectSink:
             first = first or e
         return first
 
-    def _write_later(self, hexd: str, buf: bytes | bytearray) -> None:
+    def _write_later(
+        self, hexd: str, buf: bytes | bytearray | memoryview, pooled: mmap.mmap | None = None
+    ) -> None:
         """Store the object on a writer thread, unless the repository has it already.
 
         The writer looks (a stat of a name in a big directory, which can wait on the
         directory's lock while other objects land there), so the reading thread never does.
+        `pooled`: `buf` is a view of this pool buffer, given back once written.
         """
         assert self._pool is not None and self.repo is not None
         store = self.repo.objects
         self._submitted.add(hexd)
+        size = len(buf)
         with self._cond:
-            while self._in_flight and self._in_flight + len(buf) > MAX_IN_FLIGHT:
+            while self._in_flight and self._in_flight + size > MAX_IN_FLIGHT:
                 self._cond.wait()
-            self._in_flight += len(buf)
+            self._in_flight += size
 
         def write() -> None:
             try:
-                if store.add_bytes(hexd, memoryview(buf)):
+                if store.add_bytes(hexd, memoryview(buf), aligned=pooled is not None):
                     with self._cond:
-                        self._count(hexd, len(buf))
+                        self._count(hexd, size)
             finally:
+                if pooled is not None:
+                    self._buffers.give(pooled, buf)  # type: ignore[arg-type]
                 with self._cond:
-                    self._in_flight -= len(buf)
+                    self._in_flight -= size
                     self._cond.notify_all()
 
         self._futures.append(self._pool.submit(write))
@@ -105,10 +116,18 @@ class ObjectSink:
                 self._write_later(hexd, content)
             return hexd
         if size <= MEMORY_OBJECT_MAX:
-            buf = data.read(size)  # one piece: hashed in one call, written in one
-            hexd = fsverity.digest_bytes(buf, self.alg).hex()
+            # One piece: hashed in one call, written in one.
+            pooled, view = self._buffers.take(size)
+            try:
+                data.readinto(view)
+                hexd = fsverity.digest_bytes(view, self.alg).hex()
+            except BaseException:
+                self._buffers.give(pooled, view)
+                raise
             if self.repo is not None and hexd not in self._submitted:
-                self._write_later(hexd, buf)
+                self._write_later(hexd, view, pooled)
+            else:
+                self._buffers.give(pooled, view)
             return hexd
         h = fsverity.FsVerityHasher(self.alg)
         if self.repo is None:

@@ -17,6 +17,15 @@ def temp_name(final_name: str) -> str:
     return f".{final_name}{TEMP_MARKER}{os.urandom(6).hex()}"
 
 
+def link_fd(fd: int, dst: str | os.PathLike[str]) -> None:
+    """linkat(AT_SYMLINK_FOLLOW) of /proc/self/fd/N: give an O_TMPFILE file a name.
+
+    os.link() only calls linkat() (not link()) when a dir fd is given; link()
+    would try to hardlink the /proc symlink itself and fail with EXDEV.
+    """
+    os.link(f"/proc/self/fd/{fd}", dst, src_dir_fd=fd, follow_symlinks=True)
+
+
 def fsync_dir(path: str | os.PathLike[str]) -> None:
     """fsync a directory so that entries created or renamed in it are durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

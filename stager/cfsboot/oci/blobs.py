@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 from cfsboot.errors import die
 from cfsboot.oci.documents import Descriptor, ImageConfig
-from cfsboot.oci.streams import VerifyingReader, decompress
+from cfsboot.oci.streams import ReadAhead, VerifyingReader, decompress
 
 MAX_MANIFEST = 4 << 20  # OCI distribution spec: registries may refuse larger manifests
 MAX_CONFIG = 32 << 20
@@ -145,7 +145,7 @@ class OpenedImage:
         blob = VerifyingReader(raw, layer.digest, layer.size, what)
         tar = decompress(blob)  # type: ignore[arg-type]
         diff = VerifyingReader(tar, layer.diff_id, None, f"{what} (uncompressed, diff_id)")
-        return io.BufferedReader(diff, 1 << 20), blob, diff
+        return io.BufferedReader(ReadAhead(diff), 1 << 20), blob, diff  # type: ignore[arg-type]
 
     def close(self) -> None:
         self.source.close()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import queue
+import threading
 import zlib
 from collections.abc import Callable
 from typing import Any, BinaryIO
@@ -180,3 +182,85 @@ def decompress(raw: BinaryIO) -> BinaryIO:
     else:
         inner = pre
     return io.BufferedReader(inner, buffer_size=1 << 20)
+
+
+class ReadAhead(io.RawIOBase):
+    """Reads `source` on a thread of its own, CHUNK bytes at a time, ahead of the reader.
+
+    A layer's compressed bytes are read, hashed, decompressed and hashed again in C
+    calls that let go of the GIL for a whole chunk each, so that work runs on the
+    second core while the reading thread parses the tar and hashes the files in it.
+    What the source raises (a digest mismatch at its end, a corrupt stream) is raised
+    to the reader at the same point of the stream. DEPTH buffers go round between
+    the two threads (allocated once: fresh memory costs a page fault a page).
+    """
+
+    CHUNK = 1 << 20
+    DEPTH = 6
+
+    def __init__(self, source: BinaryIO) -> None:
+        self.source = source
+        self._free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(self.DEPTH):
+            self._free.put(bytearray(self.CHUNK))
+        self._full: queue.Queue[tuple[bytearray, int] | BaseException | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._buf: bytearray | None = None
+        self._view = memoryview(b"")
+        self._eof = False
+        self._thread = threading.Thread(target=self._produce, name="cfsboot-read", daemon=True)
+        self._thread.start()
+
+    def readable(self) -> bool:
+        return True
+
+    def _produce(self) -> None:
+        item: tuple[bytearray, int] | BaseException | None = None
+        try:
+            while True:
+                buf = self._take_free()
+                if buf is None:
+                    return  # closed by the reader
+                n = self.source.readinto(buf)  # type: ignore[attr-defined]
+                if not n:
+                    break
+                self._full.put((buf, n))
+        except BaseException as e:  # handed to the reader, raised there
+            item = e
+        self._full.put(item)
+
+    def _take_free(self) -> bytearray | None:
+        while not self._stop.is_set():
+            try:
+                return self._free.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        return None
+
+    def readinto(self, b: Any) -> int:
+        if not self._view:
+            if self._eof:
+                return 0
+            if self._buf is not None:
+                self._free.put(self._buf)
+                self._buf = None
+            item = self._full.get()
+            if item is None or isinstance(item, BaseException):
+                self._eof = True
+                self._thread.join()
+                if item is not None:
+                    raise item
+                return 0
+            self._buf, n = item
+            self._view = memoryview(self._buf)[:n]
+        n = min(len(b), len(self._view))
+        b[:n] = self._view[:n]
+        self._view = self._view[n:]
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._stop.set()
+            self._view = memoryview(b"")
+            self._thread.join()
+        super().close()

@@ -231,6 +231,18 @@ class _Source:
             self.offset += len(chunk)
         return b"".join(chunks)
 
+    def readinto_exact(self, view: memoryview, what: str) -> None:
+        """Fill all of `view` from the stream (no new buffer: a caller's pooled one)."""
+        got = 0
+        while got < len(view):
+            n = self.stream.readinto(view[got:])  # type: ignore[attr-defined]
+            if not n:
+                raise TarError(
+                    f"truncated tar: end of stream inside {what} at offset {self.offset}"
+                )
+            got += n
+            self.offset += n
+
     def read_block_or_eof(self) -> bytes | None:
         first = self.stream.read(BLOCK)
         if not first:
@@ -255,6 +267,13 @@ class EntryData:
         data = self._src.read_exact(min(n, self.remaining), "file data")
         self.remaining -= len(data)
         return data
+
+    def readinto(self, view: memoryview) -> None:
+        """Fill all of `view` (at most what remains) with the member's next bytes."""
+        if len(view) > self.remaining:
+            raise ValueError(f"{len(view)} bytes asked of a member with {self.remaining} left")
+        self._src.readinto_exact(view, "file data")
+        self.remaining -= len(view)
 
     def _finish(self) -> None:
         while self.remaining:

@@ -1,0 +1,227 @@
+"""The import's data path without fresh memory: a layer read ahead on a thread of its own
+(streams.ReadAhead), file contents read into pooled page-aligned buffers
+(directio.BufferPool, tar.EntryData.readinto) and written from them with O_DIRECT
+(ObjectStore.add_bytes(aligned=True))."""
+
+from __future__ import annotations
+
+import ctypes
+import io
+import os
+import random
+import tarfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from cfsboot.composefs.directio import DIRECT_ALIGN, BufferPool
+from cfsboot.composefs.fsverity import digest_bytes
+from cfsboot.composefs.objectstore import ObjectStore
+from cfsboot.composefs.repository import Repository
+from cfsboot.errors import CfsbootError
+from cfsboot.image.objectsink import ObjectSink
+from cfsboot.oci import tar
+from cfsboot.oci.streams import ReadAhead
+from setuproot.contract import HashAlg
+
+
+def _address(buf: object) -> int:
+    return ctypes.addressof(ctypes.c_char.from_buffer(buf))  # type: ignore[arg-type]
+
+
+# -- BufferPool ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("size", "cls"), [(1, 4096), (4096, 4096), (4097, 8192), (65, 4096), (1 << 20, 1 << 20)]
+)
+def test_pool_size_classes(size: int, cls: int) -> None:
+    pool = BufferPool(1 << 20)
+    buf, view = pool.take(size)
+    assert (len(buf), len(view)) == (cls, size)
+    assert _address(buf) % DIRECT_ALIGN == 0  # O_DIRECT needs it
+    pool.give(buf, view)
+
+
+def test_pool_hands_back_what_was_given_and_keeps_at_most_its_limit() -> None:
+    pool = BufferPool(3 * 8192)
+    taken = [pool.take(5000) for _ in range(4)]
+    for buf, view in taken:
+        pool.give(buf, view)
+    assert pool._kept == 3 * 8192  # the fourth was unmapped
+    assert taken[3][0].closed
+    again = [pool.take(8000)[0] for _ in range(4)]
+    assert {id(b) for b in again[:3]} == {id(b) for b, _ in taken[:3]}
+    assert again[3] not in [b for b, _ in taken]  # a new one
+    assert pool._kept == 0
+
+
+def test_pool_view_is_released_when_given_back() -> None:
+    pool = BufferPool(1 << 20)
+    buf, view = pool.take(100)
+    pool.give(buf, view)
+    with pytest.raises(ValueError, match="released"):
+        view[0]
+
+
+# -- EntryData.readinto ----------------------------------------------------------------
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def test_entry_readinto_fills_the_view_and_the_next_member_follows() -> None:
+    files = {"a": os.urandom(5000), "b": b"x" * 70, "c": os.urandom(1 << 20)}
+    got = {}
+    for entry, data in tar.entries(io.BufferedReader(io.BytesIO(_tar(files)))):  # type: ignore[arg-type]
+        view = memoryview(bytearray(entry.size))
+        data.readinto(view[: entry.size // 2])
+        data.readinto(view[entry.size // 2 :])
+        got[entry.path.decode()] = bytes(view)
+    assert got == files
+
+
+def test_entry_readinto_refuses_more_than_the_member_has() -> None:
+    stream = io.BufferedReader(io.BytesIO(_tar({"a": b"y" * 100})))
+    for _, data in tar.entries(stream):  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="101 bytes asked of a member with 100 left"):
+            data.readinto(memoryview(bytearray(101)))
+        data.readinto(memoryview(bytearray(100)))
+
+
+def test_entry_readinto_of_a_truncated_tar_says_so() -> None:
+    raw = _tar({"a": os.urandom(3000)})[: 512 + 1000]
+    with pytest.raises(tar.TarError, match=r"truncated tar: end of stream inside file data"):
+        for _, data in tar.entries(io.BufferedReader(io.BytesIO(raw))):  # type: ignore[arg-type]
+            data.readinto(memoryview(bytearray(3000)))
+
+
+# -- ReadAhead -------------------------------------------------------------------------
+
+
+class _Source(io.RawIOBase):
+    """Hands out `data` in pieces of random sizes, then raises `error` (if any)."""
+
+    def __init__(self, data: bytes, error: BaseException | None = None) -> None:
+        self.data = memoryview(data)
+        self.error = error
+        self.rng = random.Random(7)
+        self.threads: set[str] = set()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: memoryview) -> int:  # type: ignore[override]
+        self.threads.add(threading.current_thread().name)
+        if not self.data:
+            if self.error is not None:
+                raise self.error
+            return 0
+        n = min(len(b), len(self.data), self.rng.randrange(1, 3 * ReadAhead.CHUNK))
+        b[:n] = self.data[:n]
+        self.data = self.data[n:]
+        return n
+
+
+def test_read_ahead_gives_every_byte_in_order_from_another_thread() -> None:
+    data = os.urandom(5 * ReadAhead.CHUNK + 12345)
+    src = _Source(data)
+    reader = io.BufferedReader(ReadAhead(src), 1 << 20)  # type: ignore[arg-type]
+    out = bytearray()
+    sizes = [1, 511, 512, 4096, 100_000, 3 << 20]
+    i = 0
+    while chunk := reader.read(sizes[i % len(sizes)]):
+        out += chunk
+        i += 1
+    assert bytes(out) == data
+    assert src.threads == {"cfsboot-read"}
+    reader.close()
+
+
+def test_read_ahead_raises_the_sources_error_after_the_bytes_before_it() -> None:
+    data = os.urandom(3 * ReadAhead.CHUNK)
+    reader = ReadAhead(_Source(data, CfsbootError("layer sha256:x digest mismatch")))
+    out = bytearray()
+    buf = bytearray(100_000)
+    with pytest.raises(CfsbootError, match="digest mismatch"):
+        while n := reader.readinto(buf):
+            out += buf[:n]
+    assert bytes(out) == data
+
+
+def test_read_ahead_closed_early_stops_its_thread() -> None:
+    """The reader gives up (a corrupt tar): the thread must not stay blocked on a full ring."""
+    reader = ReadAhead(_Source(os.urandom(20 * ReadAhead.CHUNK)))
+    reader.readinto(bytearray(10))
+    reader.close()
+    assert not reader._thread.is_alive()
+    assert reader.closed
+
+
+# -- ObjectSink through the pool, O_DIRECT writes --------------------------------------
+
+
+def _entries(files: dict[str, bytes]) -> list[tuple[tar.TarEntry, tar.EntryData]]:
+    return list(tar.entries(io.BufferedReader(io.BytesIO(_tar(files)))))  # type: ignore[arg-type]
+
+
+def test_sink_objects_from_reused_buffers_hold_their_own_contents(tmp_path: Path) -> None:
+    """Hundreds of files in the same few size classes, written by the writer threads while
+    the buffers go round: a buffer handed out again before its write ended would show up
+    as an object whose contents are not its name's."""
+    repo = Repository.init(tmp_path / "repo", algorithm=HashAlg.SHA256, insecure=True)
+    rng = random.Random(3)
+    files = {f"f{i}": rng.randbytes(rng.choice([100, 5000, 9000, 70_000])) for i in range(400)}
+    files["dup"] = files["f1"]
+    stream = io.BufferedReader(io.BytesIO(_tar(files)))
+    sink = ObjectSink(HashAlg.SHA256, repo)
+    digests = {}
+    with repo.objects.batch():
+        for entry, data in tar.entries(stream):  # type: ignore[arg-type]
+            digests[entry.path.decode()] = sink.store(data, entry.size)
+        assert sink.wait() is None
+    sink.close()
+    for name, content in files.items():
+        assert digests[name] == digest_bytes(content).hex()
+        assert repo.objects.path(digests[name]).read_bytes() == content
+    assert sink._buffers._kept > 0  # they were given back
+
+
+def test_add_bytes_aligned_writes_whole_blocks_direct(tmp_path: Path) -> None:
+    store = ObjectStore(tmp_path / "objects", HashAlg.SHA256)
+    store.root.mkdir()
+    store._verity_works = False  # as learnt on a filesystem without fs-verity
+    pool = BufferPool(1 << 20)
+    data = os.urandom(3 * DIRECT_ALIGN + 123)
+    buf, view = pool.take(len(data))
+    view[:] = data
+    hexd = digest_bytes(data).hex()
+    assert store.add_bytes(hexd, view, aligned=True)
+    assert store.path(hexd).read_bytes() == data
+    # tmpfs refuses O_DIRECT: learnt False and written buffered; elsewhere True.
+    assert store._direct.write in (True, False)
+    pool.give(buf, view)
+
+
+def test_add_bytes_not_direct_where_verity_may_be_enabled(tmp_path: Path) -> None:
+    """fs-verity reads the file back: from the page cache only if written through it."""
+    store = ObjectStore(tmp_path / "objects", HashAlg.SHA256)
+    store.root.mkdir()
+    store._verity_works = None  # not known yet
+    pool = BufferPool(1 << 20)
+    data = os.urandom(2 * DIRECT_ALIGN)
+    buf, view = pool.take(len(data))
+    view[:] = data
+    hexd = digest_bytes(data).hex()
+    with store.batch():
+        store.add_bytes(hexd, view, aligned=True)
+    assert store._direct.write is None  # never tried
+    assert store.path(hexd).read_bytes() == data

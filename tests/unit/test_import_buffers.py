@@ -81,7 +81,7 @@ def _tar(files: dict[str, bytes]) -> bytes:
 def test_entry_readinto_fills_the_view_and_the_next_member_follows() -> None:
     files = {"a": os.urandom(5000), "b": b"x" * 70, "c": os.urandom(1 << 20)}
     got = {}
-    for entry, data in tar.entries(io.BufferedReader(io.BytesIO(_tar(files)))):  # type: ignore[arg-type]
+    for entry, data in tar.entries(io.BufferedReader(io.BytesIO(_tar(files)))):
         view = memoryview(bytearray(entry.size))
         data.readinto(view[: entry.size // 2])
         data.readinto(view[entry.size // 2 :])
@@ -91,7 +91,7 @@ def test_entry_readinto_fills_the_view_and_the_next_member_follows() -> None:
 
 def test_entry_readinto_refuses_more_than_the_member_has() -> None:
     stream = io.BufferedReader(io.BytesIO(_tar({"a": b"y" * 100})))
-    for _, data in tar.entries(stream):  # type: ignore[arg-type]
+    for _, data in tar.entries(stream):
         with pytest.raises(ValueError, match="101 bytes asked of a member with 100 left"):
             data.readinto(memoryview(bytearray(101)))
         data.readinto(memoryview(bytearray(100)))
@@ -100,7 +100,7 @@ def test_entry_readinto_refuses_more_than_the_member_has() -> None:
 def test_entry_readinto_of_a_truncated_tar_says_so() -> None:
     raw = _tar({"a": os.urandom(3000)})[: 512 + 1000]
     with pytest.raises(tar.TarError, match=r"truncated tar: end of stream inside file data"):
-        for _, data in tar.entries(io.BufferedReader(io.BytesIO(raw))):  # type: ignore[arg-type]
+        for _, data in tar.entries(io.BufferedReader(io.BytesIO(raw))):
             data.readinto(memoryview(bytearray(3000)))
 
 
@@ -148,7 +148,7 @@ def test_read_ahead_gives_every_byte_in_order_from_another_thread() -> None:
 
 def test_read_ahead_raises_the_sources_error_after_the_bytes_before_it() -> None:
     data = os.urandom(3 * ReadAhead.CHUNK)
-    reader = ReadAhead(_Source(data, CfsbootError("layer sha256:x digest mismatch")))
+    reader = ReadAhead(_Source(data, CfsbootError("layer sha256:x digest mismatch")))  # type: ignore[arg-type]
     out = bytearray()
     buf = bytearray(100_000)
     with pytest.raises(CfsbootError, match="digest mismatch"):
@@ -159,7 +159,7 @@ def test_read_ahead_raises_the_sources_error_after_the_bytes_before_it() -> None
 
 def test_read_ahead_closed_early_stops_its_thread() -> None:
     """The reader gives up (a corrupt tar): the thread must not stay blocked on a full ring."""
-    reader = ReadAhead(_Source(os.urandom(20 * ReadAhead.CHUNK)))
+    reader = ReadAhead(_Source(os.urandom(20 * ReadAhead.CHUNK)))  # type: ignore[arg-type]
     reader.readinto(bytearray(10))
     reader.close()
     assert not reader._thread.is_alive()
@@ -170,7 +170,7 @@ def test_read_ahead_closed_early_stops_its_thread() -> None:
 
 
 def _entries(files: dict[str, bytes]) -> list[tuple[tar.TarEntry, tar.EntryData]]:
-    return list(tar.entries(io.BufferedReader(io.BytesIO(_tar(files)))))  # type: ignore[arg-type]
+    return list(tar.entries(io.BufferedReader(io.BytesIO(_tar(files)))))
 
 
 def test_sink_objects_from_reused_buffers_hold_their_own_contents(tmp_path: Path) -> None:
@@ -185,7 +185,7 @@ def test_sink_objects_from_reused_buffers_hold_their_own_contents(tmp_path: Path
     sink = ObjectSink(HashAlg.SHA256, repo)
     digests = {}
     with repo.objects.batch():
-        for entry, data in tar.entries(stream):  # type: ignore[arg-type]
+        for entry, data in tar.entries(stream):
             digests[entry.path.decode()] = sink.store(data, entry.size)
         assert sink.wait() is None
     sink.close()

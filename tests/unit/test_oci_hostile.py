@@ -67,6 +67,18 @@ def _corrupt_layer(p: Path) -> None:
     blob.write_bytes(bytes(data))
 
 
+def _broken_early_in_a_big_layer(p: Path) -> None:
+    """A header broken at the start of a layer far longer than what is read ahead of the tar
+    (streams.ReadAhead): the blob's thread is still reading when the tar fails, and the
+    error must still name the real cause, the blob's digest."""
+    big = [Entry(f"usr/lib/b{i}", data=bytes([i]) * (1 << 20)) for i in range(24)]
+    _image(p, [[*base_layer(), *big]], Compression.NONE)
+    blob = _layer_blob(p)
+    data = bytearray(blob.read_bytes())
+    data[5] ^= 0x20  # the first header's name: its checksum no longer matches
+    blob.write_bytes(bytes(data))
+
+
 def _missing(which: str) -> Callable[[Path], None]:
     def build(p: Path) -> None:
         _image(p, [[*base_layer(), *BIG]])
@@ -145,6 +157,10 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "corrupt-gzip": (_raw_layer(b"\x1f\x8b\x08\x00" + b"junk" * 100), "corrupt layer: gzip"),
     "truncated-gzip": (_raw_layer(gzip.compress(GOOD_TAR, mtime=0)[:-100]), "gzip"),
     "wrong-layer-digest": (_corrupt_layer, r"layer sha256:[0-9a-f]{64} digest mismatch"),
+    "wrong-digest-tar-broken-first": (
+        _broken_early_in_a_big_layer,
+        r"^layer sha256:[0-9a-f]{64} digest mismatch",
+    ),
     "wrong-diff-id": (
         _with_desc(
             lambda out, d: d.__setitem__(

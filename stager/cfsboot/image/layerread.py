@@ -48,6 +48,8 @@ def read_layer(
         blob.drain()
     except CfsbootError as e:
         # A corrupt blob usually breaks the tar first; name the real cause if it is one.
+        # The stream's thread (streams.ReadAhead) reads the blob too: stopped first.
+        stream.close()
         try:
             blob.drain()
         except CfsbootError as digest_error:

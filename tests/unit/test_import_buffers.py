@@ -225,3 +225,28 @@ def test_add_bytes_not_direct_where_verity_may_be_enabled(tmp_path: Path) -> Non
         store.add_bytes(hexd, view, aligned=True)
     assert store._direct.write is None  # never tried
     assert store.path(hexd).read_bytes() == data
+
+
+def test_writeback_started_only_for_what_went_through_the_page_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sync_file_range starts the writeback of a staged object's cached pages; after an
+    O_DIRECT write only a tail is cached, left to the batch's syncfs."""
+    from cfsboot.composefs import objectstore
+
+    started: list[int] = []
+    monkeypatch.setattr(objectstore, "start_writeback", started.append)
+    store = ObjectStore(tmp_path / "objects", HashAlg.SHA256)
+    store.root.mkdir()
+    store._verity_works = False
+    pool = BufferPool(1 << 20)
+    direct, cached = os.urandom(2 * DIRECT_ALIGN + 5), os.urandom(2 * DIRECT_ALIGN + 6)
+    buf, view = pool.take(len(direct))
+    view[:] = direct
+    with store.batch():
+        store.add_bytes(digest_bytes(direct).hex(), view, aligned=True)
+        took_direct = store._direct.write
+        store.add_bytes(digest_bytes(cached).hex(), cached)
+    assert len(started) == (1 if took_direct else 2)
+    for data in (direct, cached):
+        assert store.path(digest_bytes(data).hex()).read_bytes() == data

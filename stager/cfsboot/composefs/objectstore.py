@@ -127,7 +127,7 @@ def _umask_hides_object_bits() -> bool:
     return True
 
 
-Filler = Callable[[int], None]
+Filler = Callable[[int], object]  # True: written with O_DIRECT (only a tail is cached)
 
 
 class ObjectStore:
@@ -185,15 +185,17 @@ class ObjectStore:
         so its whole blocks may go to the disk with O_DIRECT where that pays (_write_direct)."""
         d = self._direct
 
-        def fill(fd: int) -> None:
+        def fill(fd: int) -> bool | None:
             view = memoryview(data)
             direct = aligned and len(view) >= DIRECT_ALIGN and d.write is not False
             if direct and self._write_direct():
                 os.ftruncate(fd, len(view))  # as add_fd_hashed: the size first
-                d.learn_write(write_chunk(fd, view, 0, direct=True))
-                return
+                used = write_chunk(fd, view, 0, direct=True)
+                d.learn_write(used)
+                return used
             while view:
                 view = view[os.write(fd, view) :]
+            return None
 
         return self._add(hexdigest, fill, len(data))
 
@@ -375,10 +377,10 @@ class ObjectStore:
     ) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, OBJECT_MODE)
         try:
-            self._fill(fd, fill, size, path)
+            direct = self._fill(fd, fill, size, path)
             if sync:
                 os.fsync(fd)
-            else:
+            elif direct is not True:  # (a direct write leaves its tail to the batch's syncfs)
                 start_writeback(fd)
         finally:
             os.close(fd)
@@ -393,12 +395,12 @@ class ObjectStore:
         finally:
             os.close(ro)
 
-    def _fill(self, fd: int, fill: Filler, size: int, path: str | Path) -> None:
+    def _fill(self, fd: int, fill: Filler, size: int, path: str | Path) -> object:
         if self._need_chmod is None:
             self._need_chmod = _umask_hides_object_bits()
         if self._need_chmod:
             os.fchmod(fd, OBJECT_MODE)
-        fill(fd)  # fillers write exactly `size` bytes or raise
+        return fill(fd)  # fillers write exactly `size` bytes or raise
 
     def _enable(self, ro_fd: int, path: str | Path) -> None:
         for attempt in range(ENABLE_RETRIES + 1):

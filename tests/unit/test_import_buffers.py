@@ -57,6 +57,17 @@ def test_pool_hands_back_what_was_given_and_keeps_at_most_its_limit() -> None:
     assert pool._kept == 0
 
 
+def test_pool_clear_unmaps_what_it_kept_and_keeps_nothing_more() -> None:
+    pool = BufferPool(1 << 20)
+    kept, view = pool.take(5000)
+    out = pool.take(5000)
+    pool.give(kept, view)
+    pool.clear()
+    assert kept.closed and pool._kept == 0
+    pool.give(*out)  # given back after the clear: unmapped, not kept
+    assert out[0].closed and pool._kept == 0
+
+
 def test_pool_view_is_released_when_given_back() -> None:
     pool = BufferPool(1 << 20)
     buf, view = pool.take(100)
@@ -188,11 +199,12 @@ def test_sink_objects_from_reused_buffers_hold_their_own_contents(tmp_path: Path
         for entry, data in tar.entries(stream):
             digests[entry.path.decode()] = sink.store(data, entry.size)
         assert sink.wait() is None
+    assert sink._buffers._kept > 0  # they were given back
     sink.close()
+    assert sink._buffers._kept == 0  # and unmapped at the end
     for name, content in files.items():
         assert digests[name] == digest_bytes(content).hex()
         assert repo.objects.path(digests[name]).read_bytes() == content
-    assert sink._buffers._kept > 0  # they were given back
 
 
 def test_add_bytes_aligned_writes_whole_blocks_direct(tmp_path: Path) -> None:

@@ -120,6 +120,16 @@ class BufferPool:
             buf.close()
 
 
+    def clear(self) -> None:
+        """Unmap every buffer kept (those still out are unmapped when given back)."""
+        with self._lock:
+            free, self._free, self._kept, self.keep_bytes = self._free, {}, 0, 0
+        for bufs in free.values():
+            for buf in bufs:
+                with contextlib.suppress(BufferError):
+                    buf.close()
+
+
 def pread_full(src: int, view: memoryview, off: int) -> int:
     """Read into all of `view` from offset `off` unless the file ends first; bytes read."""
     got = 0

@@ -63,12 +63,13 @@ class ObjectSink:
         self._submitted: set[str] = set()
         # File contents are read into page-aligned buffers used again and again: no page
         # fault per file, and the writers can send them to the disk with O_DIRECT.
-        self._buffers = BufferPool(MAX_IN_FLIGHT + (MEMORY_OBJECT_MAX << 1))
+        self._buffers = BufferPool(MAX_IN_FLIGHT + MEMORY_OBJECT_MAX)
 
     def close(self) -> None:
         self.wait()
         if self._pool is not None:
             self._pool.shutdown()
+        self._buffers.clear()
         if self._tmp >= 0:
             os.close(self._tmp)
             self._tmp = -1

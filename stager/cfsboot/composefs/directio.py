@@ -119,7 +119,6 @@ class BufferPool:
         with contextlib.suppress(BufferError):  # a stray slice still alive: the GC unmaps it
             buf.close()
 
-
     def clear(self) -> None:
         """Unmap every buffer kept (those still out are unmapped when given back)."""
         with self._lock:

@@ -253,12 +253,14 @@ def test_writeback_started_only_for_what_went_through_the_page_cache(
     store._verity_works = False
     pool = BufferPool(1 << 20)
     direct, cached = os.urandom(2 * DIRECT_ALIGN + 5), os.urandom(2 * DIRECT_ALIGN + 6)
+    left = os.urandom(300)
     buf, view = pool.take(len(direct))
     view[:] = direct
     with store.batch():
         store.add_bytes(digest_bytes(direct).hex(), view, aligned=True)
         took_direct = store._direct.write
         store.add_bytes(digest_bytes(cached).hex(), cached)
+        store.add_bytes(digest_bytes(left).hex(), left, writeback=False)  # left to syncfs
     assert len(started) == (1 if took_direct else 2)
-    for data in (direct, cached):
+    for data in (direct, cached, left):
         assert store.path(digest_bytes(data).hex()).read_bytes() == data

@@ -43,7 +43,7 @@ from cfsboot.composefs.directio import (
     write_chunk,
 )
 from cfsboot.errors import die
-from cfsboot.linux.fsutil import fsync_dir, link_fd
+from cfsboot.linux.fsutil import fsync_dir, link_fd, umask_hides
 from setuproot.contract import HashAlg
 from setuproot.verity import (
     NoVerity,
@@ -114,20 +114,7 @@ def start_writeback(fd: int) -> None:
     _loaded_libc().sync_file_range(fd, ctypes.c_int64(0), ctypes.c_int64(0), SYNC_FILE_RANGE_WRITE)
 
 
-def _umask_hides_object_bits() -> bool:
-    """Would the umask take bits from OBJECT_MODE (or is it unknown)? Read, not set: os.umask()
-    would race with other threads. Asked at a first write, never by a reader (status)."""
-    try:
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Umask:"):
-                    return (OBJECT_MODE & ~int(line.split()[1], 8)) != OBJECT_MODE
-    except (OSError, ValueError):
-        pass
-    return True
-
-
-Filler = Callable[[int], object]  # True: written with O_DIRECT (only a tail is cached)
+Filler = Callable[[int], object]  # True: no start_writeback (written direct, or left to syncfs)
 
 
 class ObjectStore:
@@ -178,11 +165,17 @@ class ObjectStore:
     # -- publishing --------------------------------------------------------------------
 
     def add_bytes(
-        self, hexdigest: str, data: bytes | bytearray | memoryview, *, aligned: bool = False
+        self,
+        hexdigest: str,
+        data: bytes | bytearray | memoryview,
+        *,
+        aligned: bool = False,
+        writeback: bool = True,
     ) -> bool:
         """Store `data` (whose digest the caller computed) unless already present; True when
         this call wrote it. `aligned`: `data` starts on a page (a directio.BufferPool view),
-        so its whole blocks may go to the disk with O_DIRECT where that pays (_write_direct)."""
+        so its whole blocks may go to the disk with O_DIRECT where that pays (_write_direct).
+        `writeback` False: in a batch, the pages are left to its syncfs (start_writeback)."""
         d = self._direct
 
         def fill(fd: int) -> bool | None:
@@ -192,10 +185,10 @@ class ObjectStore:
                 os.ftruncate(fd, len(view))  # as add_fd_hashed: the size first
                 used = write_chunk(fd, view, 0, direct=True)
                 d.learn_write(used)
-                return used
+                return used or not writeback
             while view:
                 view = view[os.write(fd, view) :]
-            return None
+            return not writeback
 
         return self._add(hexdigest, fill, len(data))
 
@@ -397,7 +390,7 @@ class ObjectStore:
 
     def _fill(self, fd: int, fill: Filler, size: int, path: str | Path) -> object:
         if self._need_chmod is None:
-            self._need_chmod = _umask_hides_object_bits()
+            self._need_chmod = umask_hides(OBJECT_MODE)
         if self._need_chmod:
             os.fchmod(fd, OBJECT_MODE)
         return fill(fd)  # fillers write exactly `size` bytes or raise

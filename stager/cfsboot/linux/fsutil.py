@@ -26,6 +26,19 @@ def link_fd(fd: int, dst: str | os.PathLike[str]) -> None:
     os.link(f"/proc/self/fd/{fd}", dst, src_dir_fd=fd, follow_symlinks=True)
 
 
+def umask_hides(mode: int) -> bool:
+    """Would the umask take bits from `mode` (or is it unknown)? Read, not set: os.umask()
+    would race with other threads. Asked at a first write, never by a reader (status)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return (mode & ~int(line.split()[1], 8)) != mode
+    except (OSError, ValueError):
+        pass
+    return True
+
+
 def fsync_dir(path: str | os.PathLike[str]) -> None:
     """fsync a directory so that entries created or renamed in it are durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

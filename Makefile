@@ -13,7 +13,7 @@ export CFSBOOT_REFTOOLS := $(CACHE)/reftools-bin
 export CFSBOOT_COMPOSEFS_ASSETS := $(CACHE)/composefs-assets
 
 APT_PACKAGES := \
-	python3 python3-venv python3-dev gcc make git libffi-dev pkg-config \
+	python3 python3-venv python3-dev gcc make git libffi-dev libssl-dev pkg-config \
 	mmdebstrap debian-archive-keyring arch-test \
 	shellcheck fsverity erofs-utils e2fsprogs util-linux \
 	mtools dosfstools fdisk skopeo zstd xz-utils cpio btrfs-progs xfsprogs \

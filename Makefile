@@ -70,10 +70,11 @@ selinux-oracle:
 testos:
 	$(PY) vm-tests/testos.py --cache $(CACHE)
 
-# The composefs tests once more with the compiled modules left aside (native.py): the
-# pure-Python path must keep working where they cannot be built.
+# The composefs tests once more with the compiled modules (mypyc's and the C one) left
+# aside (native.py): the pure-Python path must keep working where they cannot be built.
 PURE_TESTS := tests/unit/test_dumpfile.py tests/unit/test_erofs_writer.py tests/unit/test_limits.py \
-	tests/unit/test_native.py tests/conformance/test_writer_conformance.py
+	tests/unit/test_native.py tests/conformance/test_writer_conformance.py \
+	tests/unit/test_fsverity.py tests/unit/test_fsverity_native.py
 
 test: lint
 	$(PY) -m pytest -q tests

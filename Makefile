@@ -46,9 +46,9 @@ venv:
 	done && \
 	rm -f "$$site"/__editable___cfsboot_*_finder.py
 
-# Rebuild the mypyc-compiled modules in place (stager/cfsboot/composefs/native.py) after
-# editing them; until then the edited sources run as pure Python. (mypyc leaves a module
-# whose C is unchanged as it was: the touch marks it current.)
+# Rebuild the mypyc-compiled modules and the C one in place (stager/cfsboot/composefs/
+# native.py) after editing them; until then the edited sources run as pure Python. (mypyc
+# leaves a module whose C is unchanged as it was: the touch marks it current.)
 native:
 	$(PY) setup.py -q build_ext --inplace
 	find stager -name '*.so' -exec touch {} +

@@ -8,9 +8,9 @@ timed in-process; the `cfsboot fsverity digest` command (Python start-up
 included) is timed too, for the record.
 
 Then, in memory (400 MiB, 64 MiB with --quick): the leaf hashes (`_hash_blocks`) and
-`digest_bytes` through the C module `_verity` and through the pure-Python code, and
-the same digest while a second thread decompresses zstd (as `image import` does):
-the wall time of both, and how far the decompression got, with each implementation.
+`digest_bytes` through the C module `_verity` and through the pure-Python code; and
+the digest's wall time while a second thread decompresses zstd (as `image import`
+does) or runs bytecode, with each implementation.
 """
 
 from __future__ import annotations
@@ -70,23 +70,17 @@ def _with(module: object, fn: Callable[[], object]) -> Callable[[], object]:
     return run
 
 
-def _overlapped(fn: Callable[[], object], frames: list[bytes]) -> tuple[float, int]:
-    """Wall time of fn() on this thread while another decompresses `frames` over and
-    over until fn is done; and how many bytes that thread decompressed meanwhile."""
-    import zstandard
-
+def _overlapped(fn: Callable[[], object], step: Callable[[], int]) -> tuple[float, int]:
+    """Wall time of fn() on this thread while another thread repeats step() until fn is
+    done; and the sum of what step() returned meanwhile (bytes, iterations)."""
     done = threading.Event()
     out = [0]
 
-    def decompress() -> None:
-        d = zstandard.ZstdDecompressor()
+    def work() -> None:
         while not done.is_set():
-            for frame in frames:
-                out[0] += len(d.decompress(frame))
-                if done.is_set():
-                    break
+            out[0] += step()
 
-    worker = threading.Thread(target=decompress)
+    worker = threading.Thread(target=work)
     t = time.perf_counter()
     worker.start()
     fn()
@@ -96,26 +90,43 @@ def _overlapped(fn: Callable[[], object], frames: list[bytes]) -> tuple[float, i
     return elapsed, out[0]
 
 
-def _layer_like_frames() -> list[bytes]:
-    """zstd frames of about 1 MiB of the standard library's sources each (8 MiB in all):
-    data that decompresses at about a layer's speed."""
+def _zstd_step() -> Callable[[], int]:
+    """Decompress about 1 MiB of zstd (the standard library's sources, level 3: about a
+    layer's speed); zstandard lets go of the GIL while it works."""
     import zstandard
 
     files = sorted(Path(os.__file__).parent.glob("*.py"))
-    text = b"".join(f.read_bytes() for f in files)[: 8 << 20]
-    c = zstandard.ZstdCompressor(level=3)
-    return [c.compress(text[i : i + (1 << 20)]) for i in range(0, len(text), 1 << 20)]
+    text = b"".join(f.read_bytes() for f in files)[: 1 << 20]
+    frame = zstandard.ZstdCompressor(level=3).compress(text)
+    d = zstandard.ZstdDecompressor()
+    return lambda: len(d.decompress(frame))
 
 
-def in_memory(size: int, runs: int) -> None:
+def _python_step() -> int:
+    """Pure bytecode, never letting go of the GIL of its own accord (tar parsing, say)."""
+    n = 0
+    for _ in range(1000):
+        n += 1
+    return n
 
+
+def _sides() -> list[tuple[str, object]]:
     native = fsverity._verity
     if native is None:
         print("in memory: the C module _verity is not in use (make native?): pure Python only")
+    return [("pure", None)] + ([("C", native)] if native is not None else [])
+
+
+def _median_line(results: dict[str, list[float]], mb: float) -> str:
+    med = {side: statistics.median(t) for side, t in results.items()}
+    line = "  ".join(f"{side} {m:.3f}s ({mb / m:.0f} MB/s)" for side, m in med.items())
+    return line + (f"  pure/C {med['pure'] / med['C']:.2f}x" if "C" in med else "")
+
+
+def in_memory(size: int, runs: int) -> None:
+    sides = _sides()
     data = os.urandom(size)
-    frames = _layer_like_frames()
-    sides = [("pure", None)] + ([("C", native)] if native is not None else [])
-    mb = size / 1e6
+    small = memoryview(data)[: min(size, 16 << 20)]
     print(f"in memory: {size >> 20} MiB, {runs} runs per side, alternating")
     for alg in HashAlg:
         calls = {
@@ -127,25 +138,24 @@ def in_memory(size: int, runs: int) -> None:
             for _ in range(runs):
                 for side, module in sides:
                     times[side].append(_time(_with(module, fn)))
-            med = {side: statistics.median(t) for side, t in times.items()}
-            line = "  ".join(f"{side} {m:.3f}s ({mb / m:.0f} MB/s)" for side, m in med.items())
-            ratio = f"  pure/C {med['pure'] / med['C']:.2f}x" if "C" in med else ""
-            print(f"  {alg} {name}: {line}{ratio}")
-        walls: dict[str, list[float]] = {side: [] for side, _ in sides}
-        unpacked: dict[str, list[int]] = {side: [] for side, _ in sides}
-        for _ in range(runs):
-            for side, module in sides:
-                run = _with(module, functools.partial(fsverity.digest_bytes, data, alg))
-                wall, n = _overlapped(run, frames)
-                walls[side].append(wall)
-                unpacked[side].append(n)
-        parts = []
-        for side, _ in sides:
-            wall = statistics.median(walls[side])
-            pairs = zip(unpacked[side], walls[side], strict=True)
-            rate = statistics.median(n / w for n, w in pairs)
-            parts.append(f"{side} {wall:.3f}s, zstd thread {rate / 1e6:.0f} MB/s meanwhile")
-        print(f"  {alg} digest_bytes + zstd thread: {'  '.join(parts)}")
+            print(f"  {alg} {name}: {_median_line(times, size / 1e6)}")
+        # The digest while a second thread works: decompression (which lets go of the
+        # GIL, as image import's does) on the whole buffer; bytecode on 16 MiB (the pure
+        # path waits up to a switch interval, 5 ms, to get the GIL back after each block).
+        for what, step, buf in (
+            ("zstd", _zstd_step(), memoryview(data)),
+            ("bytecode", _python_step, small),
+        ):
+            walls: dict[str, list[float]] = {side: [] for side, _ in sides}
+            for _ in range(runs):
+                for side, module in sides:
+                    run = _with(module, functools.partial(fsverity.digest_bytes, buf, alg))
+                    walls[side].append(_overlapped(run, step)[0])
+            mb = len(buf) / 1e6
+            print(
+                f"  {alg} digest_bytes of {len(buf) >> 20} MiB + a {what} thread: "
+                f"{_median_line(walls, mb)}"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -223,3 +223,6 @@ def test_a_stale_c_module_leaves_the_pure_code_in_charge(tmp_path: Path) -> None
     st = os.stat(built)
     os.utime(copy / "cfsboot/composefs/_verity.c", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert _probe(pure=False, stager=copy) == ("None", HELLO)
+    # Installed without its source (a wheel): nothing to be stale against, it is used.
+    (copy / "cfsboot/composefs/_verity.c").unlink()
+    assert _probe(pure=False, stager=copy) == (MODULE, HELLO)

@@ -78,9 +78,15 @@ def stale() -> list[str]:
 
 
 def c_stale(module: str) -> bool:
-    """Whether the C module `module` is built but older than its source."""
+    """Whether the C module `module` is built but older than its source (an install
+    without the .c file, from a wheel, has nothing to be stale against)."""
     path = compiled_path(module)
-    return path is not None and os.stat(path).st_mtime < os.stat(source_path(module)).st_mtime
+    if path is None:
+        return False
+    try:
+        return os.stat(path).st_mtime < os.stat(source_path(module)).st_mtime
+    except FileNotFoundError:
+        return False
 
 
 def c_module(module: str) -> ModuleType | None:

@@ -13,7 +13,7 @@ export CFSBOOT_REFTOOLS := $(CACHE)/reftools-bin
 export CFSBOOT_COMPOSEFS_ASSETS := $(CACHE)/composefs-assets
 
 APT_PACKAGES := \
-	python3 python3-venv python3-dev gcc make git libffi-dev pkg-config \
+	python3 python3-venv python3-dev gcc make git libffi-dev libssl-dev pkg-config \
 	mmdebstrap debian-archive-keyring arch-test \
 	shellcheck fsverity erofs-utils e2fsprogs util-linux \
 	mtools dosfstools fdisk skopeo zstd xz-utils cpio btrfs-progs xfsprogs \
@@ -46,9 +46,9 @@ venv:
 	done && \
 	rm -f "$$site"/__editable___cfsboot_*_finder.py
 
-# Rebuild the mypyc-compiled modules in place (stager/cfsboot/composefs/native.py) after
-# editing them; until then the edited sources run as pure Python. (mypyc leaves a module
-# whose C is unchanged as it was: the touch marks it current.)
+# Rebuild the mypyc-compiled modules and the C one in place (stager/cfsboot/composefs/
+# native.py) after editing them; until then the edited sources run as pure Python. (mypyc
+# leaves a module whose C is unchanged as it was: the touch marks it current.)
 native:
 	$(PY) setup.py -q build_ext --inplace
 	find stager -name '*.so' -exec touch {} +
@@ -70,10 +70,11 @@ selinux-oracle:
 testos:
 	$(PY) vm-tests/testos.py --cache $(CACHE)
 
-# The composefs tests once more with the compiled modules left aside (native.py): the
-# pure-Python path must keep working where they cannot be built.
+# The composefs tests once more with the compiled modules (mypyc's and the C one) left
+# aside (native.py): the pure-Python path must keep working where they cannot be built.
 PURE_TESTS := tests/unit/test_dumpfile.py tests/unit/test_erofs_writer.py tests/unit/test_limits.py \
-	tests/unit/test_native.py tests/conformance/test_writer_conformance.py
+	tests/unit/test_native.py tests/conformance/test_writer_conformance.py \
+	tests/unit/test_fsverity.py tests/unit/test_fsverity_native.py
 
 test: lint
 	$(PY) -m pytest -q tests

@@ -1,12 +1,18 @@
-"""fs-verity digests: golden vectors, the `fsverity digest` tool, and the CLI."""
+"""fs-verity digests: golden vectors, the `fsverity digest` tool, and the CLI.
+
+The digest tests run twice: through the C module `_verity` and through the pure-Python
+code (fsverity._verity set to None), whichever of the two native.py hands out.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +34,28 @@ def pattern(size: int) -> bytes:
 
 def zeros(size: int) -> bytes:
     return bytes(size)
+
+
+IMPLS = ["c", "pure"]
+
+
+@contextlib.contextmanager
+def implementation(which: str) -> Iterator[None]:
+    """fsverity with the C module (imported directly: also under CFSBOOT_PURE_PYTHON=1),
+    or with its pure-Python code."""
+    with pytest.MonkeyPatch.context() as mp:
+        if which == "c":
+            module = importlib.import_module("cfsboot.composefs._verity")  # built: make native
+            mp.setattr(fsverity, "_verity", module)
+        else:
+            mp.setattr(fsverity, "_verity", None)
+        yield
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request: pytest.FixtureRequest) -> Iterator[str]:
+    with implementation(request.param):
+        yield request.param
 
 
 # Produced by `fsverity digest --compact --hash-alg=…` (fsverity-utils 1.5) on these files.
@@ -91,7 +119,7 @@ def _write(path: Path, data: bytes) -> Path:
     [pytest.param(m, s, a, b, id=name) for name, m, s, a, b in GOLDEN],
 )
 def test_golden_vectors(
-    tmp_path: Path, make: Callable[[int], bytes], size: int, sha256: str, sha512: str
+    impl: str, tmp_path: Path, make: Callable[[int], bytes], size: int, sha256: str, sha512: str
 ) -> None:
     data = make(size)
     path = _write(tmp_path / "f", data)
@@ -107,7 +135,7 @@ def test_golden_vectors(
         assert h.digest() == bytes.fromhex(expected)  # digest() does not end the stream
 
 
-def test_empty_file_root_hash_is_zero() -> None:
+def test_empty_file_root_hash_is_zero(impl: str) -> None:
     for alg in HashAlg:
         desc = fsverity.descriptor(alg, 0, bytes(alg.digest_size))
         assert digest_bytes(b"", alg) == fsverity._CTORS[alg](desc).digest()
@@ -130,18 +158,22 @@ def test_descriptor_layout() -> None:
     data=st.binary(min_size=0, max_size=3 * 4096 + 17),
     cuts=st.lists(st.integers(min_value=0, max_value=3 * 4096 + 17), max_size=8),
     alg=st.sampled_from(list(HashAlg)),
+    which=st.sampled_from(IMPLS),
 )
-def test_streaming_any_split(data: bytes, cuts: list[int], alg: HashAlg) -> None:
-    h = FsVerityHasher(alg)
-    pos = 0
-    for cut in sorted(c for c in cuts if c <= len(data)):
-        h.update(memoryview(data)[pos:cut])
-        pos = cut
-    h.update(data[pos:])
-    assert h.digest() == digest_bytes(data, alg)
+def test_streaming_any_split(data: bytes, cuts: list[int], alg: HashAlg, which: str) -> None:
+    with implementation(which):
+        h = FsVerityHasher(alg)
+        pos = 0
+        for cut in sorted(c for c in cuts if c <= len(data)):
+            h.update(memoryview(data)[pos:cut])
+            pos = cut
+        h.update(data[pos:])
+        assert h.digest() == digest_bytes(data, alg)
 
 
-def test_threaded_and_streaming_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_threaded_and_streaming_paths(
+    impl: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Small segments so that several windows of several threads are exercised.
     monkeypatch.setattr(fsverity, "PARALLEL_MIN_SIZE", 1)
     monkeypatch.setattr(fsverity, "IN_MEMORY_TREE_MAX", 4096 * 10)  # threads=1 streams
@@ -155,7 +187,7 @@ def test_threaded_and_streaming_paths(tmp_path: Path, monkeypatch: pytest.Monkey
             assert digest_file(path, alg, threads=threads) == expected
 
 
-def test_digest_fd_reads_from_the_start(tmp_path: Path) -> None:
+def test_digest_fd_reads_from_the_start(impl: str, tmp_path: Path) -> None:
     path = _write(tmp_path / "f", pattern(10000))
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -182,7 +214,7 @@ def fsverity_tool(request: pytest.FixtureRequest) -> str:
     # 8 MiB + 4097: a two-level Merkle tree for both algorithms, hashed by several threads.
     [0, 1, 4095, 4096, 4097, 100_000, (1 << 20) + 1, (8 << 20) + 4097],
 )
-def test_matches_fsverity_tool(tmp_path: Path, fsverity_tool: str, size: int) -> None:
+def test_matches_fsverity_tool(impl: str, tmp_path: Path, fsverity_tool: str, size: int) -> None:
     data = os.urandom(size)
     path = _write(tmp_path / "f", data)
     for alg in HashAlg:

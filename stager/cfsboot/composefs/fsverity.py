@@ -8,9 +8,13 @@ zero-padded blocks and hashed, level by level, until one block remains; its
 hash is the root. An empty file has an all-zero root. The file digest is the
 hash of the 256-byte `struct fsverity_descriptor` holding the root.
 
-hashlib releases the GIL while it hashes more than 2047 bytes, so large files
-are hashed by several threads; everything else is kept to few Python-level
-operations per 4096-byte block, which is where the time goes.
+Two implementations of the block hashing, same bytes: the C module `_verity`
+(libcrypto; a whole buffer per call, the GIL released once, so another thread
+decompresses or writes meanwhile) where native.py hands it out, and the pure
+Python below otherwise (CFSBOOT_PURE_PYTHON=1, the Debian package, a build
+without a C compiler or libssl-dev). The pure path keeps to few Python-level
+operations per 4096-byte block, which is where its time goes; hashlib releases
+the GIL for every block. Either way large files are hashed by several threads.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from operator import methodcaller
 
+from cfsboot.composefs import native
 from setuproot.contract import HashAlg
 
 BLOCK_SIZE = 4096
@@ -47,10 +52,17 @@ _Ctor = Callable[..., "hashlib._Hash"]
 _CTORS: dict[HashAlg, _Ctor] = {HashAlg.SHA256: hashlib.sha256, HashAlg.SHA512: hashlib.sha512}
 _ZERO_BLOCK = bytes(BLOCK_SIZE)
 _get_digest = methodcaller("digest")
+# The C twin of _hash_blocks, digest_bytes and _digest_from_leaves, or None: then the
+# pure-Python code below runs (the tests set it to None to run that).
+_verity = native.c_module("cfsboot.composefs._verity")
 
 
-def _hash_blocks(ctor: _Ctor, data: bytes | bytearray | memoryview) -> bytes:
+def _hash_blocks(alg: HashAlg, data: bytes | bytearray | memoryview) -> bytes:
     """Concatenated hashes of the BLOCK_SIZE blocks of `data`, the last one zero-padded."""
+    if _verity is not None:
+        leaves: bytes = _verity.leaf_hashes(data, alg)
+        return leaves
+    ctor = _CTORS[alg]
     mv = memoryview(data)
     n = len(mv)
     full = n - n % BLOCK_SIZE
@@ -111,7 +123,7 @@ class FsVerityHasher:
             self._partial = bytearray()
         full = len(mv) - len(mv) % BLOCK_SIZE
         if full:
-            self._add_hashes(0, _hash_blocks(self._ctor, mv[:full]))
+            self._add_hashes(0, _hash_blocks(self.alg, mv[:full]))
         if full != len(mv):
             self._partial = bytearray(mv[full:])
 
@@ -134,7 +146,7 @@ class FsVerityHasher:
             full = len(buf) - len(buf) % BLOCK_SIZE
             if not full:
                 return
-            hashes = _hash_blocks(self._ctor, memoryview(buf)[:full])
+            hashes = _hash_blocks(self.alg, memoryview(buf)[:full])
             del buf[:full]
             level += 1
 
@@ -151,7 +163,7 @@ class FsVerityHasher:
         # A level with a single hash is the top: its hash is the root.
         while counts[level] != 1:
             if levels[level]:
-                h = _hash_blocks(self._ctor, levels[level])
+                h = _hash_blocks(self.alg, levels[level])
                 if level + 1 == len(levels):
                     levels.append(bytearray())
                     counts.append(0)
@@ -178,19 +190,24 @@ def _default_threads() -> int:
 
 def _digest_from_leaves(alg: HashAlg, size: int, leaves: bytes) -> bytes:
     """The file digest from all data-block hashes at once (the tree is built in memory)."""
-    ctor = _CTORS[alg]
+    if _verity is not None:
+        digest: bytes = _verity.digest_from_leaves(leaves, size, alg)
+        return digest
     level = leaves if leaves else bytes(alg.digest_size)  # empty file: all-zero root
     # A level holding a single hash is the top: that hash is the root.
     while len(level) > alg.digest_size:
-        level = _hash_blocks(ctor, level)
-    return ctor(descriptor(alg, size, level)).digest()
+        level = _hash_blocks(alg, level)
+    return _CTORS[alg](descriptor(alg, size, level)).digest()
 
 
 def digest_bytes(data: bytes | bytearray | memoryview, alg: HashAlg = HashAlg.SHA256) -> bytes:
     """fs-verity digest of an in-memory byte string."""
     alg = HashAlg(alg)
+    if _verity is not None:  # one call: leaves, tree and descriptor
+        digest: bytes = _verity.digest(data, alg)
+        return digest
     mv = memoryview(data).cast("B")
-    return _digest_from_leaves(alg, len(mv), _hash_blocks(_CTORS[alg], mv))
+    return _digest_from_leaves(alg, len(mv), _hash_blocks(alg, mv))
 
 
 _local = threading.local()
@@ -203,7 +220,7 @@ def _thread_buffer() -> bytearray:
     return buf
 
 
-def _hash_range(fd: int, ctor: _Ctor, start: int, length: int) -> bytes:
+def _hash_range(fd: int, alg: HashAlg, start: int, length: int) -> bytes:
     """Leaf hashes of file bytes [start, start+length) read with pread (safe across threads)."""
     buf = _thread_buffer()
     mv = memoryview(buf)
@@ -221,7 +238,7 @@ def _hash_range(fd: int, ctor: _Ctor, start: int, length: int) -> bytes:
             if more == 0:
                 raise OSError(f"file shrank while it was hashed (short read at offset {pos + got})")
             got += more
-        parts.append(_hash_blocks(ctor, mv[:got]))
+        parts.append(_hash_blocks(alg, mv[:got]))
         pos += got
     return b"".join(parts)
 
@@ -244,17 +261,16 @@ def digest_fd(
     fstat()ed the file, saves doing it again.
     """
     alg = HashAlg(alg)
-    ctor = _CTORS[alg]
     if size is None:
         size = os.fstat(fd).st_size
     nthreads = threads if threads is not None else _default_threads()
     if size < PARALLEL_MIN_SIZE or (nthreads <= 1 and size <= IN_MEMORY_TREE_MAX):
         # The common case (most files are small): few Python steps per file.
-        return _digest_from_leaves(alg, size, _hash_range(fd, ctor, 0, size))
+        return _digest_from_leaves(alg, size, _hash_range(fd, alg, 0, size))
     h = FsVerityHasher(alg)
     if nthreads <= 1:
         for start, length in _ranges(size, CHUNK_SIZE):
-            h.add_leaf_hashes(_hash_range(fd, ctor, start, length), length)
+            h.add_leaf_hashes(_hash_range(fd, alg, start, length), length)
         return h.digest()
     # Segments are block-aligned, so each thread's leaf hashes simply concatenate.
     # A bounded window of segments in flight keeps memory flat for huge files.
@@ -266,7 +282,7 @@ def digest_fd(
             batch = pending[i : i + window]
             for (_, length), hashes in zip(
                 batch,
-                pool.map(lambda r: _hash_range(fd, ctor, r[0], r[1]), batch),
+                pool.map(lambda r: _hash_range(fd, alg, r[0], r[1]), batch),
                 strict=True,
             ):
                 h.add_leaf_hashes(hashes, length)

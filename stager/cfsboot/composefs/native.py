@@ -13,13 +13,20 @@ instead when
 - CFSBOOT_PURE_PYTHON=1 is set (the pure-Python test run, debugging), or
 - a compiled module is older than its source: an edit not yet rebuilt (`make native`)
   must not be shadowed by the old code.
+
+One module is written in C instead (C_MODULES): `_verity` hashes fs-verity Merkle trees
+of whole buffers with libcrypto, without the GIL (fsverity.py's pure-Python code is
+its twin). `c_module()` hands it out under the same rule, its source being the .c file:
+none when CFSBOOT_PURE_PYTHON=1, when it is not built, or when it is older than its source.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from importlib.machinery import EXTENSION_SUFFIXES, ModuleSpec, SourceFileLoader
+from types import ModuleType
 
 # Compiled together (one mypyc group: calls between them stay native).
 MODULES = (
@@ -38,13 +45,15 @@ MODULES = (
 )
 GROUP = "cfsboot.composefs._native"  # the shared library: cfsboot/composefs/_native__mypyc*.so
 PURE_ENV = "CFSBOOT_PURE_PYTHON"
+# Extension modules written in C, each built from one source (setup.py links libcrypto).
+C_MODULES = ("cfsboot.composefs._verity",)
 
 _STAGER = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _pure = False
 
 
 def source_path(module: str) -> str:
-    return os.path.join(_STAGER, *module.split(".")) + ".py"
+    return os.path.join(_STAGER, *module.split(".")) + (".c" if module in C_MODULES else ".py")
 
 
 def compiled_path(module: str) -> str | None:
@@ -66,6 +75,28 @@ def stale() -> list[str]:
         if path is None or os.stat(path).st_mtime < os.stat(source_path(module)).st_mtime:
             out.append(module)
     return out
+
+
+def c_stale(module: str) -> bool:
+    """Whether the C module `module` is built but older than its source (an install
+    without the .c file, from a wheel, has nothing to be stale against)."""
+    path = compiled_path(module)
+    if path is None:
+        return False
+    try:
+        return os.stat(path).st_mtime < os.stat(source_path(module)).st_mtime
+    except FileNotFoundError:
+        return False
+
+
+def c_module(module: str) -> ModuleType | None:
+    """The C module `module` if it is to be used: built, current, not turned off."""
+    if os.environ.get(PURE_ENV) == "1" or compiled_path(module) is None or c_stale(module):
+        return None
+    try:
+        return importlib.import_module(module)
+    except ImportError:  # e.g. a libcrypto without the algorithms: the sources serve
+        return None
 
 
 class _SourceFinder:

@@ -1,0 +1,354 @@
+/* fs-verity Merkle-tree hashing of whole buffers, with the GIL released once per call.
+ *
+ * The native twin of the pure-Python code in fsverity.py (which stays the reference and
+ * the fallback: native.py decides which one runs). The pure path hashes each 4096-byte
+ * block through hashlib, which takes and releases the GIL for every block; here a
+ * buffer of any size is hashed in one call, without the GIL, through libcrypto's EVP
+ * interface (SHA-NI/AVX2 where the CPU has them), so another thread runs meanwhile.
+ *
+ * Functions (alg: "sha256" or "sha512"; data: any C-contiguous buffer):
+ *   leaf_hashes(data, alg)              the hashes of data's 4096-byte blocks, the last
+ *                                       one zero-padded, concatenated (b"" for no data)
+ *   digest_from_leaves(leaves, size, alg)  the fs-verity file digest of `size` bytes of
+ *                                       data whose leaf hashes are `leaves`
+ *   digest(data, alg)                   the fs-verity file digest of data
+ *
+ * The algorithm: Documentation/filesystems/fsverity.rst, "File digest computation";
+ * 4096-byte tree blocks, no salt, as composefs uses it.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/evp.h>
+
+#define BLOCK_SIZE 4096
+#define LOG_BLOCK_SIZE 12
+#define MAX_DIGEST 64
+/* struct fsverity_descriptor (<linux/fsverity.h>): version, hash_algorithm,
+ * log_blocksize, salt_size, __le32 reserved, __le64 data_size, root_hash[64],
+ * salt[32], reserved[144]. */
+#define DESCRIPTOR_SIZE 256
+#define DESC_DATA_SIZE 8
+#define DESC_ROOT_HASH 16
+/* Below this many bytes the hashing takes less time than handing the GIL to another
+ * thread and getting it back can cost: keep it. */
+#define RELEASE_MIN (16 * BLOCK_SIZE)
+
+struct alg {
+    const char *name;    /* as HashAlg spells it */
+    const char *ossl;    /* as OpenSSL fetches it */
+    int kernel_id;       /* FS_VERITY_HASH_ALG_* */
+    EVP_MD *md;          /* fetched once, when the module is imported */
+    size_t size;
+};
+
+static struct alg ALGS[] = {
+    {"sha256", "SHA256", 1, NULL, 32},
+    {"sha512", "SHA512", 2, NULL, 64},
+};
+#define NALGS (sizeof(ALGS) / sizeof(ALGS[0]))
+
+/* What went wrong without the GIL, raised once it is held again. */
+struct failure {
+    const char *what;
+    unsigned long code;
+};
+
+static void fail(struct failure *f, const char *what)
+{
+    if (f->what == NULL) {
+        f->what = what;
+        f->code = ERR_get_error();
+    }
+    ERR_clear_error();
+}
+
+static PyObject *raise_failure(const struct failure *f)
+{
+    char buf[256];
+    if (f->what == NULL) /* no OpenSSL failure: the error was a Python one */
+        return PyErr_NoMemory();
+    if (f->code != 0) {
+        ERR_error_string_n(f->code, buf, sizeof(buf));
+        PyErr_Format(PyExc_RuntimeError, "fs-verity hashing: %s failed: %s", f->what, buf);
+    } else {
+        PyErr_Format(PyExc_RuntimeError, "fs-verity hashing: %s failed", f->what);
+    }
+    return NULL;
+}
+
+/* Hash one `len`-byte piece (len <= BLOCK_SIZE) zero-padded to BLOCK_SIZE into `out`. */
+static int hash_block(EVP_MD_CTX *ctx, const struct alg *a, const unsigned char *block,
+                      size_t len, unsigned char *out, struct failure *f)
+{
+    static const unsigned char zeros[BLOCK_SIZE];
+    if (!EVP_DigestInit_ex2(ctx, a->md, NULL)) {
+        fail(f, "EVP_DigestInit_ex2");
+        return -1;
+    }
+    if (!EVP_DigestUpdate(ctx, block, len)) {
+        fail(f, "EVP_DigestUpdate");
+        return -1;
+    }
+    if (len < BLOCK_SIZE && !EVP_DigestUpdate(ctx, zeros, BLOCK_SIZE - len)) {
+        fail(f, "EVP_DigestUpdate");
+        return -1;
+    }
+    if (!EVP_DigestFinal_ex(ctx, out, NULL)) {
+        fail(f, "EVP_DigestFinal_ex");
+        return -1;
+    }
+    return 0;
+}
+
+static size_t nblocks(size_t len)
+{
+    return len / BLOCK_SIZE + (len % BLOCK_SIZE != 0);
+}
+
+/* The hashes of the blocks of data[0:len] into out (nblocks(len) * a->size bytes).
+ * out may be data itself: hash i is written over bytes that block i or an earlier one
+ * held, after they were read. */
+static int hash_blocks(EVP_MD_CTX *ctx, const struct alg *a, const unsigned char *data,
+                       size_t len, unsigned char *out, struct failure *f)
+{
+    size_t n = nblocks(len);
+    unsigned char digest[MAX_DIGEST];
+    for (size_t i = 0; i < n; i++) {
+        size_t off = i * BLOCK_SIZE;
+        size_t take = len - off < BLOCK_SIZE ? len - off : BLOCK_SIZE;
+        if (hash_block(ctx, a, data + off, take, digest, f) < 0)
+            return -1;
+        memcpy(out + i * a->size, digest, a->size);
+    }
+    return 0;
+}
+
+/* The file digest from the leaf hashes, in place: `leaves` (nleaves * a->size bytes) is
+ * overwritten by the upper levels of the tree. */
+static int tree_digest(EVP_MD_CTX *ctx, const struct alg *a, unsigned char *leaves,
+                       size_t nleaves, uint64_t data_size, unsigned char *out,
+                       struct failure *f)
+{
+    unsigned char desc[DESCRIPTOR_SIZE];
+    memset(desc, 0, sizeof(desc));
+    size_t level = nleaves * a->size;
+    /* A level holding a single hash is the top: that hash is the root. An empty file
+     * has an all-zero root (left as the memset made it). */
+    while (level > a->size) {
+        size_t n = nblocks(level);
+        if (hash_blocks(ctx, a, leaves, level, leaves, f) < 0)
+            return -1;
+        level = n * a->size;
+    }
+    desc[0] = 1; /* version */
+    desc[1] = (unsigned char)a->kernel_id;
+    desc[2] = LOG_BLOCK_SIZE;
+    for (int i = 0; i < 8; i++)
+        desc[DESC_DATA_SIZE + i] = (unsigned char)(data_size >> (8 * i));
+    if (nleaves)
+        memcpy(desc + DESC_ROOT_HASH, leaves, a->size);
+    if (!EVP_DigestInit_ex2(ctx, a->md, NULL)) {
+        fail(f, "EVP_DigestInit_ex2");
+        return -1;
+    }
+    if (!EVP_DigestUpdate(ctx, desc, sizeof(desc))) {
+        fail(f, "EVP_DigestUpdate");
+        return -1;
+    }
+    if (!EVP_DigestFinal_ex(ctx, out, NULL)) {
+        fail(f, "EVP_DigestFinal_ex");
+        return -1;
+    }
+    return 0;
+}
+
+static const struct alg *find_alg(PyObject *name)
+{
+    if (!PyUnicode_Check(name)) {
+        PyErr_Format(PyExc_TypeError, "hash algorithm must be a str, not %.100s",
+                     Py_TYPE(name)->tp_name);
+        return NULL;
+    }
+    for (size_t i = 0; i < NALGS; i++) {
+        if (PyUnicode_CompareWithASCIIString(name, ALGS[i].name) == 0)
+            return &ALGS[i];
+    }
+    PyErr_Format(PyExc_ValueError, "unknown hash algorithm %R (sha256 or sha512)", name);
+    return NULL;
+}
+
+static int check_args(const char *name, Py_ssize_t nargs, Py_ssize_t want)
+{
+    if (nargs == want)
+        return 0;
+    PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)", name, want, nargs);
+    return -1;
+}
+
+/* Release the GIL only for buffers worth it. */
+static PyThreadState *release(size_t len)
+{
+    return len >= RELEASE_MIN ? PyEval_SaveThread() : NULL;
+}
+
+static void retake(PyThreadState *ts)
+{
+    if (ts != NULL)
+        PyEval_RestoreThread(ts);
+}
+
+static PyObject *leaf_hashes(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (check_args("leaf_hashes", nargs, 2) < 0)
+        return NULL;
+    const struct alg *a = find_alg(args[1]);
+    if (a == NULL)
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    size_t len = (size_t)view.len;
+    PyObject *result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(nblocks(len) * a->size));
+    EVP_MD_CTX *ctx = result != NULL ? EVP_MD_CTX_new() : NULL;
+    if (ctx == NULL) {
+        Py_XDECREF(result);
+        PyBuffer_Release(&view);
+        return PyErr_NoMemory();
+    }
+    struct failure f = {NULL, 0};
+    /* The bytes object is not shared yet: writing it without the GIL is safe. */
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(result);
+    PyThreadState *ts = release(len);
+    int rc = hash_blocks(ctx, a, view.buf, len, out, &f);
+    retake(ts);
+    EVP_MD_CTX_free(ctx);
+    PyBuffer_Release(&view);
+    if (rc < 0) {
+        Py_DECREF(result);
+        return raise_failure(&f);
+    }
+    return result;
+}
+
+/* Leaf hashes from `data` (when leaves is NULL) or `leaves`, then the file digest. */
+static PyObject *file_digest(const struct alg *a, const unsigned char *data, size_t len,
+                             const unsigned char *leaves, size_t nleaves, uint64_t size)
+{
+    unsigned char out[MAX_DIGEST];
+    size_t n = leaves != NULL ? nleaves : nblocks(len);
+    unsigned char *work = PyMem_RawMalloc(n ? n * a->size : 1);
+    EVP_MD_CTX *ctx = work != NULL ? EVP_MD_CTX_new() : NULL;
+    if (ctx == NULL) {
+        PyMem_RawFree(work);
+        return PyErr_NoMemory();
+    }
+    struct failure f = {NULL, 0};
+    PyThreadState *ts = release(leaves != NULL ? n * a->size : len);
+    int rc = 0;
+    if (leaves != NULL)
+        memcpy(work, leaves, n * a->size);
+    else
+        rc = hash_blocks(ctx, a, data, len, work, &f);
+    if (rc == 0)
+        rc = tree_digest(ctx, a, work, n, size, out, &f);
+    retake(ts);
+    EVP_MD_CTX_free(ctx);
+    PyMem_RawFree(work);
+    if (rc < 0)
+        return raise_failure(&f);
+    return PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)a->size);
+}
+
+static PyObject *digest(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (check_args("digest", nargs, 2) < 0)
+        return NULL;
+    const struct alg *a = find_alg(args[1]);
+    if (a == NULL)
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *result = file_digest(a, view.buf, (size_t)view.len, NULL, 0, (uint64_t)view.len);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static PyObject *digest_from_leaves(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (check_args("digest_from_leaves", nargs, 3) < 0)
+        return NULL;
+    unsigned long long size = PyLong_AsUnsignedLongLong(args[1]);
+    if (size == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    const struct alg *a = find_alg(args[2]);
+    if (a == NULL)
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    size_t len = (size_t)view.len;
+    PyObject *result = NULL;
+    if (len % a->size != 0) {
+        PyErr_Format(PyExc_ValueError, "leaf hashes: %zu bytes is not a whole number of %s hashes",
+                     len, a->name);
+    } else if (len / a->size != nblocks(size)) {
+        PyErr_Format(PyExc_ValueError, "leaf hashes: %zu hashes for %llu bytes of data",
+                     len / a->size, size);
+    } else {
+        result = file_digest(a, NULL, 0, view.buf, len / a->size, size);
+    }
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"leaf_hashes", (PyCFunction)(void (*)(void))leaf_hashes, METH_FASTCALL,
+     "leaf_hashes(data, alg) -> bytes: the hashes of data's 4096-byte blocks (the last one "
+     "zero-padded), concatenated."},
+    {"digest_from_leaves", (PyCFunction)(void (*)(void))digest_from_leaves, METH_FASTCALL,
+     "digest_from_leaves(leaves, size, alg) -> bytes: the fs-verity file digest of size bytes "
+     "whose leaf hashes are leaves."},
+    {"digest", (PyCFunction)(void (*)(void))digest, METH_FASTCALL,
+     "digest(data, alg) -> bytes: the fs-verity file digest of data."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    "cfsboot.composefs._verity",
+    "fs-verity Merkle-tree hashing of whole buffers in C (libcrypto), without the GIL.",
+    -1,
+    methods,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
+};
+
+PyMODINIT_FUNC PyInit__verity(void)
+{
+    for (size_t i = 0; i < NALGS; i++) {
+        if (ALGS[i].md == NULL)
+            ALGS[i].md = EVP_MD_fetch(NULL, ALGS[i].ossl, NULL);
+        if (ALGS[i].md == NULL) {
+            char buf[256];
+            ERR_error_string_n(ERR_get_error(), buf, sizeof(buf));
+            ERR_clear_error();
+            PyErr_Format(PyExc_ImportError, "libcrypto has no %s: %s", ALGS[i].ossl, buf);
+            return NULL;
+        }
+        if ((size_t)EVP_MD_get_size(ALGS[i].md) != ALGS[i].size) {
+            PyErr_Format(PyExc_ImportError, "libcrypto's %s has an unexpected size",
+                         ALGS[i].ossl);
+            return NULL;
+        }
+    }
+    return PyModule_Create(&module);
+}

@@ -42,12 +42,14 @@ from cfsboot.image.objectsink import ObjectSink
 from cfsboot.image.progress import Progress
 from cfsboot.image.transform import XattrFilter, transform_for_boot, transform_for_oci
 from cfsboot.linux import space
-from cfsboot.oci import skopeo
+from cfsboot.linux.lazylog import getLogger
+from cfsboot.oci import registryconf, skopeo
 from cfsboot.oci.apply import LayerRecord, build_tree
 from cfsboot.oci.blobs import LayerDesc, OpenedImage
 from cfsboot.oci.documents import ImageConfig
 from cfsboot.oci.image import open_image
 from cfsboot.oci.reference import ImageRef, parse
+from cfsboot.oci.registry import open_registry
 from setuproot.contract import HashAlg
 
 # Where skopeo copies an image to: /run (memory on every systemd system) when what it
@@ -56,6 +58,8 @@ from setuproot.contract import HashAlg
 RUN_DIR = "/run"
 RUN_SHARE = 4
 DISK_TMP_DIR = "/var/tmp"
+
+log = getLogger(__name__)
 
 
 def default_tag(ref: str) -> str:
@@ -95,21 +99,48 @@ def opened(
     skip: Collection[str] = (),
     tmp_dir: str = DISK_TMP_DIR,
 ) -> Iterator[OpenedImage]:
-    """Open a reference natively, or through `skopeo copy` into a temporary OCI layout.
+    """Open a reference natively (a registry's through cfsboot's client when
+    registryconf.choose says so), or through `skopeo copy` into a temporary OCI layout.
 
     `tls_verify` is for skopeo's registries (None: skopeo's default and registries.conf).
     `skip`: layer blobs skopeo need not fetch (skopeo.copy_to_oci): the caller must not
     read them. `tmp_dir`: where the temporary layout goes (pull_dir).
     """
     with ExitStack() as stack:
-        if not ref.transport.native:
-            tmp = stack.enter_context(
-                tempfile.TemporaryDirectory(prefix="cfsboot-pull-", dir=tmp_dir)
-            )
-            ref = skopeo.copy_to_oci(ref, Path(tmp), arch=arch, tls_verify=tls_verify, skip=skip)
-        image = open_image(ref, arch=arch)
+        image = _open_registry(ref, arch, tls_verify, log_choice=True)
+        if image is None:
+            if not ref.transport.native:
+                tmp = stack.enter_context(
+                    tempfile.TemporaryDirectory(prefix="cfsboot-pull-", dir=tmp_dir)
+                )
+                ref = skopeo.copy_to_oci(
+                    ref, Path(tmp), arch=arch, tls_verify=tls_verify, skip=skip
+                )
+            image = open_image(ref, arch=arch)
         stack.callback(image.close)
         yield image
+
+
+def _native_registry(ref: ImageRef, tls_verify: bool | None) -> registryconf.Choice | None:
+    """How cfsboot's own client fetches a registry image; None: skopeo does (or no registry)."""
+    if ref.transport.native:
+        return None
+    choice = registryconf.choose(ref, tls_verify)
+    return choice if choice.native else None
+
+
+def _open_registry(
+    ref: ImageRef, arch: str | None, tls_verify: bool | None, *, log_choice: bool = False
+) -> OpenedImage | None:
+    """The image opened by cfsboot's registry client; None when skopeo is to fetch it."""
+    if ref.transport.native:
+        return None
+    choice = registryconf.choose(ref, tls_verify)
+    if log_choice:
+        log.info("%s: %s", ref, choice.why)
+    if not choice.native:
+        return None
+    return open_registry(ref, arch, tls_verify=choice.tls_verify, credentials=choice.credentials)
 
 
 def fetch_config(
@@ -123,6 +154,12 @@ def fetch_config(
             return image.config_digest, image.image_config
         finally:
             image.close()
+    fetched = _open_registry(ref, arch, tls_verify)
+    if fetched is not None:
+        try:
+            return fetched.config_digest, fetched.image_config
+        finally:
+            fetched.close()
     raw = skopeo.inspect_config(ref, arch=arch, tls_verify=tls_verify)
     config = ImageConfig.parse(raw, f"{reference}: the image config skopeo returned")
     return "sha256:" + hashlib.sha256(raw).hexdigest(), config
@@ -145,7 +182,11 @@ def known_layers(
 
     Asks skopeo for the config and the layer list (no layer travels). Nothing is
     skipped when the two do not pair up, or when the repository has none of the layers.
+    An image cfsboot's own client fetches needs none of this: it requests only the
+    blobs of the layers the repository lacks (_read_layers looks them up).
     """
+    if _native_registry(ref, tls_verify) is not None:
+        return KnownLayers({}, [], None)
     raw = skopeo.inspect_config(ref, arch=arch, tls_verify=tls_verify)
     diff_ids = ImageConfig.parse(raw, f"{ref}: the image config skopeo returned").diff_ids or ()
     records = {d: r for d in dict.fromkeys(diff_ids) if (r := stored_record(repo, d)) is not None}

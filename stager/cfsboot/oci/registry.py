@@ -1,19 +1,15 @@
 """A registry client (OCI distribution API, Docker Registry HTTP API v2) on http.client.
 
 `docker://NAME` images are fetched without skopeo when nothing in the containers
-configuration would make skopeo behave otherwise (registryconf.py decides). The
-registry's documents are served to the OCI layout reader (ocilayout.py) through a
-BlobSource, so that platform selection, verification and layer description are the
-same code as for `oci:` layouts: `index.json` is made up, naming the manifest the
-reference names (a tag's as served, or the pinned digest, checked); a blob name is
-a GET of /v2/NAME/manifests/DIGEST when an index served before names that digest,
-else of /v2/NAME/blobs/DIGEST, streamed (never copied anywhere) into the verifying
-readers. A layer the repository already has is never opened, so never fetched.
-
-Connections are kept alive per (scheme, host) and reused; a blob redirected to
-another host (object storage) goes there without the registry's credentials. Auth
-is the registry's challenge: Bearer (a token from the realm, anonymous or with the
-auth file's user and password) or Basic.
+configuration would make skopeo behave otherwise (registryconf.py decides; the HTTP
+side, auth and connections, is registryhttp.py). The registry's documents are
+served to the OCI layout reader (ocilayout.py) through a BlobSource, so that
+platform selection, verification and layer description are the same code as for
+`oci:` layouts: `index.json` is made up, naming the manifest the reference names (a
+tag's as served, or the pinned digest, checked); a blob name is a GET of
+/v2/NAME/manifests/DIGEST when an index served before names that digest, else of
+/v2/NAME/blobs/DIGEST, streamed (never copied anywhere) into the verifying readers.
+A layer the repository already has is never opened, so never fetched.
 
 The manifest digest recorded is that of the manifest as the registry serves it (what
 bootc reports as imageDigest). skopeo's copy into an OCI layout keeps an OCI
@@ -24,37 +20,28 @@ here. `upgrade --check` compares config digests, which are the same either way.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import http.client
 import io
 import json
 import re
-import socket
-import ssl
-import urllib.parse
 from dataclasses import dataclass
-from typing import Any, BinaryIO, NoReturn
+from typing import BinaryIO
 
-from cfsboot.errors import die
+from cfsboot.errors import CfsbootError, die
 from cfsboot.oci.blobs import MAX_MANIFEST, BlobSource, OpenedImage
 from cfsboot.oci.documents import (
     INDEX_TYPES,
     MANIFEST_TYPES,
-    MT_DOCKER_MANIFEST,
     MT_OCI_INDEX,
     MT_OCI_MANIFEST,
     is_digest,
 )
 from cfsboot.oci.network import DOCKER_HUB
+from cfsboot.oci.ocilayout import open_oci
 from cfsboot.oci.reference import ImageRef, Transport
+from cfsboot.oci.registryhttp import Body, Client
 
 ACCEPT = ", ".join((*MANIFEST_TYPES, *INDEX_TYPES))
-MAX_REDIRECTS = 5
-MAX_TOKEN = 1 << 20
-TIMEOUT = 60.0  # seconds a connect or a read may take
-USER_AGENT = "cfsboot"
-REDIRECTS = (301, 302, 303, 307, 308)
 HUB_DOMAIN = "docker.io"
 # The distribution spec's repository name components and tags.
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
@@ -114,380 +101,46 @@ def registry_name(ref: ImageRef) -> RegistryName:
     return RegistryName(domain, host, path, tag, digest or None, text)
 
 
-def _challenge(header: str) -> tuple[str, dict[str, str]]:
-    """(scheme in lower case, parameters) of a WWW-Authenticate header."""
-    scheme, _, rest = header.strip().partition(" ")
-    params = {
-        k.lower(): q if q or not u else u
-        for k, q, u in re.findall(r'([A-Za-z_]+)\s*=\s*(?:"([^"]*)"|([^,\s]*))', rest)
-    }
-    return scheme.lower(), params
-
-
-def _net_error(e: BaseException, host: str) -> NoReturn:
-    """A one-line error for a network failure reaching `host`."""
-    if isinstance(e, socket.gaierror):
-        die(f"cannot resolve registry {host}: {e.strerror or e}", hint="check the image name")
-    if isinstance(e, ssl.SSLCertVerificationError):
-        die(
-            f"registry {host}: TLS certificate not trusted ({e.verify_message})",
-            hint="for a test registry, pass --src-tls-verify=false",
-        )
-    if isinstance(e, ConnectionRefusedError):
-        die(f"cannot connect to registry {host}: connection refused", hint="is it running?")
-    if isinstance(e, TimeoutError | socket.timeout):
-        die(f"registry {host} did not answer within {TIMEOUT:.0f} s")
-    if isinstance(e, http.client.IncompleteRead):
-        die(f"registry {host} closed the connection early (truncated answer)")
-    die(f"registry {host}: {e.__class__.__name__}: {e}")
-
-
-class Client:
-    """One repository of one registry: requests on kept-alive connections, auth."""
-
-    def __init__(
-        self,
-        name: RegistryName,
-        *,
-        tls_verify: bool = True,
-        credentials: tuple[str, str] | None = None,
-    ) -> None:
-        self.name = name
-        self.tls_verify = tls_verify
-        # Without verification: plain HTTP first, TLS (unverified) when the registry asks for it.
-        self.scheme = "https" if tls_verify else "http"
-        self.scheme_known = tls_verify
-        self.credentials = credentials
-        self.authorization: str | None = None
-        self.idle: dict[tuple[str, str], list[http.client.HTTPConnection]] = {}
-        self.made: list[http.client.HTTPConnection] = []
-        self.requests = 0  # sent, for tests (keep-alive)
-        self.connections = 0  # opened
-
-    # -- connections
-
-    def _connection(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
-        pool = self.idle.get((scheme, netloc))
-        if pool:
-            return pool.pop()
-        self.connections += 1
-        conn: http.client.HTTPConnection
-        if scheme == "https":
-            ctx = ssl.create_default_context()
-            if not self.tls_verify:
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-            conn = http.client.HTTPSConnection(netloc, timeout=TIMEOUT, context=ctx)
+def fetch_manifest(client: Client, reference: str) -> tuple[bytes, str, str]:
+    """(bytes, media type, digest) of the manifest or index `reference` names,
+    the digest checked when `reference` is one."""
+    what = f"manifest {reference}"
+    resp = client.get(f"/v2/{client.name.repository}/manifests/{reference}", ACCEPT)
+    client.check_status(resp, what)
+    data = resp.read_small(MAX_MANIFEST, what)
+    alg = reference.partition(":")[0] if is_digest(reference) else "sha256"
+    digest = f"{alg}:{hashlib.new(alg, data).hexdigest()}"
+    served = resp.resp.getheader("Docker-Content-Digest")
+    if is_digest(reference) and digest != reference:
+        die(f"{client.name.text}: manifest digest mismatch: expected {reference}, got {digest}")
+    if served and served.startswith(f"{alg}:") and served != digest:
+        die(f"{client.name.text}: manifest digest mismatch: registry says {served}, got {digest}")
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        die(f"{client.name.text}: the registry's {what} is not a JSON object")
+    mt = (resp.resp.getheader("Content-Type") or "").partition(";")[0].strip()
+    if mt not in (*INDEX_TYPES, *MANIFEST_TYPES):
+        own = doc.get("mediaType")
+        if isinstance(own, str) and own:
+            mt = own
+        elif doc.get("schemaVersion") == 1:
+            mt = "application/vnd.docker.distribution.manifest.v1+json"
         else:
-            conn = http.client.HTTPConnection(netloc, timeout=TIMEOUT)
-        self.made.append(conn)
-        return conn
-
-    def release(
-        self, scheme: str, netloc: str, conn: http.client.HTTPConnection, keep: bool
-    ) -> None:
-        """Back to the pool after its answer was read to the end (keep), else closed."""
-        if keep:
-            self.idle.setdefault((scheme, netloc), []).append(conn)
-        else:
-            conn.close()
-
-    def _send(
-        self, scheme: str, netloc: str, path: str, headers: dict[str, str]
-    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        """One request; a kept-alive connection the server closed meanwhile is retried once."""
-        for attempt in (0, 1):
-            conn = self._connection(scheme, netloc)
-            reused = conn.sock is not None
-            try:
-                self.requests += 1
-                conn.request("GET", path, headers=headers)
-                return conn, conn.getresponse()
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                conn.close()
-                if reused and attempt == 0:
-                    continue
-                raise
-        raise AssertionError("unreachable")
-
-    def _send_registry(
-        self, path: str, headers: dict[str, str]
-    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        """A request to the registry itself; finds out its scheme when TLS is not verified."""
-        if self.scheme_known:
-            return self._send(self.scheme, self.name.host, path, headers)
-        try:
-            conn, resp = self._send("http", self.name.host, path, headers)
-        except (http.client.BadStatusLine, ConnectionResetError, BrokenPipeError):
-            resp = None
-        # A TLS-only server answers plain HTTP with a 400 that is no registry's answer.
-        if resp is not None and not (
-            resp.status == 400 and resp.getheader("Docker-Distribution-Api-Version") is None
-        ):
-            self.scheme_known = True
-            return conn, resp
-        if resp is not None:
-            conn.close()
-        self.scheme, self.scheme_known = "https", True
-        return self._send("https", self.name.host, path, headers)
-
-    # -- requests
-
-    def get(self, path: str, accept: str | None = None) -> Response:
-        """GET a registry path (/v2/...), through auth challenges and redirects."""
-        scheme, netloc, target = self.scheme, self.name.host, path
-        authenticated = False
-        for _ in range(MAX_REDIRECTS + 1):
-            headers = {"User-Agent": USER_AGENT}
-            if accept:
-                headers["Accept"] = accept
-            at_registry = netloc == self.name.host
-            if at_registry and self.authorization:
-                headers["Authorization"] = self.authorization
-            try:
-                if at_registry and scheme == self.scheme:
-                    conn, resp = self._send_registry(target, headers)
-                    scheme = self.scheme
-                else:
-                    conn, resp = self._send(scheme, netloc, target, headers)
-            except (OSError, http.client.HTTPException) as e:
-                _net_error(e, netloc)
-            if resp.status == 401 and at_registry and not authenticated:
-                challenge = resp.getheader("WWW-Authenticate") or ""
-                self._drain(scheme, netloc, conn, resp)
-                self._authenticate(challenge)
-                authenticated = True
-                continue
-            if resp.status in REDIRECTS:
-                location = resp.getheader("Location")
-                self._drain(scheme, netloc, conn, resp)
-                if not location:
-                    die(f"registry {netloc} redirected {target} nowhere")
-                url = urllib.parse.urlsplit(
-                    urllib.parse.urljoin(f"{scheme}://{netloc}{target}", location)
-                )
-                if url.scheme not in ("http", "https") or not url.netloc:
-                    die(f"registry {netloc} redirected {target} to {location!r}")
-                scheme, netloc = url.scheme, url.netloc
-                target = url.path + (f"?{url.query}" if url.query else "")
-                continue
-            return Response(self, scheme, netloc, conn, resp)
-        die(f"registry {self.name.host}: too many redirects for {path} (more than {MAX_REDIRECTS})")
-
-    def _drain(
-        self,
-        scheme: str,
-        netloc: str,
-        conn: http.client.HTTPConnection,
-        resp: http.client.HTTPResponse,
-    ) -> None:
-        try:
-            resp.read(MAX_TOKEN)
-        except (OSError, http.client.HTTPException):
-            conn.close()
-            return
-        self.release(scheme, netloc, conn, resp.isclosed() and not resp.will_close)
-
-    def _authenticate(self, header: str) -> None:
-        """Answer the registry's 401 challenge: a Bearer token or Basic credentials."""
-        scheme, params = _challenge(header)
-        basic = None
-        if self.credentials is not None:
-            user, password = self.credentials
-            basic = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-        if scheme == "basic":
-            if basic is None:
-                self._unauthorized(401)
-            self.authorization = basic
-            return
-        if scheme != "bearer" or not params.get("realm"):
-            die(f"registry {self.name.host} asks for authentication cfsboot cannot do ({header!r})")
-        self.authorization = f"Bearer {self._token(params, basic)}"
-
-    def _token(self, params: dict[str, str], basic: str | None) -> str:
-        """A token from the Bearer challenge's realm (anonymous, or with `basic`)."""
-        query = {"scope": params.get("scope") or f"repository:{self.name.repository}:pull"}
-        if params.get("service"):
-            query["service"] = params["service"]
-        realm = urllib.parse.urlsplit(params["realm"])
-        if realm.scheme not in ("http", "https") or not realm.netloc:
-            die(f"registry {self.name.host}: unusable token service {params['realm']!r}")
-        target = (
-            (realm.path or "/")
-            + "?"
-            + "&".join(filter(None, [realm.query, urllib.parse.urlencode(query)]))
-        )
-        headers = {"User-Agent": USER_AGENT}
-        if basic is not None:
-            headers["Authorization"] = basic
-        try:
-            conn, resp = self._send(realm.scheme, realm.netloc, target, headers)
-            body = resp.read(MAX_TOKEN + 1)
-        except (OSError, http.client.HTTPException) as e:
-            _net_error(e, realm.netloc)
-        self.release(realm.scheme, realm.netloc, conn, resp.isclosed() and not resp.will_close)
-        if resp.status in (401, 403):
-            self._unauthorized(resp.status)
-        if resp.status != 200 or len(body) > MAX_TOKEN:
-            die(f"token service {realm.netloc} answered {resp.status} {resp.reason}")
-        try:
-            doc = json.loads(body)
-            token = doc.get("token") or doc.get("access_token")
-        except (ValueError, AttributeError):
-            token = None
-        if not isinstance(token, str) or not token:
-            die(f"token service {realm.netloc} gave no token")
-        return token
-
-    def _unauthorized(self, status: int) -> None:
-        what = "refused the credentials" if self.credentials else "needs credentials"
-        die(
-            f"registry {self.name.host} {what} for {self.name.repository} ({status})",
-            hint="log in (skopeo login / podman login) or set REGISTRY_AUTH_FILE",
-        )
-
-    def check_status(self, resp: Response, what: str) -> None:
-        status = resp.resp.status
-        if status == 200:
-            return
-        resp.close()
-        if status in (401, 403):
-            self._unauthorized(status)
-        if status == 404:
-            die(f"{self.name.text}: {what} not found in registry {self.name.host}")
-        die(f"registry {self.name.host} answered {status} {resp.resp.reason} for {what}")
-
-    # -- documents and blobs
-
-    def manifest(self, reference: str) -> tuple[bytes, str, str]:
-        """(bytes, media type, digest) of the manifest or index `reference` names,
-        the digest checked when `reference` is one."""
-        what = f"manifest {reference}"
-        resp = self.get(f"/v2/{self.name.repository}/manifests/{reference}", ACCEPT)
-        self.check_status(resp, what)
-        data = resp.read_small(MAX_MANIFEST, what)
-        alg = reference.partition(":")[0] if is_digest(reference) else "sha256"
-        digest = f"{alg}:{hashlib.new(alg, data).hexdigest()}"
-        served = resp.resp.getheader("Docker-Content-Digest")
-        if is_digest(reference) and digest != reference:
-            die(f"{self.name.text}: manifest digest mismatch: expected {reference}, got {digest}")
-        if served and served.startswith(f"{alg}:") and served != digest:
-            die(f"{self.name.text}: manifest digest mismatch: registry says {served}, got {digest}")
-        try:
-            doc = json.loads(data)
-        except ValueError:
-            doc = None
-        if not isinstance(doc, dict):
-            die(f"{self.name.text}: the registry's {what} is not a JSON object")
-        mt = (resp.resp.getheader("Content-Type") or "").partition(";")[0].strip()
-        if mt not in (*INDEX_TYPES, *MANIFEST_TYPES):
-            own = doc.get("mediaType")
-            if isinstance(own, str) and own:
-                mt = own
-            elif doc.get("schemaVersion") == 1:
-                mt = "application/vnd.docker.distribution.manifest.v1+json"
-            else:
-                mt = MT_OCI_INDEX if "manifests" in doc else MT_OCI_MANIFEST
-        return data, mt, digest
-
-    def blob(self, digest: str) -> tuple[BinaryIO, int]:
-        """A blob's bytes as they arrive (read in 1 MiB chunks), and its length (-1: unknown)."""
-        resp = self.get(f"/v2/{self.name.repository}/blobs/{digest}")
-        self.check_status(resp, f"blob {digest}")
-        length = resp.resp.length
-        return io.BufferedReader(_Body(resp, f"blob {digest}"), 1 << 20), (
-            -1 if length is None else length
-        )
-
-    def close(self) -> None:
-        for conn in self.made:
-            conn.close()
-        self.idle.clear()
+            mt = MT_OCI_INDEX if "manifests" in doc else MT_OCI_MANIFEST
+    return data, mt, digest
 
 
-class Response:
-    """An answer whose connection goes back to the pool once its body was read to the end."""
-
-    def __init__(
-        self,
-        client: Client,
-        scheme: str,
-        netloc: str,
-        conn: http.client.HTTPConnection,
-        resp: http.client.HTTPResponse,
-    ) -> None:
-        self.client, self.scheme, self.netloc = client, scheme, netloc
-        self.conn, self.resp = conn, resp
-        self.open = True
-
-    def readinto(self, b: Any, what: str) -> int:
-        try:
-            n = self.resp.readinto(b)
-        except http.client.IncompleteRead as e:
-            self.close()
-            die(
-                f"{self.client.name.text}: {what} is truncated: "
-                f"the connection to {self.netloc} closed early ({len(e.partial)} more bytes)"
-            )
-        except (OSError, http.client.HTTPException) as e:
-            self.close()
-            _net_error(e, self.netloc)
-        if not n and len(b):
-            left = self.resp.length  # http.client stops quietly when a connection closes early
-            if left:
-                self.close()
-                die(
-                    f"{self.client.name.text}: {what} is truncated: "
-                    f"the connection to {self.netloc} closed {left} bytes early"
-                )
-            self.finish()
-        return n
-
-    def read_small(self, limit: int, what: str) -> bytes:
-        length = self.resp.length
-        if length is not None and length > limit:
-            self.close()
-            die(
-                f"{self.client.name.text}: {what} is absurdly large ({length} bytes, limit {limit})"
-            )
-        buf = bytearray(limit + 1)
-        view, got = memoryview(buf), 0
-        while got <= limit and (n := self.readinto(view[got:], what)):
-            got += n
-        if got > limit:
-            self.close()
-            die(f"{self.client.name.text}: {what} is absurdly large (over {limit} bytes)")
-        self.finish()
-        return bytes(buf[:got])
-
-    def finish(self) -> None:
-        if self.open:
-            self.open = False
-            keep = self.resp.isclosed() and not self.resp.will_close
-            self.client.release(self.scheme, self.netloc, self.conn, keep)
-
-    def close(self) -> None:
-        """Give up the answer midway: its connection cannot serve another request."""
-        if self.open:
-            self.open = False
-            self.conn.close()
-
-
-class _Body(io.RawIOBase):
-    def __init__(self, resp: Response, what: str) -> None:
-        self.r = resp
-        self.what = what
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        return self.r.readinto(b, self.what)
-
-    def close(self) -> None:
-        if self.r.open:
-            self.r.close()
-        super().close()
+def fetch_blob(client: Client, digest: str) -> tuple[BinaryIO, int]:
+    """A blob's bytes as they arrive (read in 1 MiB chunks), and its length (-1: unknown)."""
+    resp = client.get(f"/v2/{client.name.repository}/blobs/{digest}")
+    client.check_status(resp, f"blob {digest}")
+    length = resp.resp.length
+    return io.BufferedReader(Body(resp, f"blob {digest}"), 1 << 20), (
+        -1 if length is None else length
+    )
 
 
 class RegistrySource(BlobSource):
@@ -498,7 +151,7 @@ class RegistrySource(BlobSource):
         self.where = client.name.text
         self.documents: dict[str, bytes] = {}
         self.manifests: set[str] = set()  # digests an index named: fetched as manifests
-        data, mt, digest = client.manifest(client.name.reference)
+        data, mt, digest = fetch_manifest(client, client.name.reference)
         self._keep(data, digest)
         self.top = {"mediaType": mt, "digest": digest, "size": len(data)}
 
@@ -520,11 +173,11 @@ class RegistrySource(BlobSource):
         alg, _, hexdigest = name.removeprefix("blobs/").partition("/")
         digest = f"{alg}:{hexdigest}"
         if digest not in self.documents and digest in self.manifests:
-            data, _, _ = self.client.manifest(digest)
+            data, _, _ = fetch_manifest(self.client, digest)
             self._keep(data, digest)
         if digest in self.documents:
             return io.BytesIO(self.documents[digest]), len(self.documents[digest])
-        return self.client.blob(digest)
+        return fetch_blob(self.client, digest)
 
     def close(self) -> None:
         self.client.close()
@@ -539,9 +192,6 @@ def open_registry(
 ) -> OpenedImage:
     """The image `ref` names in its registry (the host's or `arch`'s of a multi-arch one),
     manifest and config fetched and verified, layers ready to be streamed."""
-    from cfsboot.errors import CfsbootError
-    from cfsboot.oci.ocilayout import open_oci
-
     client = Client(registry_name(ref), tls_verify=tls_verify, credentials=credentials)
     try:
         src = RegistrySource(client)
@@ -551,4 +201,4 @@ def open_registry(
         raise
 
 
-__all__ = ["MT_DOCKER_MANIFEST", "Client", "RegistryName", "RegistrySource", "open_registry"]
+__all__ = ["Client", "RegistryName", "RegistrySource", "open_registry"]

@@ -123,7 +123,10 @@ class Registry:
         req = urllib.request.Request(
             f"http://{self.address}/v2/{repository}/manifests/{tag}",
             method="HEAD",
-            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+            headers={
+                "Accept": "application/vnd.oci.image.manifest.v1+json, "
+                "application/vnd.docker.distribution.manifest.v2+json"
+            },
         )
         with urllib.request.urlopen(req, timeout=10) as resp:
             return str(resp.headers["Docker-Content-Digest"])

@@ -1,9 +1,11 @@
-"""Deployments that follow a registry reference: skopeo and Debian's docker-registry for real.
+"""Deployments that follow a registry reference: Debian's docker-registry for real, read by
+cfsboot's own client (oci/registry.py) and by skopeo (CFSBOOT_REGISTRY_CLIENT picks).
 
-`switch` and `upgrade` pull through `skopeo copy`; `upgrade --check` asks the registry
-for the manifest and config only (`skopeo inspect --config --raw`) and compares the
-config digest with the one recorded at import. The registry listens on a port of its
-own so that a VM test's registry (port 5000) can run at the same time.
+`switch` and `upgrade` pull the image (streamed by cfsboot's client, or `skopeo copy`);
+`upgrade --check` asks the registry for the manifest and config only and compares the
+config digest with the one recorded at import. The two clients must give the same
+repository. The registry listens on a port of its own so that a VM test's registry
+(port 5000) can run at the same time.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,11 +23,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from cfsboot.image.importer import fetch_config, import_image
+from cfsboot.image.info import image_stream
 from cfstest import REPO_ROOT, cli
 from cfstest.cli import run as cfsboot
 from cfstest.gates import missing_capability
 from cfstest.ocibuild import Entry, build_layout
-from cfstest.ocirepo import make_repo
+from cfstest.ocirepo import make_repo, snapshot
 from cfstest.osimages import os_entries, os_image
 
 if TYPE_CHECKING:  # loaded from vm-tests/ at run time (_registry_module)
@@ -56,6 +60,15 @@ def reg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
         yield running
 
 
+@pytest.fixture(params=["native", "skopeo"])
+def client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Which registry client cfsboot uses, in this process and in the CLI it runs."""
+    mode = str(request.param)
+    monkeypatch.setenv("CFSBOOT_REGISTRY_CLIENT", mode)
+    monkeypatch.setitem(cli.ENV, "CFSBOOT_REGISTRY_CLIENT", mode)
+    return mode
+
+
 def _config_digest(layout: Path) -> str:
     index = json.loads((layout / "index.json").read_text())
     blob = layout / "blobs/sha256" / index["manifests"][0]["digest"][7:]
@@ -64,7 +77,7 @@ def _config_digest(layout: Path) -> str:
 
 
 def test_upgrade_check_reads_only_the_config(
-    reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, client: str
 ) -> None:
     home = reg.client_env()["HOME"]
     monkeypatch.setitem(cli.ENV, "HOME", home)
@@ -116,8 +129,13 @@ def test_upgrade_check_reads_only_the_config(
         cfsboot("switch", missing, "-q", *opts, check=False),
         cfsboot("image", "compute-id", missing, check=False),
     ):
-        cli.one_line_error(bad)
-        assert "skopeo" in bad.stderr
+        line = cli.one_line_error(bad)
+        if client == "native":
+            assert line == (
+                f"cfsboot: {missing}: manifest nosuchtag not found in registry {reg.address}"
+            )
+        else:
+            assert "skopeo" in bad.stderr
     assert not (run / "composefs/staged-deployment").exists()
 
 
@@ -178,7 +196,7 @@ def _fetched_blobs(log: Path, start: int) -> list[str]:
 
 
 def test_an_import_fetches_only_the_layers_the_repository_lacks(
-    reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, client: str
 ) -> None:
     """v2 shares v1's base layer: importing v2 after v1 fetches its config and its top layer
     (skopeo finds the base blob's stand-in and skips it), and the image is the one a full
@@ -191,8 +209,9 @@ def test_an_import_fetches_only_the_layers_the_repository_lacks(
     layouts = {}
     for version in ("1", "2"):
         layouts[version] = tmp_path / f"v{version}"
-        build_layout(layouts[version], [base, os_entries(version)], tag=f"shared{version}")
-        reg.push(layouts[version], f"shared{version}")
+        tag = f"shared{version}-{client}"
+        build_layout(layouts[version], [base, os_entries(version)], tag=tag)
+        reg.push(layouts[version], tag)
     blobs = {v: [layer["digest"] for layer in _manifest(layouts[v])["layers"]] for v in ("1", "2")}
     assert blobs["1"][0] == blobs["2"][0] and blobs["1"][1] != blobs["2"][1]
     config2 = _manifest(layouts["2"])["config"]["digest"]
@@ -200,17 +219,19 @@ def test_an_import_fetches_only_the_layers_the_repository_lacks(
     repo = make_repo(tmp_path / "repo")
     log = reg.workdir / "registry.log"
     start = log.stat().st_size
-    import_image(reg.ref("shared1"), repo)
+    import_image(reg.ref(f"shared1-{client}"), repo)
     assert set(_fetched_blobs(log, start)) >= set(blobs["1"])  # a fresh repository: every layer
 
     start = log.stat().st_size
-    result = import_image(reg.ref("shared2"), repo)
+    result = import_image(reg.ref(f"shared2-{client}"), repo)
     assert (result.layers_read, result.layers_reused) == (1, 1)
     fetched = _fetched_blobs(log, start)
     assert blobs["2"][0] not in fetched
     assert blobs["2"][1] in fetched
     assert set(fetched) <= {blobs["2"][1], config2}
-    full = import_image(f"oci:{layouts['2']}:shared2", None, algorithm=repo.algorithm)
+    if client == "native":
+        assert fetched == [config2, blobs["2"][1]]  # each once, nothing asked twice
+    full = import_image(f"oci:{layouts['2']}:{tag}", None, algorithm=repo.algorithm)
     assert result.image_digest == full.image_digest
 
 
@@ -219,3 +240,53 @@ def _manifest(layout: Path) -> dict[str, Any]:
     blob = layout / "blobs/sha256" / index["manifests"][0]["digest"][7:]
     doc: dict[str, Any] = json.loads(blob.read_text())
     return doc
+
+
+def _skopeo_push_v2s2(reg: Registry, layout: Path, tag: str) -> None:
+    """Push an OCI layout as a Docker schema 2 manifest (skopeo converts it)."""
+    argv = ["skopeo", "copy", "--quiet", "--dest-tls-verify=false", "--format", "v2s2"]
+    argv += [f"oci:{layout}:same", reg.ref(tag)]
+    subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, capture_output=True)
+
+
+def test_native_and_skopeo_imports_make_the_same_repository(
+    reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same image imported by either client: the same files in the repository (records,
+    manifest, config, boot image, its ImageInfo, tag), so the same origin and status. A
+    Docker schema 2 image is the exception: skopeo converts it to OCI (another manifest and
+    config digest), cfsboot keeps both as served, which is what `upgrade --check` sees."""
+    home = reg.client_env()["HOME"]
+    monkeypatch.setenv("HOME", home)
+    v1 = tmp_path / "v1"
+    build_layout(v1, [os_entries("1")], tag="same")
+    reg.push(v1, "same")
+    _skopeo_push_v2s2(reg, v1, "same-v2s2")
+    results = {}
+    for mode in ("native", "skopeo"):
+        monkeypatch.setenv("CFSBOOT_REGISTRY_CLIENT", mode)
+        repo = make_repo(tmp_path / f"repo-{mode}")
+        oci = import_image(reg.ref("same"), repo, tag="t")
+        files = snapshot(repo.path)
+        info = repo.read_stream(image_stream(oci.image_digest))
+        v2s2 = import_image(reg.ref("same-v2s2"), repo, tag="t2")
+        results[mode] = (oci, files, info, v2s2)
+    (oci_n, files_n, info_n, v2s2_n), (oci_s, files_s, info_s, v2s2_s) = results.values()
+    assert oci_n.manifest_digest == oci_s.manifest_digest == reg.manifest_digest("same")
+    assert (oci_n.image_digest, oci_n.config_digest) == (oci_s.image_digest, oci_s.config_digest)
+    assert oci_n.layers == oci_s.layers
+    assert files_n == files_s
+    assert info_n == info_s
+
+    assert v2s2_n.image_digest == v2s2_s.image_digest == oci_n.image_digest
+    # skopeo's copy into an OCI layout converts a schema 2 image to OCI: another manifest
+    # and another config digest (the config written again); cfsboot keeps both as served.
+    assert v2s2_n.config_digest == oci_n.config_digest != v2s2_s.config_digest
+    assert v2s2_n.manifest_digest == reg.manifest_digest("same-v2s2") != v2s2_s.manifest_digest
+    assert v2s2_s.manifest_digest != oci_n.manifest_digest
+    assert v2s2_n.image_digest == v2s2_s.image_digest == oci_n.image_digest
+    # `upgrade --check` asks for the config as served, whichever client asks: it matches
+    # what the native import recorded (a skopeo import of a schema 2 image it never did).
+    for mode in ("native", "skopeo"):
+        monkeypatch.setenv("CFSBOOT_REGISTRY_CLIENT", mode)
+        assert fetch_config(reg.ref("same-v2s2"))[0] == v2s2_n.config_digest

@@ -47,6 +47,7 @@ class Config:
     docker_digest: dict[str, str] = field(default_factory=dict)  # tag -> Docker-Content-Digest
     redirect_loop: bool = False
     fail: dict[str, int] = field(default_factory=dict)  # path -> status to answer
+    drop_idle: bool = False  # close each connection after an answer, without saying so
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -79,6 +80,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+        if self.server.owner.config.drop_idle:
+            self.close_connection = True  # as a server whose keep-alive timeout ran out
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         owner = self.server.owner

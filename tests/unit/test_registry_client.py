@@ -100,6 +100,17 @@ def test_import_is_the_layouts_image_on_one_connection(
     assert reg.connections == 1
 
 
+def test_a_kept_alive_connection_the_server_closed_is_retried(
+    served: tuple[FakeRegistry, Path, str],
+) -> None:
+    reg, layout, manifest = served
+    reg.config.drop_idle = True
+    got = import_image(reg.ref("latest"), None, tls_verify=False)
+    assert got.image_digest == import_image(f"oci:{layout}", None).image_digest
+    assert len(reg.paths()) == 4  # each asked once, each on a connection of its own
+    assert sorted(r.connection for r in reg.requests) == [1, 2, 3, 4]
+
+
 def test_layers_the_repository_has_are_never_requested(
     served: tuple[FakeRegistry, Path, str], tmp_path: Path
 ) -> None:

@@ -19,6 +19,7 @@ import json
 import re
 import socket
 import ssl
+import threading
 import urllib.parse
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -81,16 +82,16 @@ class Client:
         self.authorization: str | None = None
         self.idle: dict[tuple[str, str], list[http.client.HTTPConnection]] = {}
         self.made: list[http.client.HTTPConnection] = []
-        self.requests = 0  # sent, for tests (keep-alive)
-        self.connections = 0  # opened
+        # Layers may be read from several threads at once: the pool is shared.
+        self.lock = threading.Lock()
 
     # -- connections
 
     def _connection(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
-        pool = self.idle.get((scheme, netloc))
-        if pool:
-            return pool.pop()
-        self.connections += 1
+        with self.lock:
+            pool = self.idle.get((scheme, netloc))
+            if pool:
+                return pool.pop()
         conn: http.client.HTTPConnection
         if scheme == "https":
             ctx = ssl.create_default_context()
@@ -100,7 +101,8 @@ class Client:
             conn = http.client.HTTPSConnection(netloc, timeout=TIMEOUT, context=ctx)
         else:
             conn = http.client.HTTPConnection(netloc, timeout=TIMEOUT)
-        self.made.append(conn)
+        with self.lock:
+            self.made.append(conn)
         return conn
 
     def release(
@@ -108,7 +110,8 @@ class Client:
     ) -> None:
         """Back to the pool after its answer was read to the end (keep), else closed."""
         if keep:
-            self.idle.setdefault((scheme, netloc), []).append(conn)
+            with self.lock:
+                self.idle.setdefault((scheme, netloc), []).append(conn)
         else:
             conn.close()
 
@@ -120,7 +123,6 @@ class Client:
             conn = self._connection(scheme, netloc)
             reused = conn.sock is not None
             try:
-                self.requests += 1
                 conn.request("GET", path, headers=headers)
                 return conn, conn.getresponse()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):

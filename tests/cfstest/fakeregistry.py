@@ -18,6 +18,7 @@ import base64
 import hashlib
 import http.server
 import json
+import ssl
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
@@ -54,10 +55,14 @@ class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, owner: FakeRegistry, role: str) -> None:
+    def __init__(self, owner: FakeRegistry, role: str, tls: Path | None = None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.owner = owner
         self.role = role
+        if tls is not None:  # a handshake that fails (plain HTTP) drops that connection
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(tls / "cert.pem", tls / "key.pem")
+            self.socket = ctx.wrap_socket(self.socket, server_side=True)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -180,15 +185,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class FakeRegistry:
-    def __init__(self, config: Config | None = None) -> None:
+    """tls: a directory with cert.pem and key.pem: the registry speaks only TLS."""
+
+    def __init__(self, config: Config | None = None, tls: Path | None = None) -> None:
         self.config = config or Config()
+        self.tls = tls is not None
         self.blobs: dict[str, bytes] = {}
         self.tags: dict[str, str] = {}
         self.requests: list[Request] = []
         self.token_queries: list[dict[str, str]] = []
         self.connections = 0
         self.lock = threading.Lock()
-        self.server = _Server(self, "registry")
+        self.server = _Server(self, "registry", tls)
         self.storage = _Server(self, "storage")
         self.threads = [
             threading.Thread(target=s.serve_forever, args=(0.02,), daemon=True)
@@ -201,7 +209,7 @@ class FakeRegistry:
 
     @property
     def url(self) -> str:
-        return f"http://{self.address}"
+        return f"{'https' if self.tls else 'http'}://{self.address}"
 
     @property
     def storage_url(self) -> str:

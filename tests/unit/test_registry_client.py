@@ -22,6 +22,7 @@ from cfstest.ocibuild import Compression, Descriptor, Entry, Layout, canonical_j
 from cfstest.ocirepo import base_layer, make_repo
 
 T = 1700000000
+TLS = Path(__file__).resolve().parent.parent / "data/registry-tls"
 MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 
@@ -400,3 +401,24 @@ def test_registry_name(ref: str, fields: tuple[str, str, str, str | None, str | 
 )
 def test_registry_name_refuses(ref: str, message: str) -> None:
     assert _error(registry_name, parse(ref)).startswith(message)
+
+
+def test_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registry that speaks only TLS, with a certificate of its own: refused when
+    verified, reached when trusted (SSL_CERT_FILE) and when not verified (plain HTTP is
+    tried first, then TLS without verification, as with --src-tls-verify=false)."""
+    layout, _ = _image(tmp_path / "layout")
+    with FakeRegistry(tls=TLS) as reg:
+        reg.add_layout(layout.path)
+        reg.config.auth = "bearer"  # the token service is on https too
+        assert _error(fetch_config, reg.ref("latest")).startswith(
+            f"registry {reg.address}: TLS certificate not trusted ("
+        )
+        assert reg.requests == []
+        config = fetch_config(reg.ref("latest"), tls_verify=False)
+        assert [r.path for r in reg.requests][:2] == [
+            f"/v2/{REPOSITORY}/manifests/latest",
+            "/token?scope=repository%3Atest%2Fos%3Apull&service=fake",
+        ]
+        monkeypatch.setenv("SSL_CERT_FILE", str(TLS / "cert.pem"))
+        assert fetch_config(reg.ref("latest")) == config

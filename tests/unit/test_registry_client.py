@@ -367,6 +367,14 @@ def test_connection_refused() -> None:
     )
 
 
+def test_plain_http_registry_asked_for_tls(served: tuple[FakeRegistry, Path, str]) -> None:
+    reg, _, _ = served
+    assert _error(fetch_config, reg.ref("latest")) == (
+        f"registry {reg.address}: TLS handshake failed (WRONG_VERSION_NUMBER); a registry "
+        "without TLS needs --src-tls-verify=false (or insecure in registries.conf)"
+    )
+
+
 def test_unknown_host() -> None:
     assert _error(fetch_config, "docker://no-such-host.invalid/a/b:1").startswith(
         "cannot resolve registry no-such-host.invalid: "

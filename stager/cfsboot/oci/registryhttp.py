@@ -54,6 +54,12 @@ def _net_error(e: BaseException, host: str) -> NoReturn:
             f"registry {host}: TLS certificate not trusted ({e.verify_message})",
             hint="for a test registry, pass --src-tls-verify=false",
         )
+    if isinstance(e, ssl.SSLError):
+        die(
+            f"registry {host}: TLS handshake failed ({e.reason or e})",
+            hint="a registry without TLS needs --src-tls-verify=false "
+            "(or insecure in registries.conf)",
+        )
     if isinstance(e, ConnectionRefusedError):
         die(f"cannot connect to registry {host}: connection refused", hint="is it running?")
     if isinstance(e, TimeoutError | socket.timeout):

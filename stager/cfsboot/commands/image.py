@@ -44,8 +44,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "--src-tls-verify",
             type=tls_bool,
             metavar="BOOL",
-            help="for registries (through skopeo): false allows plain HTTP and unverified"
-            " certificates (default: skopeo's, which honours registries.conf `insecure`)",
+            help="for registries: false allows plain HTTP and unverified certificates"
+            " (default: verify, unless registries.conf marks the registry `insecure`)",
         )
         q.add_argument(
             "--xattrs",

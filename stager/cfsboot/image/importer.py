@@ -1,6 +1,7 @@
 """Import an OCI image into the repository and build its boot image.
 
-The pipeline, top-down: open the image (natively, or through skopeo into a
+The pipeline, top-down: open the image (natively: a layout or archive, or a
+registry's blobs streamed by oci/registry.py; else through skopeo into a
 temporary OCI layout), read each layer into a record (layerread.py: file
 contents into the ObjectSink, objectsink.py) unless the repository already
 has the record and its objects, build the image tree from the records,

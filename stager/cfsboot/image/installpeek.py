@@ -5,8 +5,8 @@ it, so the root filesystem type an image asks for (`root-fs-type`) is read
 first: every layer is decompressed and walked once, keeping only the drop-in
 files of cfsboot.image.installconfig, with the OCI whiteouts applied in layer
 order. Nothing is stored. A reference of another transport than oci:,
-oci-archive: and docker-archive: is fetched through skopeo for it (the import
-fetches it again: give --filesystem to skip this).
+oci-archive: and docker-archive: is fetched for it (by cfsboot's registry client
+or skopeo; the import fetches it again: give --filesystem to skip this).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Open an image that cfsboot reads natively: `oci:`, `oci-archive:` or `docker-archive:`.
 
-Every other transport goes through skopeo into a temporary OCI layout first
+Registries are read by registry.py when registryconf.py allows it; every other
+transport goes through skopeo into a temporary OCI layout first
 (image/importer.py). Every blob is checked against its digest (and its
 declared size) while it is read; see ocilayout.py and dockerarchive.py for
 what each format checks.

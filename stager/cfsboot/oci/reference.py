@@ -26,7 +26,8 @@ class Transport(enum.StrEnum):
 
     @property
     def native(self) -> bool:
-        """Read by cfsboot itself; every other transport goes through skopeo."""
+        """Read from files by cfsboot itself; registries by its client or skopeo
+        (registryconf.py), every other transport through skopeo."""
         return self in (Transport.OCI, Transport.OCI_ARCHIVE, Transport.DOCKER_ARCHIVE)
 
 

@@ -1,4 +1,5 @@
-"""Every transport cfsboot does not read itself goes through `skopeo copy` into an OCI layout."""
+"""Every transport cfsboot does not read itself goes through `skopeo copy` into an OCI layout
+(a registry too, unless registryconf.choose picks cfsboot's own client, registry.py)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,10 @@ cfsboot it carries), else it is built (buildah, a minute or so).
   (transform.py: `/` takes `/usr`'s metadata, `/run`, `/boot` and `/sysroot`
   emptied); C `mkcomposefs --digest-store --min-version=1 --print-digest`.
 - cfsboot: `cfsboot image import --src-tls-verify=false` of the same reference into
-  a fresh sha256 repository (made before the clock starts), as a subprocess.
+  a fresh sha256 repository (made before the clock starts), as a subprocess; its own
+  registry client streams the blobs when this machine's containers configuration
+  allows (oci/registryconf.py: CFSBOOT_REGISTRY_CLIENT=skopeo in the environment
+  measures the skopeo path instead).
 
 Every run of either side starts cold: `sync`, then the page cache dropped (the
 registry's storage included). Runs alternate; reported are medians of the wall

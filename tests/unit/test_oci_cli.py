@@ -30,6 +30,13 @@ LAYERS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _skopeo_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry images here go through skopeo (its `run` faked): cfsboot's own client
+    is tested in test_registry_client.py."""
+    monkeypatch.setenv("CFSBOOT_REGISTRY_CLIENT", "skopeo")
+
+
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     rc = main(list(argv))
     out, err = capsys.readouterr()
@@ -316,3 +323,33 @@ def test_a_pull_goes_to_memory_when_it_fits(monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr(os, "statvfs", missing)
     assert importer.pull_dir(1) == "/var/tmp"
+
+
+def test_a_policy_that_asks_more_sends_a_registry_image_to_skopeo(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """CFSBOOT_REGISTRY_CLIENT=auto: a signature policy (the user's, read before /etc's)
+    that asks more than insecureAcceptAnything means skopeo, and --debug says why."""
+    calls: list[list[str]] = []
+
+    def fake_run(argv: Sequence[str], **kw: Any) -> None:
+        calls.append(list(argv))
+        build_layout(Path(argv[-1].removeprefix("oci:").rsplit(":", 1)[0]), LAYERS, tag="image")
+
+    monkeypatch.setattr(skopeo, "run", fake_run)
+    monkeypatch.setenv("CFSBOOT_REGISTRY_CLIENT", "auto")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    policy = tmp_path / ".config/containers/policy.json"
+    policy.parent.mkdir(parents=True)
+    policy.write_text(json.dumps({"default": [{"type": "reject"}]}))
+    caplog.set_level("INFO", logger="cfsboot.image.importer")
+    rc, out, _ = _run(capsys, "--debug", "image", "compute-id", "docker://reg.example/os:1")
+    assert rc == 0 and len(out.strip()) == 128
+    assert [c[:-1] for c in calls] == [["skopeo", "copy", "--quiet", "docker://reg.example/os:1"]]
+    assert [r.getMessage() for r in caplog.records if r.name == "cfsboot.image.importer"] == [
+        f"docker://reg.example/os:1: skopeo: {policy} asks more than "
+        "insecureAcceptAnything for reg.example/os:1"
+    ]

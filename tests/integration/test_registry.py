@@ -277,6 +277,9 @@ def test_native_and_skopeo_imports_make_the_same_repository(
     assert oci_n.layers == oci_s.layers
     assert files_n == files_s
     assert info_n == info_s
+    # A deployment imported through skopeo sees no update when cfsboot's client checks.
+    monkeypatch.setenv("CFSBOOT_REGISTRY_CLIENT", "native")
+    assert fetch_config(reg.ref("same"))[0] == oci_s.config_digest
 
     assert v2s2_n.image_digest == v2s2_s.image_digest == oci_n.image_digest
     # skopeo's copy into an OCI layout converts a schema 2 image to OCI: another manifest

@@ -203,15 +203,24 @@ static void retake(PyThreadState *ts)
         PyEval_RestoreThread(ts);
 }
 
+/* The arguments every function starts with: the data (held in `view`; release it) and
+ * the algorithm, the last of `want` arguments (checked before the data is taken). */
+static const struct alg *data_and_alg(const char *name, PyObject *const *args, Py_ssize_t nargs,
+                                      Py_ssize_t want, Py_buffer *view)
+{
+    if (check_args(name, nargs, want) < 0)
+        return NULL;
+    const struct alg *a = find_alg(args[want - 1]);
+    if (a == NULL || PyObject_GetBuffer(args[0], view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    return a;
+}
+
 static PyObject *leaf_hashes(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (check_args("leaf_hashes", nargs, 2) < 0)
-        return NULL;
-    const struct alg *a = find_alg(args[1]);
-    if (a == NULL)
-        return NULL;
     Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+    const struct alg *a = data_and_alg("leaf_hashes", args, nargs, 2, &view);
+    if (a == NULL)
         return NULL;
     size_t len = (size_t)view.len;
     PyObject *result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(nblocks(len) * a->size));
@@ -267,13 +276,9 @@ static PyObject *file_digest(const struct alg *a, const unsigned char *data, siz
 
 static PyObject *digest(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (check_args("digest", nargs, 2) < 0)
-        return NULL;
-    const struct alg *a = find_alg(args[1]);
-    if (a == NULL)
-        return NULL;
     Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+    const struct alg *a = data_and_alg("digest", args, nargs, 2, &view);
+    if (a == NULL)
         return NULL;
     PyObject *result = file_digest(a, view.buf, (size_t)view.len, NULL, 0, (uint64_t)view.len);
     PyBuffer_Release(&view);
@@ -282,17 +287,15 @@ static PyObject *digest(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssi
 
 static PyObject *digest_from_leaves(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (check_args("digest_from_leaves", nargs, 3) < 0)
-        return NULL;
-    unsigned long long size = PyLong_AsUnsignedLongLong(args[1]);
-    if (size == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
-    const struct alg *a = find_alg(args[2]);
+    Py_buffer view;
+    const struct alg *a = data_and_alg("digest_from_leaves", args, nargs, 3, &view);
     if (a == NULL)
         return NULL;
-    Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+    unsigned long long size = PyLong_AsUnsignedLongLong(args[1]);
+    if (size == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyBuffer_Release(&view);
         return NULL;
+    }
     size_t len = (size_t)view.len;
     PyObject *result = NULL;
     if (len % a->size != 0) {

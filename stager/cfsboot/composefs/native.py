@@ -65,33 +65,38 @@ def compiled_path(module: str) -> str | None:
     return None
 
 
+def _older_than_source(module: str, path: str) -> bool:
+    """Whether the built `path` of `module` predates its source (an edit not yet rebuilt)."""
+    return os.stat(path).st_mtime < os.stat(source_path(module)).st_mtime
+
+
 def stale() -> list[str]:
     """The compiled modules older than their sources (or missing while others exist)."""
     built = [(m, compiled_path(m)) for m in MODULES]
     if all(path is None for _, path in built):
         return []
-    out = []
-    for module, path in built:
-        if path is None or os.stat(path).st_mtime < os.stat(source_path(module)).st_mtime:
-            out.append(module)
-    return out
+    return [m for m, path in built if path is None or _older_than_source(m, path)]
 
 
-def c_stale(module: str) -> bool:
-    """Whether the C module `module` is built but older than its source (an install
-    without the .c file, from a wheel, has nothing to be stale against)."""
-    path = compiled_path(module)
+def c_stale(module: str, path: str | None = None) -> bool:
+    """Whether the C module `module` (built at `path`, looked up when None) is built but
+    older than its source (an install without the .c file, from a wheel, has nothing to
+    be stale against)."""
+    path = path if path is not None else compiled_path(module)
     if path is None:
         return False
     try:
-        return os.stat(path).st_mtime < os.stat(source_path(module)).st_mtime
+        return _older_than_source(module, path)
     except FileNotFoundError:
         return False
 
 
 def c_module(module: str) -> ModuleType | None:
     """The C module `module` if it is to be used: built, current, not turned off."""
-    if os.environ.get(PURE_ENV) == "1" or compiled_path(module) is None or c_stale(module):
+    if os.environ.get(PURE_ENV) == "1":
+        return None
+    path = compiled_path(module)
+    if path is None or c_stale(module, path):
         return None
     try:
         return importlib.import_module(module)

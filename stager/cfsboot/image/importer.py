@@ -122,11 +122,15 @@ def opened(
         yield image
 
 
-def _native_registry(ref: ImageRef, tls_verify: bool | None) -> registryconf.Choice | None:
+def _native_registry(
+    ref: ImageRef, tls_verify: bool | None, *, log_choice: bool = False
+) -> registryconf.Choice | None:
     """How cfsboot's own client fetches a registry image; None: skopeo does (or no registry)."""
     if ref.transport.native:
         return None
     choice = registryconf.choose(ref, tls_verify)
+    if log_choice:
+        log.info("%s: %s", ref, choice.why)
     return choice if choice.native else None
 
 
@@ -134,12 +138,8 @@ def _open_registry(
     ref: ImageRef, arch: str | None, tls_verify: bool | None, *, log_choice: bool = False
 ) -> OpenedImage | None:
     """The image opened by cfsboot's registry client; None when skopeo is to fetch it."""
-    if ref.transport.native:
-        return None
-    choice = registryconf.choose(ref, tls_verify)
-    if log_choice:
-        log.info("%s: %s", ref, choice.why)
-    if not choice.native:
+    choice = _native_registry(ref, tls_verify, log_choice=log_choice)
+    if choice is None:
         return None
     return open_registry(ref, arch, tls_verify=choice.tls_verify, credentials=choice.credentials)
 

@@ -19,7 +19,8 @@ cfsboot it carries), else it is built (buildah, a minute or so).
   measures the skopeo path instead).
 
 Every run of either side starts cold: `sync`, then the page cache dropped (the
-registry's storage included). Runs alternate; reported are medians of the wall
+registry's storage included), and no run's files are deleted before the last run
+ended (ext4 without a journal, see _timed). Runs alternate; reported are medians of the wall
 time and of the CPU time (user + system of the side's process tree, not the
 registry's), the ratio, and the load average. Both sides' image digests must be
 equal. Needs root (drop_caches, tar's ownership) and docker-registry, skopeo, tar,
@@ -151,9 +152,21 @@ def _children_cpu() -> float:
 Side = Callable[[str, Path], tuple[str, Path]]
 
 
-def _timed(fn: Side, ref: str, prepare: bool, keep: Path | None) -> tuple[float, float, str]:
-    """(wall seconds, CPU seconds, image digest) of one cold run; the image copied to keep."""
+def _timed(
+    fn: Side, ref: str, prepare: bool, keep: Path | None, spent: list[Path] | None
+) -> tuple[float, float, str]:
+    """(wall seconds, CPU seconds, image digest) of one cold run; the image copied to keep.
+
+    The run's files go to `spent`, deleted after the last run (None: at once): this
+    machine's ext4 has no journal, and there a new inode is not taken from those freed
+    in the last minute or so (ext4's recently_deleted check), so a run started just
+    after deleting the previous one's 30,000 files pays seconds of system time looking
+    for free inodes, varying from run to run — a cost of how the benchmark cleans up,
+    not of either side.
+    """
     work = Path(tempfile.mkdtemp(prefix="cfsboot-bench-regimport-", dir=WORK))
+    if spent is not None:
+        spent.append(work)
     try:
         if prepare:
             _prepare_repo(work)
@@ -166,7 +179,8 @@ def _timed(fn: Side, ref: str, prepare: bool, keep: Path | None) -> tuple[float,
             shutil.copyfile(image, keep)
         return wall, cpu, digest
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if spent is None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _unlinked_dump(image: Path) -> list[str]:
@@ -214,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     layout = _layout()
     blob_mb, nlayers = _sizes(layout)
     runs = 1 if args.quick else args.runs
+    # What both sides' runs leave until the end (see _timed): the reference's about 3 MB
+    # for each MB of compressed layers, cfsboot's about 2.
+    spent: list[Path] | None = []
+    if shutil.disk_usage(WORK).free < runs * 6 * blob_mb * 1e6:
+        print(f"not enough space in {WORK} to keep every run's files: each is deleted at once")
+        spent = None
     ours: list[tuple[float, float, str]] = []
     ref_runs: list[tuple[float, float, str]] = []
     with tempfile.TemporaryDirectory(prefix="cfsboot-bench-registry-", dir=WORK) as tmp:
@@ -222,9 +242,18 @@ def main(argv: list[str] | None = None) -> int:
             ref = reg.ref(VARIANT)
             print(f"input: {layout} as {ref}: {nlayers} layers, {blob_mb:.0f} MB compressed")
             kept = (Path(tmp) / "cfsboot.cfs", Path(tmp) / "reference.cfs")
-            for i in range(runs):  # interleaved, so both sides see the same load
-                ours.append(_timed(cfsboot_import, ref, True, kept[0] if i == 0 else None))
-                ref_runs.append(_timed(reference_import, ref, False, kept[1] if i == 0 else None))
+            try:
+                for i in range(runs):  # interleaved, so both sides see the same load
+                    first = i == 0
+                    ours.append(
+                        _timed(cfsboot_import, ref, True, kept[0] if first else None, spent)
+                    )
+                    ref_runs.append(
+                        _timed(reference_import, ref, False, kept[1] if first else None, spent)
+                    )
+            finally:
+                for work in spent or ():
+                    shutil.rmtree(work, ignore_errors=True)
             same = _unlinked_dump(kept[0]) == _unlinked_dump(kept[1])
     digests = ({d for _, _, d in ours}, {d for _, _, d in ref_runs})
     if not same or len(digests[0]) != 1 or len(digests[1]) != 1:

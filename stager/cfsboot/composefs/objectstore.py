@@ -134,6 +134,7 @@ class ObjectStore:
         self._batch_depth = 0
         self._staging: Path | None = None
         self._pending: dict[str, str] = {}  # hex -> staged file, during a batch
+        self._staged_dirs: set[str] = set()  # the XX/ made under _staging
         self._known_dirs: set[str] = set()
         # Plain strings in the per-object paths: pathlib would cost more than the syscalls.
         self._root = os.fspath(self.root)
@@ -263,11 +264,10 @@ class ObjectStore:
             finally:
                 os.close(fd)
             hexdigest = hasher.hexdigest()
-            staged = f"{staging}/{hexdigest}"
             with self._mutex:
                 present = hexdigest in self._pending or os.path.exists(self._path(hexdigest))
                 if not present:
-                    self._pending[hexdigest] = staged
+                    staged = self._pending[hexdigest] = self._staged_name(hexdigest)
             if present:
                 os.unlink(tmp)
                 return hexdigest
@@ -293,7 +293,7 @@ class ObjectStore:
                 return False
             deferred = self._batch_depth > 0
             if deferred:
-                staged = f"{self._ensure_staging()}/{hexdigest}"
+                staged = self._staged_name(hexdigest)
                 # Reserve the name now so that another thread skips this object.
                 self._pending[hexdigest] = staged
         if deferred:
@@ -440,7 +440,20 @@ class ObjectStore:
             path = self.root / f"{STAGING_PREFIX}{os.getpid()}-{os.urandom(4).hex()}"
             os.mkdir(path, 0o700)
             self._staging = path
+            self._staged_dirs = set()
         return self._staging
+
+    def _staged_name(self, hexdigest: str) -> str:
+        """Where a batch stages an object: under its own `XX/` as in objects/, so that
+        the writer threads do not all create files in one directory (they queue on its
+        lock, and one directory of every object grows slow to search). Under _mutex."""
+        staging = self._ensure_staging()
+        sub = hexdigest[:2]
+        if sub not in self._staged_dirs:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(staging / sub, 0o700)
+            self._staged_dirs.add(sub)
+        return f"{staging}/{sub}/{hexdigest}"
 
     @contextmanager
     def batch(self) -> Iterator[None]:

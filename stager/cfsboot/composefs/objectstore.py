@@ -101,14 +101,10 @@ SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of the range's dirty 
 
 
 def start_writeback(fd: int) -> None:
-    """sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE): have the kernel start writing the
-    file's data now, without waiting for it (no durability: the batch's syncfs gives that).
-
-    A batch's objects are otherwise written back only when the batch ends (or when the
-    dirty pages pile up), so its syncfs would wait for all of them at once; started as
-    each object is staged, the disk works while the import goes on. Ignored where the
-    kernel or the filesystem lacks it.
-    """
+    """sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE): start writing the file's data
+    now, without waiting (no durability: the batch's syncfs gives that), so that the disk
+    works while the import goes on, not all at the batch's end. Ignored where the kernel
+    or the filesystem lacks it."""
     import ctypes
 
     _loaded_libc().sync_file_range(fd, ctypes.c_int64(0), ctypes.c_int64(0), SYNC_FILE_RANGE_WRITE)
@@ -134,7 +130,7 @@ class ObjectStore:
         self._batch_depth = 0
         self._staging: Path | None = None
         self._pending: dict[str, str] = {}  # hex -> staged file, during a batch
-        self._staged_dirs: set[str] = set()  # the XX/ made under _staging
+        self._staged_dirs: set[str] = set()  # the STAGING/XX made
         self._known_dirs: set[str] = set()
         # Plain strings in the per-object paths: pathlib would cost more than the syscalls.
         self._root = os.fspath(self.root)
@@ -293,9 +289,8 @@ class ObjectStore:
                 return False
             deferred = self._batch_depth > 0
             if deferred:
-                staged = self._staged_name(hexdigest)
                 # Reserve the name now so that another thread skips this object.
-                self._pending[hexdigest] = staged
+                staged = self._pending[hexdigest] = self._staged_name(hexdigest)
         if deferred:
             try:
                 self._write_file(staged, hexdigest, fill, size, sync=False)
@@ -439,21 +434,18 @@ class ObjectStore:
             self.root.mkdir(parents=True, exist_ok=True)
             path = self.root / f"{STAGING_PREFIX}{os.getpid()}-{os.urandom(4).hex()}"
             os.mkdir(path, 0o700)
-            self._staging = path
-            self._staged_dirs = set()
+            self._staging, self._staged_dirs = path, set()
         return self._staging
 
     def _staged_name(self, hexdigest: str) -> str:
-        """Where a batch stages an object: under its own `XX/` as in objects/, so that
-        the writer threads do not all create files in one directory (they queue on its
-        lock, and one directory of every object grows slow to search). Under _mutex."""
-        staging = self._ensure_staging()
-        sub = hexdigest[:2]
+        """Where a batch stages an object (under _mutex): in XX/ as in objects/, not all in
+        one directory, whose lock the writer threads would queue on."""
+        sub = f"{self._ensure_staging()}/{hexdigest[:2]}"
         if sub not in self._staged_dirs:
             with contextlib.suppress(FileExistsError):
-                os.mkdir(staging / sub, 0o700)
+                os.mkdir(sub, 0o700)
             self._staged_dirs.add(sub)
-        return f"{staging}/{sub}/{hexdigest}"
+        return f"{sub}/{hexdigest}"
 
     @contextmanager
     def batch(self) -> Iterator[None]:

@@ -44,6 +44,7 @@ class Config:
     users: dict[str, str] = field(default_factory=dict)  # user -> password
     redirect_blobs: bool = False  # blobs: a 307 to the storage server
     truncate: set[str] = field(default_factory=set)  # blob digests sent short
+    stall: set[str] = field(default_factory=set)  # blob digests that stop halfway and hang
     content_type: dict[str, str] = field(default_factory=dict)  # digest -> served type
     docker_digest: dict[str, str] = field(default_factory=dict)  # tag -> Docker-Content-Digest
     redirect_loop: bool = False
@@ -174,6 +175,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if data is None:
             self._send(404, b'{"errors":[{"code":"BLOB_UNKNOWN"}]}')
             return
+        if digest in owner.config.stall:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            owner.stopping.wait(30)  # the rest never comes while the registry runs
+            self.close_connection = True
+            return
         if digest in owner.config.truncate:
             self.send_response(200)
             self.send_header("Content-Length", str(len(data)))
@@ -196,6 +206,7 @@ class FakeRegistry:
         self.token_queries: list[dict[str, str]] = []
         self.connections = 0
         self.lock = threading.Lock()
+        self.stopping = threading.Event()
         self.server = _Server(self, "registry", tls)
         self.storage = _Server(self, "storage")
         self.threads = [
@@ -255,6 +266,7 @@ class FakeRegistry:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.stopping.set()
         for s in (self.server, self.storage):
             s.shutdown()
             s.server_close()

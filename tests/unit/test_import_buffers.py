@@ -177,6 +177,49 @@ def test_read_ahead_closed_early_stops_its_thread() -> None:
     assert reader.closed
 
 
+class _Stalled(io.RawIOBase):
+    """A source whose second read blocks until interrupt() (a stalled connection)."""
+
+    def __init__(self) -> None:
+        self.woken = threading.Event()
+        self.reads = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: memoryview) -> int:  # type: ignore[override]
+        self.reads += 1
+        if self.reads > 1:
+            self.woken.wait(30)
+            raise CfsbootError("the connection was shut down")
+        b[:1] = b"x"
+        return 1
+
+    def interrupt(self) -> None:
+        self.woken.set()
+
+
+def test_read_ahead_close_interrupts_a_read_that_does_not_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ReadAhead, "PATIENCE", 0.05)
+    src = _Stalled()
+    reader = ReadAhead(src, src.interrupt)  # type: ignore[arg-type]
+    assert reader.readinto(bytearray(10)) == 1
+    reader.close()
+    assert src.woken.is_set()
+    assert not reader._thread.is_alive()
+
+
+def test_read_ahead_close_lets_a_read_that_ends_end() -> None:
+    woken: list[bool] = []
+    reader = ReadAhead(_Source(os.urandom(20 * ReadAhead.CHUNK)), lambda: woken.append(True))  # type: ignore[arg-type]
+    reader.readinto(bytearray(10))
+    reader.close()
+    assert not reader._thread.is_alive()
+    assert woken == []
+
+
 # -- ObjectSink through the pool, O_DIRECT writes --------------------------------------
 
 

@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from cfsboot.errors import CfsbootError
-from cfsboot.image.importer import fetch_config, import_image
+from cfsboot.image.importer import fetch_config, import_image, opened
 from cfsboot.oci.blobs import MAX_MANIFEST
 from cfsboot.oci.reference import parse
 from cfsboot.oci.registry import registry_name
-from cfstest.fakeregistry import REPOSITORY, FakeRegistry
+from cfsboot.oci.streams import ReadAhead
+from cfstest.fakeregistry import REPOSITORY, Config, FakeRegistry
 from cfstest.ocibuild import Compression, Descriptor, Entry, Layout, canonical_json, tar_chunks
 from cfstest.ocirepo import base_layer, make_repo
 
@@ -347,6 +350,26 @@ def test_truncated_blob(served: tuple[FakeRegistry, Path, str]) -> None:
         f"{reg.ref('latest')}: blob {layer} is truncated: "
         f"the connection to {reg.address} closed {size - size // 2} bytes early"
     )
+
+
+def test_closing_a_layer_stream_wakes_a_read_stalled_on_the_registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C or an error while a blob's transfer hangs: closing the layer's stream shuts
+    the connection down, rather than wait out the client's 60 s timeout on its reader."""
+    layout = Layout(tmp_path / "layout")
+    big = Entry("usr/lib/big", data=random.Random(5).randbytes(8 << 20), mtime=T)
+    layer = layout.add_layer(tar_chunks([*base_layer(T), big]), Compression.ZSTD)
+    layout.add_image([layer], tag="latest")
+    monkeypatch.setattr(ReadAhead, "PATIENCE", 0.1)
+    with FakeRegistry(Config(stall={layer.digest})) as reg:
+        reg.add_layout(layout.path)
+        with opened(parse(reg.ref("latest")), None, tls_verify=False) as image:
+            stream, _, _ = image.open_layer(image.layers[0])
+            time.sleep(0.3)  # the read-ahead thread has the first half and waits for more
+            start = time.monotonic()
+            stream.close()
+            assert time.monotonic() - start < 5
 
 
 def test_layer_digest_mismatch(served: tuple[FakeRegistry, Path, str]) -> None:

@@ -145,7 +145,8 @@ class OpenedImage:
         blob = VerifyingReader(raw, layer.digest, layer.size, what)
         tar = decompress(blob)  # type: ignore[arg-type]
         diff = VerifyingReader(tar, layer.diff_id, None, f"{what} (uncompressed, diff_id)")
-        return io.BufferedReader(ReadAhead(diff), 1 << 20), blob, diff  # type: ignore[arg-type]
+        ahead = ReadAhead(diff, getattr(raw, "abort", None))  # type: ignore[arg-type]
+        return io.BufferedReader(ahead, 1 << 20), blob, diff
 
     def close(self) -> None:
         self.source.close()

@@ -39,7 +39,7 @@ from cfsboot.oci.documents import (
 from cfsboot.oci.network import DOCKER_HUB
 from cfsboot.oci.ocilayout import open_oci
 from cfsboot.oci.reference import ImageRef, Transport
-from cfsboot.oci.registryhttp import Body, Client
+from cfsboot.oci.registryhttp import Body, BufferedBody, Client
 
 ACCEPT = ", ".join((*MANIFEST_TYPES, *INDEX_TYPES))
 HUB_DOMAIN = "docker.io"
@@ -138,9 +138,7 @@ def fetch_blob(client: Client, digest: str) -> tuple[BinaryIO, int]:
     resp = client.get(f"/v2/{client.name.repository}/blobs/{digest}")
     client.check_status(resp, f"blob {digest}")
     length = resp.resp.length
-    return io.BufferedReader(Body(resp, f"blob {digest}"), 1 << 20), (
-        -1 if length is None else length
-    )
+    return BufferedBody(Body(resp, f"blob {digest}"), 1 << 20), (-1 if length is None else length)
 
 
 class RegistrySource(BlobSource):

@@ -362,6 +362,16 @@ class Response:
             self.open = False
             self.conn.close()
 
+    def abort(self) -> None:
+        """Wake a read of the body blocked in another thread (a stalled registry): the
+        socket is shut down, so that read fails at once instead of at the timeout."""
+        sock = self.conn.sock
+        if self.open and sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # closed meanwhile: nothing is blocked on it
+
 
 class Body(io.RawIOBase):
     def __init__(self, resp: Response, what: str) -> None:
@@ -378,3 +388,17 @@ class Body(io.RawIOBase):
         if self.r.open:
             self.r.close()
         super().close()
+
+    def abort(self) -> None:
+        self.r.abort()
+
+
+class BufferedBody(io.BufferedReader):
+    """A Body read through a buffer, which another thread can still abort()."""
+
+    def __init__(self, body: Body, buffer_size: int) -> None:
+        super().__init__(body, buffer_size)
+        self.body = body
+
+    def abort(self) -> None:
+        self.body.abort()

@@ -202,9 +202,14 @@ class ReadAhead(io.RawIOBase):
 
     CHUNK = 1 << 20
     DEPTH = 6
+    # How long close() lets the thread finish its read before it calls `interrupt`.
+    PATIENCE = 2.0
 
-    def __init__(self, source: BinaryIO) -> None:
+    def __init__(self, source: BinaryIO, interrupt: Callable[[], None] | None = None) -> None:
+        """`interrupt`: wakes a read of `source` blocked in the thread (a stalled network
+        connection), so that close() (after Ctrl-C, or an error) need not wait for it."""
         self.source = source
+        self._interrupt = interrupt
         self._free: queue.Queue[bytearray] = queue.Queue()
         for _ in range(self.DEPTH):
             self._free.put(bytearray(self.CHUNK))
@@ -267,5 +272,9 @@ class ReadAhead(io.RawIOBase):
         if not self.closed:
             self._stop.set()
             self._view = memoryview(b"")
-            self._thread.join()
+            self._thread.join(self.PATIENCE if self._interrupt is not None else None)
+            if self._thread.is_alive():
+                assert self._interrupt is not None
+                self._interrupt()
+                self._thread.join()
         super().close()

@@ -68,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"=== {name}: left out (slow: `make bench BENCH='{name}'` or --all) ===")
                 continue
             print(f"=== {name} ===", flush=True)
+            # What the benchmark before left dirty is written out first, not while this one
+            # runs: C mkcomposefs --digest-store leaves gigabytes to the kernel's writeback,
+            # and a side that syncs its output (ours) then waits behind them on the disk.
+            os.sync()
             spec = importlib.util.spec_from_file_location(script.stem, script)
             assert spec is not None and spec.loader is not None
             module = importlib.util.module_from_spec(spec)

@@ -175,20 +175,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if data is None:
             self._send(404, b'{"errors":[{"code":"BLOB_UNKNOWN"}]}')
             return
-        if digest in owner.config.stall:
+        if digest in owner.config.truncate or digest in owner.config.stall:
             self.send_response(200)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data[: len(data) // 2])
-            self.wfile.flush()
-            owner.stopping.wait(30)  # the rest never comes while the registry runs
-            self.close_connection = True
-            return
-        if digest in owner.config.truncate:
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data[: len(data) // 2])
+            if digest in owner.config.stall:
+                self.wfile.flush()
+                owner.stopping.wait(30)  # the rest never comes while the registry runs
             self.close_connection = True
             return
         self._send(200, data, {"Content-Type": "application/octet-stream"})

@@ -11,6 +11,7 @@ import os
 import random
 import tarfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -307,3 +308,97 @@ def test_writeback_started_only_for_what_went_through_the_page_cache(
     assert len(started) == (1 if took_direct else 2)
     for data in (direct, cached, left):
         assert store.path(digest_bytes(data).hex()).read_bytes() == data
+
+
+def _sink_files(n: int, size: int) -> dict[str, bytes]:
+    rng = random.Random(n)
+    return {f"f{i}": rng.randbytes(size) for i in range(n)}
+
+
+def _stream_entries(files: dict[str, bytes]) -> Iterator[tuple[tar.TarEntry, tar.EntryData]]:
+    """Each member's data readable until the next member is asked for (_entries is not)."""
+    return tar.entries(io.BufferedReader(io.BytesIO(_tar(files))))
+
+
+def test_sink_hands_small_objects_to_the_writers_in_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cfsboot.image import objectsink
+
+    repo = Repository.init(tmp_path / "repo", algorithm=HashAlg.SHA256, insecure=True)
+    files = _sink_files(300, 2000)
+    sink = ObjectSink(HashAlg.SHA256, repo)
+    assert sink._pool is not None
+    tasks: list[object] = []
+    submit = sink._pool.submit
+    monkeypatch.setattr(sink._pool, "submit", lambda *a: tasks.append(a) or submit(*a))
+    with repo.objects.batch():
+        digests = [sink.store(data, e.size) for e, data in _stream_entries(files)]
+        assert sink.wait() is None
+    sink.close()
+    # 300 objects, BATCH_OBJECTS a task at most: a few tasks, not one per object.
+    assert -(-300 // objectsink.BATCH_OBJECTS) <= len(tasks) < 300 // 8
+    assert sink._in_flight == 0
+    for content, hexd in zip(files.values(), digests, strict=True):
+        assert repo.objects.path(hexd).read_bytes() == content
+
+
+def test_sink_write_failure_gives_every_buffer_back_and_is_raised_by_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = Repository.init(tmp_path / "repo", algorithm=HashAlg.SHA256, insecure=True)
+    files = _sink_files(40, 3000)
+    bad = digest_bytes(files["f7"]).hex()
+    add_bytes = repo.objects.add_bytes
+
+    def failing(hexd: str, data: memoryview, **kw: bool) -> bool:
+        if hexd == bad:
+            raise OSError(28, "No space left on device")
+        return add_bytes(hexd, data, **kw)
+
+    monkeypatch.setattr(repo.objects, "add_bytes", failing)
+    sink = ObjectSink(HashAlg.SHA256, repo)
+    taken: list[int] = []
+    take = sink._buffers.take
+    monkeypatch.setattr(sink._buffers, "take", lambda n: taken.append(n) or take(n))
+    given: list[int] = []
+    give = sink._buffers.give
+    monkeypatch.setattr(sink._buffers, "give", lambda b, v: given.append(len(b)) or give(b, v))
+    for entry, data in _stream_entries(files):
+        sink.store(data, entry.size)
+    error = sink.wait()
+    assert isinstance(error, OSError) and error.errno == 28
+    assert len(given) == len(taken) == 40
+    assert sink._in_flight == 0
+    sink.close()
+
+
+def test_sink_bound_on_bytes_in_flight_does_not_wait_on_its_own_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Objects queued for a batch count as in flight: with a bound below a batch's size the
+    reading thread hands the batch over before it waits for room, or it would wait forever."""
+    from cfsboot.image import objectsink
+
+    monkeypatch.setattr(objectsink, "MAX_IN_FLIGHT", 3 * 5000)
+    monkeypatch.setattr(objectsink, "BATCH_BYTES", 1 << 30)
+    monkeypatch.setattr(objectsink, "BATCH_OBJECTS", 1000)
+    repo = Repository.init(tmp_path / "repo", algorithm=HashAlg.SHA256, insecure=True)
+    files = _sink_files(50, 5000)
+    sink = ObjectSink(HashAlg.SHA256, repo)
+    done = threading.Event()
+
+    def run() -> None:
+        with repo.objects.batch():
+            for entry, data in _stream_entries(files):
+                sink.store(data, entry.size)
+            assert sink.wait() is None
+        done.set()
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(30)
+    assert done.is_set(), "the reading thread waited on bytes it had not handed over"
+    sink.close()
+    for content in files.values():
+        assert repo.objects.path(digest_bytes(content).hex()).read_bytes() == content

@@ -13,6 +13,7 @@ import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -331,7 +332,12 @@ def test_sink_hands_small_objects_to_the_writers_in_batches(
     assert sink._pool is not None
     tasks: list[object] = []
     submit = sink._pool.submit
-    monkeypatch.setattr(sink._pool, "submit", lambda *a: tasks.append(a) or submit(*a))
+
+    def counted(*args: Any) -> Any:
+        tasks.append(args)
+        return submit(*args)
+
+    monkeypatch.setattr(sink._pool, "submit", counted)
     with repo.objects.batch():
         digests = [sink.store(data, e.size) for e, data in _stream_entries(files)]
         assert sink.wait() is None
@@ -359,11 +365,19 @@ def test_sink_write_failure_gives_every_buffer_back_and_is_raised_by_wait(
     monkeypatch.setattr(repo.objects, "add_bytes", failing)
     sink = ObjectSink(HashAlg.SHA256, repo)
     taken: list[int] = []
-    take = sink._buffers.take
-    monkeypatch.setattr(sink._buffers, "take", lambda n: taken.append(n) or take(n))
     given: list[int] = []
-    give = sink._buffers.give
-    monkeypatch.setattr(sink._buffers, "give", lambda b, v: given.append(len(b)) or give(b, v))
+    take, give = sink._buffers.take, sink._buffers.give
+
+    def counted_take(n: int) -> Any:
+        taken.append(n)
+        return take(n)
+
+    def counted_give(b: Any, v: Any) -> None:
+        given.append(len(b))
+        give(b, v)
+
+    monkeypatch.setattr(sink._buffers, "take", counted_take)
+    monkeypatch.setattr(sink._buffers, "give", counted_give)
     for entry, data in _stream_entries(files):
         sink.store(data, entry.size)
     error = sink.wait()

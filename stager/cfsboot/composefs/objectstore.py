@@ -42,6 +42,8 @@ from cfsboot.composefs.directio import (
     reflink,
     write_chunk,
 )
+from cfsboot.composefs.staged import DIR_MODE as DIR_MODE  # re-exported
+from cfsboot.composefs.staged import move_staged
 from cfsboot.errors import die
 from cfsboot.linux.fsutil import fsync_dir, link_fd, umask_hides
 from setuproot.contract import HashAlg
@@ -59,7 +61,6 @@ if TYPE_CHECKING:
     import ctypes
 
 OBJECT_MODE = 0o644  # objects are read by overlayfs on behalf of every user
-DIR_MODE = 0o755
 STAGING_PREFIX = ".staging-"
 # Hidden name of an object being written where O_TMPFILE is missing (XX/.tmp-RANDOM).
 TEMP_OBJECT_PREFIX = ".tmp-"
@@ -301,15 +302,14 @@ class ObjectStore:
             return True
         return self._write_now(Path(target), hexdigest, fill, size)
 
-    def _ensure_dir(self, sub: str, *, sync: bool = True) -> None:
+    def _ensure_dir(self, sub: str) -> None:
         if sub in self._known_dirs:
             return
         d = f"{self._root}/{sub}"
         try:
             os.mkdir(d, DIR_MODE)
             os.chmod(d, DIR_MODE)
-            if sync:
-                fsync_dir(self.root)
+            fsync_dir(self.root)
         except FileExistsError:
             pass
         self._known_dirs.add(sub)
@@ -438,14 +438,14 @@ class ObjectStore:
         return self._staging
 
     def _staged_name(self, hexdigest: str) -> str:
-        """Where a batch stages an object (under _mutex): in XX/ as in objects/, not all in
-        one directory, whose lock the writer threads would queue on."""
+        """Where a batch stages an object (under _mutex): XX/REST as in objects/ (staged.py),
+        not all in one directory, whose lock the writer threads would queue on."""
         sub = f"{self._ensure_staging()}/{hexdigest[:2]}"
         if sub not in self._staged_dirs:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(sub, 0o700)
             self._staged_dirs.add(sub)
-        return f"{sub}/{hexdigest}"
+        return f"{sub}/{hexdigest[2:]}"
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -474,20 +474,18 @@ class ObjectStore:
         with self._mutex:
             pending, self._pending = self._pending, {}
             staging = self._staging
-            if self._batch_depth == 0:
+            ended = self._batch_depth == 0
+            if ended:
                 self._staging = None
         if pending:
             dfd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
                 syncfs(dfd)  # data first: no name may point at unwritten data
-                for hexdigest, src in sorted(pending.items()):
-                    self._ensure_dir(hexdigest[:2], sync=False)  # the syncfs below covers it
-                    # Same content under the same name: replacing a racing copy is harmless.
-                    os.rename(src, self._path(hexdigest))
-                syncfs(dfd)
+                move_staged(self._root, pending, self._known_dirs, whole_dirs=ended)
+                syncfs(dfd)  # (the new XX/ as well)
             finally:
                 os.close(dfd)
-        if staging is not None and self._batch_depth == 0:
+        if staging is not None and ended:
             _rmtree(staging)
 
     def _discard(self) -> None:

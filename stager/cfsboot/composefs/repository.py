@@ -21,7 +21,7 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
@@ -353,7 +353,15 @@ class Repository:
 
     # -- helpers -----------------------------------------------------------------------
 
-    def _symlink(self, link: Path, target: Path) -> None:
+    def link_objects(self, links: Sequence[tuple[Path, str]]) -> None:
+        """Name objects already published (a batch's, after it ended): each link (a stream
+        or an image path) to its object; each directory is synced once, at the end."""
+        for link, hexdigest in links:
+            self._symlink(link, self.object_path(hexdigest), sync=False)
+        for parent in dict.fromkeys(link.parent for link, _ in links):
+            fsync_dir(parent)
+
+    def _symlink(self, link: Path, target: Path, *, sync: bool = True) -> None:
         """Atomically create or replace `link` with a relative symlink to `target`."""
         link.parent.mkdir(parents=True, exist_ok=True)
         rel = os.path.relpath(target, link.parent)
@@ -364,7 +372,8 @@ class Repository:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        fsync_dir(link.parent)
+        if sync:
+            fsync_dir(link.parent)
 
 
 def _is_hex(name: str, alg: HashAlg) -> bool:

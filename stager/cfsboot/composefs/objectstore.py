@@ -443,7 +443,8 @@ class ObjectStore:
         sub = f"{self._ensure_staging()}/{hexdigest[:2]}"
         if sub not in self._staged_dirs:
             with contextlib.suppress(FileExistsError):
-                os.mkdir(sub, 0o700)
+                os.mkdir(sub, DIR_MODE)  # its final mode: it may become objects/XX as it is
+                os.chmod(sub, DIR_MODE)
             self._staged_dirs.add(sub)
         return f"{sub}/{hexdigest[2:]}"
 

@@ -57,8 +57,7 @@ def _move_dir(root: str, sub: str, digests: list[str], pending: dict[str, str]) 
         return False
     from cfsboot.linux.syscalls import RENAME_NOREPLACE, renameat2  # ctypes: imports only
 
-    os.chmod(staged_dir, DIR_MODE)
-    try:
+    try:  # (the staged XX/ has its final mode since its mkdir: durable with its files)
         renameat2(staged_dir, f"{root}/{sub}", RENAME_NOREPLACE)
     except OSError as e:
         # Made meanwhile, or no renameat2 (kernel, filesystem or C library): one by one.

@@ -11,6 +11,7 @@ import os
 import random
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -416,3 +417,40 @@ def test_sink_bound_on_bytes_in_flight_does_not_wait_on_its_own_batch(
     sink.close()
     for content in files.values():
         assert repo.objects.path(digest_bytes(content).hex()).read_bytes() == content
+
+
+def test_sink_syncs_small_objects_as_they_add_up_and_reports_a_failed_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writers ask for a sync every WRITEBACK_EVERY bytes they leave to the page cache;
+    a sync that fails is the import's failure (the batch's syncfs would not see it again)."""
+    from cfsboot.image import objectsink
+
+    synced: list[int] = []
+    fail = threading.Event()
+
+    def syncfs(fd: int) -> None:
+        synced.append(fd)
+        if fail.is_set():
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(objectsink, "syncfs", syncfs)
+    monkeypatch.setattr(objectsink, "WRITEBACK_EVERY", 20_000)
+    monkeypatch.setattr(objectsink, "BATCH_OBJECTS", 4)
+    repo = Repository.init(tmp_path / "repo", algorithm=HashAlg.SHA256, insecure=True)
+    sink = ObjectSink(HashAlg.SHA256, repo)
+    with repo.objects.batch():
+        for entry, data in _stream_entries(_sink_files(40, 3000)):
+            sink.store(data, entry.size)
+        assert sink.wait() is None
+    assert synced  # 120,000 bytes: asked for about every 20,000
+    fail.set()
+    for entry, data in _stream_entries(_sink_files(41, 3000)):
+        sink.store(data, entry.size)
+    deadline = time.monotonic() + 10
+    while sink._writeback is not None and sink._writeback.error is None:
+        assert time.monotonic() < deadline, "no sync after the failure was asked for"
+        time.sleep(0.01)
+    error = sink.wait()
+    assert isinstance(error, OSError) and error.errno == 5
+    sink.close()

@@ -69,23 +69,32 @@ class _WriteBack:
         self.path = path
         self.error: OSError | None = None
         self._wanted = threading.Event()
-        self._closing = False
-        self._thread: threading.Thread | None = None
+        self._thread: tuple[threading.Thread, threading.Event] | None = None  # and its stop
+        self._lock = threading.Lock()  # writer threads ask at once
 
     def request(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="cfsboot-sync", daemon=True)
-            self._thread.start()
-        self._wanted.set()
+        with self._lock:
+            if self._thread is None:
+                stop = threading.Event()
+                thread = threading.Thread(
+                    target=self._run, args=(stop,), name="cfsboot-sync", daemon=True
+                )
+                thread.start()
+                self._thread = thread, stop
+            self._wanted.set()
 
-    def _run(self) -> None:
-        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    def _run(self, stop: threading.Event) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            self.error = self.error or e
+            return
         try:
             while True:
                 self._wanted.wait()
-                self._wanted.clear()
-                if self._closing:
+                if stop.is_set():
                     return
+                self._wanted.clear()
                 try:
                     syncfs(fd)
                 except OSError as e:
@@ -94,11 +103,14 @@ class _WriteBack:
             os.close(fd)
 
     def close(self) -> None:
-        if self._thread is not None:
-            self._closing = True
+        """Let a sync under way end, and the thread with it."""
+        with self._lock:
+            running, self._thread = self._thread, None
+        if running is not None:
+            thread, stop = running
+            stop.set()
             self._wanted.set()
-            self._thread.join()
-            self._thread = None
+            thread.join()
 
 
 class ObjectSink:
@@ -150,6 +162,7 @@ class ObjectSink:
             e = f.exception()
             first = first or e
         if self._writeback is not None:
+            self._writeback.close()  # a sync under way may yet fail (a later one restarts it)
             first = first or self._writeback.error
         return first
 

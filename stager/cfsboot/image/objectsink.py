@@ -4,10 +4,11 @@ Files above the inline limit become objects named by their fs-verity digest,
 deduplicated against the repository and against what this import already
 wrote. Writing is mostly waiting for the filesystem, so a few threads do it,
 handed objects in batches, while the main thread goes on decompressing and
-hashing; the bytes in flight are bounded. The writers also look whether the repository has an object
-already (a stat that can wait on a directory other writers are filling), so the
-main thread never does a per-file syscall. New objects go into the repository's
-open batch, so a failed import publishes none of them.
+hashing; the bytes in flight are bounded. The writers also look whether the
+repository has an object already (a stat that can wait on a directory other
+writers are filling), so the main thread never does a per-file syscall. New
+objects go into the repository's open batch, so a failed import publishes none
+of them.
 """
 
 from __future__ import annotations

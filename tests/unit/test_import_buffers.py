@@ -454,3 +454,40 @@ def test_sink_syncs_small_objects_as_they_add_up_and_reports_a_failed_sync(
     error = sink.wait()
     assert isinstance(error, OSError) and error.errno == 5
     sink.close()
+
+
+def test_sink_a_buffer_that_cannot_be_given_back_neither_hangs_nor_hides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure giving a buffer back (a view still exported) still takes its bytes out of
+    flight: the reading thread waiting for room would otherwise wait forever."""
+    from cfsboot.image import objectsink
+
+    monkeypatch.setattr(objectsink, "MAX_IN_FLIGHT", 4 * 3000)
+    monkeypatch.setattr(objectsink, "BATCH_OBJECTS", 2)
+    repo = Repository.init(tmp_path / "repo", algorithm=HashAlg.SHA256, insecure=True)
+    sink = ObjectSink(HashAlg.SHA256, repo)
+    give = sink._buffers.give
+    calls: list[int] = []
+
+    def give_once_failing(b: Any, v: Any) -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise BufferError("cannot close exported pointers exist")
+        give(b, v)
+
+    monkeypatch.setattr(sink._buffers, "give", give_once_failing)
+    result: list[BaseException | None] = []
+
+    def run() -> None:
+        for entry, data in _stream_entries(_sink_files(30, 3000)):
+            sink.store(data, entry.size)
+        result.append(sink.wait())
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(30)
+    assert result, "the reading thread waited for bytes a failed batch never gave back"
+    assert isinstance(result[0], BufferError)
+    assert sink._in_flight == 0
+    sink.close()

@@ -202,29 +202,34 @@ class ObjectSink:
         total = sum(len(buf) for _, buf, _ in batch)  # (a view given back is released)
         written: list[tuple[str, int]] = []
         cached = 0
-        for hexd, buf, pooled in batch:
-            try:
-                if first is None:
-                    size = len(buf)
-                    big = size >= DIRECT_MIN  # small ones: the pages are left to the syncfs
-                    direct = pooled is not None and big
-                    if store.add_bytes(hexd, memoryview(buf), aligned=direct, writeback=big):
-                        written.append((hexd, size))
-                        cached += 0 if big else size
-            except BaseException as e:
-                first = e
-            finally:
+        try:
+            for hexd, buf, pooled in batch:
+                try:
+                    if first is None:
+                        size = len(buf)
+                        big = size >= DIRECT_MIN  # small: the pages are left to the syncfs
+                        direct = pooled is not None and big
+                        if store.add_bytes(hexd, memoryview(buf), aligned=direct, writeback=big):
+                            written.append((hexd, size))
+                            cached += 0 if big else size
+                except BaseException as e:
+                    first = e
                 if pooled is not None:
-                    self._buffers.give(pooled, buf)  # type: ignore[arg-type]
-        with self._cond:
-            for hexd, size in written:
-                self._count(hexd, size)
-            self._in_flight -= total
-            self._cond.notify_all()
-            self._unsynced += cached
-            sync = self._unsynced >= WRITEBACK_EVERY
-            if sync:
-                self._unsynced = 0
+                    try:
+                        self._buffers.give(pooled, buf)  # type: ignore[arg-type]
+                    except BaseException as e:
+                        first = first or e
+        finally:
+            # Whatever happened, the bytes are no longer in flight: the reader never hangs.
+            with self._cond:
+                for hexd, size in written:
+                    self._count(hexd, size)
+                self._in_flight -= total
+                self._cond.notify_all()
+                self._unsynced += cached
+                sync = self._unsynced >= WRITEBACK_EVERY
+                if sync:
+                    self._unsynced = 0
         if sync and self._writeback is not None:
             self._writeback.request()
         if first is not None:

@@ -43,7 +43,7 @@ from cfsboot.composefs.directio import (
     write_chunk,
 )
 from cfsboot.composefs.staged import DIR_MODE as DIR_MODE  # re-exported
-from cfsboot.composefs.staged import move_staged
+from cfsboot.composefs.staged import make_dir, move_staged
 from cfsboot.errors import die
 from cfsboot.linux.fsutil import fsync_dir, link_fd, umask_hides
 from setuproot.contract import HashAlg
@@ -305,13 +305,8 @@ class ObjectStore:
     def _ensure_dir(self, sub: str) -> None:
         if sub in self._known_dirs:
             return
-        d = f"{self._root}/{sub}"
-        try:
-            os.mkdir(d, DIR_MODE)
-            os.chmod(d, DIR_MODE)
+        if make_dir(f"{self._root}/{sub}"):
             fsync_dir(self.root)
-        except FileExistsError:
-            pass
         self._known_dirs.add(sub)
 
     def _write_now(self, target: Path, hexdigest: str, fill: Filler, size: int) -> bool:
@@ -442,9 +437,7 @@ class ObjectStore:
         not all in one directory, whose lock the writer threads would queue on."""
         sub = f"{self._ensure_staging()}/{hexdigest[:2]}"
         if sub not in self._staged_dirs:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(sub, DIR_MODE)  # its final mode: it may become objects/XX as it is
-                os.chmod(sub, DIR_MODE)
+            make_dir(sub)  # with its final mode: it may become objects/XX as it is
             self._staged_dirs.add(sub)
         return f"{sub}/{hexdigest[2:]}"
 

@@ -18,6 +18,16 @@ import os
 DIR_MODE = 0o755  # as objectstore's: objects are read by overlayfs for every user
 
 
+def make_dir(path: str) -> bool:
+    """mkdir `path` with DIR_MODE, whatever the umask; False if it exists already."""
+    try:
+        os.mkdir(path, DIR_MODE)
+    except FileExistsError:
+        return False
+    os.chmod(path, DIR_MODE)
+    return True
+
+
 def move_staged(
     root: str, pending: dict[str, str], known_dirs: set[str], *, whole_dirs: bool
 ) -> None:
@@ -35,11 +45,7 @@ def move_staged(
             known_dirs.add(sub)
             continue
         if sub not in known_dirs:
-            try:
-                os.mkdir(f"{root}/{sub}", DIR_MODE)
-                os.chmod(f"{root}/{sub}", DIR_MODE)
-            except FileExistsError:
-                pass
+            make_dir(f"{root}/{sub}")
             known_dirs.add(sub)
         for hexdigest in digests:
             # Same content under the same name: replacing a racing copy is harmless.

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-import threading
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -27,7 +26,6 @@ from pathlib import Path
 
 from cfsboot.composefs import fsverity
 from cfsboot.composefs.erofs.writer import build_image
-from cfsboot.composefs.objectstore import syncfs
 from cfsboot.composefs.repository import Repository
 from cfsboot.composefs.tree import Inode
 from cfsboot.errors import die
@@ -321,32 +319,6 @@ def _publish(
         repo.tag(tag, image_hex)
 
 
-@contextmanager
-def _writing_back(repo: Repository) -> Iterator[None]:
-    """Write the batch's staged data back on a thread (a syncfs) while the body builds the
-    boot tree and image, so that the batch's own syncfs at its end finds little left to
-    write (that one covers what the body stages)."""
-    failed: list[OSError] = []
-
-    def sync() -> None:
-        fd = os.open(repo.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            syncfs(fd)
-        except OSError as e:
-            failed.append(e)
-        finally:
-            os.close(fd)
-
-    thread = threading.Thread(target=sync, name="cfsboot-writeback", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        thread.join()
-    if failed:
-        raise failed[0]
-
-
 # What a compressed layer's files take as objects: OS images compress about 3:1 with
 # gzip or zstd. A layer already in the repository takes nothing.
 COMPRESSION_RATIO = 3
@@ -438,9 +410,13 @@ def _import(
             bytes_read = progress.bytes
             # Still inside the batch: a layer that cannot be applied publishes nothing either.
             progress.message("building the boot image")
-            with _writing_back(repo) if repo is not None else ExitStack():
-                tree, boot = build_boot_tree(layers.records, xattrs, content_reader(sink, repo))
-                erofs = build_image(tree, min_version=1)
+            # The staged data goes to the disk meanwhile: the batch's syncfs finds little left.
+            sink.write_back()
+            tree, boot = build_boot_tree(layers.records, xattrs, content_reader(sink, repo))
+            erofs = build_image(tree, min_version=1)
+            write_error = sink.wait()
+            if write_error is not None:
+                raise write_error
             image_digest = fsverity.digest_bytes(erofs, alg).hex()
             if repo is not None:
                 info = ImageInfo(

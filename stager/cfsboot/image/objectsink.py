@@ -167,6 +167,12 @@ class ObjectSink:
             first = first or self._writeback.error
         return first
 
+    def write_back(self) -> None:
+        """Have the write-back thread sync now (the staged objects go to the disk while the
+        caller works on); wait() reports its failure."""
+        if self._writeback is not None:
+            self._writeback.request()
+
     def _write_later(self, hexd: str, buf: Bytes, pooled: mmap.mmap | None = None) -> None:
         """Queue the object for a writer thread, which stores it unless the repository has
         it already (a stat of a name in a big directory, which can wait on the directory's
@@ -230,8 +236,8 @@ class ObjectSink:
                 sync = self._unsynced >= WRITEBACK_EVERY
                 if sync:
                     self._unsynced = 0
-        if sync and self._writeback is not None:
-            self._writeback.request()
+        if sync:
+            self.write_back()
         if first is not None:
             raise first
 

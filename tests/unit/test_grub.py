@@ -90,6 +90,11 @@ def test_duplicate_deployment_refused() -> None:
         GrubMenu((BLS_ENTRY, BLS_ENTRY)).render()
 
 
+def _counting(key: str) -> str:
+    """An entry's boot counting block for `key`, as far as the parser reads it."""
+    return f"\t# cfsboot-counting {key} 3 begin\n\t# cfsboot-counting end\n"
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -102,6 +107,14 @@ def test_duplicate_deployment_refused() -> None:
         (f"{MARKER}\nmenuentry x --id cfsboot-a {{\n\techo hi\n}}\n", "line 3: unexpected command"),
         (f'{MARKER}\nmenuentry "x" --id cfsboot-a {{\n}}\n', "line 2: '\"' is not in menus"),
         (f"{MARKER}\nmenuentry 'x --id cfsboot-a {{\n}}\n", "unterminated single quote"),
+        (
+            f"{MARKER}\nmenuentry x --id cfsboot-a {{\n{_counting('9' * 41)}}}\n",
+            "line 3: boot counter key '99999",
+        ),
+        (
+            f"{MARKER}\nmenuentry x --id cfsboot-a {{\n{_counting('Key')}}}\n",
+            "is not 1-40 lowercase letters or digits",
+        ),
     ],
 )
 def test_parse_refuses_foreign_text(text: str, message: str) -> None:

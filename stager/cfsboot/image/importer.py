@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -112,6 +111,8 @@ def opened(
         image = _open_registry(ref, arch, tls_verify, log_choice=True)
         if image is None:
             if not ref.transport.native:
+                import tempfile  # only here: it imports shutil, bz2 and lzma (4 ms, cold)
+
                 tmp = stack.enter_context(
                     tempfile.TemporaryDirectory(prefix="cfsboot-pull-", dir=tmp_dir)
                 )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import os
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -56,6 +55,8 @@ class TarSource(BlobSource):
     """Random access into an uncompressed tarball (oci-archive, docker-archive)."""
 
     def __init__(self, path: Path) -> None:
+        import tarfile  # only here: it imports shutil, bz2 and lzma (3 ms of a registry import)
+
         self.where = str(path)
         try:
             self.tf = tarfile.open(path, "r:")

@@ -94,17 +94,47 @@ def test_a_file_the_batch_did_not_stage_is_never_published(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A write that failed halfway leaves its file in the staged XX/: moving that XX/
-    whole would give the half-written file an object's name."""
-    store, contents = _store(tmp_path), _contents(3)
+    whole would give the half-written file an object's name. Its XX/ is listed, and its
+    objects move one by one."""
+    store, contents = _store(tmp_path), _contents(6)
     renames = _Renames(monkeypatch)
-    first = next(iter(contents))
+    failing, *others = contents
+    sub = failing[:2]
+    seal = store._seal_path
+
+    def seal_fails(path: str | Path, hexdigest: str) -> None:
+        if hexdigest == failing:
+            raise OSError(errno.EIO, "Input/output error")
+        seal(path, hexdigest)
+
+    monkeypatch.setattr(store, "_seal_path", seal_fails)
+    with store.batch():
+        with pytest.raises(OSError):
+            store.add_bytes(failing, contents[failing])  # written, not sealed: left staged
+        for hexd in others:
+            store.add_bytes(hexd, contents[hexd])
+    assert not store.path(failing).exists()
+    assert f"{store.root}/{sub}" not in renames.dirs
+    del contents[failing]
+    _check_published(store, contents)
+
+
+def test_a_batch_without_failures_moves_its_directories_unlisted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, contents = _store(tmp_path), _contents(20)
+    listed: list[str] = []
+    listdir = os.listdir
+
+    def listing(path: str) -> list[str]:
+        listed.append(path)
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", listing)
     with store.batch():
         for hexd, data in contents.items():
             store.add_bytes(hexd, data)
-        stray = first[:2] + "0" * 126
-        Path(os.path.dirname(store._pending[first]), stray).write_bytes(b"half")
-    assert not (store.root / first[:2] / stray).exists()
-    assert str(store.path(first)) in renames.files
+    assert listed == []
     _check_published(store, contents)
 
 

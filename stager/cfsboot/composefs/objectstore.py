@@ -13,8 +13,7 @@ them all durable before they are renamed into place and a second one makes the n
 durable, so the invariant above holds. The writeback of what is staged starts at once
 (sync_file_range; small objects: the import's write-back thread, objectsink.py).
 
-Copies from files write whole blocks with O_DIRECT where that pays (directio);
-`add_fd_hashed` hashes what it copies, so that a file is read only once.
+Copies write whole blocks with O_DIRECT where that pays (directio); add_fd_hashed hashes them.
 """
 
 from __future__ import annotations
@@ -59,8 +58,7 @@ if TYPE_CHECKING:
 
 OBJECT_MODE = 0o644  # objects are read by overlayfs on behalf of every user
 STAGING_PREFIX = ".staging-"
-# Hidden name of an object being written where O_TMPFILE is missing (XX/.tmp-RANDOM).
-TEMP_OBJECT_PREFIX = ".tmp-"
+TEMP_OBJECT_PREFIX = ".tmp-"  # an object written where O_TMPFILE is missing: XX/.tmp-RANDOM
 ENABLE_RETRIES = 5
 
 
@@ -131,6 +129,7 @@ class ObjectStore:
         self._staged_dirs: set[str] = set()  # the STAGING/XX made
         self._known_dirs: set[str] = set()
         self._missing_dirs: dict[str, bool] = {}  # XX/ -> missing from objects/ (_unseen)
+        self._strays = False  # a staged write failed (_unstage)
         self._root = os.fspath(self.root)  # per-object paths: pathlib costs more than syscalls
         self._reflink_works: bool | None = None
         self._direct = Direct()  # what O_DIRECT does here, learnt likewise
@@ -153,9 +152,8 @@ class ObjectStore:
     def contains(self, hexdigest: str) -> bool:
         """Is the object present (or staged in the current batch)?"""
         with self._mutex:
-            if hexdigest in self._pending:
-                return True
-        return os.path.exists(self.path(hexdigest))
+            staged = hexdigest in self._pending
+        return staged or os.path.exists(self.path(hexdigest))
 
     # -- publishing --------------------------------------------------------------------
 
@@ -206,8 +204,7 @@ class ObjectStore:
         copy_fd_direct(src, dst, size, self._direct, feed=feed, write=self._write_direct())
 
     def _write_direct(self) -> bool:
-        """Write objects with O_DIRECT? Not where fs-verity may be enabled on them: that
-        reads the whole file back, from the page cache if it was written through it."""
+        """O_DIRECT? Not where fs-verity may be enabled: it reads the file back (cached?)."""
         return self._verity_works is False and not self.require_verity
 
     def add_fd_hashed(self, src: int, size: int) -> str:
@@ -269,8 +266,7 @@ class ObjectStore:
                 os.rename(tmp, staged)
                 self._seal_path(staged, hexdigest)
             except BaseException:
-                with self._mutex:
-                    self._pending.pop(hexdigest, None)
+                self._unstage(hexdigest)
                 raise
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -279,9 +275,8 @@ class ObjectStore:
         return hexdigest
 
     def _unseen(self, sub: str) -> bool:
-        """In a batch: objects/`sub` was missing when the batch first looked, so its objects
-        are all new (a first import looked for 13,700 names in vain); one another process
-        adds meanwhile without the lock is staged again and renamed over at the end."""
+        """In a batch: objects/`sub` was missing when the batch first looked: its objects are
+        new (one added meanwhile without the lock is staged again, renamed over at the end)."""
         if not self._batch_depth:
             return False
         missing = self._missing_dirs.get(sub)
@@ -304,11 +299,16 @@ class ObjectStore:
             try:
                 self._write_file(staged, hexdigest, fill, size, sync=False)
             except BaseException:
-                with self._mutex:
-                    self._pending.pop(hexdigest, None)
+                self._unstage(hexdigest)
                 raise
             return True
         return self._write_now(Path(target), hexdigest, fill, size)
+
+    def _unstage(self, hexdigest: str) -> None:
+        """A staged write failed: its file may be left in the staged XX/ (move_staged)."""
+        with self._mutex:
+            self._pending.pop(hexdigest, None)
+            self._strays = True
 
     def _ensure_dir(self, sub: str) -> None:
         if sub in self._known_dirs:
@@ -476,15 +476,16 @@ class ObjectStore:
         with self._mutex:
             pending, self._pending = self._pending, {}
             self._missing_dirs = {}
-            staging = self._staging
+            staging, strays = self._staging, self._strays
             ended = self._batch_depth == 0
             if ended:
-                self._staging = None
+                self._staging, self._strays = None, False
         if pending:
             dfd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
                 syncfs(dfd)  # data first: no name may point at unwritten data
-                move_staged(self._root, pending, self._known_dirs, whole_dirs=ended)
+                dirs = self._known_dirs
+                move_staged(self._root, pending, dirs, whole_dirs=ended, exact=not strays)
                 syncfs(dfd)  # (the new XX/ as well)
             finally:
                 os.close(dfd)
@@ -493,8 +494,7 @@ class ObjectStore:
 
     def _discard(self) -> None:
         with self._mutex:
-            staging, self._staging = self._staging, None
-            self._pending = {}
-            self._missing_dirs = {}
+            staging, self._staging, self._strays = self._staging, None, False
+            self._pending, self._missing_dirs = {}, {}
         if staging is not None:
             _rmtree(staging)

@@ -29,19 +29,25 @@ def make_dir(path: str) -> bool:
 
 
 def move_staged(
-    root: str, pending: dict[str, str], known_dirs: set[str], *, whole_dirs: bool
+    root: str,
+    pending: dict[str, str],
+    known_dirs: set[str],
+    *,
+    whole_dirs: bool,
+    exact: bool = False,
 ) -> None:
     """Rename every staged object (`pending`: hex digest -> staged path) to `root`/XX/REST.
 
     `known_dirs`: the XX/ of `root` known to exist; those this call makes are added.
     `whole_dirs`: the batch has ended (nothing is staged any more), so a staged XX/ may go
-    as a whole.
+    as a whole. `exact`: no staged write failed, so a staged XX/ holds nothing but its
+    objects (not listed to make sure: 256 directories of a first import, 0.01 s).
     """
     by_dir: dict[str, list[str]] = {}
     for hexdigest in sorted(pending):
         by_dir.setdefault(hexdigest[:2], []).append(hexdigest)
     for sub, digests in by_dir.items():
-        if whole_dirs and sub not in known_dirs and _move_dir(root, sub, digests, pending):
+        if whole_dirs and sub not in known_dirs and _move_dir(root, sub, digests, pending, exact):
             known_dirs.add(sub)
             continue
         if sub not in known_dirs:
@@ -52,14 +58,16 @@ def move_staged(
             os.rename(pending[hexdigest], f"{root}/{sub}/{hexdigest[2:]}")
 
 
-def _move_dir(root: str, sub: str, digests: list[str], pending: dict[str, str]) -> bool:
+def _move_dir(
+    root: str, sub: str, digests: list[str], pending: dict[str, str], exact: bool
+) -> bool:
     """Rename the staged XX/ holding exactly `digests` to `root`/XX if that does not exist."""
     staged_dir = os.path.dirname(pending[digests[0]])
     if any(os.path.dirname(pending[h]) != staged_dir for h in digests):
         return False
     if os.path.lexists(f"{root}/{sub}"):
         return False
-    if sorted(os.listdir(staged_dir)) != [h[2:] for h in digests]:
+    if not exact and sorted(os.listdir(staged_dir)) != [h[2:] for h in digests]:
         return False
     from cfsboot.linux.syscalls import RENAME_NOREPLACE, renameat2  # ctypes: imports only
 

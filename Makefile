@@ -74,7 +74,8 @@ testos:
 # aside (native.py): the pure-Python path must keep working where they cannot be built.
 PURE_TESTS := tests/unit/test_dumpfile.py tests/unit/test_erofs_writer.py tests/unit/test_limits.py \
 	tests/unit/test_native.py tests/conformance/test_writer_conformance.py \
-	tests/unit/test_fsverity.py tests/unit/test_fsverity_native.py tests/unit/test_layers.py
+	tests/unit/test_fsverity.py tests/unit/test_fsverity_native.py tests/unit/test_layers.py \
+	tests/unit/test_oci_tar.py tests/fuzz/test_fuzz_regressions.py
 
 test: lint
 	$(PY) -m pytest -q tests

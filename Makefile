@@ -75,7 +75,7 @@ testos:
 PURE_TESTS := tests/unit/test_dumpfile.py tests/unit/test_erofs_writer.py tests/unit/test_limits.py \
 	tests/unit/test_native.py tests/conformance/test_writer_conformance.py \
 	tests/unit/test_fsverity.py tests/unit/test_fsverity_native.py tests/unit/test_layers.py \
-	tests/unit/test_oci_tar.py tests/fuzz/test_fuzz_regressions.py
+	tests/unit/test_oci_tar.py tests/unit/test_oci_import.py tests/fuzz/test_fuzz_regressions.py
 
 test: lint
 	$(PY) -m pytest -q tests

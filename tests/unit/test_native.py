@@ -88,6 +88,19 @@ def test_pure_python_on_request_gives_the_same_image() -> None:
     assert digest == pure_digest
 
 
+@pytest.mark.parametrize("module", native.MODULES)
+def test_pure_python_on_request_whichever_module_loads_first(module: str) -> None:
+    """The choice is made when cfsboot.composefs is imported: a module of another package
+    (cfsboot.oci, cfsboot.image) imports it from its package's __init__, before it loads."""
+    env = {**os.environ, native.PURE_ENV: "1"}
+    env["PYTHONPATH"] = f"{STAGER}:{STAGER.parent / 'setup-root'}"
+    probe = f"import {module} as m; print(m.__file__)"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out == native.source_path(module)
+
+
 def test_a_stale_compiled_module_leaves_its_source_in_charge(tmp_path: Path) -> None:
     """An edited module must not be shadowed by the old build of it."""
     if not _compiled():

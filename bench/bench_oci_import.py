@@ -25,18 +25,12 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / d) for d in ("stager", "setup-root", "tests")]
 sys.path.insert(0, str(HERE))
 
+import reference  # noqa: E402
 from cfsboot.composefs.repository import Repository  # noqa: E402
 from cfsboot.image.importer import import_image  # noqa: E402
 from cfstest.ocibuild import Compression, build_layout  # noqa: E402
 from figures import figure  # noqa: E402
-from reference import (  # noqa: E402
-    CACHE,
-    REFTOOLS,
-    WORK,
-    byte_compile,
-    mkcomposefs_digest_store,
-    unpack_layout,
-)
+from reference import CACHE, REFTOOLS, WORK, mkcomposefs_digest_store, unpack_layout  # noqa: E402
 from setuproot.contract import HashAlg  # noqa: E402
 
 
@@ -95,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one run of each side")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args(argv)
-    byte_compile()
+    reference.byte_compile()
     rootfs = _rootfs()
     missing = [t for t in ("skopeo", "tar") if shutil.which(t) is None]
     if rootfs is None or not (REFTOOLS / "mkcomposefs").exists() or missing:

@@ -42,7 +42,7 @@
 
 /* SHA-256 blocks with the x86 SHA extensions (SHA-NI), two at once: the two hashes'
  * instructions interleave, so the CPU runs one's while the other's wait on their results.
- * Measured on the CI machines (AMD EPYC, 64 MiB of 4096-byte blocks): 2.6-2.7 GB/s, where
+ * Measured on these machines (AMD EPYC, 64 MiB of 4096-byte blocks): 2.6-2.7 GB/s, where
  * libcrypto's EVP hashes them at 2.1 (one call per block) and the same code one block at a
  * time at 2.2. Used for sha256 where the CPU has the instructions (use_sha_ni() turns it
  * off for the tests, which compare both ways with libcrypto's).

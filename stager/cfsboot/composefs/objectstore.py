@@ -204,7 +204,7 @@ class ObjectStore:
         copy_fd_direct(src, dst, size, self._direct, feed=feed, write=self._write_direct())
 
     def _write_direct(self) -> bool:
-        """O_DIRECT? Not where fs-verity may be enabled: it reads the file back (cached?)."""
+        """O_DIRECT? Not where fs-verity may be enabled: it reads files back, from the cache."""
         return self._verity_works is False and not self.require_verity
 
     def add_fd_hashed(self, src: int, size: int) -> str:

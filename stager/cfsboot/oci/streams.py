@@ -253,7 +253,7 @@ class ReadAhead(io.RawIOBase):
         self._full.put(item)
 
     def _take_free(self) -> mmap.mmap | None:
-        if self._made < self.DEPTH:
+        if self._made < self.DEPTH and not self._stop.is_set():
             try:
                 return self._free.get_nowait()
             except queue.Empty:

@@ -20,7 +20,8 @@ cfsboot it carries), else it is built (buildah, a minute or so).
 
 Every run of either side starts cold: `sync`, then the page cache dropped (the
 registry's storage included), and no run's files are deleted before the last run
-ended (ext4 without a journal, see _timed). Runs alternate; reported are medians of the wall
+ended (ext4 without a journal, see _timed). Runs alternate (5 by default: in `make bench`
+the first of them follows the /usr import's writeback); reported are medians of the wall
 time and of the CPU time (user + system of the side's process tree, not the
 registry's), the ratio, and the load average. Both sides' image digests must be
 equal. Needs root (drop_caches, tar's ownership) and docker-registry, skopeo, tar,
@@ -219,7 +220,7 @@ def _sizes(layout: Path) -> tuple[float, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one run of each side")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args(argv)
     byte_compile()
     reason = _missing()
